@@ -1,0 +1,81 @@
+//! Command line: `transcribe`, `convert`. Thin over `whisperd::Engine`.
+
+mod transcribe;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Where the default model lives, relative to the working directory (`make model` puts it there).
+pub const DEFAULT_MODEL_DIR: &str = "models/whisper-tiny.en";
+
+#[derive(Parser)]
+#[command(name = "whisperd", version, about = "Whisper speech-to-text: CLI and HTTP service")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Transcribe audio files; one file prints to stdout, several write into --output-dir.
+    Transcribe(transcribe::TranscribeArgs),
+    /// Convert a model directory to another layout.
+    Convert(ConvertArgs),
+}
+
+#[derive(clap::Args)]
+struct ConvertArgs {
+    /// Target layout (only `safetensors`, the Hugging Face layout, for now).
+    #[arg(long = "to", value_parser = ["safetensors"])]
+    to: String,
+    /// Source model directory (either layout).
+    src: PathBuf,
+    /// Destination directory (created).
+    dst: PathBuf,
+}
+
+/// Log to stderr; `RUST_LOG` filters (default `info`), `WHISPERD_LOG_FORMAT=json` for JSON lines.
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if std::env::var("WHISPERD_LOG_FORMAT").is_ok_and(|v| v == "json") {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+/// Size the compute thread pool before any tensor code runs.
+pub fn set_threads(threads: Option<usize>) {
+    if let Some(n) = threads.filter(|&n| n > 0) {
+        // Read by candle's CPU kernels and the rayon pool gemm runs on.
+        std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+    }
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    let result = match cli.command {
+        Command::Transcribe(args) => transcribe::run(args),
+        Command::Convert(args) => {
+            let _ = &args.to;
+            whisperd::convert_to_safetensors(&args.src, &args.dst)
+                .map(|_| {
+                    eprintln!("wrote {}", args.dst.display());
+                    ExitCode::SUCCESS
+                })
+                .map_err(anyhow::Error::from)
+        }
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}

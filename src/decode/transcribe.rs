@@ -1,0 +1,191 @@
+//! OpenAI's sequential long-form algorithm (`transcribe.py`): decode a 30-s window, cut it into
+//! segments at timestamp pairs, seek to the last complete timestamp (not a fixed 30 s), feed the
+//! text so far as the next prompt, skip windows that are silence.
+
+use candle_core::Tensor;
+
+use super::filters::{log_softmax, SuppressTokens};
+use super::tokens::{WhisperTokenizer, TIME_PRECISION};
+use super::window::{decode_window, new_rng, FallbackRules, WindowOptions, WindowResult};
+use super::{DecodeError, TranscribeOptions};
+use crate::mel::{Mel, HOP_LENGTH, N_FRAMES};
+use crate::model::Whisper;
+use crate::output::{Segment, Transcript};
+
+/// Mel frames per timestamp step (3000 frames / 1500 encoder positions).
+const INPUT_STRIDE: usize = 2;
+
+fn window_tensor(model: &Whisper, mel: &Mel, seek: usize, len: usize) -> candle_core::Result<Tensor> {
+    Tensor::from_vec(mel.window(seek, len), (1, mel.n_mels, N_FRAMES), &model.device)
+}
+
+/// Most likely language (code, probability) from a window's audio features `(1, 1500, d)`.
+pub fn detect_language(
+    model: &Whisper,
+    tok: &WhisperTokenizer,
+    features: &Tensor,
+) -> Result<(&'static str, f32), DecodeError> {
+    let mut state = model.decoder.prepare(features)?;
+    let sot = Tensor::new(&[tok.specials.sot], &model.device)?.unsqueeze(0)?;
+    let hidden = model.decoder.forward(&sot, &mut state)?;
+    let logits: Vec<f32> = model.decoder.last_logits(&hidden)?.squeeze(0)?.to_vec1()?;
+    let langs = tok.languages();
+    let lang_logits: Vec<f32> = langs.iter().map(|(_, t)| logits.get(*t as usize).copied().unwrap_or(f32::NEG_INFINITY)).collect();
+    let probs = log_softmax(&lang_logits);
+    let (best, lp) = probs
+        .iter()
+        .enumerate()
+        .fold((0usize, f32::NEG_INFINITY), |acc, (i, &p)| if p > acc.1 { (i, p) } else { acc });
+    Ok((langs.get(best).map_or("en", |(c, _)| *c), lp.exp()))
+}
+
+/// Transcribe a whole log-mel (computed with 30 s of zero padding at the end, as OpenAI does).
+/// `content_frames` is the number of frames that hold audio.
+pub fn transcribe(
+    model: &Whisper,
+    tok: &WhisperTokenizer,
+    suppress_tokens: &SuppressTokens,
+    mel: &Mel,
+    content_frames: usize,
+    o: &TranscribeOptions,
+) -> Result<Transcript, DecodeError> {
+    let sp = tok.specials.clone();
+    let multilingual = model.dims.is_multilingual();
+    let duration = content_frames as f64 * HOP_LENGTH as f64 / 16_000.0;
+    let rules = FallbackRules {
+        compression_ratio_threshold: o.compression_ratio_threshold,
+        logprob_threshold: o.logprob_threshold,
+        no_speech_threshold: o.no_speech_threshold,
+    };
+    let mut rng = new_rng();
+
+    let initial_prompt: Vec<u32> = match o.initial_prompt.as_deref().map(str::trim) {
+        Some(p) if !p.is_empty() => tok.encode(&format!(" {p}"))?,
+        _ => Vec::new(),
+    };
+    let mut all_tokens: Vec<u32> = initial_prompt.clone();
+    let mut prompt_reset_since = 0usize;
+    let mut segments: Vec<Segment> = Vec::new();
+    let mut language: Option<String> = if multilingual { o.language.clone() } else { Some("en".into()) };
+
+    let mut seek = 0usize;
+    while seek < content_frames {
+        let _span = tracing::debug_span!("window", seek).entered();
+        let time_offset = seek as f64 * HOP_LENGTH as f64 / 16_000.0;
+        let segment_size = N_FRAMES.min(content_frames - seek);
+        let segment_duration = segment_size as f64 * HOP_LENGTH as f64 / 16_000.0;
+        let features = model.encode(&window_tensor(model, mel, seek, segment_size)?).map_err(|e| match e {
+            crate::model::ModelError::Candle(c) => DecodeError::Candle(c),
+            other => DecodeError::Candle(candle_core::Error::Msg(other.to_string())),
+        })?;
+        if language.is_none() {
+            let (code, p) = detect_language(model, tok, &features)?;
+            tracing::info!(language = code, probability = p, "detected language");
+            language = Some(code.to_string());
+        }
+        let language_token = if multilingual { language.as_deref().and_then(|l| tok.language_token(l)) } else { None };
+        let wo = WindowOptions {
+            language_token,
+            task: o.task,
+            timestamps: o.timestamps,
+            prompt: all_tokens[prompt_reset_since..].to_vec(),
+        };
+        let mut state = model.decoder.prepare(&features)?;
+        let r = decode_window(model, tok, suppress_tokens, &mut state, &wo, &o.temperatures, rules, &mut rng)?;
+
+        // A window that is silence: no_speech_prob high and the text unlikely.
+        if let Some(th) = o.no_speech_threshold {
+            let unlikely = o.logprob_threshold.is_none_or(|lt| r.avg_logprob <= lt);
+            if r.no_speech_prob > th && unlikely {
+                tracing::debug!(no_speech_prob = r.no_speech_prob, "window skipped as silence");
+                seek += segment_size;
+                continue;
+            }
+        }
+
+        let mut current: Vec<Segment> = Vec::new();
+        let tokens = &r.tokens;
+        let is_ts: Vec<bool> = tokens.iter().map(|&t| t >= sp.timestamp_begin).collect();
+        let single_timestamp_ending = is_ts.len() >= 2 && !is_ts[is_ts.len() - 2] && is_ts[is_ts.len() - 1];
+        let consecutive: Vec<usize> = (1..is_ts.len()).filter(|&i| is_ts[i - 1] && is_ts[i]).collect();
+        let ts_pos = |t: u32| (t - sp.timestamp_begin) as f64;
+        if !consecutive.is_empty() {
+            let mut slices = consecutive.clone();
+            if single_timestamp_ending {
+                slices.push(tokens.len());
+            }
+            let mut last_slice = 0usize;
+            for &cur in &slices {
+                let sliced = &tokens[last_slice..cur];
+                let start = time_offset + ts_pos(sliced[0]) * TIME_PRECISION;
+                let end = time_offset + ts_pos(sliced[sliced.len() - 1]) * TIME_PRECISION;
+                current.push(new_segment(tok, seek, start, end, sliced, &r)?);
+                last_slice = cur;
+            }
+            if single_timestamp_ending {
+                seek += segment_size;
+            } else {
+                let last_ts = ts_pos(tokens[last_slice - 1]) as usize;
+                seek += last_ts * INPUT_STRIDE;
+            }
+        } else {
+            let mut dur = segment_duration;
+            if let Some(&last) = tokens.iter().rev().find(|&&t| t >= sp.timestamp_begin) {
+                if last != sp.timestamp_begin {
+                    dur = ts_pos(last) * TIME_PRECISION;
+                }
+            }
+            current.push(new_segment(tok, seek, time_offset, time_offset + dur, tokens, &r)?);
+            seek += segment_size;
+        }
+
+        // Instantaneous or empty segments carry no text.
+        for s in current.iter_mut() {
+            if s.start == s.end || s.text.trim().is_empty() {
+                s.text.clear();
+                s.tokens.clear();
+            }
+        }
+        for mut s in current {
+            all_tokens.extend(s.tokens.iter().copied());
+            if s.text.is_empty() {
+                continue;
+            }
+            s.id = segments.len();
+            segments.push(s);
+        }
+        if !o.condition_on_previous_text || r.temperature > 0.5 {
+            prompt_reset_since = all_tokens.len();
+        }
+    }
+
+    let text = tok.decode(&all_tokens[initial_prompt.len()..])?;
+    Ok(Transcript {
+        text: text.trim().to_string(),
+        language: language.unwrap_or_else(|| "en".into()),
+        duration,
+        segments,
+    })
+}
+
+fn new_segment(
+    tok: &WhisperTokenizer,
+    seek: usize,
+    start: f64,
+    end: f64,
+    tokens: &[u32],
+    r: &WindowResult,
+) -> Result<Segment, DecodeError> {
+    Ok(Segment {
+        id: 0,
+        seek,
+        start,
+        end,
+        text: tok.decode(tokens)?,
+        tokens: tokens.to_vec(),
+        temperature: r.temperature,
+        avg_logprob: r.avg_logprob,
+        compression_ratio: r.compression_ratio,
+        no_speech_prob: r.no_speech_prob,
+    })
+}

@@ -1,0 +1,176 @@
+//! The one API every front end calls: load a model directory once, then turn audio bytes (or
+//! samples) into a `Transcript`. Stateless between calls, so callers may share it across threads.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use candle_core::Device;
+
+use crate::audio::{self, AudioError, Pcm};
+use crate::decode::{self, languages, DecodeError, SuppressTokens, Task, TranscribeOptions, WhisperTokenizer};
+use crate::mel::{MelSpectrogram, N_SAMPLES};
+use crate::model::{ModelError, Whisper};
+use crate::output::Transcript;
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    Audio(#[from] AudioError),
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    #[error(transparent)]
+    Tokenizer(#[from] decode::tokens::TokenizerError),
+    #[error("invalid option: {0}")]
+    InvalidOption(String),
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+}
+
+impl EngineError {
+    /// Whether the caller's input (audio or options) is at fault, as opposed to the service.
+    pub fn is_client_error(&self) -> bool {
+        match self {
+            EngineError::Audio(AudioError::Internal(_)) => false,
+            EngineError::Audio(_) | EngineError::InvalidOption(_) => true,
+            _ => false,
+        }
+    }
+}
+
+pub struct Engine {
+    pub model: Whisper,
+    pub tokenizer: WhisperTokenizer,
+    pub suppress: SuppressTokens,
+    mel: MelSpectrogram,
+    pub model_dir: PathBuf,
+    /// A short name for the model (its directory name), as `/v1/models` lists it.
+    pub model_name: String,
+    pub load_seconds: f64,
+}
+
+impl Engine {
+    pub fn load(dir: &Path) -> Result<Self, EngineError> {
+        let t0 = Instant::now();
+        let device = Device::Cpu;
+        let model = Whisper::load(dir, &device)?;
+        let tok_path = dir.join("tokenizer.json");
+        if !tok_path.exists() {
+            return Err(ModelError::MissingFile { path: tok_path, what: "tokenizer.json" }.into());
+        }
+        let tokenizer = WhisperTokenizer::load(&tok_path)?;
+        let suppress = load_suppress_tokens(dir, &tokenizer)?;
+        let model_name = dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "whisper".into());
+        let load_seconds = t0.elapsed().as_secs_f64();
+        tracing::info!(model = %dir.display(), layout = ?model.layout, dims = ?model.dims, load_seconds, "model loaded");
+        Ok(Self { mel: MelSpectrogram::new(model.dims.n_mels), model, tokenizer, suppress, model_dir: dir.to_path_buf(), model_name, load_seconds })
+    }
+
+    pub fn is_multilingual(&self) -> bool {
+        self.model.dims.is_multilingual()
+    }
+
+    /// Check and normalise options against this model: a known language, translate only where the
+    /// model can. An English-only model asked to translate transcribes (English out either way).
+    pub fn check_options(&self, o: &TranscribeOptions) -> Result<TranscribeOptions, EngineError> {
+        let mut o = o.clone();
+        if let Some(lang) = o.language.as_deref().filter(|l| !l.trim().is_empty()) {
+            let code = languages::normalize(lang).ok_or_else(|| EngineError::InvalidOption(format!("unknown language `{lang}`")))?;
+            if !self.is_multilingual() && code != "en" {
+                return Err(EngineError::InvalidOption(format!(
+                    "model {} is English-only; language `{code}` needs a multilingual model",
+                    self.model_name
+                )));
+            }
+            if self.is_multilingual() && self.tokenizer.language_token(code).is_none() {
+                return Err(EngineError::InvalidOption(format!("language `{code}` is not in this model's vocabulary")));
+            }
+            o.language = Some(code.to_string());
+        } else {
+            o.language = None;
+        }
+        if o.task == Task::Translate && !self.is_multilingual() {
+            tracing::warn!(model = %self.model_name, "translate requested on an English-only model: transcribing instead");
+            o.task = Task::Transcribe;
+        }
+        if o.temperatures.is_empty() || o.temperatures.iter().any(|t| !(0.0..=1.0).contains(t)) {
+            return Err(EngineError::InvalidOption("temperatures must lie between 0 and 1".into()));
+        }
+        Ok(o)
+    }
+
+    /// Decode and resample uploaded bytes (the CPU work that can run outside the model worker).
+    pub fn load_audio(bytes: Vec<u8>) -> Result<Pcm, EngineError> {
+        Ok(audio::load_pcm(bytes)?)
+    }
+
+    pub fn transcribe_bytes(&self, bytes: Vec<u8>, o: &TranscribeOptions) -> Result<Transcript, EngineError> {
+        let pcm = Self::load_audio(bytes)?;
+        self.transcribe_pcm(&pcm, o)
+    }
+
+    pub fn transcribe_pcm(&self, pcm: &Pcm, o: &TranscribeOptions) -> Result<Transcript, EngineError> {
+        let o = self.check_options(o)?;
+        let span = tracing::info_span!("transcribe", audio_s = pcm.duration_s());
+        let _g = span.enter();
+        let t0 = Instant::now();
+        // OpenAI pads 30 s of zeros before the STFT; frames past the audio are zeros in the log domain.
+        let mel = self.mel.compute(&pcm.samples, N_SAMPLES);
+        let content_frames = pcm.samples.len() / crate::mel::HOP_LENGTH;
+        let t = decode::transcribe(&self.model, &self.tokenizer, &self.suppress, &mel, content_frames, &o)?;
+        let secs = t0.elapsed().as_secs_f64();
+        tracing::debug!(seconds = secs, rtf = secs / pcm.duration_s().max(1e-9), segments = t.segments.len(), "transcribed");
+        Ok(t)
+    }
+}
+
+/// Tokens to suppress: CTranslate2's `config.json` (`suppress_ids`, `suppress_ids_begin`), Hugging
+/// Face's `generation_config.json` (`suppress_tokens`, `begin_suppress_tokens`), or, failing both,
+/// computed from the tokenizer as OpenAI does.
+fn load_suppress_tokens(dir: &Path, tok: &WhisperTokenizer) -> Result<SuppressTokens, EngineError> {
+    let read = |name: &str| -> Option<serde_json::Value> {
+        std::fs::read_to_string(dir.join(name)).ok().and_then(|s| serde_json::from_str(&s).ok())
+    };
+    let ids = |v: &serde_json::Value, key: &str| -> Option<Vec<u32>> {
+        v.get(key)?.as_array()?.iter().map(|x| x.as_u64().map(|n| n as u32)).collect()
+    };
+    let sp = &tok.specials;
+    let default_begin = {
+        let mut b = tok.encode(" ")?;
+        b.push(sp.eot);
+        b
+    };
+    if let Some(cfg) = read("config.json") {
+        if let Some(always) = ids(&cfg, "suppress_ids") {
+            let at_begin = ids(&cfg, "suppress_ids_begin").unwrap_or(default_begin);
+            return Ok(SuppressTokens { always, at_begin });
+        }
+    }
+    if let Some(gen) = read("generation_config.json") {
+        if let Some(always) = ids(&gen, "suppress_tokens") {
+            let at_begin = ids(&gen, "begin_suppress_tokens").unwrap_or(default_begin);
+            return Ok(SuppressTokens { always, at_begin });
+        }
+    }
+    Ok(computed_suppress_tokens(tok)?)
+}
+
+/// OpenAI's default suppress list (`suppress_tokens="-1"`): non-speech symbols plus control tokens.
+pub fn computed_suppress_tokens(tok: &WhisperTokenizer) -> Result<SuppressTokens, EngineError> {
+    let sp = &tok.specials;
+    let mut always = tok.non_speech_tokens();
+    always.extend([sp.transcribe, sp.translate, sp.sot, sp.sot_prev, sp.sot_lm, sp.no_speech]);
+    always.sort_unstable();
+    always.dedup();
+    let mut at_begin = tok.encode(" ")?;
+    at_begin.push(sp.eot);
+    Ok(SuppressTokens { always, at_begin })
+}
+
+/// Write the suppress lists as Hugging Face's `generation_config.json` (used by `convert`).
+pub fn write_generation_config(s: &SuppressTokens, dst: &Path) -> std::io::Result<()> {
+    let v = serde_json::json!({ "suppress_tokens": s.always, "begin_suppress_tokens": s.at_begin });
+    std::fs::write(dst.join("generation_config.json"), serde_json::to_string_pretty(&v)?)
+}

@@ -1,0 +1,27 @@
+//! whisperd: Whisper speech-to-text as a library, a CLI and an HTTP service.
+//!
+//! Pipeline, one module per stage: `audio` (bytes → 16 kHz mono) → `mel` (log-mel) → `model`
+//! (encoder, KV-cached decoder) → `decode` (tokens, rules, long-form loop) → `output` (formats).
+//! `engine` ties them together behind one call; the CLI and the server are thin layers over it.
+
+pub mod audio;
+pub mod decode;
+pub mod engine;
+pub mod mel;
+pub mod model;
+pub mod output;
+
+pub use decode::{Task, TranscribeOptions};
+pub use engine::{Engine, EngineError};
+pub use output::{Format, Segment, Transcript};
+
+/// Convert a model directory to the Hugging Face layout (`whisperd convert --to safetensors`).
+pub fn convert_to_safetensors(src: &std::path::Path, dst: &std::path::Path) -> Result<(), EngineError> {
+    let engine = Engine::load(src)?;
+    let weights = model::Weights::load_dir(src, &candle_core::Device::Cpu)?;
+    model::save_hf(&weights, &engine.model.dims, dst)?;
+    let io = |e: std::io::Error| EngineError::Model(model::ModelError::Io { path: dst.to_path_buf(), source: e });
+    std::fs::copy(src.join("tokenizer.json"), dst.join("tokenizer.json")).map_err(io)?;
+    engine::write_generation_config(&engine.suppress, dst).map_err(io)?;
+    Ok(())
+}

@@ -1,0 +1,277 @@
+//! Reader for CTranslate2's `model.bin` (see ../shared/README.md for the format): fp32, fp16,
+//! bf16 and int8 (per-row `weight_scale`) variables, renamed to Hugging Face names, fused
+//! projections split apart.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use candle_core::{Device, Tensor};
+use half::{bf16, f16};
+
+use super::weights::{Layout, Weights};
+use super::ModelError;
+
+/// One variable as stored: shape, dtype code and raw bytes.
+struct RawVar<'a> {
+    dims: Vec<usize>,
+    dtype: u8,
+    data: &'a [u8],
+}
+
+struct Reader<'a> {
+    buf: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
+        let end = self.pos.checked_add(n).filter(|&e| e <= self.buf.len()).ok_or_else(|| {
+            format!("file ends at byte {} while {} more bytes were expected (truncated download?)", self.buf.len(), n)
+        })?;
+        let s = &self.buf[self.pos..end];
+        self.pos = end;
+        Ok(s)
+    }
+    fn u8(&mut self) -> Result<u8, String> {
+        Ok(self.take(1)?[0])
+    }
+    fn u16(&mut self) -> Result<u16, String> {
+        let b = self.take(2)?;
+        Ok(u16::from_le_bytes([b[0], b[1]]))
+    }
+    fn u32(&mut self) -> Result<u32, String> {
+        let b = self.take(4)?;
+        Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    }
+    fn string(&mut self) -> Result<String, String> {
+        let n = self.u16()? as usize;
+        let b = self.take(n)?;
+        let b = b.strip_suffix(&[0]).unwrap_or(b);
+        String::from_utf8(b.to_vec()).map_err(|_| "a name is not UTF-8".to_string())
+    }
+}
+
+fn elem_size(dtype: u8) -> Option<usize> {
+    match dtype {
+        0 | 3 => Some(4),
+        1 => Some(1),
+        2 | 4 | 5 => Some(2),
+        _ => None,
+    }
+}
+
+/// Parse the variable table; data slices borrow from `buf`.
+fn parse(buf: &[u8]) -> Result<(HashMap<String, RawVar<'_>>, HashMap<String, String>), String> {
+    let mut r = Reader { buf, pos: 0 };
+    let version = r.u32()?;
+    if !(5..=6).contains(&version) {
+        return Err(format!("unsupported CTranslate2 model version {version} (expected 5 or 6)"));
+    }
+    let spec = r.string()?;
+    if spec != "WhisperSpec" {
+        return Err(format!("this is a `{spec}` model, not Whisper"));
+    }
+    let _revision = r.u32()?;
+    let n = r.u32()? as usize;
+    let mut vars = HashMap::new();
+    for _ in 0..n {
+        let name = r.string()?;
+        let rank = r.u8()? as usize;
+        let dims = (0..rank).map(|_| r.u32().map(|d| d as usize)).collect::<Result<Vec<_>, _>>()?;
+        let dtype = r.u8()?;
+        let n_bytes = r.u32()? as usize;
+        let data = r.take(n_bytes)?;
+        let size = elem_size(dtype).ok_or_else(|| format!("`{name}` has unknown dtype code {dtype}"))?;
+        let count: usize = dims.iter().product();
+        if count * size != n_bytes {
+            return Err(format!("`{name}`: {n_bytes} bytes do not hold shape {dims:?}"));
+        }
+        vars.insert(name, RawVar { dims, dtype, data });
+    }
+    let mut aliases = HashMap::new();
+    if let Ok(n_alias) = r.u32() {
+        for _ in 0..n_alias {
+            let alias = r.string()?;
+            let target = r.string()?;
+            aliases.insert(alias, target);
+        }
+    }
+    Ok((vars, aliases))
+}
+
+fn to_f32(v: &RawVar) -> Vec<f32> {
+    let d = v.data;
+    match v.dtype {
+        0 => d.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
+        1 => d.iter().map(|&b| b as i8 as f32).collect(),
+        2 => d.chunks_exact(2).map(|b| i16::from_le_bytes([b[0], b[1]]) as f32).collect(),
+        3 => d.chunks_exact(4).map(|b| i32::from_le_bytes([b[0], b[1], b[2], b[3]]) as f32).collect(),
+        4 => d.chunks_exact(2).map(|b| f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
+        _ => d.chunks_exact(2).map(|b| bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
+    }
+}
+
+/// int8 → f32: each output row is divided by its scale (`w = q / scale`).
+fn dequantize_rows(data: &mut [f32], scales: &[f32]) {
+    let cols = data.len() / scales.len().max(1);
+    for (row, s) in data.chunks_exact_mut(cols.max(1)).zip(scales) {
+        row.iter_mut().for_each(|x| *x /= s);
+    }
+}
+
+fn scalar(vars: &HashMap<String, RawVar>, name: &str) -> Option<usize> {
+    vars.get(name).filter(|v| v.dims.is_empty()).and_then(|v| to_f32(v).first().map(|&x| x as usize))
+}
+
+/// Load `model.bin` into Hugging Face-named f32 tensors.
+pub fn load(path: &Path, device: &Device) -> Result<Weights, ModelError> {
+    let file = std::fs::File::open(path).map_err(|source| ModelError::Io { path: path.into(), source })?;
+    // SAFETY: the map is read-only and dropped before this function returns; a concurrent writer
+    // could at worst give wrong weights, which the shape checks then report.
+    let mmap = unsafe { memmap2::Mmap::map(&file) }.map_err(|source| ModelError::Io { path: path.into(), source })?;
+    let fmt = |msg: String| ModelError::Format { path: path.into(), msg };
+    let (vars, aliases) = parse(&mmap).map_err(fmt)?;
+
+    let resolve = |name: &str| -> Option<&RawVar> {
+        vars.get(name).or_else(|| aliases.get(name).and_then(|t| vars.get(t)))
+    };
+    // Dequantize int8 weights: w = q / scale, one scale per output row.
+    let tensor = |name: &str| -> Result<Tensor, ModelError> {
+        let v = resolve(name).ok_or_else(|| ModelError::MissingTensor { path: path.into(), name: name.into() })?;
+        let mut data = to_f32(v);
+        if v.dtype == 1 {
+            let scale_name = format!("{name}_scale");
+            let s = resolve(&scale_name)
+                .ok_or_else(|| ModelError::MissingTensor { path: path.into(), name: scale_name.clone() })?;
+            let scales = to_f32(s);
+            let rows = v.dims.first().copied().unwrap_or(1);
+            if scales.len() != rows || rows == 0 {
+                return Err(fmt(format!("`{scale_name}` has {} values for {rows} rows", scales.len())));
+            }
+            dequantize_rows(&mut data, &scales);
+        }
+        Ok(Tensor::from_vec(data, v.dims.clone(), device)?)
+    };
+
+    let mut t: HashMap<String, Tensor> = HashMap::new();
+    let put_linear = |t: &mut HashMap<String, Tensor>, src: &str, dst: &str| -> Result<(), ModelError> {
+        t.insert(format!("{dst}.weight"), tensor(&format!("{src}/weight"))?);
+        if resolve(&format!("{src}/bias")).is_some() {
+            t.insert(format!("{dst}.bias"), tensor(&format!("{src}/bias"))?);
+        }
+        Ok(())
+    };
+    let put_norm = |t: &mut HashMap<String, Tensor>, src: &str, dst: &str| -> Result<(), ModelError> {
+        t.insert(format!("{dst}.weight"), tensor(&format!("{src}/gamma"))?);
+        t.insert(format!("{dst}.bias"), tensor(&format!("{src}/beta"))?);
+        Ok(())
+    };
+    // Split a fused projection's rows into parts (q,k,v or k,v); the key part has no bias in HF.
+    let split = |t: &mut HashMap<String, Tensor>, src: &str, dsts: &[&str]| -> Result<(), ModelError> {
+        let w = tensor(&format!("{src}/weight"))?;
+        let b = tensor(&format!("{src}/bias")).ok();
+        let n = dsts.len();
+        let rows = w.dims()[0];
+        if rows % n != 0 {
+            return Err(fmt(format!("`{src}/weight` has {rows} rows, not divisible into {n} projections")));
+        }
+        let part = rows / n;
+        for (i, dst) in dsts.iter().enumerate() {
+            t.insert(format!("{dst}.weight"), w.narrow(0, i * part, part)?.contiguous()?);
+            if let Some(b) = &b {
+                if !dst.ends_with("k_proj") {
+                    t.insert(format!("{dst}.bias"), b.narrow(0, i * part, part)?.contiguous()?);
+                }
+            }
+        }
+        Ok(())
+    };
+
+    for side in ["encoder", "decoder"] {
+        t.insert(format!("{side}.embed_positions.weight"), tensor(&format!("{side}/position_encodings/encodings"))?);
+        put_norm(&mut t, &format!("{side}/layer_norm"), &format!("{side}.layer_norm"))?;
+        let n_layers = (0..).take_while(|i| resolve(&format!("{side}/layer_{i}/ffn/linear_0/weight")).is_some()).count();
+        for i in 0..n_layers {
+            let s = format!("{side}/layer_{i}");
+            let d = format!("{side}.layers.{i}");
+            split(&mut t, &format!("{s}/self_attention/linear_0"), &[&format!("{d}.self_attn.q_proj"), &format!("{d}.self_attn.k_proj"), &format!("{d}.self_attn.v_proj")])?;
+            put_linear(&mut t, &format!("{s}/self_attention/linear_1"), &format!("{d}.self_attn.out_proj"))?;
+            put_norm(&mut t, &format!("{s}/self_attention/layer_norm"), &format!("{d}.self_attn_layer_norm"))?;
+            if side == "decoder" {
+                put_linear(&mut t, &format!("{s}/attention/linear_0"), &format!("{d}.encoder_attn.q_proj"))?;
+                split(&mut t, &format!("{s}/attention/linear_1"), &[&format!("{d}.encoder_attn.k_proj"), &format!("{d}.encoder_attn.v_proj")])?;
+                put_linear(&mut t, &format!("{s}/attention/linear_2"), &format!("{d}.encoder_attn.out_proj"))?;
+                put_norm(&mut t, &format!("{s}/attention/layer_norm"), &format!("{d}.encoder_attn_layer_norm"))?;
+            }
+            put_linear(&mut t, &format!("{s}/ffn/linear_0"), &format!("{d}.fc1"))?;
+            put_linear(&mut t, &format!("{s}/ffn/linear_1"), &format!("{d}.fc2"))?;
+            put_norm(&mut t, &format!("{s}/ffn/layer_norm"), &format!("{d}.final_layer_norm"))?;
+        }
+    }
+    for conv in ["conv1", "conv2"] {
+        put_linear(&mut t, &format!("encoder/{conv}"), &format!("encoder.{conv}"))?;
+    }
+    t.insert("decoder.embed_tokens.weight".into(), tensor("decoder/embeddings/weight")?);
+
+    Ok(Weights {
+        layout: Layout::Ct2,
+        path: path.to_path_buf(),
+        tensors: t,
+        encoder_heads: scalar(&vars, "encoder/num_heads"),
+        decoder_heads: scalar(&vars, "decoder/num_heads"),
+    })
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// Serialize variables in CTranslate2's format (for tests of the reader).
+    pub fn write_ct2(vars: &[(&str, Vec<usize>, u8, Vec<u8>)]) -> Vec<u8> {
+        let mut out = Vec::new();
+        let string = |out: &mut Vec<u8>, s: &str| {
+            out.extend_from_slice(&((s.len() + 1) as u16).to_le_bytes());
+            out.extend_from_slice(s.as_bytes());
+            out.push(0);
+        };
+        out.extend_from_slice(&6u32.to_le_bytes());
+        string(&mut out, "WhisperSpec");
+        out.extend_from_slice(&3u32.to_le_bytes());
+        out.extend_from_slice(&(vars.len() as u32).to_le_bytes());
+        for (name, dims, dtype, data) in vars {
+            string(&mut out, name);
+            out.push(dims.len() as u8);
+            for d in dims {
+                out.extend_from_slice(&(*d as u32).to_le_bytes());
+            }
+            out.push(*dtype);
+            out.extend_from_slice(&(data.len() as u32).to_le_bytes());
+            out.extend_from_slice(data);
+        }
+        out.extend_from_slice(&0u32.to_le_bytes());
+        out
+    }
+
+    #[test]
+    fn int8_rows_are_divided_by_their_scale() {
+        let q: Vec<u8> = [10i8, -20, 30, 40].iter().map(|&x| x as u8).collect();
+        let scale: Vec<u8> = [2.0f32, 10.0].iter().flat_map(|x| x.to_le_bytes()).collect();
+        let buf = write_ct2(&[("w/weight", vec![2, 2], 1, q), ("w/weight_scale", vec![2], 0, scale)]);
+        let (vars, _) = parse(&buf).unwrap();
+        let v = &vars["w/weight"];
+        assert_eq!(v.dims, vec![2, 2]);
+        let mut w = to_f32(v);
+        assert_eq!(w, vec![10.0, -20.0, 30.0, 40.0]);
+        dequantize_rows(&mut w, &to_f32(&vars["w/weight_scale"]));
+        assert_eq!(w, vec![5.0, -10.0, 3.0, 4.0]);
+    }
+
+    #[test]
+    fn truncated_file_is_reported() {
+        let data: Vec<u8> = vec![0; 16];
+        let mut buf = write_ct2(&[("w/weight", vec![2, 2], 0, data)]);
+        buf.truncate(buf.len() - 10);
+        let err = parse(&buf).err().unwrap();
+        assert!(err.contains("truncated"), "{err}");
+    }
+}

@@ -1,0 +1,132 @@
+//! Whisper's audio encoder: two convolutions, sinusoidal positions, pre-norm transformer blocks.
+//! Takes a batch of log-mel windows; every tensor keeps the batch dimension.
+
+use candle_core::{Module, Tensor};
+use candle_nn::{Conv1d, Conv1dConfig, LayerNorm, Linear};
+
+use super::weights::Weights;
+use super::{ModelDims, ModelError};
+
+const LN_EPS: f64 = 1e-5;
+
+pub(super) fn linear(w: &Weights, name: &str, out: usize, inp: usize) -> Result<Linear, ModelError> {
+    let weight = w.get_shaped(&format!("{name}.weight"), &[out, inp])?;
+    let bias = w.bias_or_zeros(&format!("{name}.bias"), out, weight.device())?;
+    Ok(Linear::new(weight, Some(bias)))
+}
+
+pub(super) fn layer_norm(w: &Weights, name: &str, n: usize) -> Result<LayerNorm, ModelError> {
+    Ok(LayerNorm::new(
+        w.get_shaped(&format!("{name}.weight"), &[n])?,
+        w.get_shaped(&format!("{name}.bias"), &[n])?,
+        LN_EPS,
+    ))
+}
+
+/// q, k and v fused into one projection (one matmul instead of three); the query rows are
+/// pre-multiplied by head_dim^-0.5 so attention needs no separate scaling op.
+pub(super) fn fused_qkv(w: &Weights, prefix: &str, d: usize, n_head: usize) -> Result<Linear, ModelError> {
+    let dev = w.get(&format!("{prefix}.q_proj.weight"))?.device().clone();
+    let scale = ((d / n_head) as f64).powf(-0.5);
+    let q = linear(w, &format!("{prefix}.q_proj"), d, d)?;
+    let k = linear(w, &format!("{prefix}.k_proj"), d, d)?;
+    let v = linear(w, &format!("{prefix}.v_proj"), d, d)?;
+    let zeros = candle_core::Tensor::zeros(d, candle_core::DType::F32, &dev)?;
+    let bias = |l: &Linear| l.bias().cloned().unwrap_or_else(|| zeros.clone());
+    let weight = Tensor::cat(&[(q.weight() * scale)?, k.weight().clone(), v.weight().clone()], 0)?;
+    let bias = Tensor::cat(&[(bias(&q) * scale)?, bias(&k), bias(&v)], 0)?;
+    Ok(Linear::new(weight, Some(bias)))
+}
+
+/// Multi-head attention over one sequence of the encoder.
+struct SelfAttention {
+    qkv: Linear,
+    out: Linear,
+    n_head: usize,
+}
+
+impl SelfAttention {
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let (b, t, d) = x.dims3()?;
+        let dh = d / self.n_head;
+        let qkv = self.qkv.forward(x)?.reshape((b, t, 3, self.n_head, dh))?.permute((2, 0, 3, 1, 4))?;
+        let q = qkv.get(0)?.contiguous()?;
+        let k = qkv.get(1)?.contiguous()?;
+        let v = qkv.get(2)?.contiguous()?;
+        let att = candle_nn::ops::softmax_last_dim(&q.matmul(&k.t()?)?)?;
+        let y = att.matmul(&v)?.transpose(1, 2)?.reshape((b, t, d))?;
+        self.out.forward(&y)
+    }
+}
+
+struct EncoderBlock {
+    attn_ln: LayerNorm,
+    attn: SelfAttention,
+    mlp_ln: LayerNorm,
+    fc1: Linear,
+    fc2: Linear,
+}
+
+impl EncoderBlock {
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let x = (x + self.attn.forward(&self.attn_ln.forward(x)?)?)?;
+        // Whisper's GELU is the exact erf form.
+        let h = self.fc2.forward(&self.fc1.forward(&self.mlp_ln.forward(&x)?)?.gelu_erf()?)?;
+        x + h
+    }
+}
+
+pub struct AudioEncoder {
+    conv1: Conv1d,
+    conv2: Conv1d,
+    positions: Tensor,
+    blocks: Vec<EncoderBlock>,
+    ln_post: LayerNorm,
+}
+
+impl AudioEncoder {
+    pub fn new(w: &Weights, dims: &ModelDims) -> Result<Self, ModelError> {
+        let d = dims.n_audio_state;
+        let conv = |name: &str, cin: usize, stride: usize| -> Result<Conv1d, ModelError> {
+            let weight = w.get_shaped(&format!("encoder.{name}.weight"), &[d, cin, 3])?;
+            let bias = w.get_shaped(&format!("encoder.{name}.bias"), &[d])?;
+            Ok(Conv1d::new(weight, Some(bias), Conv1dConfig { padding: 1, stride, ..Default::default() }))
+        };
+        let blocks = (0..dims.n_audio_layer)
+            .map(|i| {
+                let p = format!("encoder.layers.{i}");
+                Ok(EncoderBlock {
+                    attn_ln: layer_norm(w, &format!("{p}.self_attn_layer_norm"), d)?,
+                    attn: SelfAttention {
+                        qkv: fused_qkv(w, &format!("{p}.self_attn"), d, dims.n_audio_head)?,
+                        out: linear(w, &format!("{p}.self_attn.out_proj"), d, d)?,
+                        n_head: dims.n_audio_head,
+                    },
+                    mlp_ln: layer_norm(w, &format!("{p}.final_layer_norm"), d)?,
+                    fc1: linear(w, &format!("{p}.fc1"), 4 * d, d)?,
+                    fc2: linear(w, &format!("{p}.fc2"), d, 4 * d)?,
+                })
+            })
+            .collect::<Result<Vec<_>, ModelError>>()?;
+        Ok(Self {
+            conv1: conv("conv1", dims.n_mels, 1)?,
+            conv2: conv("conv2", d, 2)?,
+            positions: w.get_shaped("encoder.embed_positions.weight", &[dims.n_audio_ctx, d])?,
+            blocks,
+            ln_post: layer_norm(w, "encoder.layer_norm", d)?,
+        })
+    }
+
+    /// `(batch, n_mels, 3000)` log-mel → `(batch, 1500, d_model)` audio features.
+    pub fn forward(&self, mel: &Tensor) -> candle_core::Result<Tensor> {
+        let x = self.conv1.forward(mel)?.gelu_erf()?;
+        let x = self.conv2.forward(&x)?.gelu_erf()?;
+        let x = x.transpose(1, 2)?;
+        let t = x.dim(1)?;
+        let mut x = x.broadcast_add(&self.positions.narrow(0, 0, t)?)?;
+        for block in &self.blocks {
+            x = block.forward(&x)?;
+        }
+        self.ln_post.forward(&x)
+    }
+}

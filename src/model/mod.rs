@@ -1,0 +1,90 @@
+//! The Whisper network: weight loading from either on-disk layout, the audio encoder and the
+//! KV-cached text decoder. Knows tensors, not tokens or text (that is `decode`).
+//!
+//! Both layouts are read into one map of Hugging Face-named tensors (`weights::Weights`); the
+//! network is built from that map, so a layout is only a reader.
+
+mod ct2;
+mod decoder;
+mod encoder;
+mod hf;
+mod weights;
+
+use std::path::{Path, PathBuf};
+
+use candle_core::{Device, Tensor};
+
+pub use decoder::{DecoderState, TextDecoder};
+pub use encoder::AudioEncoder;
+pub use hf::save as save_hf;
+pub use weights::{Layout, Weights};
+
+/// Shapes of a Whisper model, read from its weights (tiny … large-v3).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ModelDims {
+    pub n_mels: usize,
+    pub n_audio_ctx: usize,
+    pub n_audio_state: usize,
+    pub n_audio_head: usize,
+    pub n_audio_layer: usize,
+    pub n_vocab: usize,
+    pub n_text_ctx: usize,
+    pub n_text_state: usize,
+    pub n_text_head: usize,
+    pub n_text_layer: usize,
+}
+
+impl ModelDims {
+    /// OpenAI's rule: multilingual vocabularies have 51865 or more entries.
+    pub fn is_multilingual(&self) -> bool {
+        self.n_vocab >= 51_865
+    }
+}
+
+/// Errors from finding, reading and checking model files. Each names the file involved.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error("model directory {dir} has neither model.bin (CTranslate2) nor model.safetensors (Hugging Face); run `make model` or pass --model DIR")]
+    NoWeights { dir: PathBuf },
+    #[error("{path}: {what} is missing")]
+    MissingFile { path: PathBuf, what: &'static str },
+    #[error("{path}: cannot read: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{path}: {msg}")]
+    Format { path: PathBuf, msg: String },
+    #[error("{path}: tensor `{name}` is missing")]
+    MissingTensor { path: PathBuf, name: String },
+    #[error("{path}: tensor `{name}` has shape {got:?}, expected {expected:?}")]
+    Shape { path: PathBuf, name: String, expected: Vec<usize>, got: Vec<usize> },
+    #[error("tensor computation failed: {0}")]
+    Candle(#[from] candle_core::Error),
+}
+
+/// A loaded Whisper model: encoder and decoder on one device.
+pub struct Whisper {
+    pub dims: ModelDims,
+    pub encoder: AudioEncoder,
+    pub decoder: TextDecoder,
+    pub device: Device,
+    pub layout: Layout,
+}
+
+impl Whisper {
+    /// Load from a directory in either layout (detected by which weight file is present).
+    pub fn load(dir: &Path, device: &Device) -> Result<Self, ModelError> {
+        let weights = Weights::load_dir(dir, device)?;
+        Self::from_weights(&weights, device)
+    }
+
+    pub fn from_weights(w: &Weights, device: &Device) -> Result<Self, ModelError> {
+        let dims = w.dims()?;
+        let encoder = AudioEncoder::new(w, &dims)?;
+        let decoder = TextDecoder::new(w, &dims)?;
+        Ok(Self { dims, encoder, decoder, device: device.clone(), layout: w.layout })
+    }
+
+    /// Encode a batch of log-mel windows `(batch, n_mels, 3000)`.
+    pub fn encode(&self, mel: &Tensor) -> Result<Tensor, ModelError> {
+        Ok(self.encoder.forward(mel)?)
+    }
+}

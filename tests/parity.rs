@@ -1,0 +1,90 @@
+//! Numeric parity with the reference implementations (../shared/reference).
+
+mod common;
+
+use candle_core::{Device, Tensor};
+use common::*;
+use whisperd::decode::{decode_window, WindowOptions};
+use whisperd::mel::{MelSpectrogram, N_FRAMES, N_SAMPLES};
+use whisperd::Task;
+
+fn reference_tokens() -> serde_json::Value {
+    serde_json::from_slice(&read("reference/jfk_tokens.json")).unwrap()
+}
+
+fn ids(v: &serde_json::Value) -> Vec<u32> {
+    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
+}
+
+fn jfk_pcm() -> whisperd::audio::Pcm {
+    whisperd::audio::load_pcm(read("eval/jfk.wav")).unwrap()
+}
+
+fn reference_mel() -> Tensor {
+    Tensor::read_npy(shared().join("reference/jfk_mel.npy")).unwrap()
+}
+
+#[test]
+fn log_mel_matches_hugging_face_feature_extractor() {
+    let pcm = jfk_pcm();
+    // The reference pads the clip with zeros to 30 s before the STFT.
+    let mel = MelSpectrogram::new(80).compute(&pcm.samples, N_SAMPLES - pcm.samples.len());
+    assert_eq!((mel.n_mels, mel.n_frames), (80, N_FRAMES));
+    let reference: Vec<f32> = reference_mel().flatten_all().unwrap().to_vec1().unwrap();
+    let max_diff = mel.data.iter().zip(&reference).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    eprintln!("mel max abs difference vs jfk_mel.npy: {max_diff:e}");
+    assert!(max_diff <= 2e-3, "max abs difference {max_diff}");
+}
+
+/// Greedy tokens without timestamps for a `(1, 80, 3000)` mel.
+fn greedy_tokens(mel: &Tensor) -> Vec<u32> {
+    let e = engine();
+    let features = e.model.encode(mel).unwrap();
+    let mut state = e.model.decoder.prepare(&features).unwrap();
+    let o = WindowOptions { language_token: None, task: Task::Transcribe, timestamps: false, prompt: vec![] };
+    let rules = whisperd::decode::window::FallbackRules { compression_ratio_threshold: None, logprob_threshold: None, no_speech_threshold: None };
+    let r = decode_window(&e.model, &e.tokenizer, &e.suppress, &mut state, &o, &[0.0], rules, &mut whisperd::decode::window::new_rng()).unwrap();
+    r.tokens
+}
+
+#[test]
+fn start_sequence_of_english_only_model() {
+    let e = engine();
+    let o = WindowOptions { language_token: None, task: Task::Transcribe, timestamps: false, prompt: vec![] };
+    let (start, sot_index) = whisperd::decode::window::initial_tokens(&e.tokenizer, false, &o, 448);
+    assert_eq!(start, ids(&reference_tokens()["prompt"]));
+    assert_eq!(sot_index, 0);
+}
+
+#[test]
+fn tokens_match_reference_on_audio_padded_mel() {
+    let tokens = greedy_tokens(&reference_mel().unsqueeze(0).unwrap());
+    assert_eq!(tokens, ids(&reference_tokens()["tokens"]));
+}
+
+#[test]
+fn tokens_match_reference_on_log_mel_padded_window() {
+    // transcribe()'s way: the content frames, then zeros in the log-mel domain.
+    let r = reference_tokens();
+    let pcm = jfk_pcm();
+    let mel = MelSpectrogram::new(80).compute(&pcm.samples, N_SAMPLES);
+    let content = pcm.samples.len() / 160;
+    assert_eq!(content, 1100);
+    let window = Tensor::from_vec(mel.window(0, content), (1, 80, N_FRAMES), &Device::Cpu).unwrap();
+    assert_eq!(greedy_tokens(&window), ids(&r["transcribe_style"]["tokens"]));
+
+    // And the same through the whole engine (timestamps off).
+    let o = whisperd::TranscribeOptions { timestamps: false, ..Default::default() };
+    let t = engine().transcribe_pcm(&pcm, &o).unwrap();
+    let all: Vec<u32> = t.segments.iter().flat_map(|s| s.tokens.clone()).collect();
+    assert_eq!(all, ids(&r["transcribe_style"]["tokens"]));
+    assert_eq!(t.text, r["transcribe_style"]["text"].as_str().unwrap());
+}
+
+#[test]
+fn computed_suppress_list_matches_the_model_config() {
+    // The fallback for model directories without a suppress list must equal what CTranslate2 ships.
+    let e = engine();
+    let computed = whisperd::engine::computed_suppress_tokens(&e.tokenizer).unwrap();
+    assert_eq!(computed, e.suppress);
+}
