@@ -15,8 +15,8 @@ def run(cmd, **kw):
     return subprocess.run(cmd, check=True, text=True, capture_output=True, **kw)
 
 
-def score(shared, hyps):
-    out = run([sys.executable, os.path.join(shared, "scripts/score.py"), os.path.join(shared, "eval/manifest.jsonl"), hyps, "--json"])
+def score(shared, hyps, category):
+    out = run([sys.executable, os.path.join(shared, "scripts/score.py"), os.path.join(shared, "eval/manifest.jsonl"), hyps, "--json", "--category", category])
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -48,7 +48,7 @@ def main():
         for r, path in zip(rows, files):
             t = json.load(open(os.path.join(out_dir, os.path.basename(path) + ".json")))
             f.write(json.dumps({"id": r["id"], "text": t["text"]}) + "\n")
-    ours = score(a.shared, hyps)
+    ours = score(a.shared, hyps, a.category)
     ours_speed = audio / max(wall - load, 1e-9)
 
     peer_out = os.path.join(tmp, "peer.jsonl")
@@ -57,7 +57,7 @@ def main():
         pr = run([sys.executable, os.path.join(a.shared, "scripts/peer_baseline.py"), manifest, a.model, peer_out,
                   "--compute-type", "int8", "--threads", str(a.threads), "--category", a.category])
         summary = json.loads(pr.stdout.strip().splitlines()[-1])
-        peer = (score(a.shared, peer_out), summary)
+        peer = (score(a.shared, peer_out, a.category), summary)
     except (subprocess.CalledProcessError, FileNotFoundError) as e:
         print(f"peer (faster-whisper) not run: {getattr(e, 'stderr', e)}", file=sys.stderr)
 

@@ -20,8 +20,8 @@ pub enum EngineError {
     Model(#[from] ModelError),
     #[error(transparent)]
     Tokenizer(#[from] decode::tokens::TokenizerError),
-    #[error("invalid option: {0}")]
-    InvalidOption(String),
+    #[error("invalid {param}: {message}")]
+    InvalidOption { param: &'static str, message: String },
     #[error(transparent)]
     Decode(#[from] DecodeError),
 }
@@ -31,7 +31,7 @@ impl EngineError {
     pub fn is_client_error(&self) -> bool {
         match self {
             EngineError::Audio(AudioError::Internal(_)) => false,
-            EngineError::Audio(_) | EngineError::InvalidOption(_) => true,
+            EngineError::Audio(_) | EngineError::InvalidOption { .. } => true,
             _ => false,
         }
     }
@@ -77,15 +77,15 @@ impl Engine {
     pub fn check_options(&self, o: &TranscribeOptions) -> Result<TranscribeOptions, EngineError> {
         let mut o = o.clone();
         if let Some(lang) = o.language.as_deref().filter(|l| !l.trim().is_empty()) {
-            let code = languages::normalize(lang).ok_or_else(|| EngineError::InvalidOption(format!("unknown language `{lang}`")))?;
+            let code = languages::normalize(lang).ok_or_else(|| EngineError::InvalidOption { param: "language", message: format!("unknown language `{lang}`") })?;
             if !self.is_multilingual() && code != "en" {
-                return Err(EngineError::InvalidOption(format!(
-                    "model {} is English-only; language `{code}` needs a multilingual model",
-                    self.model_name
-                )));
+                return Err(EngineError::InvalidOption {
+                    param: "language",
+                    message: format!("model {} is English-only; language `{code}` needs a multilingual model", self.model_name),
+                });
             }
             if self.is_multilingual() && self.tokenizer.language_token(code).is_none() {
-                return Err(EngineError::InvalidOption(format!("language `{code}` is not in this model's vocabulary")));
+                return Err(EngineError::InvalidOption { param: "language", message: format!("language `{code}` is not in this model's vocabulary") });
             }
             o.language = Some(code.to_string());
         } else {
@@ -96,7 +96,7 @@ impl Engine {
             o.task = Task::Transcribe;
         }
         if o.temperatures.is_empty() || o.temperatures.iter().any(|t| !(0.0..=1.0).contains(t)) {
-            return Err(EngineError::InvalidOption("temperatures must lie between 0 and 1".into()));
+            return Err(EngineError::InvalidOption { param: "temperature", message: "temperatures must lie between 0 and 1".into() });
         }
         Ok(o)
     }
@@ -112,17 +112,40 @@ impl Engine {
     }
 
     pub fn transcribe_pcm(&self, pcm: &Pcm, o: &TranscribeOptions) -> Result<Transcript, EngineError> {
-        let o = self.check_options(o)?;
-        let span = tracing::info_span!("transcribe", audio_s = pcm.duration_s());
-        let _g = span.enter();
-        let t0 = Instant::now();
+        self.transcribe_prepared(&self.prepare(pcm), o)
+    }
+
+    /// The log-mel of a whole recording: CPU work that does not need the model, so front ends run
+    /// it outside the inference worker.
+    pub fn prepare(&self, pcm: &Pcm) -> Prepared {
         // OpenAI pads 30 s of zeros before the STFT; frames past the audio are zeros in the log domain.
         let mel = self.mel.compute(&pcm.samples, N_SAMPLES);
-        let content_frames = pcm.samples.len() / crate::mel::HOP_LENGTH;
-        let t = decode::transcribe(&self.model, &self.tokenizer, &self.suppress, &mel, content_frames, &o)?;
+        Prepared { mel, content_frames: pcm.samples.len() / crate::mel::HOP_LENGTH, duration_s: pcm.duration_s() }
+    }
+
+    pub fn transcribe_prepared(&self, p: &Prepared, o: &TranscribeOptions) -> Result<Transcript, EngineError> {
+        let o = self.check_options(o)?;
+        let span = tracing::info_span!("transcribe", audio_s = p.duration_s);
+        let _g = span.enter();
+        let t0 = Instant::now();
+        let mut t = decode::transcribe(&self.model, &self.tokenizer, &self.suppress, &p.mel, p.content_frames, &o)?;
+        t.duration = p.duration_s;
         let secs = t0.elapsed().as_secs_f64();
-        tracing::debug!(seconds = secs, rtf = secs / pcm.duration_s().max(1e-9), segments = t.segments.len(), "transcribed");
+        tracing::debug!(seconds = secs, rtf = secs / p.duration_s.max(1e-9), segments = t.segments.len(), "transcribed");
         Ok(t)
+    }
+}
+
+/// A recording ready for the model: its whole log-mel.
+pub struct Prepared {
+    pub mel: crate::mel::Mel,
+    pub content_frames: usize,
+    pub duration_s: f64,
+}
+
+impl Prepared {
+    pub fn duration_s(&self) -> f64 {
+        self.duration_s
     }
 }
 

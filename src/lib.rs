@@ -25,3 +25,6 @@ pub fn convert_to_safetensors(src: &std::path::Path, dst: &std::path::Path) -> R
     engine::write_generation_config(&engine.suppress, dst).map_err(io)?;
     Ok(())
 }
+pub mod config;
+pub mod cache;
+pub mod server;

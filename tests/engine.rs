@@ -150,9 +150,9 @@ fn missing_and_truncated_model_files_name_the_file() {
 fn options_are_checked_against_the_model() {
     let e = engine();
     let bad_lang = TranscribeOptions { language: Some("klingon".into()), ..Default::default() };
-    assert!(matches!(e.check_options(&bad_lang), Err(EngineError::InvalidOption(_))));
+    assert!(matches!(e.check_options(&bad_lang), Err(EngineError::InvalidOption { .. })));
     let german = TranscribeOptions { language: Some("de".into()), ..Default::default() };
-    assert!(matches!(e.check_options(&german), Err(EngineError::InvalidOption(_))));
+    assert!(matches!(e.check_options(&german), Err(EngineError::InvalidOption { .. })));
     let english = TranscribeOptions { language: Some("English".into()), task: whisperd::Task::Translate, ..Default::default() };
     let o = e.check_options(&english).unwrap();
     assert_eq!(o.language.as_deref(), Some("en"));

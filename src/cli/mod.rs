@@ -1,5 +1,6 @@
 //! Command line: `transcribe`, `convert`. Thin over `whisperd::Engine`.
 
+mod serve;
 mod transcribe;
 
 use std::path::PathBuf;
@@ -21,6 +22,8 @@ struct Cli {
 enum Command {
     /// Transcribe audio files; one file prints to stdout, several write into --output-dir.
     Transcribe(transcribe::TranscribeArgs),
+    /// Run the HTTP service.
+    Serve(serve::ServeArgs),
     /// Convert a model directory to another layout.
     Convert(ConvertArgs),
 }
@@ -38,8 +41,9 @@ struct ConvertArgs {
 
 /// Log to stderr; `RUST_LOG` filters (default `info`), `WHISPERD_LOG_FORMAT=json` for JSON lines.
 pub fn init_logging() {
+    let level = std::env::var("WHISPERD_LOG_LEVEL").unwrap_or_else(|_| "info".into());
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     if std::env::var("WHISPERD_LOG_FORMAT").is_ok_and(|v| v == "json") {
         builder.json().init();
@@ -61,6 +65,7 @@ pub fn main() -> ExitCode {
     init_logging();
     let result = match cli.command {
         Command::Transcribe(args) => transcribe::run(args),
+        Command::Serve(args) => serve::run(args),
         Command::Convert(args) => {
             let _ = &args.to;
             whisperd::convert_to_safetensors(&args.src, &args.dst)

@@ -1,0 +1,117 @@
+//! The result cache shared by the server and batch: an LRU of finished transcripts keyed by the
+//! SHA-256 of the audio bytes plus the model and every option that changes the output, bounded by
+//! entries and by bytes.
+
+use std::num::NonZeroUsize;
+use std::sync::{Arc, Mutex};
+
+use sha2::{Digest, Sha256};
+
+use crate::decode::TranscribeOptions;
+use crate::output::Transcript;
+
+/// SHA-256 of the audio bytes, hex.
+pub fn audio_hash(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// The cache key: audio hash, model, and the options that change the transcript.
+pub fn cache_key(audio_sha256: &str, model: &str, o: &TranscribeOptions) -> String {
+    format!(
+        "{audio_sha256}|{model}|lang={:?}|task={:?}|ts={}|prompt={:?}|cond={}|temps={:?}|cr={:?}|lp={:?}|ns={:?}",
+        o.language, o.task, o.timestamps, o.initial_prompt, o.condition_on_previous_text, o.temperatures,
+        o.compression_ratio_threshold, o.logprob_threshold, o.no_speech_threshold
+    )
+}
+
+struct Inner {
+    lru: lru::LruCache<String, (Arc<Transcript>, usize)>,
+    bytes: usize,
+}
+
+pub struct ResultCache {
+    inner: Option<Mutex<Inner>>,
+    max_bytes: usize,
+}
+
+impl ResultCache {
+    /// `max_entries == 0` disables caching.
+    pub fn new(max_entries: usize, max_bytes: usize) -> Self {
+        let inner = NonZeroUsize::new(max_entries).map(|n| Mutex::new(Inner { lru: lru::LruCache::new(n), bytes: 0 }));
+        Self { inner, max_bytes }
+    }
+
+    pub fn get(&self, key: &str) -> Option<Arc<Transcript>> {
+        let mut g = self.inner.as_ref()?.lock().unwrap_or_else(|p| p.into_inner());
+        g.lru.get(key).map(|(t, _)| t.clone())
+    }
+
+    pub fn put(&self, key: String, t: Arc<Transcript>) {
+        let Some(inner) = &self.inner else { return };
+        let size = approx_size(&t) + key.len();
+        if size > self.max_bytes {
+            return;
+        }
+        let mut g = inner.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((_, old)) = g.lru.push(key, (t, size)).map(|(_, v)| v) {
+            g.bytes -= old;
+        }
+        g.bytes += size;
+        while g.bytes > self.max_bytes {
+            match g.lru.pop_lru() {
+                Some((_, (_, s))) => g.bytes -= s,
+                None => break,
+            }
+        }
+    }
+
+    /// (entries, bytes)
+    pub fn usage(&self) -> (usize, usize) {
+        match &self.inner {
+            Some(m) => {
+                let g = m.lock().unwrap_or_else(|p| p.into_inner());
+                (g.lru.len(), g.bytes)
+            }
+            None => (0, 0),
+        }
+    }
+}
+
+fn approx_size(t: &Transcript) -> usize {
+    t.text.len() + t.language.len() + t.segments.iter().map(|s| 96 + s.text.len() + 4 * s.tokens.len()).sum::<usize>()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(text: &str) -> Arc<Transcript> {
+        Arc::new(Transcript { text: text.into(), language: "en".into(), duration: 1.0, segments: vec![] })
+    }
+
+    #[test]
+    fn bounded_by_entries_and_bytes() {
+        let c = ResultCache::new(2, 1 << 20);
+        c.put("a".into(), t("1"));
+        c.put("b".into(), t("2"));
+        assert!(c.get("a").is_some()); // a is now most recent
+        c.put("c".into(), t("3"));
+        assert!(c.get("b").is_none() && c.get("a").is_some() && c.get("c").is_some());
+
+        let c = ResultCache::new(100, 300);
+        for i in 0..10 {
+            c.put(format!("k{i}"), t(&"x".repeat(100)));
+        }
+        let (n, bytes) = c.usage();
+        assert!(bytes <= 300 && n == 2, "{n} entries, {bytes} bytes");
+        assert!(ResultCache::new(0, 100).get("k").is_none());
+    }
+
+    #[test]
+    fn key_changes_with_options() {
+        let o = TranscribeOptions::default();
+        let other = TranscribeOptions { timestamps: false, ..Default::default() };
+        assert_ne!(cache_key("h", "m", &o), cache_key("h", "m", &other));
+        assert_eq!(audio_hash(b"abc"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+    }
+}

@@ -1,0 +1,63 @@
+//! `whisperd serve`
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use whisperd::config::Config;
+
+#[derive(clap::Args)]
+pub struct ServeArgs {
+    /// Config file (TOML; see config/default.toml).
+    #[arg(long, env = "WHISPERD_CONFIG")]
+    config: Option<PathBuf>,
+    /// Address to bind (overrides config and WHISPERD_HOST).
+    #[arg(long)]
+    host: Option<String>,
+    /// Port (0 = any free port).
+    #[arg(long)]
+    port: Option<u16>,
+    /// Model directory.
+    #[arg(long)]
+    model: Option<String>,
+    /// Compute threads (0 = one per core).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Requests that may wait for inference.
+    #[arg(long)]
+    queue_size: Option<usize>,
+    /// Print the effective configuration and exit.
+    #[arg(long)]
+    print_config: bool,
+}
+
+pub fn effective_config(args: &ServeArgs) -> anyhow::Result<Config> {
+    let mut cfg = Config::load(args.config.as_deref(), |k| std::env::var(k).ok())?;
+    if let Some(h) = &args.host {
+        cfg.host = h.clone();
+    }
+    if let Some(p) = args.port {
+        cfg.port = p;
+    }
+    if let Some(m) = &args.model {
+        cfg.model = m.clone();
+    }
+    if let Some(t) = args.threads {
+        cfg.threads = t;
+    }
+    if let Some(q) = args.queue_size {
+        cfg.queue_size = q;
+    }
+    cfg.validate()?;
+    Ok(cfg)
+}
+
+pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    let cfg = effective_config(&args)?;
+    if args.print_config {
+        print!("{}", cfg.to_commented_toml());
+        return Ok(ExitCode::SUCCESS);
+    }
+    super::set_threads((cfg.threads > 0).then_some(cfg.threads));
+    actix_web::rt::System::new().block_on(whisperd::server::run(cfg))?;
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,205 @@
+//! Every setting of `whisperd serve`, its default, and where it comes from: the defaults here,
+//! then a TOML file (`--config`), then `WHISPERD_<NAME>` environment variables, then flags.
+//! `whisperd serve --print-config` prints the effective result in the same format as
+//! `config/default.toml` (a test keeps the two equal).
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub host: String,
+    pub port: u16,
+    pub model: String,
+    pub http_workers: usize,
+    pub threads: usize,
+    pub queue_size: usize,
+    pub request_timeout_s: u64,
+    pub drain_timeout_s: u64,
+    pub max_upload_mb: u64,
+    pub max_audio_s: f64,
+    pub cache_entries: usize,
+    pub cache_mb: u64,
+    pub api_keys: Vec<String>,
+    pub api_keys_file: String,
+    pub rate_limit_per_minute: u32,
+    pub log_format: String,
+    pub log_level: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            host: "0.0.0.0".into(),
+            port: 8080,
+            model: "models/whisper-tiny.en".into(),
+            http_workers: 2,
+            threads: 0,
+            queue_size: 32,
+            request_timeout_s: 300,
+            drain_timeout_s: 30,
+            max_upload_mb: 25,
+            max_audio_s: 7200.0,
+            cache_entries: 1024,
+            cache_mb: 64,
+            api_keys: Vec::new(),
+            api_keys_file: String::new(),
+            rate_limit_per_minute: 0,
+            log_format: "text".into(),
+            log_level: "info".into(),
+        }
+    }
+}
+
+/// One line of documentation per setting, in file order.
+const DOCS: &[(&str, &str)] = &[
+    ("host", "Address to bind."),
+    ("port", "TCP port to listen on."),
+    ("model", "Model directory (CTranslate2 model.bin or Hugging Face model.safetensors + config.json)."),
+    ("http_workers", "HTTP worker threads (they only parse and wait; inference runs on its own thread)."),
+    ("threads", "Compute threads for inference; 0 = one per CPU core."),
+    ("queue_size", "Requests that may wait for inference; beyond it the server answers 503 with Retry-After."),
+    ("request_timeout_s", "A request still queued after this many seconds fails with 503."),
+    ("drain_timeout_s", "On SIGTERM/SIGINT, how long in-flight requests may take to finish."),
+    ("max_upload_mb", "Largest upload in MiB (413 beyond it, before the body is read)."),
+    ("max_audio_s", "Longest audio in seconds (413 beyond it)."),
+    ("cache_entries", "Result cache: most transcripts kept (0 disables the cache)."),
+    ("cache_mb", "Result cache: most MiB of transcripts kept."),
+    ("api_keys", "Accepted API keys (Authorization: Bearer KEY); empty = no authentication."),
+    ("api_keys_file", "File with one API key per line, added to api_keys."),
+    ("rate_limit_per_minute", "Requests per minute per API key (or client IP without keys); 0 = unlimited."),
+    ("log_format", "text or json."),
+    ("log_level", "error, warn, info, debug or trace (RUST_LOG overrides)."),
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: {msg}")]
+    File { path: String, msg: String },
+    #[error("environment variable {var}: {msg}")]
+    Env { var: String, msg: String },
+    #[error("invalid setting: {0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Defaults, then the file (if any), then `WHISPERD_*` variables from `env`.
+    pub fn load(file: Option<&std::path::Path>, env: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let mut value = toml::Value::try_from(Config::default()).map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        if let Some(path) = file {
+            let p = path.display().to_string();
+            let text = std::fs::read_to_string(path).map_err(|e| ConfigError::File { path: p.clone(), msg: e.to_string() })?;
+            let from_file: toml::Table = text.parse().map_err(|e: toml::de::Error| ConfigError::File { path: p.clone(), msg: e.to_string() })?;
+            // Validate names and types against the struct before merging.
+            Config::deserialize(toml::Value::Table(from_file.clone())).map_err(|e| ConfigError::File { path: p.clone(), msg: e.to_string() })?;
+            if let toml::Value::Table(t) = &mut value {
+                t.extend(from_file);
+            }
+        }
+        if let toml::Value::Table(t) = &mut value {
+            for (key, _) in DOCS {
+                let var = format!("WHISPERD_{}", key.to_ascii_uppercase());
+                if let Some(raw) = env(&var) {
+                    let current = t.get(*key).cloned().unwrap_or(toml::Value::String(String::new()));
+                    let parsed = parse_like(&current, &raw).map_err(|msg| ConfigError::Env { var: var.clone(), msg })?;
+                    t.insert((*key).to_string(), parsed);
+                }
+            }
+        }
+        let cfg = Config::deserialize(value).map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: &str| Err(ConfigError::Invalid(m.to_string()));
+        if self.queue_size == 0 {
+            return bad("queue_size must be at least 1");
+        }
+        if self.http_workers == 0 {
+            return bad("http_workers must be at least 1");
+        }
+        if self.max_upload_mb == 0 || !(self.max_audio_s > 0.0) {
+            return bad("max_upload_mb and max_audio_s must be positive");
+        }
+        if !matches!(self.log_format.as_str(), "text" | "json") {
+            return bad("log_format must be text or json");
+        }
+        Ok(())
+    }
+
+    /// Keys from `api_keys` and `api_keys_file`.
+    pub fn all_api_keys(&self) -> Result<Vec<String>, ConfigError> {
+        let mut keys: Vec<String> = self.api_keys.iter().map(|k| k.trim().to_string()).filter(|k| !k.is_empty()).collect();
+        if !self.api_keys_file.is_empty() {
+            let text = std::fs::read_to_string(&self.api_keys_file)
+                .map_err(|e| ConfigError::File { path: self.api_keys_file.clone(), msg: e.to_string() })?;
+            keys.extend(text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(String::from));
+        }
+        Ok(keys)
+    }
+
+    /// The config as a commented TOML file (the format of `config/default.toml`).
+    pub fn to_commented_toml(&self) -> String {
+        let value = toml::Value::try_from(self).unwrap_or(toml::Value::Table(Default::default()));
+        let mut out = String::from("# whisperd configuration: every setting with its default.\n# Each can be overridden by WHISPERD_<NAME> (e.g. WHISPERD_PORT=9000) and by `whisperd serve` flags.\n\n");
+        for (key, doc) in DOCS {
+            out.push_str(&format!("# {doc}\n"));
+            if let Some(v) = value.get(*key) {
+                out.push_str(&format!("{key} = {v}\n"));
+            }
+        }
+        out
+    }
+}
+
+/// Parse an environment string into the type of `current` (lists are comma-separated).
+fn parse_like(current: &toml::Value, raw: &str) -> Result<toml::Value, String> {
+    Ok(match current {
+        toml::Value::Integer(_) => toml::Value::Integer(raw.trim().parse().map_err(|_| format!("`{raw}` is not a whole number"))?),
+        toml::Value::Float(_) => toml::Value::Float(raw.trim().parse().map_err(|_| format!("`{raw}` is not a number"))?),
+        toml::Value::Boolean(_) => toml::Value::Boolean(matches!(raw.trim(), "1" | "true" | "yes" | "on")),
+        toml::Value::Array(_) => toml::Value::Array(
+            raw.split(',').map(str::trim).filter(|s| !s.is_empty()).map(|s| toml::Value::String(s.to_string())).collect(),
+        ),
+        _ => toml::Value::String(raw.to_string()),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_then_env_override_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("c.toml");
+        std::fs::write(&f, "port = 9000\nqueue_size = 4\n").unwrap();
+        let env = |k: &str| match k {
+            "WHISPERD_PORT" => Some("9100".to_string()),
+            "WHISPERD_API_KEYS" => Some("a, b".to_string()),
+            _ => None,
+        };
+        let c = Config::load(Some(&f), env).unwrap();
+        assert_eq!((c.port, c.queue_size, c.api_keys.clone()), (9100, 4, vec!["a".to_string(), "b".to_string()]));
+        assert_eq!(c.host, "0.0.0.0");
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_rejected() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("c.toml");
+        std::fs::write(&f, "prot = 9000\n").unwrap();
+        assert!(Config::load(Some(&f), |_| None).unwrap_err().to_string().contains("prot"));
+        let e = Config::load(None, |k| (k == "WHISPERD_PORT").then(|| "http".to_string())).unwrap_err();
+        assert!(e.to_string().contains("WHISPERD_PORT"));
+    }
+
+    #[test]
+    fn commented_toml_round_trips() {
+        let text = Config::default().to_commented_toml();
+        let parsed: Config = toml::from_str(&text).unwrap();
+        assert_eq!(parsed, Config::default());
+        assert_eq!(text.lines().filter(|l| l.starts_with("# ")).count(), DOCS.len() + 2);
+    }
+}

@@ -1,0 +1,98 @@
+//! Errors as HTTP responses, in OpenAI's body format `{"error": {message, type, param, code}}`
+//! on every endpoint. Messages say what was wrong with the request; internal details (paths,
+//! backtraces) go to the log, never into a body.
+
+use actix_web::http::StatusCode;
+use actix_web::{HttpResponse, ResponseError};
+
+use crate::audio::AudioError;
+use crate::engine::EngineError;
+
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub message: String,
+    pub kind: &'static str,
+    pub param: Option<&'static str>,
+    pub code: Option<&'static str>,
+    pub retry_after_s: Option<u64>,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, kind: &'static str, message: impl Into<String>) -> Self {
+        Self { status, message: message.into(), kind, param: None, code: None, retry_after_s: None }
+    }
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid_request_error", message)
+    }
+    pub fn param(mut self, p: &'static str) -> Self {
+        self.param = Some(p);
+        self
+    }
+    pub fn code(mut self, c: &'static str) -> Self {
+        self.code = Some(c);
+        self
+    }
+    pub fn retry_after(mut self, s: u64) -> Self {
+        self.retry_after_s = Some(s);
+        self
+    }
+    pub fn unavailable(message: impl Into<String>, retry_after_s: u64) -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, "server_error", message).retry_after(retry_after_s)
+    }
+    pub fn internal(request_id: &str) -> Self {
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", format!("internal error; quote request id {request_id} to the operator"))
+    }
+    pub fn too_large(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::PAYLOAD_TOO_LARGE, "invalid_request_error", message).code("payload_too_large")
+    }
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.status.as_u16(), self.message)
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        self.status
+    }
+    fn error_response(&self) -> HttpResponse {
+        let mut r = HttpResponse::build(self.status);
+        if let Some(s) = self.retry_after_s {
+            r.insert_header(("Retry-After", s.to_string()));
+        }
+        r.json(serde_json::json!({
+            "error": { "message": self.message, "type": self.kind, "param": self.param, "code": self.code }
+        }))
+    }
+}
+
+impl From<EngineError> for ApiError {
+    fn from(e: EngineError) -> Self {
+        match e {
+            EngineError::Audio(AudioError::TooLong { .. }) => ApiError::too_large(e.to_string()).param("file"),
+            EngineError::Audio(AudioError::UnsupportedCodec(_)) => ApiError::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "invalid_request_error", e.to_string()).param("file").code("unsupported_codec"),
+            EngineError::Audio(AudioError::Internal(_)) => {
+                tracing::error!(error = %e, "audio pipeline failed");
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", "internal error while resampling audio")
+            }
+            EngineError::Audio(ref a) => {
+                let code = match a {
+                    AudioError::Empty => "empty_file",
+                    AudioError::NotAudio(_) => "not_audio",
+                    AudioError::Truncated { .. } => "truncated_audio",
+                    AudioError::NoSamples => "no_audio_samples",
+                    _ => "invalid_audio",
+                };
+                ApiError::bad_request(e.to_string()).param("file").code(code)
+            }
+            EngineError::InvalidOption { param, message } => ApiError::bad_request(message).param(param),
+            other => {
+                tracing::error!(error = %other, "inference failed");
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", "internal error during inference")
+            }
+        }
+    }
+}

@@ -1,0 +1,184 @@
+//! `whisperd serve`: the actix-web service. Routes, middleware (request ids, auth, rate limit,
+//! metrics, panic → 500), and graceful shutdown. Inference lives in `worker`.
+
+mod auth;
+mod error;
+mod metrics;
+mod routes;
+mod upload;
+mod worker;
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix_web::body::{BoxBody, MessageBody};
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::middleware::{from_fn, Next};
+use actix_web::{web, App, HttpMessage, HttpRequest, HttpServer, ResponseError};
+
+pub use error::ApiError;
+
+use crate::cache::ResultCache;
+use crate::config::Config;
+
+pub struct AppState {
+    shared: Arc<worker::Shared>,
+    api_keys: Vec<String>,
+    limiter: auth::RateLimiter,
+    max_upload_bytes: usize,
+}
+
+#[derive(Clone)]
+struct RequestId(String);
+
+fn request_id(req: &HttpRequest) -> String {
+    req.extensions().get::<RequestId>().map(|r| r.0.clone()).unwrap_or_default()
+}
+
+fn new_request_id() -> String {
+    format!("req_{:016x}", rand::random::<u64>())
+}
+
+/// Endpoints that never need a key: probes and metrics scrapers.
+fn is_public(path: &str) -> bool {
+    matches!(path, "/health" | "/ready" | "/metrics")
+}
+
+/// Request id, authentication, rate limit, panic catching, metrics and the access log.
+async fn edge(req: ServiceRequest, next: Next<impl MessageBody + 'static>) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
+    let t0 = Instant::now();
+    let id = req
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 128 && v.chars().all(|c| c.is_ascii_graphic()))
+        .map(String::from)
+        .unwrap_or_else(new_request_id);
+    req.extensions_mut().insert(RequestId(id.clone()));
+    let state = req.app_data::<web::Data<AppState>>().cloned();
+    let path = req.path().to_string();
+    let route = req.match_pattern().unwrap_or_else(|| "unmatched".into());
+    let method = req.method().clone();
+
+    let mut early: Option<ApiError> = None;
+    if let Some(state) = &state {
+        if !is_public(&path) {
+            let client = if state.api_keys.is_empty() {
+                req.connection_info().realip_remote_addr().unwrap_or("unknown").to_string()
+            } else {
+                match auth::authorized(&state.api_keys, req.headers().get("authorization").and_then(|v| v.to_str().ok())) {
+                    Some(key) => format!("key:{}", crate::cache::audio_hash(key.as_bytes())),
+                    None => {
+                        early = Some(ApiError::new(actix_web::http::StatusCode::UNAUTHORIZED, "invalid_request_error", "missing or invalid API key (Authorization: Bearer KEY)").code("invalid_api_key"));
+                        String::new()
+                    }
+                }
+            };
+            if early.is_none() {
+                if let Err(wait) = state.limiter.check(&client) {
+                    early = Some(ApiError::new(actix_web::http::StatusCode::TOO_MANY_REQUESTS, "rate_limit_error", "rate limit exceeded").retry_after(wait).code("rate_limit_exceeded"));
+                }
+            }
+        }
+    }
+
+    // (Handlers catch their own panics: the request cannot be cloned here, routing needs it unique.)
+    let mut res = match early {
+        Some(e) => req.into_response(e.error_response()),
+        None => next.call(req).await?.map_into_boxed_body(),
+    };
+    if let Ok(v) = actix_web::http::header::HeaderValue::from_str(&id) {
+        res.headers_mut().insert(actix_web::http::header::HeaderName::from_static("x-request-id"), v);
+    }
+    let status = res.status().as_u16();
+    let secs = t0.elapsed().as_secs_f64();
+    if let Some(state) = &state {
+        state.shared.metrics.requests.with_label_values(&[&route, &status.to_string()]).inc();
+        state.shared.metrics.request_seconds.with_label_values(&[&route]).observe(secs);
+    }
+    if route != "/health" && route != "/metrics" && route != "/ready" {
+        tracing::info!(request_id = %id, %method, route, status, latency_s = secs, "request");
+    }
+    Ok(res)
+}
+
+/// Start the service and run until SIGTERM/SIGINT, then drain and return.
+pub async fn run(cfg: Config) -> anyhow::Result<()> {
+    let api_keys = cfg.all_api_keys()?;
+    let metrics = metrics::Metrics::new()?;
+    let shared = worker::Shared::new(
+        ResultCache::new(cfg.cache_entries, (cfg.cache_mb as usize).saturating_mul(1 << 20)),
+        metrics,
+        cfg.queue_size,
+        Duration::from_secs(cfg.request_timeout_s),
+        cfg.max_audio_s,
+    );
+    worker::start(shared.clone(), cfg.model.clone().into());
+    let state = web::Data::new(AppState {
+        shared: shared.clone(),
+        api_keys: api_keys.clone(),
+        limiter: auth::RateLimiter::new(cfg.rate_limit_per_minute),
+        max_upload_bytes: (cfg.max_upload_mb as usize).saturating_mul(1 << 20),
+    });
+    if api_keys.is_empty() {
+        tracing::warn!("no API keys configured: every endpoint is open");
+    }
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(state.clone())
+            .app_data(web::PayloadConfig::new(usize::MAX))
+            .wrap(from_fn(edge))
+            .route("/health", web::get().to(routes::health))
+            .route("/ready", web::get().to(routes::ready))
+            .route("/metrics", web::get().to(routes::metrics))
+            .route("/v1/models", web::get().to(routes::models))
+            .route("/transcribe", web::post().to(routes::transcribe_native))
+            .route("/v1/audio/transcriptions", web::post().to(routes::openai_transcriptions))
+            .route("/v1/audio/translations", web::post().to(routes::openai_translations))
+            .default_service(web::to(|| async { ApiError::new(actix_web::http::StatusCode::NOT_FOUND, "invalid_request_error", "no such endpoint").error_response() }))
+    })
+    .workers(cfg.http_workers)
+    .disable_signals()
+    .shutdown_timeout(cfg.drain_timeout_s)
+    .bind((cfg.host.as_str(), cfg.port))?;
+    for addr in server.addrs() {
+        // Tests and operators read the bound address (port 0 picks a free one).
+        tracing::info!(%addr, "listening");
+        eprintln!("whisperd listening on http://{addr}");
+    }
+    let server = server.run();
+    let handle = server.handle();
+    let drain = shared.clone();
+    actix_web::rt::spawn(async move {
+        wait_for_shutdown_signal().await;
+        drain.draining.store(true, Ordering::SeqCst);
+        tracing::info!("shutdown signal: draining in-flight requests, refusing new ones");
+        handle.stop(true).await;
+    });
+    server.await?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn wait_for_shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {},
+                    _ = tokio::signal::ctrl_c() => {},
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

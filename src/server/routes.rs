@@ -1,0 +1,228 @@
+//! Handlers: parse and validate the request, hand off to the worker, render the answer.
+//! No transcription logic lives here.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use actix_web::{web, HttpRequest, HttpResponse};
+
+use super::error::ApiError;
+use super::upload::read_form;
+use super::worker::{self, Shared};
+use super::AppState;
+use crate::output::Format;
+use crate::{Task, TranscribeOptions};
+
+pub async fn health() -> HttpResponse {
+    HttpResponse::Ok().json(serde_json::json!({ "status": "ok" }))
+}
+
+pub async fn ready(state: web::Data<AppState>) -> HttpResponse {
+    let s = &state.shared;
+    let reason = if s.draining.load(Ordering::SeqCst) {
+        Some("draining: the server is shutting down")
+    } else if !s.ready.load(Ordering::SeqCst) {
+        Some("loading: the model is loading or warming up")
+    } else if s.queue_full() {
+        Some("busy: the inference queue is full")
+    } else {
+        None
+    };
+    match reason {
+        Some(r) => HttpResponse::ServiceUnavailable().json(serde_json::json!({ "ready": false, "reason": r })),
+        None => HttpResponse::Ok().json(serde_json::json!({ "ready": true, "reason": "ok" })),
+    }
+}
+
+pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
+    HttpResponse::Ok().content_type("text/plain; version=0.0.4; charset=utf-8").body(state.shared.metrics.render())
+}
+
+pub async fn models(state: web::Data<AppState>) -> HttpResponse {
+    let data: Vec<serde_json::Value> = state
+        .shared
+        .engine
+        .get()
+        .map(|e| vec![serde_json::json!({ "id": e.model_name, "object": "model", "created": 0, "owned_by": "whisperd" })])
+        .unwrap_or_default();
+    HttpResponse::Ok().json(serde_json::json!({ "object": "list", "data": data }))
+}
+
+/// Which API a request came in through: it decides defaults, allowed formats and body shapes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Api {
+    Native,
+    OpenAiTranscriptions,
+    OpenAiTranslations,
+}
+
+fn parse_bool(name: &'static str, v: &str) -> Result<bool, ApiError> {
+    match v.trim().to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Ok(true),
+        "0" | "false" | "no" | "off" => Ok(false),
+        _ => Err(ApiError::bad_request(format!("`{name}` must be true or false, not `{v}`")).param(name)),
+    }
+}
+
+/// OpenAI's rule: temperature 0 means "start greedy and fall back"; t > 0 starts at t.
+fn temperatures(v: &str) -> Result<Vec<f32>, ApiError> {
+    let t: f32 = v.trim().parse().map_err(|_| ApiError::bad_request(format!("temperature must be a number, not `{v}`")).param("temperature"))?;
+    if !(0.0..=1.0).contains(&t) {
+        return Err(ApiError::bad_request(format!("temperature must be between 0 and 1, not {t}")).param("temperature"));
+    }
+    let mut out = vec![t];
+    let mut next = t + 0.2;
+    while next <= 1.0 + 1e-6 {
+        out.push(next.min(1.0));
+        next += 0.2;
+    }
+    Ok(out)
+}
+
+fn parse_options(api: Api, f: &HashMap<String, String>) -> Result<(TranscribeOptions, Format), ApiError> {
+    let mut o = TranscribeOptions::default();
+    if let Some(l) = f.get("language").filter(|l| !l.trim().is_empty()) {
+        o.language = Some(l.clone());
+    }
+    o.task = match api {
+        Api::OpenAiTranslations => Task::Translate,
+        Api::OpenAiTranscriptions => Task::Transcribe,
+        Api::Native => match f.get("task") {
+            Some(t) => t.parse().map_err(|e: String| ApiError::bad_request(e).param("task"))?,
+            None => Task::Transcribe,
+        },
+    };
+    if api == Api::OpenAiTranslations {
+        o.language = None; // OpenAI's translations endpoint takes no language
+    }
+    if let Some(p) = f.get("prompt").filter(|p| !p.trim().is_empty()) {
+        o.initial_prompt = Some(p.clone());
+    }
+    if let Some(t) = f.get("temperature").filter(|t| !t.trim().is_empty()) {
+        o.temperatures = temperatures(t)?;
+    }
+    if let Some(ts) = f.get("timestamps") {
+        o.timestamps = parse_bool("timestamps", ts)?;
+    }
+    if let Some(g) = f.get("timestamp_granularities[]").or_else(|| f.get("timestamp_granularities")) {
+        for part in g.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            match part {
+                "segment" => {}
+                "word" => return Err(ApiError::bad_request("word-level timestamps are not supported; use `segment`").param("timestamp_granularities[]")),
+                other => return Err(ApiError::bad_request(format!("unknown timestamp granularity `{other}`")).param("timestamp_granularities[]")),
+            }
+        }
+    }
+    let format = match f.get("response_format").map(|s| s.trim()).filter(|s| !s.is_empty()) {
+        None => Format::Json,
+        Some(s) => {
+            let fmt: Format = s.parse().map_err(|e: String| ApiError::bad_request(e).param("response_format"))?;
+            if api != Api::Native && fmt == Format::Tsv {
+                return Err(ApiError::bad_request("response_format must be one of json, text, srt, verbose_json, vtt").param("response_format"));
+            }
+            fmt
+        }
+    };
+    Ok((o, format))
+}
+
+pub async fn transcribe_native(req: HttpRequest, body: web::Payload, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    handle(Api::Native, req, body, state).await
+}
+
+pub async fn openai_transcriptions(req: HttpRequest, body: web::Payload, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    handle(Api::OpenAiTranscriptions, req, body, state).await
+}
+
+pub async fn openai_translations(req: HttpRequest, body: web::Payload, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    handle(Api::OpenAiTranslations, req, body, state).await
+}
+
+struct InFlight<'a>(&'a Shared);
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.metrics.in_flight.dec();
+    }
+}
+
+/// Runs `handle_inner`; a panic anywhere in it becomes a 500 naming the request id.
+async fn handle(api: Api, req: HttpRequest, body: web::Payload, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    use futures_util::FutureExt;
+    let id = super::request_id(&req);
+    match std::panic::AssertUnwindSafe(handle_inner(api, req, body, state)).catch_unwind().await {
+        Ok(r) => r,
+        Err(_) => {
+            tracing::error!(request_id = %id, "handler panicked");
+            Err(ApiError::internal(&id))
+        }
+    }
+}
+
+async fn handle_inner(api: Api, req: HttpRequest, body: web::Payload, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let shared: &Arc<Shared> = &state.shared;
+    if shared.draining.load(Ordering::SeqCst) {
+        return Err(ApiError::unavailable("the server is shutting down", 5));
+    }
+    if !shared.ready.load(Ordering::SeqCst) {
+        return Err(ApiError::unavailable("the model is still loading", 5));
+    }
+    shared.metrics.in_flight.inc();
+    let _in_flight = InFlight(shared);
+
+    // Query parameters first, form fields override them.
+    let mut fields: HashMap<String, String> = web::Query::<HashMap<String, String>>::from_query(req.query_string())
+        .map(|q| q.into_inner())
+        .map_err(|e| ApiError::bad_request(format!("bad query string: {e}")))?;
+    let upload = read_form(&req, body, state.max_upload_bytes).await?;
+    fields.extend(upload.fields);
+    let file = upload.file.ok_or_else(|| ApiError::bad_request("no audio: send it in multipart field `file`").param("file").code("missing_file"))?;
+    let (options, format) = parse_options(api, &fields)?;
+    if file.is_empty() {
+        return Err(ApiError::bad_request("the uploaded file is empty (0 bytes)").param("file").code("empty_file"));
+    }
+    let upload_bytes = file.len();
+    let t0 = std::time::Instant::now();
+    let (transcript, cache) = worker::transcribe(shared, file, options.clone()).await?;
+    let task = if api == Api::OpenAiTranslations && !shared.engine.get().is_some_and(|e| e.is_multilingual()) { Task::Transcribe } else { options.task };
+    tracing::info!(
+        request_id = %super::request_id(&req),
+        route = req.match_pattern().unwrap_or_default(),
+        audio_s = transcript.duration,
+        upload_bytes,
+        seconds = t0.elapsed().as_secs_f64(),
+        cache = cache.as_str(),
+        "transcription served"
+    );
+    let body = match (api, format) {
+        (Api::Native, Format::Json) => transcript.render(Format::Json, task),
+        (_, Format::Json) => serde_json::json!({ "text": transcript.text }).to_string(),
+        (_, f) => transcript.render(f, task),
+    };
+    Ok(HttpResponse::Ok().content_type(format.content_type()).insert_header(("X-Cache", cache.as_str())).body(body))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn temperature_fallback_follows_openai() {
+        assert_eq!(temperatures("0").unwrap().len(), 6);
+        assert_eq!(temperatures("0.5").unwrap(), vec![0.5, 0.7, 0.9]);
+        assert!(temperatures("1.5").is_err() && temperatures("hot").is_err());
+    }
+
+    #[test]
+    fn options_from_fields() {
+        let f: HashMap<String, String> = [("response_format", "srt"), ("timestamps", "false"), ("task", "translate")]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let (o, fmt) = parse_options(Api::Native, &f).unwrap();
+        assert_eq!((o.timestamps, o.task, fmt), (false, Task::Translate, Format::Srt));
+        let tsv: HashMap<String, String> = [("response_format".to_string(), "tsv".to_string())].into();
+        assert!(parse_options(Api::OpenAiTranscriptions, &tsv).is_err());
+        assert!(parse_options(Api::Native, &tsv).is_ok());
+    }
+}

@@ -1,0 +1,66 @@
+//! Reading a multipart upload with its size limit enforced while the body streams in.
+
+use std::collections::HashMap;
+
+use actix_multipart::Multipart;
+use actix_web::{web, HttpRequest};
+use futures_util::TryStreamExt;
+
+use super::error::ApiError;
+
+/// Largest non-file form field (prompt, language, …).
+const MAX_FIELD_BYTES: usize = 64 * 1024;
+
+pub struct Upload {
+    pub file: Option<Vec<u8>>,
+    pub fields: HashMap<String, String>,
+}
+
+/// Read the form: the audio in `file` (or `audio`), every other field as text.
+pub async fn read_form(req: &HttpRequest, payload: web::Payload, max_bytes: usize) -> Result<Upload, ApiError> {
+    let too_large = || ApiError::too_large(format!("upload over the limit of {} MiB", max_bytes / (1024 * 1024))).param("file");
+    if let Some(len) = req.headers().get("content-length").and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok()) {
+        if len > max_bytes + MAX_FIELD_BYTES {
+            return Err(too_large());
+        }
+    }
+    let is_multipart = req
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.to_ascii_lowercase().starts_with("multipart/form-data"));
+    if !is_multipart {
+        return Err(ApiError::bad_request("expected a multipart/form-data body with the audio in field `file`"));
+    }
+    let mut form = Multipart::new(req.headers(), payload);
+    let mut upload = Upload { file: None, fields: HashMap::new() };
+    let malformed = |e: actix_multipart::MultipartError| ApiError::bad_request(format!("malformed multipart body: {e}"));
+    while let Some(mut field) = form.try_next().await.map_err(malformed)? {
+        let name = field.name().unwrap_or_default().to_string();
+        if name == "file" || name == "audio" {
+            let mut buf = Vec::new();
+            while let Some(chunk) = field.try_next().await.map_err(malformed)? {
+                if buf.len() + chunk.len() > max_bytes {
+                    return Err(too_large());
+                }
+                buf.extend_from_slice(&chunk);
+            }
+            upload.file = Some(buf);
+        } else {
+            let mut buf = Vec::new();
+            while let Some(chunk) = field.try_next().await.map_err(malformed)? {
+                if buf.len() + chunk.len() > MAX_FIELD_BYTES {
+                    return Err(ApiError::bad_request(format!("form field `{name}` is over 64 KiB")));
+                }
+                buf.extend_from_slice(&chunk);
+            }
+            let value = String::from_utf8(buf).map_err(|_| ApiError::bad_request(format!("form field `{name}` is not UTF-8")))?;
+            // `timestamp_granularities[]` may repeat; keep every value.
+            upload.fields.entry(name).and_modify(|v| {
+                v.push(',');
+                v.push_str(&value)
+            }).or_insert(value);
+        }
+    }
+    Ok(upload)
+}

@@ -1,0 +1,275 @@
+//! The inference side of the server: one dedicated thread owns the model and serves a bounded
+//! queue, so HTTP workers never run tensor code. Identical requests in flight share one job
+//! (single flight); finished results go into the shared result cache.
+
+use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use tokio::sync::broadcast;
+
+use super::error::ApiError;
+use super::metrics::Metrics;
+use crate::audio::{AudioError, Pcm};
+use crate::cache::ResultCache;
+use crate::engine::{Engine, EngineError, Prepared};
+use crate::output::Transcript;
+use crate::TranscribeOptions;
+
+pub type JobResult = Result<Arc<Transcript>, ApiError>;
+
+pub struct Job {
+    key: String,
+    prepared: Prepared,
+    options: TranscribeOptions,
+    tx: broadcast::Sender<JobResult>,
+    enqueued: Instant,
+    deadline: Instant,
+}
+
+/// Everything the HTTP side and the inference thread share.
+pub struct Shared {
+    pub engine: OnceLock<Arc<Engine>>,
+    pub ready: AtomicBool,
+    pub draining: AtomicBool,
+    pub cache: ResultCache,
+    pub metrics: Metrics,
+    inflight: Mutex<HashMap<String, broadcast::Sender<JobResult>>>,
+    queue: OnceLock<SyncSender<Job>>,
+    pub queue_size: usize,
+    pub request_timeout: Duration,
+    pub max_audio_s: f64,
+}
+
+/// How a request was answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheStatus {
+    Hit,
+    Miss,
+}
+
+impl CacheStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CacheStatus::Hit => "hit",
+            CacheStatus::Miss => "miss",
+        }
+    }
+}
+
+impl Shared {
+    pub fn new(cache: ResultCache, metrics: Metrics, queue_size: usize, request_timeout: Duration, max_audio_s: f64) -> Arc<Self> {
+        Arc::new(Self {
+            engine: OnceLock::new(),
+            ready: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
+            cache,
+            metrics,
+            inflight: Mutex::new(HashMap::new()),
+            queue: OnceLock::new(),
+            queue_size,
+            request_timeout,
+            max_audio_s,
+        })
+    }
+
+    pub fn queue_full(&self) -> bool {
+        self.metrics.queue_depth.get() as usize >= self.queue_size
+    }
+
+    /// Hand `result` to everyone waiting on `key` and forget the job. The key leaves the in-flight
+    /// map before the result is sent, so a later identical request finds the cache instead.
+    fn finish(&self, key: &str, result: JobResult) {
+        let tx = self.inflight.lock().unwrap_or_else(|p| p.into_inner()).remove(key);
+        if let Ok(t) = &result {
+            self.cache.put(key.to_string(), t.clone());
+            let (entries, bytes) = self.cache.usage();
+            self.metrics.cache_entries.set(entries as i64);
+            self.metrics.cache_bytes.set(bytes as i64);
+        }
+        if let Some(tx) = tx {
+            let _ = tx.send(result);
+        }
+    }
+}
+
+/// Load the model on a dedicated thread, warm it up, then serve jobs until the process ends.
+pub fn start(shared: Arc<Shared>, model_dir: std::path::PathBuf) {
+    let (tx, rx) = sync_channel::<Job>(shared.queue_size);
+    let _ = shared.queue.set(tx);
+    let spawned = std::thread::Builder::new().name("inference".into()).spawn(move || {
+        let engine = match Engine::load(&model_dir) {
+            Ok(e) => Arc::new(e),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot load the model; exiting");
+                std::process::exit(1);
+            }
+        };
+        shared.metrics.model_load_seconds.set(engine.load_seconds);
+        shared.metrics.build_info.with_label_values(&[env!("CARGO_PKG_VERSION"), &engine.model_name]).set(1);
+        // One inference before /ready says yes: first-call allocations and page faults happen here.
+        let warm = Instant::now();
+        let tone: Vec<f32> = (0..16_000).map(|i| (i as f32 * 0.05).sin() * 0.1).collect();
+        if let Err(e) = engine.transcribe_pcm(&Pcm { samples: tone }, &TranscribeOptions::default()) {
+            tracing::error!(error = %e, "warm-up inference failed; exiting");
+            std::process::exit(1);
+        }
+        tracing::info!(seconds = warm.elapsed().as_secs_f64(), "warm-up inference done; ready");
+        let _ = shared.engine.set(engine.clone());
+        shared.ready.store(true, Ordering::SeqCst);
+        for job in rx {
+            run_job(&shared, &engine, job);
+        }
+    });
+    if let Err(e) = spawned {
+        tracing::error!(error = %e, "cannot start the inference thread; exiting");
+        std::process::exit(1);
+    }
+}
+
+fn run_job(shared: &Shared, engine: &Engine, job: Job) {
+    let m = &shared.metrics;
+    m.queue_depth.dec();
+    if job.tx.receiver_count() == 0 {
+        // Every client that wanted this result has disconnected: skip the work.
+        m.jobs.with_label_values(&["cancelled"]).inc();
+        tracing::info!("dropping a queued job whose clients disconnected");
+        shared.finish(&job.key, Err(ApiError::unavailable("client disconnected", 1)));
+        return;
+    }
+    if Instant::now() > job.deadline {
+        m.jobs.with_label_values(&["timeout"]).inc();
+        tracing::warn!(waited_s = job.enqueued.elapsed().as_secs_f64(), "job expired in the queue; raise queue capacity or add replicas");
+        shared.finish(&job.key, Err(ApiError::unavailable("the request waited too long for inference", 5)));
+        return;
+    }
+    m.queue_wait_seconds.observe(job.enqueued.elapsed().as_secs_f64());
+    let t0 = Instant::now();
+    let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| engine.transcribe_prepared(&job.prepared, &job.options)));
+    let secs = t0.elapsed().as_secs_f64();
+    let result = match outcome {
+        Ok(Ok(t)) => {
+            m.jobs.with_label_values(&["ok"]).inc();
+            m.inference_seconds.observe(secs);
+            m.audio_seconds.inc_by(t.duration);
+            m.realtime_factor.observe(secs / t.duration.max(1e-3));
+            m.decoded_tokens.inc_by(t.segments.iter().map(|s| s.tokens.len() as u64).sum());
+            Ok(Arc::new(t))
+        }
+        Ok(Err(e)) => {
+            m.jobs.with_label_values(&["error"]).inc();
+            Err(ApiError::from(e))
+        }
+        Err(_) => {
+            m.jobs.with_label_values(&["panic"]).inc();
+            tracing::error!("inference panicked; the request gets a 500 and the worker continues");
+            Err(ApiError::new(actix_web::http::StatusCode::INTERNAL_SERVER_ERROR, "server_error", "internal error during inference"))
+        }
+    };
+    shared.finish(&job.key, result);
+}
+
+/// Removes a single-flight entry (answering its waiters) unless the job reached the queue.
+struct InflightGuard {
+    shared: Arc<Shared>,
+    key: String,
+    armed: bool,
+}
+
+impl Drop for InflightGuard {
+    fn drop(&mut self) {
+        if self.armed {
+            self.shared.finish(&self.key, Err(ApiError::unavailable("the request was abandoned before inference", 1)));
+        }
+    }
+}
+
+/// Transcribe uploaded `bytes`: from the cache, by joining an identical request in flight, or by
+/// decoding (on the blocking pool) and queueing a job.
+pub async fn transcribe(shared: &Arc<Shared>, bytes: Vec<u8>, options: TranscribeOptions) -> Result<(Arc<Transcript>, CacheStatus), ApiError> {
+    let engine = shared.engine.get().cloned().ok_or_else(|| ApiError::unavailable("the model is still loading", 5))?;
+    let options = engine.check_options(&options)?;
+    let (bytes, hash) = actix_web::web::block(move || {
+        let h = crate::cache::audio_hash(&bytes);
+        (bytes, h)
+    })
+    .await
+    .map_err(|_| ApiError::unavailable("server is shutting down", 1))?;
+    let key = crate::cache::cache_key(&hash, &engine.model_name, &options);
+    if let Some(t) = shared.cache.get(&key) {
+        shared.metrics.cache_hits.inc();
+        return Ok((t, CacheStatus::Hit));
+    }
+    shared.metrics.cache_misses.inc();
+
+    let (mut rx, leader_tx) = {
+        let mut inflight = shared.inflight.lock().unwrap_or_else(|p| p.into_inner());
+        match inflight.get(&key) {
+            Some(tx) => {
+                shared.metrics.cache_coalesced.inc();
+                (tx.subscribe(), None)
+            }
+            None => {
+                let (tx, rx) = broadcast::channel(1);
+                inflight.insert(key.clone(), tx.clone());
+                (rx, Some(tx))
+            }
+        }
+    };
+    if let Some(tx) = leader_tx {
+        // Decoding and queueing run in their own task: if this client goes away, identical
+        // requests waiting on the same key still get their answer.
+        let shared = shared.clone();
+        actix_web::rt::spawn(prepare_and_enqueue(shared, engine, key, bytes, options, tx));
+    }
+    match rx.recv().await {
+        Ok(r) => r.map(|t| (t, CacheStatus::Miss)),
+        Err(_) => Err(ApiError::unavailable("the inference worker stopped", 5)),
+    }
+}
+
+async fn prepare_and_enqueue(
+    shared: Arc<Shared>,
+    engine: Arc<Engine>,
+    key: String,
+    bytes: Vec<u8>,
+    options: TranscribeOptions,
+    tx: broadcast::Sender<JobResult>,
+) {
+    let mut guard = InflightGuard { shared: shared.clone(), key: key.clone(), armed: true };
+    let max_audio_s = shared.max_audio_s;
+    let prepared = actix_web::web::block(move || -> Result<Prepared, EngineError> {
+        let pcm = Engine::load_audio(bytes)?;
+        if pcm.duration_s() > max_audio_s {
+            return Err(AudioError::TooLong { duration_s: pcm.duration_s(), limit_s: max_audio_s }.into());
+        }
+        Ok(engine.prepare(&pcm))
+    })
+    .await;
+    let prepared = match prepared {
+        Ok(Ok(p)) => p,
+        Ok(Err(e)) => {
+            guard.armed = false;
+            shared.finish(&key, Err(ApiError::from(e)));
+            return;
+        }
+        Err(_) => return, // blocking pool gone: shutting down; the guard answers the waiters
+    };
+    let Some(queue) = shared.queue.get() else { return };
+    let now = Instant::now();
+    let job = Job { key: key.clone(), prepared, options, tx, enqueued: now, deadline: now + shared.request_timeout };
+    shared.metrics.queue_depth.inc();
+    match queue.try_send(job) {
+        Ok(()) => guard.armed = false,
+        Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+            shared.metrics.queue_depth.dec();
+            shared.metrics.jobs.with_label_values(&["rejected"]).inc();
+            tracing::warn!(queue_size = shared.queue_size, "inference queue full: answering 503; add replicas or raise queue_size");
+            guard.armed = false;
+            shared.finish(&key, Err(ApiError::unavailable("the server is busy: inference queue full", 2)));
+        }
+    }
+}
