@@ -2,6 +2,7 @@
 //! metrics, panic → 500), and graceful shutdown. Inference lives in `worker`.
 
 mod auth;
+mod disconnect;
 mod error;
 mod metrics;
 mod routes;
@@ -138,6 +139,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             .route("/v1/audio/translations", web::post().to(routes::openai_translations))
             .default_service(web::to(|| async { ApiError::new(actix_web::http::StatusCode::NOT_FOUND, "invalid_request_error", "no such endpoint").error_response() }))
     })
+    .on_connect(disconnect::remember_socket)
     .workers(cfg.http_workers)
     .disable_signals()
     .shutdown_timeout(cfg.drain_timeout_s)

@@ -183,7 +183,8 @@ async fn handle_inner(api: Api, req: HttpRequest, body: web::Payload, state: web
     }
     let upload_bytes = file.len();
     let t0 = std::time::Instant::now();
-    let (transcript, cache) = worker::transcribe(shared, file, options.clone()).await?;
+    let client = req.conn_data::<super::disconnect::ClientSocket>().copied();
+    let (transcript, cache) = worker::transcribe(shared, file, options.clone(), client).await?;
     let task = if api == Api::OpenAiTranslations && !shared.engine.get().is_some_and(|e| e.is_multilingual()) { Task::Transcribe } else { options.task };
     tracing::info!(
         request_id = %super::request_id(&req),

@@ -189,7 +189,12 @@ impl Drop for InflightGuard {
 
 /// Transcribe uploaded `bytes`: from the cache, by joining an identical request in flight, or by
 /// decoding (on the blocking pool) and queueing a job.
-pub async fn transcribe(shared: &Arc<Shared>, bytes: Vec<u8>, options: TranscribeOptions) -> Result<(Arc<Transcript>, CacheStatus), ApiError> {
+pub async fn transcribe(
+    shared: &Arc<Shared>,
+    bytes: Vec<u8>,
+    options: TranscribeOptions,
+    client: Option<super::disconnect::ClientSocket>,
+) -> Result<(Arc<Transcript>, CacheStatus), ApiError> {
     let engine = shared.engine.get().cloned().ok_or_else(|| ApiError::unavailable("the model is still loading", 5))?;
     let options = engine.check_options(&options)?;
     let (bytes, hash) = actix_web::web::block(move || {
@@ -225,9 +230,17 @@ pub async fn transcribe(shared: &Arc<Shared>, bytes: Vec<u8>, options: Transcrib
         let shared = shared.clone();
         actix_web::rt::spawn(prepare_and_enqueue(shared, engine, key, bytes, options, tx));
     }
-    match rx.recv().await {
-        Ok(r) => r.map(|t| (t, CacheStatus::Miss)),
-        Err(_) => Err(ApiError::unavailable("the inference worker stopped", 5)),
+    // Wait for the result, or stop waiting when the client hangs up (actix does not cancel a
+    // handler on disconnect); with no one left waiting, the worker skips the job.
+    tokio::select! {
+        r = rx.recv() => match r {
+            Ok(r) => r.map(|t| (t, CacheStatus::Miss)),
+            Err(_) => Err(ApiError::unavailable("the inference worker stopped", 5)),
+        },
+        _ = super::disconnect::closed(client) => {
+            tracing::info!("client disconnected while waiting for its transcript");
+            Err(ApiError::unavailable("client disconnected", 1))
+        }
     }
 }
 

@@ -110,3 +110,4 @@ pub fn noise(n: usize, amplitude: f32) -> Vec<f32> {
         })
         .collect()
 }
+pub mod server;
