@@ -22,13 +22,13 @@ build: ## Build the release binary
 run: model build ## Fetch the model if missing, build, and start the server
 	$(BIN) serve --model $(MODEL)
 
-test: model ## Run every test (unit, integration, CLI)
+test: model venv ## Run every test (unit, integration, CLI, server, OpenAI client)
 	$(CARGO) test --locked
 
 venv: $(VENV)/.ok
 $(VENV)/.ok:
 	$(PY) -m venv $(VENV)
-	$(VENV)/bin/pip install -q jiwer whisper-normalizer faster-whisper==1.2.1
+	$(VENV)/bin/pip install -q jiwer whisper-normalizer faster-whisper==1.2.1 openai
 	touch $@
 
 eval: model build venv ## WER on ../shared/eval (English) for whisperd and faster-whisper int8, same files

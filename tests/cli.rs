@@ -108,3 +108,32 @@ fn convert_writes_a_loadable_hugging_face_directory() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stdout).contains("fellow Americans"));
 }
+
+#[test]
+fn print_config_equals_the_default_config_file() {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_whisperd"));
+    for (k, _) in std::env::vars() {
+        if k.starts_with("WHISPERD_") {
+            cmd.env_remove(k);
+        }
+    }
+    let out = cmd.args(["serve", "--print-config"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let file = std::fs::read_to_string(root().join("config/default.toml")).unwrap();
+    assert_eq!(String::from_utf8(out.stdout).unwrap(), file, "config/default.toml drifted from the code: regenerate it with `whisperd serve --print-config`");
+
+    // The production example parses, and env and flags override it in that order.
+    let out = whisperd()
+        .env("WHISPERD_PORT", "9001")
+        .args(["serve", "--print-config", "--config"])
+        .arg(root().join("config/production.toml"))
+        .args(["--host", "127.0.0.1"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("port = 9001") && text.contains("host = \"127.0.0.1\"") && text.contains("log_format = \"json\""), "{text}");
+    let out = whisperd().env("WHISPERD_QUEUE_SIZE", "lots").args(["serve", "--print-config"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("WHISPERD_QUEUE_SIZE"));
+}

@@ -39,13 +39,12 @@ struct ConvertArgs {
     dst: PathBuf,
 }
 
-/// Log to stderr; `RUST_LOG` filters (default `info`), `WHISPERD_LOG_FORMAT=json` for JSON lines.
-pub fn init_logging() {
-    let level = std::env::var("WHISPERD_LOG_LEVEL").unwrap_or_else(|_| "info".into());
+/// Log to stderr at `level` (`RUST_LOG` overrides), as text or JSON lines.
+pub fn init_logging(format: &str, level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    if std::env::var("WHISPERD_LOG_FORMAT").is_ok_and(|v| v == "json") {
+    if format == "json" {
         builder.json().init();
     } else {
         builder.init();
@@ -62,7 +61,10 @@ pub fn set_threads(threads: Option<usize>) {
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging();
+    if !matches!(cli.command, Command::Serve(_)) {
+        let env = |k: &str, d: &str| std::env::var(k).unwrap_or_else(|_| d.to_string());
+        init_logging(&env("WHISPERD_LOG_FORMAT", "text"), &env("WHISPERD_LOG_LEVEL", "info"));
+    }
     let result = match cli.command {
         Command::Transcribe(args) => transcribe::run(args),
         Command::Serve(args) => serve::run(args),

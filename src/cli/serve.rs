@@ -57,6 +57,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         print!("{}", cfg.to_commented_toml());
         return Ok(ExitCode::SUCCESS);
     }
+    super::init_logging(&cfg.log_format, &cfg.log_level);
     super::set_threads((cfg.threads > 0).then_some(cfg.threads));
     actix_web::rt::System::new().block_on(whisperd::server::run(cfg))?;
     Ok(ExitCode::SUCCESS)
