@@ -8,7 +8,7 @@ CARGO ?= cargo
 BIN := target/release/whisperd
 
 .DEFAULT_GOAL := help
-.PHONY: help model build test bench eval run lint clean venv
+.PHONY: help model build test bench eval run lint clean venv loadtest
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-12s %s\n", $$1, $$2}'
@@ -45,3 +45,6 @@ lint: ## rustfmt and clippy (warnings are errors)
 clean: ## Remove build outputs (keeps models/)
 	$(CARGO) clean
 	rm -rf $(VENV) out
+
+loadtest: model build ## 60 s at 8 concurrent clients with distinct jfk uploads (wrk, loopback) vs one at a time
+	scripts/loadtest.sh 60 8
