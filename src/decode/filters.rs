@@ -29,12 +29,10 @@ fn fill(logits: &mut [f32], range: std::ops::Range<usize>) {
 
 /// log-softmax of `logits` (−inf stays −inf).
 pub fn log_softmax(logits: &[f32]) -> Vec<f32> {
-    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    if !max.is_finite() {
+    let log_sum = log_sum_exp(logits);
+    if !log_sum.is_finite() {
         return logits.to_vec();
     }
-    let sum: f64 = logits.iter().map(|&l| ((l - max) as f64).exp()).sum();
-    let log_sum = max + sum.ln() as f32;
     logits.iter().map(|&l| l - log_sum).collect()
 }
 
@@ -77,20 +75,24 @@ pub fn apply_timestamp_rules(
     }
 
     // When the timestamps together are more likely than any single text token, pick a timestamp.
-    let logprobs = log_softmax(logits);
-    if ts_begin < logprobs.len() {
-        let ts = &logprobs[ts_begin..];
-        let ts_max = ts.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        let ts_logprob = if ts_max.is_finite() {
-            ts_max + ts.iter().map(|&l| ((l - ts_max) as f64).exp()).sum::<f64>().ln() as f32
-        } else {
-            f32::NEG_INFINITY
-        };
-        let text_max = logprobs[..ts_begin].iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        if ts_logprob > text_max {
+    // (Compared on raw logits: log-softmax shifts both sides by the same constant.)
+    if ts_begin < logits.len() {
+        let ts_mass = log_sum_exp(&logits[ts_begin..]);
+        let text_max = logits[..ts_begin].iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        if ts_mass > text_max {
             fill(logits, 0..ts_begin);
         }
     }
+}
+
+/// `log(Σ exp(x))`, stable; −inf for an empty or all −inf slice.
+pub fn log_sum_exp(xs: &[f32]) -> f32 {
+    let max = xs.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    if !max.is_finite() {
+        return f32::NEG_INFINITY;
+    }
+    let sum: f32 = xs.iter().map(|&x| (x - max).exp()).sum();
+    max + sum.ln()
 }
 
 #[cfg(test)]

@@ -4,7 +4,7 @@
 use candle_core::{Device, Tensor};
 use rand::{Rng, SeedableRng};
 
-use super::filters::{apply_timestamp_rules, log_softmax, suppress, SuppressTokens};
+use super::filters::{apply_timestamp_rules, log_softmax, log_sum_exp, suppress, SuppressTokens};
 use super::tokens::{TokenizerError, WhisperTokenizer};
 use super::{compression_ratio, Task};
 use crate::model::{DecoderState, Whisper};
@@ -105,9 +105,9 @@ pub fn decode_at_temperature(
         if o.timestamps {
             apply_timestamp_rules(&mut logits, &sampled, sp, Some(MAX_INITIAL_TIMESTAMP));
         }
-        let logprobs = log_softmax(&logits);
         let next = if temperature <= 0.0 { argmax(&logits) } else { sample(&logits, temperature, rng) };
-        sum_logprob += logprobs[next as usize] as f64;
+        // log-probability of the chosen token under the filtered distribution, as OpenAI sums it.
+        sum_logprob += (logits[next as usize] - log_sum_exp(&logits)) as f64;
         if next == sp.eot {
             break;
         }
