@@ -108,7 +108,9 @@ impl Engine {
 
     pub fn transcribe_bytes(&self, bytes: Vec<u8>, o: &TranscribeOptions) -> Result<Transcript, EngineError> {
         let pcm = Self::load_audio(bytes)?;
-        self.transcribe_pcm(&pcm, o)
+        let prepared = self.prepare(&pcm);
+        drop(pcm); // long recordings: the samples are not needed once the log-mel exists
+        self.transcribe_prepared(&prepared, o)
     }
 
     pub fn transcribe_pcm(&self, pcm: &Pcm, o: &TranscribeOptions) -> Result<Transcript, EngineError> {

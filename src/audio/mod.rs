@@ -56,7 +56,11 @@ where
     B: AsRef<[u8]> + Send + Sync + 'static,
 {
     let decoded = decode_mono(bytes)?;
-    let samples = resample(&decoded.samples, decoded.sample_rate, SAMPLE_RATE)?;
+    let samples = if decoded.sample_rate == SAMPLE_RATE {
+        decoded.samples // already 16 kHz: no copy
+    } else {
+        resample(&decoded.samples, decoded.sample_rate, SAMPLE_RATE)?
+    };
     if samples.is_empty() {
         return Err(AudioError::NoSamples);
     }

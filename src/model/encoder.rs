@@ -53,8 +53,15 @@ impl SelfAttention {
         let q = qkv.get(0)?.contiguous()?;
         let k = qkv.get(1)?.contiguous()?;
         let v = qkv.get(2)?.contiguous()?;
-        let att = candle_nn::ops::softmax_last_dim(&q.matmul(&k.t()?)?)?;
-        let y = att.matmul(&v)?.transpose(1, 2)?.reshape((b, t, d))?;
+        // One head at a time: the (T × T) score matrix of all heads at once is 54 MB per window
+        // for T = 1500; per head it is 9 MB, which keeps peak memory (and cache misses) down.
+        let mut heads = Vec::with_capacity(self.n_head);
+        for h in 0..self.n_head {
+            let (qh, kh, vh) = (q.narrow(1, h, 1)?, k.narrow(1, h, 1)?, v.narrow(1, h, 1)?);
+            let att = candle_nn::ops::softmax_last_dim(&qh.matmul(&kh.t()?)?)?;
+            heads.push(att.matmul(&vh)?);
+        }
+        let y = Tensor::cat(&heads, 1)?.transpose(1, 2)?.reshape((b, t, d))?;
         self.out.forward(&y)
     }
 }
