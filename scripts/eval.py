@@ -66,7 +66,7 @@ def main():
     print(f"|---|---|---|---|")
     print(f"| whisperd f32 | {ours['wer']:.2f}% | {ours['by_category']} | {ours_speed:.1f}x |")
     if peer:
-        ps = peer[1].get("speed") or peer[1].get("x_real_time") or (audio / peer[1].get("total_wall_s", 1e9))
+        ps = peer[1].get("speed_x") or audio / max(peer[1].get("wall_s", 1e9), 1e-9)
         print(f"| faster-whisper int8 | {peer[0]['wer']:.2f}% | {peer[0]['by_category']} | {float(ps):.1f}x |")
         print(f"\nWER difference whisperd − peer: {ours['wer'] - peer[0]['wer']:+.2f} points; speed ratio whisperd/peer: {ours_speed / float(ps):.2f}")
         print(f"peer summary: {json.dumps(peer[1])}")
