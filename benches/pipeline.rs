@@ -17,19 +17,34 @@ fn root() -> PathBuf {
 }
 
 fn benches(c: &mut Criterion) {
-    let model = std::env::var_os("WHISPERD_BENCH_MODEL").map(PathBuf::from).unwrap_or_else(|| root().join("models/whisper-tiny.en"));
+    let model = std::env::var_os("WHISPERD_BENCH_MODEL")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("models/whisper-tiny.en"));
     let engine = Engine::load(&model).expect("model (run `make model`)");
     let jfk = std::fs::read(root().join("../shared/eval/jfk.wav")).expect("../shared/eval/jfk.wav");
     let pcm = whisperd::audio::load_pcm(jfk.clone()).unwrap();
 
     let mel = MelSpectrogram::new(80);
-    let thirty_s: Vec<f32> = pcm.samples.iter().cycle().take(N_SAMPLES).copied().collect();
+    let thirty_s: Vec<f32> = pcm
+        .samples
+        .iter()
+        .cycle()
+        .take(N_SAMPLES)
+        .copied()
+        .collect();
     c.bench_function("mel_30s", |b| b.iter(|| mel.compute(&thirty_s, 0)));
 
-    let window = Tensor::from_vec(mel.compute(&thirty_s, 0).data, (1, 80, N_FRAMES), &Device::Cpu).unwrap();
+    let window = Tensor::from_vec(
+        mel.compute(&thirty_s, 0).data,
+        (1, 80, N_FRAMES),
+        &Device::Cpu,
+    )
+    .unwrap();
     let mut g = c.benchmark_group("model");
     g.sample_size(10);
-    g.bench_function("encoder_window", |b| b.iter(|| engine.model.encode(&window).unwrap()));
+    g.bench_function("encoder_window", |b| {
+        b.iter(|| engine.model.encode(&window).unwrap())
+    });
     let features = engine.model.encode(&window).unwrap();
     let dec = &engine.model.decoder;
     let token = Tensor::new(&[[440u32]], &Device::Cpu).unwrap();
@@ -38,7 +53,9 @@ fn benches(c: &mut Criterion) {
             b.iter_batched(
                 || {
                     let mut state = dec.prepare(&features).unwrap();
-                    let prefix = Tensor::from_vec(vec![50257u32; position], (1, position), &Device::Cpu).unwrap();
+                    let prefix =
+                        Tensor::from_vec(vec![50257u32; position], (1, position), &Device::Cpu)
+                            .unwrap();
                     dec.forward(&prefix, &mut state).unwrap();
                     state
                 },
@@ -50,7 +67,13 @@ fn benches(c: &mut Criterion) {
             )
         });
     }
-    g.bench_function("jfk_end_to_end", |b| b.iter(|| engine.transcribe_bytes(jfk.clone(), &TranscribeOptions::default()).unwrap()));
+    g.bench_function("jfk_end_to_end", |b| {
+        b.iter(|| {
+            engine
+                .transcribe_bytes(jfk.clone(), &TranscribeOptions::default())
+                .unwrap()
+        })
+    });
     g.finish();
 }
 

@@ -72,6 +72,12 @@ def main():
         print(f"peer summary: {json.dumps(peer[1])}")
 
     if a.speed:
+        # Batch (decoding overlapped with inference) vs. transcribe over the same files.
+        t0 = time.perf_counter()
+        run([a.bin, "batch", "--model", a.model, "--threads", str(a.threads), "--format", "json", "--output-dir", os.path.join(tmp, "batch"), *files])
+        batch_wall = time.perf_counter() - t0
+        print(f"\nwhisperd batch over the same files: {batch_wall:.1f} s wall incl. model load ({audio / batch_wall:.1f}x real time); "
+              f"transcribe: {wall:.1f} s ({audio / wall:.1f}x)")
         chapter = os.path.join(a.shared, "eval/longform/librispeech-test-clean-237-134500-full-chapter.wav")
         long_file = os.path.join(tmp, "ten-minutes.wav")
         run(["sox", chapter, chapter, chapter, long_file])

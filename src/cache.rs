@@ -37,12 +37,21 @@ pub struct ResultCache {
 impl ResultCache {
     /// `max_entries == 0` disables caching.
     pub fn new(max_entries: usize, max_bytes: usize) -> Self {
-        let inner = NonZeroUsize::new(max_entries).map(|n| Mutex::new(Inner { lru: lru::LruCache::new(n), bytes: 0 }));
+        let inner = NonZeroUsize::new(max_entries).map(|n| {
+            Mutex::new(Inner {
+                lru: lru::LruCache::new(n),
+                bytes: 0,
+            })
+        });
         Self { inner, max_bytes }
     }
 
     pub fn get(&self, key: &str) -> Option<Arc<Transcript>> {
-        let mut g = self.inner.as_ref()?.lock().unwrap_or_else(|p| p.into_inner());
+        let mut g = self
+            .inner
+            .as_ref()?
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         g.lru.get(key).map(|(t, _)| t.clone())
     }
 
@@ -78,7 +87,12 @@ impl ResultCache {
 }
 
 fn approx_size(t: &Transcript) -> usize {
-    t.text.len() + t.language.len() + t.segments.iter().map(|s| 96 + s.text.len() + 4 * s.tokens.len()).sum::<usize>()
+    t.text.len()
+        + t.language.len()
+        + t.segments
+            .iter()
+            .map(|s| 96 + s.text.len() + 4 * s.tokens.len())
+            .sum::<usize>()
 }
 
 #[cfg(test)]
@@ -86,7 +100,12 @@ mod tests {
     use super::*;
 
     fn t(text: &str) -> Arc<Transcript> {
-        Arc::new(Transcript { text: text.into(), language: "en".into(), duration: 1.0, segments: vec![] })
+        Arc::new(Transcript {
+            text: text.into(),
+            language: "en".into(),
+            duration: 1.0,
+            segments: vec![],
+        })
     }
 
     #[test]
@@ -110,8 +129,14 @@ mod tests {
     #[test]
     fn key_changes_with_options() {
         let o = TranscribeOptions::default();
-        let other = TranscribeOptions { timestamps: false, ..Default::default() };
+        let other = TranscribeOptions {
+            timestamps: false,
+            ..Default::default()
+        };
         assert_ne!(cache_key("h", "m", &o), cache_key("h", "m", &other));
-        assert_eq!(audio_hash(b"abc"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+        assert_eq!(
+            audio_hash(b"abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
     }
 }

@@ -55,21 +55,57 @@ impl Default for Config {
 const DOCS: &[(&str, &str)] = &[
     ("host", "Address to bind."),
     ("port", "TCP port to listen on."),
-    ("model", "Model directory (CTranslate2 model.bin or Hugging Face model.safetensors + config.json)."),
-    ("http_workers", "HTTP worker threads (they only parse and wait; inference runs on its own thread)."),
-    ("threads", "Compute threads for inference; 0 = one per CPU core."),
-    ("queue_size", "Requests that may wait for inference; beyond it the server answers 503 with Retry-After."),
-    ("request_timeout_s", "A request still queued after this many seconds fails with 503."),
-    ("drain_timeout_s", "On SIGTERM/SIGINT, how long in-flight requests may take to finish."),
-    ("max_upload_mb", "Largest upload in MiB (413 beyond it, before the body is read)."),
+    (
+        "model",
+        "Model directory (CTranslate2 model.bin or Hugging Face model.safetensors + config.json).",
+    ),
+    (
+        "http_workers",
+        "HTTP worker threads (they only parse and wait; inference runs on its own thread).",
+    ),
+    (
+        "threads",
+        "Compute threads for inference; 0 = one per CPU core.",
+    ),
+    (
+        "queue_size",
+        "Requests that may wait for inference; beyond it the server answers 503 with Retry-After.",
+    ),
+    (
+        "request_timeout_s",
+        "A request still queued after this many seconds fails with 503.",
+    ),
+    (
+        "drain_timeout_s",
+        "On SIGTERM/SIGINT, how long in-flight requests may take to finish.",
+    ),
+    (
+        "max_upload_mb",
+        "Largest upload in MiB (413 beyond it, before the body is read).",
+    ),
     ("max_audio_s", "Longest audio in seconds (413 beyond it)."),
-    ("cache_entries", "Result cache: most transcripts kept (0 disables the cache)."),
+    (
+        "cache_entries",
+        "Result cache: most transcripts kept (0 disables the cache).",
+    ),
     ("cache_mb", "Result cache: most MiB of transcripts kept."),
-    ("api_keys", "Accepted API keys (Authorization: Bearer KEY); empty = no authentication."),
-    ("api_keys_file", "File with one API key per line, added to api_keys."),
-    ("rate_limit_per_minute", "Requests per minute per API key (or client IP without keys); 0 = unlimited."),
+    (
+        "api_keys",
+        "Accepted API keys (Authorization: Bearer KEY); empty = no authentication.",
+    ),
+    (
+        "api_keys_file",
+        "File with one API key per line, added to api_keys.",
+    ),
+    (
+        "rate_limit_per_minute",
+        "Requests per minute per API key (or client IP without keys); 0 = unlimited.",
+    ),
     ("log_format", "text or json."),
-    ("log_level", "error, warn, info, debug or trace (RUST_LOG overrides)."),
+    (
+        "log_level",
+        "error, warn, info, debug or trace (RUST_LOG overrides).",
+    ),
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -84,14 +120,31 @@ pub enum ConfigError {
 
 impl Config {
     /// Defaults, then the file (if any), then `WHISPERD_*` variables from `env`.
-    pub fn load(file: Option<&std::path::Path>, env: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
-        let mut value = toml::Value::try_from(Config::default()).map_err(|e| ConfigError::Invalid(e.to_string()))?;
+    pub fn load(
+        file: Option<&std::path::Path>,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, ConfigError> {
+        let mut value = toml::Value::try_from(Config::default())
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
         if let Some(path) = file {
             let p = path.display().to_string();
-            let text = std::fs::read_to_string(path).map_err(|e| ConfigError::File { path: p.clone(), msg: e.to_string() })?;
-            let from_file: toml::Table = text.parse().map_err(|e: toml::de::Error| ConfigError::File { path: p.clone(), msg: e.to_string() })?;
+            let text = std::fs::read_to_string(path).map_err(|e| ConfigError::File {
+                path: p.clone(),
+                msg: e.to_string(),
+            })?;
+            let from_file: toml::Table =
+                text.parse()
+                    .map_err(|e: toml::de::Error| ConfigError::File {
+                        path: p.clone(),
+                        msg: e.to_string(),
+                    })?;
             // Validate names and types against the struct before merging.
-            Config::deserialize(toml::Value::Table(from_file.clone())).map_err(|e| ConfigError::File { path: p.clone(), msg: e.to_string() })?;
+            Config::deserialize(toml::Value::Table(from_file.clone())).map_err(|e| {
+                ConfigError::File {
+                    path: p.clone(),
+                    msg: e.to_string(),
+                }
+            })?;
             if let toml::Value::Table(t) = &mut value {
                 t.extend(from_file);
             }
@@ -100,8 +153,14 @@ impl Config {
             for (key, _) in DOCS {
                 let var = format!("WHISPERD_{}", key.to_ascii_uppercase());
                 if let Some(raw) = env(&var) {
-                    let current = t.get(*key).cloned().unwrap_or(toml::Value::String(String::new()));
-                    let parsed = parse_like(&current, &raw).map_err(|msg| ConfigError::Env { var: var.clone(), msg })?;
+                    let current = t
+                        .get(*key)
+                        .cloned()
+                        .unwrap_or(toml::Value::String(String::new()));
+                    let parsed = parse_like(&current, &raw).map_err(|msg| ConfigError::Env {
+                        var: var.clone(),
+                        msg,
+                    })?;
                     t.insert((*key).to_string(), parsed);
                 }
             }
@@ -119,7 +178,7 @@ impl Config {
         if self.http_workers == 0 {
             return bad("http_workers must be at least 1");
         }
-        if self.max_upload_mb == 0 || !(self.max_audio_s > 0.0) {
+        if self.max_upload_mb == 0 || self.max_audio_s.is_nan() || self.max_audio_s <= 0.0 {
             return bad("max_upload_mb and max_audio_s must be positive");
         }
         if !matches!(self.log_format.as_str(), "text" | "json") {
@@ -130,11 +189,24 @@ impl Config {
 
     /// Keys from `api_keys` and `api_keys_file`.
     pub fn all_api_keys(&self) -> Result<Vec<String>, ConfigError> {
-        let mut keys: Vec<String> = self.api_keys.iter().map(|k| k.trim().to_string()).filter(|k| !k.is_empty()).collect();
+        let mut keys: Vec<String> = self
+            .api_keys
+            .iter()
+            .map(|k| k.trim().to_string())
+            .filter(|k| !k.is_empty())
+            .collect();
         if !self.api_keys_file.is_empty() {
-            let text = std::fs::read_to_string(&self.api_keys_file)
-                .map_err(|e| ConfigError::File { path: self.api_keys_file.clone(), msg: e.to_string() })?;
-            keys.extend(text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(String::from));
+            let text =
+                std::fs::read_to_string(&self.api_keys_file).map_err(|e| ConfigError::File {
+                    path: self.api_keys_file.clone(),
+                    msg: e.to_string(),
+                })?;
+            keys.extend(
+                text.lines()
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                    .map(String::from),
+            );
         }
         Ok(keys)
     }
@@ -156,11 +228,25 @@ impl Config {
 /// Parse an environment string into the type of `current` (lists are comma-separated).
 fn parse_like(current: &toml::Value, raw: &str) -> Result<toml::Value, String> {
     Ok(match current {
-        toml::Value::Integer(_) => toml::Value::Integer(raw.trim().parse().map_err(|_| format!("`{raw}` is not a whole number"))?),
-        toml::Value::Float(_) => toml::Value::Float(raw.trim().parse().map_err(|_| format!("`{raw}` is not a number"))?),
-        toml::Value::Boolean(_) => toml::Value::Boolean(matches!(raw.trim(), "1" | "true" | "yes" | "on")),
+        toml::Value::Integer(_) => toml::Value::Integer(
+            raw.trim()
+                .parse()
+                .map_err(|_| format!("`{raw}` is not a whole number"))?,
+        ),
+        toml::Value::Float(_) => toml::Value::Float(
+            raw.trim()
+                .parse()
+                .map_err(|_| format!("`{raw}` is not a number"))?,
+        ),
+        toml::Value::Boolean(_) => {
+            toml::Value::Boolean(matches!(raw.trim(), "1" | "true" | "yes" | "on"))
+        }
         toml::Value::Array(_) => toml::Value::Array(
-            raw.split(',').map(str::trim).filter(|s| !s.is_empty()).map(|s| toml::Value::String(s.to_string())).collect(),
+            raw.split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(|s| toml::Value::String(s.to_string()))
+                .collect(),
         ),
         _ => toml::Value::String(raw.to_string()),
     })
@@ -181,7 +267,10 @@ mod tests {
             _ => None,
         };
         let c = Config::load(Some(&f), env).unwrap();
-        assert_eq!((c.port, c.queue_size, c.api_keys.clone()), (9100, 4, vec!["a".to_string(), "b".to_string()]));
+        assert_eq!(
+            (c.port, c.queue_size, c.api_keys.clone()),
+            (9100, 4, vec!["a".to_string(), "b".to_string()])
+        );
         assert_eq!(c.host, "0.0.0.0");
     }
 
@@ -190,8 +279,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("c.toml");
         std::fs::write(&f, "prot = 9000\n").unwrap();
-        assert!(Config::load(Some(&f), |_| None).unwrap_err().to_string().contains("prot"));
-        let e = Config::load(None, |k| (k == "WHISPERD_PORT").then(|| "http".to_string())).unwrap_err();
+        assert!(Config::load(Some(&f), |_| None)
+            .unwrap_err()
+            .to_string()
+            .contains("prot"));
+        let e =
+            Config::load(None, |k| (k == "WHISPERD_PORT").then(|| "http".to_string())).unwrap_err();
         assert!(e.to_string().contains("WHISPERD_PORT"));
     }
 
@@ -200,6 +293,9 @@ mod tests {
         let text = Config::default().to_commented_toml();
         let parsed: Config = toml::from_str(&text).unwrap();
         assert_eq!(parsed, Config::default());
-        assert_eq!(text.lines().filter(|l| l.starts_with("# ")).count(), DOCS.len() + 2);
+        assert_eq!(
+            text.lines().filter(|l| l.starts_with("# ")).count(),
+            DOCS.len() + 2
+        );
     }
 }

@@ -7,7 +7,9 @@ use std::time::Instant;
 use candle_core::Device;
 
 use crate::audio::{self, AudioError, Pcm};
-use crate::decode::{self, languages, DecodeError, SuppressTokens, Task, TranscribeOptions, WhisperTokenizer};
+use crate::decode::{
+    self, languages, DecodeError, SuppressTokens, Task, TranscribeOptions, WhisperTokenizer,
+};
 use crate::mel::{MelSpectrogram, N_SAMPLES};
 use crate::model::{ModelError, Whisper};
 use crate::output::Transcript;
@@ -21,7 +23,10 @@ pub enum EngineError {
     #[error(transparent)]
     Tokenizer(#[from] decode::tokens::TokenizerError),
     #[error("invalid {param}: {message}")]
-    InvalidOption { param: &'static str, message: String },
+    InvalidOption {
+        param: &'static str,
+        message: String,
+    },
     #[error(transparent)]
     Decode(#[from] DecodeError),
 }
@@ -55,7 +60,11 @@ impl Engine {
         let model = Whisper::load(dir, &device)?;
         let tok_path = dir.join("tokenizer.json");
         if !tok_path.exists() {
-            return Err(ModelError::MissingFile { path: tok_path, what: "tokenizer.json" }.into());
+            return Err(ModelError::MissingFile {
+                path: tok_path,
+                what: "tokenizer.json",
+            }
+            .into());
         }
         let tokenizer = WhisperTokenizer::load(&tok_path)?;
         let suppress = load_suppress_tokens(dir, &tokenizer)?;
@@ -65,7 +74,15 @@ impl Engine {
             .unwrap_or_else(|| "whisper".into());
         let load_seconds = t0.elapsed().as_secs_f64();
         tracing::info!(model = %dir.display(), layout = ?model.layout, dims = ?model.dims, load_seconds, "model loaded");
-        Ok(Self { mel: MelSpectrogram::new(model.dims.n_mels), model, tokenizer, suppress, model_dir: dir.to_path_buf(), model_name, load_seconds })
+        Ok(Self {
+            mel: MelSpectrogram::new(model.dims.n_mels),
+            model,
+            tokenizer,
+            suppress,
+            model_dir: dir.to_path_buf(),
+            model_name,
+            load_seconds,
+        })
     }
 
     pub fn is_multilingual(&self) -> bool {
@@ -77,15 +94,24 @@ impl Engine {
     pub fn check_options(&self, o: &TranscribeOptions) -> Result<TranscribeOptions, EngineError> {
         let mut o = o.clone();
         if let Some(lang) = o.language.as_deref().filter(|l| !l.trim().is_empty()) {
-            let code = languages::normalize(lang).ok_or_else(|| EngineError::InvalidOption { param: "language", message: format!("unknown language `{lang}`") })?;
+            let code = languages::normalize(lang).ok_or_else(|| EngineError::InvalidOption {
+                param: "language",
+                message: format!("unknown language `{lang}`"),
+            })?;
             if !self.is_multilingual() && code != "en" {
                 return Err(EngineError::InvalidOption {
                     param: "language",
-                    message: format!("model {} is English-only; language `{code}` needs a multilingual model", self.model_name),
+                    message: format!(
+                        "model {} is English-only; language `{code}` needs a multilingual model",
+                        self.model_name
+                    ),
                 });
             }
             if self.is_multilingual() && self.tokenizer.language_token(code).is_none() {
-                return Err(EngineError::InvalidOption { param: "language", message: format!("language `{code}` is not in this model's vocabulary") });
+                return Err(EngineError::InvalidOption {
+                    param: "language",
+                    message: format!("language `{code}` is not in this model's vocabulary"),
+                });
             }
             o.language = Some(code.to_string());
         } else {
@@ -96,7 +122,10 @@ impl Engine {
             o.task = Task::Transcribe;
         }
         if o.temperatures.is_empty() || o.temperatures.iter().any(|t| !(0.0..=1.0).contains(t)) {
-            return Err(EngineError::InvalidOption { param: "temperature", message: "temperatures must lie between 0 and 1".into() });
+            return Err(EngineError::InvalidOption {
+                param: "temperature",
+                message: "temperatures must lie between 0 and 1".into(),
+            });
         }
         Ok(o)
     }
@@ -106,14 +135,22 @@ impl Engine {
         Ok(audio::load_pcm(bytes)?)
     }
 
-    pub fn transcribe_bytes(&self, bytes: Vec<u8>, o: &TranscribeOptions) -> Result<Transcript, EngineError> {
+    pub fn transcribe_bytes(
+        &self,
+        bytes: Vec<u8>,
+        o: &TranscribeOptions,
+    ) -> Result<Transcript, EngineError> {
         let pcm = Self::load_audio(bytes)?;
         let prepared = self.prepare(&pcm);
         drop(pcm); // long recordings: the samples are not needed once the log-mel exists
         self.transcribe_prepared(&prepared, o)
     }
 
-    pub fn transcribe_pcm(&self, pcm: &Pcm, o: &TranscribeOptions) -> Result<Transcript, EngineError> {
+    pub fn transcribe_pcm(
+        &self,
+        pcm: &Pcm,
+        o: &TranscribeOptions,
+    ) -> Result<Transcript, EngineError> {
         self.transcribe_prepared(&self.prepare(pcm), o)
     }
 
@@ -122,18 +159,38 @@ impl Engine {
     pub fn prepare(&self, pcm: &Pcm) -> Prepared {
         // OpenAI pads 30 s of zeros before the STFT; frames past the audio are zeros in the log domain.
         let mel = self.mel.compute(&pcm.samples, N_SAMPLES);
-        Prepared { mel, content_frames: pcm.samples.len() / crate::mel::HOP_LENGTH, duration_s: pcm.duration_s() }
+        Prepared {
+            mel,
+            content_frames: pcm.samples.len() / crate::mel::HOP_LENGTH,
+            duration_s: pcm.duration_s(),
+        }
     }
 
-    pub fn transcribe_prepared(&self, p: &Prepared, o: &TranscribeOptions) -> Result<Transcript, EngineError> {
+    pub fn transcribe_prepared(
+        &self,
+        p: &Prepared,
+        o: &TranscribeOptions,
+    ) -> Result<Transcript, EngineError> {
         let o = self.check_options(o)?;
         let span = tracing::info_span!("transcribe", audio_s = p.duration_s);
         let _g = span.enter();
         let t0 = Instant::now();
-        let mut t = decode::transcribe(&self.model, &self.tokenizer, &self.suppress, &p.mel, p.content_frames, &o)?;
+        let mut t = decode::transcribe(
+            &self.model,
+            &self.tokenizer,
+            &self.suppress,
+            &p.mel,
+            p.content_frames,
+            &o,
+        )?;
         t.duration = p.duration_s;
         let secs = t0.elapsed().as_secs_f64();
-        tracing::debug!(seconds = secs, rtf = secs / p.duration_s.max(1e-9), segments = t.segments.len(), "transcribed");
+        tracing::debug!(
+            seconds = secs,
+            rtf = secs / p.duration_s.max(1e-9),
+            segments = t.segments.len(),
+            "transcribed"
+        );
         Ok(t)
     }
 }
@@ -156,10 +213,16 @@ impl Prepared {
 /// computed from the tokenizer as OpenAI does.
 fn load_suppress_tokens(dir: &Path, tok: &WhisperTokenizer) -> Result<SuppressTokens, EngineError> {
     let read = |name: &str| -> Option<serde_json::Value> {
-        std::fs::read_to_string(dir.join(name)).ok().and_then(|s| serde_json::from_str(&s).ok())
+        std::fs::read_to_string(dir.join(name))
+            .ok()
+            .and_then(|s| serde_json::from_str(&s).ok())
     };
     let ids = |v: &serde_json::Value, key: &str| -> Option<Vec<u32>> {
-        v.get(key)?.as_array()?.iter().map(|x| x.as_u64().map(|n| n as u32)).collect()
+        v.get(key)?
+            .as_array()?
+            .iter()
+            .map(|x| x.as_u64().map(|n| n as u32))
+            .collect()
     };
     let sp = &tok.specials;
     let default_begin = {
@@ -179,14 +242,21 @@ fn load_suppress_tokens(dir: &Path, tok: &WhisperTokenizer) -> Result<SuppressTo
             return Ok(SuppressTokens { always, at_begin });
         }
     }
-    Ok(computed_suppress_tokens(tok)?)
+    computed_suppress_tokens(tok)
 }
 
 /// OpenAI's default suppress list (`suppress_tokens="-1"`): non-speech symbols plus control tokens.
 pub fn computed_suppress_tokens(tok: &WhisperTokenizer) -> Result<SuppressTokens, EngineError> {
     let sp = &tok.specials;
     let mut always = tok.non_speech_tokens();
-    always.extend([sp.transcribe, sp.translate, sp.sot, sp.sot_prev, sp.sot_lm, sp.no_speech]);
+    always.extend([
+        sp.transcribe,
+        sp.translate,
+        sp.sot,
+        sp.sot_prev,
+        sp.sot_lm,
+        sp.no_speech,
+    ]);
     always.sort_unstable();
     always.dedup();
     let mut at_begin = tok.encode(" ")?;
@@ -197,5 +267,8 @@ pub fn computed_suppress_tokens(tok: &WhisperTokenizer) -> Result<SuppressTokens
 /// Write the suppress lists as Hugging Face's `generation_config.json` (used by `convert`).
 pub fn write_generation_config(s: &SuppressTokens, dst: &Path) -> std::io::Result<()> {
     let v = serde_json::json!({ "suppress_tokens": s.always, "begin_suppress_tokens": s.at_begin });
-    std::fs::write(dst.join("generation_config.json"), serde_json::to_string_pretty(&v)?)
+    std::fs::write(
+        dst.join("generation_config.json"),
+        serde_json::to_string_pretty(&v)?,
+    )
 }

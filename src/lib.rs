@@ -16,15 +16,24 @@ pub use engine::{Engine, EngineError};
 pub use output::{Format, Segment, Transcript};
 
 /// Convert a model directory to the Hugging Face layout (`whisperd convert --to safetensors`).
-pub fn convert_to_safetensors(src: &std::path::Path, dst: &std::path::Path) -> Result<(), EngineError> {
+pub fn convert_to_safetensors(
+    src: &std::path::Path,
+    dst: &std::path::Path,
+) -> Result<(), EngineError> {
     let engine = Engine::load(src)?;
     let weights = model::Weights::load_dir(src, &candle_core::Device::Cpu)?;
     model::save_hf(&weights, &engine.model.dims, dst)?;
-    let io = |e: std::io::Error| EngineError::Model(model::ModelError::Io { path: dst.to_path_buf(), source: e });
+    let io = |e: std::io::Error| {
+        EngineError::Model(model::ModelError::Io {
+            path: dst.to_path_buf(),
+            source: e,
+        })
+    };
     std::fs::copy(src.join("tokenizer.json"), dst.join("tokenizer.json")).map_err(io)?;
     engine::write_generation_config(&engine.suppress, dst).map_err(io)?;
     Ok(())
 }
-pub mod config;
+pub mod batch;
 pub mod cache;
+pub mod config;
 pub mod server;

@@ -63,7 +63,12 @@ impl MelSpectrogram {
             })
             .collect();
         let fft = FftPlanner::new().plan_fft_forward(N_FFT);
-        Self { n_mels, window, filters, fft }
+        Self {
+            n_mels,
+            window,
+            filters,
+            fft,
+        }
     }
 
     pub fn n_mels(&self) -> usize {
@@ -113,7 +118,11 @@ impl MelSpectrogram {
                 *p = c.norm_sqr();
             }
             for (m, (first, weights)) in self.filters.iter().enumerate() {
-                let e: f64 = weights.iter().zip(&power[*first..]).map(|(w, p)| w * p).sum();
+                let e: f64 = weights
+                    .iter()
+                    .zip(&power[*first..])
+                    .map(|(w, p)| w * p)
+                    .sum();
                 let v = e.max(1e-10).log10() as f32;
                 max_log = max_log.max(v);
                 data[m * n_frames + f] = v;
@@ -123,7 +132,11 @@ impl MelSpectrogram {
         for v in data.iter_mut() {
             *v = (v.max(floor) + 4.0) / 4.0;
         }
-        Mel { n_mels: self.n_mels, n_frames, data }
+        Mel {
+            n_mels: self.n_mels,
+            n_frames,
+            data,
+        }
     }
 }
 
@@ -155,8 +168,9 @@ fn mel_to_hz(m: f64) -> f64 {
 /// librosa.filters.mel(sr, n_fft, n_mels, fmin=0, fmax=sr/2, htk=False, norm="slaney").
 pub fn mel_filterbank(n_mels: usize, n_fft: usize, sample_rate: usize) -> Vec<Vec<f64>> {
     let n_bins = n_fft / 2 + 1;
-    let fft_freqs: Vec<f64> =
-        (0..n_bins).map(|i| i as f64 * sample_rate as f64 / n_fft as f64).collect();
+    let fft_freqs: Vec<f64> = (0..n_bins)
+        .map(|i| i as f64 * sample_rate as f64 / n_fft as f64)
+        .collect();
     let min_mel = hz_to_mel(0.0);
     let max_mel = hz_to_mel(sample_rate as f64 / 2.0);
     let mel_f: Vec<f64> = (0..n_mels + 2)
@@ -197,7 +211,9 @@ mod tests {
         for n_mels in [80, 128] {
             let fb = mel_filterbank(n_mels, N_FFT, 16_000);
             assert_eq!(fb.len(), n_mels);
-            assert!(fb.iter().all(|r| r.len() == 201 && r.iter().any(|&w| w > 0.0)));
+            assert!(fb
+                .iter()
+                .all(|r| r.len() == 201 && r.iter().any(|&w| w > 0.0)));
         }
     }
 

@@ -41,7 +41,14 @@ pub enum Format {
 }
 
 impl Format {
-    pub const ALL: [Format; 6] = [Format::Text, Format::Json, Format::VerboseJson, Format::Srt, Format::Vtt, Format::Tsv];
+    pub const ALL: [Format; 6] = [
+        Format::Text,
+        Format::Json,
+        Format::VerboseJson,
+        Format::Srt,
+        Format::Vtt,
+        Format::Tsv,
+    ];
 
     /// File extension used by the CLI and batch (`jfk.wav.srt`).
     pub fn extension(self) -> &'static str {
@@ -84,7 +91,13 @@ impl std::str::FromStr for Format {
 /// `HH:MM:SS{sep}mmm`.
 fn timestamp(seconds: f64, sep: char) -> String {
     let ms = (seconds.max(0.0) * 1000.0).round() as u64;
-    format!("{:02}:{:02}:{:02}{sep}{:03}", ms / 3_600_000, (ms / 60_000) % 60, (ms / 1000) % 60, ms % 1000)
+    format!(
+        "{:02}:{:02}:{:02}{sep}{:03}",
+        ms / 3_600_000,
+        (ms / 60_000) % 60,
+        (ms / 1000) % 60,
+        ms % 1000
+    )
 }
 
 impl Transcript {
@@ -103,12 +116,25 @@ impl Transcript {
                 .segments
                 .iter()
                 .enumerate()
-                .map(|(i, s)| format!("{}\n{} --> {}\n{}\n\n", i + 1, timestamp(s.start, ','), timestamp(s.end, ','), s.text.trim()))
+                .map(|(i, s)| {
+                    format!(
+                        "{}\n{} --> {}\n{}\n\n",
+                        i + 1,
+                        timestamp(s.start, ','),
+                        timestamp(s.end, ','),
+                        s.text.trim()
+                    )
+                })
                 .collect(),
             Format::Vtt => {
                 let mut out = String::from("WEBVTT\n\n");
                 for s in &self.segments {
-                    out.push_str(&format!("{} --> {}\n{}\n\n", timestamp(s.start, '.'), timestamp(s.end, '.'), s.text.trim()));
+                    out.push_str(&format!(
+                        "{} --> {}\n{}\n\n",
+                        timestamp(s.start, '.'),
+                        timestamp(s.end, '.'),
+                        s.text.trim()
+                    ));
                 }
                 out
             }
@@ -116,7 +142,12 @@ impl Transcript {
                 let mut out = String::from("start\tend\ttext\n");
                 for s in &self.segments {
                     let text = s.text.trim().replace('\t', " ");
-                    out.push_str(&format!("{}\t{}\t{}\n", (s.start * 1000.0).round() as u64, (s.end * 1000.0).round() as u64, text));
+                    out.push_str(&format!(
+                        "{}\t{}\t{}\n",
+                        (s.start * 1000.0).round() as u64,
+                        (s.end * 1000.0).round() as u64,
+                        text
+                    ));
                 }
                 out
             }
@@ -145,8 +176,30 @@ mod tests {
             language: "en".into(),
             duration: 3725.5,
             segments: vec![
-                Segment { id: 0, seek: 0, start: 0.0, end: 1.5, text: " Hello there.".into(), tokens: vec![1], temperature: 0.0, avg_logprob: -0.2, compression_ratio: 1.0, no_speech_prob: 0.01 },
-                Segment { id: 1, seek: 0, start: 3661.25, end: 3662.0, text: " General Kenobi.".into(), tokens: vec![2], temperature: 0.0, avg_logprob: -0.2, compression_ratio: 1.0, no_speech_prob: 0.01 },
+                Segment {
+                    id: 0,
+                    seek: 0,
+                    start: 0.0,
+                    end: 1.5,
+                    text: " Hello there.".into(),
+                    tokens: vec![1],
+                    temperature: 0.0,
+                    avg_logprob: -0.2,
+                    compression_ratio: 1.0,
+                    no_speech_prob: 0.01,
+                },
+                Segment {
+                    id: 1,
+                    seek: 0,
+                    start: 3661.25,
+                    end: 3662.0,
+                    text: " General Kenobi.".into(),
+                    tokens: vec![2],
+                    temperature: 0.0,
+                    avg_logprob: -0.2,
+                    compression_ratio: 1.0,
+                    no_speech_prob: 0.01,
+                },
             ],
         }
     }
@@ -157,14 +210,21 @@ mod tests {
         let srt = t.render(Format::Srt, Task::Transcribe);
         assert!(srt.starts_with("1\n00:00:00,000 --> 00:00:01,500\nHello there.\n\n2\n01:01:01,250 --> 01:01:02,000\nGeneral Kenobi.\n\n"), "{srt}");
         let vtt = t.render(Format::Vtt, Task::Transcribe);
-        assert!(vtt.starts_with("WEBVTT\n\n00:00:00.000 --> 00:00:01.500\nHello there.\n"), "{vtt}");
+        assert!(
+            vtt.starts_with("WEBVTT\n\n00:00:00.000 --> 00:00:01.500\nHello there.\n"),
+            "{vtt}"
+        );
         let tsv = t.render(Format::Tsv, Task::Transcribe);
-        assert_eq!(tsv.lines().nth(2), Some("3661250\t3662000\tGeneral Kenobi."));
+        assert_eq!(
+            tsv.lines().nth(2),
+            Some("3661250\t3662000\tGeneral Kenobi.")
+        );
     }
 
     #[test]
     fn verbose_json_uses_language_name() {
-        let v: serde_json::Value = serde_json::from_str(&sample().render(Format::VerboseJson, Task::Transcribe)).unwrap();
+        let v: serde_json::Value =
+            serde_json::from_str(&sample().render(Format::VerboseJson, Task::Transcribe)).unwrap();
         assert_eq!(v["language"], "english");
         assert_eq!(v["task"], "transcribe");
         assert_eq!(v["segments"][1]["start"], 3661.25);

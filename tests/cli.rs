@@ -15,8 +15,16 @@ fn whisperd() -> Command {
 
 #[test]
 fn one_file_prints_its_transcript() {
-    let out = whisperd().args(["transcribe"]).arg(shared().join("eval/jfk.wav")).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = whisperd()
+        .args(["transcribe"])
+        .arg(shared().join("eval/jfk.wav"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = String::from_utf8(out.stdout).unwrap();
     assert!(wer("And so my fellow Americans, ask not what your country can do for you, ask what you can do for your country.", &text) < 0.1, "{text}");
 }
@@ -26,7 +34,11 @@ fn several_files_write_one_output_each_and_bad_files_are_named() {
     let dir = tempfile::tempdir().unwrap();
     let out_dir = dir.path().join("out");
     let bad = dir.path().join("notes.wav");
-    std::fs::write(&bad, b"not audio at all, just text pretending to be a wav file").unwrap();
+    std::fs::write(
+        &bad,
+        b"not audio at all, just text pretending to be a wav file",
+    )
+    .unwrap();
     let out = whisperd()
         .args(["transcribe", "--format", "srt", "--output-dir"])
         .arg(&out_dir)
@@ -39,22 +51,37 @@ fn several_files_write_one_output_each_and_bad_files_are_named() {
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     let error_lines: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
     assert_eq!(error_lines.len(), 1, "{stderr}");
-    assert!(error_lines[0].contains("notes.wav") && error_lines[0].contains("not a recognised audio file"), "{stderr}");
+    assert!(
+        error_lines[0].contains("notes.wav")
+            && error_lines[0].contains("not a recognised audio file"),
+        "{stderr}"
+    );
     // Inputs that differ only in extension do not collide.
     for name in ["jfk.wav.srt", "jfk.flac.srt"] {
-        let srt = std::fs::read_to_string(out_dir.join(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let srt =
+            std::fs::read_to_string(out_dir.join(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
         assert!(srt.starts_with("1\n00:00:00,000 --> "), "{srt}");
         assert!(srt.contains("fellow Americans"), "{srt}");
     }
     assert!(!out_dir.join("notes.wav.srt").exists());
-    let leftovers: Vec<_> = std::fs::read_dir(&out_dir).unwrap().filter_map(|e| e.ok()).filter(|e| e.file_name().to_string_lossy().ends_with(".tmp")).collect();
+    let leftovers: Vec<_> = std::fs::read_dir(&out_dir)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
+        .collect();
     assert!(leftovers.is_empty());
 }
 
 #[test]
 fn every_format_writes_its_extension() {
     let dir = tempfile::tempdir().unwrap();
-    for (format, ext) in [("json", "json"), ("verbose_json", "verbose.json"), ("vtt", "vtt"), ("tsv", "tsv"), ("text", "txt")] {
+    for (format, ext) in [
+        ("json", "json"),
+        ("verbose_json", "verbose.json"),
+        ("vtt", "vtt"),
+        ("tsv", "tsv"),
+        ("text", "txt"),
+    ] {
         let out = whisperd()
             .args(["transcribe", "--format", format, "--output-dir"])
             .arg(dir.path())
@@ -62,7 +89,11 @@ fn every_format_writes_its_extension() {
             .arg(shared().join("eval/formats/jfk.mp3"))
             .output()
             .unwrap();
-        assert!(out.status.success(), "{format}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{format}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let body = std::fs::read_to_string(dir.path().join(format!("jfk.mp3.{ext}"))).unwrap();
         assert!(body.contains("country"), "{format}: {body}");
         if format.contains("json") {
@@ -74,12 +105,22 @@ fn every_format_writes_its_extension() {
 
 #[test]
 fn usage_errors_exit_2() {
-    let out = whisperd().args(["transcribe", "a.wav", "b.wav"]).output().unwrap();
+    let out = whisperd()
+        .args(["transcribe", "a.wav", "b.wav"])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--output-dir"));
-    let out = whisperd().args(["transcribe", "--format", "docx", "a.wav"]).output().unwrap();
+    let out = whisperd()
+        .args(["transcribe", "--format", "docx", "a.wav"])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
-    let out = whisperd().args(["transcribe", "--model", "/nonexistent/model"]).arg(shared().join("eval/jfk.wav")).output().unwrap();
+    let out = whisperd()
+        .args(["transcribe", "--model", "/nonexistent/model"])
+        .arg(shared().join("eval/jfk.wav"))
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/model"));
 }
@@ -87,25 +128,64 @@ fn usage_errors_exit_2() {
 #[test]
 fn no_timestamps_and_prompt_flags() {
     let out = whisperd()
-        .args(["transcribe", "--no-timestamps", "--format", "json", "--threads", "1", "--prompt", "Kennedy speech."])
+        .args([
+            "transcribe",
+            "--no-timestamps",
+            "--format",
+            "json",
+            "--threads",
+            "1",
+            "--prompt",
+            "Kennedy speech.",
+        ])
         .arg(shared().join("eval/jfk.wav"))
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let segs = v["segments"].as_array().unwrap();
-    assert_eq!(segs.len(), 1, "without timestamps a short clip is one segment");
-    assert!(segs[0]["tokens"].as_array().unwrap().iter().all(|t| t.as_u64().unwrap() < 50257));
+    assert_eq!(
+        segs.len(),
+        1,
+        "without timestamps a short clip is one segment"
+    );
+    assert!(segs[0]["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|t| t.as_u64().unwrap() < 50257));
 }
 
 #[test]
 fn convert_writes_a_loadable_hugging_face_directory() {
     let dir = tempfile::tempdir().unwrap();
     let dst = dir.path().join("hf");
-    let out = whisperd().args(["convert", "--to", "safetensors"]).arg(model_dir()).arg(&dst).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let out = whisperd().args(["transcribe", "--model"]).arg(&dst).arg(shared().join("eval/jfk.wav")).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = whisperd()
+        .args(["convert", "--to", "safetensors"])
+        .arg(model_dir())
+        .arg(&dst)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = whisperd()
+        .args(["transcribe", "--model"])
+        .arg(&dst)
+        .arg(shared().join("eval/jfk.wav"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stdout).contains("fellow Americans"));
 }
 
@@ -118,7 +198,11 @@ fn print_config_equals_the_default_config_file() {
         }
     }
     let out = cmd.args(["serve", "--print-config"]).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let file = std::fs::read_to_string(root().join("config/default.toml")).unwrap();
     assert_eq!(String::from_utf8(out.stdout).unwrap(), file, "config/default.toml drifted from the code: regenerate it with `whisperd serve --print-config`");
 
@@ -130,10 +214,23 @@ fn print_config_equals_the_default_config_file() {
         .args(["--host", "127.0.0.1"])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = String::from_utf8(out.stdout).unwrap();
-    assert!(text.contains("port = 9001") && text.contains("host = \"127.0.0.1\"") && text.contains("log_format = \"json\""), "{text}");
-    let out = whisperd().env("WHISPERD_QUEUE_SIZE", "lots").args(["serve", "--print-config"]).output().unwrap();
+    assert!(
+        text.contains("port = 9001")
+            && text.contains("host = \"127.0.0.1\"")
+            && text.contains("log_format = \"json\""),
+        "{text}"
+    );
+    let out = whisperd()
+        .env("WHISPERD_QUEUE_SIZE", "lots")
+        .args(["serve", "--print-config"])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("WHISPERD_QUEUE_SIZE"));
 }

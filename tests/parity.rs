@@ -13,7 +13,11 @@ fn reference_tokens() -> serde_json::Value {
 }
 
 fn ids(v: &serde_json::Value) -> Vec<u32> {
-    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
 }
 
 fn jfk_pcm() -> whisperd::audio::Pcm {
@@ -31,7 +35,12 @@ fn log_mel_matches_hugging_face_feature_extractor() {
     let mel = MelSpectrogram::new(80).compute(&pcm.samples, N_SAMPLES - pcm.samples.len());
     assert_eq!((mel.n_mels, mel.n_frames), (80, N_FRAMES));
     let reference: Vec<f32> = reference_mel().flatten_all().unwrap().to_vec1().unwrap();
-    let max_diff = mel.data.iter().zip(&reference).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    let max_diff = mel
+        .data
+        .iter()
+        .zip(&reference)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
     eprintln!("mel max abs difference vs jfk_mel.npy: {max_diff:e}");
     assert!(max_diff <= 2e-3, "max abs difference {max_diff}");
 }
@@ -41,16 +50,40 @@ fn greedy_tokens(mel: &Tensor) -> Vec<u32> {
     let e = engine();
     let features = e.model.encode(mel).unwrap();
     let mut state = e.model.decoder.prepare(&features).unwrap();
-    let o = WindowOptions { language_token: None, task: Task::Transcribe, timestamps: false, prompt: vec![] };
-    let rules = whisperd::decode::window::FallbackRules { compression_ratio_threshold: None, logprob_threshold: None, no_speech_threshold: None };
-    let r = decode_window(&e.model, &e.tokenizer, &e.suppress, &mut state, &o, &[0.0], rules, &mut whisperd::decode::window::new_rng()).unwrap();
+    let o = WindowOptions {
+        language_token: None,
+        task: Task::Transcribe,
+        timestamps: false,
+        prompt: vec![],
+    };
+    let rules = whisperd::decode::window::FallbackRules {
+        compression_ratio_threshold: None,
+        logprob_threshold: None,
+        no_speech_threshold: None,
+    };
+    let r = decode_window(
+        &e.model,
+        &e.tokenizer,
+        &e.suppress,
+        &mut state,
+        &o,
+        &[0.0],
+        rules,
+        &mut whisperd::decode::window::new_rng(),
+    )
+    .unwrap();
     r.tokens
 }
 
 #[test]
 fn start_sequence_of_english_only_model() {
     let e = engine();
-    let o = WindowOptions { language_token: None, task: Task::Transcribe, timestamps: false, prompt: vec![] };
+    let o = WindowOptions {
+        language_token: None,
+        task: Task::Transcribe,
+        timestamps: false,
+        prompt: vec![],
+    };
     let (start, sot_index) = whisperd::decode::window::initial_tokens(&e.tokenizer, false, &o, 448);
     assert_eq!(start, ids(&reference_tokens()["prompt"]));
     assert_eq!(sot_index, 0);
@@ -71,10 +104,16 @@ fn tokens_match_reference_on_log_mel_padded_window() {
     let content = pcm.samples.len() / 160;
     assert_eq!(content, 1100);
     let window = Tensor::from_vec(mel.window(0, content), (1, 80, N_FRAMES), &Device::Cpu).unwrap();
-    assert_eq!(greedy_tokens(&window), ids(&r["transcribe_style"]["tokens"]));
+    assert_eq!(
+        greedy_tokens(&window),
+        ids(&r["transcribe_style"]["tokens"])
+    );
 
     // And the same through the whole engine (timestamps off).
-    let o = whisperd::TranscribeOptions { timestamps: false, ..Default::default() };
+    let o = whisperd::TranscribeOptions {
+        timestamps: false,
+        ..Default::default()
+    };
     let t = engine().transcribe_pcm(&pcm, &o).unwrap();
     let all: Vec<u32> = t.segments.iter().flat_map(|s| s.tokens.clone()).collect();
     assert_eq!(all, ids(&r["transcribe_style"]["tokens"]));

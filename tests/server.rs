@@ -22,7 +22,10 @@ fn every_endpoint_and_format() {
     let s = Server::start(&[]);
     assert_eq!(s.get("/health").0, 200);
     let ready = s.get("/ready");
-    assert_eq!((ready.0, json(&ready)["ready"].as_bool()), (200, Some(true)));
+    assert_eq!(
+        (ready.0, json(&ready)["ready"].as_bool()),
+        (200, Some(true))
+    );
     let models = json(&s.get("/v1/models"));
     assert_eq!(models["data"][0]["id"], "whisper-tiny.en");
     let jfk = read("eval/jfk.wav");
@@ -34,56 +37,145 @@ fn every_endpoint_and_format() {
     assert!(wer(JFK_TEXT, v["text"].as_str().unwrap()) < 0.1);
     assert_eq!(v["language"], "en");
     assert_eq!(v["duration"], 11.0);
-    assert!(v["segments"].as_array().unwrap().len() >= 1);
+    assert!(!v["segments"].as_array().unwrap().is_empty());
 
     // `audio` is accepted as the file field; options also as query parameters.
-    let r = s.post_form("/transcribe?response_format=text", Some(("audio", &jfk)), &[], &[]);
+    let r = s.post_form(
+        "/transcribe?response_format=text",
+        Some(("audio", &jfk)),
+        &[],
+        &[],
+    );
     assert_eq!(r.0, 200);
-    assert!(header(&r, "content-type").unwrap().starts_with("text/plain"));
+    assert!(header(&r, "content-type")
+        .unwrap()
+        .starts_with("text/plain"));
     assert!(String::from_utf8_lossy(&r.2).contains("fellow Americans"));
 
-    for (fmt, starts) in [("srt", "1\n00:00:00,000 --> "), ("vtt", "WEBVTT\n\n00:00:00.000 --> "), ("tsv", "start\tend\ttext\n0\t")] {
-        let r = s.post_form("/transcribe", Some(("file", &jfk)), &[("response_format", fmt)], &[]);
+    for (fmt, starts) in [
+        ("srt", "1\n00:00:00,000 --> "),
+        ("vtt", "WEBVTT\n\n00:00:00.000 --> "),
+        ("tsv", "start\tend\ttext\n0\t"),
+    ] {
+        let r = s.post_form(
+            "/transcribe",
+            Some(("file", &jfk)),
+            &[("response_format", fmt)],
+            &[],
+        );
         assert_eq!(r.0, 200);
-        assert!(String::from_utf8_lossy(&r.2).starts_with(starts), "{fmt}: {}", String::from_utf8_lossy(&r.2));
+        assert!(
+            String::from_utf8_lossy(&r.2).starts_with(starts),
+            "{fmt}: {}",
+            String::from_utf8_lossy(&r.2)
+        );
     }
-    let r = s.post_form("/transcribe", Some(("file", &jfk)), &[("response_format", "json"), ("timestamps", "false")], &[]);
+    let r = s.post_form(
+        "/transcribe",
+        Some(("file", &jfk)),
+        &[("response_format", "json"), ("timestamps", "false")],
+        &[],
+    );
     assert_eq!(json(&r)["segments"].as_array().unwrap().len(), 1);
 
     // OpenAI contract: json is {"text"} only; verbose_json has OpenAI's fields.
-    let r = s.post_form("/v1/audio/transcriptions", Some(("file", &jfk)), &[("model", "whisper-1")], &[]);
+    let r = s.post_form(
+        "/v1/audio/transcriptions",
+        Some(("file", &jfk)),
+        &[("model", "whisper-1")],
+        &[],
+    );
     let v = json(&r);
-    assert_eq!(v.as_object().unwrap().keys().collect::<Vec<_>>(), vec!["text"]);
-    let r = s.post_form("/v1/audio/transcriptions", Some(("file", &jfk)), &[("model", "whisper-1"), ("response_format", "verbose_json"), ("timestamp_granularities[]", "segment")], &[]);
+    assert_eq!(
+        v.as_object().unwrap().keys().collect::<Vec<_>>(),
+        vec!["text"]
+    );
+    let r = s.post_form(
+        "/v1/audio/transcriptions",
+        Some(("file", &jfk)),
+        &[
+            ("model", "whisper-1"),
+            ("response_format", "verbose_json"),
+            ("timestamp_granularities[]", "segment"),
+        ],
+        &[],
+    );
     let v = json(&r);
-    assert_eq!((v["task"].as_str(), v["language"].as_str()), (Some("transcribe"), Some("english")));
-    for key in ["id", "seek", "start", "end", "text", "tokens", "temperature", "avg_logprob", "compression_ratio", "no_speech_prob"] {
+    assert_eq!(
+        (v["task"].as_str(), v["language"].as_str()),
+        (Some("transcribe"), Some("english"))
+    );
+    for key in [
+        "id",
+        "seek",
+        "start",
+        "end",
+        "text",
+        "tokens",
+        "temperature",
+        "avg_logprob",
+        "compression_ratio",
+        "no_speech_prob",
+    ] {
         assert!(v["segments"][0].get(key).is_some(), "segment lacks {key}");
     }
     // English-only model: translation transcribes (English either way).
-    let r = s.post_form("/v1/audio/translations", Some(("file", &jfk)), &[("model", "whisper-1"), ("response_format", "text")], &[]);
+    let r = s.post_form(
+        "/v1/audio/translations",
+        Some(("file", &jfk)),
+        &[("model", "whisper-1"), ("response_format", "text")],
+        &[],
+    );
     assert_eq!(r.0, 200);
     assert!(String::from_utf8_lossy(&r.2).contains("your country"));
 
     let metrics = String::from_utf8(s.get("/metrics").2).unwrap();
-    for name in ["whisperd_http_requests_total", "whisperd_http_request_duration_seconds", "whisperd_queue_wait_seconds", "whisperd_inference_seconds", "whisperd_audio_seconds_total", "whisperd_realtime_factor", "whisperd_decoded_tokens_total", "whisperd_queue_depth", "whisperd_in_flight_requests", "whisperd_cache_hits_total", "whisperd_cache_misses_total", "whisperd_cache_entries", "whisperd_cache_bytes", "whisperd_model_load_seconds", "whisperd_build_info"] {
+    for name in [
+        "whisperd_http_requests_total",
+        "whisperd_http_request_duration_seconds",
+        "whisperd_queue_wait_seconds",
+        "whisperd_inference_seconds",
+        "whisperd_audio_seconds_total",
+        "whisperd_realtime_factor",
+        "whisperd_decoded_tokens_total",
+        "whisperd_queue_depth",
+        "whisperd_in_flight_requests",
+        "whisperd_cache_hits_total",
+        "whisperd_cache_misses_total",
+        "whisperd_cache_entries",
+        "whisperd_cache_bytes",
+        "whisperd_model_load_seconds",
+        "whisperd_build_info",
+    ] {
         assert!(metrics.contains(name), "metrics lack {name}");
     }
-    assert!(s.log().contains("\"transcription served\"") || s.log().contains("transcription served"));
+    assert!(
+        s.log().contains("\"transcription served\"") || s.log().contains("transcription served")
+    );
 }
 
 #[test]
 fn cache_hit_and_single_flight() {
     let s = Server::start(&[]);
     let flac = read("eval/formats/jfk.flac");
-    let r1 = s.post_form("/transcribe", Some(("file", &flac)), &[], &[("X-Request-Id", "test-123")]);
+    let r1 = s.post_form(
+        "/transcribe",
+        Some(("file", &flac)),
+        &[],
+        &[("X-Request-Id", "test-123")],
+    );
     assert_eq!(header(&r1, "x-cache"), Some("miss"));
     assert_eq!(header(&r1, "x-request-id"), Some("test-123"));
     let r2 = s.post_form("/transcribe", Some(("file", &flac)), &[], &[]);
     assert_eq!(header(&r2, "x-cache"), Some("hit"));
     assert_eq!(r1.2, r2.2);
     // Other options are another cache entry.
-    let r3 = s.post_form("/transcribe", Some(("file", &flac)), &[("timestamps", "false")], &[]);
+    let r3 = s.post_form(
+        "/transcribe",
+        Some(("file", &flac)),
+        &[("timestamps", "false")],
+        &[],
+    );
     assert_eq!(header(&r3, "x-cache"), Some("miss"));
     assert!(s.metric("whisperd_cache_hits_total") >= 1.0);
 
@@ -95,50 +187,194 @@ fn cache_hit_and_single_flight() {
     let handles: Vec<_> = (0..2)
         .map(|_| {
             let (addr, ct, body) = (addr.clone(), ct.clone(), body.clone());
-            std::thread::spawn(move || request(&addr, "POST", "/transcribe", &[("Content-Type", &ct)], &body))
+            std::thread::spawn(move || {
+                request(
+                    &addr,
+                    "POST",
+                    "/transcribe",
+                    &[("Content-Type", &ct)],
+                    &body,
+                )
+            })
         })
         .collect();
     let results: Vec<Response> = handles.into_iter().map(|h| h.join().unwrap()).collect();
     assert!(results.iter().all(|r| r.0 == 200));
     assert_eq!(results[0].2, results[1].2);
-    assert_eq!(s.metric("whisperd_inference_jobs_total{result=\"ok\"}") - jobs_before, 1.0, "identical concurrent uploads ran twice");
+    assert_eq!(
+        s.metric("whisperd_inference_jobs_total{result=\"ok\"}") - jobs_before,
+        1.0,
+        "identical concurrent uploads ran twice"
+    );
 }
 
 #[test]
 fn every_bad_input_gets_a_clear_4xx() {
-    let s = Server::start(&[("WHISPERD_MAX_UPLOAD_MB", "1"), ("WHISPERD_MAX_AUDIO_S", "8")]);
+    let s = Server::start(&[
+        ("WHISPERD_MAX_UPLOAD_MB", "1"),
+        ("WHISPERD_MAX_AUDIO_S", "8"),
+    ]);
     let check = |r: Response, status: u16, needle: &str, param: Option<&str>| {
         assert_eq!(r.0, status, "{}", String::from_utf8_lossy(&r.2));
         let v = json(&r);
-        let msg = v["error"]["message"].as_str().unwrap_or_default().to_string();
-        assert!(msg.to_lowercase().contains(needle), "`{msg}` lacks `{needle}`");
-        assert!(!msg.contains("/work") && !msg.contains(".rs:"), "leaks internals: {msg}");
+        let msg = v["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        assert!(
+            msg.to_lowercase().contains(needle),
+            "`{msg}` lacks `{needle}`"
+        );
+        assert!(
+            !msg.contains("/work") && !msg.contains(".rs:"),
+            "leaks internals: {msg}"
+        );
         if let Some(p) = param {
             assert_eq!(v["error"]["param"], p);
         }
     };
     let wav = read("eval/jfk.wav");
     let short = read("eval/librispeech/test-clean/237-134500-0001.flac");
-    check(s.post_form("/transcribe", None, &[("language", "en")], &[]), 400, "no audio", Some("file"));
-    check(s.post_form("/transcribe", Some(("file", b"")), &[], &[]), 400, "empty", Some("file"));
-    check(s.post_form("/transcribe", Some(("file", b"just some text, definitely not audio")), &[], &[]), 400, "not a recognised audio file", Some("file"));
-    check(s.post_form("/transcribe", Some(("file", &wav[..wav.len() / 2])), &[], &[]), 400, "truncated", Some("file"));
+    check(
+        s.post_form("/transcribe", None, &[("language", "en")], &[]),
+        400,
+        "no audio",
+        Some("file"),
+    );
+    check(
+        s.post_form("/transcribe", Some(("file", b"")), &[], &[]),
+        400,
+        "empty",
+        Some("file"),
+    );
+    check(
+        s.post_form(
+            "/transcribe",
+            Some(("file", b"just some text, definitely not audio")),
+            &[],
+            &[],
+        ),
+        400,
+        "not a recognised audio file",
+        Some("file"),
+    );
+    check(
+        s.post_form(
+            "/transcribe",
+            Some(("file", &wav[..wav.len() / 2])),
+            &[],
+            &[],
+        ),
+        400,
+        "truncated",
+        Some("file"),
+    );
     let mut gsm = wav_bytes(&noise(1600, 0.1), 8000);
     gsm[20..22].copy_from_slice(&0x0031u16.to_le_bytes());
-    check(s.post_form("/transcribe", Some(("file", &gsm)), &[], &[]), 415, "gsm", Some("file"));
-    check(s.post_form("/transcribe", Some(("file", &short)), &[("response_format", "docx")], &[]), 400, "unknown format", Some("response_format"));
-    check(s.post_form("/v1/audio/transcriptions", Some(("file", &short)), &[("response_format", "tsv")], &[]), 400, "response_format", Some("response_format"));
-    check(s.post_form("/transcribe", Some(("file", &short)), &[("language", "xx")], &[]), 400, "unknown language", Some("language"));
-    check(s.post_form("/transcribe", Some(("file", &short)), &[("temperature", "7")], &[]), 400, "temperature", Some("temperature"));
-    check(s.post_form("/transcribe", Some(("file", &short)), &[("task", "summarize")], &[]), 400, "task", Some("task"));
-    check(s.post_form("/v1/audio/transcriptions", Some(("file", &short)), &[("timestamp_granularities[]", "word")], &[]), 400, "word", None);
-    check(request(&s.addr, "POST", "/transcribe", &[("Content-Type", "application/json")], b"{}"), 400, "multipart", None);
-    check(s.post_form("/transcribe", Some(("file", &wav)), &[], &[]), 413, "over the limit", Some("file")); // 11 s > 8 s
+    check(
+        s.post_form("/transcribe", Some(("file", &gsm)), &[], &[]),
+        415,
+        "gsm",
+        Some("file"),
+    );
+    check(
+        s.post_form(
+            "/transcribe",
+            Some(("file", &short)),
+            &[("response_format", "docx")],
+            &[],
+        ),
+        400,
+        "unknown format",
+        Some("response_format"),
+    );
+    check(
+        s.post_form(
+            "/v1/audio/transcriptions",
+            Some(("file", &short)),
+            &[("response_format", "tsv")],
+            &[],
+        ),
+        400,
+        "response_format",
+        Some("response_format"),
+    );
+    check(
+        s.post_form(
+            "/transcribe",
+            Some(("file", &short)),
+            &[("language", "xx")],
+            &[],
+        ),
+        400,
+        "unknown language",
+        Some("language"),
+    );
+    check(
+        s.post_form(
+            "/transcribe",
+            Some(("file", &short)),
+            &[("temperature", "7")],
+            &[],
+        ),
+        400,
+        "temperature",
+        Some("temperature"),
+    );
+    check(
+        s.post_form(
+            "/transcribe",
+            Some(("file", &short)),
+            &[("task", "summarize")],
+            &[],
+        ),
+        400,
+        "task",
+        Some("task"),
+    );
+    check(
+        s.post_form(
+            "/v1/audio/transcriptions",
+            Some(("file", &short)),
+            &[("timestamp_granularities[]", "word")],
+            &[],
+        ),
+        400,
+        "word",
+        None,
+    );
+    check(
+        request(
+            &s.addr,
+            "POST",
+            "/transcribe",
+            &[("Content-Type", "application/json")],
+            b"{}",
+        ),
+        400,
+        "multipart",
+        None,
+    );
+    check(
+        s.post_form("/transcribe", Some(("file", &wav)), &[], &[]),
+        413,
+        "over the limit",
+        Some("file"),
+    ); // 11 s > 8 s
     let big = vec![0u8; 1_200_000];
-    check(s.post_form("/transcribe", Some(("file", &big)), &[], &[]), 413, "upload over the limit", Some("file"));
+    check(
+        s.post_form("/transcribe", Some(("file", &big)), &[], &[]),
+        413,
+        "upload over the limit",
+        Some("file"),
+    );
     check(s.get("/nope"), 404, "no such endpoint", None);
     // Still serving after all of that.
-    assert_eq!(s.post_form("/transcribe", Some(("file", &short)), &[], &[]).0, 200);
+    assert_eq!(
+        s.post_form("/transcribe", Some(("file", &short)), &[], &[])
+            .0,
+        200
+    );
 }
 
 #[test]
@@ -146,20 +382,49 @@ fn api_keys_and_rate_limit() {
     let dir = tempfile::tempdir().unwrap();
     let keys = dir.path().join("keys");
     std::fs::write(&keys, "# one per line\nfile-key\n").unwrap();
-    let s = Server::start(&[("WHISPERD_API_KEYS", "k1"), ("WHISPERD_API_KEYS_FILE", keys.to_str().unwrap()), ("WHISPERD_RATE_LIMIT_PER_MINUTE", "3")]);
+    let s = Server::start(&[
+        ("WHISPERD_API_KEYS", "k1"),
+        ("WHISPERD_API_KEYS_FILE", keys.to_str().unwrap()),
+        ("WHISPERD_RATE_LIMIT_PER_MINUTE", "3"),
+    ]);
     for public in ["/health", "/ready", "/metrics"] {
         assert_eq!(s.get(public).0, 200, "{public}");
     }
     let r = s.get("/v1/models");
     assert_eq!(r.0, 401);
     assert_eq!(json(&r)["error"]["code"], "invalid_api_key");
-    assert_eq!(s.get_with("/v1/models", &[("Authorization", "Bearer wrong")]).0, 401);
+    assert_eq!(
+        s.get_with("/v1/models", &[("Authorization", "Bearer wrong")])
+            .0,
+        401
+    );
     let short = read("eval/librispeech/test-clean/237-134500-0001.flac");
-    assert_eq!(s.post_form("/transcribe", Some(("file", &short)), &[], &[("Authorization", "Bearer k1")]).0, 200);
-    assert_eq!(s.get_with("/v1/models", &[("Authorization", "Bearer file-key")]).0, 200);
+    assert_eq!(
+        s.post_form(
+            "/transcribe",
+            Some(("file", &short)),
+            &[],
+            &[("Authorization", "Bearer k1")]
+        )
+        .0,
+        200
+    );
+    assert_eq!(
+        s.get_with("/v1/models", &[("Authorization", "Bearer file-key")])
+            .0,
+        200
+    );
     // Third and fourth request of key k1 within the minute: the limit is 3.
-    assert_eq!(s.get_with("/v1/models", &[("Authorization", "Bearer k1")]).0, 200);
-    assert_eq!(s.get_with("/v1/models", &[("Authorization", "Bearer k1")]).0, 200);
+    assert_eq!(
+        s.get_with("/v1/models", &[("Authorization", "Bearer k1")])
+            .0,
+        200
+    );
+    assert_eq!(
+        s.get_with("/v1/models", &[("Authorization", "Bearer k1")])
+            .0,
+        200
+    );
     let r = s.get_with("/v1/models", &[("Authorization", "Bearer k1")]);
     assert_eq!(r.0, 429);
     assert!(header(&r, "retry-after").is_some_and(|v| v.parse::<u64>().unwrap() >= 1));
@@ -173,7 +438,15 @@ fn full_queue_answers_503_with_retry_after() {
         .map(|i| {
             let (ct, body) = multipart(Some(("file", &distinct(&wav, 100 + i))), &[]);
             let addr = s.addr.clone();
-            std::thread::spawn(move || request(&addr, "POST", "/transcribe", &[("Content-Type", &ct)], &body))
+            std::thread::spawn(move || {
+                request(
+                    &addr,
+                    "POST",
+                    "/transcribe",
+                    &[("Content-Type", &ct)],
+                    &body,
+                )
+            })
         })
         .collect();
     let results: Vec<Response> = handles.into_iter().map(|h| h.join().unwrap()).collect();
@@ -181,7 +454,11 @@ fn full_queue_answers_503_with_retry_after() {
     let busy: Vec<&Response> = results.iter().filter(|r| r.0 == 503).collect();
     assert_eq!(ok + busy.len(), 6, "only 200 or 503 expected");
     assert!(ok >= 1 && !busy.is_empty(), "{ok} ok, {} busy", busy.len());
-    assert!(busy.iter().all(|r| header(r, "retry-after").is_some() && json(r)["error"]["message"].as_str().unwrap().contains("busy")));
+    assert!(busy.iter().all(|r| header(r, "retry-after").is_some()
+        && json(r)["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("busy")));
 }
 
 #[test]
@@ -190,7 +467,15 @@ fn sigterm_lets_the_request_in_flight_finish() {
     let long = read("eval/longform/librispeech-test-clean-237-134500-full-chapter.wav");
     let (ct, body) = multipart(Some(("file", &long)), &[("response_format", "text")]);
     let addr = s.addr.clone();
-    let h = std::thread::spawn(move || request(&addr, "POST", "/transcribe", &[("Content-Type", &ct)], &body));
+    let h = std::thread::spawn(move || {
+        request(
+            &addr,
+            "POST",
+            "/transcribe",
+            &[("Content-Type", &ct)],
+            &body,
+        )
+    });
     // Wait until the job is running, then ask the server to stop.
     let t0 = std::time::Instant::now();
     while s.metric("whisperd_in_flight_requests") < 1.0 {
@@ -198,7 +483,10 @@ fn sigterm_lets_the_request_in_flight_finish() {
         std::thread::sleep(Duration::from_millis(20));
     }
     std::thread::sleep(Duration::from_millis(500));
-    let status = Command::new("kill").args(["-TERM", &s.pid().to_string()]).status().unwrap();
+    let status = Command::new("kill")
+        .args(["-TERM", &s.pid().to_string()])
+        .status()
+        .unwrap();
     assert!(status.success());
     let r = h.join().unwrap();
     assert_eq!(r.0, 200, "{}", String::from_utf8_lossy(&r.2));
@@ -216,7 +504,15 @@ fn a_queued_request_whose_client_left_is_dropped_before_inference() {
     let long = read("eval/longform/librispeech-test-clean-237-134500-full-chapter.wav");
     let (ct, body) = multipart(Some(("file", &long)), &[("response_format", "text")]);
     let addr = s.addr.clone();
-    let busy = std::thread::spawn(move || request(&addr, "POST", "/transcribe", &[("Content-Type", &ct)], &body));
+    let busy = std::thread::spawn(move || {
+        request(
+            &addr,
+            "POST",
+            "/transcribe",
+            &[("Content-Type", &ct)],
+            &body,
+        )
+    });
     let t0 = std::time::Instant::now();
     while s.metric("whisperd_in_flight_requests") < 1.0 {
         assert!(t0.elapsed() < Duration::from_secs(30));
@@ -225,17 +521,34 @@ fn a_queued_request_whose_client_left_is_dropped_before_inference() {
     std::thread::sleep(Duration::from_millis(300));
     // Queue a second job behind the long one, then hang up.
     let (ct, body) = multipart(Some(("file", &distinct(&read("eval/jfk.wav"), 7))), &[]);
-    let stream = send_request(&s.addr, "POST", "/transcribe", &[("Content-Type", &ct)], &body);
+    let stream = send_request(
+        &s.addr,
+        "POST",
+        "/transcribe",
+        &[("Content-Type", &ct)],
+        &body,
+    );
     while s.metric("whisperd_queue_depth") < 1.0 {
-        assert!(t0.elapsed() < Duration::from_secs(30), "second job never queued");
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "second job never queued"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     drop(stream);
     assert_eq!(busy.join().unwrap().0, 200);
     let t1 = std::time::Instant::now();
     while s.metric("whisperd_inference_jobs_total{result=\"cancelled\"}") < 1.0 {
-        assert!(t1.elapsed() < Duration::from_secs(10), "the abandoned job was not dropped:\n{}", String::from_utf8(s.get("/metrics").2).unwrap());
+        assert!(
+            t1.elapsed() < Duration::from_secs(10),
+            "the abandoned job was not dropped:\n{}",
+            String::from_utf8(s.get("/metrics").2).unwrap()
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
-    assert_eq!(s.metric("whisperd_inference_jobs_total{result=\"ok\"}"), 1.0, "only the long job ran");
+    assert_eq!(
+        s.metric("whisperd_inference_jobs_total{result=\"ok\"}"),
+        1.0,
+        "only the long job ran"
+    );
 }

@@ -35,22 +35,33 @@ where
         .format(
             &Hint::new(),
             mss,
-            &FormatOptions { enable_gapless: true, ..Default::default() },
+            &FormatOptions {
+                enable_gapless: true,
+                ..Default::default()
+            },
             &MetadataOptions::default(),
         )
         .map_err(|e| match (&e, wav_tag) {
-            (SymError::Unsupported(_), Some(tag)) => AudioError::UnsupportedCodec(wav_codec_name(tag)),
+            (SymError::Unsupported(_), Some(tag)) => {
+                AudioError::UnsupportedCodec(wav_codec_name(tag))
+            }
             (SymError::IoError(io), _) if io.kind() == std::io::ErrorKind::UnexpectedEof => {
                 AudioError::Corrupt("the file ends inside its header (truncated?)".into())
             }
             _ => AudioError::NotAudio(describe(&e)),
         })?;
     let mut format = probed.format;
-    let track = match format.tracks().iter().find(|t| t.codec_params.codec != CODEC_TYPE_NULL) {
+    let track = match format
+        .tracks()
+        .iter()
+        .find(|t| t.codec_params.codec != CODEC_TYPE_NULL)
+    {
         Some(t) => t,
         // Tracks exist, but in a codec symphonia does not know (AC-3, WMA, …).
         None if !format.tracks().is_empty() => {
-            return Err(AudioError::UnsupportedCodec(format!("the audio track's codec is not one whisperd decodes ({SUPPORTED_CODECS})")))
+            return Err(AudioError::UnsupportedCodec(format!(
+                "the audio track's codec is not one whisperd decodes ({SUPPORTED_CODECS})"
+            )))
         }
         None => return Err(AudioError::NoAudioTrack),
     };
@@ -123,7 +134,9 @@ where
         });
     }
     if sample_rate == 0 {
-        return Err(AudioError::Corrupt("the stream declares no sample rate".into()));
+        return Err(AudioError::Corrupt(
+            "the stream declares no sample rate".into(),
+        ));
     }
     // Damage shows as packets that failed to decode, or as a reader that lost sync and stopped
     // long before the end of the bytes; a clean stream that just stops early is truncated.
@@ -136,7 +149,10 @@ where
         )));
     }
     check_truncation(params.n_frames, mono.len(), sample_rate)?;
-    Ok(MonoAudio { samples: mono, sample_rate })
+    Ok(MonoAudio {
+        samples: mono,
+        sample_rate,
+    })
 }
 
 /// A seekable in-memory source that publishes its read position, so a reader that gave up
@@ -148,14 +164,18 @@ struct TrackingSource<B> {
 
 impl<B: AsRef<[u8]>> TrackingSource<B> {
     fn new(bytes: B) -> Self {
-        Self { inner: Cursor::new(bytes), position: Arc::new(AtomicU64::new(0)) }
+        Self {
+            inner: Cursor::new(bytes),
+            position: Arc::new(AtomicU64::new(0)),
+        }
     }
 }
 
 impl<B: AsRef<[u8]>> Read for TrackingSource<B> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         let n = self.inner.read(buf)?;
-        self.position.store(self.inner.position(), Ordering::Relaxed);
+        self.position
+            .store(self.inner.position(), Ordering::Relaxed);
         Ok(n)
     }
 }
@@ -184,7 +204,11 @@ pub(super) fn mix_into(out: &mut Vec<f32>, interleaved: &[f32], channels: usize)
         return;
     }
     let scale = 1.0 / channels as f32;
-    out.extend(interleaved.chunks_exact(channels).map(|frame| frame.iter().sum::<f32>() * scale));
+    out.extend(
+        interleaved
+            .chunks_exact(channels)
+            .map(|frame| frame.iter().sum::<f32>() * scale),
+    );
 }
 
 /// A container that declares its length but yields clearly less is a truncated upload.
@@ -198,7 +222,10 @@ pub(super) fn check_truncation(
         let declared_s = declared as f64 / sample_rate as f64;
         let decoded_s = decoded_frames as f64 / sample_rate as f64;
         if decoded_s < declared_s * 0.98 && declared_s - decoded_s > 0.5 {
-            return Err(AudioError::Truncated { declared_s, decoded_s });
+            return Err(AudioError::Truncated {
+                declared_s,
+                decoded_s,
+            });
         }
     }
     Ok(())

@@ -18,7 +18,11 @@ pub fn decode_opus_track(
     params: &CodecParameters,
 ) -> Result<MonoAudio, AudioError> {
     let channels = params.channels.map(|c| c.count()).unwrap_or(1).clamp(1, 2);
-    let layout = if channels == 2 { opus::Channels::Stereo } else { opus::Channels::Mono };
+    let layout = if channels == 2 {
+        opus::Channels::Stereo
+    } else {
+        opus::Channels::Mono
+    };
     let mut decoder = opus::Decoder::new(OPUS_RATE, layout)
         .map_err(|e| AudioError::Corrupt(format!("opus decoder: {e}")))?;
     let mut pcm = vec![0f32; MAX_FRAME * channels];
@@ -54,5 +58,8 @@ pub fn decode_opus_track(
     }
     // n_frames in an Ogg/Opus track is counted at 48 kHz.
     check_truncation(params.n_frames, mono.len() + pre_skip, OPUS_RATE)?;
-    Ok(MonoAudio { samples: mono, sample_rate: OPUS_RATE })
+    Ok(MonoAudio {
+        samples: mono,
+        sample_rate: OPUS_RATE,
+    })
 }

@@ -22,7 +22,8 @@ pub fn resample(input: &[f32], from_hz: u32, to_hz: u32) -> Result<Vec<f32>, Aud
         window: WindowFunction::BlackmanHarris2,
     };
     let err = |e: &dyn std::fmt::Display| AudioError::Internal(e.to_string());
-    let mut resampler = SincFixedIn::<f32>::new(ratio, 1.0, params, CHUNK, 1).map_err(|e| err(&e))?;
+    let mut resampler =
+        SincFixedIn::<f32>::new(ratio, 1.0, params, CHUNK, 1).map_err(|e| err(&e))?;
     let expected = (input.len() as f64 * ratio).round() as usize;
     let delay = resampler.output_delay();
     let mut out: Vec<f32> = Vec::with_capacity(expected + delay + CHUNK);
@@ -34,12 +35,16 @@ pub fn resample(input: &[f32], from_hz: u32, to_hz: u32) -> Result<Vec<f32>, Aud
     }
     let rest = chunks.remainder();
     if !rest.is_empty() {
-        let frames = resampler.process_partial(Some(&[rest]), None).map_err(|e| err(&e))?;
+        let frames = resampler
+            .process_partial(Some(&[rest]), None)
+            .map_err(|e| err(&e))?;
         out.extend_from_slice(&frames[0]);
     }
     // Flush the filter's delay line so the tail of the audio is not lost.
     while out.len() < expected + delay {
-        let frames = resampler.process_partial::<&[f32]>(None, None).map_err(|e| err(&e))?;
+        let frames = resampler
+            .process_partial::<&[f32]>(None, None)
+            .map_err(|e| err(&e))?;
         if frames[0].is_empty() {
             break;
         }

@@ -1,5 +1,6 @@
 //! Command line: `transcribe`, `convert`. Thin over `whisperd::Engine`.
 
+mod batch;
 mod serve;
 mod transcribe;
 
@@ -12,7 +13,11 @@ use clap::{Parser, Subcommand};
 pub const DEFAULT_MODEL_DIR: &str = "models/whisper-tiny.en";
 
 #[derive(Parser)]
-#[command(name = "whisperd", version, about = "Whisper speech-to-text: CLI and HTTP service")]
+#[command(
+    name = "whisperd",
+    version,
+    about = "Whisper speech-to-text: CLI and HTTP service"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -22,6 +27,8 @@ struct Cli {
 enum Command {
     /// Transcribe audio files; one file prints to stdout, several write into --output-dir.
     Transcribe(transcribe::TranscribeArgs),
+    /// Transcribe a backlog: files, folders, globs or lists into a mirrored output tree.
+    Batch(batch::BatchArgs),
     /// Run the HTTP service.
     Serve(serve::ServeArgs),
     /// Convert a model directory to another layout.
@@ -42,8 +49,11 @@ struct ConvertArgs {
 /// Log to stderr at `level` (`RUST_LOG` overrides), as text or JSON lines.
 pub fn init_logging(format: &str, level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+        // symphonia logs every damaged packet at error level; the reason reaches the user through our own errors.
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("{level},symphonia_core=off,symphonia_bundle_mp3=off,symphonia_bundle_flac=off,symphonia_format_ogg=off,symphonia_format_isomp4=off,symphonia_format_riff=off,symphonia_codec_aac=off,symphonia_codec_vorbis=off")));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if format == "json" {
         builder.json().init();
     } else {
@@ -63,11 +73,15 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     if !matches!(cli.command, Command::Serve(_)) {
         let env = |k: &str, d: &str| std::env::var(k).unwrap_or_else(|_| d.to_string());
-        init_logging(&env("WHISPERD_LOG_FORMAT", "text"), &env("WHISPERD_LOG_LEVEL", "info"));
+        init_logging(
+            &env("WHISPERD_LOG_FORMAT", "text"),
+            &env("WHISPERD_LOG_LEVEL", "info"),
+        );
     }
     let result = match cli.command {
         Command::Transcribe(args) => transcribe::run(args),
         Command::Serve(args) => serve::run(args),
+        Command::Batch(args) => batch::run(args),
         Command::Convert(args) => {
             let _ = &args.to;
             whisperd::convert_to_safetensors(&args.src, &args.dst)

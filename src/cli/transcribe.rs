@@ -45,7 +45,8 @@ pub fn run(args: TranscribeArgs) -> anyhow::Result<ExitCode> {
     if args.files.len() > 1 && args.output_dir.is_none() {
         anyhow::bail!("several input files need --output-dir DIR (one output per input)");
     }
-    let engine = Engine::load(&args.model).with_context(|| format!("loading model {}", args.model.display()))?;
+    let engine = Engine::load(&args.model)
+        .with_context(|| format!("loading model {}", args.model.display()))?;
     let options = TranscribeOptions {
         language: args.language.clone(),
         task: args.task,
@@ -61,7 +62,13 @@ pub fn run(args: TranscribeArgs) -> anyhow::Result<ExitCode> {
     }
     let mut failed = 0usize;
     for file in &args.files {
-        match transcribe_one(&engine, file, &options, args.format, args.output_dir.as_deref()) {
+        match transcribe_one(
+            &engine,
+            file,
+            &options,
+            args.format,
+            args.output_dir.as_deref(),
+        ) {
             Ok(()) => {}
             Err(e) => {
                 failed += 1;
@@ -69,10 +76,20 @@ pub fn run(args: TranscribeArgs) -> anyhow::Result<ExitCode> {
             }
         }
     }
-    Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    Ok(if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
-fn transcribe_one(engine: &Engine, file: &Path, o: &TranscribeOptions, format: Format, out_dir: Option<&Path>) -> anyhow::Result<()> {
+fn transcribe_one(
+    engine: &Engine,
+    file: &Path,
+    o: &TranscribeOptions,
+    format: Format,
+    out_dir: Option<&Path>,
+) -> anyhow::Result<()> {
     let bytes = std::fs::read(file).with_context(|| "cannot read file")?;
     let t0 = std::time::Instant::now();
     let transcript = engine.transcribe_bytes(bytes, o)?;
@@ -85,7 +102,10 @@ fn transcribe_one(engine: &Engine, file: &Path, o: &TranscribeOptions, format: F
             std::io::stdout().write_all(rendered.as_bytes())?;
         }
         Some(dir) => {
-            let name = file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "audio".into());
+            let name = file
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "audio".into());
             let path = dir.join(format!("{name}.{}", format.extension()));
             let tmp = dir.join(format!(".{name}.{}.tmp", format.extension()));
             std::fs::write(&tmp, rendered).with_context(|| format!("writing {}", tmp.display()))?;

@@ -62,7 +62,11 @@ pub fn apply_timestamp_rules(
 
     // Timestamps never decrease, and a segment has non-zero length.
     if let Some(&last_ts) = sampled.iter().rev().find(|&&t| is_ts(t)) {
-        let last = if last_was_ts && !penultimate_was_ts { last_ts } else { last_ts + 1 };
+        let last = if last_was_ts && !penultimate_was_ts {
+            last_ts
+        } else {
+            last_ts + 1
+        };
         fill(logits, ts_begin..last as usize);
     }
 
@@ -78,7 +82,10 @@ pub fn apply_timestamp_rules(
     // (Compared on raw logits: log-softmax shifts both sides by the same constant.)
     if ts_begin < logits.len() {
         let ts_mass = log_sum_exp(&logits[ts_begin..]);
-        let text_max = logits[..ts_begin].iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let text_max = logits[..ts_begin]
+            .iter()
+            .copied()
+            .fold(f32::NEG_INFINITY, f32::max);
         if ts_mass > text_max {
             fill(logits, 0..ts_begin);
         }
@@ -114,7 +121,11 @@ mod tests {
     }
 
     fn allowed(l: &[f32]) -> Vec<usize> {
-        l.iter().enumerate().filter(|(_, v)| v.is_finite()).map(|(i, _)| i).collect()
+        l.iter()
+            .enumerate()
+            .filter(|(_, v)| v.is_finite())
+            .map(|(i, _)| i)
+            .collect()
     }
 
     #[test]
@@ -156,6 +167,12 @@ mod tests {
         }
         apply_timestamp_rules(&mut l, &[18, 3], &sp(), None);
         assert!(l[3].is_infinite());
-        assert_eq!(log_softmax(&[0.0, 0.0]).iter().map(|x| (x.exp() * 100.0).round()).collect::<Vec<_>>(), vec![50.0, 50.0]);
+        assert_eq!(
+            log_softmax(&[0.0, 0.0])
+                .iter()
+                .map(|x| (x.exp() * 100.0).round())
+                .collect::<Vec<_>>(),
+            vec![50.0, 50.0]
+        );
     }
 }

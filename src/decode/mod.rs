@@ -8,14 +8,17 @@ pub mod tokens;
 mod transcribe;
 pub mod window;
 
-
 pub use filters::SuppressTokens;
 pub use tokens::{SpecialTokens, WhisperTokenizer, TIME_PRECISION};
 pub use transcribe::{detect_language, transcribe};
-pub use window::{decode_window, initial_tokens, DecodeError, FallbackRules, WindowOptions, WindowResult};
+pub use window::{
+    decode_window, initial_tokens, DecodeError, FallbackRules, WindowOptions, WindowResult,
+};
 
 /// transcribe (speech → text in its language) or translate (speech → English).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Task {
     #[default]
@@ -29,7 +32,9 @@ impl std::str::FromStr for Task {
         match s.trim().to_ascii_lowercase().as_str() {
             "transcribe" => Ok(Task::Transcribe),
             "translate" => Ok(Task::Translate),
-            other => Err(format!("unknown task `{other}` (expected transcribe or translate)")),
+            other => Err(format!(
+                "unknown task `{other}` (expected transcribe or translate)"
+            )),
         }
     }
 }
@@ -76,7 +81,11 @@ pub fn compression_ratio(text: &str) -> f32 {
         return 0.0;
     }
     let mut enc = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
-    let compressed = enc.write_all(bytes).and_then(|_| enc.finish()).map(|c| c.len()).unwrap_or(bytes.len());
+    let compressed = enc
+        .write_all(bytes)
+        .and_then(|_| enc.finish())
+        .map(|c| c.len())
+        .unwrap_or(bytes.len());
     bytes.len() as f32 / compressed.max(1) as f32
 }
 
@@ -86,7 +95,9 @@ mod tests {
 
     #[test]
     fn repetition_compresses() {
-        let normal = compression_ratio("And so my fellow Americans, ask not what your country can do for you.");
+        let normal = compression_ratio(
+            "And so my fellow Americans, ask not what your country can do for you.",
+        );
         let looped = compression_ratio(&"I'm sorry. ".repeat(30));
         assert!(normal < 1.6, "{normal}");
         assert!(looped > 2.4, "{looped}");

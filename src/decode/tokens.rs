@@ -42,13 +42,18 @@ pub struct WhisperTokenizer {
 impl WhisperTokenizer {
     pub fn load(path: &Path) -> Result<Self, TokenizerError> {
         let p = path.display().to_string();
-        let inner = tokenizers::Tokenizer::from_file(path)
-            .map_err(|e| TokenizerError::Load { path: p.clone(), msg: e.to_string() })?;
+        let inner = tokenizers::Tokenizer::from_file(path).map_err(|e| TokenizerError::Load {
+            path: p.clone(),
+            msg: e.to_string(),
+        })?;
         let id = |names: &[&'static str]| -> Result<u32, TokenizerError> {
             names
                 .iter()
                 .find_map(|n| inner.token_to_id(n))
-                .ok_or(TokenizerError::MissingSpecial { path: p.clone(), token: names[0] })
+                .ok_or(TokenizerError::MissingSpecial {
+                    path: p.clone(),
+                    token: names[0],
+                })
         };
         let no_timestamps = id(&["<|notimestamps|>"])?;
         let specials = SpecialTokens {
@@ -64,24 +69,44 @@ impl WhisperTokenizer {
         };
         let languages = LANGUAGES
             .iter()
-            .filter_map(|(code, _)| inner.token_to_id(&format!("<|{code}|>")).map(|t| (*code, t)))
+            .filter_map(|(code, _)| {
+                inner
+                    .token_to_id(&format!("<|{code}|>"))
+                    .map(|t| (*code, t))
+            })
             .collect();
-        Ok(Self { inner, specials, languages })
+        Ok(Self {
+            inner,
+            specials,
+            languages,
+        })
     }
 
     pub fn encode(&self, text: &str) -> Result<Vec<u32>, TokenizerError> {
-        let enc = self.inner.encode(text, false).map_err(|e| TokenizerError::Codec(e.to_string()))?;
+        let enc = self
+            .inner
+            .encode(text, false)
+            .map_err(|e| TokenizerError::Codec(e.to_string()))?;
         Ok(enc.get_ids().to_vec())
     }
 
     /// Text of the text tokens among `ids` (specials and timestamps are skipped).
     pub fn decode(&self, ids: &[u32]) -> Result<String, TokenizerError> {
-        let text: Vec<u32> = ids.iter().copied().filter(|&t| t < self.specials.eot).collect();
-        self.inner.decode(&text, false).map_err(|e| TokenizerError::Codec(e.to_string()))
+        let text: Vec<u32> = ids
+            .iter()
+            .copied()
+            .filter(|&t| t < self.specials.eot)
+            .collect();
+        self.inner
+            .decode(&text, false)
+            .map_err(|e| TokenizerError::Codec(e.to_string()))
     }
 
     pub fn language_token(&self, code: &str) -> Option<u32> {
-        self.languages.iter().find(|(c, _)| *c == code).map(|(_, t)| *t)
+        self.languages
+            .iter()
+            .find(|(c, _)| *c == code)
+            .map(|(_, t)| *t)
     }
 
     pub fn languages(&self) -> &[(&'static str, u32)] {
@@ -91,7 +116,10 @@ impl WhisperTokenizer {
     /// Tokens for symbols that are not speech (OpenAI's `non_speech_tokens`), used when the model
     /// directory does not list the tokens to suppress.
     pub fn non_speech_tokens(&self) -> Vec<u32> {
-        let mut symbols: Vec<String> = "\"#()*+/:;<=>@[\\]^_`{|}~「」『』".chars().map(String::from).collect();
+        let mut symbols: Vec<String> = "\"#()*+/:;<=>@[\\]^_`{|}~「」『』"
+            .chars()
+            .map(String::from)
+            .collect();
         symbols.extend(
             "<< >> <<< >>> -- --- -( -[ (' (\" (( )) ((( ))) [[ ]] {{ }} ♪♪ ♪♪♪"
                 .split(' ')

@@ -15,8 +15,17 @@ use crate::output::{Segment, Transcript};
 /// Mel frames per timestamp step (3000 frames / 1500 encoder positions).
 const INPUT_STRIDE: usize = 2;
 
-fn window_tensor(model: &Whisper, mel: &Mel, seek: usize, len: usize) -> candle_core::Result<Tensor> {
-    Tensor::from_vec(mel.window(seek, len), (1, mel.n_mels, N_FRAMES), &model.device)
+fn window_tensor(
+    model: &Whisper,
+    mel: &Mel,
+    seek: usize,
+    len: usize,
+) -> candle_core::Result<Tensor> {
+    Tensor::from_vec(
+        mel.window(seek, len),
+        (1, mel.n_mels, N_FRAMES),
+        &model.device,
+    )
 }
 
 /// Most likely language (code, probability) from a window's audio features `(1, 1500, d)`.
@@ -30,12 +39,26 @@ pub fn detect_language(
     let hidden = model.decoder.forward(&sot, &mut state)?;
     let logits: Vec<f32> = model.decoder.last_logits(&hidden)?.squeeze(0)?.to_vec1()?;
     let langs = tok.languages();
-    let lang_logits: Vec<f32> = langs.iter().map(|(_, t)| logits.get(*t as usize).copied().unwrap_or(f32::NEG_INFINITY)).collect();
+    let lang_logits: Vec<f32> = langs
+        .iter()
+        .map(|(_, t)| {
+            logits
+                .get(*t as usize)
+                .copied()
+                .unwrap_or(f32::NEG_INFINITY)
+        })
+        .collect();
     let probs = log_softmax(&lang_logits);
     let (best, lp) = probs
         .iter()
         .enumerate()
-        .fold((0usize, f32::NEG_INFINITY), |acc, (i, &p)| if p > acc.1 { (i, p) } else { acc });
+        .fold((0usize, f32::NEG_INFINITY), |acc, (i, &p)| {
+            if p > acc.1 {
+                (i, p)
+            } else {
+                acc
+            }
+        });
     Ok((langs.get(best).map_or("en", |(c, _)| *c), lp.exp()))
 }
 
@@ -66,7 +89,11 @@ pub fn transcribe(
     let mut all_tokens: Vec<u32> = initial_prompt.clone();
     let mut prompt_reset_since = 0usize;
     let mut segments: Vec<Segment> = Vec::new();
-    let mut language: Option<String> = if multilingual { o.language.clone() } else { Some("en".into()) };
+    let mut language: Option<String> = if multilingual {
+        o.language.clone()
+    } else {
+        Some("en".into())
+    };
 
     let mut seek = 0usize;
     while seek < content_frames {
@@ -74,16 +101,22 @@ pub fn transcribe(
         let time_offset = seek as f64 * HOP_LENGTH as f64 / 16_000.0;
         let segment_size = N_FRAMES.min(content_frames - seek);
         let segment_duration = segment_size as f64 * HOP_LENGTH as f64 / 16_000.0;
-        let features = model.encode(&window_tensor(model, mel, seek, segment_size)?).map_err(|e| match e {
-            crate::model::ModelError::Candle(c) => DecodeError::Candle(c),
-            other => DecodeError::Candle(candle_core::Error::Msg(other.to_string())),
-        })?;
+        let features = model
+            .encode(&window_tensor(model, mel, seek, segment_size)?)
+            .map_err(|e| match e {
+                crate::model::ModelError::Candle(c) => DecodeError::Candle(c),
+                other => DecodeError::Candle(candle_core::Error::Msg(other.to_string())),
+            })?;
         if language.is_none() {
             let (code, p) = detect_language(model, tok, &features)?;
             tracing::info!(language = code, probability = p, "detected language");
             language = Some(code.to_string());
         }
-        let language_token = if multilingual { language.as_deref().and_then(|l| tok.language_token(l)) } else { None };
+        let language_token = if multilingual {
+            language.as_deref().and_then(|l| tok.language_token(l))
+        } else {
+            None
+        };
         let wo = WindowOptions {
             language_token,
             task: o.task,
@@ -91,13 +124,25 @@ pub fn transcribe(
             prompt: all_tokens[prompt_reset_since..].to_vec(),
         };
         let mut state = model.decoder.prepare(&features)?;
-        let r = decode_window(model, tok, suppress_tokens, &mut state, &wo, &o.temperatures, rules, &mut rng)?;
+        let r = decode_window(
+            model,
+            tok,
+            suppress_tokens,
+            &mut state,
+            &wo,
+            &o.temperatures,
+            rules,
+            &mut rng,
+        )?;
 
         // A window that is silence: no_speech_prob high and the text unlikely.
         if let Some(th) = o.no_speech_threshold {
             let unlikely = o.logprob_threshold.is_none_or(|lt| r.avg_logprob <= lt);
             if r.no_speech_prob > th && unlikely {
-                tracing::debug!(no_speech_prob = r.no_speech_prob, "window skipped as silence");
+                tracing::debug!(
+                    no_speech_prob = r.no_speech_prob,
+                    "window skipped as silence"
+                );
                 seek += segment_size;
                 continue;
             }
@@ -106,8 +151,11 @@ pub fn transcribe(
         let mut current: Vec<Segment> = Vec::new();
         let tokens = &r.tokens;
         let is_ts: Vec<bool> = tokens.iter().map(|&t| t >= sp.timestamp_begin).collect();
-        let single_timestamp_ending = is_ts.len() >= 2 && !is_ts[is_ts.len() - 2] && is_ts[is_ts.len() - 1];
-        let consecutive: Vec<usize> = (1..is_ts.len()).filter(|&i| is_ts[i - 1] && is_ts[i]).collect();
+        let single_timestamp_ending =
+            is_ts.len() >= 2 && !is_ts[is_ts.len() - 2] && is_ts[is_ts.len() - 1];
+        let consecutive: Vec<usize> = (1..is_ts.len())
+            .filter(|&i| is_ts[i - 1] && is_ts[i])
+            .collect();
         let ts_pos = |t: u32| (t - sp.timestamp_begin) as f64;
         if !consecutive.is_empty() {
             let mut slices = consecutive.clone();
@@ -135,7 +183,14 @@ pub fn transcribe(
                     dur = ts_pos(last) * TIME_PRECISION;
                 }
             }
-            current.push(new_segment(tok, seek, time_offset, time_offset + dur, tokens, &r)?);
+            current.push(new_segment(
+                tok,
+                seek,
+                time_offset,
+                time_offset + dur,
+                tokens,
+                &r,
+            )?);
             seek += segment_size;
         }
 

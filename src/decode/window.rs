@@ -46,7 +46,12 @@ pub struct WindowResult {
 
 /// The start sequence: `[sot_prev, prompt…]`, `sot`, language and task (multilingual only),
 /// `notimestamps` when timestamps are off. Returns it and the index of `sot` in it.
-pub fn initial_tokens(tok: &WhisperTokenizer, multilingual: bool, o: &WindowOptions, n_ctx: usize) -> (Vec<u32>, usize) {
+pub fn initial_tokens(
+    tok: &WhisperTokenizer,
+    multilingual: bool,
+    o: &WindowOptions,
+    n_ctx: usize,
+) -> (Vec<u32>, usize) {
     let sp = &tok.specials;
     let mut t = Vec::new();
     if !o.prompt.is_empty() {
@@ -92,7 +97,9 @@ pub fn decode_at_temperature(
     let hidden = dec.forward(&Tensor::new(start.as_slice(), device)?.unsqueeze(0)?, state)?;
     // Probability of "no speech" at the sot position, before any rule is applied.
     let sot_logits: Vec<f32> = dec.logits_at(&hidden, sot_index)?.squeeze(0)?.to_vec1()?;
-    let no_speech_prob = log_softmax(&sot_logits).get(sp.no_speech as usize).map_or(0.0, |l| l.exp());
+    let no_speech_prob = log_softmax(&sot_logits)
+        .get(sp.no_speech as usize)
+        .map_or(0.0, |l| l.exp());
     let mut logits: Vec<f32> = dec.last_logits(&hidden)?.squeeze(0)?.to_vec1()?;
 
     let mut sampled: Vec<u32> = Vec::new();
@@ -105,7 +112,11 @@ pub fn decode_at_temperature(
         if o.timestamps {
             apply_timestamp_rules(&mut logits, &sampled, sp, Some(MAX_INITIAL_TIMESTAMP));
         }
-        let next = if temperature <= 0.0 { argmax(&logits) } else { sample(&logits, temperature, rng) };
+        let next = if temperature <= 0.0 {
+            argmax(&logits)
+        } else {
+            sample(&logits, temperature, rng)
+        };
         // log-probability of the chosen token under the filtered distribution, as OpenAI sums it.
         sum_logprob += (logits[next as usize] - log_sum_exp(&logits)) as f64;
         if next == sp.eot {
@@ -154,13 +165,22 @@ pub fn decode_window(
     let mut last: Option<WindowResult> = None;
     for &t in temperatures {
         let r = decode_at_temperature(model, tok, suppress_tokens, state, o, t, rng)?;
-        let too_repetitive = rules.compression_ratio_threshold.is_some_and(|th| r.compression_ratio > th);
+        let too_repetitive = rules
+            .compression_ratio_threshold
+            .is_some_and(|th| r.compression_ratio > th);
         let too_unlikely = rules.logprob_threshold.is_some_and(|th| r.avg_logprob < th);
-        let silence = rules.no_speech_threshold.is_some_and(|th| r.no_speech_prob > th)
+        let silence = rules
+            .no_speech_threshold
+            .is_some_and(|th| r.no_speech_prob > th)
             && rules.logprob_threshold.is_some_and(|th| r.avg_logprob < th);
         let done = silence || !(too_repetitive || too_unlikely);
         if !done {
-            tracing::debug!(temperature = t, compression_ratio = r.compression_ratio, avg_logprob = r.avg_logprob, "window fell back to a higher temperature");
+            tracing::debug!(
+                temperature = t,
+                compression_ratio = r.compression_ratio,
+                avg_logprob = r.avg_logprob,
+                "window fell back to a higher temperature"
+            );
         }
         last = Some(r);
         if done {
@@ -190,9 +210,12 @@ fn argmax(logits: &[f32]) -> u32 {
 
 fn sample(logits: &[f32], temperature: f32, rng: &mut rand::rngs::StdRng) -> u32 {
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let weights: Vec<f64> = logits.iter().map(|&l| (((l - max) / temperature) as f64).exp()).collect();
+    let weights: Vec<f64> = logits
+        .iter()
+        .map(|&l| (((l - max) / temperature) as f64).exp())
+        .collect();
     let total: f64 = weights.iter().sum();
-    if !(total > 0.0) {
+    if total.is_nan() || total <= 0.0 {
         return argmax(logits);
     }
     let mut x = rng.random::<f64>() * total;

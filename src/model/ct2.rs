@@ -25,9 +25,17 @@ struct Reader<'a> {
 
 impl<'a> Reader<'a> {
     fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
-        let end = self.pos.checked_add(n).filter(|&e| e <= self.buf.len()).ok_or_else(|| {
-            format!("file ends at byte {} while {} more bytes were expected (truncated download?)", self.buf.len(), n)
-        })?;
+        let end = self
+            .pos
+            .checked_add(n)
+            .filter(|&e| e <= self.buf.len())
+            .ok_or_else(|| {
+                format!(
+                    "file ends at byte {} while {} more bytes were expected (truncated download?)",
+                    self.buf.len(),
+                    n
+                )
+            })?;
         let s = &self.buf[self.pos..end];
         self.pos = end;
         Ok(s)
@@ -61,11 +69,16 @@ fn elem_size(dtype: u8) -> Option<usize> {
 }
 
 /// Parse the variable table; data slices borrow from `buf`.
-fn parse(buf: &[u8]) -> Result<(HashMap<String, RawVar<'_>>, HashMap<String, String>), String> {
+/// Variables by name, and aliases (alias → target).
+type Parsed<'a> = (HashMap<String, RawVar<'a>>, HashMap<String, String>);
+
+fn parse(buf: &[u8]) -> Result<Parsed<'_>, String> {
     let mut r = Reader { buf, pos: 0 };
     let version = r.u32()?;
     if !(5..=6).contains(&version) {
-        return Err(format!("unsupported CTranslate2 model version {version} (expected 5 or 6)"));
+        return Err(format!(
+            "unsupported CTranslate2 model version {version} (expected 5 or 6)"
+        ));
     }
     let spec = r.string()?;
     if spec != "WhisperSpec" {
@@ -77,14 +90,19 @@ fn parse(buf: &[u8]) -> Result<(HashMap<String, RawVar<'_>>, HashMap<String, Str
     for _ in 0..n {
         let name = r.string()?;
         let rank = r.u8()? as usize;
-        let dims = (0..rank).map(|_| r.u32().map(|d| d as usize)).collect::<Result<Vec<_>, _>>()?;
+        let dims = (0..rank)
+            .map(|_| r.u32().map(|d| d as usize))
+            .collect::<Result<Vec<_>, _>>()?;
         let dtype = r.u8()?;
         let n_bytes = r.u32()? as usize;
         let data = r.take(n_bytes)?;
-        let size = elem_size(dtype).ok_or_else(|| format!("`{name}` has unknown dtype code {dtype}"))?;
+        let size =
+            elem_size(dtype).ok_or_else(|| format!("`{name}` has unknown dtype code {dtype}"))?;
         let count: usize = dims.iter().product();
         if count * size != n_bytes {
-            return Err(format!("`{name}`: {n_bytes} bytes do not hold shape {dims:?}"));
+            return Err(format!(
+                "`{name}`: {n_bytes} bytes do not hold shape {dims:?}"
+            ));
         }
         vars.insert(name, RawVar { dims, dtype, data });
     }
@@ -102,12 +120,27 @@ fn parse(buf: &[u8]) -> Result<(HashMap<String, RawVar<'_>>, HashMap<String, Str
 fn to_f32(v: &RawVar) -> Vec<f32> {
     let d = v.data;
     match v.dtype {
-        0 => d.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
+        0 => d
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect(),
         1 => d.iter().map(|&b| b as i8 as f32).collect(),
-        2 => d.chunks_exact(2).map(|b| i16::from_le_bytes([b[0], b[1]]) as f32).collect(),
-        3 => d.chunks_exact(4).map(|b| i32::from_le_bytes([b[0], b[1], b[2], b[3]]) as f32).collect(),
-        4 => d.chunks_exact(2).map(|b| f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
-        _ => d.chunks_exact(2).map(|b| bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
+        2 => d
+            .chunks_exact(2)
+            .map(|b| i16::from_le_bytes([b[0], b[1]]) as f32)
+            .collect(),
+        3 => d
+            .chunks_exact(4)
+            .map(|b| i32::from_le_bytes([b[0], b[1], b[2], b[3]]) as f32)
+            .collect(),
+        4 => d
+            .chunks_exact(2)
+            .map(|b| f16::from_le_bytes([b[0], b[1]]).to_f32())
+            .collect(),
+        _ => d
+            .chunks_exact(2)
+            .map(|b| bf16::from_le_bytes([b[0], b[1]]).to_f32())
+            .collect(),
     }
 }
 
@@ -120,33 +153,53 @@ fn dequantize_rows(data: &mut [f32], scales: &[f32]) {
 }
 
 fn scalar(vars: &HashMap<String, RawVar>, name: &str) -> Option<usize> {
-    vars.get(name).filter(|v| v.dims.is_empty()).and_then(|v| to_f32(v).first().map(|&x| x as usize))
+    vars.get(name)
+        .filter(|v| v.dims.is_empty())
+        .and_then(|v| to_f32(v).first().map(|&x| x as usize))
 }
 
 /// Load `model.bin` into Hugging Face-named f32 tensors.
 pub fn load(path: &Path, device: &Device) -> Result<Weights, ModelError> {
-    let file = std::fs::File::open(path).map_err(|source| ModelError::Io { path: path.into(), source })?;
+    let file = std::fs::File::open(path).map_err(|source| ModelError::Io {
+        path: path.into(),
+        source,
+    })?;
     // SAFETY: the map is read-only and dropped before this function returns; a concurrent writer
     // could at worst give wrong weights, which the shape checks then report.
-    let mmap = unsafe { memmap2::Mmap::map(&file) }.map_err(|source| ModelError::Io { path: path.into(), source })?;
-    let fmt = |msg: String| ModelError::Format { path: path.into(), msg };
+    let mmap = unsafe { memmap2::Mmap::map(&file) }.map_err(|source| ModelError::Io {
+        path: path.into(),
+        source,
+    })?;
+    let fmt = |msg: String| ModelError::Format {
+        path: path.into(),
+        msg,
+    };
     let (vars, aliases) = parse(&mmap).map_err(fmt)?;
 
     let resolve = |name: &str| -> Option<&RawVar> {
-        vars.get(name).or_else(|| aliases.get(name).and_then(|t| vars.get(t)))
+        vars.get(name)
+            .or_else(|| aliases.get(name).and_then(|t| vars.get(t)))
     };
     // Dequantize int8 weights: w = q / scale, one scale per output row.
     let tensor = |name: &str| -> Result<Tensor, ModelError> {
-        let v = resolve(name).ok_or_else(|| ModelError::MissingTensor { path: path.into(), name: name.into() })?;
+        let v = resolve(name).ok_or_else(|| ModelError::MissingTensor {
+            path: path.into(),
+            name: name.into(),
+        })?;
         let mut data = to_f32(v);
         if v.dtype == 1 {
             let scale_name = format!("{name}_scale");
-            let s = resolve(&scale_name)
-                .ok_or_else(|| ModelError::MissingTensor { path: path.into(), name: scale_name.clone() })?;
+            let s = resolve(&scale_name).ok_or_else(|| ModelError::MissingTensor {
+                path: path.into(),
+                name: scale_name.clone(),
+            })?;
             let scales = to_f32(s);
             let rows = v.dims.first().copied().unwrap_or(1);
             if scales.len() != rows || rows == 0 {
-                return Err(fmt(format!("`{scale_name}` has {} values for {rows} rows", scales.len())));
+                return Err(fmt(format!(
+                    "`{scale_name}` has {} values for {rows} rows",
+                    scales.len()
+                )));
             }
             dequantize_rows(&mut data, &scales);
         }
@@ -154,64 +207,130 @@ pub fn load(path: &Path, device: &Device) -> Result<Weights, ModelError> {
     };
 
     let mut t: HashMap<String, Tensor> = HashMap::new();
-    let put_linear = |t: &mut HashMap<String, Tensor>, src: &str, dst: &str| -> Result<(), ModelError> {
-        t.insert(format!("{dst}.weight"), tensor(&format!("{src}/weight"))?);
-        if resolve(&format!("{src}/bias")).is_some() {
-            t.insert(format!("{dst}.bias"), tensor(&format!("{src}/bias"))?);
-        }
-        Ok(())
-    };
-    let put_norm = |t: &mut HashMap<String, Tensor>, src: &str, dst: &str| -> Result<(), ModelError> {
-        t.insert(format!("{dst}.weight"), tensor(&format!("{src}/gamma"))?);
-        t.insert(format!("{dst}.bias"), tensor(&format!("{src}/beta"))?);
-        Ok(())
-    };
+    let put_linear =
+        |t: &mut HashMap<String, Tensor>, src: &str, dst: &str| -> Result<(), ModelError> {
+            t.insert(format!("{dst}.weight"), tensor(&format!("{src}/weight"))?);
+            if resolve(&format!("{src}/bias")).is_some() {
+                t.insert(format!("{dst}.bias"), tensor(&format!("{src}/bias"))?);
+            }
+            Ok(())
+        };
+    let put_norm =
+        |t: &mut HashMap<String, Tensor>, src: &str, dst: &str| -> Result<(), ModelError> {
+            t.insert(format!("{dst}.weight"), tensor(&format!("{src}/gamma"))?);
+            t.insert(format!("{dst}.bias"), tensor(&format!("{src}/beta"))?);
+            Ok(())
+        };
     // Split a fused projection's rows into parts (q,k,v or k,v); the key part has no bias in HF.
-    let split = |t: &mut HashMap<String, Tensor>, src: &str, dsts: &[&str]| -> Result<(), ModelError> {
-        let w = tensor(&format!("{src}/weight"))?;
-        let b = tensor(&format!("{src}/bias")).ok();
-        let n = dsts.len();
-        let rows = w.dims()[0];
-        if rows % n != 0 {
-            return Err(fmt(format!("`{src}/weight` has {rows} rows, not divisible into {n} projections")));
-        }
-        let part = rows / n;
-        for (i, dst) in dsts.iter().enumerate() {
-            t.insert(format!("{dst}.weight"), w.narrow(0, i * part, part)?.contiguous()?);
-            if let Some(b) = &b {
-                if !dst.ends_with("k_proj") {
-                    t.insert(format!("{dst}.bias"), b.narrow(0, i * part, part)?.contiguous()?);
+    let split =
+        |t: &mut HashMap<String, Tensor>, src: &str, dsts: &[&str]| -> Result<(), ModelError> {
+            let w = tensor(&format!("{src}/weight"))?;
+            let b = tensor(&format!("{src}/bias")).ok();
+            let n = dsts.len();
+            let rows = w.dims()[0];
+            if rows % n != 0 {
+                return Err(fmt(format!(
+                    "`{src}/weight` has {rows} rows, not divisible into {n} projections"
+                )));
+            }
+            let part = rows / n;
+            for (i, dst) in dsts.iter().enumerate() {
+                t.insert(
+                    format!("{dst}.weight"),
+                    w.narrow(0, i * part, part)?.contiguous()?,
+                );
+                if let Some(b) = &b {
+                    if !dst.ends_with("k_proj") {
+                        t.insert(
+                            format!("{dst}.bias"),
+                            b.narrow(0, i * part, part)?.contiguous()?,
+                        );
+                    }
                 }
             }
-        }
-        Ok(())
-    };
+            Ok(())
+        };
 
     for side in ["encoder", "decoder"] {
-        t.insert(format!("{side}.embed_positions.weight"), tensor(&format!("{side}/position_encodings/encodings"))?);
-        put_norm(&mut t, &format!("{side}/layer_norm"), &format!("{side}.layer_norm"))?;
-        let n_layers = (0..).take_while(|i| resolve(&format!("{side}/layer_{i}/ffn/linear_0/weight")).is_some()).count();
+        t.insert(
+            format!("{side}.embed_positions.weight"),
+            tensor(&format!("{side}/position_encodings/encodings"))?,
+        );
+        put_norm(
+            &mut t,
+            &format!("{side}/layer_norm"),
+            &format!("{side}.layer_norm"),
+        )?;
+        let n_layers = (0..)
+            .take_while(|i| resolve(&format!("{side}/layer_{i}/ffn/linear_0/weight")).is_some())
+            .count();
         for i in 0..n_layers {
             let s = format!("{side}/layer_{i}");
             let d = format!("{side}.layers.{i}");
-            split(&mut t, &format!("{s}/self_attention/linear_0"), &[&format!("{d}.self_attn.q_proj"), &format!("{d}.self_attn.k_proj"), &format!("{d}.self_attn.v_proj")])?;
-            put_linear(&mut t, &format!("{s}/self_attention/linear_1"), &format!("{d}.self_attn.out_proj"))?;
-            put_norm(&mut t, &format!("{s}/self_attention/layer_norm"), &format!("{d}.self_attn_layer_norm"))?;
+            split(
+                &mut t,
+                &format!("{s}/self_attention/linear_0"),
+                &[
+                    &format!("{d}.self_attn.q_proj"),
+                    &format!("{d}.self_attn.k_proj"),
+                    &format!("{d}.self_attn.v_proj"),
+                ],
+            )?;
+            put_linear(
+                &mut t,
+                &format!("{s}/self_attention/linear_1"),
+                &format!("{d}.self_attn.out_proj"),
+            )?;
+            put_norm(
+                &mut t,
+                &format!("{s}/self_attention/layer_norm"),
+                &format!("{d}.self_attn_layer_norm"),
+            )?;
             if side == "decoder" {
-                put_linear(&mut t, &format!("{s}/attention/linear_0"), &format!("{d}.encoder_attn.q_proj"))?;
-                split(&mut t, &format!("{s}/attention/linear_1"), &[&format!("{d}.encoder_attn.k_proj"), &format!("{d}.encoder_attn.v_proj")])?;
-                put_linear(&mut t, &format!("{s}/attention/linear_2"), &format!("{d}.encoder_attn.out_proj"))?;
-                put_norm(&mut t, &format!("{s}/attention/layer_norm"), &format!("{d}.encoder_attn_layer_norm"))?;
+                put_linear(
+                    &mut t,
+                    &format!("{s}/attention/linear_0"),
+                    &format!("{d}.encoder_attn.q_proj"),
+                )?;
+                split(
+                    &mut t,
+                    &format!("{s}/attention/linear_1"),
+                    &[
+                        &format!("{d}.encoder_attn.k_proj"),
+                        &format!("{d}.encoder_attn.v_proj"),
+                    ],
+                )?;
+                put_linear(
+                    &mut t,
+                    &format!("{s}/attention/linear_2"),
+                    &format!("{d}.encoder_attn.out_proj"),
+                )?;
+                put_norm(
+                    &mut t,
+                    &format!("{s}/attention/layer_norm"),
+                    &format!("{d}.encoder_attn_layer_norm"),
+                )?;
             }
             put_linear(&mut t, &format!("{s}/ffn/linear_0"), &format!("{d}.fc1"))?;
             put_linear(&mut t, &format!("{s}/ffn/linear_1"), &format!("{d}.fc2"))?;
-            put_norm(&mut t, &format!("{s}/ffn/layer_norm"), &format!("{d}.final_layer_norm"))?;
+            put_norm(
+                &mut t,
+                &format!("{s}/ffn/layer_norm"),
+                &format!("{d}.final_layer_norm"),
+            )?;
         }
     }
     for conv in ["conv1", "conv2"] {
-        put_linear(&mut t, &format!("encoder/{conv}"), &format!("encoder.{conv}"))?;
+        put_linear(
+            &mut t,
+            &format!("encoder/{conv}"),
+            &format!("encoder.{conv}"),
+        )?;
     }
-    t.insert("decoder.embed_tokens.weight".into(), tensor("decoder/embeddings/weight")?);
+    t.insert(
+        "decoder.embed_tokens.weight".into(),
+        tensor("decoder/embeddings/weight")?,
+    );
 
     Ok(Weights {
         layout: Layout::Ct2,
@@ -255,8 +374,14 @@ pub(crate) mod tests {
     #[test]
     fn int8_rows_are_divided_by_their_scale() {
         let q: Vec<u8> = [10i8, -20, 30, 40].iter().map(|&x| x as u8).collect();
-        let scale: Vec<u8> = [2.0f32, 10.0].iter().flat_map(|x| x.to_le_bytes()).collect();
-        let buf = write_ct2(&[("w/weight", vec![2, 2], 1, q), ("w/weight_scale", vec![2], 0, scale)]);
+        let scale: Vec<u8> = [2.0f32, 10.0]
+            .iter()
+            .flat_map(|x| x.to_le_bytes())
+            .collect();
+        let buf = write_ct2(&[
+            ("w/weight", vec![2, 2], 1, q),
+            ("w/weight_scale", vec![2], 0, scale),
+        ]);
         let (vars, _) = parse(&buf).unwrap();
         let v = &vars["w/weight"];
         assert_eq!(v.dims, vec![2, 2]);

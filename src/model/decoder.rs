@@ -58,7 +58,9 @@ pub struct TextDecoder {
 
 fn split_heads(x: &Tensor, n_head: usize) -> candle_core::Result<Tensor> {
     let (b, t, d) = x.dims3()?;
-    x.reshape((b, t, n_head, d / n_head))?.transpose(1, 2)?.contiguous()
+    x.reshape((b, t, n_head, d / n_head))?
+        .transpose(1, 2)?
+        .contiguous()
 }
 
 fn merge_heads(x: &Tensor) -> candle_core::Result<Tensor> {
@@ -74,7 +76,10 @@ impl TextDecoder {
                 let p = format!("decoder.layers.{i}");
                 let scale = ((d / dims.n_text_head) as f64).powf(-0.5);
                 let q = linear(w, &format!("{p}.encoder_attn.q_proj"), d, d)?;
-                let cross_q = Linear::new((q.weight() * scale)?, q.bias().map(|b| b * scale).transpose()?);
+                let cross_q = Linear::new(
+                    (q.weight() * scale)?,
+                    q.bias().map(|b| b * scale).transpose()?,
+                );
                 let k = linear(w, &format!("{p}.encoder_attn.k_proj"), d, d)?;
                 let v = linear(w, &format!("{p}.encoder_attn.v_proj"), d, d)?;
                 let kv_w = Tensor::cat(&[k.weight(), v.weight()], 0)?;
@@ -118,12 +123,20 @@ impl TextDecoder {
         let mut cross_kt = Vec::with_capacity(self.blocks.len());
         let mut cross_v = Vec::with_capacity(self.blocks.len());
         for block in &self.blocks {
-            let kv = block.cross_kv.forward(audio)?.reshape((b, t, 2, self.n_head, dh))?.permute((2, 0, 3, 1, 4))?;
+            let kv = block
+                .cross_kv
+                .forward(audio)?
+                .reshape((b, t, 2, self.n_head, dh))?
+                .permute((2, 0, 3, 1, 4))?;
             cross_kt.push(kv.get(0)?.transpose(2, 3)?.contiguous()?);
             cross_v.push(kv.get(1)?.contiguous()?);
         }
         Ok(DecoderState {
-            self_kv: self.blocks.iter().map(|_| KvCache::new(2, self.n_ctx)).collect(),
+            self_kv: self
+                .blocks
+                .iter()
+                .map(|_| KvCache::new(2, self.n_ctx))
+                .collect(),
             cross_kt,
             cross_v,
             position: 0,
@@ -133,35 +146,59 @@ impl TextDecoder {
 
     /// Feed `tokens` `(batch, n)` at the state's position; returns the final hidden states
     /// `(batch, n, d)` (see `logits`). The cache grows by `n`.
-    pub fn forward(&self, tokens: &Tensor, state: &mut DecoderState) -> candle_core::Result<Tensor> {
+    pub fn forward(
+        &self,
+        tokens: &Tensor,
+        state: &mut DecoderState,
+    ) -> candle_core::Result<Tensor> {
         let (b, n) = tokens.dims2()?;
         let pos = state.position;
         if pos + n > self.n_ctx {
-            candle_core::bail!("decoder context of {} tokens exceeded ({} + {n})", self.n_ctx, pos);
+            candle_core::bail!(
+                "decoder context of {} tokens exceeded ({} + {n})",
+                self.n_ctx,
+                pos
+            );
         }
-        let emb = self.embed_tokens.index_select(&tokens.flatten_all()?, 0)?.reshape((b, n, ()))?;
+        let emb = self
+            .embed_tokens
+            .index_select(&tokens.flatten_all()?, 0)?
+            .reshape((b, n, ()))?;
         let mut x = emb.broadcast_add(&self.positions.narrow(0, pos, n)?)?;
-        let mask = if n > 1 { Some(causal_mask(n, pos, tokens.device())?) } else { None };
+        let mask = if n > 1 {
+            Some(causal_mask(n, pos, tokens.device())?)
+        } else {
+            None
+        };
         for (i, block) in self.blocks.iter().enumerate() {
             // Self-attention over the cache plus the new tokens.
             let h = block.self_ln.forward(&x)?;
             let (bb, t, d) = h.dims3()?;
             let dh = d / self.n_head;
-            let qkv = block.self_qkv.forward(&h)?.reshape((bb, t, 3, self.n_head, dh))?.permute((2, 0, 3, 1, 4))?;
+            let qkv = block
+                .self_qkv
+                .forward(&h)?
+                .reshape((bb, t, 3, self.n_head, dh))?
+                .permute((2, 0, 3, 1, 4))?;
             let q = qkv.get(0)?.contiguous()?;
-            let (k, v) = state.self_kv[i].append(&qkv.get(1)?.contiguous()?, &qkv.get(2)?.contiguous()?)?;
+            let (k, v) =
+                state.self_kv[i].append(&qkv.get(1)?.contiguous()?, &qkv.get(2)?.contiguous()?)?;
             let mut att = q.matmul(&k.t()?)?;
             if let Some(m) = &mask {
                 att = att.broadcast_add(m)?;
             }
             let att = candle_nn::ops::softmax_last_dim(&att)?;
-            x = (x + block.self_out.forward(&merge_heads(&att.matmul(&v.contiguous()?)?)?)?)?;
+            x = (x + block
+                .self_out
+                .forward(&merge_heads(&att.matmul(&v.contiguous()?)?)?)?)?;
 
             // Cross-attention to the audio features prepared once for this window.
             let h = block.cross_ln.forward(&x)?;
             let q = split_heads(&block.cross_q.forward(&h)?, self.n_head)?;
             let att = candle_nn::ops::softmax_last_dim(&q.matmul(&state.cross_kt[i])?)?;
-            x = (x + block.cross_out.forward(&merge_heads(&att.matmul(&state.cross_v[i])?)?)?)?;
+            x = (x + block
+                .cross_out
+                .forward(&merge_heads(&att.matmul(&state.cross_v[i])?)?)?)?;
 
             let h = block.fc1.forward(&block.mlp_ln.forward(&x)?)?.gelu_erf()?;
             x = (x + block.fc2.forward(&h)?)?;

@@ -9,7 +9,12 @@ use super::{ModelDims, ModelError};
 
 const LN_EPS: f64 = 1e-5;
 
-pub(super) fn linear(w: &Weights, name: &str, out: usize, inp: usize) -> Result<Linear, ModelError> {
+pub(super) fn linear(
+    w: &Weights,
+    name: &str,
+    out: usize,
+    inp: usize,
+) -> Result<Linear, ModelError> {
     let weight = w.get_shaped(&format!("{name}.weight"), &[out, inp])?;
     let bias = w.bias_or_zeros(&format!("{name}.bias"), out, weight.device())?;
     Ok(Linear::new(weight, Some(bias)))
@@ -25,7 +30,12 @@ pub(super) fn layer_norm(w: &Weights, name: &str, n: usize) -> Result<LayerNorm,
 
 /// q, k and v fused into one projection (one matmul instead of three); the query rows are
 /// pre-multiplied by head_dim^-0.5 so attention needs no separate scaling op.
-pub(super) fn fused_qkv(w: &Weights, prefix: &str, d: usize, n_head: usize) -> Result<Linear, ModelError> {
+pub(super) fn fused_qkv(
+    w: &Weights,
+    prefix: &str,
+    d: usize,
+    n_head: usize,
+) -> Result<Linear, ModelError> {
     let dev = w.get(&format!("{prefix}.q_proj.weight"))?.device().clone();
     let scale = ((d / n_head) as f64).powf(-0.5);
     let q = linear(w, &format!("{prefix}.q_proj"), d, d)?;
@@ -33,7 +43,14 @@ pub(super) fn fused_qkv(w: &Weights, prefix: &str, d: usize, n_head: usize) -> R
     let v = linear(w, &format!("{prefix}.v_proj"), d, d)?;
     let zeros = candle_core::Tensor::zeros(d, candle_core::DType::F32, &dev)?;
     let bias = |l: &Linear| l.bias().cloned().unwrap_or_else(|| zeros.clone());
-    let weight = Tensor::cat(&[(q.weight() * scale)?, k.weight().clone(), v.weight().clone()], 0)?;
+    let weight = Tensor::cat(
+        &[
+            (q.weight() * scale)?,
+            k.weight().clone(),
+            v.weight().clone(),
+        ],
+        0,
+    )?;
     let bias = Tensor::cat(&[(bias(&q) * scale)?, bias(&k), bias(&v)], 0)?;
     Ok(Linear::new(weight, Some(bias)))
 }
@@ -49,7 +66,11 @@ impl SelfAttention {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let (b, t, d) = x.dims3()?;
         let dh = d / self.n_head;
-        let qkv = self.qkv.forward(x)?.reshape((b, t, 3, self.n_head, dh))?.permute((2, 0, 3, 1, 4))?;
+        let qkv = self
+            .qkv
+            .forward(x)?
+            .reshape((b, t, 3, self.n_head, dh))?
+            .permute((2, 0, 3, 1, 4))?;
         let q = qkv.get(0)?.contiguous()?;
         let k = qkv.get(1)?.contiguous()?;
         let v = qkv.get(2)?.contiguous()?;
@@ -61,7 +82,9 @@ impl SelfAttention {
             let att = candle_nn::ops::softmax_last_dim(&qh.matmul(&kh.t()?)?)?;
             heads.push(att.matmul(&vh)?);
         }
-        let y = Tensor::cat(&heads, 1)?.transpose(1, 2)?.reshape((b, t, d))?;
+        let y = Tensor::cat(&heads, 1)?
+            .transpose(1, 2)?
+            .reshape((b, t, d))?;
         self.out.forward(&y)
     }
 }
@@ -78,7 +101,9 @@ impl EncoderBlock {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let x = (x + self.attn.forward(&self.attn_ln.forward(x)?)?)?;
         // Whisper's GELU is the exact erf form.
-        let h = self.fc2.forward(&self.fc1.forward(&self.mlp_ln.forward(&x)?)?.gelu_erf()?)?;
+        let h = self
+            .fc2
+            .forward(&self.fc1.forward(&self.mlp_ln.forward(&x)?)?.gelu_erf()?)?;
         x + h
     }
 }
@@ -97,7 +122,15 @@ impl AudioEncoder {
         let conv = |name: &str, cin: usize, stride: usize| -> Result<Conv1d, ModelError> {
             let weight = w.get_shaped(&format!("encoder.{name}.weight"), &[d, cin, 3])?;
             let bias = w.get_shaped(&format!("encoder.{name}.bias"), &[d])?;
-            Ok(Conv1d::new(weight, Some(bias), Conv1dConfig { padding: 1, stride, ..Default::default() }))
+            Ok(Conv1d::new(
+                weight,
+                Some(bias),
+                Conv1dConfig {
+                    padding: 1,
+                    stride,
+                    ..Default::default()
+                },
+            ))
         };
         let blocks = (0..dims.n_audio_layer)
             .map(|i| {

@@ -13,12 +13,18 @@ use super::{ModelDims, ModelError};
 pub fn load(dir: &Path, device: &Device) -> Result<Weights, ModelError> {
     let st = dir.join("model.safetensors");
     let cfg_path = dir.join("config.json");
-    let cfg_text = std::fs::read_to_string(&cfg_path)
-        .map_err(|_| ModelError::MissingFile { path: cfg_path.clone(), what: "config.json (Hugging Face model config)" })?;
-    let cfg: HfConfig = serde_json::from_str(&cfg_text)
-        .map_err(|e| ModelError::Format { path: cfg_path.clone(), msg: format!("not a Whisper config: {e}") })?;
-    let raw = candle_core::safetensors::load(&st, device)
-        .map_err(|e| ModelError::Format { path: st.clone(), msg: format!("cannot read safetensors: {e}") })?;
+    let cfg_text = std::fs::read_to_string(&cfg_path).map_err(|_| ModelError::MissingFile {
+        path: cfg_path.clone(),
+        what: "config.json (Hugging Face model config)",
+    })?;
+    let cfg: HfConfig = serde_json::from_str(&cfg_text).map_err(|e| ModelError::Format {
+        path: cfg_path.clone(),
+        msg: format!("not a Whisper config: {e}"),
+    })?;
+    let raw = candle_core::safetensors::load(&st, device).map_err(|e| ModelError::Format {
+        path: st.clone(),
+        msg: format!("cannot read safetensors: {e}"),
+    })?;
     let mut tensors = HashMap::with_capacity(raw.len());
     for (name, t) in raw {
         let name = name.strip_prefix("model.").unwrap_or(&name).to_string();
@@ -57,7 +63,10 @@ pub fn load(dir: &Path, device: &Device) -> Result<Weights, ModelError> {
 /// Write `weights` as a Hugging Face directory: fp16 `model.safetensors` (lossless for fp16
 /// sources) and a `config.json` describing `dims`.
 pub fn save(weights: &Weights, dims: &ModelDims, dst: &Path) -> Result<(), ModelError> {
-    std::fs::create_dir_all(dst).map_err(|source| ModelError::Io { path: dst.into(), source })?;
+    std::fs::create_dir_all(dst).map_err(|source| ModelError::Io {
+        path: dst.into(),
+        source,
+    })?;
     let mut out = HashMap::new();
     for (name, t) in &weights.tensors {
         out.insert(format!("model.{name}"), t.to_dtype(DType::F16)?);
@@ -82,8 +91,13 @@ pub fn save(weights: &Weights, dims: &ModelDims, dst: &Path) -> Result<(), Model
         "torch_dtype": "float16",
     });
     let cfg_path = dst.join("config.json");
-    let text = serde_json::to_string_pretty(&config).map_err(|e| ModelError::Format { path: cfg_path.clone(), msg: e.to_string() })?;
-    std::fs::write(&cfg_path, text).map_err(|source| ModelError::Io { path: cfg_path, source })?;
+    let text = serde_json::to_string_pretty(&config).map_err(|e| ModelError::Format {
+        path: cfg_path.clone(),
+        msg: e.to_string(),
+    })?;
+    std::fs::write(&cfg_path, text).map_err(|source| ModelError::Io {
+        path: cfg_path,
+        source,
+    })?;
     Ok(())
 }
-

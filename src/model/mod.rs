@@ -49,13 +49,21 @@ pub enum ModelError {
     #[error("{path}: {what} is missing")]
     MissingFile { path: PathBuf, what: &'static str },
     #[error("{path}: cannot read: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path}: {msg}")]
     Format { path: PathBuf, msg: String },
     #[error("{path}: tensor `{name}` is missing")]
     MissingTensor { path: PathBuf, name: String },
     #[error("{path}: tensor `{name}` has shape {got:?}, expected {expected:?}")]
-    Shape { path: PathBuf, name: String, expected: Vec<usize>, got: Vec<usize> },
+    Shape {
+        path: PathBuf,
+        name: String,
+        expected: Vec<usize>,
+        got: Vec<usize>,
+    },
     #[error("tensor computation failed: {0}")]
     Candle(#[from] candle_core::Error),
 }
@@ -80,7 +88,13 @@ impl Whisper {
         let dims = w.dims()?;
         let encoder = AudioEncoder::new(w, &dims)?;
         let decoder = TextDecoder::new(w, &dims)?;
-        Ok(Self { dims, encoder, decoder, device: device.clone(), layout: w.layout })
+        Ok(Self {
+            dims,
+            encoder,
+            decoder,
+            device: device.clone(),
+            layout: w.layout,
+        })
     }
 
     /// Encode a batch of log-mel windows `(batch, n_mels, 3000)`.

@@ -37,16 +37,24 @@ impl Weights {
         } else if ct2.exists() {
             super::ct2::load(&ct2, device)
         } else if !dir.is_dir() {
-            Err(ModelError::MissingFile { path: dir.to_path_buf(), what: "model directory" })
+            Err(ModelError::MissingFile {
+                path: dir.to_path_buf(),
+                what: "model directory",
+            })
         } else {
-            Err(ModelError::NoWeights { dir: dir.to_path_buf() })
+            Err(ModelError::NoWeights {
+                dir: dir.to_path_buf(),
+            })
         }
     }
 
     pub fn get(&self, name: &str) -> Result<&Tensor, ModelError> {
         self.tensors
             .get(name)
-            .ok_or_else(|| ModelError::MissingTensor { path: self.path.clone(), name: name.into() })
+            .ok_or_else(|| ModelError::MissingTensor {
+                path: self.path.clone(),
+                name: name.into(),
+            })
     }
 
     /// A tensor that must have exactly `shape`.
@@ -64,7 +72,12 @@ impl Weights {
     }
 
     /// A bias, or zeros where the model has none (Whisper's key projections).
-    pub fn bias_or_zeros(&self, name: &str, n: usize, device: &Device) -> Result<Tensor, ModelError> {
+    pub fn bias_or_zeros(
+        &self,
+        name: &str,
+        n: usize,
+        device: &Device,
+    ) -> Result<Tensor, ModelError> {
         match self.tensors.get(name) {
             Some(_) => self.get_shaped(name, &[n]),
             None => Ok(Tensor::zeros(n, DType::F32, device)?),
@@ -73,7 +86,10 @@ impl Weights {
 
     fn count_layers(&self, prefix: &str) -> usize {
         (0..)
-            .take_while(|i| self.tensors.contains_key(&format!("{prefix}.layers.{i}.fc1.weight")))
+            .take_while(|i| {
+                self.tensors
+                    .contains_key(&format!("{prefix}.layers.{i}.fc1.weight"))
+            })
             .count()
     }
 
@@ -107,15 +123,25 @@ impl Weights {
             n_text_head,
             n_text_layer: self.count_layers("decoder"),
         };
-        let bad = |msg: String| ModelError::Format { path: self.path.clone(), msg };
+        let bad = |msg: String| ModelError::Format {
+            path: self.path.clone(),
+            msg,
+        };
         if dims.n_audio_layer == 0 || dims.n_text_layer == 0 {
             return Err(bad("no encoder or decoder layers found".into()));
         }
-        if n_audio_head == 0 || n_audio_state % n_audio_head != 0 || n_text_head == 0 || n_text_state % n_text_head != 0 {
+        if n_audio_head == 0
+            || n_audio_state % n_audio_head != 0
+            || n_text_head == 0
+            || n_text_state % n_text_head != 0
+        {
             return Err(bad(format!("{n_audio_head}/{n_text_head} heads do not divide the widths {n_audio_state}/{n_text_state}")));
         }
         if dims.n_mels != 80 && dims.n_mels != 128 {
-            return Err(bad(format!("{} mel bins; Whisper uses 80 or 128", dims.n_mels)));
+            return Err(bad(format!(
+                "{} mel bins; Whisper uses 80 or 128",
+                dims.n_mels
+            )));
         }
         Ok(dims)
     }

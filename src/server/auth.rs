@@ -33,7 +33,10 @@ pub struct RateLimiter {
 
 impl RateLimiter {
     pub fn new(per_minute: u32) -> Self {
-        Self { per_minute, buckets: Mutex::new(HashMap::new()) }
+        Self {
+            per_minute,
+            buckets: Mutex::new(HashMap::new()),
+        }
     }
 
     /// `Ok(())` to proceed, or `Err(seconds to wait)`.
@@ -67,11 +70,18 @@ mod tests {
     #[test]
     fn keys_and_limits() {
         let keys = vec!["secret-1".to_string(), "other".to_string()];
-        assert_eq!(authorized(&keys, Some("Bearer secret-1")).as_deref(), Some("secret-1"));
+        assert_eq!(
+            authorized(&keys, Some("Bearer secret-1")).as_deref(),
+            Some("secret-1")
+        );
         assert!(authorized(&keys, Some("Bearer secret-")).is_none());
         assert!(authorized(&keys, Some("secret-1")).is_none());
         assert!(authorized(&keys, None).is_none());
-        assert!(constant_time_eq(b"abc", b"abc") && !constant_time_eq(b"abc", b"abd") && !constant_time_eq(b"", b"a"));
+        assert!(
+            constant_time_eq(b"abc", b"abc")
+                && !constant_time_eq(b"abc", b"abd")
+                && !constant_time_eq(b"", b"a")
+        );
         let rl = RateLimiter::new(2);
         assert!(rl.check("a").is_ok() && rl.check("a").is_ok());
         assert!(rl.check("a").unwrap_err() >= 1);

@@ -26,7 +26,14 @@ fn peer_closed(s: ClientSocket) -> bool {
     let mut byte = 0u8;
     // SAFETY: peeks at most one byte into a valid buffer; the descriptor stays open while
     // actix serves this request, and MSG_DONTWAIT never blocks.
-    let n = unsafe { libc::recv(s.0, (&mut byte as *mut u8).cast(), 1, libc::MSG_PEEK | libc::MSG_DONTWAIT) };
+    let n = unsafe {
+        libc::recv(
+            s.0,
+            (&mut byte as *mut u8).cast(),
+            1,
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
     n == 0
 }
 

@@ -20,7 +20,14 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(status: StatusCode, kind: &'static str, message: impl Into<String>) -> Self {
-        Self { status, message: message.into(), kind, param: None, code: None, retry_after_s: None }
+        Self {
+            status,
+            message: message.into(),
+            kind,
+            param: None,
+            code: None,
+            retry_after_s: None,
+        }
     }
     pub fn bad_request(message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, "invalid_request_error", message)
@@ -38,13 +45,23 @@ impl ApiError {
         self
     }
     pub fn unavailable(message: impl Into<String>, retry_after_s: u64) -> Self {
-        Self::new(StatusCode::SERVICE_UNAVAILABLE, "server_error", message).retry_after(retry_after_s)
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, "server_error", message)
+            .retry_after(retry_after_s)
     }
     pub fn internal(request_id: &str) -> Self {
-        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", format!("internal error; quote request id {request_id} to the operator"))
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "server_error",
+            format!("internal error; quote request id {request_id} to the operator"),
+        )
     }
     pub fn too_large(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::PAYLOAD_TOO_LARGE, "invalid_request_error", message).code("payload_too_large")
+        Self::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "invalid_request_error",
+            message,
+        )
+        .code("payload_too_large")
     }
 }
 
@@ -72,11 +89,23 @@ impl ResponseError for ApiError {
 impl From<EngineError> for ApiError {
     fn from(e: EngineError) -> Self {
         match e {
-            EngineError::Audio(AudioError::TooLong { .. }) => ApiError::too_large(e.to_string()).param("file"),
-            EngineError::Audio(AudioError::UnsupportedCodec(_)) => ApiError::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "invalid_request_error", e.to_string()).param("file").code("unsupported_codec"),
+            EngineError::Audio(AudioError::TooLong { .. }) => {
+                ApiError::too_large(e.to_string()).param("file")
+            }
+            EngineError::Audio(AudioError::UnsupportedCodec(_)) => ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "invalid_request_error",
+                e.to_string(),
+            )
+            .param("file")
+            .code("unsupported_codec"),
             EngineError::Audio(AudioError::Internal(_)) => {
                 tracing::error!(error = %e, "audio pipeline failed");
-                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", "internal error while resampling audio")
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "server_error",
+                    "internal error while resampling audio",
+                )
             }
             EngineError::Audio(ref a) => {
                 let code = match a {
@@ -86,12 +115,20 @@ impl From<EngineError> for ApiError {
                     AudioError::NoSamples => "no_audio_samples",
                     _ => "invalid_audio",
                 };
-                ApiError::bad_request(e.to_string()).param("file").code(code)
+                ApiError::bad_request(e.to_string())
+                    .param("file")
+                    .code(code)
             }
-            EngineError::InvalidOption { param, message } => ApiError::bad_request(message).param(param),
+            EngineError::InvalidOption { param, message } => {
+                ApiError::bad_request(message).param(param)
+            }
             other => {
                 tracing::error!(error = %other, "inference failed");
-                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", "internal error during inference")
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "server_error",
+                    "internal error during inference",
+                )
             }
         }
     }

@@ -1,8 +1,8 @@
 //! Prometheus metrics of the service (`GET /metrics`).
 
 use prometheus::{
-    exponential_buckets, Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    exponential_buckets, Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter,
+    IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 pub struct Metrics {
@@ -31,28 +31,93 @@ impl Metrics {
         let registry = Registry::new();
         let latency = exponential_buckets(0.01, 2.0, 16)?;
         let m = Self {
-            requests: IntCounterVec::new(Opts::new("whisperd_http_requests_total", "HTTP requests by route and status"), &["route", "status"])?,
-            request_seconds: HistogramVec::new(HistogramOpts::new("whisperd_http_request_duration_seconds", "HTTP request latency").buckets(latency.clone()), &["route"])?,
-            queue_wait_seconds: Histogram::with_opts(HistogramOpts::new("whisperd_queue_wait_seconds", "Time a job waited for the inference worker").buckets(latency.clone()))?,
-            inference_seconds: Histogram::with_opts(HistogramOpts::new("whisperd_inference_seconds", "Model time per job").buckets(latency))?,
-            realtime_factor: Histogram::with_opts(HistogramOpts::new("whisperd_realtime_factor", "Inference seconds per audio second").buckets(exponential_buckets(0.005, 2.0, 12)?))?,
-            audio_seconds: prometheus::Counter::new("whisperd_audio_seconds_total", "Seconds of audio transcribed")?,
-            decoded_tokens: IntCounter::new("whisperd_decoded_tokens_total", "Tokens produced by the decoder")?,
-            queue_depth: IntGauge::new("whisperd_queue_depth", "Jobs waiting for the inference worker")?,
-            in_flight: IntGauge::new("whisperd_in_flight_requests", "Transcription requests being handled")?,
-            jobs: IntCounterVec::new(Opts::new("whisperd_inference_jobs_total", "Inference jobs by result"), &["result"])?,
-            cache_hits: IntCounter::new("whisperd_cache_hits_total", "Requests answered from the result cache")?,
-            cache_misses: IntCounter::new("whisperd_cache_misses_total", "Requests not in the result cache")?,
-            cache_coalesced: IntCounter::new("whisperd_cache_coalesced_total", "Requests that waited for an identical request in flight")?,
-            cache_entries: IntGauge::new("whisperd_cache_entries", "Transcripts in the result cache")?,
-            cache_bytes: IntGauge::new("whisperd_cache_bytes", "Approximate bytes held by the result cache")?,
-            model_load_seconds: Gauge::new("whisperd_model_load_seconds", "Seconds the model took to load")?,
-            build_info: IntGaugeVec::new(Opts::new("whisperd_build_info", "Build and model information"), &["version", "model"])?,
+            requests: IntCounterVec::new(
+                Opts::new(
+                    "whisperd_http_requests_total",
+                    "HTTP requests by route and status",
+                ),
+                &["route", "status"],
+            )?,
+            request_seconds: HistogramVec::new(
+                HistogramOpts::new(
+                    "whisperd_http_request_duration_seconds",
+                    "HTTP request latency",
+                )
+                .buckets(latency.clone()),
+                &["route"],
+            )?,
+            queue_wait_seconds: Histogram::with_opts(
+                HistogramOpts::new(
+                    "whisperd_queue_wait_seconds",
+                    "Time a job waited for the inference worker",
+                )
+                .buckets(latency.clone()),
+            )?,
+            inference_seconds: Histogram::with_opts(
+                HistogramOpts::new("whisperd_inference_seconds", "Model time per job")
+                    .buckets(latency),
+            )?,
+            realtime_factor: Histogram::with_opts(
+                HistogramOpts::new(
+                    "whisperd_realtime_factor",
+                    "Inference seconds per audio second",
+                )
+                .buckets(exponential_buckets(0.005, 2.0, 12)?),
+            )?,
+            audio_seconds: prometheus::Counter::new(
+                "whisperd_audio_seconds_total",
+                "Seconds of audio transcribed",
+            )?,
+            decoded_tokens: IntCounter::new(
+                "whisperd_decoded_tokens_total",
+                "Tokens produced by the decoder",
+            )?,
+            queue_depth: IntGauge::new(
+                "whisperd_queue_depth",
+                "Jobs waiting for the inference worker",
+            )?,
+            in_flight: IntGauge::new(
+                "whisperd_in_flight_requests",
+                "Transcription requests being handled",
+            )?,
+            jobs: IntCounterVec::new(
+                Opts::new("whisperd_inference_jobs_total", "Inference jobs by result"),
+                &["result"],
+            )?,
+            cache_hits: IntCounter::new(
+                "whisperd_cache_hits_total",
+                "Requests answered from the result cache",
+            )?,
+            cache_misses: IntCounter::new(
+                "whisperd_cache_misses_total",
+                "Requests not in the result cache",
+            )?,
+            cache_coalesced: IntCounter::new(
+                "whisperd_cache_coalesced_total",
+                "Requests that waited for an identical request in flight",
+            )?,
+            cache_entries: IntGauge::new(
+                "whisperd_cache_entries",
+                "Transcripts in the result cache",
+            )?,
+            cache_bytes: IntGauge::new(
+                "whisperd_cache_bytes",
+                "Approximate bytes held by the result cache",
+            )?,
+            model_load_seconds: Gauge::new(
+                "whisperd_model_load_seconds",
+                "Seconds the model took to load",
+            )?,
+            build_info: IntGaugeVec::new(
+                Opts::new("whisperd_build_info", "Build and model information"),
+                &["version", "model"],
+            )?,
             registry,
         };
         m.registry.register(Box::new(m.requests.clone()))?;
         m.registry.register(Box::new(m.request_seconds.clone()))?;
-        m.registry.register(Box::new(m.queue_wait_seconds.clone()))?;
+        m.registry
+            .register(Box::new(m.queue_wait_seconds.clone()))?;
         m.registry.register(Box::new(m.inference_seconds.clone()))?;
         m.registry.register(Box::new(m.realtime_factor.clone()))?;
         m.registry.register(Box::new(m.audio_seconds.clone()))?;
@@ -65,7 +130,8 @@ impl Metrics {
         m.registry.register(Box::new(m.cache_coalesced.clone()))?;
         m.registry.register(Box::new(m.cache_entries.clone()))?;
         m.registry.register(Box::new(m.cache_bytes.clone()))?;
-        m.registry.register(Box::new(m.model_load_seconds.clone()))?;
+        m.registry
+            .register(Box::new(m.model_load_seconds.clone()))?;
         m.registry.register(Box::new(m.build_info.clone()))?;
         Ok(m)
     }

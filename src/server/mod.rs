@@ -34,7 +34,10 @@ pub struct AppState {
 struct RequestId(String);
 
 fn request_id(req: &HttpRequest) -> String {
-    req.extensions().get::<RequestId>().map(|r| r.0.clone()).unwrap_or_default()
+    req.extensions()
+        .get::<RequestId>()
+        .map(|r| r.0.clone())
+        .unwrap_or_default()
 }
 
 fn new_request_id() -> String {
@@ -47,7 +50,10 @@ fn is_public(path: &str) -> bool {
 }
 
 /// Request id, authentication, rate limit, panic catching, metrics and the access log.
-async fn edge(req: ServiceRequest, next: Next<impl MessageBody + 'static>) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
+async fn edge(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
     let t0 = Instant::now();
     let id = req
         .headers()
@@ -66,19 +72,42 @@ async fn edge(req: ServiceRequest, next: Next<impl MessageBody + 'static>) -> Re
     if let Some(state) = &state {
         if !is_public(&path) {
             let client = if state.api_keys.is_empty() {
-                req.connection_info().realip_remote_addr().unwrap_or("unknown").to_string()
+                req.connection_info()
+                    .realip_remote_addr()
+                    .unwrap_or("unknown")
+                    .to_string()
             } else {
-                match auth::authorized(&state.api_keys, req.headers().get("authorization").and_then(|v| v.to_str().ok())) {
+                match auth::authorized(
+                    &state.api_keys,
+                    req.headers()
+                        .get("authorization")
+                        .and_then(|v| v.to_str().ok()),
+                ) {
                     Some(key) => format!("key:{}", crate::cache::audio_hash(key.as_bytes())),
                     None => {
-                        early = Some(ApiError::new(actix_web::http::StatusCode::UNAUTHORIZED, "invalid_request_error", "missing or invalid API key (Authorization: Bearer KEY)").code("invalid_api_key"));
+                        early = Some(
+                            ApiError::new(
+                                actix_web::http::StatusCode::UNAUTHORIZED,
+                                "invalid_request_error",
+                                "missing or invalid API key (Authorization: Bearer KEY)",
+                            )
+                            .code("invalid_api_key"),
+                        );
                         String::new()
                     }
                 }
             };
             if early.is_none() {
                 if let Err(wait) = state.limiter.check(&client) {
-                    early = Some(ApiError::new(actix_web::http::StatusCode::TOO_MANY_REQUESTS, "rate_limit_error", "rate limit exceeded").retry_after(wait).code("rate_limit_exceeded"));
+                    early = Some(
+                        ApiError::new(
+                            actix_web::http::StatusCode::TOO_MANY_REQUESTS,
+                            "rate_limit_error",
+                            "rate limit exceeded",
+                        )
+                        .retry_after(wait)
+                        .code("rate_limit_exceeded"),
+                    );
                 }
             }
         }
@@ -90,13 +119,26 @@ async fn edge(req: ServiceRequest, next: Next<impl MessageBody + 'static>) -> Re
         None => next.call(req).await?.map_into_boxed_body(),
     };
     if let Ok(v) = actix_web::http::header::HeaderValue::from_str(&id) {
-        res.headers_mut().insert(actix_web::http::header::HeaderName::from_static("x-request-id"), v);
+        res.headers_mut().insert(
+            actix_web::http::header::HeaderName::from_static("x-request-id"),
+            v,
+        );
     }
     let status = res.status().as_u16();
     let secs = t0.elapsed().as_secs_f64();
     if let Some(state) = &state {
-        state.shared.metrics.requests.with_label_values(&[&route, &status.to_string()]).inc();
-        state.shared.metrics.request_seconds.with_label_values(&[&route]).observe(secs);
+        state
+            .shared
+            .metrics
+            .requests
+            .with_label_values(&[&route, &status.to_string()])
+            .inc();
+        state
+            .shared
+            .metrics
+            .request_seconds
+            .with_label_values(&[&route])
+            .observe(secs);
     }
     if route != "/health" && route != "/metrics" && route != "/ready" {
         tracing::info!(request_id = %id, %method, route, status, latency_s = secs, "request");
@@ -109,7 +151,10 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let api_keys = cfg.all_api_keys()?;
     let metrics = metrics::Metrics::new()?;
     let shared = worker::Shared::new(
-        ResultCache::new(cfg.cache_entries, (cfg.cache_mb as usize).saturating_mul(1 << 20)),
+        ResultCache::new(
+            cfg.cache_entries,
+            (cfg.cache_mb as usize).saturating_mul(1 << 20),
+        ),
         metrics,
         cfg.queue_size,
         Duration::from_secs(cfg.request_timeout_s),
@@ -135,9 +180,22 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             .route("/metrics", web::get().to(routes::metrics))
             .route("/v1/models", web::get().to(routes::models))
             .route("/transcribe", web::post().to(routes::transcribe_native))
-            .route("/v1/audio/transcriptions", web::post().to(routes::openai_transcriptions))
-            .route("/v1/audio/translations", web::post().to(routes::openai_translations))
-            .default_service(web::to(|| async { ApiError::new(actix_web::http::StatusCode::NOT_FOUND, "invalid_request_error", "no such endpoint").error_response() }))
+            .route(
+                "/v1/audio/transcriptions",
+                web::post().to(routes::openai_transcriptions),
+            )
+            .route(
+                "/v1/audio/translations",
+                web::post().to(routes::openai_translations),
+            )
+            .default_service(web::to(|| async {
+                ApiError::new(
+                    actix_web::http::StatusCode::NOT_FOUND,
+                    "invalid_request_error",
+                    "no such endpoint",
+                )
+                .error_response()
+            }))
     })
     .on_connect(disconnect::remember_socket)
     .workers(cfg.http_workers)

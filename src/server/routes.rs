@@ -30,13 +30,16 @@ pub async fn ready(state: web::Data<AppState>) -> HttpResponse {
         None
     };
     match reason {
-        Some(r) => HttpResponse::ServiceUnavailable().json(serde_json::json!({ "ready": false, "reason": r })),
+        Some(r) => HttpResponse::ServiceUnavailable()
+            .json(serde_json::json!({ "ready": false, "reason": r })),
         None => HttpResponse::Ok().json(serde_json::json!({ "ready": true, "reason": "ok" })),
     }
 }
 
 pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
-    HttpResponse::Ok().content_type("text/plain; version=0.0.4; charset=utf-8").body(state.shared.metrics.render())
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4; charset=utf-8")
+        .body(state.shared.metrics.render())
 }
 
 pub async fn models(state: web::Data<AppState>) -> HttpResponse {
@@ -61,15 +64,23 @@ fn parse_bool(name: &'static str, v: &str) -> Result<bool, ApiError> {
     match v.trim().to_ascii_lowercase().as_str() {
         "1" | "true" | "yes" | "on" => Ok(true),
         "0" | "false" | "no" | "off" => Ok(false),
-        _ => Err(ApiError::bad_request(format!("`{name}` must be true or false, not `{v}`")).param(name)),
+        _ => Err(
+            ApiError::bad_request(format!("`{name}` must be true or false, not `{v}`")).param(name),
+        ),
     }
 }
 
 /// OpenAI's rule: temperature 0 means "start greedy and fall back"; t > 0 starts at t.
 fn temperatures(v: &str) -> Result<Vec<f32>, ApiError> {
-    let t: f32 = v.trim().parse().map_err(|_| ApiError::bad_request(format!("temperature must be a number, not `{v}`")).param("temperature"))?;
+    let t: f32 = v.trim().parse().map_err(|_| {
+        ApiError::bad_request(format!("temperature must be a number, not `{v}`"))
+            .param("temperature")
+    })?;
     if !(0.0..=1.0).contains(&t) {
-        return Err(ApiError::bad_request(format!("temperature must be between 0 and 1, not {t}")).param("temperature"));
+        return Err(
+            ApiError::bad_request(format!("temperature must be between 0 and 1, not {t}"))
+                .param("temperature"),
+        );
     }
     let mut out = vec![t];
     let mut next = t + 0.2;
@@ -80,7 +91,10 @@ fn temperatures(v: &str) -> Result<Vec<f32>, ApiError> {
     Ok(out)
 }
 
-fn parse_options(api: Api, f: &HashMap<String, String>) -> Result<(TranscribeOptions, Format), ApiError> {
+fn parse_options(
+    api: Api,
+    f: &HashMap<String, String>,
+) -> Result<(TranscribeOptions, Format), ApiError> {
     let mut o = TranscribeOptions::default();
     if let Some(l) = f.get("language").filter(|l| !l.trim().is_empty()) {
         o.language = Some(l.clone());
@@ -89,7 +103,9 @@ fn parse_options(api: Api, f: &HashMap<String, String>) -> Result<(TranscribeOpt
         Api::OpenAiTranslations => Task::Translate,
         Api::OpenAiTranscriptions => Task::Transcribe,
         Api::Native => match f.get("task") {
-            Some(t) => t.parse().map_err(|e: String| ApiError::bad_request(e).param("task"))?,
+            Some(t) => t
+                .parse()
+                .map_err(|e: String| ApiError::bad_request(e).param("task"))?,
             None => Task::Transcribe,
         },
     };
@@ -105,21 +121,43 @@ fn parse_options(api: Api, f: &HashMap<String, String>) -> Result<(TranscribeOpt
     if let Some(ts) = f.get("timestamps") {
         o.timestamps = parse_bool("timestamps", ts)?;
     }
-    if let Some(g) = f.get("timestamp_granularities[]").or_else(|| f.get("timestamp_granularities")) {
+    if let Some(g) = f
+        .get("timestamp_granularities[]")
+        .or_else(|| f.get("timestamp_granularities"))
+    {
         for part in g.split(',').map(str::trim).filter(|p| !p.is_empty()) {
             match part {
                 "segment" => {}
-                "word" => return Err(ApiError::bad_request("word-level timestamps are not supported; use `segment`").param("timestamp_granularities[]")),
-                other => return Err(ApiError::bad_request(format!("unknown timestamp granularity `{other}`")).param("timestamp_granularities[]")),
+                "word" => {
+                    return Err(ApiError::bad_request(
+                        "word-level timestamps are not supported; use `segment`",
+                    )
+                    .param("timestamp_granularities[]"))
+                }
+                other => {
+                    return Err(ApiError::bad_request(format!(
+                        "unknown timestamp granularity `{other}`"
+                    ))
+                    .param("timestamp_granularities[]"))
+                }
             }
         }
     }
-    let format = match f.get("response_format").map(|s| s.trim()).filter(|s| !s.is_empty()) {
+    let format = match f
+        .get("response_format")
+        .map(|s| s.trim())
+        .filter(|s| !s.is_empty())
+    {
         None => Format::Json,
         Some(s) => {
-            let fmt: Format = s.parse().map_err(|e: String| ApiError::bad_request(e).param("response_format"))?;
+            let fmt: Format = s
+                .parse()
+                .map_err(|e: String| ApiError::bad_request(e).param("response_format"))?;
             if api != Api::Native && fmt == Format::Tsv {
-                return Err(ApiError::bad_request("response_format must be one of json, text, srt, verbose_json, vtt").param("response_format"));
+                return Err(ApiError::bad_request(
+                    "response_format must be one of json, text, srt, verbose_json, vtt",
+                )
+                .param("response_format"));
             }
             fmt
         }
@@ -127,15 +165,27 @@ fn parse_options(api: Api, f: &HashMap<String, String>) -> Result<(TranscribeOpt
     Ok((o, format))
 }
 
-pub async fn transcribe_native(req: HttpRequest, body: web::Payload, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+pub async fn transcribe_native(
+    req: HttpRequest,
+    body: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
     handle(Api::Native, req, body, state).await
 }
 
-pub async fn openai_transcriptions(req: HttpRequest, body: web::Payload, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+pub async fn openai_transcriptions(
+    req: HttpRequest,
+    body: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
     handle(Api::OpenAiTranscriptions, req, body, state).await
 }
 
-pub async fn openai_translations(req: HttpRequest, body: web::Payload, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+pub async fn openai_translations(
+    req: HttpRequest,
+    body: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
     handle(Api::OpenAiTranslations, req, body, state).await
 }
 
@@ -147,10 +197,18 @@ impl Drop for InFlight<'_> {
 }
 
 /// Runs `handle_inner`; a panic anywhere in it becomes a 500 naming the request id.
-async fn handle(api: Api, req: HttpRequest, body: web::Payload, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+async fn handle(
+    api: Api,
+    req: HttpRequest,
+    body: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
     use futures_util::FutureExt;
     let id = super::request_id(&req);
-    match std::panic::AssertUnwindSafe(handle_inner(api, req, body, state)).catch_unwind().await {
+    match std::panic::AssertUnwindSafe(handle_inner(api, req, body, state))
+        .catch_unwind()
+        .await
+    {
         Ok(r) => r,
         Err(_) => {
             tracing::error!(request_id = %id, "handler panicked");
@@ -159,7 +217,12 @@ async fn handle(api: Api, req: HttpRequest, body: web::Payload, state: web::Data
     }
 }
 
-async fn handle_inner(api: Api, req: HttpRequest, body: web::Payload, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+async fn handle_inner(
+    api: Api,
+    req: HttpRequest,
+    body: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
     let shared: &Arc<Shared> = &state.shared;
     if shared.draining.load(Ordering::SeqCst) {
         return Err(ApiError::unavailable("the server is shutting down", 5));
@@ -171,21 +234,36 @@ async fn handle_inner(api: Api, req: HttpRequest, body: web::Payload, state: web
     let _in_flight = InFlight(shared);
 
     // Query parameters first, form fields override them.
-    let mut fields: HashMap<String, String> = web::Query::<HashMap<String, String>>::from_query(req.query_string())
-        .map(|q| q.into_inner())
-        .map_err(|e| ApiError::bad_request(format!("bad query string: {e}")))?;
+    let mut fields: HashMap<String, String> =
+        web::Query::<HashMap<String, String>>::from_query(req.query_string())
+            .map(|q| q.into_inner())
+            .map_err(|e| ApiError::bad_request(format!("bad query string: {e}")))?;
     let upload = read_form(&req, body, state.max_upload_bytes).await?;
     fields.extend(upload.fields);
-    let file = upload.file.ok_or_else(|| ApiError::bad_request("no audio: send it in multipart field `file`").param("file").code("missing_file"))?;
+    let file = upload.file.ok_or_else(|| {
+        ApiError::bad_request("no audio: send it in multipart field `file`")
+            .param("file")
+            .code("missing_file")
+    })?;
     let (options, format) = parse_options(api, &fields)?;
     if file.is_empty() {
-        return Err(ApiError::bad_request("the uploaded file is empty (0 bytes)").param("file").code("empty_file"));
+        return Err(
+            ApiError::bad_request("the uploaded file is empty (0 bytes)")
+                .param("file")
+                .code("empty_file"),
+        );
     }
     let upload_bytes = file.len();
     let t0 = std::time::Instant::now();
     let client = req.conn_data::<super::disconnect::ClientSocket>().copied();
     let (transcript, cache) = worker::transcribe(shared, file, options.clone(), client).await?;
-    let task = if api == Api::OpenAiTranslations && !shared.engine.get().is_some_and(|e| e.is_multilingual()) { Task::Transcribe } else { options.task };
+    let task = if api == Api::OpenAiTranslations
+        && !shared.engine.get().is_some_and(|e| e.is_multilingual())
+    {
+        Task::Transcribe
+    } else {
+        options.task
+    };
     tracing::info!(
         request_id = %super::request_id(&req),
         route = req.match_pattern().unwrap_or_default(),
@@ -200,7 +278,10 @@ async fn handle_inner(api: Api, req: HttpRequest, body: web::Payload, state: web
         (_, Format::Json) => serde_json::json!({ "text": transcript.text }).to_string(),
         (_, f) => transcript.render(f, task),
     };
-    Ok(HttpResponse::Ok().content_type(format.content_type()).insert_header(("X-Cache", cache.as_str())).body(body))
+    Ok(HttpResponse::Ok()
+        .content_type(format.content_type())
+        .insert_header(("X-Cache", cache.as_str()))
+        .body(body))
 }
 
 #[cfg(test)]
@@ -216,13 +297,21 @@ mod tests {
 
     #[test]
     fn options_from_fields() {
-        let f: HashMap<String, String> = [("response_format", "srt"), ("timestamps", "false"), ("task", "translate")]
-            .into_iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
+        let f: HashMap<String, String> = [
+            ("response_format", "srt"),
+            ("timestamps", "false"),
+            ("task", "translate"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
         let (o, fmt) = parse_options(Api::Native, &f).unwrap();
-        assert_eq!((o.timestamps, o.task, fmt), (false, Task::Translate, Format::Srt));
-        let tsv: HashMap<String, String> = [("response_format".to_string(), "tsv".to_string())].into();
+        assert_eq!(
+            (o.timestamps, o.task, fmt),
+            (false, Task::Translate, Format::Srt)
+        );
+        let tsv: HashMap<String, String> =
+            [("response_format".to_string(), "tsv".to_string())].into();
         assert!(parse_options(Api::OpenAiTranscriptions, &tsv).is_err());
         assert!(parse_options(Api::Native, &tsv).is_ok());
     }

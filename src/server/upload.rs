@@ -17,9 +17,24 @@ pub struct Upload {
 }
 
 /// Read the form: the audio in `file` (or `audio`), every other field as text.
-pub async fn read_form(req: &HttpRequest, payload: web::Payload, max_bytes: usize) -> Result<Upload, ApiError> {
-    let too_large = || ApiError::too_large(format!("upload over the limit of {} MiB", max_bytes / (1024 * 1024))).param("file");
-    if let Some(len) = req.headers().get("content-length").and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok()) {
+pub async fn read_form(
+    req: &HttpRequest,
+    payload: web::Payload,
+    max_bytes: usize,
+) -> Result<Upload, ApiError> {
+    let too_large = || {
+        ApiError::too_large(format!(
+            "upload over the limit of {} MiB",
+            max_bytes / (1024 * 1024)
+        ))
+        .param("file")
+    };
+    if let Some(len) = req
+        .headers()
+        .get("content-length")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok())
+    {
         if len > max_bytes + MAX_FIELD_BYTES {
             return Err(too_large());
         }
@@ -30,11 +45,18 @@ pub async fn read_form(req: &HttpRequest, payload: web::Payload, max_bytes: usiz
         .and_then(|v| v.to_str().ok())
         .is_some_and(|ct| ct.to_ascii_lowercase().starts_with("multipart/form-data"));
     if !is_multipart {
-        return Err(ApiError::bad_request("expected a multipart/form-data body with the audio in field `file`"));
+        return Err(ApiError::bad_request(
+            "expected a multipart/form-data body with the audio in field `file`",
+        ));
     }
     let mut form = Multipart::new(req.headers(), payload);
-    let mut upload = Upload { file: None, fields: HashMap::new() };
-    let malformed = |e: actix_multipart::MultipartError| ApiError::bad_request(format!("malformed multipart body: {e}"));
+    let mut upload = Upload {
+        file: None,
+        fields: HashMap::new(),
+    };
+    let malformed = |e: actix_multipart::MultipartError| {
+        ApiError::bad_request(format!("malformed multipart body: {e}"))
+    };
     while let Some(mut field) = form.try_next().await.map_err(malformed)? {
         let name = field.name().unwrap_or_default().to_string();
         if name == "file" || name == "audio" {
@@ -50,16 +72,23 @@ pub async fn read_form(req: &HttpRequest, payload: web::Payload, max_bytes: usiz
             let mut buf = Vec::new();
             while let Some(chunk) = field.try_next().await.map_err(malformed)? {
                 if buf.len() + chunk.len() > MAX_FIELD_BYTES {
-                    return Err(ApiError::bad_request(format!("form field `{name}` is over 64 KiB")));
+                    return Err(ApiError::bad_request(format!(
+                        "form field `{name}` is over 64 KiB"
+                    )));
                 }
                 buf.extend_from_slice(&chunk);
             }
-            let value = String::from_utf8(buf).map_err(|_| ApiError::bad_request(format!("form field `{name}` is not UTF-8")))?;
+            let value = String::from_utf8(buf)
+                .map_err(|_| ApiError::bad_request(format!("form field `{name}` is not UTF-8")))?;
             // `timestamp_granularities[]` may repeat; keep every value.
-            upload.fields.entry(name).and_modify(|v| {
-                v.push(',');
-                v.push_str(&value)
-            }).or_insert(value);
+            upload
+                .fields
+                .entry(name)
+                .and_modify(|v| {
+                    v.push(',');
+                    v.push_str(&value)
+                })
+                .or_insert(value);
         }
     }
     Ok(upload)

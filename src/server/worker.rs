@@ -61,7 +61,13 @@ impl CacheStatus {
 }
 
 impl Shared {
-    pub fn new(cache: ResultCache, metrics: Metrics, queue_size: usize, request_timeout: Duration, max_audio_s: f64) -> Arc<Self> {
+    pub fn new(
+        cache: ResultCache,
+        metrics: Metrics,
+        queue_size: usize,
+        request_timeout: Duration,
+        max_audio_s: f64,
+    ) -> Arc<Self> {
         Arc::new(Self {
             engine: OnceLock::new(),
             ready: AtomicBool::new(false),
@@ -83,7 +89,11 @@ impl Shared {
     /// Hand `result` to everyone waiting on `key` and forget the job. The key leaves the in-flight
     /// map before the result is sent, so a later identical request finds the cache instead.
     fn finish(&self, key: &str, result: JobResult) {
-        let tx = self.inflight.lock().unwrap_or_else(|p| p.into_inner()).remove(key);
+        let tx = self
+            .inflight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(key);
         if let Ok(t) = &result {
             self.cache.put(key.to_string(), t.clone());
             let (entries, bytes) = self.cache.usage();
@@ -100,30 +110,41 @@ impl Shared {
 pub fn start(shared: Arc<Shared>, model_dir: std::path::PathBuf) {
     let (tx, rx) = sync_channel::<Job>(shared.queue_size);
     let _ = shared.queue.set(tx);
-    let spawned = std::thread::Builder::new().name("inference".into()).spawn(move || {
-        let engine = match Engine::load(&model_dir) {
-            Ok(e) => Arc::new(e),
-            Err(e) => {
-                tracing::error!(error = %e, "cannot load the model; exiting");
+    let spawned = std::thread::Builder::new()
+        .name("inference".into())
+        .spawn(move || {
+            let engine = match Engine::load(&model_dir) {
+                Ok(e) => Arc::new(e),
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot load the model; exiting");
+                    std::process::exit(1);
+                }
+            };
+            shared.metrics.model_load_seconds.set(engine.load_seconds);
+            shared
+                .metrics
+                .build_info
+                .with_label_values(&[env!("CARGO_PKG_VERSION"), &engine.model_name])
+                .set(1);
+            // One inference before /ready says yes: first-call allocations and page faults happen here.
+            let warm = Instant::now();
+            let tone: Vec<f32> = (0..16_000).map(|i| (i as f32 * 0.05).sin() * 0.1).collect();
+            if let Err(e) =
+                engine.transcribe_pcm(&Pcm { samples: tone }, &TranscribeOptions::default())
+            {
+                tracing::error!(error = %e, "warm-up inference failed; exiting");
                 std::process::exit(1);
             }
-        };
-        shared.metrics.model_load_seconds.set(engine.load_seconds);
-        shared.metrics.build_info.with_label_values(&[env!("CARGO_PKG_VERSION"), &engine.model_name]).set(1);
-        // One inference before /ready says yes: first-call allocations and page faults happen here.
-        let warm = Instant::now();
-        let tone: Vec<f32> = (0..16_000).map(|i| (i as f32 * 0.05).sin() * 0.1).collect();
-        if let Err(e) = engine.transcribe_pcm(&Pcm { samples: tone }, &TranscribeOptions::default()) {
-            tracing::error!(error = %e, "warm-up inference failed; exiting");
-            std::process::exit(1);
-        }
-        tracing::info!(seconds = warm.elapsed().as_secs_f64(), "warm-up inference done; ready");
-        let _ = shared.engine.set(engine.clone());
-        shared.ready.store(true, Ordering::SeqCst);
-        for job in rx {
-            run_job(&shared, &engine, job);
-        }
-    });
+            tracing::info!(
+                seconds = warm.elapsed().as_secs_f64(),
+                "warm-up inference done; ready"
+            );
+            let _ = shared.engine.set(engine.clone());
+            shared.ready.store(true, Ordering::SeqCst);
+            for job in rx {
+                run_job(&shared, &engine, job);
+            }
+        });
     if let Err(e) = spawned {
         tracing::error!(error = %e, "cannot start the inference thread; exiting");
         std::process::exit(1);
@@ -137,18 +158,33 @@ fn run_job(shared: &Shared, engine: &Engine, job: Job) {
         // Every client that wanted this result has disconnected: skip the work.
         m.jobs.with_label_values(&["cancelled"]).inc();
         tracing::info!("dropping a queued job whose clients disconnected");
-        shared.finish(&job.key, Err(ApiError::unavailable("client disconnected", 1)));
+        shared.finish(
+            &job.key,
+            Err(ApiError::unavailable("client disconnected", 1)),
+        );
         return;
     }
     if Instant::now() > job.deadline {
         m.jobs.with_label_values(&["timeout"]).inc();
-        tracing::warn!(waited_s = job.enqueued.elapsed().as_secs_f64(), "job expired in the queue; raise queue capacity or add replicas");
-        shared.finish(&job.key, Err(ApiError::unavailable("the request waited too long for inference", 5)));
+        tracing::warn!(
+            waited_s = job.enqueued.elapsed().as_secs_f64(),
+            "job expired in the queue; raise queue capacity or add replicas"
+        );
+        shared.finish(
+            &job.key,
+            Err(ApiError::unavailable(
+                "the request waited too long for inference",
+                5,
+            )),
+        );
         return;
     }
-    m.queue_wait_seconds.observe(job.enqueued.elapsed().as_secs_f64());
+    m.queue_wait_seconds
+        .observe(job.enqueued.elapsed().as_secs_f64());
     let t0 = Instant::now();
-    let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| engine.transcribe_prepared(&job.prepared, &job.options)));
+    let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {
+        engine.transcribe_prepared(&job.prepared, &job.options)
+    }));
     let secs = t0.elapsed().as_secs_f64();
     let result = match outcome {
         Ok(Ok(t)) => {
@@ -156,7 +192,8 @@ fn run_job(shared: &Shared, engine: &Engine, job: Job) {
             m.inference_seconds.observe(secs);
             m.audio_seconds.inc_by(t.duration);
             m.realtime_factor.observe(secs / t.duration.max(1e-3));
-            m.decoded_tokens.inc_by(t.segments.iter().map(|s| s.tokens.len() as u64).sum());
+            m.decoded_tokens
+                .inc_by(t.segments.iter().map(|s| s.tokens.len() as u64).sum());
             Ok(Arc::new(t))
         }
         Ok(Err(e)) => {
@@ -166,7 +203,11 @@ fn run_job(shared: &Shared, engine: &Engine, job: Job) {
         Err(_) => {
             m.jobs.with_label_values(&["panic"]).inc();
             tracing::error!("inference panicked; the request gets a 500 and the worker continues");
-            Err(ApiError::new(actix_web::http::StatusCode::INTERNAL_SERVER_ERROR, "server_error", "internal error during inference"))
+            Err(ApiError::new(
+                actix_web::http::StatusCode::INTERNAL_SERVER_ERROR,
+                "server_error",
+                "internal error during inference",
+            ))
         }
     };
     shared.finish(&job.key, result);
@@ -182,7 +223,13 @@ struct InflightGuard {
 impl Drop for InflightGuard {
     fn drop(&mut self) {
         if self.armed {
-            self.shared.finish(&self.key, Err(ApiError::unavailable("the request was abandoned before inference", 1)));
+            self.shared.finish(
+                &self.key,
+                Err(ApiError::unavailable(
+                    "the request was abandoned before inference",
+                    1,
+                )),
+            );
         }
     }
 }
@@ -195,7 +242,11 @@ pub async fn transcribe(
     options: TranscribeOptions,
     client: Option<super::disconnect::ClientSocket>,
 ) -> Result<(Arc<Transcript>, CacheStatus), ApiError> {
-    let engine = shared.engine.get().cloned().ok_or_else(|| ApiError::unavailable("the model is still loading", 5))?;
+    let engine = shared
+        .engine
+        .get()
+        .cloned()
+        .ok_or_else(|| ApiError::unavailable("the model is still loading", 5))?;
     let options = engine.check_options(&options)?;
     let (bytes, hash) = actix_web::web::block(move || {
         let h = crate::cache::audio_hash(&bytes);
@@ -252,12 +303,20 @@ async fn prepare_and_enqueue(
     options: TranscribeOptions,
     tx: broadcast::Sender<JobResult>,
 ) {
-    let mut guard = InflightGuard { shared: shared.clone(), key: key.clone(), armed: true };
+    let mut guard = InflightGuard {
+        shared: shared.clone(),
+        key: key.clone(),
+        armed: true,
+    };
     let max_audio_s = shared.max_audio_s;
     let prepared = actix_web::web::block(move || -> Result<Prepared, EngineError> {
         let pcm = Engine::load_audio(bytes)?;
         if pcm.duration_s() > max_audio_s {
-            return Err(AudioError::TooLong { duration_s: pcm.duration_s(), limit_s: max_audio_s }.into());
+            return Err(AudioError::TooLong {
+                duration_s: pcm.duration_s(),
+                limit_s: max_audio_s,
+            }
+            .into());
         }
         Ok(engine.prepare(&pcm))
     })
@@ -271,18 +330,36 @@ async fn prepare_and_enqueue(
         }
         Err(_) => return, // blocking pool gone: shutting down; the guard answers the waiters
     };
-    let Some(queue) = shared.queue.get() else { return };
+    let Some(queue) = shared.queue.get() else {
+        return;
+    };
     let now = Instant::now();
-    let job = Job { key: key.clone(), prepared, options, tx, enqueued: now, deadline: now + shared.request_timeout };
+    let job = Job {
+        key: key.clone(),
+        prepared,
+        options,
+        tx,
+        enqueued: now,
+        deadline: now + shared.request_timeout,
+    };
     shared.metrics.queue_depth.inc();
     match queue.try_send(job) {
         Ok(()) => guard.armed = false,
         Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
             shared.metrics.queue_depth.dec();
             shared.metrics.jobs.with_label_values(&["rejected"]).inc();
-            tracing::warn!(queue_size = shared.queue_size, "inference queue full: answering 503; add replicas or raise queue_size");
+            tracing::warn!(
+                queue_size = shared.queue_size,
+                "inference queue full: answering 503; add replicas or raise queue_size"
+            );
             guard.armed = false;
-            shared.finish(&key, Err(ApiError::unavailable("the server is busy: inference queue full", 2)));
+            shared.finish(
+                &key,
+                Err(ApiError::unavailable(
+                    "the server is busy: inference queue full",
+                    2,
+                )),
+            );
         }
     }
 }

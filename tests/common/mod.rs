@@ -13,7 +13,9 @@ pub fn root() -> PathBuf {
 
 /// `../shared` beside the checkout (override with WHISPERD_SHARED).
 pub fn shared() -> PathBuf {
-    std::env::var_os("WHISPERD_SHARED").map(PathBuf::from).unwrap_or_else(|| root().join("../shared"))
+    std::env::var_os("WHISPERD_SHARED")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("../shared"))
 }
 
 /// The tiny.en model directory (`make model` fetches it; override with WHISPERD_TEST_MODEL).
@@ -21,7 +23,11 @@ pub fn model_dir() -> PathBuf {
     let dir = std::env::var_os("WHISPERD_TEST_MODEL")
         .map(PathBuf::from)
         .unwrap_or_else(|| root().join("models/whisper-tiny.en"));
-    assert!(dir.join("model.bin").exists() || dir.join("model.safetensors").exists(), "no model in {} — run `make model`", dir.display());
+    assert!(
+        dir.join("model.bin").exists() || dir.join("model.safetensors").exists(),
+        "no model in {} — run `make model`",
+        dir.display()
+    );
     dir
 }
 
@@ -47,13 +53,22 @@ pub struct Entry {
 
 pub fn manifest() -> Vec<Entry> {
     let text = std::fs::read_to_string(shared().join("eval/manifest.jsonl")).expect("manifest");
-    text.lines().filter(|l| !l.trim().is_empty()).map(|l| serde_json::from_str(l).expect("manifest line")).collect()
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).expect("manifest line"))
+        .collect()
 }
 
 fn words(s: &str) -> Vec<String> {
     s.to_lowercase()
         .chars()
-        .map(|c| if c.is_alphanumeric() || c == '\'' || c.is_whitespace() { c } else { ' ' })
+        .map(|c| {
+            if c.is_alphanumeric() || c == '\'' || c.is_whitespace() {
+                c
+            } else {
+                ' '
+            }
+        })
         .collect::<String>()
         .split_whitespace()
         .map(String::from)

@@ -38,11 +38,17 @@ impl Server {
                 log2.lock().unwrap().push_str(&(line + "\n"));
             }
         });
-        let addr = rx.recv_timeout(Duration::from_secs(60)).expect("server did not report its address");
+        let addr = rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("server did not report its address");
         let s = Server { child, addr, log };
         let t0 = Instant::now();
         while s.get("/ready").0 != 200 {
-            assert!(t0.elapsed() < Duration::from_secs(120), "not ready: {}", s.log());
+            assert!(
+                t0.elapsed() < Duration::from_secs(120),
+                "not ready: {}",
+                s.log()
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
         s
@@ -61,7 +67,13 @@ impl Server {
     }
 
     /// POST a multipart form with `file` (if any) and text fields.
-    pub fn post_form(&self, path: &str, file: Option<(&str, &[u8])>, fields: &[(&str, &str)], headers: &[(&str, &str)]) -> Response {
+    pub fn post_form(
+        &self,
+        path: &str,
+        file: Option<(&str, &[u8])>,
+        fields: &[(&str, &str)],
+        headers: &[(&str, &str)],
+    ) -> Response {
         let (ct, body) = multipart(file, fields);
         let mut h: Vec<(&str, &str)> = headers.to_vec();
         h.push(("Content-Type", &ct));
@@ -73,7 +85,10 @@ impl Server {
         let text = String::from_utf8(self.get("/metrics").2).unwrap();
         text.lines()
             .filter(|l| !l.starts_with('#'))
-            .filter(|l| l.split(['{', ' ']).next() == Some(name.split('{').next().unwrap()) && (!name.contains('{') || l.starts_with(name)))
+            .filter(|l| {
+                l.split(['{', ' ']).next() == Some(name.split('{').next().unwrap())
+                    && (!name.contains('{') || l.starts_with(name))
+            })
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
             .sum()
     }
@@ -98,14 +113,18 @@ pub fn header<'a>(r: &'a Response, name: &str) -> Option<&'a str> {
 }
 
 pub fn json(r: &Response) -> serde_json::Value {
-    serde_json::from_slice(&r.2).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&r.2)))
+    serde_json::from_slice(&r.2)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&r.2)))
 }
 
 pub fn multipart(file: Option<(&str, &[u8])>, fields: &[(&str, &str)]) -> (String, Vec<u8>) {
     let boundary = "whisperdtestboundary7MA4YWxkTrZu0gW";
     let mut body = Vec::new();
     for (k, v) in fields {
-        body.extend_from_slice(format!("--{boundary}\r\nContent-Disposition: form-data; name=\"{k}\"\r\n\r\n{v}\r\n").as_bytes());
+        body.extend_from_slice(
+            format!("--{boundary}\r\nContent-Disposition: form-data; name=\"{k}\"\r\n\r\n{v}\r\n")
+                .as_bytes(),
+        );
     }
     if let Some((field, bytes)) = file {
         body.extend_from_slice(format!("--{boundary}\r\nContent-Disposition: form-data; name=\"{field}\"; filename=\"audio.bin\"\r\nContent-Type: application/octet-stream\r\n\r\n").as_bytes());
@@ -116,10 +135,19 @@ pub fn multipart(file: Option<(&str, &[u8])>, fields: &[(&str, &str)]) -> (Strin
     (format!("multipart/form-data; boundary={boundary}"), body)
 }
 
-pub fn send_request(addr: &str, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> TcpStream {
+pub fn send_request(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> TcpStream {
     let mut s = TcpStream::connect(addr).expect("connect");
     s.set_read_timeout(Some(Duration::from_secs(300))).unwrap();
-    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
+    let mut head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
     for (k, v) in headers {
         head.push_str(&format!("{k}: {v}\r\n"));
     }
@@ -132,13 +160,26 @@ pub fn send_request(addr: &str, method: &str, path: &str, headers: &[(&str, &str
 pub fn read_response(mut s: TcpStream) -> Response {
     let mut raw = Vec::new();
     let _ = s.read_to_end(&mut raw);
-    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap_or_else(|| panic!("no response: {:?}", String::from_utf8_lossy(&raw)));
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or_else(|| panic!("no response: {:?}", String::from_utf8_lossy(&raw)));
     let head = String::from_utf8_lossy(&raw[..split]).into_owned();
     let mut body = raw[split + 4..].to_vec();
     let mut lines = head.lines();
-    let status: u16 = lines.next().and_then(|l| l.split(' ').nth(1)).and_then(|c| c.parse().ok()).unwrap_or(0);
-    let headers: Vec<(String, String)> = lines.filter_map(|l| l.split_once(':')).map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string())).collect();
-    if headers.iter().any(|(k, v)| k == "transfer-encoding" && v.contains("chunked")) {
+    let status: u16 = lines
+        .next()
+        .and_then(|l| l.split(' ').nth(1))
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    if headers
+        .iter()
+        .any(|(k, v)| k == "transfer-encoding" && v.contains("chunked"))
+    {
         body = dechunk(&body);
     }
     (status, headers, body)
@@ -147,7 +188,8 @@ pub fn read_response(mut s: TcpStream) -> Response {
 fn dechunk(mut b: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
     while let Some(pos) = b.windows(2).position(|w| w == b"\r\n") {
-        let size = usize::from_str_radix(String::from_utf8_lossy(&b[..pos]).trim(), 16).unwrap_or(0);
+        let size =
+            usize::from_str_radix(String::from_utf8_lossy(&b[..pos]).trim(), 16).unwrap_or(0);
         if size == 0 {
             break;
         }
@@ -157,6 +199,12 @@ fn dechunk(mut b: &[u8]) -> Vec<u8> {
     out
 }
 
-pub fn request(addr: &str, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Response {
+pub fn request(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Response {
     read_response(send_request(addr, method, path, headers, body))
 }

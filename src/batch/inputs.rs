@@ -1,0 +1,215 @@
+//! Turning batch INPUT arguments (files, directories, globs, `@list.txt`, `-`) into a list of
+//! files, each with the relative path its outputs mirror under the output directory.
+
+use std::collections::HashSet;
+use std::io::BufRead;
+use std::path::{Component, Path, PathBuf};
+
+/// Extensions a directory walk picks up (explicit files are taken whatever their name).
+pub const AUDIO_EXTENSIONS: &[&str] = &[
+    "wav", "wave", "flac", "mp3", "ogg", "oga", "opus", "m4a", "mp4", "aac", "mka", "mkv", "webm",
+    "aif", "aiff", "caf",
+];
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InputFile {
+    pub path: PathBuf,
+    /// Where its outputs go, relative to the output directory (never absolute, never `..`).
+    pub relative: PathBuf,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum InputError {
+    #[error("{0}: no such file or directory")]
+    Missing(String),
+    #[error("{path}: {msg}")]
+    Unreadable { path: String, msg: String },
+    #[error("bad glob pattern `{0}`: {1}")]
+    Pattern(String, String),
+    #[error("`{0}` matched no files")]
+    NoMatch(String),
+}
+
+pub fn is_audio(path: &Path) -> bool {
+    path.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| AUDIO_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
+}
+
+/// A path made safe to join under the output directory: no root, no prefix, no `..`, no `.`.
+pub fn contained(path: &Path) -> PathBuf {
+    path.components()
+        .filter_map(|c| match c {
+            Component::Normal(s) => Some(s),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Expand every argument. `stdin` supplies the list for `-`.
+pub fn expand(args: &[String], stdin: &mut dyn BufRead) -> Result<Vec<InputFile>, InputError> {
+    let mut out = Vec::new();
+    let mut seen = HashSet::new();
+    for arg in args {
+        if arg == "-" {
+            for line in read_lines(stdin, "-")? {
+                add_path(Path::new(&line), &line, &mut out, &mut seen)?;
+            }
+        } else if let Some(list) = arg.strip_prefix('@') {
+            let f = std::fs::File::open(list).map_err(|e| InputError::Unreadable {
+                path: list.into(),
+                msg: e.to_string(),
+            })?;
+            for line in read_lines(&mut std::io::BufReader::new(f), list)? {
+                add_path(Path::new(&line), &line, &mut out, &mut seen)?;
+            }
+        } else if arg.contains(['*', '?', '[']) && !Path::new(arg).exists() {
+            let paths =
+                glob::glob(arg).map_err(|e| InputError::Pattern(arg.clone(), e.to_string()))?;
+            let before = out.len();
+            for p in paths.flatten() {
+                add_path(&p, &p.to_string_lossy(), &mut out, &mut seen)?;
+            }
+            if out.len() == before {
+                return Err(InputError::NoMatch(arg.clone()));
+            }
+        } else {
+            add_path(Path::new(arg), arg, &mut out, &mut seen)?;
+        }
+    }
+    Ok(out)
+}
+
+fn read_lines(r: &mut dyn BufRead, name: &str) -> Result<Vec<String>, InputError> {
+    let mut lines = Vec::new();
+    for line in r.lines() {
+        let line = line.map_err(|e| InputError::Unreadable {
+            path: name.into(),
+            msg: e.to_string(),
+        })?;
+        let t = line.trim();
+        if !t.is_empty() && !t.starts_with('#') {
+            lines.push(t.to_string());
+        }
+    }
+    Ok(lines)
+}
+
+fn add_path(
+    path: &Path,
+    shown: &str,
+    out: &mut Vec<InputFile>,
+    seen: &mut HashSet<PathBuf>,
+) -> Result<(), InputError> {
+    let meta = std::fs::metadata(path).map_err(|_| InputError::Missing(shown.to_string()))?;
+    if meta.is_dir() {
+        let mut visited = HashSet::new();
+        walk(path, path, out, seen, &mut visited);
+    } else {
+        let key = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+        if seen.insert(key) {
+            out.push(InputFile {
+                path: path.to_path_buf(),
+                relative: contained(path),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Recursive walk, sorted for a stable order; `visited` (canonical directories) breaks symlink loops.
+fn walk(
+    root: &Path,
+    dir: &Path,
+    out: &mut Vec<InputFile>,
+    seen: &mut HashSet<PathBuf>,
+    visited: &mut HashSet<PathBuf>,
+) {
+    let Ok(canon) = std::fs::canonicalize(dir) else {
+        return;
+    };
+    if !visited.insert(canon) {
+        tracing::warn!(dir = %dir.display(), "directory already visited (symlink loop?): skipped");
+        return;
+    }
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        tracing::warn!(dir = %dir.display(), "cannot read directory: skipped");
+        return;
+    };
+    let mut paths: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
+    paths.sort();
+    for p in paths {
+        if p.is_dir() {
+            walk(root, &p, out, seen, visited);
+        } else if p.is_file() && is_audio(&p) {
+            let key = std::fs::canonicalize(&p).unwrap_or_else(|_| p.clone());
+            if seen.insert(key) {
+                let rel = p
+                    .strip_prefix(root)
+                    .map(contained)
+                    .unwrap_or_else(|_| contained(&p));
+                out.push(InputFile {
+                    path: p,
+                    relative: rel,
+                });
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outputs_never_escape() {
+        assert_eq!(
+            contained(Path::new("/etc/passwd.wav")),
+            PathBuf::from("etc/passwd.wav")
+        );
+        assert_eq!(
+            contained(Path::new("../../x/./a.wav")),
+            PathBuf::from("x/a.wav")
+        );
+        assert_eq!(contained(Path::new("a/b.wav")), PathBuf::from("a/b.wav"));
+    }
+
+    #[test]
+    fn directories_lists_and_stdin() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().join("in");
+        std::fs::create_dir_all(root.join("sub")).unwrap();
+        std::fs::write(root.join("a.wav"), b"x").unwrap();
+        std::fs::write(root.join("sub/b.FLAC"), b"x").unwrap();
+        std::fs::write(root.join("notes.txt"), b"x").unwrap();
+        #[cfg(unix)]
+        std::os::unix::fs::symlink(&root, root.join("sub/loop")).unwrap();
+        let files = expand(
+            &[root.to_string_lossy().into_owned()],
+            &mut std::io::empty(),
+        )
+        .unwrap();
+        let rel: Vec<_> = files
+            .iter()
+            .map(|f| f.relative.to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(rel, vec!["a.wav", "sub/b.FLAC"]);
+
+        let list = d.path().join("list.txt");
+        std::fs::write(
+            &list,
+            format!("# comment\n{}\n", root.join("notes.txt").display()),
+        )
+        .unwrap();
+        let files = expand(&[format!("@{}", list.display())], &mut std::io::empty()).unwrap();
+        assert_eq!(files.len(), 1);
+        let mut stdin = std::io::Cursor::new(format!("{}\n", root.join("a.wav").display()));
+        assert_eq!(expand(&["-".into()], &mut stdin).unwrap().len(), 1);
+        let pattern = format!("{}/*.wav", root.display());
+        assert_eq!(expand(&[pattern], &mut std::io::empty()).unwrap().len(), 1);
+        assert!(matches!(
+            expand(&["/no/such/file.wav".into()], &mut std::io::empty()),
+            Err(InputError::Missing(_))
+        ));
+    }
+}

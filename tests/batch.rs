@@ -1,0 +1,352 @@
+//! `whisperd batch` on a generated tree: nested folders, a duplicate, bad files, a symlink loop,
+//! names with spaces and non-ASCII; re-runs skip, --overwrite redoes, SIGINT leaves no partial output.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use common::*;
+
+fn batch(args: &[&str], inputs: &[&Path], out: &Path) -> Output {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_whisperd"));
+    c.env("WHISPERD_MODEL", model_dir())
+        .env("RUST_LOG", "info")
+        .arg("batch");
+    for i in inputs {
+        c.arg(i);
+    }
+    c.arg("--output-dir").arg(out).args(args).output().unwrap()
+}
+
+fn copy(rel: &str, to: &Path) {
+    std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+    std::fs::copy(shared().join(rel), to).unwrap();
+}
+
+fn records(report: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(report)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn all_files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(all_files(&p));
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn a_tree_with_duplicates_bad_files_and_loops() {
+    let d = tempfile::tempdir().unwrap();
+    let input = d.path().join("in");
+    copy("eval/jfk.wav", &input.join("a/jfk.wav"));
+    copy(
+        "eval/librispeech/test-clean/237-134500-0000.flac",
+        &input.join("a/b/frank.flac"),
+    );
+    copy("eval/jfk.wav", &input.join("dup/jfk copy.wav"));
+    copy(
+        "eval/librispeech/test-clean/237-134500-0003.flac",
+        &input.join("été/ça va.flac"),
+    );
+    let mp3 = std::fs::read(shared().join("eval/formats/jfk.mp3")).unwrap();
+    std::fs::create_dir_all(input.join("bad")).unwrap();
+    std::fs::write(input.join("bad/corrupt.mp3"), &mp3[..mp3.len() / 2]).unwrap();
+    std::fs::write(input.join("bad/fake.wav"), b"plain text with a .wav name").unwrap();
+    std::fs::write(
+        input.join("README.txt"),
+        b"not picked up: not an audio extension",
+    )
+    .unwrap();
+    #[cfg(unix)]
+    std::os::unix::fs::symlink(&input, input.join("a/loop")).unwrap();
+    let out = d.path().join("out");
+    let report = d.path().join("report.jsonl");
+
+    let r = batch(
+        &[
+            "--format",
+            "srt,json",
+            "--report",
+            report.to_str().unwrap(),
+            "--jobs",
+            "2",
+        ],
+        &[&input],
+        &out,
+    );
+    let stderr = String::from_utf8_lossy(&r.stderr);
+    assert_eq!(r.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("bad/corrupt.mp3") && stderr.contains("bad/fake.wav"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("4 succeeded, 0 skipped, 2 failed"),
+        "{stderr}"
+    );
+    let srt = std::fs::read_to_string(out.join("a/jfk.wav.srt")).unwrap();
+    assert!(srt.contains("fellow Americans"), "{srt}");
+    let frank: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("a/b/frank.flac.json")).unwrap())
+            .unwrap();
+    let reference = "FRANK READ ENGLISH SLOWLY AND THE MORE HE READ ABOUT THIS DIVORCE CASE THE ANGRIER HE GREW";
+    assert!(
+        wer(reference, frank["text"].as_str().unwrap()) <= 0.25,
+        "{frank}"
+    );
+    assert!(out.join("été/ça va.flac.srt").exists());
+    let dup = std::fs::read_to_string(out.join("dup/jfk copy.wav.srt")).unwrap();
+    assert_eq!(dup, srt, "duplicate content gives the same transcript");
+    let recs = records(&report);
+    assert_eq!(recs.len(), 6);
+    // Whichever copy of jfk came second reused the first one's transcript.
+    let dups: Vec<_> = recs
+        .iter()
+        .filter(|r| r["duplicate_of"].as_str().is_some())
+        .collect();
+    assert_eq!(dups.len(), 1, "{recs:?}");
+    assert!(
+        dups[0]["path"].as_str().unwrap().contains("jfk")
+            && dups[0]["duplicate_of"].as_str().unwrap().contains("jfk")
+    );
+    assert!(recs
+        .iter()
+        .filter(|r| r["status"] == "failed")
+        .all(|r| r["error"].as_str().is_some_and(|e| !e.is_empty())));
+    assert!(recs
+        .iter()
+        .filter(|r| r["status"] == "ok")
+        .all(|r| r["sha256"].as_str().unwrap().len() == 64
+            && r["outputs"].as_array().unwrap().len() == 2));
+    assert!(!all_files(&out)
+        .iter()
+        .any(|p| p.to_string_lossy().contains(".tmp-")));
+
+    // Second run: everything that succeeded is skipped.
+    let r = batch(
+        &["--format", "srt,json", "--report", report.to_str().unwrap()],
+        &[&input],
+        &out,
+    );
+    assert!(
+        String::from_utf8_lossy(&r.stderr).contains("0 succeeded, 4 skipped, 2 failed"),
+        "{}",
+        String::from_utf8_lossy(&r.stderr)
+    );
+    // A changed input is redone even without --overwrite.
+    copy(
+        "eval/librispeech/test-clean/237-134500-0002.flac",
+        &input.join("a/b/frank.flac"),
+    );
+    let r = batch(
+        &["--format", "srt,json", "--report", report.to_str().unwrap()],
+        &[&input],
+        &out,
+    );
+    assert!(
+        String::from_utf8_lossy(&r.stderr).contains("1 succeeded, 3 skipped, 2 failed"),
+        "{}",
+        String::from_utf8_lossy(&r.stderr)
+    );
+    // --overwrite redoes it all.
+    let r = batch(&["--format", "srt,json", "--overwrite"], &[&input], &out);
+    assert!(
+        String::from_utf8_lossy(&r.stderr).contains("4 succeeded, 0 skipped, 2 failed"),
+        "{}",
+        String::from_utf8_lossy(&r.stderr)
+    );
+    // --fail-fast stops at the first failure.
+    let r = batch(
+        &["--format", "txt", "--fail-fast", "--jobs", "1"],
+        &[&input.join("bad/fake.wav"), &input.join("a/jfk.wav")],
+        &d.path().join("out3"),
+    );
+    assert_eq!(r.status.code(), Some(1));
+    assert!(
+        !d.path().join("out3/a/jfk.wav.txt").exists()
+            || String::from_utf8_lossy(&r.stderr).contains("1 failed")
+    );
+}
+
+#[test]
+fn lists_globs_stdin_and_usage_errors() {
+    let d = tempfile::tempdir().unwrap();
+    let list = d.path().join("list.txt");
+    // Absolute paths in a list cannot escape the output directory.
+    std::fs::write(
+        &list,
+        format!(
+            "{}\n",
+            shared()
+                .join("eval/librispeech/test-clean/237-134500-0001.flac")
+                .display()
+        ),
+    )
+    .unwrap();
+    let out = d.path().join("out");
+    let r = batch(
+        &["--format", "txt"],
+        &[Path::new(&format!("@{}", list.display()))],
+        &out,
+    );
+    assert_eq!(
+        r.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&r.stderr)
+    );
+    let files = all_files(&out);
+    assert!(
+        files.iter().all(|p| p.starts_with(&out))
+            && files
+                .iter()
+                .any(|p| p.to_string_lossy().ends_with("0001.flac.txt")),
+        "{files:?}"
+    );
+
+    let pattern = format!(
+        "{}/237-134500-000[12].flac",
+        shared().join("eval/librispeech/test-clean").display()
+    );
+    let r = batch(
+        &["--format", "vtt"],
+        &[Path::new(&pattern)],
+        &d.path().join("glob"),
+    );
+    assert_eq!(
+        r.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&r.stderr)
+    );
+    assert_eq!(
+        all_files(&d.path().join("glob"))
+            .iter()
+            .filter(|p| p.extension().is_some_and(|e| e == "vtt"))
+            .count(),
+        2
+    );
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_whisperd"))
+        .env("WHISPERD_MODEL", model_dir())
+        .args(["batch", "-", "--format", "tsv", "--output-dir"])
+        .arg(d.path().join("stdin"))
+        .stdin(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    writeln!(
+        child.stdin.take().unwrap(),
+        "{}",
+        shared().join("eval/jfk.wav").display()
+    )
+    .unwrap();
+    assert!(child.wait_with_output().unwrap().status.success());
+
+    for bad in [vec!["/no/such/dir"], vec!["--format", "docx", "x.wav"]] {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_whisperd"));
+        let r = c
+            .args(["batch", "--output-dir"])
+            .arg(d.path().join("x"))
+            .args(&bad)
+            .output()
+            .unwrap();
+        assert_eq!(
+            r.status.code(),
+            Some(2),
+            "{bad:?}: {}",
+            String::from_utf8_lossy(&r.stderr)
+        );
+    }
+}
+
+#[test]
+fn sigint_midway_leaves_no_partial_outputs_and_a_rerun_completes() {
+    let d = tempfile::tempdir().unwrap();
+    let input = d.path().join("in");
+    let mut n = 0;
+    for f in std::fs::read_dir(shared().join("eval/formats"))
+        .unwrap()
+        .flatten()
+    {
+        copy(
+            &format!("eval/formats/{}", f.file_name().to_string_lossy()),
+            &input.join(f.file_name()),
+        );
+        n += 1;
+    }
+    let out = d.path().join("out");
+    let child = Command::new(env!("CARGO_BIN_EXE_whisperd"))
+        .env("WHISPERD_MODEL", model_dir())
+        .args([
+            "batch",
+            "--format",
+            "json,srt",
+            "--jobs",
+            "1",
+            "--output-dir",
+        ])
+        .arg(&out)
+        .arg(&input)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t0 = std::time::Instant::now();
+    while !all_files(&out)
+        .iter()
+        .any(|p| p.to_string_lossy().ends_with(".whisperd.json"))
+    {
+        assert!(t0.elapsed().as_secs() < 120, "no output appeared");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let r = child.wait_with_output().unwrap();
+    assert_eq!(
+        r.status.code(),
+        Some(130),
+        "{}",
+        String::from_utf8_lossy(&r.stderr)
+    );
+    let files = all_files(&out);
+    assert!(
+        !files.iter().any(|p| p.to_string_lossy().contains(".tmp-")),
+        "{files:?}"
+    );
+    let done = files
+        .iter()
+        .filter(|p| p.to_string_lossy().ends_with(".whisperd.json"))
+        .count();
+    assert!(done < n, "interrupted run finished everything ({done})");
+    for p in files.iter().filter(|p| {
+        p.extension().is_some_and(|e| e == "json")
+            && !p.to_string_lossy().ends_with(".whisperd.json")
+    }) {
+        let v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(p).unwrap()).expect("complete JSON");
+        assert!(v["text"].as_str().is_some_and(|t| !t.is_empty()));
+    }
+    let r = batch(&["--format", "json,srt"], &[&input], &out);
+    let stderr = String::from_utf8_lossy(&r.stderr);
+    assert_eq!(r.status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains(&format!("{} succeeded, {done} skipped, 0 failed", n - done)),
+        "{stderr}"
+    );
+}
