@@ -78,13 +78,19 @@ mod tests {
         let err_at = |lag: f32| {
             (1000..15_000)
                 .map(|i: usize| {
-                    let ideal = (2.0 * std::f32::consts::PI * 440.0 * (i as f32 + lag) / 16_000.0).sin();
+                    let ideal =
+                        (2.0 * std::f32::consts::PI * 440.0 * (i as f32 + lag) / 16_000.0).sin();
                     (out[i] - ideal).abs()
                 })
                 .fold(0f32, f32::max)
         };
-        let max_err = (-10..=10).map(|l| err_at(l as f32 / 10.0)).fold(f32::INFINITY, f32::min);
-        assert!(max_err < 0.01, "{from} Hz: max error {max_err} (shifted in time?)");
+        let max_err = (-10..=10)
+            .map(|l| err_at(l as f32 / 10.0))
+            .fold(f32::INFINITY, f32::min);
+        assert!(
+            max_err < 0.01,
+            "{from} Hz: max error {max_err} (shifted in time?)"
+        );
     }
 
     #[test]

@@ -1,0 +1,104 @@
+//! Runs every example command of README.md (the `curl`, `whisperd` and Python blocks) against a
+//! real server and the real binary, so the documentation cannot rot. Sample files named in the
+//! examples (jfk.wav, talk.*, a.wav, b.flac) are copies of ../shared/eval audio.
+
+mod common;
+
+use std::process::Command;
+
+use common::server::Server;
+use common::*;
+
+fn blocks(readme: &str, lang: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur: Option<String> = None;
+    for line in readme.lines() {
+        match (&mut cur, line.trim_start()) {
+            (None, l) if l == format!("```{lang}") => cur = Some(String::new()),
+            (Some(_), "```") => out.push(cur.take().unwrap_or_default()),
+            (Some(b), _) => {
+                b.push_str(line);
+                b.push('\n');
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+#[test]
+fn every_readme_example_runs() {
+    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
+    let s = Server::start(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    for (name, src) in [
+        ("jfk.wav", "eval/jfk.wav"),
+        ("talk.wav", "eval/jfk.wav"),
+        ("talk.mp3", "eval/formats/jfk.mp3"),
+        ("talk.m4a", "eval/formats/jfk.m4a"),
+        ("a.wav", "eval/formats/jfk.8k.wav"),
+        ("b.flac", "eval/formats/jfk.flac"),
+    ] {
+        std::fs::copy(shared().join(src), dir.path().join(name)).unwrap();
+    }
+    let bin = env!("CARGO_BIN_EXE_whisperd");
+    let mut ran = 0;
+    for block in blocks(&readme, "sh") {
+        for line in block.lines().map(str::trim) {
+            let cmd = line.split(" #").next().unwrap_or("").trim();
+            if cmd.is_empty() || cmd.starts_with('#') || cmd.starts_with("make ") {
+                continue; // the two make commands are what CI itself runs
+            }
+            let cmd = cmd.replace("http://localhost:8080", &format!("http://{}", s.addr));
+            let cmd = match cmd.strip_prefix("whisperd ") {
+                Some(rest) => format!("{bin} {rest}"),
+                None => cmd,
+            };
+            // `convert` writes to /tmp in the README; keep it inside the test's directory.
+            let cmd = cmd
+                .replace("/tmp/tiny-hf", "tiny-hf")
+                .replace("models/whisper-tiny.en", &model_dir().display().to_string());
+            let out = Command::new("bash")
+                .args(["-c", &format!("set -o pipefail; {cmd}")])
+                .current_dir(dir.path())
+                .env("WHISPERD_MODEL", model_dir())
+                .env("RUST_LOG", "warn")
+                .output()
+                .unwrap();
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            assert!(
+                out.status.success(),
+                "README command failed: {line}\n{stdout}\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            if cmd.starts_with("curl") {
+                assert!(!stdout.contains("\"error\""), "{line}: {stdout}");
+                assert!(
+                    stdout.contains("country") || stdout.contains("whisper-tiny.en"),
+                    "{line}: {stdout}"
+                );
+            }
+            ran += 1;
+        }
+    }
+    assert!(ran >= 9, "only {ran} README commands found");
+    assert!(
+        dir.path().join("subs/a.wav.srt").exists() && dir.path().join("subs/b.flac.srt").exists()
+    );
+
+    let python = root().join(".venv/bin/python");
+    for block in blocks(&readme, "python") {
+        let code = block.replace("http://localhost:8080", &format!("http://{}", s.addr));
+        let out = Command::new(&python)
+            .args(["-c", &code])
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "README python failed:\n{code}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(String::from_utf8_lossy(&out.stdout).contains("country"));
+    }
+}
