@@ -461,9 +461,8 @@ fn full_queue_answers_503_with_retry_after() {
             .contains("busy")));
 }
 
-#[test]
-fn sigterm_lets_the_request_in_flight_finish() {
-    let mut s = Server::start(&[("WHISPERD_DRAIN_TIMEOUT_S", "60")]);
+/// Send the 200-s chapter from another thread and return once the server is working on it.
+fn start_long_request(s: &Server) -> std::thread::JoinHandle<Response> {
     let long = read("eval/longform/librispeech-test-clean-237-134500-full-chapter.wav");
     let (ct, body) = multipart(Some(("file", &long)), &[("response_format", "text")]);
     let addr = s.addr.clone();
@@ -476,13 +475,23 @@ fn sigterm_lets_the_request_in_flight_finish() {
             &body,
         )
     });
-    // Wait until the job is running, then ask the server to stop.
     let t0 = std::time::Instant::now();
     while s.metric("whisperd_in_flight_requests") < 1.0 {
-        assert!(t0.elapsed() < Duration::from_secs(30));
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "the long request never started"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
-    std::thread::sleep(Duration::from_millis(500));
+    std::thread::sleep(Duration::from_millis(500)); // decoding done, inference under way
+    h
+}
+
+#[test]
+fn sigterm_lets_the_request_in_flight_finish() {
+    let mut s = Server::start(&[("WHISPERD_DRAIN_TIMEOUT_S", "60")]);
+    let h = start_long_request(&s);
+    // The job is running: ask the server to stop.
     let status = Command::new("kill")
         .args(["-TERM", &s.pid().to_string()])
         .status()
@@ -501,24 +510,8 @@ use std::process::Command;
 #[test]
 fn a_queued_request_whose_client_left_is_dropped_before_inference() {
     let s = Server::start(&[]);
-    let long = read("eval/longform/librispeech-test-clean-237-134500-full-chapter.wav");
-    let (ct, body) = multipart(Some(("file", &long)), &[("response_format", "text")]);
-    let addr = s.addr.clone();
-    let busy = std::thread::spawn(move || {
-        request(
-            &addr,
-            "POST",
-            "/transcribe",
-            &[("Content-Type", &ct)],
-            &body,
-        )
-    });
+    let busy = start_long_request(&s);
     let t0 = std::time::Instant::now();
-    while s.metric("whisperd_in_flight_requests") < 1.0 {
-        assert!(t0.elapsed() < Duration::from_secs(30));
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    std::thread::sleep(Duration::from_millis(300));
     // Queue a second job behind the long one, then hang up.
     let (ct, body) = multipart(Some(("file", &distinct(&read("eval/jfk.wav"), 7))), &[]);
     let stream = send_request(

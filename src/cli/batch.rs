@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use whisperd::batch::{self, BatchOptions, Record, Status};
-use whisperd::{Engine, Format, Task, TranscribeOptions};
+use whisperd::{Format, TranscribeOptions};
 
 #[derive(clap::Args)]
 pub struct BatchArgs {
@@ -26,12 +26,8 @@ pub struct BatchArgs {
     /// Threads reading and decoding upcoming files while the model works.
     #[arg(long, default_value_t = 2)]
     jobs: usize,
-    #[arg(long, env = "WHISPERD_MODEL", default_value = super::DEFAULT_MODEL_DIR)]
-    model: PathBuf,
-    #[arg(long)]
-    language: Option<String>,
-    #[arg(long, default_value = "transcribe")]
-    task: Task,
+    #[command(flatten)]
+    common: super::ModelArgs,
     /// Redo inputs whose outputs already exist.
     #[arg(long)]
     overwrite: bool,
@@ -41,13 +37,9 @@ pub struct BatchArgs {
     /// Write one JSON line per input here.
     #[arg(long)]
     report: Option<PathBuf>,
-    /// Compute threads (default: all cores).
-    #[arg(long, env = "WHISPERD_THREADS")]
-    threads: Option<usize>,
 }
 
 pub fn run(args: BatchArgs) -> anyhow::Result<ExitCode> {
-    super::set_threads(args.threads);
     let stdin = std::io::stdin();
     let inputs = match batch::expand(&args.inputs, &mut stdin.lock()) {
         Ok(i) => i,
@@ -60,11 +52,10 @@ pub fn run(args: BatchArgs) -> anyhow::Result<ExitCode> {
         eprintln!("error: no audio files in the inputs");
         return Ok(ExitCode::from(2));
     }
-    let engine = Engine::load(&args.model)
-        .with_context(|| format!("loading model {}", args.model.display()))?;
+    let engine = args.common.load_engine()?;
     let transcribe = TranscribeOptions {
-        language: args.language.clone(),
-        task: args.task,
+        language: args.common.language.clone(),
+        task: args.common.task,
         ..Default::default()
     };
     engine.check_options(&transcribe)?;

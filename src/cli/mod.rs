@@ -35,6 +35,33 @@ enum Command {
     Convert(ConvertArgs),
 }
 
+/// Model and decoding flags shared by `transcribe` and `batch`.
+#[derive(clap::Args)]
+pub struct ModelArgs {
+    /// Model directory (CTranslate2 or Hugging Face layout).
+    #[arg(long, env = "WHISPERD_MODEL", default_value = DEFAULT_MODEL_DIR)]
+    pub model: PathBuf,
+    /// Spoken language (code or name); detected when omitted (multilingual models).
+    #[arg(long)]
+    pub language: Option<String>,
+    /// transcribe, or translate to English.
+    #[arg(long, default_value = "transcribe")]
+    pub task: whisperd::Task,
+    /// Compute threads (default: all cores).
+    #[arg(long, env = "WHISPERD_THREADS")]
+    pub threads: Option<usize>,
+}
+
+impl ModelArgs {
+    /// Size the thread pool, then load the model.
+    pub fn load_engine(&self) -> anyhow::Result<whisperd::Engine> {
+        use anyhow::Context;
+        set_threads(self.threads);
+        whisperd::Engine::load(&self.model)
+            .with_context(|| format!("loading model {}", self.model.display()))
+    }
+}
+
 #[derive(clap::Args)]
 struct ConvertArgs {
     /// Target layout (only `safetensors`, the Hugging Face layout, for now).

@@ -4,31 +4,21 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
-use whisperd::{Engine, Format, Task, TranscribeOptions};
+use whisperd::{Engine, Format, TranscribeOptions};
 
 #[derive(clap::Args)]
 pub struct TranscribeArgs {
     /// Audio files (wav, flac, mp3, ogg, opus, m4a, …).
     #[arg(required = true)]
     files: Vec<PathBuf>,
-    /// Model directory (CTranslate2 or Hugging Face layout).
-    #[arg(long, env = "WHISPERD_MODEL", default_value = super::DEFAULT_MODEL_DIR)]
-    model: PathBuf,
-    /// Spoken language (code or name); detected when omitted (multilingual models).
-    #[arg(long)]
-    language: Option<String>,
-    /// transcribe, or translate to English.
-    #[arg(long, default_value = "transcribe")]
-    task: Task,
+    #[command(flatten)]
+    common: super::ModelArgs,
     /// text, json, verbose_json, srt, vtt or tsv.
     #[arg(long, default_value = "text")]
     format: Format,
     /// Write one output per input here, as DIR/<input file name>.<ext>.
     #[arg(long)]
     output_dir: Option<PathBuf>,
-    /// Compute threads (default: all cores).
-    #[arg(long, env = "WHISPERD_THREADS")]
-    threads: Option<usize>,
     /// No timestamps: one segment per 30-s window, no seeking by timestamps.
     #[arg(long)]
     no_timestamps: bool,
@@ -41,15 +31,13 @@ pub struct TranscribeArgs {
 }
 
 pub fn run(args: TranscribeArgs) -> anyhow::Result<ExitCode> {
-    super::set_threads(args.threads);
     if args.files.len() > 1 && args.output_dir.is_none() {
         anyhow::bail!("several input files need --output-dir DIR (one output per input)");
     }
-    let engine = Engine::load(&args.model)
-        .with_context(|| format!("loading model {}", args.model.display()))?;
+    let engine = args.common.load_engine()?;
     let options = TranscribeOptions {
-        language: args.language.clone(),
-        task: args.task,
+        language: args.common.language.clone(),
+        task: args.common.task,
         timestamps: !args.no_timestamps,
         initial_prompt: args.prompt.clone(),
         condition_on_previous_text: !args.no_condition_on_previous_text,
