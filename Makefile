@@ -43,8 +43,10 @@ lint: venv ## rustfmt, clippy (warnings are errors), hadolint, helm lint + rende
 	$(CARGO) clippy --locked --all-targets -- -D warnings
 	$(VENV)/bin/python scripts/lint_deploy.py
 
-build-cuda: ## Build with --features cuda (needs a CUDA toolkit; see ../shared/cuda/RECIPE.md)
-	$(CARGO) build --release --locked --features cuda
+CUDA_PREFIX ?= $(HOME)/.cache/whisperd-cuda13
+build-cuda: ## Build target/cuda/release/whisperd with --features cuda (CUDA 13.0 toolkit from PyPI, sm_90)
+	eval "$$(bash $(SHARED)/cuda/setup_cuda_toolkit.sh $(CUDA_PREFIX))" && \
+	  CUDA_COMPUTE_CAP=$${CUDA_COMPUTE_CAP:-90} $(CARGO) build --release --locked --features cuda --target-dir target/cuda
 
 docker: ## Build the CPU image (needs a Docker engine)
 	docker build -f docker/Dockerfile -t whisperd:latest .

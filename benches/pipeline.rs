@@ -67,6 +67,10 @@ fn benches(c: &mut Criterion) {
             )
         });
     }
+    let hidden = Tensor::zeros((1, 384), candle_core::DType::F32, &Device::Cpu).unwrap();
+    g.bench_function("logits_one_row", |b| {
+        b.iter(|| dec.logits(&hidden).unwrap())
+    });
     g.bench_function("jfk_end_to_end", |b| {
         b.iter(|| {
             engine

@@ -11,6 +11,7 @@ pub struct Config {
     pub host: String,
     pub port: u16,
     pub model: String,
+    pub device: String,
     pub http_workers: usize,
     pub threads: usize,
     pub queue_size: usize,
@@ -33,6 +34,7 @@ impl Default for Config {
             host: "0.0.0.0".into(),
             port: 8080,
             model: "models/whisper-tiny.en".into(),
+            device: "cpu".into(),
             http_workers: 2,
             threads: 0,
             queue_size: 32,
@@ -58,6 +60,10 @@ const DOCS: &[(&str, &str)] = &[
     (
         "model",
         "Model directory (CTranslate2 model.bin or Hugging Face model.safetensors + config.json).",
+    ),
+    (
+        "device",
+        "cpu, cuda, cuda:N or auto (CUDA needs a build with --features cuda).",
     ),
     (
         "http_workers",

@@ -54,10 +54,15 @@ pub struct Engine {
 }
 
 impl Engine {
+    /// Load on the CPU.
     pub fn load(dir: &Path) -> Result<Self, EngineError> {
+        Self::load_on(dir, &Device::Cpu)
+    }
+
+    /// Load onto `device` (see `select_device`).
+    pub fn load_on(dir: &Path, device: &Device) -> Result<Self, EngineError> {
         let t0 = Instant::now();
-        let device = Device::Cpu;
-        let model = Whisper::load(dir, &device)?;
+        let model = Whisper::load(dir, device)?;
         let tok_path = dir.join("tokenizer.json");
         if !tok_path.exists() {
             return Err(ModelError::MissingFile {
@@ -205,6 +210,37 @@ pub struct Prepared {
 impl Prepared {
     pub fn duration_s(&self) -> f64 {
         self.duration_s
+    }
+}
+
+/// `cpu`, `cuda` / `cuda:N`, or `auto` (the first GPU when the build has CUDA and one is present).
+pub fn select_device(spec: &str) -> Result<Device, EngineError> {
+    let bad = |message: String| EngineError::InvalidOption {
+        param: "device",
+        message,
+    };
+    match spec.trim().to_ascii_lowercase().as_str() {
+        "cpu" => Ok(Device::Cpu),
+        "auto" => Ok(if candle_core::utils::cuda_is_available() {
+            Device::new_cuda(0).unwrap_or(Device::Cpu)
+        } else {
+            Device::Cpu
+        }),
+        s if s == "cuda" || s.starts_with("cuda:") => {
+            if !candle_core::utils::cuda_is_available() {
+                return Err(bad(format!(
+                    "`{spec}`: this build has no CUDA support (build with `make build-cuda`)"
+                )));
+            }
+            let ordinal = s
+                .strip_prefix("cuda:")
+                .map_or(Ok(0), |n| n.parse::<usize>())
+                .map_err(|_| bad(format!("`{spec}`: expected cuda:N")))?;
+            Device::new_cuda(ordinal).map_err(|e| bad(format!("`{spec}`: {e}")))
+        }
+        _ => Err(bad(format!(
+            "unknown device `{spec}` (expected cpu, cuda, cuda:N or auto)"
+        ))),
     }
 }
 

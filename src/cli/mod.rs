@@ -50,6 +50,9 @@ pub struct ModelArgs {
     /// Compute threads (default: all cores).
     #[arg(long, env = "WHISPERD_THREADS")]
     pub threads: Option<usize>,
+    /// cpu, cuda, cuda:N or auto (CUDA needs a `--features cuda` build).
+    #[arg(long, env = "WHISPERD_DEVICE", default_value = "cpu")]
+    pub device: String,
 }
 
 impl ModelArgs {
@@ -57,7 +60,8 @@ impl ModelArgs {
     pub fn load_engine(&self) -> anyhow::Result<whisperd::Engine> {
         use anyhow::Context;
         set_threads(self.threads);
-        whisperd::Engine::load(&self.model)
+        let device = whisperd::engine::select_device(&self.device)?;
+        whisperd::Engine::load_on(&self.model, &device)
             .with_context(|| format!("loading model {}", self.model.display()))
     }
 }

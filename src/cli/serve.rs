@@ -22,6 +22,9 @@ pub struct ServeArgs {
     /// Compute threads (0 = one per core).
     #[arg(long)]
     threads: Option<usize>,
+    /// cpu, cuda, cuda:N or auto.
+    #[arg(long)]
+    device: Option<String>,
     /// Requests that may wait for inference.
     #[arg(long)]
     queue_size: Option<usize>,
@@ -40,6 +43,9 @@ pub fn effective_config(args: &ServeArgs) -> anyhow::Result<Config> {
     }
     if let Some(m) = &args.model {
         cfg.model = m.clone();
+    }
+    if let Some(d) = &args.device {
+        cfg.device = d.clone();
     }
     if let Some(t) = args.threads {
         cfg.threads = t;

@@ -160,7 +160,8 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         Duration::from_secs(cfg.request_timeout_s),
         cfg.max_audio_s,
     );
-    worker::start(shared.clone(), cfg.model.clone().into());
+    let device = crate::engine::select_device(&cfg.device)?;
+    worker::start(shared.clone(), cfg.model.clone().into(), device);
     let state = web::Data::new(AppState {
         shared: shared.clone(),
         api_keys: api_keys.clone(),
