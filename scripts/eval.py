@@ -26,6 +26,7 @@ def main():
     ap.add_argument("--shared", default="../shared"); ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--speed", action="store_true", help="also measure peak RSS on a 10-minute file")
     ap.add_argument("--category", default="jfk,librispeech,longform")
+    ap.add_argument("--precision", default="f32", help="whisperd --precision (f32 or q8)")
     a = ap.parse_args()
     manifest = os.path.join(a.shared, "eval/manifest.jsonl")
     rows = [json.loads(l) for l in open(manifest)]
@@ -37,7 +38,7 @@ def main():
     # Warm-up (page cache, allocator), then the timed run; model load is reported separately by the log.
     run([a.bin, "transcribe", "--model", a.model, "--threads", str(a.threads), files[0]])
     t0 = time.perf_counter()
-    p = subprocess.run([a.bin, "transcribe", "--model", a.model, "--threads", str(a.threads), "--format", "json", "--output-dir", out_dir, *files],
+    p = subprocess.run([a.bin, "transcribe", "--model", a.model, "--threads", str(a.threads), "--precision", a.precision, "--format", "json", "--output-dir", out_dir, *files],
                        text=True, capture_output=True, env={**os.environ, "RUST_LOG": "info"})
     wall = time.perf_counter() - t0
     if p.returncode != 0:
@@ -64,7 +65,7 @@ def main():
     print(f"\n{len(rows)} English files, {audio:.0f} s of audio, {a.threads} threads, categories {a.category}")
     print(f"| system | WER | by category | speed (x real time) |")
     print(f"|---|---|---|---|")
-    print(f"| whisperd f32 | {ours['wer']:.2f}% | {ours['by_category']} | {ours_speed:.1f}x |")
+    print(f"| whisperd {a.precision} | {ours['wer']:.2f}% | {ours['by_category']} | {ours_speed:.1f}x |")
     if peer:
         ps = peer[1].get("speed_x") or audio / max(peer[1].get("wall_s", 1e9), 1e-9)
         print(f"| faster-whisper int8 | {peer[0]['wer']:.2f}% | {peer[0]['by_category']} | {float(ps):.1f}x |")

@@ -12,6 +12,7 @@ pub struct Config {
     pub port: u16,
     pub model: String,
     pub device: String,
+    pub precision: String,
     pub http_workers: usize,
     pub threads: usize,
     pub queue_size: usize,
@@ -35,6 +36,7 @@ impl Default for Config {
             port: 8080,
             model: "models/whisper-tiny.en".into(),
             device: "cpu".into(),
+            precision: "f32".into(),
             http_workers: 2,
             threads: 0,
             queue_size: 32,
@@ -64,6 +66,10 @@ const DOCS: &[(&str, &str)] = &[
     (
         "device",
         "cpu, cuda, cuda:N or auto (CUDA needs a build with --features cuda).",
+    ),
+    (
+        "precision",
+        "f32, or q8 (decoder weights quantized to Q8_0 at load: faster, slightly less exact).",
     ),
     (
         "http_workers",
@@ -186,6 +192,9 @@ impl Config {
         }
         if self.max_upload_mb == 0 || self.max_audio_s.is_nan() || self.max_audio_s <= 0.0 {
             return bad("max_upload_mb and max_audio_s must be positive");
+        }
+        if self.precision.parse::<crate::model::Precision>().is_err() {
+            return bad("precision must be f32 or q8");
         }
         if !matches!(self.log_format.as_str(), "text" | "json") {
             return bad("log_format must be text or json");

@@ -11,7 +11,7 @@ use crate::decode::{
     self, languages, DecodeError, SuppressTokens, Task, TranscribeOptions, WhisperTokenizer,
 };
 use crate::mel::{MelSpectrogram, N_SAMPLES};
-use crate::model::{ModelError, Whisper};
+use crate::model::{ModelError, Precision, Whisper};
 use crate::output::Transcript;
 
 #[derive(Debug, thiserror::Error)]
@@ -59,10 +59,19 @@ impl Engine {
         Self::load_on(dir, &Device::Cpu)
     }
 
-    /// Load onto `device` (see `select_device`).
+    /// Load onto `device` (see `select_device`) in f32.
     pub fn load_on(dir: &Path, device: &Device) -> Result<Self, EngineError> {
+        Self::load_with(dir, device, Precision::F32)
+    }
+
+    /// Load onto `device` with the decoder in `precision` (q8: Q8_0 weights quantized at load).
+    pub fn load_with(
+        dir: &Path,
+        device: &Device,
+        precision: Precision,
+    ) -> Result<Self, EngineError> {
         let t0 = Instant::now();
-        let model = Whisper::load(dir, device)?;
+        let model = Whisper::load(dir, device, precision)?;
         let tok_path = dir.join("tokenizer.json");
         if !tok_path.exists() {
             return Err(ModelError::MissingFile {
@@ -78,7 +87,7 @@ impl Engine {
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_else(|| "whisper".into());
         let load_seconds = t0.elapsed().as_secs_f64();
-        tracing::info!(model = %dir.display(), layout = ?model.layout, dims = ?model.dims, load_seconds, "model loaded");
+        tracing::info!(model = %dir.display(), ?precision, layout = ?model.layout, dims = ?model.dims, load_seconds, "model loaded");
         Ok(Self {
             mel: MelSpectrogram::new(model.dims.n_mels),
             model,

@@ -50,6 +50,9 @@ pub struct ModelArgs {
     /// Compute threads (default: all cores).
     #[arg(long, env = "WHISPERD_THREADS")]
     pub threads: Option<usize>,
+    /// f32, or q8 (decoder weights quantized to Q8_0 at load: faster, slightly less exact).
+    #[arg(long, env = "WHISPERD_PRECISION", default_value = "f32")]
+    pub precision: whisperd::model::Precision,
     /// cpu, cuda, cuda:N or auto (CUDA needs a `--features cuda` build).
     #[arg(long, env = "WHISPERD_DEVICE", default_value = "cpu")]
     pub device: String,
@@ -61,7 +64,7 @@ impl ModelArgs {
         use anyhow::Context;
         set_threads(self.threads);
         let device = whisperd::engine::select_device(&self.device)?;
-        whisperd::Engine::load_on(&self.model, &device)
+        whisperd::Engine::load_with(&self.model, &device, self.precision)
             .with_context(|| format!("loading model {}", self.model.display()))
     }
 }

@@ -25,6 +25,9 @@ pub struct ServeArgs {
     /// cpu, cuda, cuda:N or auto.
     #[arg(long)]
     device: Option<String>,
+    /// f32 or q8.
+    #[arg(long)]
+    precision: Option<String>,
     /// Requests that may wait for inference.
     #[arg(long)]
     queue_size: Option<usize>,
@@ -46,6 +49,9 @@ pub fn effective_config(args: &ServeArgs) -> anyhow::Result<Config> {
     }
     if let Some(d) = &args.device {
         cfg.device = d.clone();
+    }
+    if let Some(p) = &args.precision {
+        cfg.precision = p.clone();
     }
     if let Some(t) = args.threads {
         cfg.threads = t;

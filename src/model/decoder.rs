@@ -2,9 +2,12 @@
 //! cross-attention keys/values are computed once per audio window (`prepare`).
 //! Shapes keep a batch dimension: several sequences decode together.
 
+use candle_core::quantized::QMatMul;
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::kv_cache::KvCache;
 use candle_nn::{LayerNorm, Linear};
+
+use super::linear::{quantize, Precision, Proj};
 
 use super::encoder::{fused_qkv, layer_norm, linear};
 use super::weights::Weights;
@@ -12,15 +15,16 @@ use super::{ModelDims, ModelError};
 
 struct DecoderBlock {
     self_ln: LayerNorm,
-    self_qkv: Linear,
-    self_out: Linear,
+    self_qkv: Proj,
+    self_out: Proj,
     cross_ln: LayerNorm,
-    cross_q: Linear,
+    cross_q: Proj,
+    /// Runs once per window over 1500 rows: always f32.
     cross_kv: Linear,
-    cross_out: Linear,
+    cross_out: Proj,
     mlp_ln: LayerNorm,
-    fc1: Linear,
-    fc2: Linear,
+    fc1: Proj,
+    fc2: Proj,
 }
 
 /// Per-window decoding state: the self-attention cache of every layer, the cross-attention keys
@@ -49,6 +53,8 @@ impl DecoderState {
 
 pub struct TextDecoder {
     embed_tokens: Tensor,
+    /// The tied output projection, quantized when precision is q8.
+    logits_q8: Option<QMatMul>,
     positions: Tensor,
     blocks: Vec<DecoderBlock>,
     ln: LayerNorm,
@@ -69,7 +75,7 @@ fn merge_heads(x: &Tensor) -> candle_core::Result<Tensor> {
 }
 
 impl TextDecoder {
-    pub fn new(w: &Weights, dims: &ModelDims) -> Result<Self, ModelError> {
+    pub fn new(w: &Weights, dims: &ModelDims, precision: Precision) -> Result<Self, ModelError> {
         let d = dims.n_text_state;
         let blocks = (0..dims.n_text_layer)
             .map(|i| {
@@ -89,20 +95,35 @@ impl TextDecoder {
                 };
                 Ok(DecoderBlock {
                     self_ln: layer_norm(w, &format!("{p}.self_attn_layer_norm"), d)?,
-                    self_qkv: fused_qkv(w, &format!("{p}.self_attn"), d, dims.n_text_head)?,
-                    self_out: linear(w, &format!("{p}.self_attn.out_proj"), d, d)?,
+                    self_qkv: Proj::new(
+                        fused_qkv(w, &format!("{p}.self_attn"), d, dims.n_text_head)?,
+                        precision,
+                    )?,
+                    self_out: Proj::new(
+                        linear(w, &format!("{p}.self_attn.out_proj"), d, d)?,
+                        precision,
+                    )?,
                     cross_ln: layer_norm(w, &format!("{p}.encoder_attn_layer_norm"), d)?,
-                    cross_q,
+                    cross_q: Proj::new(cross_q, precision)?,
                     cross_kv: Linear::new(kv_w, kv_b),
-                    cross_out: linear(w, &format!("{p}.encoder_attn.out_proj"), d, d)?,
+                    cross_out: Proj::new(
+                        linear(w, &format!("{p}.encoder_attn.out_proj"), d, d)?,
+                        precision,
+                    )?,
                     mlp_ln: layer_norm(w, &format!("{p}.final_layer_norm"), d)?,
-                    fc1: linear(w, &format!("{p}.fc1"), 4 * d, d)?,
-                    fc2: linear(w, &format!("{p}.fc2"), d, 4 * d)?,
+                    fc1: Proj::new(linear(w, &format!("{p}.fc1"), 4 * d, d)?, precision)?,
+                    fc2: Proj::new(linear(w, &format!("{p}.fc2"), d, 4 * d)?, precision)?,
                 })
             })
             .collect::<Result<Vec<_>, ModelError>>()?;
+        let embed_tokens = w.get_shaped("decoder.embed_tokens.weight", &[dims.n_vocab, d])?;
+        let logits_q8 = match precision {
+            Precision::Q8 => Some(quantize(&embed_tokens)?),
+            Precision::F32 => None,
+        };
         Ok(Self {
-            embed_tokens: w.get_shaped("decoder.embed_tokens.weight", &[dims.n_vocab, d])?,
+            embed_tokens,
+            logits_q8,
             positions: w.get_shaped("decoder.embed_positions.weight", &[dims.n_text_ctx, d])?,
             blocks,
             ln: layer_norm(w, "decoder.layer_norm", d)?,
@@ -209,7 +230,10 @@ impl TextDecoder {
 
     /// Vocabulary logits `(rows, n_vocab)` for hidden states `(rows, d)` (the tied output projection).
     pub fn logits(&self, hidden: &Tensor) -> candle_core::Result<Tensor> {
-        hidden.matmul(&self.embed_tokens.t()?)
+        match &self.logits_q8 {
+            Some(q) => q.forward(hidden),
+            None => hidden.matmul(&self.embed_tokens.t()?),
+        }
     }
 
     /// Logits of the last position of each sequence: `(batch, n_vocab)`.

@@ -8,6 +8,7 @@ mod ct2;
 mod decoder;
 mod encoder;
 mod hf;
+mod linear;
 mod weights;
 
 use std::path::{Path, PathBuf};
@@ -17,6 +18,7 @@ use candle_core::{Device, Tensor};
 pub use decoder::{DecoderState, TextDecoder};
 pub use encoder::AudioEncoder;
 pub use hf::save as save_hf;
+pub use linear::Precision;
 pub use weights::{Layout, Weights};
 
 /// Shapes of a Whisper model, read from its weights (tiny … large-v3).
@@ -79,15 +81,19 @@ pub struct Whisper {
 
 impl Whisper {
     /// Load from a directory in either layout (detected by which weight file is present).
-    pub fn load(dir: &Path, device: &Device) -> Result<Self, ModelError> {
+    pub fn load(dir: &Path, device: &Device, precision: Precision) -> Result<Self, ModelError> {
         let weights = Weights::load_dir(dir, device)?;
-        Self::from_weights(&weights, device)
+        Self::from_weights(&weights, device, precision)
     }
 
-    pub fn from_weights(w: &Weights, device: &Device) -> Result<Self, ModelError> {
+    pub fn from_weights(
+        w: &Weights,
+        device: &Device,
+        precision: Precision,
+    ) -> Result<Self, ModelError> {
         let dims = w.dims()?;
         let encoder = AudioEncoder::new(w, &dims)?;
-        let decoder = TextDecoder::new(w, &dims)?;
+        let decoder = TextDecoder::new(w, &dims, precision)?;
         Ok(Self {
             dims,
             encoder,

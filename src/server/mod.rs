@@ -161,7 +161,8 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         cfg.max_audio_s,
     );
     let device = crate::engine::select_device(&cfg.device)?;
-    worker::start(shared.clone(), cfg.model.clone().into(), device);
+    let precision = cfg.precision.parse().map_err(anyhow::Error::msg)?;
+    worker::start(shared.clone(), cfg.model.clone().into(), device, precision);
     let state = web::Data::new(AppState {
         shared: shared.clone(),
         api_keys: api_keys.clone(),

@@ -107,13 +107,18 @@ impl Shared {
 }
 
 /// Load the model on a dedicated thread, warm it up, then serve jobs until the process ends.
-pub fn start(shared: Arc<Shared>, model_dir: std::path::PathBuf, device: candle_core::Device) {
+pub fn start(
+    shared: Arc<Shared>,
+    model_dir: std::path::PathBuf,
+    device: candle_core::Device,
+    precision: crate::model::Precision,
+) {
     let (tx, rx) = sync_channel::<Job>(shared.queue_size);
     let _ = shared.queue.set(tx);
     let spawned = std::thread::Builder::new()
         .name("inference".into())
         .spawn(move || {
-            let engine = match Engine::load_on(&model_dir, &device) {
+            let engine = match Engine::load_with(&model_dir, &device, precision) {
                 Ok(e) => Arc::new(e),
                 Err(e) => {
                     tracing::error!(error = %e, "cannot load the model; exiting");
