@@ -78,6 +78,13 @@ fn benches(c: &mut Criterion) {
                 .unwrap()
         })
     });
+    let q8 = Engine::load_with(&model, &Device::Cpu, whisperd::model::Precision::Q8).unwrap();
+    g.bench_function("jfk_end_to_end_q8", |b| {
+        b.iter(|| {
+            q8.transcribe_bytes(jfk.clone(), &TranscribeOptions::default())
+                .unwrap()
+        })
+    });
     g.finish();
 }
 

@@ -291,10 +291,27 @@ fn initial_prompt_is_not_part_of_the_text() {
 
 #[test]
 fn q8_precision_transcribes_like_f32() {
-    let q8 = whisperd::Engine::load_with(&model_dir(), &candle_core::Device::Cpu, whisperd::model::Precision::Q8).unwrap();
-    for rel in ["eval/jfk.wav", "eval/librispeech/test-clean/237-134500-0000.flac"] {
-        let a = engine().transcribe_bytes(read(rel), &TranscribeOptions::default()).unwrap();
-        let b = q8.transcribe_bytes(read(rel), &TranscribeOptions::default()).unwrap();
-        assert!(wer(&a.text, &b.text) <= 0.1, "{rel}: f32 {:?} vs q8 {:?}", a.text, b.text);
+    let q8 = whisperd::Engine::load_with(
+        &model_dir(),
+        &candle_core::Device::Cpu,
+        whisperd::model::Precision::Q8,
+    )
+    .unwrap();
+    for rel in [
+        "eval/jfk.wav",
+        "eval/librispeech/test-clean/237-134500-0000.flac",
+    ] {
+        let a = engine()
+            .transcribe_bytes(read(rel), &TranscribeOptions::default())
+            .unwrap();
+        let b = q8
+            .transcribe_bytes(read(rel), &TranscribeOptions::default())
+            .unwrap();
+        assert!(
+            wer(&a.text, &b.text) <= 0.1,
+            "{rel}: f32 {:?} vs q8 {:?}",
+            a.text,
+            b.text
+        );
     }
 }
