@@ -20,11 +20,7 @@ fn one_file_prints_its_transcript() {
         .arg(shared().join("eval/jfk.wav"))
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     let text = String::from_utf8(out.stdout).unwrap();
     assert!(wer("And so my fellow Americans, ask not what your country can do for you, ask what you can do for your country.", &text) < 0.1, "{text}");
 }
@@ -141,11 +137,7 @@ fn no_timestamps_and_prompt_flags() {
         .arg(shared().join("eval/jfk.wav"))
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let segs = v["segments"].as_array().unwrap();
     assert_eq!(
@@ -170,22 +162,14 @@ fn convert_writes_a_loadable_hugging_face_directory() {
         .arg(&dst)
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     let out = whisperd()
         .args(["transcribe", "--model"])
         .arg(&dst)
         .arg(shared().join("eval/jfk.wav"))
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     assert!(String::from_utf8_lossy(&out.stdout).contains("fellow Americans"));
 }
 
@@ -198,11 +182,7 @@ fn print_config_equals_the_default_config_file() {
         }
     }
     let out = cmd.args(["serve", "--print-config"]).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     let file = std::fs::read_to_string(root().join("config/default.toml")).unwrap();
     assert_eq!(String::from_utf8(out.stdout).unwrap(), file, "config/default.toml drifted from the code: regenerate it with `whisperd serve --print-config`");
 
@@ -214,11 +194,7 @@ fn print_config_equals_the_default_config_file() {
         .args(["--host", "127.0.0.1"])
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     let text = String::from_utf8(out.stdout).unwrap();
     assert!(
         text.contains("port = 9001")

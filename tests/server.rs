@@ -182,23 +182,13 @@ fn cache_hit_and_single_flight() {
     // Two identical uploads at once: one inference.
     let jobs_before = s.metric("whisperd_inference_jobs_total{result=\"ok\"}");
     let ogg = read("eval/formats/jfk.ogg");
-    let addr = s.addr.clone();
-    let (ct, body) = multipart(Some(("file", &ogg)), &[]);
-    let handles: Vec<_> = (0..2)
-        .map(|_| {
-            let (addr, ct, body) = (addr.clone(), ct.clone(), body.clone());
-            std::thread::spawn(move || {
-                request(
-                    &addr,
-                    "POST",
-                    "/transcribe",
-                    &[("Content-Type", &ct)],
-                    &body,
-                )
-            })
-        })
+    let results: Vec<Response> = [&ogg, &ogg]
+        .iter()
+        .map(|f| post_in_background(&s, f, &[]))
+        .collect::<Vec<_>>()
+        .into_iter()
+        .map(|h| h.join().unwrap())
         .collect();
-    let results: Vec<Response> = handles.into_iter().map(|h| h.join().unwrap()).collect();
     assert!(results.iter().all(|r| r.0 == 200));
     assert_eq!(results[0].2, results[1].2);
     assert_eq!(
@@ -277,72 +267,53 @@ fn every_bad_input_gets_a_clear_4xx() {
         "gsm",
         Some("file"),
     );
-    check(
-        s.post_form(
+    // Bad options on a valid upload: (endpoint, field, value, message fragment, param).
+    let bad_options = [
+        (
             "/transcribe",
-            Some(("file", &short)),
-            &[("response_format", "docx")],
-            &[],
+            "response_format",
+            "docx",
+            "unknown format",
+            Some("response_format"),
         ),
-        400,
-        "unknown format",
-        Some("response_format"),
-    );
-    check(
-        s.post_form(
+        (
             "/v1/audio/transcriptions",
-            Some(("file", &short)),
-            &[("response_format", "tsv")],
-            &[],
+            "response_format",
+            "tsv",
+            "response_format",
+            Some("response_format"),
         ),
-        400,
-        "response_format",
-        Some("response_format"),
-    );
-    check(
-        s.post_form(
+        (
             "/transcribe",
-            Some(("file", &short)),
-            &[("language", "xx")],
-            &[],
+            "language",
+            "xx",
+            "unknown language",
+            Some("language"),
         ),
-        400,
-        "unknown language",
-        Some("language"),
-    );
-    check(
-        s.post_form(
+        (
             "/transcribe",
-            Some(("file", &short)),
-            &[("temperature", "7")],
-            &[],
+            "temperature",
+            "7",
+            "temperature",
+            Some("temperature"),
         ),
-        400,
-        "temperature",
-        Some("temperature"),
-    );
-    check(
-        s.post_form(
-            "/transcribe",
-            Some(("file", &short)),
-            &[("task", "summarize")],
-            &[],
-        ),
-        400,
-        "task",
-        Some("task"),
-    );
-    check(
-        s.post_form(
+        ("/transcribe", "task", "summarize", "task", Some("task")),
+        (
             "/v1/audio/transcriptions",
-            Some(("file", &short)),
-            &[("timestamp_granularities[]", "word")],
-            &[],
+            "timestamp_granularities[]",
+            "word",
+            "word",
+            None,
         ),
-        400,
-        "word",
-        None,
-    );
+    ];
+    for (path, field, value, needle, param) in bad_options {
+        check(
+            s.post_form(path, Some(("file", &short)), &[(field, value)], &[]),
+            400,
+            needle,
+            param,
+        );
+    }
     check(
         request(
             &s.addr,
@@ -435,19 +406,7 @@ fn full_queue_answers_503_with_retry_after() {
     let s = Server::start(&[("WHISPERD_QUEUE_SIZE", "1")]);
     let wav = read("eval/jfk.wav");
     let handles: Vec<_> = (0..6)
-        .map(|i| {
-            let (ct, body) = multipart(Some(("file", &distinct(&wav, 100 + i))), &[]);
-            let addr = s.addr.clone();
-            std::thread::spawn(move || {
-                request(
-                    &addr,
-                    "POST",
-                    "/transcribe",
-                    &[("Content-Type", &ct)],
-                    &body,
-                )
-            })
-        })
+        .map(|i| post_in_background(&s, &distinct(&wav, 100 + i), &[]))
         .collect();
     let results: Vec<Response> = handles.into_iter().map(|h| h.join().unwrap()).collect();
     let ok = results.iter().filter(|r| r.0 == 200).count();
@@ -461,12 +420,15 @@ fn full_queue_answers_503_with_retry_after() {
             .contains("busy")));
 }
 
-/// Send the 200-s chapter from another thread and return once the server is working on it.
-fn start_long_request(s: &Server) -> std::thread::JoinHandle<Response> {
-    let long = read("eval/longform/librispeech-test-clean-237-134500-full-chapter.wav");
-    let (ct, body) = multipart(Some(("file", &long)), &[("response_format", "text")]);
+/// POST `file` to /transcribe from another thread.
+fn post_in_background(
+    s: &Server,
+    file: &[u8],
+    fields: &[(&str, &str)],
+) -> std::thread::JoinHandle<Response> {
+    let (ct, body) = multipart(Some(("file", file)), fields);
     let addr = s.addr.clone();
-    let h = std::thread::spawn(move || {
+    std::thread::spawn(move || {
         request(
             &addr,
             "POST",
@@ -474,7 +436,13 @@ fn start_long_request(s: &Server) -> std::thread::JoinHandle<Response> {
             &[("Content-Type", &ct)],
             &body,
         )
-    });
+    })
+}
+
+/// Send the 200-s chapter from another thread and return once the server is working on it.
+fn start_long_request(s: &Server) -> std::thread::JoinHandle<Response> {
+    let long = read("eval/longform/librispeech-test-clean-237-134500-full-chapter.wav");
+    let h = post_in_background(s, &long, &[("response_format", "text")]);
     let t0 = std::time::Instant::now();
     while s.metric("whisperd_in_flight_requests") < 1.0 {
         assert!(

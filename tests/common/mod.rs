@@ -126,3 +126,13 @@ pub fn noise(n: usize, amplitude: f32) -> Vec<f32> {
         .collect()
 }
 pub mod server;
+
+/// Assert a finished command succeeded, showing its stderr when it did not.
+pub fn assert_success(out: &std::process::Output) {
+    assert!(
+        out.status.success(),
+        "exit {:?}\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
