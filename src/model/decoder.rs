@@ -208,7 +208,7 @@ impl TextDecoder {
             if let Some(m) = &mask {
                 att = att.broadcast_add(m)?;
             }
-            let att = candle_nn::ops::softmax_last_dim(&att)?;
+            let att = super::kernels::softmax_last_dim_owned(att)?;
             x = (x + block
                 .self_out
                 .forward(&merge_heads(&att.matmul(&v.contiguous()?)?)?)?)?;
@@ -216,12 +216,12 @@ impl TextDecoder {
             // Cross-attention to the audio features prepared once for this window.
             let h = block.cross_ln.forward(&x)?;
             let q = split_heads(&block.cross_q.forward(&h)?, self.n_head)?;
-            let att = candle_nn::ops::softmax_last_dim(&q.matmul(&state.cross_kt[i])?)?;
+            let att = super::kernels::softmax_last_dim_owned(q.matmul(&state.cross_kt[i])?)?;
             x = (x + block
                 .cross_out
                 .forward(&merge_heads(&att.matmul(&state.cross_v[i])?)?)?)?;
 
-            let h = block.fc1.forward(&block.mlp_ln.forward(&x)?)?.gelu_erf()?;
+            let h = super::kernels::gelu_erf_owned(block.fc1.forward(&block.mlp_ln.forward(&x)?)?)?;
             x = (x + block.fc2.forward(&h)?)?;
         }
         state.position += n;

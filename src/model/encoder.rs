@@ -79,7 +79,7 @@ impl SelfAttention {
         let mut heads = Vec::with_capacity(self.n_head);
         for h in 0..self.n_head {
             let (qh, kh, vh) = (q.narrow(1, h, 1)?, k.narrow(1, h, 1)?, v.narrow(1, h, 1)?);
-            let att = candle_nn::ops::softmax_last_dim(&qh.matmul(&kh.t()?)?)?;
+            let att = super::kernels::softmax_last_dim_owned(qh.matmul(&kh.t()?)?)?;
             heads.push(att.matmul(&vh)?);
         }
         let y = Tensor::cat(&heads, 1)?
@@ -101,9 +101,8 @@ impl EncoderBlock {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let x = (x + self.attn.forward(&self.attn_ln.forward(x)?)?)?;
         // Whisper's GELU is the exact erf form.
-        let h = self
-            .fc2
-            .forward(&self.fc1.forward(&self.mlp_ln.forward(&x)?)?.gelu_erf()?)?;
+        let h = super::kernels::gelu_erf_owned(self.fc1.forward(&self.mlp_ln.forward(&x)?)?)?;
+        let h = self.fc2.forward(&h)?;
         x + h
     }
 }
@@ -159,8 +158,8 @@ impl AudioEncoder {
 
     /// `(batch, n_mels, 3000)` log-mel → `(batch, 1500, d_model)` audio features.
     pub fn forward(&self, mel: &Tensor) -> candle_core::Result<Tensor> {
-        let x = self.conv1.forward(mel)?.gelu_erf()?;
-        let x = self.conv2.forward(&x)?.gelu_erf()?;
+        let x = super::kernels::gelu_erf_owned(self.conv1.forward(mel)?)?;
+        let x = super::kernels::gelu_erf_owned(self.conv2.forward(&x)?)?;
         let x = x.transpose(1, 2)?;
         let t = x.dim(1)?;
         let mut x = x.broadcast_add(&self.positions.narrow(0, 0, t)?)?;

@@ -8,6 +8,7 @@ mod ct2;
 mod decoder;
 mod encoder;
 mod hf;
+mod kernels;
 mod linear;
 mod weights;
 
