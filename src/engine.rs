@@ -8,7 +8,8 @@ use candle_core::Device;
 
 use crate::audio::{self, AudioError, Pcm};
 use crate::decode::{
-    self, languages, DecodeError, SuppressTokens, Task, TranscribeOptions, WhisperTokenizer,
+    self, languages, DecodeError, ModelRunner, SuppressTokens, Task, TranscribeOptions,
+    WhisperTokenizer,
 };
 use crate::mel::{MelSpectrogram, N_SAMPLES};
 use crate::model::{ModelError, Precision, Whisper};
@@ -185,12 +186,23 @@ impl Engine {
         p: &Prepared,
         o: &TranscribeOptions,
     ) -> Result<Transcript, EngineError> {
+        self.transcribe_prepared_with(&self.model, p, o)
+    }
+
+    /// Like [`transcribe_prepared`](Self::transcribe_prepared), with the network calls going
+    /// through `runner` (the scheduler's handle batches them with other requests).
+    pub fn transcribe_prepared_with(
+        &self,
+        runner: &dyn ModelRunner,
+        p: &Prepared,
+        o: &TranscribeOptions,
+    ) -> Result<Transcript, EngineError> {
         let o = self.check_options(o)?;
         let span = tracing::info_span!("transcribe", audio_s = p.duration_s);
         let _g = span.enter();
         let t0 = Instant::now();
         let mut t = decode::transcribe(
-            &self.model,
+            runner,
             &self.tokenizer,
             &self.suppress,
             &p.mel,

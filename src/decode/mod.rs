@@ -4,11 +4,13 @@
 
 pub mod filters;
 pub mod languages;
+mod runner;
 pub mod tokens;
 mod transcribe;
 pub mod window;
 
 pub use filters::SuppressTokens;
+pub use runner::ModelRunner;
 pub use tokens::{SpecialTokens, WhisperTokenizer, TIME_PRECISION};
 pub use transcribe::{detect_language, transcribe};
 pub use window::{

@@ -5,6 +5,7 @@
 use candle_core::Tensor;
 
 use super::filters::{log_softmax, SuppressTokens};
+use super::runner::{ModelRunner, SequenceGuard};
 use super::tokens::{WhisperTokenizer, TIME_PRECISION};
 use super::window::{decode_window, new_rng, FallbackRules, WindowOptions, WindowResult};
 use super::{DecodeError, TranscribeOptions};
@@ -30,14 +31,16 @@ fn window_tensor(
 
 /// Most likely language (code, probability) from a window's audio features `(1, 1500, d)`.
 pub fn detect_language(
-    model: &Whisper,
+    runner: &dyn ModelRunner,
     tok: &WhisperTokenizer,
     features: &Tensor,
 ) -> Result<(&'static str, f32), DecodeError> {
-    let mut state = model.decoder.prepare(features)?;
-    let sot = Tensor::new(&[tok.specials.sot], &model.device)?.unsqueeze(0)?;
-    let hidden = model.decoder.forward(&sot, &mut state)?;
-    let logits: Vec<f32> = model.decoder.last_logits(&hidden)?.squeeze(0)?.to_vec1()?;
+    let mut state = runner.prepare(features)?;
+    let logits = runner
+        .prefill(&mut state, &[tok.specials.sot], &[0])?
+        .pop()
+        .unwrap_or_default();
+    drop(SequenceGuard(runner));
     let langs = tok.languages();
     let lang_logits: Vec<f32> = langs
         .iter()
@@ -65,13 +68,14 @@ pub fn detect_language(
 /// Transcribe a whole log-mel (computed with 30 s of zero padding at the end, as OpenAI does).
 /// `content_frames` is the number of frames that hold audio.
 pub fn transcribe(
-    model: &Whisper,
+    runner: &dyn ModelRunner,
     tok: &WhisperTokenizer,
     suppress_tokens: &SuppressTokens,
     mel: &Mel,
     content_frames: usize,
     o: &TranscribeOptions,
 ) -> Result<Transcript, DecodeError> {
+    let model = runner.whisper();
     let sp = tok.specials.clone();
     let multilingual = model.dims.is_multilingual();
     let duration = content_frames as f64 * HOP_LENGTH as f64 / 16_000.0;
@@ -101,14 +105,9 @@ pub fn transcribe(
         let time_offset = seek as f64 * HOP_LENGTH as f64 / 16_000.0;
         let segment_size = N_FRAMES.min(content_frames - seek);
         let segment_duration = segment_size as f64 * HOP_LENGTH as f64 / 16_000.0;
-        let features = model
-            .encode(&window_tensor(model, mel, seek, segment_size)?)
-            .map_err(|e| match e {
-                crate::model::ModelError::Candle(c) => DecodeError::Candle(c),
-                other => DecodeError::Candle(candle_core::Error::Msg(other.to_string())),
-            })?;
+        let features = runner.encode(window_tensor(model, mel, seek, segment_size)?)?;
         if language.is_none() {
-            let (code, p) = detect_language(model, tok, &features)?;
+            let (code, p) = detect_language(runner, tok, &features)?;
             tracing::info!(language = code, probability = p, "detected language");
             language = Some(code.to_string());
         }
@@ -123,9 +122,10 @@ pub fn transcribe(
             timestamps: o.timestamps,
             prompt: all_tokens[prompt_reset_since..].to_vec(),
         };
-        let mut state = model.decoder.prepare(&features)?;
+        let mut state = runner.prepare(&features)?;
+        drop(features);
         let r = decode_window(
-            model,
+            runner,
             tok,
             suppress_tokens,
             &mut state,

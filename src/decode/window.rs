@@ -1,13 +1,13 @@
 //! Decoding one 30-s window: start sequence, greedy (or sampled) token loop over the KV-cached
 //! decoder with the logit rules, and OpenAI's temperature fallback.
 
-use candle_core::{Device, Tensor};
 use rand::{Rng, SeedableRng};
 
 use super::filters::{apply_timestamp_rules, log_softmax, log_sum_exp, suppress, SuppressTokens};
+use super::runner::{ModelRunner, SequenceGuard};
 use super::tokens::{TokenizerError, WhisperTokenizer};
 use super::{compression_ratio, Task};
-use crate::model::{DecoderState, Whisper};
+use crate::model::DecoderState;
 
 /// At most this many tokens are sampled per window (n_text_ctx / 2).
 const SAMPLE_LEN: usize = 224;
@@ -80,7 +80,7 @@ pub fn initial_tokens(
 /// attention and is reset here, so fallbacks reuse it.
 #[allow(clippy::too_many_arguments)]
 pub fn decode_at_temperature(
-    model: &Whisper,
+    runner: &dyn ModelRunner,
     tok: &WhisperTokenizer,
     suppress_tokens: &SuppressTokens,
     state: &mut DecoderState,
@@ -89,18 +89,19 @@ pub fn decode_at_temperature(
     rng: &mut rand::rngs::StdRng,
 ) -> Result<WindowResult, DecodeError> {
     let sp = &tok.specials;
-    let dec = &model.decoder;
+    let model = runner.whisper();
+    let n_ctx = model.decoder.n_ctx();
     state.reset();
-    let (start, sot_index) = initial_tokens(tok, model.dims.is_multilingual(), o, dec.n_ctx());
-    let device: &Device = &model.device;
+    let (start, sot_index) = initial_tokens(tok, model.dims.is_multilingual(), o, n_ctx);
 
-    let hidden = dec.forward(&Tensor::new(start.as_slice(), device)?.unsqueeze(0)?, state)?;
+    let mut rows = runner.prefill(state, &start, &[sot_index, start.len() - 1])?;
+    let _sequence = SequenceGuard(runner);
+    let mut logits = rows.pop().unwrap_or_default();
     // Probability of "no speech" at the sot position, before any rule is applied.
-    let sot_logits: Vec<f32> = dec.logits_at(&hidden, sot_index)?.squeeze(0)?.to_vec1()?;
+    let sot_logits = rows.pop().unwrap_or_default();
     let no_speech_prob = log_softmax(&sot_logits)
         .get(sp.no_speech as usize)
         .map_or(0.0, |l| l.exp());
-    let mut logits: Vec<f32> = dec.last_logits(&hidden)?.squeeze(0)?.to_vec1()?;
 
     let mut sampled: Vec<u32> = Vec::new();
     let mut sum_logprob = 0f64;
@@ -123,11 +124,10 @@ pub fn decode_at_temperature(
             break;
         }
         sampled.push(next);
-        if start.len() + sampled.len() >= dec.n_ctx() {
+        if start.len() + sampled.len() >= n_ctx {
             break;
         }
-        let hidden = dec.forward(&Tensor::new(&[next], device)?.unsqueeze(0)?, state)?;
-        logits = dec.last_logits(&hidden)?.squeeze(0)?.to_vec1()?;
+        logits = runner.step(state, next)?;
     }
 
     let text = tok.decode(&sampled)?.trim().to_string();
@@ -153,7 +153,7 @@ pub struct FallbackRules {
 /// (compression ratio) nor unlikely (average log-probability), or counts as silence.
 #[allow(clippy::too_many_arguments)]
 pub fn decode_window(
-    model: &Whisper,
+    runner: &dyn ModelRunner,
     tok: &WhisperTokenizer,
     suppress_tokens: &SuppressTokens,
     state: &mut DecoderState,
@@ -164,7 +164,7 @@ pub fn decode_window(
 ) -> Result<WindowResult, DecodeError> {
     let mut last: Option<WindowResult> = None;
     for &t in temperatures {
-        let r = decode_at_temperature(model, tok, suppress_tokens, state, o, t, rng)?;
+        let r = decode_at_temperature(runner, tok, suppress_tokens, state, o, t, rng)?;
         let too_repetitive = rules
             .compression_ratio_threshold
             .is_some_and(|th| r.compression_ratio > th);
@@ -189,7 +189,7 @@ pub fn decode_window(
     }
     match last {
         Some(r) => Ok(r),
-        None => decode_at_temperature(model, tok, suppress_tokens, state, o, 0.0, rng),
+        None => decode_at_temperature(runner, tok, suppress_tokens, state, o, 0.0, rng),
     }
 }
 

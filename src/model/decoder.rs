@@ -44,6 +44,16 @@ impl DecoderState {
     pub fn batch(&self) -> usize {
         self.batch
     }
+    /// A state with no audio, to stand in while the real one is away (see the scheduler).
+    pub fn empty() -> Self {
+        Self {
+            self_kv: Vec::new(),
+            cross_kt: Vec::new(),
+            cross_v: Vec::new(),
+            position: 0,
+            batch: 0,
+        }
+    }
     /// Forget the tokens fed so far (keeps the window's cross-attention keys/values).
     pub fn reset(&mut self) {
         self.self_kv.iter_mut().for_each(|c| c.reset());
@@ -226,6 +236,76 @@ impl TextDecoder {
         }
         state.position += n;
         self.ln.forward(&x)
+    }
+
+    /// One token for each of several independent sequences (continuous batching): `states[i]`
+    /// gets `tokens[i]` at its own position. The projections, MLPs and logits run as one
+    /// `(batch, d)` matmul, reading every weight once per step instead of once per sequence;
+    /// attention runs per sequence against its own cache and audio. Returns `(batch, n_vocab)`
+    /// logits. With one sequence this is the same arithmetic as `forward` with one token.
+    pub fn step(
+        &self,
+        states: &mut [&mut DecoderState],
+        tokens: &[u32],
+    ) -> candle_core::Result<Tensor> {
+        let b = states.len();
+        if b == 0 || tokens.len() != b {
+            candle_core::bail!(
+                "step needs one token per sequence ({} for {b})",
+                tokens.len()
+            );
+        }
+        let device = self.embed_tokens.device();
+        let mut positions = Vec::with_capacity(b);
+        for s in states.iter() {
+            if s.position + 1 > self.n_ctx {
+                candle_core::bail!("decoder context of {} tokens exceeded", self.n_ctx);
+            }
+            positions.push(s.position as u32);
+        }
+        let emb = self
+            .embed_tokens
+            .index_select(&Tensor::new(tokens, device)?, 0)?;
+        let pos = self
+            .positions
+            .index_select(&Tensor::new(positions.as_slice(), device)?, 0)?;
+        let mut x = (emb + pos)?.unsqueeze(1)?; // (b, 1, d)
+        let d = x.dim(2)?;
+        let dh = d / self.n_head;
+        for (i, block) in self.blocks.iter().enumerate() {
+            let qkv = block.self_qkv.forward(&block.self_ln.forward(&x)?)?; // (b, 1, 3d)
+            let mut heads = Vec::with_capacity(b);
+            for (j, s) in states.iter_mut().enumerate() {
+                let qkv = qkv
+                    .get(j)?
+                    .reshape((1, 3, self.n_head, dh))?
+                    .permute((1, 2, 0, 3))?; // (3, heads, 1, dh)
+                let q = qkv.get(0)?.unsqueeze(0)?.contiguous()?;
+                let (k, v) = s.self_kv[i].append(
+                    &qkv.get(1)?.unsqueeze(0)?.contiguous()?,
+                    &qkv.get(2)?.unsqueeze(0)?.contiguous()?,
+                )?;
+                let att = super::kernels::softmax_last_dim_owned(q.matmul(&k.t()?)?)?;
+                heads.push(merge_heads(&att.matmul(&v.contiguous()?)?)?);
+            }
+            x = (x + block.self_out.forward(&Tensor::cat(&heads, 0)?)?)?;
+
+            let q = block.cross_q.forward(&block.cross_ln.forward(&x)?)?; // (b, 1, d)
+            let mut heads = Vec::with_capacity(b);
+            for (j, s) in states.iter().enumerate() {
+                let qj = split_heads(&q.narrow(0, j, 1)?, self.n_head)?;
+                let att = super::kernels::softmax_last_dim_owned(qj.matmul(&s.cross_kt[i])?)?;
+                heads.push(merge_heads(&att.matmul(&s.cross_v[i])?)?);
+            }
+            x = (x + block.cross_out.forward(&Tensor::cat(&heads, 0)?)?)?;
+
+            let h = super::kernels::gelu_erf_owned(block.fc1.forward(&block.mlp_ln.forward(&x)?)?)?;
+            x = (x + block.fc2.forward(&h)?)?;
+        }
+        for s in states.iter_mut() {
+            s.position += 1;
+        }
+        self.logits(&self.ln.forward(&x)?.squeeze(1)?)
     }
 
     /// Vocabulary logits `(rows, n_vocab)` for hidden states `(rows, d)` (the tied output projection).

@@ -1,0 +1,81 @@
+//! The boundary between decoding (tokens, rules, the long-form loop) and the network. Decoding
+//! only asks for these four operations; `Whisper` answers them at once, and the scheduler's handle
+//! (`crate::scheduler`) answers them in batches shared with other requests. Both give the same
+//! numbers, so a transcript does not depend on how it was scheduled.
+
+use candle_core::Tensor;
+
+use super::DecodeError;
+use crate::model::{DecoderState, Whisper};
+
+pub trait ModelRunner: Sync {
+    /// The model the operations run on (for its dimensions and device).
+    fn whisper(&self) -> &Whisper;
+
+    /// One log-mel window `(1, n_mels, 3000)` → audio features `(1, 1500, d)`.
+    fn encode(&self, mel: Tensor) -> Result<Tensor, DecodeError>;
+
+    /// Cross-attention keys/values for `features`: a fresh decoding state.
+    fn prepare(&self, features: &Tensor) -> Result<DecoderState, DecodeError>;
+
+    /// Feed a whole start sequence; returns the logits at each of `rows` (indices into `tokens`).
+    /// Starts a sequence that continues with [`step`](Self::step) until
+    /// [`end_sequence`](Self::end_sequence).
+    fn prefill(
+        &self,
+        state: &mut DecoderState,
+        tokens: &[u32],
+        rows: &[usize],
+    ) -> Result<Vec<Vec<f32>>, DecodeError>;
+
+    /// Feed one token; returns the logits for the next.
+    fn step(&self, state: &mut DecoderState, token: u32) -> Result<Vec<f32>, DecodeError>;
+
+    /// The sequence started by the last `prefill` takes no more steps (a batching runner stops
+    /// waiting for it).
+    fn end_sequence(&self) {}
+}
+
+impl ModelRunner for Whisper {
+    fn whisper(&self) -> &Whisper {
+        self
+    }
+
+    fn encode(&self, mel: Tensor) -> Result<Tensor, DecodeError> {
+        Ok(self.encoder.forward(&mel)?)
+    }
+
+    fn prepare(&self, features: &Tensor) -> Result<DecoderState, DecodeError> {
+        Ok(self.decoder.prepare(features)?)
+    }
+
+    fn prefill(
+        &self,
+        state: &mut DecoderState,
+        tokens: &[u32],
+        rows: &[usize],
+    ) -> Result<Vec<Vec<f32>>, DecodeError> {
+        let input = Tensor::new(tokens, &self.device)?.unsqueeze(0)?;
+        let hidden = self.decoder.forward(&input, state)?;
+        rows.iter()
+            .map(|&r| Ok(self.decoder.logits_at(&hidden, r)?.squeeze(0)?.to_vec1()?))
+            .collect()
+    }
+
+    fn step(&self, state: &mut DecoderState, token: u32) -> Result<Vec<f32>, DecodeError> {
+        Ok(self
+            .decoder
+            .step(&mut [state], &[token])?
+            .squeeze(0)?
+            .to_vec1()?)
+    }
+}
+
+/// Calls `end_sequence` when dropped, so a sequence that fails half-way still ends.
+pub(super) struct SequenceGuard<'a>(pub &'a dyn ModelRunner);
+
+impl Drop for SequenceGuard<'_> {
+    fn drop(&mut self) {
+        self.0.end_sequence();
+    }
+}
