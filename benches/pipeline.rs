@@ -67,6 +67,30 @@ fn benches(c: &mut Criterion) {
             )
         });
     }
+    // Continuous batching: one step for n sequences at position 20, each with its own audio.
+    for n in [1usize, 4, 8] {
+        g.bench_function(format!("decoder_step_batch_{n}"), |b| {
+            b.iter_batched(
+                || {
+                    (0..n)
+                        .map(|_| {
+                            let mut state = dec.prepare(&features).unwrap();
+                            let prefix =
+                                Tensor::from_vec(vec![50257u32; 20], (1, 20), &Device::Cpu)
+                                    .unwrap();
+                            dec.forward(&prefix, &mut state).unwrap();
+                            state
+                        })
+                        .collect::<Vec<_>>()
+                },
+                |mut states| {
+                    let mut refs: Vec<_> = states.iter_mut().collect();
+                    dec.step(&mut refs, &vec![440u32; n]).unwrap()
+                },
+                criterion::BatchSize::LargeInput,
+            )
+        });
+    }
     let hidden = Tensor::zeros((1, 384), candle_core::DType::F32, &Device::Cpu).unwrap();
     g.bench_function("logits_one_row", |b| {
         b.iter(|| dec.logits(&hidden).unwrap())

@@ -15,6 +15,8 @@ pub struct Config {
     pub precision: String,
     pub http_workers: usize,
     pub threads: usize,
+    pub batch_size: usize,
+    pub batch_wait_ms: u64,
     pub queue_size: usize,
     pub request_timeout_s: u64,
     pub drain_timeout_s: u64,
@@ -39,6 +41,8 @@ impl Default for Config {
             precision: "f32".into(),
             http_workers: 2,
             threads: 0,
+            batch_size: 8,
+            batch_wait_ms: 5,
             queue_size: 32,
             request_timeout_s: 300,
             drain_timeout_s: 30,
@@ -73,11 +77,19 @@ const DOCS: &[(&str, &str)] = &[
     ),
     (
         "http_workers",
-        "HTTP worker threads (they only parse and wait; inference runs on its own thread).",
+        "HTTP worker threads (they only parse and wait; inference runs on the compute threads).",
     ),
     (
         "threads",
         "Compute threads for inference; 0 = one per CPU core.",
+    ),
+    (
+        "batch_size",
+        "Transcriptions in progress at once: their windows share encoder batches and their tokens one decoder step (1 = one at a time).",
+    ),
+    (
+        "batch_wait_ms",
+        "Longest a window or token waits for its batch to fill.",
     ),
     (
         "queue_size",
@@ -186,6 +198,9 @@ impl Config {
         let bad = |m: &str| Err(ConfigError::Invalid(m.to_string()));
         if self.queue_size == 0 {
             return bad("queue_size must be at least 1");
+        }
+        if self.batch_size == 0 || self.batch_size > 256 {
+            return bad("batch_size must be between 1 and 256");
         }
         if self.http_workers == 0 {
             return bad("http_workers must be at least 1");

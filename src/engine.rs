@@ -44,7 +44,7 @@ impl EngineError {
 }
 
 pub struct Engine {
-    pub model: Whisper,
+    pub model: std::sync::Arc<Whisper>,
     pub tokenizer: WhisperTokenizer,
     pub suppress: SuppressTokens,
     mel: MelSpectrogram,
@@ -91,7 +91,7 @@ impl Engine {
         tracing::info!(model = %dir.display(), ?precision, layout = ?model.layout, dims = ?model.dims, load_seconds, "model loaded");
         Ok(Self {
             mel: MelSpectrogram::new(model.dims.n_mels),
-            model,
+            model: model.into(),
             tokenizer,
             suppress,
             model_dir: dir.to_path_buf(),
@@ -186,7 +186,7 @@ impl Engine {
         p: &Prepared,
         o: &TranscribeOptions,
     ) -> Result<Transcript, EngineError> {
-        self.transcribe_prepared_with(&self.model, p, o)
+        self.transcribe_prepared_with(&*self.model, p, o)
     }
 
     /// Like [`transcribe_prepared`](Self::transcribe_prepared), with the network calls going

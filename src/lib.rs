@@ -10,6 +10,7 @@ pub mod engine;
 pub mod mel;
 pub mod model;
 pub mod output;
+pub mod scheduler;
 
 pub use decode::{Task, TranscribeOptions};
 pub use engine::{Engine, EngineError};

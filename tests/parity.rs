@@ -62,7 +62,7 @@ fn greedy_tokens(mel: &Tensor) -> Vec<u32> {
         no_speech_threshold: None,
     };
     let r = decode_window(
-        &e.model,
+        &*e.model,
         &e.tokenizer,
         &e.suppress,
         &mut state,

@@ -477,7 +477,8 @@ use std::process::Command;
 
 #[test]
 fn a_queued_request_whose_client_left_is_dropped_before_inference() {
-    let s = Server::start(&[]);
+    // One transcription at a time, so the second job has to wait in the queue.
+    let s = Server::start(&[("WHISPERD_BATCH_SIZE", "1")]);
     let busy = start_long_request(&s);
     let t0 = std::time::Instant::now();
     // Queue a second job behind the long one, then hang up.

@@ -3,8 +3,7 @@
 //! Shapes keep a batch dimension: several sequences decode together.
 
 use candle_core::quantized::QMatMul;
-use candle_core::{DType, Device, Module, Tensor};
-use candle_nn::kv_cache::KvCache;
+use candle_core::{Module, Tensor};
 use candle_nn::{LayerNorm, Linear};
 
 use super::linear::{quantize, Precision, Proj};
@@ -27,36 +26,38 @@ struct DecoderBlock {
     fc2: Proj,
 }
 
-/// Per-window decoding state: the self-attention cache of every layer, the cross-attention keys
-/// (already transposed for the matmul) and values, and the next position.
+/// Per-window decoding state, plain memory so attention for one query row needs no tensor
+/// ops: per layer the keys and values of the tokens fed so far (`(tokens, d)`, appended to), the
+/// audio keys transposed per head (`(heads, dh, n_audio)`) and values (`(heads, n_audio, dh)`),
+/// and the next position.
 pub struct DecoderState {
-    self_kv: Vec<KvCache>,
-    cross_kt: Vec<Tensor>,
-    cross_v: Vec<Tensor>,
+    self_k: Vec<Vec<f32>>,
+    self_v: Vec<Vec<f32>>,
+    cross_kt: Vec<Vec<f32>>,
+    cross_v: Vec<Vec<f32>>,
+    n_audio: usize,
     position: usize,
-    batch: usize,
 }
 
 impl DecoderState {
     pub fn position(&self) -> usize {
         self.position
     }
-    pub fn batch(&self) -> usize {
-        self.batch
-    }
     /// A state with no audio, to stand in while the real one is away (see the scheduler).
     pub fn empty() -> Self {
         Self {
-            self_kv: Vec::new(),
+            self_k: Vec::new(),
+            self_v: Vec::new(),
             cross_kt: Vec::new(),
             cross_v: Vec::new(),
+            n_audio: 0,
             position: 0,
-            batch: 0,
         }
     }
     /// Forget the tokens fed so far (keeps the window's cross-attention keys/values).
     pub fn reset(&mut self) {
-        self.self_kv.iter_mut().for_each(|c| c.reset());
+        self.self_k.iter_mut().for_each(Vec::clear);
+        self.self_v.iter_mut().for_each(Vec::clear);
         self.position = 0;
     }
 }
@@ -70,18 +71,6 @@ pub struct TextDecoder {
     ln: LayerNorm,
     n_head: usize,
     n_ctx: usize,
-}
-
-fn split_heads(x: &Tensor, n_head: usize) -> candle_core::Result<Tensor> {
-    let (b, t, d) = x.dims3()?;
-    x.reshape((b, t, n_head, d / n_head))?
-        .transpose(1, 2)?
-        .contiguous()
-}
-
-fn merge_heads(x: &Tensor) -> candle_core::Result<Tensor> {
-    let (b, h, t, dh) = x.dims4()?;
-    x.transpose(1, 2)?.reshape((b, t, h * dh))
 }
 
 impl TextDecoder {
@@ -147,9 +136,13 @@ impl TextDecoder {
         self.n_ctx
     }
 
-    /// Compute the cross-attention keys/values of every layer for `audio` `(batch, 1500, d)`.
+    /// Compute the cross-attention keys/values of every layer for one window's `audio`
+    /// `(1, n_audio, d)`.
     pub fn prepare(&self, audio: &Tensor) -> candle_core::Result<DecoderState> {
         let (b, t, d) = audio.dims3()?;
+        if b != 1 {
+            candle_core::bail!("prepare takes one window at a time, got {b}");
+        }
         let dh = d / self.n_head;
         let mut cross_kt = Vec::with_capacity(self.blocks.len());
         let mut cross_v = Vec::with_capacity(self.blocks.len());
@@ -157,85 +150,43 @@ impl TextDecoder {
             let kv = block
                 .cross_kv
                 .forward(audio)?
-                .reshape((b, t, 2, self.n_head, dh))?
-                .permute((2, 0, 3, 1, 4))?;
-            cross_kt.push(kv.get(0)?.transpose(2, 3)?.contiguous()?);
-            cross_v.push(kv.get(1)?.contiguous()?);
+                .reshape((t, 2, self.n_head, dh))?
+                .permute((1, 2, 0, 3))?; // (2, heads, t, dh)
+            let k = kv.get(0)?.transpose(1, 2)?; // (heads, dh, t)
+            cross_kt.push(k.flatten_all()?.to_vec1::<f32>()?);
+            cross_v.push(kv.get(1)?.flatten_all()?.to_vec1::<f32>()?);
         }
+        let cap = 16 * d;
         Ok(DecoderState {
-            self_kv: self
-                .blocks
-                .iter()
-                .map(|_| KvCache::new(2, self.n_ctx))
+            self_k: (0..self.blocks.len())
+                .map(|_| Vec::with_capacity(cap))
+                .collect(),
+            self_v: (0..self.blocks.len())
+                .map(|_| Vec::with_capacity(cap))
                 .collect(),
             cross_kt,
             cross_v,
+            n_audio: t,
             position: 0,
-            batch: b,
         })
     }
 
-    /// Feed `tokens` `(batch, n)` at the state's position; returns the final hidden states
-    /// `(batch, n, d)` (see `logits`). The cache grows by `n`.
+    /// Feed `tokens` `(1, n)` to one sequence at its position; returns the final hidden states
+    /// `(1, n, d)` (see `logits`). The cache grows by `n`.
     pub fn forward(
         &self,
         tokens: &Tensor,
         state: &mut DecoderState,
     ) -> candle_core::Result<Tensor> {
         let (b, n) = tokens.dims2()?;
-        let pos = state.position;
-        if pos + n > self.n_ctx {
-            candle_core::bail!(
-                "decoder context of {} tokens exceeded ({} + {n})",
-                self.n_ctx,
-                pos
-            );
+        if b != 1 {
+            candle_core::bail!("forward feeds one sequence at a time, got {b}");
         }
-        let emb = self
-            .embed_tokens
-            .index_select(&tokens.flatten_all()?, 0)?
-            .reshape((b, n, ()))?;
-        let mut x = emb.broadcast_add(&self.positions.narrow(0, pos, n)?)?;
-        let mask = if n > 1 {
-            Some(causal_mask(n, pos, tokens.device())?)
-        } else {
-            None
-        };
-        for (i, block) in self.blocks.iter().enumerate() {
-            // Self-attention over the cache plus the new tokens.
-            let h = block.self_ln.forward(&x)?;
-            let (bb, t, d) = h.dims3()?;
-            let dh = d / self.n_head;
-            let qkv = block
-                .self_qkv
-                .forward(&h)?
-                .reshape((bb, t, 3, self.n_head, dh))?
-                .permute((2, 0, 3, 1, 4))?;
-            let q = qkv.get(0)?.contiguous()?;
-            let (k, v) =
-                state.self_kv[i].append(&qkv.get(1)?.contiguous()?, &qkv.get(2)?.contiguous()?)?;
-            let mut att = q.matmul(&k.t()?)?;
-            if let Some(m) = &mask {
-                att = att.broadcast_add(m)?;
-            }
-            let att = super::kernels::softmax_last_dim_owned(att)?;
-            x = (x + block
-                .self_out
-                .forward(&merge_heads(&att.matmul(&v.contiguous()?)?)?)?)?;
-
-            // Cross-attention to the audio features prepared once for this window.
-            let h = block.cross_ln.forward(&x)?;
-            let q = split_heads(&block.cross_q.forward(&h)?, self.n_head)?;
-            let att = super::kernels::softmax_last_dim_owned(q.matmul(&state.cross_kt[i])?)?;
-            x = (x + block
-                .cross_out
-                .forward(&merge_heads(&att.matmul(&state.cross_v[i])?)?)?)?;
-
-            let h = super::kernels::gelu_erf_owned(block.fc1.forward(&block.mlp_ln.forward(&x)?)?)?;
-            x = (x + block.fc2.forward(&h)?)?;
-        }
-        state.position += n;
-        self.ln.forward(&x)
+        let tokens = tokens.flatten_all()?.to_vec1::<u32>()?;
+        let mut states = [state];
+        let rows: Vec<(usize, u32)> = tokens.iter().map(|&t| (0, t)).collect();
+        let x = self.run(&mut states, &rows)?;
+        x.reshape((1, n, ()))
     }
 
     /// One token for each of several independent sequences (continuous batching): `states[i]`
@@ -248,64 +199,124 @@ impl TextDecoder {
         states: &mut [&mut DecoderState],
         tokens: &[u32],
     ) -> candle_core::Result<Tensor> {
-        let b = states.len();
-        if b == 0 || tokens.len() != b {
+        if states.is_empty() || tokens.len() != states.len() {
             candle_core::bail!(
-                "step needs one token per sequence ({} for {b})",
-                tokens.len()
+                "step needs one token per sequence ({} for {})",
+                tokens.len(),
+                states.len()
             );
         }
+        let rows: Vec<(usize, u32)> = tokens.iter().copied().enumerate().collect();
+        self.logits(&self.run(states, &rows)?)
+    }
+
+    /// The decoder over `rows` of (sequence, token): consecutive rows of one sequence are
+    /// consecutive positions. Returns the final hidden states `(rows, d)`.
+    fn run(
+        &self,
+        states: &mut [&mut DecoderState],
+        rows: &[(usize, u32)],
+    ) -> candle_core::Result<Tensor> {
         let device = self.embed_tokens.device();
-        let mut positions = Vec::with_capacity(b);
-        for s in states.iter() {
-            if s.position + 1 > self.n_ctx {
+        // Each row's position; each sequence's first row and row count.
+        let mut positions = Vec::with_capacity(rows.len());
+        let mut spans: Vec<(usize, usize)> = vec![(0, 0); states.len()];
+        for (r, &(seq, _)) in rows.iter().enumerate() {
+            let Some(st) = states.get(seq) else {
+                candle_core::bail!("row for unknown sequence {seq}");
+            };
+            if spans[seq].1 == 0 {
+                spans[seq].0 = r;
+            }
+            let p = st.position + spans[seq].1;
+            if p >= self.n_ctx {
                 candle_core::bail!("decoder context of {} tokens exceeded", self.n_ctx);
             }
-            positions.push(s.position as u32);
+            if st.cross_kt.len() != self.blocks.len() {
+                candle_core::bail!("decoder state was not prepared for this model");
+            }
+            spans[seq].1 += 1;
+            positions.push(p as u32);
         }
+        let ids: Vec<u32> = rows.iter().map(|r| r.1).collect();
         let emb = self
             .embed_tokens
-            .index_select(&Tensor::new(tokens, device)?, 0)?;
+            .index_select(&Tensor::new(ids.as_slice(), device)?, 0)?;
         let pos = self
             .positions
             .index_select(&Tensor::new(positions.as_slice(), device)?, 0)?;
-        let mut x = (emb + pos)?.unsqueeze(1)?; // (b, 1, d)
-        let d = x.dim(2)?;
+        let mut x = (emb + pos)?; // (rows, d)
+        let (n_rows, d) = x.dims2()?;
         let dh = d / self.n_head;
+        let mut att = vec![0f32; n_rows * d];
         for (i, block) in self.blocks.iter().enumerate() {
-            let qkv = block.self_qkv.forward(&block.self_ln.forward(&x)?)?; // (b, 1, 3d)
-            let mut heads = Vec::with_capacity(b);
-            for (j, s) in states.iter_mut().enumerate() {
-                let qkv = qkv
-                    .get(j)?
-                    .reshape((1, 3, self.n_head, dh))?
-                    .permute((1, 2, 0, 3))?; // (3, heads, 1, dh)
-                let q = qkv.get(0)?.unsqueeze(0)?.contiguous()?;
-                let (k, v) = s.self_kv[i].append(
-                    &qkv.get(1)?.unsqueeze(0)?.contiguous()?,
-                    &qkv.get(2)?.unsqueeze(0)?.contiguous()?,
-                )?;
-                let att = super::kernels::softmax_last_dim_owned(q.matmul(&k.t()?)?)?;
-                heads.push(merge_heads(&att.matmul(&v.contiguous()?)?)?);
+            // Self-attention: append each row's key/value, then attend over the cache.
+            let qkv = block
+                .self_qkv
+                .forward(&block.self_ln.forward(&x)?)?
+                .flatten_all()?
+                .to_vec1::<f32>()?; // (rows, 3d)
+            let mut q = vec![0f32; n_rows * d];
+            for r in 0..n_rows {
+                let row = &qkv[r * 3 * d..][..3 * d];
+                q[r * d..][..d].copy_from_slice(&row[..d]);
+                let st = &mut states[rows[r].0];
+                st.self_k[i].extend_from_slice(&row[d..2 * d]);
+                st.self_v[i].extend_from_slice(&row[2 * d..]);
             }
-            x = (x + block.self_out.forward(&Tensor::cat(&heads, 0)?)?)?;
+            for (seq, &(first, n)) in spans.iter().enumerate() {
+                if n == 0 {
+                    continue;
+                }
+                let st = &states[seq];
+                let qa = super::kernels::QueryAttention {
+                    q: &q[first * d..][..n * d],
+                    heads: self.n_head,
+                    dh,
+                };
+                qa.over_cache(
+                    &st.self_k[i],
+                    &st.self_v[i],
+                    st.position,
+                    &mut att[first * d..][..n * d],
+                );
+            }
+            let y = Tensor::from_slice(&att, (n_rows, d), device)?;
+            x = (x + block.self_out.forward(&y)?)?;
 
-            let q = block.cross_q.forward(&block.cross_ln.forward(&x)?)?; // (b, 1, d)
-            let mut heads = Vec::with_capacity(b);
-            for (j, s) in states.iter().enumerate() {
-                let qj = split_heads(&q.narrow(0, j, 1)?, self.n_head)?;
-                let att = super::kernels::softmax_last_dim_owned(qj.matmul(&s.cross_kt[i])?)?;
-                heads.push(merge_heads(&att.matmul(&s.cross_v[i])?)?);
+            // Cross-attention to the audio features prepared once for this window.
+            let q = block
+                .cross_q
+                .forward(&block.cross_ln.forward(&x)?)?
+                .flatten_all()?
+                .to_vec1::<f32>()?;
+            for (seq, &(first, n)) in spans.iter().enumerate() {
+                if n == 0 {
+                    continue;
+                }
+                let st = &states[seq];
+                let qa = super::kernels::QueryAttention {
+                    q: &q[first * d..][..n * d],
+                    heads: self.n_head,
+                    dh,
+                };
+                qa.over_audio(
+                    &st.cross_kt[i],
+                    &st.cross_v[i],
+                    st.n_audio,
+                    &mut att[first * d..][..n * d],
+                );
             }
-            x = (x + block.cross_out.forward(&Tensor::cat(&heads, 0)?)?)?;
+            let y = Tensor::from_slice(&att, (n_rows, d), device)?;
+            x = (x + block.cross_out.forward(&y)?)?;
 
             let h = super::kernels::gelu_erf_owned(block.fc1.forward(&block.mlp_ln.forward(&x)?)?)?;
             x = (x + block.fc2.forward(&h)?)?;
         }
-        for s in states.iter_mut() {
-            s.position += 1;
+        for (seq, st) in states.iter_mut().enumerate() {
+            st.position += spans[seq].1;
         }
-        self.logits(&self.ln.forward(&x)?.squeeze(1)?)
+        self.ln.forward(&x)
     }
 
     /// Vocabulary logits `(rows, n_vocab)` for hidden states `(rows, d)` (the tied output projection).
@@ -326,13 +337,4 @@ impl TextDecoder {
     pub fn logits_at(&self, hidden: &Tensor, i: usize) -> candle_core::Result<Tensor> {
         self.logits(&hidden.narrow(1, i, 1)?.squeeze(1)?)
     }
-}
-
-/// `(n, pos + n)` additive mask: new token `i` (at absolute position `pos + i`) sees keys `≤ pos + i`.
-fn causal_mask(n: usize, pos: usize, device: &Device) -> candle_core::Result<Tensor> {
-    let total = pos + n;
-    let data: Vec<f32> = (0..n)
-        .flat_map(|i| (0..total).map(move |j| if j > pos + i { f32::NEG_INFINITY } else { 0.0 }))
-        .collect();
-    Tensor::from_vec(data, (n, total), device)?.to_dtype(DType::F32)
 }

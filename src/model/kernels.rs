@@ -141,6 +141,106 @@ dispatch!(gelu_slice(buf: &mut [f32]) {
     }
 });
 
+/// Attention for decoder queries, one `(query row, head)` pair per task. `q` is `(n, heads·dh)`
+/// (already scaled by dh^-0.5); `out` has the same shape.
+pub struct QueryAttention<'a> {
+    pub q: &'a [f32],
+    pub heads: usize,
+    pub dh: usize,
+}
+
+impl QueryAttention<'_> {
+    /// Self-attention over a cache of `(tokens, heads·dh)` keys and values; query row `i` sees
+    /// keys `0 ..= first + i` (causal).
+    pub fn over_cache(&self, k: &[f32], v: &[f32], first: usize, out: &mut [f32]) {
+        let (heads, dh) = (self.heads, self.dh);
+        let run = |idx: usize, o: &mut [f32]| {
+            let (row, h) = (idx / heads, idx % heads);
+            let keys = first + row + 1;
+            let q = &self.q[row * heads * dh + h * dh..][..dh];
+            self_head(q, k, v, keys, heads * dh, h * dh, o);
+        };
+        par_rows(out, dh, heads, run);
+    }
+
+    /// Cross-attention to audio keys stored transposed per head `(heads, dh, n_audio)` and values
+    /// `(heads, n_audio, dh)`.
+    pub fn over_audio(&self, kt: &[f32], v: &[f32], n_audio: usize, out: &mut [f32]) {
+        let (heads, dh) = (self.heads, self.dh);
+        let run = |idx: usize, o: &mut [f32]| {
+            let (row, h) = (idx / heads, idx % heads);
+            let q = &self.q[row * heads * dh + h * dh..][..dh];
+            let block = dh * n_audio;
+            cross_head(
+                q,
+                &kt[h * block..][..block],
+                &v[h * block..][..block],
+                n_audio,
+                o,
+            );
+        };
+        par_rows(out, dh, heads, run);
+    }
+}
+
+/// Runs `f(index, chunk)` over the `dh`-long chunks of `out`, threaded when there is enough work.
+fn par_rows(out: &mut [f32], dh: usize, heads: usize, f: impl Fn(usize, &mut [f32]) + Sync) {
+    if out.len() / dh >= heads.max(2) {
+        out.par_chunks_mut(dh)
+            .enumerate()
+            .for_each(|(i, o)| f(i, o));
+    } else {
+        out.chunks_mut(dh).enumerate().for_each(|(i, o)| f(i, o));
+    }
+}
+
+dispatch!(self_head(q: &[f32], k: &[f32], v: &[f32], keys: usize, stride: usize, offset: usize, out: &mut [f32]) {
+    let dh = q.len();
+    let mut scores = Vec::with_capacity(keys);
+    for j in 0..keys {
+        scores.push(dot(q, &k[j * stride + offset..][..dh]));
+    }
+    softmax_in_place(&mut scores);
+    out.fill(0.0);
+    for (j, &p) in scores.iter().enumerate() {
+        let vj = &v[j * stride + offset..][..dh];
+        for d in 0..dh {
+            out[d] += p * vj[d];
+        }
+    }
+});
+
+dispatch!(cross_head(q: &[f32], kt: &[f32], v: &[f32], n: usize, out: &mut [f32]) {
+    let dh = q.len();
+    // scores = q · Kᵀ as dh row updates of length n: no horizontal sums.
+    let mut scores = vec![0f32; n];
+    for d in 0..dh {
+        let qd = q[d];
+        for (s, &kv) in scores.iter_mut().zip(&kt[d * n..][..n]) {
+            *s += qd * kv;
+        }
+    }
+    softmax_in_place(&mut scores);
+    out.fill(0.0);
+    for (j, &p) in scores.iter().enumerate() {
+        for (o, &vv) in out.iter_mut().zip(&v[j * dh..][..dh]) {
+            *o += p * vv;
+        }
+    }
+});
+
+#[inline(always)]
+fn softmax_in_place(row: &mut [f32]) {
+    let max = max_of(row);
+    for v in row.iter_mut() {
+        *v = exp(*v - max);
+    }
+    let inv = 1.0 / sum_of(row);
+    for v in row.iter_mut() {
+        *v *= inv;
+    }
+}
+
 /// 16 independent lanes so the reduction vectorizes without reassociation flags.
 #[inline(always)]
 fn max_of(s: &[f32]) -> f32 {
@@ -159,6 +259,25 @@ fn max_of(s: &[f32]) -> f32 {
         m = m.max(v);
     }
     m
+}
+
+#[inline(always)]
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut lanes = [0f32; 16];
+    let mut ca = a.chunks_exact(16);
+    let mut cb = b.chunks_exact(16);
+    for (x, y) in (&mut ca).zip(&mut cb) {
+        for i in 0..16 {
+            lanes[i] += x[i] * y[i];
+        }
+    }
+    let tail: f32 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    tail + lanes.iter().sum::<f32>()
 }
 
 #[inline(always)]

@@ -24,6 +24,7 @@ pub struct Metrics {
     pub cache_bytes: IntGauge,
     pub model_load_seconds: Gauge,
     pub build_info: IntGaugeVec,
+    pub scheduler: crate::scheduler::SchedulerMetrics,
 }
 
 impl Metrics {
@@ -112,6 +113,7 @@ impl Metrics {
                 Opts::new("whisperd_build_info", "Build and model information"),
                 &["version", "model"],
             )?,
+            scheduler: crate::scheduler::SchedulerMetrics::new(&registry)?,
             registry,
         };
         m.registry.register(Box::new(m.requests.clone()))?;

@@ -162,7 +162,18 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     );
     let device = crate::engine::select_device(&cfg.device)?;
     let precision = cfg.precision.parse().map_err(anyhow::Error::msg)?;
-    worker::start(shared.clone(), cfg.model.clone().into(), device, precision);
+    worker::start(
+        shared.clone(),
+        worker::InferenceConfig {
+            model_dir: cfg.model.clone().into(),
+            device,
+            precision,
+            scheduler: crate::scheduler::SchedulerConfig {
+                max_batch: cfg.batch_size,
+                max_wait: Duration::from_millis(cfg.batch_wait_ms),
+            },
+        },
+    );
     let state = web::Data::new(AppState {
         shared: shared.clone(),
         api_keys: api_keys.clone(),

@@ -1,11 +1,13 @@
-//! The inference side of the server: one dedicated thread owns the model and serves a bounded
-//! queue, so HTTP workers never run tensor code. Identical requests in flight share one job
-//! (single flight); finished results go into the shared result cache.
+//! The inference side of the server: `batch_size` transcription threads take jobs from a bounded
+//! queue and run the decoding loop, sending every model call to the scheduler
+//! (`crate::scheduler`), which batches them across requests; HTTP workers never run tensor code.
+//! Identical requests in flight share one job (single flight); finished results go into the shared
+//! result cache.
 
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -106,19 +108,24 @@ impl Shared {
     }
 }
 
-/// Load the model on a dedicated thread, warm it up, then serve jobs until the process ends.
-pub fn start(
-    shared: Arc<Shared>,
-    model_dir: std::path::PathBuf,
-    device: candle_core::Device,
-    precision: crate::model::Precision,
-) {
+/// How inference is scheduled (from the config).
+#[derive(Debug, Clone)]
+pub struct InferenceConfig {
+    pub model_dir: std::path::PathBuf,
+    pub device: candle_core::Device,
+    pub precision: crate::model::Precision,
+    pub scheduler: crate::scheduler::SchedulerConfig,
+}
+
+/// Load the model on a dedicated thread, warm it up, start the scheduler and the transcription
+/// threads, then serve jobs until the process ends.
+pub fn start(shared: Arc<Shared>, cfg: InferenceConfig) {
     let (tx, rx) = sync_channel::<Job>(shared.queue_size);
     let _ = shared.queue.set(tx);
     let spawned = std::thread::Builder::new()
-        .name("inference".into())
+        .name("model-loader".into())
         .spawn(move || {
-            let engine = match Engine::load_with(&model_dir, &device, precision) {
+            let engine = match Engine::load_with(&cfg.model_dir, &cfg.device, cfg.precision) {
                 Ok(e) => Arc::new(e),
                 Err(e) => {
                     tracing::error!(error = %e, "cannot load the model; exiting");
@@ -142,21 +149,65 @@ pub fn start(
             }
             tracing::info!(
                 seconds = warm.elapsed().as_secs_f64(),
-                "warm-up inference done; ready"
+                "warm-up inference done"
             );
-            let _ = shared.engine.set(engine.clone());
-            shared.ready.store(true, Ordering::SeqCst);
-            for job in rx {
-                run_job(&shared, &engine, job);
+            let handle = match crate::scheduler::start(
+                engine.model.clone(),
+                cfg.scheduler,
+                Some(shared.metrics.scheduler.clone()),
+            ) {
+                Ok(h) => h,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot start the scheduler thread; exiting");
+                    std::process::exit(1);
+                }
+            };
+            let rx = Arc::new(Mutex::new(rx));
+            for i in 0..cfg.scheduler.max_batch.max(1) {
+                let (shared, engine, handle, rx) =
+                    (shared.clone(), engine.clone(), handle.clone(), rx.clone());
+                let spawned = std::thread::Builder::new()
+                    .name(format!("transcribe-{i}"))
+                    .spawn(move || serve_jobs(&shared, &engine, &handle, &rx));
+                if let Err(e) = spawned {
+                    tracing::error!(error = %e, "cannot start a transcription thread; exiting");
+                    std::process::exit(1);
+                }
             }
+            let _ = shared.engine.set(engine);
+            shared.ready.store(true, Ordering::SeqCst);
+            tracing::info!(
+                batch_size = cfg.scheduler.max_batch,
+                batch_wait_ms = cfg.scheduler.max_wait.as_millis() as u64,
+                "ready"
+            );
         });
     if let Err(e) = spawned {
-        tracing::error!(error = %e, "cannot start the inference thread; exiting");
+        tracing::error!(error = %e, "cannot start the model loader thread; exiting");
         std::process::exit(1);
     }
 }
 
-fn run_job(shared: &Shared, engine: &Engine, job: Job) {
+/// One transcription thread: take the next job, run it through the scheduler, repeat.
+fn serve_jobs(
+    shared: &Shared,
+    engine: &Engine,
+    handle: &crate::scheduler::SchedulerHandle,
+    rx: &Mutex<Receiver<Job>>,
+) {
+    loop {
+        let job = {
+            let rx = rx.lock().unwrap_or_else(|p| p.into_inner());
+            match rx.recv() {
+                Ok(j) => j,
+                Err(_) => return,
+            }
+        };
+        run_job(shared, engine, handle, job);
+    }
+}
+
+fn run_job(shared: &Shared, engine: &Engine, runner: &crate::scheduler::SchedulerHandle, job: Job) {
     let m = &shared.metrics;
     m.queue_depth.dec();
     if job.tx.receiver_count() == 0 {
@@ -188,7 +239,7 @@ fn run_job(shared: &Shared, engine: &Engine, job: Job) {
         .observe(job.enqueued.elapsed().as_secs_f64());
     let t0 = Instant::now();
     let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {
-        engine.transcribe_prepared(&job.prepared, &job.options)
+        engine.transcribe_prepared_with(runner, &job.prepared, &job.options)
     }));
     let secs = t0.elapsed().as_secs_f64();
     let result = match outcome {

@@ -1,0 +1,452 @@
+//! Cross-request batching: one thread owns the network and serves the model calls of every
+//! transcription in flight (HTTP requests, batch files), each of which runs its own decoding loop
+//! on its own thread and talks to this one through a [`SchedulerHandle`] (a `ModelRunner`).
+//!
+//! - **Decoder (continuous batching):** every sequence that is decoding contributes one token to
+//!   one batched step ([`TextDecoder::step`](crate::model::TextDecoder::step)); sequences join
+//!   after their start sequence and leave at end-of-text, between steps, each with its own KV
+//!   cache, position, options and stopping point (all of which stay in its own thread). A step
+//!   waits (at most `STEP_WAIT`) until every decoding sequence has sent its token.
+//! - **Encoder:** 30-s windows waiting from different transcriptions run as one batch of up to
+//!   `max_batch`. While sequences are decoding, new windows wait (at most `max_wait`) for the batch
+//!   to fill, so that they then decode together: on a CPU the encoder costs the same per window
+//!   batched or not, but a decoder step costs nearly the same for eight sequences as for one, so
+//!   throughput comes from keeping the decoder batch full. When nothing is decoding, a window
+//!   waits only `IDLE_FILL_WAIT` for company.
+//! - **Fairness:** a transcription has at most one call outstanding (its windows are sequential:
+//!   each starts where the previous one's last timestamp ended), so a long file holds one slot of
+//!   an encoder batch and one row of a decoder step, never more, and windows of different requests
+//!   interleave: a short request waits at most `max_wait` plus one encoder batch before it decodes
+//!   alongside the long one.
+//!
+//! Results are the same as decoding alone: rows of a batched matmul do not mix, and attention runs
+//! per sequence (tests/scheduler.rs compares tokens).
+
+use std::collections::VecDeque;
+use std::panic::AssertUnwindSafe;
+use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use candle_core::Tensor;
+use prometheus::{HistogramOpts, HistogramVec, IntGauge, Registry};
+
+use crate::decode::{DecodeError, ModelRunner};
+use crate::model::{DecoderState, Whisper};
+
+/// How the scheduler batches.
+#[derive(Debug, Clone, Copy)]
+pub struct SchedulerConfig {
+    /// Most windows per encoder batch and most sequences per decoder step.
+    pub max_batch: usize,
+    /// Longest a window is held back, while other sequences decode, for its batch to fill.
+    pub max_wait: Duration,
+}
+
+impl Default for SchedulerConfig {
+    fn default() -> Self {
+        Self {
+            max_batch: 8,
+            max_wait: Duration::from_millis(200),
+        }
+    }
+}
+
+/// Batch sizes and waits, registered into the server's registry (`/metrics`).
+#[derive(Clone)]
+pub struct SchedulerMetrics {
+    pub batch_size: HistogramVec,
+    pub wait_seconds: HistogramVec,
+    pub active_sequences: IntGauge,
+}
+
+impl SchedulerMetrics {
+    pub fn new(registry: &Registry) -> Result<Self, prometheus::Error> {
+        let m = Self {
+            batch_size: HistogramVec::new(
+                HistogramOpts::new(
+                    "whisperd_batch_size",
+                    "Windows per encoder batch and sequences per decoder step",
+                )
+                .buckets(vec![1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0, 24.0, 32.0]),
+                &["stage"],
+            )?,
+            wait_seconds: HistogramVec::new(
+                HistogramOpts::new(
+                    "whisperd_batch_wait_seconds",
+                    "Time a model call waited in the scheduler before it ran",
+                )
+                .buckets(prometheus::exponential_buckets(0.0005, 2.0, 14)?),
+                &["stage"],
+            )?,
+            active_sequences: IntGauge::new(
+                "whisperd_decoding_sequences",
+                "Sequences currently decoding (rows of the next decoder step)",
+            )?,
+        };
+        registry.register(Box::new(m.batch_size.clone()))?;
+        registry.register(Box::new(m.wait_seconds.clone()))?;
+        registry.register(Box::new(m.active_sequences.clone()))?;
+        Ok(m)
+    }
+}
+
+/// Longest a decoder step waits for the tokens of sequences still choosing theirs.
+const STEP_WAIT: Duration = Duration::from_millis(2);
+/// Longest a window waits for company when nothing is decoding.
+const IDLE_FILL_WAIT: Duration = Duration::from_millis(5);
+
+type Reply<T> = Sender<Result<T, DecodeError>>;
+/// A decoder state comes back with the result of the call it travelled with.
+type StateReply<T> = Sender<(DecoderState, Result<T, DecodeError>)>;
+
+enum Call {
+    Encode {
+        mel: Tensor,
+        reply: Reply<Tensor>,
+    },
+    Prepare {
+        features: Tensor,
+        reply: Reply<DecoderState>,
+    },
+    Prefill {
+        state: DecoderState,
+        tokens: Vec<u32>,
+        rows: Vec<usize>,
+        reply: StateReply<Vec<Vec<f32>>>,
+    },
+    Step {
+        state: DecoderState,
+        token: u32,
+        reply: StateReply<Vec<f32>>,
+    },
+    EndSequence,
+}
+
+struct Queued<T> {
+    call: T,
+    since: Instant,
+}
+
+/// Starts the scheduler thread for `model`; it runs until every handle is dropped.
+pub fn start(
+    model: Arc<Whisper>,
+    config: SchedulerConfig,
+    metrics: Option<SchedulerMetrics>,
+) -> std::io::Result<SchedulerHandle> {
+    let (tx, rx) = channel();
+    let worker_model = model.clone();
+    std::thread::Builder::new()
+        .name("scheduler".into())
+        .spawn(move || Loop::new(worker_model, config, metrics).run(rx))?;
+    Ok(SchedulerHandle { model, tx })
+}
+
+/// A transcription's way to the scheduler. Cheap to clone; one per decoding thread.
+#[derive(Clone)]
+pub struct SchedulerHandle {
+    model: Arc<Whisper>,
+    tx: Sender<Call>,
+}
+
+fn stopped() -> DecodeError {
+    DecodeError::Candle(candle_core::Error::Msg(
+        "the model scheduler stopped".into(),
+    ))
+}
+
+impl SchedulerHandle {
+    fn call<T>(&self, make: impl FnOnce(Sender<T>) -> Call) -> Result<T, DecodeError> {
+        let (reply, rx) = channel();
+        self.tx.send(make(reply)).map_err(|_| stopped())?;
+        rx.recv().map_err(|_| stopped())
+    }
+}
+
+impl ModelRunner for SchedulerHandle {
+    fn whisper(&self) -> &Whisper {
+        &self.model
+    }
+
+    fn encode(&self, mel: Tensor) -> Result<Tensor, DecodeError> {
+        self.call(|reply| Call::Encode { mel, reply })?
+    }
+
+    fn prepare(&self, features: &Tensor) -> Result<DecoderState, DecodeError> {
+        let features = features.clone();
+        self.call(|reply| Call::Prepare { features, reply })?
+    }
+
+    fn prefill(
+        &self,
+        state: &mut DecoderState,
+        tokens: &[u32],
+        rows: &[usize],
+    ) -> Result<Vec<Vec<f32>>, DecodeError> {
+        // The state travels to the scheduler thread and back; `empty` stands in meanwhile.
+        let taken = std::mem::replace(state, DecoderState::empty());
+        let (back, result) = self.call(|reply| Call::Prefill {
+            state: taken,
+            tokens: tokens.to_vec(),
+            rows: rows.to_vec(),
+            reply,
+        })?;
+        *state = back;
+        result
+    }
+
+    fn step(&self, state: &mut DecoderState, token: u32) -> Result<Vec<f32>, DecodeError> {
+        let taken = std::mem::replace(state, DecoderState::empty());
+        let (back, result) = self.call(|reply| Call::Step {
+            state: taken,
+            token,
+            reply,
+        })?;
+        *state = back;
+        result
+    }
+
+    fn end_sequence(&self) {
+        let _ = self.tx.send(Call::EndSequence);
+    }
+}
+
+/// Runs `f`, turning a panic into an error so one bad batch never stops the scheduler.
+fn guarded<T>(what: &str, f: impl FnOnce() -> Result<T, DecodeError>) -> Result<T, DecodeError> {
+    match std::panic::catch_unwind(AssertUnwindSafe(f)) {
+        Ok(r) => r,
+        Err(_) => {
+            tracing::error!(
+                stage = what,
+                "model computation panicked; failing this batch"
+            );
+            Err(DecodeError::Candle(candle_core::Error::Msg(format!(
+                "internal error in the {what}"
+            ))))
+        }
+    }
+}
+
+fn copy_err(e: &DecodeError) -> DecodeError {
+    DecodeError::Candle(candle_core::Error::Msg(e.to_string()))
+}
+
+struct Loop {
+    model: Arc<Whisper>,
+    config: SchedulerConfig,
+    metrics: Option<SchedulerMetrics>,
+    encodes: VecDeque<Queued<(Tensor, Reply<Tensor>)>>,
+    steps: Vec<Queued<Call>>,
+    /// Sequences between their prefill and their end: the rows a decoder step waits for.
+    active: usize,
+}
+
+impl Loop {
+    fn new(
+        model: Arc<Whisper>,
+        config: SchedulerConfig,
+        metrics: Option<SchedulerMetrics>,
+    ) -> Self {
+        Self {
+            model,
+            config: SchedulerConfig {
+                max_batch: config.max_batch.max(1),
+                ..config
+            },
+            metrics,
+            encodes: VecDeque::new(),
+            steps: Vec::new(),
+            active: 0,
+        }
+    }
+
+    fn run(mut self, rx: Receiver<Call>) {
+        loop {
+            // Block while there is nothing to do; otherwise only until the oldest call's wait
+            // is over.
+            let first = match self.deadline() {
+                None => match rx.recv() {
+                    Ok(c) => Some(c),
+                    Err(_) => return,
+                },
+                Some(d) => match rx.recv_timeout(d.saturating_duration_since(Instant::now())) {
+                    Ok(c) => Some(c),
+                    Err(RecvTimeoutError::Timeout) => None,
+                    Err(RecvTimeoutError::Disconnected) if self.is_idle() => return,
+                    Err(RecvTimeoutError::Disconnected) => None,
+                },
+            };
+            if let Some(c) = first {
+                self.accept(c);
+            }
+            while let Ok(c) = rx.try_recv() {
+                self.accept(c);
+            }
+            if self.decoder_ready(Instant::now()) {
+                self.run_step();
+            }
+            if self.encoder_ready(Instant::now()) {
+                self.run_encoder();
+            }
+        }
+    }
+
+    fn is_idle(&self) -> bool {
+        self.encodes.is_empty() && self.steps.is_empty()
+    }
+
+    /// How long the oldest window may wait, given what is decoding.
+    fn encoder_wait(&self) -> Duration {
+        if self.active == 0 {
+            IDLE_FILL_WAIT.min(self.config.max_wait)
+        } else {
+            self.config.max_wait
+        }
+    }
+
+    /// When the oldest waiting call must run at the latest.
+    fn deadline(&self) -> Option<Instant> {
+        let oldest = [
+            self.encodes.front().map(|q| q.since + self.encoder_wait()),
+            self.steps.first().map(|q| q.since + STEP_WAIT),
+        ];
+        oldest.into_iter().flatten().min()
+    }
+
+    fn encoder_ready(&self, now: Instant) -> bool {
+        match self.encodes.front() {
+            None => false,
+            Some(q) => {
+                self.encodes.len() >= self.config.max_batch || now >= q.since + self.encoder_wait()
+            }
+        }
+    }
+
+    fn decoder_ready(&self, now: Instant) -> bool {
+        match self.steps.first() {
+            None => false,
+            Some(q) => {
+                self.steps.len() >= self.active.min(self.config.max_batch)
+                    || now >= q.since + STEP_WAIT
+            }
+        }
+    }
+
+    /// Cheap calls run at once; batchable ones queue.
+    fn accept(&mut self, call: Call) {
+        let since = Instant::now();
+        match call {
+            Call::Encode { mel, reply } => self.encodes.push_back(Queued {
+                call: (mel, reply),
+                since,
+            }),
+            Call::Prepare { features, reply } => {
+                let r = guarded("cross-attention setup", || {
+                    Ok(self.model.decoder.prepare(&features)?)
+                });
+                let _ = reply.send(r);
+            }
+            Call::Prefill {
+                mut state,
+                tokens,
+                rows,
+                reply,
+            } => {
+                let r = guarded("decoder prefill", || {
+                    self.model.prefill(&mut state, &tokens, &rows)
+                });
+                if r.is_ok() {
+                    self.active += 1;
+                }
+                self.observe_active();
+                let _ = reply.send((state, r));
+            }
+            c @ Call::Step { .. } => self.steps.push(Queued { call: c, since }),
+            Call::EndSequence => {
+                self.active = self.active.saturating_sub(1);
+                self.observe_active();
+            }
+        }
+    }
+
+    fn observe_active(&self) {
+        if let Some(m) = &self.metrics {
+            m.active_sequences.set(self.active as i64);
+        }
+    }
+
+    fn observe(&self, stage: &str, waits: impl Iterator<Item = Instant>, n: usize) {
+        if let Some(m) = &self.metrics {
+            m.batch_size.with_label_values(&[stage]).observe(n as f64);
+            let h = m.wait_seconds.with_label_values(&[stage]);
+            waits.for_each(|t| h.observe(t.elapsed().as_secs_f64()));
+        }
+    }
+
+    fn run_encoder(&mut self) {
+        let n = self.encodes.len().min(self.config.max_batch);
+        let batch: Vec<_> = self.encodes.drain(..n).collect();
+        self.observe("encoder", batch.iter().map(|q| q.since), n);
+        let _span = tracing::debug_span!("encoder_batch", windows = n).entered();
+        let mels: Vec<&Tensor> = batch.iter().map(|q| &q.call.0).collect();
+        let result = guarded("encoder", || {
+            let input = Tensor::cat(&mels, 0)?;
+            let features = self.model.encoder.forward(&input)?;
+            Ok((0..n)
+                .map(|i| features.narrow(0, i, 1))
+                .collect::<Result<Vec<_>, _>>()?)
+        });
+        match result {
+            Ok(features) => {
+                for (q, f) in batch.into_iter().zip(features) {
+                    let _ = q.call.1.send(Ok(f));
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, windows = n, "encoder batch failed");
+                for q in batch {
+                    let _ = q.call.1.send(Err(copy_err(&e)));
+                }
+            }
+        }
+    }
+
+    fn run_step(&mut self) {
+        let n = self.steps.len().min(self.config.max_batch);
+        let batch: Vec<_> = self.steps.drain(..n).collect();
+        self.observe("decoder", batch.iter().map(|q| q.since), n);
+        let mut states = Vec::with_capacity(n);
+        let mut tokens = Vec::with_capacity(n);
+        let mut replies = Vec::with_capacity(n);
+        for q in batch {
+            if let Call::Step {
+                state,
+                token,
+                reply,
+            } = q.call
+            {
+                states.push(state);
+                tokens.push(token);
+                replies.push(reply);
+            }
+        }
+        let result = guarded("decoder step", || {
+            let mut refs: Vec<&mut DecoderState> = states.iter_mut().collect();
+            let logits = self.model.decoder.step(&mut refs, &tokens)?;
+            Ok(logits.to_vec2::<f32>()?)
+        });
+        match result {
+            Ok(rows) => {
+                for ((state, reply), row) in states.into_iter().zip(replies).zip(rows) {
+                    let _ = reply.send((state, Ok(row)));
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, sequences = n, "decoder step failed");
+                for (state, reply) in states.into_iter().zip(replies) {
+                    let _ = reply.send((state, Err(copy_err(&e))));
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,98 @@
+//! The cross-request scheduler gives the same tokens as decoding alone, while really batching.
+
+mod common;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use common::{engine, manifest, read};
+use whisperd::engine::{Engine, Prepared};
+use whisperd::scheduler::{self, SchedulerConfig, SchedulerMetrics};
+use whisperd::TranscribeOptions;
+
+/// Every segment's tokens, in order.
+fn tokens(e: &Engine, runner: Option<&scheduler::SchedulerHandle>, p: &Prepared) -> Vec<Vec<u32>> {
+    let o = TranscribeOptions::default();
+    let t = match runner {
+        Some(r) => e.transcribe_prepared_with(r, p, &o),
+        None => e.transcribe_prepared(p, &o),
+    }
+    .expect("transcribe");
+    t.segments.into_iter().map(|s| s.tokens).collect()
+}
+
+#[test]
+fn english_eval_set_decodes_to_the_same_tokens_batched_and_alone() {
+    let e = engine();
+    // jfk, the LibriSpeech utterances and the 200-s chapter (several windows, prompts, seeks).
+    // Longest first, as a scheduler would want them: the chapter's windows then decode alongside
+    // the short files instead of alone at the end.
+    let mut entries: Vec<_> = manifest()
+        .into_iter()
+        .filter(|m| m.lang == "en" && m.category != "format")
+        .collect();
+    entries.sort_by(|a, b| b.duration_s.total_cmp(&a.duration_s));
+    let files: Vec<(String, Prepared)> = entries
+        .into_iter()
+        .map(|m| {
+            let pcm = Engine::load_audio(read(&format!("eval/{}", m.path))).expect("audio");
+            (m.id, e.prepare(&pcm))
+        })
+        .collect();
+    assert!(files.len() >= 40, "eval set not found");
+
+    let t0 = std::time::Instant::now();
+    let alone: Vec<Vec<Vec<u32>>> = files.iter().map(|(_, p)| tokens(e, None, p)).collect();
+    eprintln!("alone: {:.1} s", t0.elapsed().as_secs_f64());
+    let t0 = std::time::Instant::now();
+
+    let registry = prometheus::Registry::new();
+    let metrics = SchedulerMetrics::new(&registry).unwrap();
+    let handle = scheduler::start(
+        e.model.clone(),
+        SchedulerConfig {
+            max_batch: 8,
+            max_wait: Duration::from_millis(5),
+        },
+        Some(metrics.clone()),
+    )
+    .unwrap();
+    let next = AtomicUsize::new(0);
+    let batched: Mutex<Vec<Option<Vec<Vec<u32>>>>> = Mutex::new(vec![None; files.len()]);
+    std::thread::scope(|scope| {
+        for _ in 0..8 {
+            scope.spawn(|| loop {
+                let i = next.fetch_add(1, Ordering::SeqCst);
+                let Some((_, p)) = files.get(i) else { break };
+                let t = tokens(e, Some(&handle), p);
+                batched.lock().unwrap()[i] = Some(t);
+            });
+        }
+    });
+    eprintln!("batched: {:.1} s", t0.elapsed().as_secs_f64());
+    let batched = batched.into_inner().unwrap();
+    for (i, (id, _)) in files.iter().enumerate() {
+        assert_eq!(
+            batched[i].as_ref(),
+            Some(&alone[i]),
+            "{id}: batched tokens differ from decoding alone"
+        );
+    }
+
+    // It really batched: decoder steps averaged well over one row, and some encoder batches held
+    // several windows (windows arrive staggered, so most encoder batches are single).
+    let mean = |stage: &str| {
+        let h = metrics.batch_size.with_label_values(&[stage]);
+        let mean = h.get_sample_sum() / h.get_sample_count().max(1) as f64;
+        eprintln!(
+            "{stage}: {} batches, mean size {mean:.2}",
+            h.get_sample_count()
+        );
+        mean
+    };
+    let (enc, dec) = (mean("encoder"), mean("decoder"));
+    assert!(dec > 2.0, "decoder steps averaged {dec} sequences");
+    assert!(enc > 1.0, "encoder batches averaged {enc} windows");
+    assert_eq!(metrics.active_sequences.get(), 0, "a sequence never ended");
+}
