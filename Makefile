@@ -34,8 +34,10 @@ $(VENV)/.ok:
 eval: model build venv ## WER on ../shared/eval (English) for whisperd and faster-whisper int8, same files
 	$(VENV)/bin/python scripts/eval.py --bin $(BIN) --model $(MODEL) --shared $(SHARED)
 
-bench: model build venv ## Criterion benches (mel, encoder, decoder steps) and end-to-end speed vs faster-whisper
+bench: model build venv ## Criterion benches (mel, encoder, decoder steps incl. batched), then server throughput at 1/4/8/16 clients, fairness and RSS vs faster-whisper int8 (f32 and q8)
 	WHISPERD_BENCH_MODEL=$(MODEL) $(CARGO) bench --locked --bench pipeline
+	$(VENV)/bin/python scripts/bench_server.py --bin $(BIN) --model $(MODEL) --shared $(SHARED)
+	$(VENV)/bin/python scripts/bench_server.py --bin $(BIN) --model $(MODEL) --shared $(SHARED) --precision q8
 	$(VENV)/bin/python scripts/eval.py --bin $(BIN) --model $(MODEL) --shared $(SHARED) --speed
 
 lint: venv ## rustfmt, clippy (warnings are errors), hadolint, helm lint + render + Kubernetes schema checks

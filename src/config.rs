@@ -42,7 +42,7 @@ impl Default for Config {
             http_workers: 2,
             threads: 0,
             batch_size: 8,
-            batch_wait_ms: 5,
+            batch_wait_ms: 200,
             queue_size: 32,
             request_timeout_s: 300,
             drain_timeout_s: 30,
@@ -89,7 +89,7 @@ const DOCS: &[(&str, &str)] = &[
     ),
     (
         "batch_wait_ms",
-        "Longest a window or token waits for its batch to fill.",
+        "Longest a new window waits, while other requests are decoding, to join an encoder batch (so their tokens then decode together).",
     ),
     (
         "queue_size",

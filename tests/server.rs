@@ -403,7 +403,8 @@ fn api_keys_and_rate_limit() {
 
 #[test]
 fn full_queue_answers_503_with_retry_after() {
-    let s = Server::start(&[("WHISPERD_QUEUE_SIZE", "1")]);
+    // One transcription at a time, so requests really queue.
+    let s = Server::start(&[("WHISPERD_QUEUE_SIZE", "1"), ("WHISPERD_BATCH_SIZE", "1")]);
     let wav = read("eval/jfk.wav");
     let handles: Vec<_> = (0..6)
         .map(|i| post_in_background(&s, &distinct(&wav, 100 + i), &[]))
@@ -513,4 +514,41 @@ fn a_queued_request_whose_client_left_is_dropped_before_inference() {
         1.0,
         "only the long job ran"
     );
+}
+
+#[test]
+fn short_requests_are_not_stuck_behind_a_long_file() {
+    let s = Server::start(&[]);
+    let long = start_long_request(&s);
+    // While the 200-s chapter is being transcribed, short requests are served alongside it: each
+    // finishes while the long one is still running (a first-come queue would hold them all
+    // until the chapter is done).
+    let jfk = read("eval/jfk.wav");
+    for n in 0..3u16 {
+        let t0 = std::time::Instant::now();
+        let (status, _, body) = s.post_form(
+            "/transcribe",
+            Some(("file", &distinct(&jfk, 100 + n))),
+            &[("response_format", "text")],
+            &[],
+        );
+        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+        assert!(String::from_utf8_lossy(&body).contains("country"));
+        assert!(
+            !long.is_finished(),
+            "short request {n} ({:?}) only finished after the long file",
+            t0.elapsed()
+        );
+    }
+    let r = long.join().unwrap();
+    assert_eq!(r.0, 200);
+    assert!(String::from_utf8_lossy(&r.2).split_whitespace().count() > 300);
+    // Their tokens shared decoder steps with the chapter's.
+    let steps = s.metric("whisperd_batch_size_count{stage=\"decoder\"}");
+    let rows = s.metric("whisperd_batch_size_sum{stage=\"decoder\"}");
+    assert!(
+        rows > steps,
+        "decoder steps never held two sequences ({rows} rows in {steps} steps)"
+    );
+    assert!(s.metric("whisperd_batch_wait_seconds_count") > 0.0);
 }

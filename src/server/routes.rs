@@ -9,6 +9,9 @@ use actix_web::{web, HttpRequest, HttpResponse};
 
 use super::error::ApiError;
 use super::upload::read_form;
+
+/// Longest the body of an upload may take to arrive.
+const UPLOAD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
 use super::worker::{self, Shared};
 use super::AppState;
 use crate::output::Format;
@@ -238,7 +241,27 @@ async fn handle_inner(
         web::Query::<HashMap<String, String>>::from_query(req.query_string())
             .map(|q| q.into_inner())
             .map_err(|e| ApiError::bad_request(format!("bad query string: {e}")))?;
-    let upload = read_form(&req, body, state.max_upload_bytes).await?;
+    // A body that stops arriving (slow or stalled client) must not hold the request forever.
+    let upload = actix_web::rt::time::timeout(
+        UPLOAD_TIMEOUT,
+        read_form(&req, body, state.max_upload_bytes),
+    )
+    .await
+    .map_err(|_| {
+        tracing::warn!(
+            timeout_s = UPLOAD_TIMEOUT.as_secs(),
+            "upload not complete in time"
+        );
+        ApiError::new(
+            actix_web::http::StatusCode::REQUEST_TIMEOUT,
+            "invalid_request_error",
+            "the upload did not complete in time",
+        )
+    })??;
+    tracing::debug!(
+        bytes = upload.file.as_ref().map_or(0, Vec::len),
+        "upload read"
+    );
     fields.extend(upload.fields);
     let file = upload.file.ok_or_else(|| {
         ApiError::bad_request("no audio: send it in multipart field `file`")

@@ -311,6 +311,7 @@ pub async fn transcribe(
     .await
     .map_err(|_| ApiError::unavailable("server is shutting down", 1))?;
     let key = crate::cache::cache_key(&hash, &engine.model_name, &options);
+    tracing::debug!(audio_hash = %hash, "upload hashed");
     if let Some(t) = shared.cache.get(&key) {
         shared.metrics.cache_hits.inc();
         return Ok((t, CacheStatus::Hit));
