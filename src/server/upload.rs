@@ -49,7 +49,25 @@ pub async fn read_form(
             "expected a multipart/form-data body with the audio in field `file`",
         ));
     }
-    let mut form = Multipart::new(req.headers(), payload);
+    // Take the whole body off the connection first (within the size limit), then parse it from
+    // memory: the multipart parser then never waits on the socket, and a stalled or oversized
+    // body is caught here.
+    let mut payload = payload;
+    let mut body = web::BytesMut::new();
+    while let Some(chunk) = payload
+        .try_next()
+        .await
+        .map_err(|e| ApiError::bad_request(format!("could not read the request body: {e}")))?
+    {
+        if body.len() + chunk.len() > max_bytes + MAX_FIELD_BYTES {
+            return Err(too_large());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    let body = futures_util::stream::once(async move {
+        Ok::<_, actix_web::error::PayloadError>(body.freeze())
+    });
+    let mut form = Multipart::new(req.headers(), body);
     let mut upload = Upload {
         file: None,
         fields: HashMap::new(),
