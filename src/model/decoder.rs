@@ -247,7 +247,6 @@ impl TextDecoder {
             .index_select(&Tensor::new(positions.as_slice(), device)?, 0)?;
         let mut x = (emb + pos)?; // (rows, d)
         let (n_rows, d) = x.dims2()?;
-        let dh = d / self.n_head;
         let mut att = vec![0f32; n_rows * d];
         for (i, block) in self.blocks.iter().enumerate() {
             // Self-attention: append each row's key/value, then attend over the cache.
@@ -264,23 +263,9 @@ impl TextDecoder {
                 st.self_k[i].extend_from_slice(&row[d..2 * d]);
                 st.self_v[i].extend_from_slice(&row[2 * d..]);
             }
-            for (seq, &(first, n)) in spans.iter().enumerate() {
-                if n == 0 {
-                    continue;
-                }
-                let st = &states[seq];
-                let qa = super::kernels::QueryAttention {
-                    q: &q[first * d..][..n * d],
-                    heads: self.n_head,
-                    dh,
-                };
-                qa.over_cache(
-                    &st.self_k[i],
-                    &st.self_v[i],
-                    st.position,
-                    &mut att[first * d..][..n * d],
-                );
-            }
+            self.attend_each(states, &spans, &q, d, &mut att, |qa, st, out| {
+                qa.over_cache(&st.self_k[i], &st.self_v[i], st.position, out)
+            });
             let y = Tensor::from_slice(&att, (n_rows, d), device)?;
             x = (x + block.self_out.forward(&y)?)?;
 
@@ -290,23 +275,9 @@ impl TextDecoder {
                 .forward(&block.cross_ln.forward(&x)?)?
                 .flatten_all()?
                 .to_vec1::<f32>()?;
-            for (seq, &(first, n)) in spans.iter().enumerate() {
-                if n == 0 {
-                    continue;
-                }
-                let st = &states[seq];
-                let qa = super::kernels::QueryAttention {
-                    q: &q[first * d..][..n * d],
-                    heads: self.n_head,
-                    dh,
-                };
-                qa.over_audio(
-                    &st.cross_kt[i],
-                    &st.cross_v[i],
-                    st.n_audio,
-                    &mut att[first * d..][..n * d],
-                );
-            }
+            self.attend_each(states, &spans, &q, d, &mut att, |qa, st, out| {
+                qa.over_audio(&st.cross_kt[i], &st.cross_v[i], st.n_audio, out)
+            });
             let y = Tensor::from_slice(&att, (n_rows, d), device)?;
             x = (x + block.cross_out.forward(&y)?)?;
 
@@ -317,6 +288,30 @@ impl TextDecoder {
             st.position += spans[seq].1;
         }
         self.ln.forward(&x)
+    }
+
+    /// Runs one attention kind for every sequence over its own rows of `q` (`(rows, d)`, rows of a
+    /// sequence consecutive as `spans` says), writing the same rows of `out`.
+    fn attend_each(
+        &self,
+        states: &[&mut DecoderState],
+        spans: &[(usize, usize)],
+        q: &[f32],
+        d: usize,
+        out: &mut [f32],
+        attend: impl Fn(&super::kernels::QueryAttention, &DecoderState, &mut [f32]),
+    ) {
+        for (st, &(first, n)) in states.iter().zip(spans) {
+            if n == 0 {
+                continue;
+            }
+            let qa = super::kernels::QueryAttention {
+                q: &q[first * d..][..n * d],
+                heads: self.n_head,
+                dh: d / self.n_head,
+            };
+            attend(&qa, st, &mut out[first * d..][..n * d]);
+        }
     }
 
     /// Vocabulary logits `(rows, n_vocab)` for hidden states `(rows, d)` (the tied output projection).
