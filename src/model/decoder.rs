@@ -6,7 +6,8 @@ use candle_core::quantized::QMatMul;
 use candle_core::{Module, Tensor};
 use candle_nn::{LayerNorm, Linear};
 
-use super::linear::{quantize, Precision, Proj};
+use super::linear::{quantize, small_rows, Precision, Proj};
+use super::rowmatmul::RowMatmul;
 
 use super::encoder::{fused_qkv, layer_norm, linear};
 use super::weights::Weights;
@@ -64,8 +65,10 @@ impl DecoderState {
 
 pub struct TextDecoder {
     embed_tokens: Tensor,
-    /// The tied output projection, quantized when precision is q8.
+    /// The tied output projection: quantized when precision is q8, else streamed by
+    /// [`RowMatmul`] (fp16-exact weights held as fp16) for the few rows of a step.
     logits_q8: Option<QMatMul>,
+    logits_rows: Option<RowMatmul>,
     positions: Tensor,
     blocks: Vec<DecoderBlock>,
     ln: LayerNorm,
@@ -120,9 +123,21 @@ impl TextDecoder {
             Precision::Q8 => Some(quantize(&embed_tokens)?),
             Precision::F32 => None,
         };
+        let logits_rows = match precision {
+            Precision::F32 => Some(RowMatmul::from_tensors(&embed_tokens, None)?),
+            Precision::Q8 => None,
+        };
+        if let Some(mm) = &logits_rows {
+            tracing::debug!(
+                fp16 = mm.is_f16(),
+                "decoder steps stream the output projection as {}",
+                if mm.is_f16() { "exact fp16" } else { "f32" }
+            );
+        }
         Ok(Self {
             embed_tokens,
             logits_q8,
+            logits_rows,
             positions: w.get_shaped("decoder.embed_positions.weight", &[dims.n_text_ctx, d])?,
             blocks,
             ln: layer_norm(w, "decoder.layer_norm", d)?,
@@ -316,10 +331,13 @@ impl TextDecoder {
 
     /// Vocabulary logits `(rows, n_vocab)` for hidden states `(rows, d)` (the tied output projection).
     pub fn logits(&self, hidden: &Tensor) -> candle_core::Result<Tensor> {
-        match &self.logits_q8 {
-            Some(q) => q.forward(hidden),
-            None => hidden.matmul(&self.embed_tokens.t()?),
+        if let Some(q) = &self.logits_q8 {
+            return q.forward(hidden);
         }
+        if let (Some(mm), Some((x, n))) = (&self.logits_rows, small_rows(hidden)?) {
+            return Tensor::from_vec(mm.forward(&x, n), (n, mm.out_features()), hidden.device());
+        }
+        hidden.matmul(&self.embed_tokens.t()?)
     }
 
     /// Logits of the last position of each sequence: `(batch, n_vocab)`.

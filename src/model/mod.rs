@@ -10,6 +10,7 @@ mod encoder;
 mod hf;
 mod kernels;
 mod linear;
+mod rowmatmul;
 mod weights;
 
 use std::path::{Path, PathBuf};
