@@ -47,7 +47,10 @@ fn log_mel_matches_hugging_face_feature_extractor() {
 
 /// Greedy tokens without timestamps for a `(1, 80, 3000)` mel.
 fn greedy_tokens(mel: &Tensor) -> Vec<u32> {
-    let e = engine();
+    greedy_tokens_with(engine(), mel)
+}
+
+fn greedy_tokens_with(e: &whisperd::Engine, mel: &Tensor) -> Vec<u32> {
     let features = e.model.encode(mel).unwrap();
     let mut state = e.model.decoder.prepare(&features).unwrap();
     let o = WindowOptions {
@@ -118,6 +121,45 @@ fn tokens_match_reference_on_log_mel_padded_window() {
     let all: Vec<u32> = t.segments.iter().flat_map(|s| s.tokens.clone()).collect();
     assert_eq!(all, ids(&r["transcribe_style"]["tokens"]));
     assert_eq!(t.text, r["transcribe_style"]["text"].as_str().unwrap());
+}
+
+/// q8: int8 decoder weights, and (where the CPU has AMX) a bf16 encoder and cross-attention
+/// keys/values. Lossy by design, yet close enough that the reference tokens come out unchanged,
+/// and the audio features stay within bf16 noise of f32.
+#[test]
+fn q8_gives_reference_tokens_and_features_close_to_f32() {
+    let q8 =
+        whisperd::Engine::load_with(&model_dir(), &Device::Cpu, whisperd::model::Precision::Q8)
+            .unwrap();
+    let mel = reference_mel().unsqueeze(0).unwrap();
+    assert_eq!(
+        greedy_tokens_with(&q8, &mel),
+        ids(&reference_tokens()["tokens"])
+    );
+    let exact: Vec<f32> = engine()
+        .model
+        .encode(&mel)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    let fast: Vec<f32> = q8
+        .model
+        .encode(&mel)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    let norm = |v: &[f32]| v.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+    let diff: Vec<f32> = exact.iter().zip(&fast).map(|(a, b)| a - b).collect();
+    let rel = norm(&diff) / norm(&exact);
+    eprintln!(
+        "q8 encoder (AMX: {}) relative L2 difference vs f32: {rel:e}",
+        whisperd::model::amx::available()
+    );
+    assert!(rel < 2e-2, "relative difference {rel}");
 }
 
 #[test]

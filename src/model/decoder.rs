@@ -2,11 +2,10 @@
 //! cross-attention keys/values are computed once per audio window (`prepare`).
 //! Shapes keep a batch dimension: several sequences decode together.
 
-use candle_core::quantized::QMatMul;
 use candle_core::{Module, Tensor};
 use candle_nn::{LayerNorm, Linear};
 
-use super::linear::{quantize, small_rows, Precision, Proj};
+use super::linear::{small_rows, Precision, Proj};
 use super::rowmatmul::RowMatmul;
 
 use super::encoder::{fused_qkv, layer_norm, linear};
@@ -19,8 +18,8 @@ struct DecoderBlock {
     self_out: Proj,
     cross_ln: LayerNorm,
     cross_q: Proj,
-    /// Runs once per window over 1500 rows: always f32.
-    cross_kv: Linear,
+    /// Runs once per window over 1500 rows: f32, or bf16 on AMX like the encoder.
+    cross_kv: super::encoder::Proj,
     cross_out: Proj,
     mlp_ln: LayerNorm,
     fc1: Proj,
@@ -65,10 +64,9 @@ impl DecoderState {
 
 pub struct TextDecoder {
     embed_tokens: Tensor,
-    /// The tied output projection: quantized when precision is q8, else streamed by
-    /// [`RowMatmul`] (fp16-exact weights held as fp16) for the few rows of a step.
-    logits_q8: Option<QMatMul>,
-    logits_rows: Option<RowMatmul>,
+    /// The tied output projection for the few rows of a step: int8 in q8, else the
+    /// (fp16-exact, so held as fp16) embedding itself.
+    logits_rows: RowMatmul,
     positions: Tensor,
     blocks: Vec<DecoderBlock>,
     ln: LayerNorm,
@@ -77,7 +75,13 @@ pub struct TextDecoder {
 }
 
 impl TextDecoder {
-    pub fn new(w: &Weights, dims: &ModelDims, precision: Precision) -> Result<Self, ModelError> {
+    /// `amx`: the per-window cross-attention keys/values in bf16 on AMX (see `amx`).
+    pub fn new(
+        w: &Weights,
+        dims: &ModelDims,
+        precision: Precision,
+        amx: bool,
+    ) -> Result<Self, ModelError> {
         let d = dims.n_text_state;
         let blocks = (0..dims.n_text_layer)
             .map(|i| {
@@ -107,7 +111,7 @@ impl TextDecoder {
                     )?,
                     cross_ln: layer_norm(w, &format!("{p}.encoder_attn_layer_norm"), d)?,
                     cross_q: Proj::new(cross_q, precision)?,
-                    cross_kv: Linear::new(kv_w, kv_b),
+                    cross_kv: super::encoder::Proj::new(Linear::new(kv_w, kv_b), amx)?,
                     cross_out: Proj::new(
                         linear(w, &format!("{p}.encoder_attn.out_proj"), d, d)?,
                         precision,
@@ -119,24 +123,17 @@ impl TextDecoder {
             })
             .collect::<Result<Vec<_>, ModelError>>()?;
         let embed_tokens = w.get_shaped("decoder.embed_tokens.weight", &[dims.n_vocab, d])?;
-        let logits_q8 = match precision {
-            Precision::Q8 => Some(quantize(&embed_tokens)?),
-            Precision::F32 => None,
-        };
         let logits_rows = match precision {
-            Precision::F32 => Some(RowMatmul::from_tensors(&embed_tokens, None)?),
-            Precision::Q8 => None,
+            Precision::F32 => RowMatmul::from_tensors(&embed_tokens, None)?,
+            Precision::Q8 => RowMatmul::quantized_from_tensors(&embed_tokens, None)?,
         };
-        if let Some(mm) = &logits_rows {
-            tracing::debug!(
-                fp16 = mm.is_f16(),
-                "decoder steps stream the output projection as {}",
-                if mm.is_f16() { "exact fp16" } else { "f32" }
-            );
-        }
+        tracing::debug!(
+            fp16 = logits_rows.is_f16(),
+            ?precision,
+            "decoder output projection for steps"
+        );
         Ok(Self {
             embed_tokens,
-            logits_q8,
             logits_rows,
             positions: w.get_shaped("decoder.embed_positions.weight", &[dims.n_text_ctx, d])?,
             blocks,
@@ -331,10 +328,8 @@ impl TextDecoder {
 
     /// Vocabulary logits `(rows, n_vocab)` for hidden states `(rows, d)` (the tied output projection).
     pub fn logits(&self, hidden: &Tensor) -> candle_core::Result<Tensor> {
-        if let Some(q) = &self.logits_q8 {
-            return q.forward(hidden);
-        }
-        if let (Some(mm), Some((x, n))) = (&self.logits_rows, small_rows(hidden)?) {
+        if let Some((x, n)) = small_rows(hidden)? {
+            let mm = &self.logits_rows;
             return Tensor::from_vec(mm.forward(&x, n), (n, mm.out_features()), hidden.device());
         }
         hidden.matmul(&self.embed_tokens.t()?)

@@ -55,15 +55,44 @@ pub(super) fn fused_qkv(
     Ok(Linear::new(weight, Some(bias)))
 }
 
+/// A projection over a window's 1500 rows (encoder layers, the decoder's cross-attention
+/// keys/values): candle's f32 GEMM, or bf16 on AMX tiles (q8 on a CPU with AMX).
+pub(super) enum Proj {
+    F32(Linear),
+    Amx(super::amx::Linear),
+}
+
+impl Proj {
+    pub(super) fn new(l: Linear, amx: bool) -> candle_core::Result<Self> {
+        Ok(if amx {
+            Proj::Amx(super::amx::Linear::new(&l)?)
+        } else {
+            Proj::F32(l)
+        })
+    }
+
+    pub(super) fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        match self {
+            Proj::F32(l) => l.forward(x),
+            Proj::Amx(l) => l.forward(x),
+        }
+    }
+}
+
 /// Multi-head attention over one sequence of the encoder.
 struct SelfAttention {
-    qkv: Linear,
-    out: Linear,
+    qkv: Proj,
+    out: Proj,
     n_head: usize,
 }
 
 impl SelfAttention {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        if let Proj::Amx(_) = self.qkv {
+            let qkv = self.qkv.forward(x)?;
+            let y = qkv.apply_op1_no_bwd(&super::amx::Attention { heads: self.n_head })?;
+            return self.out.forward(&y);
+        }
         let (b, t, d) = x.dims3()?;
         let dh = d / self.n_head;
         let qkv = self
@@ -93,8 +122,8 @@ struct EncoderBlock {
     attn_ln: LayerNorm,
     attn: SelfAttention,
     mlp_ln: LayerNorm,
-    fc1: Linear,
-    fc2: Linear,
+    fc1: Proj,
+    fc2: Proj,
 }
 
 impl EncoderBlock {
@@ -116,7 +145,9 @@ pub struct AudioEncoder {
 }
 
 impl AudioEncoder {
-    pub fn new(w: &Weights, dims: &ModelDims) -> Result<Self, ModelError> {
+    /// `amx`: run the transformer blocks' matmuls in bf16 on AMX tiles (see `amx`); the caller
+    /// decides (q8 precision and [`super::amx::available`]).
+    pub fn new(w: &Weights, dims: &ModelDims, amx: bool) -> Result<Self, ModelError> {
         let d = dims.n_audio_state;
         let conv = |name: &str, cin: usize, stride: usize| -> Result<Conv1d, ModelError> {
             let weight = w.get_shaped(&format!("encoder.{name}.weight"), &[d, cin, 3])?;
@@ -137,13 +168,16 @@ impl AudioEncoder {
                 Ok(EncoderBlock {
                     attn_ln: layer_norm(w, &format!("{p}.self_attn_layer_norm"), d)?,
                     attn: SelfAttention {
-                        qkv: fused_qkv(w, &format!("{p}.self_attn"), d, dims.n_audio_head)?,
-                        out: linear(w, &format!("{p}.self_attn.out_proj"), d, d)?,
+                        qkv: Proj::new(
+                            fused_qkv(w, &format!("{p}.self_attn"), d, dims.n_audio_head)?,
+                            amx,
+                        )?,
+                        out: Proj::new(linear(w, &format!("{p}.self_attn.out_proj"), d, d)?, amx)?,
                         n_head: dims.n_audio_head,
                     },
                     mlp_ln: layer_norm(w, &format!("{p}.final_layer_norm"), d)?,
-                    fc1: linear(w, &format!("{p}.fc1"), 4 * d, d)?,
-                    fc2: linear(w, &format!("{p}.fc2"), d, 4 * d)?,
+                    fc1: Proj::new(linear(w, &format!("{p}.fc1"), 4 * d, d)?, amx)?,
+                    fc2: Proj::new(linear(w, &format!("{p}.fc2"), d, 4 * d)?, amx)?,
                 })
             })
             .collect::<Result<Vec<_>, ModelError>>()?;

@@ -118,21 +118,58 @@ macro_rules! dispatch {
 
 dispatch!(softmax_rows(buf: &mut [f32], n: usize) {
     for row in buf.chunks_exact_mut(n) {
+        softmax_row(row);
+    }
+});
+
+/// Softmax over the first `n` values of every `stride`-long row of `scores`, written as bf16 to
+/// the rows of `out` (stride `out_stride`; its other columns are left alone). `scores` is used
+/// as scratch. Threaded over rows. (The attention probabilities of the AMX encoder.)
+pub(crate) fn softmax_rows_to_bf16(
+    scores: &mut [f32],
+    stride: usize,
+    n: usize,
+    out: &mut [u16],
+    out_stride: usize,
+) {
+    let rows = (scores.len() / stride.max(1)).min(out.len() / out_stride.max(1));
+    let per_task = rows.div_ceil(rayon::current_num_threads() * 4).max(16);
+    scores[..rows * stride]
+        .par_chunks_mut(per_task * stride)
+        .zip(out[..rows * out_stride].par_chunks_mut(per_task * out_stride))
+        .for_each(|(s, o)| softmax_bf16_chunk(s, o, stride, out_stride, n));
+}
+
+dispatch!(softmax_bf16_chunk(scores: &mut [f32], out: &mut [u16], stride: usize, out_stride: usize, n: usize) {
+    for (row, dst) in scores.chunks_exact_mut(stride).zip(out.chunks_exact_mut(out_stride)) {
+        let row = &mut row[..n];
         let max = max_of(row);
-        if max == f32::NEG_INFINITY {
-            // A fully masked row; candle's softmax gives NaN here, uniform is kinder.
-            row.fill(1.0 / n as f32);
-            continue;
-        }
         for v in row.iter_mut() {
             *v = exp(*v - max);
         }
         let inv = 1.0 / sum_of(row);
-        for v in row.iter_mut() {
-            *v *= inv;
+        for (d, &v) in dst[..n].iter_mut().zip(row.iter()) {
+            *d = super::amx::bf16(v * inv);
         }
     }
 });
+
+#[inline(always)]
+fn softmax_row(row: &mut [f32]) {
+    let max = max_of(row);
+    if max == f32::NEG_INFINITY {
+        // A fully masked row; candle's softmax gives NaN here, uniform is kinder.
+        row.fill(1.0 / row.len() as f32);
+        return;
+    }
+    for v in row.iter_mut() {
+        *v = exp(*v - max);
+    }
+    let inv = 1.0 / sum_of(row);
+    for v in row.iter_mut() {
+        *v *= inv;
+    }
+}
 
 dispatch!(gelu_slice(buf: &mut [f32]) {
     for v in buf.iter_mut() {

@@ -1,10 +1,10 @@
-//! A decoder projection that is either f32 or Q8_0-quantized (`--precision q8`). Q8_0 pays off
-//! for the decoder's one-row-per-step inputs; the encoder and the per-window cross-attention
-//! keys/values (1500 rows, inner dimension 384) stay f32, where candle's Q8_0 kernel is slower.
-//! In f32, inputs of a few rows (decoder steps) take the weight-streaming [`RowMatmul`] and
-//! longer ones (a prompt's prefill) candle's GEMM.
+//! A decoder projection, f32 or int8 (`--precision q8`). In f32, inputs of a few rows (decoder
+//! steps) take the weight-streaming [`RowMatmul`] and longer ones (a prompt's prefill) candle's
+//! GEMM. In q8 every input takes [`RowMatmul`] over int8 weights (groups of 32 with an f32
+//! scale, as GGML's Q8_0, quantized at load): a step reads a quarter of the f32 bytes, once for
+//! all the sequences of a batched step. (candle's own Q8_0 matmul re-reads the weights for every
+//! row and quantizes the activations too.)
 
-use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{Module, Tensor};
 use candle_nn::Linear;
 
@@ -21,7 +21,8 @@ pub const ROW_KERNEL_MAX_ROWS: usize = 32;
 pub enum Precision {
     #[default]
     F32,
-    /// 8-bit blocks of 32 weights with one f16 scale each (GGML Q8_0), quantized at load.
+    /// Decoder weights as 8-bit blocks of 32 with one scale each, quantized at load; where the
+    /// CPU has AMX, the encoder and cross-attention keys/values in bf16 (see `amx`).
     Q8,
 }
 
@@ -37,14 +38,8 @@ impl std::str::FromStr for Precision {
 }
 
 pub enum Proj {
-    F32 {
-        dense: Linear,
-        rows: RowMatmul,
-    },
-    Q8 {
-        weight: QMatMul,
-        bias: Option<Tensor>,
-    },
+    F32 { dense: Linear, rows: RowMatmul },
+    Q8(RowMatmul),
 }
 
 impl Proj {
@@ -54,10 +49,7 @@ impl Proj {
                 rows: RowMatmul::from_tensors(l.weight(), l.bias())?,
                 dense: l,
             },
-            Precision::Q8 => Proj::Q8 {
-                weight: quantize(l.weight())?,
-                bias: l.bias().cloned(),
-            },
+            Precision::Q8 => Proj::Q8(RowMatmul::quantized_from_tensors(l.weight(), l.bias())?),
         })
     }
 
@@ -73,20 +65,18 @@ impl Proj {
                 }
                 None => dense.forward(x),
             },
-            Proj::Q8 { weight, bias } => {
-                let y = weight.forward(x)?;
-                match bias {
-                    Some(b) => y.broadcast_add(b),
-                    None => Ok(y),
+            Proj::Q8(rows) => {
+                let inp = x.dims().last().copied().unwrap_or(0);
+                let n = x.elem_count() / inp.max(1);
+                let data = x.flatten_all()?.to_vec1::<f32>()?;
+                let mut dims = x.dims().to_vec();
+                if let Some(last) = dims.last_mut() {
+                    *last = rows.out_features();
                 }
+                Tensor::from_vec(rows.forward(&data, n), dims, x.device())
             }
         }
     }
-}
-
-/// Q8_0 matmul of an `(out, in)` f32 weight.
-pub fn quantize(weight: &Tensor) -> candle_core::Result<QMatMul> {
-    QMatMul::from_qtensor(QTensor::quantize(weight, GgmlDType::Q8_0)?)
 }
 
 /// The rows of `x` (`(…, inp)`) as plain memory when there are few enough for [`RowMatmul`] and

@@ -4,6 +4,7 @@
 //! Both layouts are read into one map of Hugging Face-named tensors (`weights::Weights`); the
 //! network is built from that map, so a layout is only a reader.
 
+pub mod amx;
 mod ct2;
 mod decoder;
 mod encoder;
@@ -94,8 +95,15 @@ impl Whisper {
         precision: Precision,
     ) -> Result<Self, ModelError> {
         let dims = w.dims()?;
-        let encoder = AudioEncoder::new(w, &dims)?;
-        let decoder = TextDecoder::new(w, &dims, precision)?;
+        // q8 is the lossy, fast setting: its encoder runs in bf16 on AMX where the CPU has it.
+        let amx = precision == Precision::Q8 && device.is_cpu() && amx::available();
+        tracing::info!(
+            ?precision,
+            encoder = if amx { "bf16 (AMX)" } else { "f32" },
+            "model numerics"
+        );
+        let encoder = AudioEncoder::new(w, &dims, amx)?;
+        let decoder = TextDecoder::new(w, &dims, precision, amx)?;
         Ok(Self {
             dims,
             encoder,

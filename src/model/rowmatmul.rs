@@ -23,7 +23,17 @@ enum Storage {
     /// Bit patterns of IEEE half floats.
     F16(Vec<u16>),
     F32(Vec<f32>),
+    /// `--precision q8`: int8 weights with one f32 scale per [`Q8_GROUP`] consecutive inputs
+    /// of a row (`scales` is `(out, inp / Q8_GROUP)`), dequantized in registers; activations
+    /// stay f32.
+    Q8 {
+        q: Vec<i8>,
+        scales: Vec<f32>,
+    },
 }
+
+/// Inputs sharing one int8 scale (as GGML's Q8_0).
+pub const Q8_GROUP: usize = 32;
 
 /// A `(out, inp)` weight matrix (rows contiguous) and optional bias, stored for [`RowMatmul::forward`].
 pub struct RowMatmul {
@@ -50,6 +60,45 @@ impl RowMatmul {
             weights,
             bias,
         }
+    }
+
+    /// Symmetric int8 per group of [`Q8_GROUP`] inputs (`inp` must be a multiple of it).
+    pub fn quantized(weight: &[f32], out: usize, inp: usize, bias: Option<Vec<f32>>) -> Self {
+        debug_assert_eq!(inp % Q8_GROUP, 0);
+        let mut q = vec![0i8; out * inp];
+        let mut scales = vec![0f32; out * inp / Q8_GROUP];
+        for ((g, dst), scale) in weight
+            .chunks(Q8_GROUP)
+            .zip(q.chunks_mut(Q8_GROUP))
+            .zip(scales.iter_mut())
+        {
+            let amax = g.iter().fold(0f32, |m, v| m.max(v.abs()));
+            *scale = amax / 127.0;
+            let inv = if amax > 0.0 { 127.0 / amax } else { 0.0 };
+            for (d, &v) in dst.iter_mut().zip(g) {
+                *d = (v * inv).round().clamp(-127.0, 127.0) as i8;
+            }
+        }
+        Self {
+            out,
+            inp,
+            weights: Storage::Q8 { q, scales },
+            bias,
+        }
+    }
+
+    /// [`RowMatmul::quantized`] from candle tensors.
+    pub fn quantized_from_tensors(
+        weight: &candle_core::Tensor,
+        bias: Option<&candle_core::Tensor>,
+    ) -> candle_core::Result<Self> {
+        let (out, inp) = weight.dims2()?;
+        if inp % Q8_GROUP != 0 {
+            candle_core::bail!("q8 needs inputs in groups of {Q8_GROUP}, got {inp}");
+        }
+        let w = weight.flatten_all()?.to_vec1::<f32>()?;
+        let b = bias.map(|b| b.to_vec1::<f32>()).transpose()?;
+        Ok(Self::quantized(&w, out, inp, b))
     }
 
     /// From a candle `(out, inp)` weight and `(out,)` bias.
@@ -121,8 +170,11 @@ impl RowMatmul {
             let xs = &x[m0 * k..(m0 + mr) * k];
             let ys = y.0.add(m0 * n);
             match &self.weights {
-                Storage::F16(w) => kernel::f16_rows(xs, mr, w, k, n, cols.clone(), ys),
-                Storage::F32(w) => kernel::f32_rows(xs, mr, w, k, n, cols.clone(), ys),
+                Storage::F16(w) => kernel::f16_rows(xs, mr, w, &[], k, n, cols.clone(), ys),
+                Storage::F32(w) => kernel::f32_rows(xs, mr, w, &[], k, n, cols.clone(), ys),
+                Storage::Q8 { q, scales } => {
+                    kernel::q8_rows(xs, mr, q, scales, k, n, cols.clone(), ys)
+                }
             }
             if let Some(b) = &self.bias {
                 for m in 0..mr {
@@ -144,7 +196,7 @@ unsafe impl Sync for OutPtr {}
 
 mod kernel {
     //! `y[m][c] = Σₖ x[m][k]·w[c][k]` for `mr ≤ 8` rows and the columns `cols`. `y` has row
-    //! stride `n`.
+    //! stride `n`. `s` holds the int8 group scales (empty for float weights).
 
     use std::ops::Range;
 
@@ -152,47 +204,67 @@ mod kernel {
         ($name:ident, $t:ty, $avx:ident, $to_f32:expr) => {
             /// # Safety
             /// `y` is valid for `mr` rows of stride `n` covering `cols`.
+            #[allow(clippy::too_many_arguments)]
             pub unsafe fn $name(
                 x: &[f32],
                 mr: usize,
                 w: &[$t],
+                s: &[f32],
                 k: usize,
                 n: usize,
                 cols: Range<usize>,
                 y: *mut f32,
             ) {
                 #[cfg(target_arch = "x86_64")]
-                if k % 16 == 0 && std::arch::is_x86_feature_detected!("avx512f") {
-                    return avx512::$avx(x, mr, w, k, n, cols, y);
+                if k % 32 == 0 && std::arch::is_x86_feature_detected!("avx512f") {
+                    return avx512::$avx(x, mr, w, s, k, n, cols, y);
                 }
                 let to_f32 = $to_f32;
                 for m in 0..mr {
                     let xr = &x[m * k..][..k];
                     for c in cols.clone() {
-                        let wr = &w[c * k..][..k];
                         // 16 partial sums, as the vector kernel keeps, so LLVM may vectorize.
                         let mut acc = [0f32; 16];
                         let mut i = 0;
                         while i + 16 <= k {
                             for l in 0..16 {
-                                acc[l] += xr[i + l] * to_f32(wr[i + l]);
+                                acc[l] += xr[i + l] * to_f32(w, s, c, i + l, k);
                             }
                             i += 16;
                         }
-                        let mut s: f32 = acc.iter().sum();
+                        let mut sum: f32 = acc.iter().sum();
                         for j in i..k {
-                            s += xr[j] * to_f32(wr[j]);
+                            sum += xr[j] * to_f32(w, s, c, j, k);
                         }
-                        *y.add(m * n + c) = s;
+                        *y.add(m * n + c) = sum;
                     }
                 }
             }
         };
     }
 
-    rows_fn!(f16_rows, u16, f16_rows, |b: u16| half::f16::from_bits(b)
-        .to_f32());
-    rows_fn!(f32_rows, f32, f32_rows, |v: f32| v);
+    rows_fn!(
+        f16_rows,
+        u16,
+        f16_rows,
+        |w: &[u16], _: &[f32], c: usize, i: usize, k: usize| {
+            half::f16::from_bits(w[c * k + i]).to_f32()
+        }
+    );
+    rows_fn!(
+        f32_rows,
+        f32,
+        f32_rows,
+        |w: &[f32], _: &[f32], c: usize, i: usize, k: usize| w[c * k + i]
+    );
+    rows_fn!(
+        q8_rows,
+        i8,
+        q8_rows,
+        |w: &[i8], s: &[f32], c: usize, i: usize, k: usize| {
+            w[c * k + i] as f32 * s[(c * k + i) / super::Q8_GROUP]
+        }
+    );
 
     #[cfg(target_arch = "x86_64")]
     mod avx512 {
@@ -200,13 +272,15 @@ mod kernel {
         use std::ops::Range;
 
         /// One tile: `MR` rows × `NR` columns from column `c`, the whole inner dimension, with
-        /// the weight conversion `$load` (16 weights → 16 f32 lanes).
+        /// `$load(w, s, element offset)` giving 16 weights as f32 lanes.
         macro_rules! tile_fns {
             ($tile:ident, $driver:ident, $t:ty, $load:expr) => {
                 #[target_feature(enable = "avx512f")]
+                #[allow(clippy::needless_range_loop)]
                 unsafe fn $tile<const MR: usize, const NR: usize>(
                     x: *const f32,
                     w: *const $t,
+                    s: *const f32,
                     k: usize,
                     c: usize,
                     n: usize,
@@ -219,10 +293,9 @@ mod kernel {
                     let mut wv: [__m512; NR] = std::mem::zeroed();
                     let mut i = 0;
                     // Constant-index loops (fully unrolled) keep `acc` and `wv` in registers.
-                    #[allow(clippy::needless_range_loop)]
                     while i < k {
                         for j in 0..NR {
-                            wv[j] = load(w.add((c + j) * k + i));
+                            wv[j] = load(w, s, (c + j) * k + i);
                         }
                         for m in 0..MR {
                             let xv = _mm512_loadu_ps(x.add(m * k + i));
@@ -232,7 +305,6 @@ mod kernel {
                         }
                         i += 16;
                     }
-                    #[allow(clippy::needless_range_loop)]
                     for m in 0..MR {
                         for j in 0..NR {
                             *y.add(m * n + c + j) = _mm512_reduce_add_ps(acc[m][j]);
@@ -241,18 +313,20 @@ mod kernel {
                 }
 
                 /// # Safety
-                /// `k % 16 == 0`, AVX-512F present, `y` as in the portable version.
+                /// `k % 32 == 0`, AVX-512F present, `y` as in the portable version.
+                #[allow(clippy::too_many_arguments)]
                 pub unsafe fn $driver(
                     x: &[f32],
                     mr: usize,
                     w: &[$t],
+                    s: &[f32],
                     k: usize,
                     n: usize,
                     cols: Range<usize>,
                     y: *mut f32,
                 ) {
                     debug_assert!(x.len() >= mr * k && w.len() >= cols.end * k);
-                    let (x, w) = (x.as_ptr(), w.as_ptr());
+                    let (x, w, s) = (x.as_ptr(), w.as_ptr(), s.as_ptr());
                     // Fewer rows → more columns per tile, so enough independent sums are in
                     // flight to hide the FMA latency. At most 14 accumulators: with 16, LLVM
                     // spilled and shuffled them every iteration (seen in the disassembly).
@@ -260,11 +334,11 @@ mod kernel {
                         ($mr:literal, $nr:literal) => {{
                             let mut c = cols.start;
                             while cols.end - c >= $nr {
-                                $tile::<$mr, $nr>(x, w, k, c, n, y);
+                                $tile::<$mr, $nr>(x, w, s, k, c, n, y);
                                 c += $nr;
                             }
                             while c < cols.end {
-                                $tile::<$mr, 1>(x, w, k, c, n, y);
+                                $tile::<$mr, 1>(x, w, s, k, c, n, y);
                                 c += 1;
                             }
                         }};
@@ -284,10 +358,33 @@ mod kernel {
             };
         }
 
-        tile_fns!(tile_f16, f16_rows, u16, |p: *const u16| _mm512_cvtph_ps(
-            _mm256_loadu_si256(p as *const __m256i)
-        ));
-        tile_fns!(tile_f32, f32_rows, f32, |p: *const f32| _mm512_loadu_ps(p));
+        tile_fns!(
+            tile_f16,
+            f16_rows,
+            u16,
+            |w: *const u16, _: *const f32, at: usize| {
+                _mm512_cvtph_ps(_mm256_loadu_si256(w.add(at) as *const __m256i))
+            }
+        );
+        tile_fns!(
+            tile_f32,
+            f32_rows,
+            f32,
+            |w: *const f32, _: *const f32, at: usize| { _mm512_loadu_ps(w.add(at)) }
+        );
+        // 16 int8 weights → f32 lanes × their group's scale (16 | 32, so one group per load).
+        tile_fns!(
+            tile_q8,
+            q8_rows,
+            i8,
+            |w: *const i8, s: *const f32, at: usize| {
+                let ints = _mm512_cvtepi8_epi32(_mm_loadu_si128(w.add(at) as *const __m128i));
+                _mm512_mul_ps(
+                    _mm512_cvtepi32_ps(ints),
+                    _mm512_set1_ps(*s.add(at / super::super::Q8_GROUP)),
+                )
+            }
+        );
     }
 }
 
@@ -348,6 +445,34 @@ mod tests {
         check(5, 100, 96, false);
         // An inner dimension that is not a multiple of 16 takes the portable path.
         check(2, 33, 50, true);
+    }
+
+    #[test]
+    fn q8_matches_its_dequantized_weights_and_stays_close_to_f32() {
+        let (out, inp) = (77, 384);
+        let w: Vec<f32> = (0..out * inp)
+            .map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5)
+            .collect();
+        let x: Vec<f32> = (0..3 * inp)
+            .map(|i| ((i * 104729) % 997) as f32 / 997.0 - 0.5)
+            .collect();
+        let mm = RowMatmul::quantized(&w, out, inp, None);
+        let Storage::Q8 { q, scales } = &mm.weights else {
+            panic!("not q8")
+        };
+        let deq: Vec<f32> = q
+            .iter()
+            .enumerate()
+            .map(|(i, &v)| v as f32 * scales[i / Q8_GROUP])
+            .collect();
+        let got = mm.forward(&x, 3);
+        let exact = reference(&x, 3, &deq, out, inp, &vec![0.0; out]);
+        let full = reference(&x, 3, &w, out, inp, &vec![0.0; out]);
+        for ((g, e), f) in got.iter().zip(&exact).zip(&full) {
+            assert!((*g as f64 - e).abs() < 1e-4, "{g} vs dequantized {e}");
+            // Quantization error: half a step (amax/254) per weight, summed over 384 inputs.
+            assert!((*g as f64 - f).abs() < 0.05, "{g} vs f32 {f}");
+        }
     }
 
     #[test]

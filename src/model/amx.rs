@@ -1,0 +1,517 @@
+//! bf16 matrix multiply on Intel AMX tiles, for the encoder under `--precision q8`.
+//!
+//! One encoder window is ~37 GFLOP of 1500-row matmuls; in f32 (candle's AVX-512 GEMM) that is
+//! ~190 ms on two cores and the floor of every request's latency. AMX multiplies 16×32 bf16 by
+//! 32×16 bf16 into 16×16 f32 per instruction, several times the f32 FMA rate. Inputs are rounded
+//! to bf16 (8-bit mantissa), sums stay f32: lossy like the int8 decoder weights of q8, so it is
+//! used only when the user chose q8, and only where the CPU has AMX-BF16 and the kernel grants
+//! the tile state (Linux `arch_prctl(ARCH_REQ_XCOMP_PERM)`). Anything else falls back to f32.
+//!
+//! Operands: `A` (m × k) is converted per call to bf16 rows padded to 32 × 32 blocks;
+//! `B` (k × n) is packed once (weights) or per call (attention keys/values) into the tile layout
+//! AMX reads (pairs of consecutive k interleaved per column, "VNNI" order). The product is
+//! computed in 32 × 32 blocks held in four accumulator tiles.
+//! `WHISPERD_AMX=0` turns it off (for comparisons).
+
+use rayon::prelude::*;
+
+const BLOCK: usize = 32;
+/// u16 per packed B tile: 16 rows (pairs of k) × 16 columns × 2.
+const TILE_U16: usize = 512;
+
+/// Whether AMX-BF16 is usable in this process (checked and requested once).
+pub fn available() -> bool {
+    static AVAILABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *AVAILABLE.get_or_init(|| {
+        if std::env::var("WHISPERD_AMX").is_ok_and(|v| v == "0" || v == "false") {
+            return false;
+        }
+        let ok = imp::request();
+        tracing::debug!(available = ok, "AMX-BF16 tiles");
+        ok
+    })
+}
+
+fn round_up(x: usize, to: usize) -> usize {
+    x.div_ceil(to) * to
+}
+
+/// f32 → bf16 with round-to-nearest-even (finite inputs).
+#[inline(always)]
+pub(crate) fn bf16(v: f32) -> u16 {
+    let b = v.to_bits();
+    ((b + 0x7fff + ((b >> 16) & 1)) >> 16) as u16
+}
+
+/// `dst[i] = bf16(src[i])`, 16 lanes at a time where the CPU has AVX-512.
+fn to_bf16(src: &[f32], dst: &mut [u16]) {
+    #[inline(always)]
+    fn generic(src: &[f32], dst: &mut [u16]) {
+        for (d, &s) in dst.iter_mut().zip(src) {
+            *d = bf16(s);
+        }
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx512f,avx512bw")]
+        unsafe fn wide(src: &[f32], dst: &mut [u16]) {
+            generic(src, dst)
+        }
+        if std::is_x86_feature_detected!("avx512bw") {
+            // SAFETY: the features `wide` is compiled for were detected just above.
+            return unsafe { wide(src, dst) };
+        }
+    }
+    generic(src, dst)
+}
+
+/// The left operand: `m` rows of `k` values in bf16, zero-padded to whole 32 × 32 blocks.
+pub struct Bf16Rows {
+    data: Vec<u16>,
+    m: usize,
+    m_pad: usize,
+    k_pad: usize,
+}
+
+impl Bf16Rows {
+    /// All zeros, `m` rows of `k`: filled later through [`Bf16Rows::rows_mut`].
+    pub fn zeros(m: usize, k: usize) -> Self {
+        let (m_pad, k_pad) = (round_up(m.max(1), BLOCK), round_up(k.max(1), BLOCK));
+        Self {
+            data: vec![0; m_pad * k_pad],
+            m,
+            m_pad,
+            k_pad,
+        }
+    }
+
+    /// The bf16 rows (stride [`Bf16Rows::stride`]); only the first `k` of each row may be
+    /// written, the padding must stay zero.
+    pub fn rows_mut(&mut self) -> &mut [u16] {
+        &mut self.data[..self.m * self.k_pad]
+    }
+
+    pub fn stride(&self) -> usize {
+        self.k_pad
+    }
+
+    /// Row `i` of `A` is `a[i * lda ..][.. k]`.
+    pub fn new(a: &[f32], m: usize, k: usize, lda: usize) -> Self {
+        let (m_pad, k_pad) = (round_up(m.max(1), BLOCK), round_up(k.max(1), BLOCK));
+        let mut data = vec![0u16; m_pad * k_pad];
+        let fill = |(i, row): (usize, &mut [u16])| {
+            if i < m {
+                to_bf16(&a[i * lda..][..k], &mut row[..k]);
+            }
+        };
+        if m * k >= 1 << 16 {
+            data.par_chunks_mut(k_pad).enumerate().for_each(fill);
+        } else {
+            data.chunks_mut(k_pad).enumerate().for_each(fill);
+        }
+        Self {
+            data,
+            m,
+            m_pad,
+            k_pad,
+        }
+    }
+}
+
+/// The right operand `B` (k × n) in AMX tile order: for each 16 columns and 32 values of k a
+/// 16 × 32 tile whose row `r` holds `(B[2r][j], B[2r+1][j])` for the 16 columns `j`.
+pub struct PackedB {
+    tiles: Vec<u16>,
+    k: usize,
+    n: usize,
+    k_pad: usize,
+    n_pad: usize,
+}
+
+impl PackedB {
+    /// `B = Wᵀ` for a weight (or key) matrix `W` of `n` rows of `k`: `W[j][i] = w[j * ldw + i]`.
+    pub fn from_rows(w: &[f32], n: usize, k: usize, ldw: usize) -> Self {
+        Self::pack(k, n, |i, j| w[j * ldw + i])
+    }
+
+    /// `B` itself, `k` rows of `n` (values of attention): `B[i][j] = b[i * ldb + j]`.
+    pub fn from_cols(b: &[f32], k: usize, n: usize, ldb: usize) -> Self {
+        Self::pack(k, n, |i, j| b[i * ldb + j])
+    }
+
+    fn pack(k: usize, n: usize, get: impl Fn(usize, usize) -> f32 + Sync) -> Self {
+        let (k_pad, n_pad) = (round_up(k.max(1), BLOCK), round_up(n.max(1), BLOCK));
+        let kb = k_pad / BLOCK;
+        let mut tiles = vec![0u16; (n_pad / 16) * kb * TILE_U16];
+        // Column j, k index i goes to tile (j / 16, i / 32), row (i % 32) / 2, slot 2·(j % 16) + i % 2.
+        tiles
+            .par_chunks_mut(kb * TILE_U16)
+            .enumerate()
+            .for_each(|(nb, col_tiles)| {
+                for jj in 0..16.min(n.saturating_sub(nb * 16)) {
+                    let col = nb * 16 + jj;
+                    for i in 0..k {
+                        let at = (i / BLOCK) * TILE_U16 + (i % BLOCK / 2) * 32 + 2 * jj + i % 2;
+                        col_tiles[at] = bf16(get(i, col));
+                    }
+                }
+            });
+        Self {
+            tiles,
+            k,
+            n,
+            k_pad,
+            n_pad,
+        }
+    }
+
+    pub fn n(&self) -> usize {
+        self.n
+    }
+    pub fn n_pad(&self) -> usize {
+        self.n_pad
+    }
+}
+
+/// `A · B` as `(m, n_pad)` f32, row stride `n_pad` (columns ≥ n are zero: padding).
+/// The caller checks [`available`] first.
+pub fn matmul_padded(a: &Bf16Rows, b: &PackedB) -> Vec<f32> {
+    let mut c = Vec::new();
+    matmul_padded_into(a, b, &mut c);
+    c
+}
+
+/// [`matmul_padded`] into `c`, reusing its memory (every element is overwritten).
+pub fn matmul_padded_into(a: &Bf16Rows, b: &PackedB, c: &mut Vec<f32>) {
+    assert_eq!(a.k_pad, b.k_pad, "inner dimensions differ");
+    let n_pad = b.n_pad;
+    c.resize(a.m_pad * n_pad, 0.0);
+    c.par_chunks_mut(BLOCK * n_pad)
+        .enumerate()
+        .for_each(|(mb, rows)| {
+            // SAFETY: `available()` was true (the caller's contract), so tiles are permitted;
+            // pointers and strides stay within `a`, `b` and this block of `c` (sizes set above).
+            unsafe { imp::block_row(a, mb, b, rows) }
+        });
+    c.truncate(a.m * n_pad);
+}
+
+/// `A · B` as `(m, n)` (drops padding columns when n is not a multiple of 32).
+pub fn matmul(a: &Bf16Rows, b: &PackedB) -> Vec<f32> {
+    let c = matmul_padded(a, b);
+    if b.n == b.n_pad {
+        return c;
+    }
+    c.chunks(b.n_pad)
+        .flat_map(|r| r[..b.n].iter().copied())
+        .collect()
+}
+
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+mod imp {
+    use super::{Bf16Rows, PackedB, BLOCK, TILE_U16};
+    use std::arch::asm;
+
+    /// CPUID: AMX-TILE and AMX-BF16, then ask Linux for the tile data state.
+    pub fn request() -> bool {
+        let leaf7 = std::arch::x86_64::__cpuid_count(7, 0);
+        let (amx_bf16, amx_tile) = (leaf7.edx & (1 << 22) != 0, leaf7.edx & (1 << 24) != 0);
+        if !(amx_bf16 && amx_tile) {
+            return false;
+        }
+        const ARCH_REQ_XCOMP_PERM: libc::c_long = 0x1023;
+        const XFEATURE_XTILEDATA: libc::c_long = 18;
+        // SAFETY: a plain syscall with integer arguments.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_arch_prctl,
+                ARCH_REQ_XCOMP_PERM,
+                XFEATURE_XTILEDATA,
+            )
+        };
+        r == 0
+    }
+
+    /// Palette 1, eight tiles of 16 rows × 64 bytes.
+    #[repr(C, align(64))]
+    struct TileConfig([u8; 64]);
+
+    const CONFIG: TileConfig = {
+        let mut c = [0u8; 64];
+        c[0] = 1;
+        let mut t = 0;
+        while t < 8 {
+            c[16 + 2 * t] = 64;
+            c[48 + t] = 16;
+            t += 1;
+        }
+        TileConfig(c)
+    };
+
+    /// One 32-row block of `C` (`rows`, stride `n_pad`): for every 32 columns, four accumulator
+    /// tiles (tmm0–3) over all of k, with A in tmm4/5 and B in tmm6/7.
+    ///
+    /// # Safety
+    /// Tiles are permitted ([`request`] returned true); `rows` is block `mb` of the output.
+    pub unsafe fn block_row(a: &Bf16Rows, mb: usize, b: &PackedB, rows: &mut [f32]) {
+        let kb = a.k_pad / BLOCK;
+        let lda = a.k_pad * 2;
+        let ldc = b.n_pad * 4;
+        let a0 = a.data.as_ptr().add(mb * BLOCK * a.k_pad);
+        let a1 = a0.add(16 * a.k_pad);
+        let c = rows.as_mut_ptr();
+        // Only whole blocks reach here except the last, whose padding rows were allocated too
+        // (`c` has m_pad rows before truncation).
+        asm!("ldtilecfg [{}]", in(reg) CONFIG.0.as_ptr(), options(nostack, readonly));
+        for nb in 0..b.n_pad / BLOCK {
+            asm!(
+                "tilezero tmm0",
+                "tilezero tmm1",
+                "tilezero tmm2",
+                "tilezero tmm3",
+                options(nostack, nomem)
+            );
+            let b0 = b.tiles.as_ptr().add(2 * nb * kb * TILE_U16);
+            let b1 = b0.add(kb * TILE_U16);
+            for kk in 0..kb {
+                asm!(
+                    "tileloadd tmm4, [{a0} + {lda}*1]",
+                    "tileloadd tmm5, [{a1} + {lda}*1]",
+                    "tileloadd tmm6, [{b0} + {ldb}*1]",
+                    "tileloadd tmm7, [{b1} + {ldb}*1]",
+                    "tdpbf16ps tmm0, tmm4, tmm6",
+                    "tdpbf16ps tmm1, tmm4, tmm7",
+                    "tdpbf16ps tmm2, tmm5, tmm6",
+                    "tdpbf16ps tmm3, tmm5, tmm7",
+                    a0 = in(reg) a0.add(kk * BLOCK),
+                    a1 = in(reg) a1.add(kk * BLOCK),
+                    b0 = in(reg) b0.add(kk * TILE_U16),
+                    b1 = in(reg) b1.add(kk * TILE_U16),
+                    lda = in(reg) lda,
+                    ldb = in(reg) 64usize,
+                    options(nostack, readonly)
+                );
+            }
+            let c0 = c.add(nb * BLOCK);
+            let c1 = c0.add(16 * b.n_pad);
+            asm!(
+                "tilestored [{c0} + {ldc}*1], tmm0",
+                "tilestored [{c0b} + {ldc}*1], tmm1",
+                "tilestored [{c1} + {ldc}*1], tmm2",
+                "tilestored [{c1b} + {ldc}*1], tmm3",
+                c0 = in(reg) c0,
+                c0b = in(reg) c0.add(16),
+                c1 = in(reg) c1,
+                c1b = in(reg) c1.add(16),
+                ldc = in(reg) ldc,
+                options(nostack)
+            );
+        }
+        asm!("tilerelease", options(nostack, nomem));
+    }
+}
+
+#[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
+mod imp {
+    use super::{Bf16Rows, PackedB};
+    pub fn request() -> bool {
+        false
+    }
+    pub unsafe fn block_row(_: &Bf16Rows, _: usize, _: &PackedB, _: &mut [f32]) {
+        unreachable!("AMX is never reported available here")
+    }
+}
+
+/// A linear layer `y = x·Wᵀ + b` on AMX, as a candle op over `(…, inp)` f32 inputs.
+pub struct Linear {
+    weight: PackedB,
+    bias: Vec<f32>,
+}
+
+impl Linear {
+    pub fn new(l: &candle_nn::Linear) -> candle_core::Result<Self> {
+        let (out, inp) = l.weight().dims2()?;
+        let w = l.weight().flatten_all()?.to_vec1::<f32>()?;
+        let bias = match l.bias() {
+            Some(b) => b.to_vec1::<f32>()?,
+            None => vec![0.0; out],
+        };
+        Ok(Self {
+            weight: PackedB::from_rows(&w, out, inp, inp),
+            bias,
+        })
+    }
+
+    pub fn forward(&self, x: &candle_core::Tensor) -> candle_core::Result<candle_core::Tensor> {
+        x.contiguous()?.apply_op1_no_bwd(self)
+    }
+}
+
+fn cpu_f32<'a>(
+    s: &'a candle_core::CpuStorage,
+    l: &candle_core::Layout,
+) -> candle_core::Result<&'a [f32]> {
+    let candle_core::CpuStorage::F32(data) = s else {
+        candle_core::bail!("AMX ops take f32 tensors")
+    };
+    match l.contiguous_offsets() {
+        Some((start, end)) => Ok(&data[start..end]),
+        None => candle_core::bail!("AMX ops take contiguous tensors"),
+    }
+}
+
+impl candle_core::CustomOp1 for Linear {
+    fn name(&self) -> &'static str {
+        "whisperd-amx-linear"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s: &candle_core::CpuStorage,
+        l: &candle_core::Layout,
+    ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        let x = cpu_f32(s, l)?;
+        let k = l.dims().last().copied().unwrap_or(0);
+        if k != self.weight.k {
+            candle_core::bail!("linear expects {} inputs, got {k}", self.weight.k);
+        }
+        let m = x.len() / k.max(1);
+        let mut y = matmul(&Bf16Rows::new(x, m, k, k), &self.weight);
+        let n = self.weight.n;
+        y.par_chunks_mut(n)
+            .for_each(|row| row.iter_mut().zip(&self.bias).for_each(|(v, b)| *v += b));
+        let mut dims = l.dims().to_vec();
+        if let Some(d) = dims.last_mut() {
+            *d = n;
+        }
+        Ok((candle_core::CpuStorage::F32(y), dims.into()))
+    }
+}
+
+/// Multi-head self-attention of the encoder on AMX: input the fused `(batch, t, 3·d)` q/k/v
+/// projection (q already scaled), output `(batch, t, d)` with heads side by side.
+pub struct Attention {
+    pub heads: usize,
+}
+
+impl candle_core::CustomOp1 for Attention {
+    fn name(&self) -> &'static str {
+        "whisperd-amx-attention"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s: &candle_core::CpuStorage,
+        l: &candle_core::Layout,
+    ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        let qkv = cpu_f32(s, l)?;
+        let &[b, t, d3] = l.dims() else {
+            candle_core::bail!("attention takes (batch, t, 3d), got {:?}", l.dims())
+        };
+        let d = d3 / 3;
+        if d3 % 3 != 0 || self.heads == 0 || d % self.heads != 0 {
+            candle_core::bail!("{d3} values per position do not split into q, k, v heads");
+        }
+        let dh = d / self.heads;
+        let mut y = vec![0f32; b * t * d];
+        // Reused across heads: the (t × t) scores and their bf16 probabilities.
+        let mut scores = Vec::new();
+        let mut probs = Bf16Rows::zeros(t, t);
+        for w in 0..b {
+            let base = &qkv[w * t * d3..][..t * d3];
+            for h in 0..self.heads {
+                let q = Bf16Rows::new(&base[h * dh..], t, dh, d3);
+                let keys = PackedB::from_rows(&base[d + h * dh..], t, dh, d3);
+                matmul_padded_into(&q, &keys, &mut scores);
+                let stride = probs.stride();
+                super::kernels::softmax_rows_to_bf16(
+                    &mut scores,
+                    keys.n_pad(),
+                    t,
+                    probs.rows_mut(),
+                    stride,
+                );
+                let values = PackedB::from_cols(&base[2 * d + h * dh..], t, dh, d3);
+                let out = matmul(&probs, &values);
+                for (dst, src) in y[w * t * d..].chunks_mut(d).zip(out.chunks(dh)).take(t) {
+                    dst[h * dh..][..dh].copy_from_slice(src);
+                }
+            }
+        }
+        Ok((candle_core::CpuStorage::F32(y), (b, t, d).into()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rand_vec(n: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed | 1;
+        (0..n)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                (s >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+            })
+            .collect()
+    }
+
+    /// Both operand layouts and shapes that are not multiples of 32, against f64 on the same
+    /// bf16-rounded inputs (so the only difference is f32 accumulation order).
+    #[test]
+    fn matches_reference_on_bf16_rounded_inputs() {
+        if !available() {
+            eprintln!("no AMX-BF16 on this machine: nothing to check");
+            return;
+        }
+        let r = |v: f32| f32::from_bits((bf16(v) as u32) << 16);
+        for (m, k, n) in [(1500, 64, 1500), (37, 384, 1152), (5, 50, 17)] {
+            let a = rand_vec(m * k, 1);
+            let w = rand_vec(n * k, 2);
+            let got_rows = matmul(
+                &Bf16Rows::new(&a, m, k, k),
+                &PackedB::from_rows(&w, n, k, k),
+            );
+            // The same B given as (k × n).
+            let mut wt = vec![0f32; k * n];
+            for j in 0..n {
+                for i in 0..k {
+                    wt[i * n + j] = w[j * k + i];
+                }
+            }
+            let got_cols = matmul(
+                &Bf16Rows::new(&a, m, k, k),
+                &PackedB::from_cols(&wt, k, n, n),
+            );
+            assert_eq!(got_rows.len(), m * n);
+            for (i, j) in [
+                (0, 0),
+                (m - 1, n - 1),
+                (m / 2, n / 3),
+                (m - 1, 0),
+                (0, n - 1),
+            ] {
+                let want: f64 = (0..k)
+                    .map(|t| r(a[i * k + t]) as f64 * r(w[j * k + t]) as f64)
+                    .sum();
+                for got in [got_rows[i * n + j], got_cols[i * n + j]] {
+                    assert!(
+                        (got as f64 - want).abs() < 1e-4 * (k as f64).sqrt(),
+                        "({m},{k},{n}) at ({i},{j}): {got} vs {want}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn bf16_rounds_to_nearest_even() {
+        assert_eq!(bf16(1.0), 0x3f80);
+        // 1 + 2^-8 is halfway between 1 and 1 + 2^-7: ties go to the even mantissa (1.0).
+        assert_eq!(bf16(1.0 + 1.0 / 256.0), 0x3f80);
+        assert_eq!(bf16(1.0 + 3.0 / 256.0), 0x3f82);
+        assert_eq!(bf16(-2.0), 0xc000);
+    }
+}
