@@ -11,7 +11,7 @@ mod encoder;
 mod hf;
 mod kernels;
 mod linear;
-mod rowmatmul;
+pub mod rowmatmul;
 mod weights;
 
 use std::path::{Path, PathBuf};

@@ -6,7 +6,7 @@
 //! (converted to f32 in registers, `vcvtph2ps`) when every value converts back exactly; the
 //! products and sums are then the same f32 arithmetic as before at half the memory traffic. A
 //! weight that is not exactly fp16 (an fp32 checkpoint) stays f32. Every weight is read once per
-//! call whatever the number of rows (up to [`MAX_TILE_ROWS`] rows share one pass), which is what
+//! call whatever the number of rows (blocks of 4 rows reuse each group of weights from L1), which is what
 //! makes batched decoder steps cheap.
 //!
 //! The kernel is AVX-512 (checked at run time) with a portable fallback; output columns are split
@@ -14,8 +14,6 @@
 
 use rayon::prelude::*;
 
-/// Rows computed together in one pass over a block of weights.
-const MAX_TILE_ROWS: usize = 8;
 /// Below this many weights one thread does the whole product (threading costs more).
 const PAR_MIN_WEIGHTS: usize = 1 << 15;
 
@@ -164,26 +162,20 @@ impl RowMatmul {
     /// `y` points to `rows * self.out` floats that no other thread writes in these columns.
     unsafe fn columns(&self, x: &[f32], rows: usize, cols: std::ops::Range<usize>, y: OutPtr) {
         let (n, k) = (self.out, self.inp);
-        let mut m0 = 0;
-        while m0 < rows {
-            let mr = (rows - m0).min(MAX_TILE_ROWS);
-            let xs = &x[m0 * k..(m0 + mr) * k];
-            let ys = y.0.add(m0 * n);
-            match &self.weights {
-                Storage::F16(w) => kernel::f16_rows(xs, mr, w, &[], k, n, cols.clone(), ys),
-                Storage::F32(w) => kernel::f32_rows(xs, mr, w, &[], k, n, cols.clone(), ys),
-                Storage::Q8 { q, scales } => {
-                    kernel::q8_rows(xs, mr, q, scales, k, n, cols.clone(), ys)
+        let ys = y.0;
+        match &self.weights {
+            Storage::F16(w) => kernel::f16_rows(x, rows, w, &[], k, n, cols.clone(), ys),
+            Storage::F32(w) => kernel::f32_rows(x, rows, w, &[], k, n, cols.clone(), ys),
+            Storage::Q8 { q, scales } => {
+                kernel::q8_rows(x, rows, q, scales, k, n, cols.clone(), ys)
+            }
+        }
+        if let Some(b) = &self.bias {
+            for m in 0..rows {
+                for c in cols.clone() {
+                    *ys.add(m * n + c) += b[c];
                 }
             }
-            if let Some(b) = &self.bias {
-                for m in 0..mr {
-                    for c in cols.clone() {
-                        *ys.add(m * n + c) += b[c];
-                    }
-                }
-            }
-            m0 += mr;
         }
     }
 }
@@ -195,7 +187,7 @@ unsafe impl Send for OutPtr {}
 unsafe impl Sync for OutPtr {}
 
 mod kernel {
-    //! `y[m][c] = Σₖ x[m][k]·w[c][k]` for `mr ≤ 8` rows and the columns `cols`. `y` has row
+    //! `y[m][c] = Σₖ x[m][k]·w[c][k]` for `mr` rows and the columns `cols`. `y` has row
     //! stride `n`. `s` holds the int8 group scales (empty for float weights).
 
     use std::ops::Range;
@@ -217,7 +209,7 @@ mod kernel {
             ) {
                 #[cfg(target_arch = "x86_64")]
                 if k % 32 == 0 && std::arch::is_x86_feature_detected!("avx512f") {
-                    return avx512::$avx(x, mr, w, s, k, n, cols, y);
+                    return avx512::$avx::rows(x, mr, w, s, k, n, cols, y);
                 }
                 let to_f32 = $to_f32;
                 for m in 0..mr {
@@ -268,123 +260,150 @@ mod kernel {
 
     #[cfg(target_arch = "x86_64")]
     mod avx512 {
-        use std::arch::x86_64::*;
-        use std::ops::Range;
+        /// A module per weight type: `tile` (`MR` rows × `NR` columns from column `c`, the
+        /// whole inner dimension) with `$load(w, s, element offset)` giving 16 weights as f32
+        /// lanes, and the driver `rows` over any number of rows and a range of columns.
+        macro_rules! tile_mod {
+            ($m:ident, $t:ty, $load:expr) => {
+                pub mod $m {
+                    use std::arch::x86_64::*;
+                    use std::ops::Range;
 
-        /// One tile: `MR` rows × `NR` columns from column `c`, the whole inner dimension, with
-        /// `$load(w, s, element offset)` giving 16 weights as f32 lanes.
-        macro_rules! tile_fns {
-            ($tile:ident, $driver:ident, $t:ty, $load:expr) => {
-                #[target_feature(enable = "avx512f")]
-                #[allow(clippy::needless_range_loop)]
-                unsafe fn $tile<const MR: usize, const NR: usize>(
-                    x: *const f32,
-                    w: *const $t,
-                    s: *const f32,
-                    k: usize,
-                    c: usize,
-                    n: usize,
-                    y: *mut f32,
-                ) {
-                    let load = $load;
-                    // Zeroed memory rather than `[[setzero; NR]; MR]`: a repeat expression becomes
-                    // an init loop that LLVM then fails to keep in registers (spills measured).
-                    let mut acc: [[__m512; NR]; MR] = std::mem::zeroed();
-                    let mut wv: [__m512; NR] = std::mem::zeroed();
-                    let mut i = 0;
-                    // Constant-index loops (fully unrolled) keep `acc` and `wv` in registers.
-                    while i < k {
-                        for j in 0..NR {
-                            wv[j] = load(w, s, (c + j) * k + i);
+                    #[target_feature(enable = "avx512f")]
+                    #[allow(clippy::needless_range_loop)]
+                    unsafe fn tile<const MR: usize, const NR: usize>(
+                        x: *const f32,
+                        w: *const $t,
+                        s: *const f32,
+                        k: usize,
+                        c: usize,
+                        n: usize,
+                        y: *mut f32,
+                    ) {
+                        let load = $load;
+                        // Zeroed memory rather than `[[setzero; NR]; MR]`: a repeat expression
+                        // becomes an init loop that LLVM then fails to keep in registers.
+                        let mut acc: [[__m512; NR]; MR] = std::mem::zeroed();
+                        let mut wv: [__m512; NR] = std::mem::zeroed();
+                        let mut i = 0;
+                        // Constant-index loops (fully unrolled) keep `acc` and `wv` in registers.
+                        while i < k {
+                            for j in 0..NR {
+                                wv[j] = load(w, s, (c + j) * k + i);
+                            }
+                            for m in 0..MR {
+                                let xv = _mm512_loadu_ps(x.add(m * k + i));
+                                for j in 0..NR {
+                                    acc[m][j] = _mm512_fmadd_ps(xv, wv[j], acc[m][j]);
+                                }
+                            }
+                            i += 16;
                         }
                         for m in 0..MR {
-                            let xv = _mm512_loadu_ps(x.add(m * k + i));
                             for j in 0..NR {
-                                acc[m][j] = _mm512_fmadd_ps(xv, wv[j], acc[m][j]);
+                                *y.add(m * n + c + j) = _mm512_reduce_add_ps(acc[m][j]);
                             }
                         }
-                        i += 16;
                     }
-                    for m in 0..MR {
-                        for j in 0..NR {
-                            *y.add(m * n + c + j) = _mm512_reduce_add_ps(acc[m][j]);
-                        }
-                    }
-                }
 
-                /// # Safety
-                /// `k % 32 == 0`, AVX-512F present, `y` as in the portable version.
-                #[allow(clippy::too_many_arguments)]
-                pub unsafe fn $driver(
-                    x: &[f32],
-                    mr: usize,
-                    w: &[$t],
-                    s: &[f32],
-                    k: usize,
-                    n: usize,
-                    cols: Range<usize>,
-                    y: *mut f32,
-                ) {
-                    debug_assert!(x.len() >= mr * k && w.len() >= cols.end * k);
-                    let (x, w, s) = (x.as_ptr(), w.as_ptr(), s.as_ptr());
-                    // Fewer rows → more columns per tile, so enough independent sums are in
-                    // flight to hide the FMA latency. At most 14 accumulators: with 16, LLVM
-                    // spilled and shuffled them every iteration (seen in the disassembly).
-                    macro_rules! sweep {
-                        ($mr:literal, $nr:literal) => {{
-                            let mut c = cols.start;
-                            while cols.end - c >= $nr {
-                                $tile::<$mr, $nr>(x, w, s, k, c, n, y);
-                                c += $nr;
-                            }
-                            while c < cols.end {
-                                $tile::<$mr, 1>(x, w, s, k, c, n, y);
-                                c += 1;
-                            }
-                        }};
+                    /// Up to 4 rows × `NR` columns.
+                    #[target_feature(enable = "avx512f")]
+                    #[allow(clippy::too_many_arguments)]
+                    unsafe fn block<const NR: usize>(
+                        rows: usize,
+                        x: *const f32,
+                        w: *const $t,
+                        s: *const f32,
+                        k: usize,
+                        c: usize,
+                        n: usize,
+                        y: *mut f32,
+                    ) {
+                        match rows {
+                            1 => tile::<1, NR>(x, w, s, k, c, n, y),
+                            2 => tile::<2, NR>(x, w, s, k, c, n, y),
+                            3 => tile::<3, NR>(x, w, s, k, c, n, y),
+                            _ => tile::<4, NR>(x, w, s, k, c, n, y),
+                        }
                     }
-                    match mr {
-                        1 => sweep!(1, 8),
-                        2 => sweep!(2, 6),
-                        3 => sweep!(3, 4),
-                        4 => sweep!(4, 3),
-                        5 => sweep!(5, 2),
-                        6 => sweep!(6, 2),
-                        7 => sweep!(7, 2),
-                        8 => sweep!(8, 1),
-                        _ => unreachable!("tiles hold at most 8 rows"),
+
+                    /// Column groups of `NR` outermost: a group's weights are read from memory
+                    /// once and from L1 for every further block of up to 4 rows.
+                    #[target_feature(enable = "avx512f")]
+                    #[allow(clippy::too_many_arguments)]
+                    unsafe fn sweep<const NR: usize>(
+                        mr: usize,
+                        x: *const f32,
+                        w: *const $t,
+                        s: *const f32,
+                        k: usize,
+                        n: usize,
+                        cols: Range<usize>,
+                        y: *mut f32,
+                    ) {
+                        let mut c = cols.start;
+                        while c < cols.end {
+                            let nr = (cols.end - c).min(NR);
+                            let mut m0 = 0;
+                            while m0 < mr {
+                                let rows = (mr - m0).min(4);
+                                let (xm, ym) = (x.add(m0 * k), y.add(m0 * n));
+                                if nr == NR {
+                                    block::<NR>(rows, xm, w, s, k, c, n, ym);
+                                } else {
+                                    for cc in c..c + nr {
+                                        block::<1>(rows, xm, w, s, k, cc, n, ym);
+                                    }
+                                }
+                                m0 += rows;
+                            }
+                            c += nr;
+                        }
+                    }
+
+                    /// # Safety
+                    /// `k % 32 == 0`, AVX-512F present, `y` as in the portable version.
+                    #[allow(clippy::too_many_arguments)]
+                    pub unsafe fn rows(
+                        x: &[f32],
+                        mr: usize,
+                        w: &[$t],
+                        s: &[f32],
+                        k: usize,
+                        n: usize,
+                        cols: Range<usize>,
+                        y: *mut f32,
+                    ) {
+                        debug_assert!(x.len() >= mr * k && w.len() >= cols.end * k);
+                        let (x, w, s) = (x.as_ptr(), w.as_ptr(), s.as_ptr());
+                        // Fewer rows → more columns per tile, so enough independent sums are in
+                        // flight to hide the FMA latency. At most 12 accumulators: with 16, LLVM
+                        // spilled and shuffled them every iteration (seen in the disassembly).
+                        match mr {
+                            1 => sweep::<8>(mr, x, w, s, k, n, cols, y),
+                            2 => sweep::<6>(mr, x, w, s, k, n, cols, y),
+                            3 => sweep::<4>(mr, x, w, s, k, n, cols, y),
+                            _ => sweep::<3>(mr, x, w, s, k, n, cols, y),
+                        }
                     }
                 }
             };
         }
 
-        tile_fns!(
-            tile_f16,
-            f16_rows,
-            u16,
-            |w: *const u16, _: *const f32, at: usize| {
-                _mm512_cvtph_ps(_mm256_loadu_si256(w.add(at) as *const __m256i))
-            }
-        );
-        tile_fns!(
-            tile_f32,
-            f32_rows,
-            f32,
-            |w: *const f32, _: *const f32, at: usize| { _mm512_loadu_ps(w.add(at)) }
-        );
+        tile_mod!(f16_rows, u16, |w: *const u16, _: *const f32, at: usize| {
+            _mm512_cvtph_ps(_mm256_loadu_si256(w.add(at) as *const __m256i))
+        });
+        tile_mod!(f32_rows, f32, |w: *const f32, _: *const f32, at: usize| {
+            _mm512_loadu_ps(w.add(at))
+        });
         // 16 int8 weights → f32 lanes × their group's scale (16 | 32, so one group per load).
-        tile_fns!(
-            tile_q8,
-            q8_rows,
-            i8,
-            |w: *const i8, s: *const f32, at: usize| {
-                let ints = _mm512_cvtepi8_epi32(_mm_loadu_si128(w.add(at) as *const __m128i));
-                _mm512_mul_ps(
-                    _mm512_cvtepi32_ps(ints),
-                    _mm512_set1_ps(*s.add(at / super::super::Q8_GROUP)),
-                )
-            }
-        );
+        tile_mod!(q8_rows, i8, |w: *const i8, s: *const f32, at: usize| {
+            let ints = _mm512_cvtepi8_epi32(_mm_loadu_si128(w.add(at) as *const __m128i));
+            _mm512_mul_ps(
+                _mm512_cvtepi32_ps(ints),
+                _mm512_set1_ps(*s.add(at / crate::model::rowmatmul::Q8_GROUP)),
+            )
+        });
     }
 }
 
