@@ -350,3 +350,45 @@ fn sigint_midway_leaves_no_partial_outputs_and_a_rerun_completes() {
         "{stderr}"
     );
 }
+
+/// Files transcribed together through the scheduler (`--batch-size 4`) give exactly the
+/// outputs of one at a time (`--batch-size 1`), and the log says which ran.
+#[test]
+fn batched_files_give_the_same_transcripts_as_one_at_a_time() {
+    let d = tempfile::tempdir().unwrap();
+    let input = d.path().join("in");
+    for (i, name) in [
+        "237-134500-0000",
+        "237-134500-0001",
+        "237-134500-0002",
+        "237-134500-0003",
+    ]
+    .iter()
+    .enumerate()
+    {
+        copy(
+            &format!("eval/librispeech/test-clean/{name}.flac"),
+            &input.join(format!("{i}.flac")),
+        );
+    }
+    copy("eval/jfk.wav", &input.join("jfk.wav"));
+    let mut outputs = Vec::new();
+    for size in ["1", "4"] {
+        let out = d.path().join(format!("out{size}"));
+        let r = batch(&["--format", "json", "--batch-size", size], &[&input], &out);
+        let stderr = String::from_utf8_lossy(&r.stderr);
+        assert_eq!(r.status.code(), Some(0), "{stderr}");
+        assert!(stderr.contains(&format!("batch_size={size}")), "{stderr}");
+        let mut texts = Vec::new();
+        for f in ["0", "1", "2", "3"] {
+            let v: serde_json::Value = serde_json::from_str(
+                &std::fs::read_to_string(out.join(format!("{f}.flac.json"))).unwrap(),
+            )
+            .unwrap();
+            texts.push(v["segments"].clone());
+        }
+        outputs.push(texts);
+    }
+    assert!(outputs[0][0].as_array().is_some_and(|s| !s.is_empty()));
+    assert_eq!(outputs[0], outputs[1]);
+}

@@ -1,20 +1,24 @@
 //! `whisperd batch`: many files through one engine. Reading, hashing, decoding and the log-mel of
-//! upcoming files run on `jobs` threads while the model transcribes the current one (a bounded
-//! pipeline, so memory stays flat however many inputs). Outputs are written to temporary files
-//! and renamed; a sidecar `<output>.whisperd.json` records the input's hash, so a re-run skips
-//! finished inputs and a changed input is redone.
+//! upcoming files run on `jobs` threads while `batch_size` files are transcribed at once through
+//! the same scheduler as the server (their windows share encoder batches and decoder steps); the
+//! pipeline is bounded, so memory stays flat however many inputs. Identical inputs are
+//! transcribed once (the others wait for it and reuse the transcript). Outputs are written to
+//! temporary files and renamed; a sidecar `<output>.whisperd.json` records the input's hash, so a
+//! re-run skips finished inputs and a changed input is redone.
 
 pub mod inputs;
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::mpsc::sync_channel;
-use std::sync::Arc;
+use std::sync::mpsc::{channel, sync_channel};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
 use crate::cache::{audio_hash, cache_key, ResultCache};
+use crate::decode::ModelRunner;
 use crate::engine::{Engine, EngineError, Prepared};
 use crate::output::{Format, Transcript};
 use crate::TranscribeOptions;
@@ -24,6 +28,8 @@ pub struct BatchOptions {
     pub output_dir: PathBuf,
     pub formats: Vec<Format>,
     pub jobs: usize,
+    /// Files transcribed at once through the scheduler (1: one at a time, no scheduler).
+    pub batch_size: usize,
     pub overwrite: bool,
     pub fail_fast: bool,
     pub transcribe: TranscribeOptions,
@@ -136,8 +142,28 @@ fn prep(engine: &Engine, o: &BatchOptions, input: &InputFile) -> Prepped {
     }
 }
 
+/// A transcription in progress, for identical inputs that arrive meanwhile.
+#[derive(Default)]
+struct Claim {
+    owner: String,
+    result: Mutex<Option<Result<Arc<Transcript>, String>>>,
+    done: Condvar,
+}
+
+/// What the transcription threads share: finished transcripts, those in progress, and which
+/// input first had each content.
+struct Shared {
+    cache: ResultCache,
+    claims: Mutex<HashMap<String, Arc<Claim>>>,
+    first_with_hash: Mutex<HashMap<String, String>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// Transcribe `inputs`; `on_record` sees each result as it completes. Returns the records.
-/// Setting `stop` finishes the file being transcribed and ends the run.
+/// Setting `stop` finishes the files being transcribed and ends the run.
 pub fn run(
     engine: &Engine,
     inputs: &[InputFile],
@@ -146,12 +172,43 @@ pub fn run(
     on_record: &mut dyn FnMut(&Record),
 ) -> Vec<Record> {
     let next = AtomicUsize::new(0);
-    let cache = ResultCache::new(256, 64 << 20);
-    let mut first_with_hash: std::collections::HashMap<String, String> =
-        std::collections::HashMap::new();
+    let shared = Shared {
+        cache: ResultCache::new(256, 64 << 20),
+        claims: Mutex::new(HashMap::new()),
+        first_with_hash: Mutex::new(HashMap::new()),
+    };
     let mut records = Vec::with_capacity(inputs.len());
     let jobs = o.jobs.max(1);
+    let batch = o.batch_size.max(1);
+    let scheduler = if batch > 1 {
+        let config = crate::scheduler::SchedulerConfig {
+            max_batch: batch,
+            max_wait: std::time::Duration::from_millis(50),
+        };
+        match crate::scheduler::start(engine.model.clone(), config, None) {
+            Ok(h) => Some(h),
+            Err(e) => {
+                tracing::warn!(error = %e, "no scheduler thread; transcribing one file at a time");
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let runner: &dyn ModelRunner = match &scheduler {
+        Some(h) => h,
+        None => &*engine.model,
+    };
+    let workers = if scheduler.is_some() { batch } else { 1 };
+    tracing::info!(
+        inputs = inputs.len(),
+        jobs,
+        batch_size = workers,
+        "batch started"
+    );
     let (tx, rx) = sync_channel::<(usize, Prepped, f64)>(jobs);
+    let rx = Mutex::new(rx);
+    let (rec_tx, rec_rx) = channel::<Record>();
     std::thread::scope(|scope| {
         for _ in 0..jobs {
             let tx = tx.clone();
@@ -170,74 +227,133 @@ pub fn run(
             });
         }
         drop(tx);
-        for (i, p, prep_s) in rx.iter() {
-            if stop.load(Ordering::SeqCst) {
-                break; // not started: a re-run picks it up
-            }
-            let input = &inputs[i];
-            let t0 = Instant::now();
-            let mut rec = Record {
-                path: input.path.display().to_string(),
-                sha256: None,
-                status: Status::Failed,
-                error: None,
-                duration: None,
-                language: None,
-                outputs: vec![],
-                seconds: 0.0,
-                duplicate_of: None,
-            };
-            match p {
-                Prepped::Skip { sha, outputs } => {
-                    rec.sha256 = Some(sha);
-                    rec.status = Status::Skipped;
-                    rec.outputs = outputs.iter().map(|p| p.display().to_string()).collect();
+        for _ in 0..workers {
+            let (rx, rec_tx, shared) = (&rx, rec_tx.clone(), &shared);
+            scope.spawn(move || loop {
+                if stop.load(Ordering::SeqCst) {
+                    break; // what is not started yet, a re-run picks up
                 }
-                Prepped::Failed { sha, error } => {
-                    rec.sha256 = sha;
-                    rec.error = Some(error);
+                let Ok((i, p, prep_s)) = lock(rx).recv() else {
+                    break;
+                };
+                if stop.load(Ordering::SeqCst) {
+                    break;
                 }
-                Prepped::Ready { sha, prepared } => {
-                    rec.sha256 = Some(sha.clone());
-                    let key = cache_key(&sha, &engine.model_name, &o.transcribe);
-                    let result: Result<Arc<Transcript>, EngineError> = match cache.get(&key) {
-                        Some(t) => {
-                            rec.duplicate_of = first_with_hash.get(&sha).cloned();
-                            Ok(t)
-                        }
-                        None => engine
-                            .transcribe_prepared(&prepared, &o.transcribe)
-                            .map(Arc::new),
-                    };
-                    match result
-                        .map_err(|e| e.to_string())
-                        .and_then(|t| write_outputs(o, input, &sha, &t).map(|outs| (t, outs)))
-                    {
-                        Ok((t, outs)) => {
-                            cache.put(key, t.clone());
-                            first_with_hash
-                                .entry(sha)
-                                .or_insert_with(|| rec.path.clone());
-                            rec.status = Status::Ok;
-                            rec.duration = Some(t.duration);
-                            rec.language = Some(t.language.clone());
-                            rec.outputs = outs;
-                        }
-                        Err(e) => rec.error = Some(e),
-                    }
+                let t0 = Instant::now();
+                let mut rec = finish(engine, runner, shared, o, &inputs[i], p);
+                rec.seconds = prep_s + t0.elapsed().as_secs_f64();
+                if rec.status == Status::Failed && o.fail_fast {
+                    stop.store(true, Ordering::SeqCst);
                 }
-            }
-            rec.seconds = prep_s + t0.elapsed().as_secs_f64();
-            if rec.status == Status::Failed && o.fail_fast {
-                stop.store(true, Ordering::SeqCst);
-            }
+                if rec_tx.send(rec).is_err() {
+                    break;
+                }
+            });
+        }
+        drop(rec_tx);
+        for rec in rec_rx.iter() {
             on_record(&rec);
             records.push(rec);
         }
         // Let prep threads blocked on a full channel finish.
-        for _ in rx.try_iter() {}
+        for _ in lock(&rx).try_iter() {}
     });
     records
+}
+
+/// One prepared input to its record: transcribe (or reuse an identical input's transcript) and
+/// write the outputs.
+fn finish(
+    engine: &Engine,
+    runner: &dyn ModelRunner,
+    shared: &Shared,
+    o: &BatchOptions,
+    input: &InputFile,
+    p: Prepped,
+) -> Record {
+    let mut rec = Record {
+        path: input.path.display().to_string(),
+        sha256: None,
+        status: Status::Failed,
+        error: None,
+        duration: None,
+        language: None,
+        outputs: vec![],
+        seconds: 0.0,
+        duplicate_of: None,
+    };
+    let (sha, prepared) = match p {
+        Prepped::Skip { sha, outputs } => {
+            rec.sha256 = Some(sha);
+            rec.status = Status::Skipped;
+            rec.outputs = outputs.iter().map(|p| p.display().to_string()).collect();
+            return rec;
+        }
+        Prepped::Failed { sha, error } => {
+            rec.sha256 = sha;
+            rec.error = Some(error);
+            return rec;
+        }
+        Prepped::Ready { sha, prepared } => (sha, prepared),
+    };
+    rec.sha256 = Some(sha.clone());
+    let key = cache_key(&sha, &engine.model_name, &o.transcribe);
+    let result = if let Some(t) = shared.cache.get(&key) {
+        rec.duplicate_of = lock(&shared.first_with_hash).get(&sha).cloned();
+        Ok(t)
+    } else {
+        // Single flight: the first input with this content transcribes it, the rest wait.
+        let (claim, owner) = {
+            let mut claims = lock(&shared.claims);
+            match claims.get(&key) {
+                Some(c) => (c.clone(), false),
+                None => {
+                    let c = Arc::new(Claim {
+                        owner: rec.path.clone(),
+                        ..Default::default()
+                    });
+                    claims.insert(key.clone(), c.clone());
+                    (c, true)
+                }
+            }
+        };
+        if owner {
+            let r: Result<Arc<Transcript>, String> = engine
+                .transcribe_prepared_with(runner, &prepared, &o.transcribe)
+                .map(Arc::new)
+                .map_err(|e: EngineError| e.to_string());
+            if let Ok(t) = &r {
+                shared.cache.put(key.clone(), t.clone());
+                lock(&shared.first_with_hash)
+                    .entry(sha.clone())
+                    .or_insert_with(|| rec.path.clone());
+            }
+            *lock(&claim.result) = Some(r.clone());
+            claim.done.notify_all();
+            lock(&shared.claims).remove(&key);
+            r
+        } else {
+            let mut slot = lock(&claim.result);
+            while slot.is_none() {
+                slot = claim.done.wait(slot).unwrap_or_else(|p| p.into_inner());
+            }
+            let r = slot.clone().unwrap_or_else(|| Err("lost result".into()));
+            if r.is_ok() {
+                rec.duplicate_of = Some(claim.owner.clone());
+            }
+            r
+        }
+    };
+    match result.and_then(|t| write_outputs(o, input, &sha, &t).map(|outs| (t, outs))) {
+        Ok((t, outs)) => {
+            rec.status = Status::Ok;
+            rec.duration = Some(t.duration);
+            rec.language = Some(t.language.clone());
+            rec.outputs = outs;
+        }
+        Err(e) => rec.error = Some(e),
+    }
+    rec
 }
 
 fn write_outputs(

@@ -26,6 +26,9 @@ pub struct BatchArgs {
     /// Threads reading and decoding upcoming files while the model works.
     #[arg(long, default_value_t = 2)]
     jobs: usize,
+    /// Files transcribed at once; their windows and tokens share model batches (1: one at a time).
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=256))]
+    batch_size: u16,
     #[command(flatten)]
     common: super::ModelArgs,
     /// Redo inputs whose outputs already exist.
@@ -69,6 +72,7 @@ pub fn run(args: BatchArgs) -> anyhow::Result<ExitCode> {
         output_dir: args.output_dir.clone(),
         formats: args.format.clone(),
         jobs: args.jobs,
+        batch_size: args.batch_size as usize,
         overwrite: args.overwrite,
         fail_fast: args.fail_fast,
         transcribe,
