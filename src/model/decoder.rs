@@ -5,7 +5,7 @@
 use candle_core::{Module, Tensor};
 use candle_nn::{LayerNorm, Linear};
 
-use super::linear::{small_rows, Precision, Proj};
+use super::linear::{Precision, Proj};
 use super::rowmatmul::RowMatmul;
 
 use super::encoder::{fused_qkv, layer_norm, linear};
@@ -68,10 +68,14 @@ impl DecoderState {
 }
 
 pub struct TextDecoder {
-    embed_tokens: Tensor,
-    /// The tied output projection for the few rows of a step: int8 in q8, else the
-    /// (fp16-exact, so held as fp16) embedding itself.
-    logits_rows: RowMatmul,
+    /// Token embeddings, exact (held as fp16 when every value is fp16, as in the shipped
+    /// models); in f32 also the tied output projection.
+    embed: RowMatmul,
+    /// q8: the output projection in int8.
+    logits_q8: Option<RowMatmul>,
+    /// Non-CPU devices: the embedding as a device tensor (RowMatmul runs on the CPU).
+    embed_device: Option<Tensor>,
+    device: candle_core::Device,
     positions: Tensor,
     blocks: Vec<DecoderBlock>,
     ln: LayerNorm,
@@ -129,18 +133,23 @@ impl TextDecoder {
             })
             .collect::<Result<Vec<_>, ModelError>>()?;
         let embed_tokens = w.get_shaped("decoder.embed_tokens.weight", &[dims.n_vocab, d])?;
-        let logits_rows = match precision {
-            Precision::F32 => RowMatmul::from_tensors(&embed_tokens, None)?,
-            Precision::Q8 => RowMatmul::quantized_from_tensors(&embed_tokens, None)?,
+        let device = embed_tokens.device().clone();
+        let embed = RowMatmul::from_tensors(&embed_tokens, None)?;
+        let logits_q8 = match precision {
+            Precision::Q8 => Some(RowMatmul::quantized_from_tensors(&embed_tokens, None)?),
+            Precision::F32 => None,
         };
         tracing::debug!(
-            fp16 = logits_rows.is_f16(),
+            fp16 = embed.is_f16(),
             ?precision,
-            "decoder output projection for steps"
+            "decoder token embedding / output projection"
         );
         Ok(Self {
-            embed_tokens,
-            logits_rows,
+            // The f32 tensor (80 MB for tiny) is kept only where RowMatmul cannot run.
+            embed_device: (!device.is_cpu()).then_some(embed_tokens),
+            embed,
+            logits_q8,
+            device,
             positions: w.get_shaped("decoder.embed_positions.weight", &[dims.n_text_ctx, d])?,
             blocks,
             ln: layer_norm(w, "decoder.layer_norm", d)?,
@@ -246,7 +255,7 @@ impl TextDecoder {
         states: &mut [&mut DecoderState],
         rows: &[(usize, u32)],
     ) -> candle_core::Result<Tensor> {
-        let device = self.embed_tokens.device();
+        let device = &self.device;
         // Each row's position; each sequence's first row and row count.
         let mut positions = Vec::with_capacity(rows.len());
         let mut spans: Vec<(usize, usize)> = vec![(0, 0); states.len()];
@@ -268,9 +277,15 @@ impl TextDecoder {
             positions.push(p as u32);
         }
         let ids: Vec<u32> = rows.iter().map(|r| r.1).collect();
-        let emb = self
-            .embed_tokens
-            .index_select(&Tensor::new(ids.as_slice(), device)?, 0)?;
+        let emb = match &self.embed_device {
+            Some(e) => e.index_select(&Tensor::new(ids.as_slice(), device)?, 0)?,
+            None => {
+                let Some(v) = self.embed.rows(&ids) else {
+                    candle_core::bail!("token id out of the vocabulary");
+                };
+                Tensor::from_vec(v, (ids.len(), self.embed.in_features()), device)?
+            }
+        };
         let pos = self
             .positions
             .index_select(&Tensor::new(positions.as_slice(), device)?, 0)?;
@@ -348,11 +363,13 @@ impl TextDecoder {
 
     /// Vocabulary logits `(rows, n_vocab)` for hidden states `(rows, d)` (the tied output projection).
     pub fn logits(&self, hidden: &Tensor) -> candle_core::Result<Tensor> {
-        if let Some((x, n)) = small_rows(hidden)? {
-            let mm = &self.logits_rows;
-            return Tensor::from_vec(mm.forward(&x, n), (n, mm.out_features()), hidden.device());
+        if let Some(e) = &self.embed_device {
+            return hidden.matmul(&e.t()?);
         }
-        hidden.matmul(&self.embed_tokens.t()?)
+        let mm = self.logits_q8.as_ref().unwrap_or(&self.embed);
+        let (n, _) = hidden.dims2()?;
+        let x = hidden.flatten_all()?.to_vec1::<f32>()?;
+        Tensor::from_vec(mm.forward(&x, n), (n, mm.out_features()), hidden.device())
     }
 
     /// Logits of the last position of each sequence: `(batch, n_vocab)`.

@@ -45,11 +45,19 @@ impl RowMatmul {
     /// `weight` is `(out, inp)` row-major; `bias` has `out` values.
     pub fn new(weight: &[f32], out: usize, inp: usize, bias: Option<Vec<f32>>) -> Self {
         debug_assert_eq!(weight.len(), out * inp);
-        let halves: Vec<half::f16> = weight.iter().map(|&v| half::f16::from_f32(v)).collect();
-        let exact = halves.iter().zip(weight).all(|(h, &v)| h.to_f32() == v);
-        let weights = if exact {
-            Storage::F16(halves.iter().map(|h| h.to_bits()).collect())
+        // One pass, no f32 copy when fp16 holds every value (keeps the load-time peak down).
+        let mut bits = Vec::with_capacity(weight.len());
+        for &v in weight {
+            let h = half::f16::from_f32(v);
+            if h.to_f32() != v {
+                break;
+            }
+            bits.push(h.to_bits());
+        }
+        let weights = if bits.len() == weight.len() {
+            Storage::F16(bits)
         } else {
+            drop(bits);
             Storage::F32(weight.to_vec())
         };
         Self {
@@ -94,9 +102,8 @@ impl RowMatmul {
         if inp % Q8_GROUP != 0 {
             candle_core::bail!("q8 needs inputs in groups of {Q8_GROUP}, got {inp}");
         }
-        let w = weight.flatten_all()?.to_vec1::<f32>()?;
         let b = bias.map(|b| b.to_vec1::<f32>()).transpose()?;
-        Ok(Self::quantized(&w, out, inp, b))
+        with_f32(weight, |w| Self::quantized(w, out, inp, b))
     }
 
     /// From a candle `(out, inp)` weight and `(out,)` bias.
@@ -105,16 +112,57 @@ impl RowMatmul {
         bias: Option<&candle_core::Tensor>,
     ) -> candle_core::Result<Self> {
         let (out, inp) = weight.dims2()?;
-        let w = weight.flatten_all()?.to_vec1::<f32>()?;
         let b = bias.map(|b| b.to_vec1::<f32>()).transpose()?;
         if b.as_ref().is_some_and(|b| b.len() != out) {
             candle_core::bail!("bias length does not match {out} outputs");
         }
-        Ok(Self::new(&w, out, inp, b))
+        with_f32(weight, |w| Self::new(w, out, inp, b))
     }
+}
 
+/// Runs `f` on a CPU f32 tensor's values in place (no copy), else on a copy.
+fn with_f32<T>(t: &candle_core::Tensor, f: impl FnOnce(&[f32]) -> T) -> candle_core::Result<T> {
+    {
+        let (storage, layout) = t.storage_and_layout();
+        if let (candle_core::Storage::Cpu(candle_core::CpuStorage::F32(data)), Some((a, b))) =
+            (&*storage, layout.contiguous_offsets())
+        {
+            return Ok(f(&data[a..b]));
+        }
+    }
+    Ok(f(&t.flatten_all()?.to_vec1::<f32>()?))
+}
+
+impl RowMatmul {
     pub fn out_features(&self) -> usize {
         self.out
+    }
+
+    pub fn in_features(&self) -> usize {
+        self.inp
+    }
+
+    /// The weight rows `ids`, concatenated, exactly as given to [`RowMatmul::new`] (a lookup
+    /// table: token embeddings). `None` for an id out of range or int8 weights.
+    pub fn rows(&self, ids: &[u32]) -> Option<Vec<f32>> {
+        let k = self.inp;
+        let mut out = Vec::with_capacity(ids.len() * k);
+        for &id in ids {
+            let i = id as usize;
+            if i >= self.out {
+                return None;
+            }
+            match &self.weights {
+                Storage::F16(w) => out.extend(
+                    w[i * k..][..k]
+                        .iter()
+                        .map(|&b| half::f16::from_bits(b).to_f32()),
+                ),
+                Storage::F32(w) => out.extend_from_slice(&w[i * k..][..k]),
+                Storage::Q8 { .. } => return None,
+            }
+        }
+        Some(out)
     }
 
     /// Whether the weights are held as fp16 (exactly).
