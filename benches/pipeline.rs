@@ -103,6 +103,34 @@ fn benches(c: &mut Criterion) {
         })
     });
     let q8 = Engine::load_with(&model, &Device::Cpu, whisperd::model::Precision::Q8).unwrap();
+    // bf16 on AMX where the CPU has it (see src/model/amx.rs), else the same f32 path.
+    g.bench_function("encoder_window_q8", |b| {
+        b.iter(|| q8.model.encode(&window).unwrap())
+    });
+    let q8_features = q8.model.encode(&window).unwrap();
+    for n in [1usize, 8] {
+        g.bench_function(format!("decoder_step_batch_{n}_q8"), |b| {
+            b.iter_batched(
+                || {
+                    (0..n)
+                        .map(|_| {
+                            let mut state = q8.model.decoder.prepare(&q8_features).unwrap();
+                            let prefix =
+                                Tensor::from_vec(vec![50257u32; 20], (1, 20), &Device::Cpu)
+                                    .unwrap();
+                            q8.model.decoder.forward(&prefix, &mut state).unwrap();
+                            state
+                        })
+                        .collect::<Vec<_>>()
+                },
+                |mut states| {
+                    let mut refs: Vec<_> = states.iter_mut().collect();
+                    q8.model.decoder.step(&mut refs, &vec![440u32; n]).unwrap()
+                },
+                criterion::BatchSize::LargeInput,
+            )
+        });
+    }
     g.bench_function("jfk_end_to_end_q8", |b| {
         b.iter(|| {
             q8.transcribe_bytes(jfk.clone(), &TranscribeOptions::default())
