@@ -100,8 +100,17 @@ pub fn init_logging(format: &str, level: &str) {
 /// Size the compute thread pool before any tensor code runs.
 pub fn set_threads(threads: Option<usize>) {
     if let Some(n) = threads.filter(|&n| n > 0) {
-        // Read by candle's CPU kernels and the rayon pool gemm runs on.
+        // Read by candle's CPU kernels when they size their own pool.
         std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+        // The pool gemm and whisperd's kernels run on, sized explicitly rather than through
+        // the variable (which only works if nothing touched rayon yet).
+        if let Err(e) = rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .thread_name(|i| format!("compute-{i}"))
+            .build_global()
+        {
+            tracing::warn!(error = %e, threads = n, "compute pool was already started; thread count unchanged");
+        }
     }
 }
 
