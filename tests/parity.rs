@@ -136,22 +136,16 @@ fn q8_gives_reference_tokens_and_features_close_to_f32() {
         greedy_tokens_with(&q8, &mel),
         ids(&reference_tokens()["tokens"])
     );
-    let exact: Vec<f32> = engine()
-        .model
-        .encode(&mel)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap();
-    let fast: Vec<f32> = q8
-        .model
-        .encode(&mel)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap();
+    let features = |e: &whisperd::Engine| -> Vec<f32> {
+        e.model
+            .encode(&mel)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap()
+    };
+    let (exact, fast) = (features(engine()), features(&q8));
     let norm = |v: &[f32]| v.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
     let diff: Vec<f32> = exact.iter().zip(&fast).map(|(a, b)| a - b).collect();
     let rel = norm(&diff) / norm(&exact);

@@ -1,6 +1,6 @@
 //! Runs every example command of README.md (the `curl`, `whisperd` and Python blocks) against a
 //! real server and the real binary, so the documentation cannot rot. Sample files named in the
-//! examples (jfk.wav, talk.*, a.wav, b.flac) are copies of ../shared/eval audio.
+//! examples (jfk.wav, talk.*, a.wav, b.flac, recordings/) are copies of ../shared/eval audio.
 
 mod common;
 
@@ -38,8 +38,15 @@ fn every_readme_example_runs() {
         ("talk.m4a", "eval/formats/jfk.m4a"),
         ("a.wav", "eval/formats/jfk.8k.wav"),
         ("b.flac", "eval/formats/jfk.flac"),
+        ("recordings/jfk.wav", "eval/jfk.wav"),
+        (
+            "recordings/day 2/frank.flac",
+            "eval/librispeech/test-clean/237-134500-0000.flac",
+        ),
     ] {
-        std::fs::copy(shared().join(src), dir.path().join(name)).unwrap();
+        let to = dir.path().join(name);
+        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+        std::fs::copy(shared().join(src), to).unwrap();
     }
     let bin = env!("CARGO_BIN_EXE_whisperd");
     let mut ran = 0;
@@ -84,6 +91,12 @@ fn every_readme_example_runs() {
     assert!(ran >= 9, "only {ran} README commands found");
     assert!(
         dir.path().join("subs/a.wav.srt").exists() && dir.path().join("subs/b.flac.srt").exists()
+    );
+    // `whisperd batch recordings/ --output-dir out/ …` mirrors the tree.
+    assert!(
+        dir.path().join("out/jfk.wav.srt").exists()
+            && dir.path().join("out/day 2/frank.flac.json").exists()
+            && dir.path().join("report.jsonl").exists()
     );
 
     let python = root().join(".venv/bin/python");
