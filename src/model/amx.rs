@@ -202,9 +202,11 @@ pub fn matmul(a: &Bf16Rows, b: &PackedB) -> Vec<f32> {
     if b.n == b.n_pad {
         return c;
     }
-    c.chunks(b.n_pad)
-        .flat_map(|r| r[..b.n].iter().copied())
-        .collect()
+    let mut out = Vec::with_capacity(a.m * b.n);
+    for row in c.chunks(b.n_pad) {
+        out.extend_from_slice(&row[..b.n]);
+    }
+    out
 }
 
 #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
@@ -413,30 +415,61 @@ impl candle_core::CustomOp1 for Attention {
             candle_core::bail!("{d3} values per position do not split into q, k, v heads");
         }
         let dh = d / self.heads;
+        let blocks = t.div_ceil(BLOCK);
         let mut y = vec![0f32; b * t * d];
-        // Reused across heads: the (t × t) scores and their bf16 probabilities.
-        let mut scores = Vec::new();
-        let mut probs = Bf16Rows::zeros(t, t);
-        for w in 0..b {
+        for (w, y) in y.chunks_mut(t * d).enumerate() {
             let base = &qkv[w * t * d3..][..t * d3];
-            for h in 0..self.heads {
-                let q = Bf16Rows::new(&base[h * dh..], t, dh, d3);
-                let keys = PackedB::from_rows(&base[d + h * dh..], t, dh, d3);
-                matmul_padded_into(&q, &keys, &mut scores);
-                let stride = probs.stride();
-                super::kernels::softmax_rows_to_bf16(
-                    &mut scores,
-                    keys.n_pad(),
-                    t,
-                    probs.rows_mut(),
-                    stride,
-                );
-                let values = PackedB::from_cols(&base[2 * d + h * dh..], t, dh, d3);
-                let out = matmul(&probs, &values);
-                for (dst, src) in y[w * t * d..].chunks_mut(d).zip(out.chunks(dh)).take(t) {
-                    dst[h * dh..][..dh].copy_from_slice(src);
+            // Every head's operands in bf16 / tile order (each packing is itself threaded).
+            let heads: Vec<(Bf16Rows, PackedB, PackedB)> = (0..self.heads)
+                .into_par_iter()
+                .map(|h| {
+                    (
+                        Bf16Rows::new(&base[h * dh..], t, dh, d3),
+                        PackedB::from_rows(&base[d + h * dh..], t, dh, d3),
+                        PackedB::from_cols(&base[2 * d + h * dh..], t, dh, d3),
+                    )
+                })
+                .collect();
+            // One task per (head, 32 query rows): its scores (32 × t f32), probabilities and
+            // output stay in that core's cache instead of a (t × t) matrix per head going
+            // through memory three times; 6 heads × 47 blocks also keep both cores busy.
+            let outs: Vec<Vec<f32>> = (0..self.heads * blocks)
+                .into_par_iter()
+                .map_init(
+                    || (Vec::new(), Bf16Rows::zeros(BLOCK, t)),
+                    |(scores, probs), task| {
+                        let (h, mb) = (task / blocks, task % blocks);
+                        let (q, keys, values) = &heads[h];
+                        let rows = BLOCK.min(t - mb * BLOCK);
+                        scores.resize(BLOCK * keys.n_pad, 0.0);
+                        // SAFETY: `Attention` runs only where `available()` was true (see
+                        // `encoder::Proj`); `scores` is one 32-row block of q·kᵀ.
+                        unsafe { imp::block_row(q, mb, keys, scores) };
+                        let stride = probs.stride();
+                        super::kernels::softmax_to_bf16(
+                            &mut scores[..rows * keys.n_pad],
+                            keys.n_pad,
+                            t,
+                            &mut probs.rows_mut()[..rows * stride],
+                            stride,
+                        );
+                        // Rows past `rows` of a last, partial block hold an earlier task's
+                        // probabilities: their outputs are computed and dropped.
+                        let mut out = vec![0f32; BLOCK * values.n_pad];
+                        // SAFETY: as above; `out` is one 32-row block of probs·v.
+                        unsafe { imp::block_row(probs, 0, values, &mut out) };
+                        out.truncate(rows * values.n_pad);
+                        out
+                    },
+                )
+                .collect();
+            let ld = dh.div_ceil(BLOCK) * BLOCK;
+            y.par_chunks_mut(d).enumerate().for_each(|(i, row)| {
+                for (h, dst) in row.chunks_mut(dh).enumerate() {
+                    let block = &outs[h * blocks + i / BLOCK];
+                    dst.copy_from_slice(&block[(i % BLOCK) * ld..][..dh]);
                 }
-            }
+            });
         }
         Ok((candle_core::CpuStorage::F32(y), (b, t, d).into()))
     }

@@ -124,20 +124,15 @@ dispatch!(softmax_rows(buf: &mut [f32], n: usize) {
 
 /// Softmax over the first `n` values of every `stride`-long row of `scores`, written as bf16 to
 /// the rows of `out` (stride `out_stride`; its other columns are left alone). `scores` is used
-/// as scratch. Threaded over rows. (The attention probabilities of the AMX encoder.)
-pub(crate) fn softmax_rows_to_bf16(
+/// as scratch. One thread: the caller (the AMX encoder's attention) runs many of these at once.
+pub(crate) fn softmax_to_bf16(
     scores: &mut [f32],
     stride: usize,
     n: usize,
     out: &mut [u16],
     out_stride: usize,
 ) {
-    let rows = (scores.len() / stride.max(1)).min(out.len() / out_stride.max(1));
-    let per_task = rows.div_ceil(rayon::current_num_threads() * 4).max(16);
-    scores[..rows * stride]
-        .par_chunks_mut(per_task * stride)
-        .zip(out[..rows * out_stride].par_chunks_mut(per_task * out_stride))
-        .for_each(|(s, o)| softmax_bf16_chunk(s, o, stride, out_stride, n));
+    softmax_bf16_chunk(scores, out, stride, out_stride, n)
 }
 
 dispatch!(softmax_bf16_chunk(scores: &mut [f32], out: &mut [u16], stride: usize, out_stride: usize, n: usize) {
