@@ -4,6 +4,7 @@
 
 use candle_core::{Module, Tensor};
 use candle_nn::{LayerNorm, Linear};
+use rayon::prelude::*;
 
 use super::linear::{Precision, Proj};
 use super::rowmatmul::RowMatmul;
@@ -18,8 +19,6 @@ struct DecoderBlock {
     self_out: Proj,
     cross_ln: LayerNorm,
     cross_q: Proj,
-    /// Runs once per window over 1500 rows: f32, or bf16 on AMX like the encoder.
-    cross_kv: super::encoder::Proj,
     cross_out: Proj,
     mlp_ln: LayerNorm,
     fc1: Proj,
@@ -67,7 +66,100 @@ impl DecoderState {
     }
 }
 
+/// The audio keys and values of every layer, computed in two matmuls per window (all layers'
+/// weights stacked): keys already transposed, `Kᵀ = W_k·audioᵀ` `(layers·d, t)`, the layout
+/// attention reads; values `audio·W_vᵀ` `(t, layers·d)`. f32, or bf16 on AMX like the encoder.
+enum CrossKv {
+    F32 {
+        wk: Tensor,
+        /// `(layers·d, 1)`: one bias per key row.
+        bk: Tensor,
+        v: Linear,
+    },
+    Amx {
+        wk: super::amx::Bf16Rows,
+        bk: Vec<f32>,
+        v: super::amx::Linear,
+    },
+}
+
+impl CrossKv {
+    fn new(w: &Weights, layers: usize, d: usize, amx: bool) -> Result<Self, ModelError> {
+        let proj = |kind: &str| -> Result<(Tensor, Tensor), ModelError> {
+            let ls = (0..layers)
+                .map(|i| {
+                    linear(
+                        w,
+                        &format!("decoder.layers.{i}.encoder_attn.{kind}_proj"),
+                        d,
+                        d,
+                    )
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            let weights: Vec<&Tensor> = ls.iter().map(|l| l.weight()).collect();
+            let biases = ls
+                .iter()
+                .map(|l| {
+                    l.bias()
+                        .cloned()
+                        .ok_or(candle_core::Error::Msg("no bias".into()))
+                })
+                .collect::<candle_core::Result<Vec<_>>>()?;
+            Ok((Tensor::cat(&weights, 0)?, Tensor::cat(&biases, 0)?))
+        };
+        let (wk, bk) = proj("k")?;
+        let (wv, bv) = proj("v")?;
+        let v = Linear::new(wv, Some(bv));
+        Ok(if amx {
+            let n = wk.dim(0)?;
+            CrossKv::Amx {
+                wk: super::amx::Bf16Rows::new(&wk.flatten_all()?.to_vec1::<f32>()?, n, d, d),
+                bk: bk.to_vec1::<f32>()?,
+                v: super::amx::Linear::new(&v)?,
+            }
+        } else {
+            CrossKv::F32 {
+                bk: bk.unsqueeze(1)?,
+                wk,
+                v,
+            }
+        })
+    }
+
+    /// `audio` `(t, d)` → (`Kᵀ` `(layers·d, t)`, `V` `(t, layers·d)`) as plain vectors.
+    fn compute(&self, audio: &Tensor) -> candle_core::Result<(Vec<f32>, Vec<f32>)> {
+        match self {
+            CrossKv::F32 { wk, bk, v } => {
+                let kt = wk.matmul(&audio.t()?)?.broadcast_add(bk)?;
+                let vals = v.forward(audio)?;
+                Ok((kt.flatten_all()?.to_vec1()?, vals.flatten_all()?.to_vec1()?))
+            }
+            CrossKv::Amx { wk, bk, v } => {
+                let (t, d) = audio.dims2()?;
+                let x = audio.flatten_all()?.to_vec1::<f32>()?;
+                let mut kt = super::amx::matmul(wk, &super::amx::PackedB::from_rows(&x, t, d, d));
+                kt.par_chunks_mut(t)
+                    .zip(bk)
+                    .for_each(|(row, b)| row.iter_mut().for_each(|x| *x += b));
+                let vals = v.forward(audio)?;
+                Ok((kt, vals.flatten_all()?.to_vec1()?))
+            }
+        }
+    }
+}
+
+/// f32 → fp16 bits (round to nearest), vectorized by `half` where the CPU has F16C.
+fn to_f16_bits(x: &[f32]) -> Vec<u16> {
+    use half::slice::HalfFloatSliceExt;
+    let mut out = vec![half::f16::ZERO; x.len()];
+    out.convert_from_f32_slice(x);
+    let bits: &[u16] = out.reinterpret_cast();
+    bits.to_vec()
+}
+
 pub struct TextDecoder {
+    /// Every layer's audio keys/values, once per window.
+    cross_kv: CrossKv,
     /// Token embeddings, exact (held as fp16 when every value is fp16, as in the shipped
     /// models); in f32 also the tied output projection.
     embed: RowMatmul,
@@ -102,13 +194,6 @@ impl TextDecoder {
                     (q.weight() * scale)?,
                     q.bias().map(|b| b * scale).transpose()?,
                 );
-                let k = linear(w, &format!("{p}.encoder_attn.k_proj"), d, d)?;
-                let v = linear(w, &format!("{p}.encoder_attn.v_proj"), d, d)?;
-                let kv_w = Tensor::cat(&[k.weight(), v.weight()], 0)?;
-                let kv_b = match (k.bias(), v.bias()) {
-                    (Some(kb), Some(vb)) => Some(Tensor::cat(&[kb, vb], 0)?),
-                    _ => None,
-                };
                 Ok(DecoderBlock {
                     self_ln: layer_norm(w, &format!("{p}.self_attn_layer_norm"), d)?,
                     self_qkv: Proj::new(
@@ -121,7 +206,6 @@ impl TextDecoder {
                     )?,
                     cross_ln: layer_norm(w, &format!("{p}.encoder_attn_layer_norm"), d)?,
                     cross_q: Proj::new(cross_q, precision)?,
-                    cross_kv: super::encoder::Proj::new(Linear::new(kv_w, kv_b), amx)?,
                     cross_out: Proj::new(
                         linear(w, &format!("{p}.encoder_attn.out_proj"), d, d)?,
                         precision,
@@ -145,6 +229,7 @@ impl TextDecoder {
             "decoder token embedding / output projection"
         );
         Ok(Self {
+            cross_kv: CrossKv::new(w, dims.n_text_layer, d, amx)?,
             // The f32 tensor (80 MB for tiny) is kept only where RowMatmul cannot run.
             embed_device: (!device.is_cpu()).then_some(embed_tokens),
             embed,
@@ -172,29 +257,29 @@ impl TextDecoder {
             candle_core::bail!("prepare takes one window at a time, got {b}");
         }
         let dh = d / self.n_head;
-        let mut cross = Vec::with_capacity(self.blocks.len());
-        let half = |x: Vec<f32>| -> Vec<u16> {
-            x.into_iter()
-                .map(|v| half::f16::from_f32(v).to_bits())
-                .collect()
-        };
-        for block in &self.blocks {
-            let kv = block
-                .cross_kv
-                .forward(audio)?
-                .reshape((t, 2, self.n_head, dh))?
-                .permute((1, 2, 0, 3))?; // (2, heads, t, dh)
-            let k = kv.get(0)?.transpose(1, 2)?; // (heads, dh, t)
-            let kt = k.flatten_all()?.to_vec1::<f32>()?;
-            let v = kv.get(1)?.flatten_all()?.to_vec1::<f32>()?;
-            cross.push(match self.precision {
-                Precision::F32 => AudioKv::F32 { kt, v },
-                Precision::Q8 => AudioKv::F16 {
-                    kt: half(kt),
-                    v: half(v),
-                },
-            });
-        }
+        let layers = self.blocks.len();
+        let (kt_all, v_all) = self.cross_kv.compute(&audio.squeeze(0)?)?;
+        // Per layer: its rows of Kᵀ as they are (heads one after another, `(heads, dh, t)`);
+        // its columns of V regrouped per head `(heads, t, dh)`, heads in parallel.
+        let cross = (0..layers)
+            .into_par_iter()
+            .map(|i| {
+                let kt = &kt_all[i * d * t..][..d * t];
+                let mut v = Vec::with_capacity(t * d);
+                for h in 0..self.n_head {
+                    for row in v_all.chunks_exact(layers * d) {
+                        v.extend_from_slice(&row[i * d + h * dh..][..dh]);
+                    }
+                }
+                match self.precision {
+                    Precision::F32 => AudioKv::F32 { kt: kt.to_vec(), v },
+                    Precision::Q8 => AudioKv::F16 {
+                        kt: to_f16_bits(kt),
+                        v: to_f16_bits(&v),
+                    },
+                }
+            })
+            .collect();
         let cap = 16 * d;
         Ok(DecoderState {
             self_k: (0..self.blocks.len())
