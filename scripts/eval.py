@@ -75,7 +75,7 @@ def main():
     if a.speed:
         # Batch (decoding overlapped with inference) vs. transcribe over the same files.
         t0 = time.perf_counter()
-        run([a.bin, "batch", "--model", a.model, "--threads", str(a.threads), "--format", "json", "--output-dir", os.path.join(tmp, "batch"), *files])
+        run([a.bin, "batch", "--model", a.model, "--threads", str(a.threads), "--precision", a.precision, "--format", "json", "--output-dir", os.path.join(tmp, "batch"), *files])
         batch_wall = time.perf_counter() - t0
         print(f"\nwhisperd batch over the same files: {batch_wall:.1f} s wall incl. model load ({audio / batch_wall:.1f}x real time); "
               f"transcribe: {wall:.1f} s ({audio / wall:.1f}x)")
@@ -83,7 +83,7 @@ def main():
         long_file = os.path.join(tmp, "ten-minutes.wav")
         run(["sox", chapter, chapter, chapter, long_file])
         t0 = time.perf_counter()
-        r = subprocess.run(["/usr/bin/time", "-f", "%M", a.bin, "transcribe", "--model", a.model, "--threads", str(a.threads), long_file],
+        r = subprocess.run(["/usr/bin/time", "-f", "%M", a.bin, "transcribe", "--model", a.model, "--threads", str(a.threads), "--precision", a.precision, long_file],
                            text=True, capture_output=True, env={**os.environ, "RUST_LOG": "warn"})
         secs = time.perf_counter() - t0
         rss_mb = int(r.stderr.strip().splitlines()[-1]) / 1024

@@ -9,9 +9,9 @@
 //!   waits (at most `STEP_WAIT`) until every decoding sequence has sent its token.
 //! - **Encoder:** 30-s windows waiting from different transcriptions run as one batch of up to
 //!   `max_batch`. While sequences are decoding, new windows wait (at most `max_wait`) for the batch
-//!   to fill, so that they then decode together: on a CPU the encoder costs the same per window
-//!   batched or not, but a decoder step costs nearly the same for eight sequences as for one, so
-//!   throughput comes from keeping the decoder batch full. When nothing is decoding, a window
+//!   to fill, so that they then decode together: on a CPU the encoder gains nothing from a batch
+//!   (it runs the windows one after another, see `AudioEncoder::forward`), but decoder steps share
+//!   their weight reads across sequences, so throughput comes from keeping the decoder batch full. When nothing is decoding, a window
 //!   waits only `IDLE_FILL_WAIT` for company.
 //! - **Fairness:** a transcription has at most one call outstanding (its windows are sequential:
 //!   each starts where the previous one's last timestamp ended), so a long file holds one slot of
