@@ -173,8 +173,9 @@ dispatch!(gelu_slice(buf: &mut [f32]) {
     }
 });
 
-/// Attention for decoder queries, one `(query row, head)` pair per task. `q` is `(n, heads·dh)`
-/// (already scaled by dh^-0.5); `out` has the same shape.
+/// Attention for the decoder queries of one sequence, one `(query row, head)` pair per call (the
+/// caller runs the pairs of every sequence of a step in one parallel region). `q` is
+/// `(n, heads·dh)`, already scaled by dh^-0.5; each call writes one `dh`-long output.
 pub struct QueryAttention<'a> {
     pub q: &'a [f32],
     pub heads: usize,
@@ -182,56 +183,69 @@ pub struct QueryAttention<'a> {
 }
 
 impl QueryAttention<'_> {
-    /// Self-attention over a cache of `(tokens, heads·dh)` keys and values; query row `i` sees
-    /// keys `0 ..= first + i` (causal).
-    pub fn over_cache(&self, k: &[f32], v: &[f32], first: usize, out: &mut [f32]) {
-        let (heads, dh) = (self.heads, self.dh);
-        let run = |idx: usize, o: &mut [f32]| {
-            let (row, h) = (idx / heads, idx % heads);
-            let keys = first + row + 1;
-            let q = &self.q[row * heads * dh + h * dh..][..dh];
-            self_head(q, k, v, keys, heads * dh, h * dh, o);
-        };
-        par_rows(out, dh, heads, run);
+    fn query(&self, row: usize, h: usize) -> &[f32] {
+        &self.q[row * self.heads * self.dh + h * self.dh..][..self.dh]
+    }
+
+    /// Self-attention over a cache of `(tokens, heads·dh)` keys and values; query row `row` sees
+    /// keys `0 ..= first + row` (causal).
+    pub fn cache_head(
+        &self,
+        row: usize,
+        h: usize,
+        k: &[f32],
+        v: &[f32],
+        first: usize,
+        out: &mut [f32],
+    ) {
+        let stride = self.heads * self.dh;
+        self_head(
+            self.query(row, h),
+            k,
+            v,
+            first + row + 1,
+            stride,
+            h * self.dh,
+            out,
+        );
     }
 
     /// Cross-attention to audio keys stored transposed per head `(heads, dh, n_audio)` and values
-    /// `(heads, n_audio, dh)`.
-    pub fn over_audio(&self, kt: &[f32], v: &[f32], n_audio: usize, out: &mut [f32]) {
-        let (heads, dh) = (self.heads, self.dh);
-        let run = |idx: usize, o: &mut [f32]| {
-            let (row, h) = (idx / heads, idx % heads);
-            let q = &self.q[row * heads * dh + h * dh..][..dh];
-            let block = dh * n_audio;
-            cross_head(
-                q,
-                &kt[h * block..][..block],
-                &v[h * block..][..block],
-                n_audio,
-                o,
-            );
-        };
-        par_rows(out, dh, heads, run);
+    /// `(heads, n_audio, dh)`, as f32 or as fp16 bits (q8).
+    pub fn audio_head<T: AudioValue>(
+        &self,
+        row: usize,
+        h: usize,
+        kt: &[T],
+        v: &[T],
+        n_audio: usize,
+        out: &mut [f32],
+    ) {
+        let block = self.dh * n_audio;
+        T::cross_head(
+            self.query(row, h),
+            &kt[h * block..][..block],
+            &v[h * block..][..block],
+            n_audio,
+            out,
+        );
     }
 }
 
-impl QueryAttention<'_> {
-    /// [`QueryAttention::over_audio`] with keys and values stored as fp16 bits.
-    pub fn over_audio_f16(&self, kt: &[u16], v: &[u16], n_audio: usize, out: &mut [f32]) {
-        let (heads, dh) = (self.heads, self.dh);
-        let run = |idx: usize, o: &mut [f32]| {
-            let (row, h) = (idx / heads, idx % heads);
-            let q = &self.q[row * heads * dh + h * dh..][..dh];
-            let block = dh * n_audio;
-            cross_head_f16(
-                q,
-                &kt[h * block..][..block],
-                &v[h * block..][..block],
-                n_audio,
-                o,
-            );
-        };
-        par_rows(out, dh, heads, run);
+/// How audio keys/values are stored: f32, or fp16 bits (half the memory traffic per step).
+pub trait AudioValue: Sized {
+    fn cross_head(q: &[f32], kt: &[Self], v: &[Self], n: usize, out: &mut [f32]);
+}
+
+impl AudioValue for f32 {
+    fn cross_head(q: &[f32], kt: &[f32], v: &[f32], n: usize, out: &mut [f32]) {
+        cross_head(q, kt, v, n, out)
+    }
+}
+
+impl AudioValue for u16 {
+    fn cross_head(q: &[f32], kt: &[u16], v: &[u16], n: usize, out: &mut [f32]) {
+        cross_head_f16(q, kt, v, n, out)
     }
 }
 
@@ -297,17 +311,6 @@ unsafe fn cross_head_f16_avx512(q: &[f32], kt: &[u16], v: &[u16], n: usize, out:
     }
     for (c, a) in acc.iter().enumerate().take(lanes) {
         _mm512_storeu_ps(out.as_mut_ptr().add(c * 16), *a);
-    }
-}
-
-/// Runs `f(index, chunk)` over the `dh`-long chunks of `out`, threaded when there is enough work.
-fn par_rows(out: &mut [f32], dh: usize, heads: usize, f: impl Fn(usize, &mut [f32]) + Sync) {
-    if out.len() / dh >= heads.max(2) {
-        out.par_chunks_mut(dh)
-            .enumerate()
-            .for_each(|(i, o)| f(i, o));
-    } else {
-        out.chunks_mut(dh).enumerate().for_each(|(i, o)| f(i, o));
     }
 }
 
@@ -562,8 +565,12 @@ mod tests {
             .collect();
         let qa = QueryAttention { q: &q, heads, dh };
         let (mut a, mut b) = (vec![0f32; q.len()], vec![0f32; q.len()]);
-        qa.over_audio(&f(&kt16), &f(&v16), n, &mut a);
-        qa.over_audio_f16(&kt16, &v16, n, &mut b);
+        let (kt32, v32) = (f(&kt16), f(&v16));
+        for (i, (oa, ob)) in a.chunks_mut(dh).zip(b.chunks_mut(dh)).enumerate() {
+            let (row, h) = (i / heads, i % heads);
+            qa.audio_head(row, h, &kt32, &v32, n, oa);
+            qa.audio_head(row, h, &kt16, &v16, n, ob);
+        }
         let diff = a
             .iter()
             .zip(&b)
