@@ -94,12 +94,7 @@ pub fn apply_timestamp_rules(
 
 /// `log(Σ exp(x))`, stable; −inf for an empty or all −inf slice.
 pub fn log_sum_exp(xs: &[f32]) -> f32 {
-    let max = xs.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    if !max.is_finite() {
-        return f32::NEG_INFINITY;
-    }
-    let sum: f32 = xs.iter().map(|&x| (x - max).exp()).sum();
-    max + sum.ln()
+    crate::model::kernels::log_sum_exp(xs)
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@ mod ct2;
 mod decoder;
 mod encoder;
 mod hf;
-mod kernels;
+pub(crate) mod kernels;
 mod linear;
 pub mod rowmatmul;
 mod weights;
