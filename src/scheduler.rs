@@ -105,10 +105,6 @@ enum Call {
         mel: Tensor,
         reply: Reply<Tensor>,
     },
-    Prepare {
-        features: Tensor,
-        reply: Reply<DecoderState>,
-    },
     Prefill {
         state: DecoderState,
         tokens: Vec<u32>,
@@ -173,8 +169,12 @@ impl ModelRunner for SchedulerHandle {
     }
 
     fn prepare(&self, features: &Tensor) -> Result<DecoderState, DecodeError> {
-        let features = features.clone();
-        self.call(|reply| Call::Prepare { features, reply })?
+        // On the calling thread (its work still runs on the shared compute pool): a window's
+        // setup needs no batching, and this way the setups of windows encoded together overlap
+        // each other and the scheduler's steps instead of queuing on its thread one by one.
+        guarded("cross-attention setup", || {
+            Ok(self.model.decoder.prepare(features)?)
+        })
     }
 
     fn prefill(
@@ -340,12 +340,6 @@ impl Loop {
                 call: (mel, reply),
                 since,
             }),
-            Call::Prepare { features, reply } => {
-                let r = guarded("cross-attention setup", || {
-                    Ok(self.model.decoder.prepare(&features)?)
-                });
-                let _ = reply.send(r);
-            }
             Call::Prefill {
                 mut state,
                 tokens,

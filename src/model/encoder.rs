@@ -3,6 +3,7 @@
 
 use candle_core::{Module, Tensor};
 use candle_nn::{LayerNorm, Linear};
+use rayon::prelude::*;
 
 use super::weights::Weights;
 use super::{ModelDims, ModelError};
@@ -267,6 +268,7 @@ impl AudioEncoder {
             // 67 ms per window for eight, q8): the 1500-row matmuls are compute-bound either
             // way, and eight windows' activations (74 MB for one MLP output) fall out of cache.
             let windows = (0..b)
+                .into_par_iter()
                 .map(|i| self.forward_batch(&mel.narrow(0, i, 1)?))
                 .collect::<candle_core::Result<Vec<_>>>()?;
             return Tensor::cat(&windows, 0);
