@@ -1,6 +1,6 @@
-//! Criterion benches of each pipeline stage on tiny.en: log-mel of 30 s, one encoder window,
-//! one decoder step at positions 1 and 200 (KV cache: the later step must not cost much more),
-//! and jfk end to end. `make bench` runs them; end-to-end speed vs faster-whisper is scripts/eval.py.
+//! Criterion benches of each pipeline stage on tiny.en: log-mel of 30 s, one encoder window and
+//! a batch of eight, one decoder step at positions 1 and 200 (KV cache: the later step must not
+//! cost much more), and jfk end to end. `make bench` runs them; end-to-end speed vs faster-whisper is scripts/eval.py.
 
 use std::path::PathBuf;
 
@@ -44,6 +44,11 @@ fn benches(c: &mut Criterion) {
     g.sample_size(10);
     g.bench_function("encoder_window", |b| {
         b.iter(|| engine.model.encode(&window).unwrap())
+    });
+    // Eight windows in one call, as the scheduler batches them (on a CPU they run side by side).
+    let eight = Tensor::cat(&[&window; 8], 0).unwrap();
+    g.bench_function("encoder_batch_8", |b| {
+        b.iter(|| engine.model.encode(&eight).unwrap())
     });
     let features = engine.model.encode(&window).unwrap();
     let dec = &engine.model.decoder;
@@ -106,6 +111,9 @@ fn benches(c: &mut Criterion) {
     // bf16 on AMX where the CPU has it (see src/model/amx.rs), else the same f32 path.
     g.bench_function("encoder_window_q8", |b| {
         b.iter(|| q8.model.encode(&window).unwrap())
+    });
+    g.bench_function("encoder_batch_8_q8", |b| {
+        b.iter(|| q8.model.encode(&eight).unwrap())
     });
     let q8_features = q8.model.encode(&window).unwrap();
     for n in [1usize, 8] {

@@ -42,7 +42,7 @@ impl Default for Config {
             http_workers: 2,
             threads: 0,
             batch_size: 8,
-            batch_wait_ms: 50,
+            batch_wait_ms: 20,
             queue_size: 32,
             request_timeout_s: 300,
             drain_timeout_s: 30,
