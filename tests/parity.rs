@@ -156,6 +156,53 @@ fn q8_gives_reference_tokens_and_features_close_to_f32() {
     assert!(rel < 2e-2, "relative difference {rel}");
 }
 
+/// A batch of windows (run side by side on a CPU) gives each window the features it gets alone,
+/// in order: two different windows, batched both ways round.
+#[test]
+fn encoder_batch_gives_each_window_its_own_features() {
+    let e = engine();
+    let a = reference_mel().unsqueeze(0).unwrap();
+    // A second, different window: the same audio a second later.
+    let pcm = jfk_pcm();
+    let b = MelSpectrogram::new(80).compute(
+        &pcm.samples[16_000..],
+        N_SAMPLES - pcm.samples.len() + 16_000,
+    );
+    let b = Tensor::from_vec(b.data, (1, 80, N_FRAMES), &Device::Cpu).unwrap();
+    let alone = |m: &Tensor| e.model.encode(m).unwrap();
+    let (fa, fb) = (alone(&a), alone(&b));
+    for (first, second, want) in [(&a, &b, [&fa, &fb]), (&b, &a, [&fb, &fa])] {
+        let batch = e
+            .model
+            .encode(&Tensor::cat(&[first, second], 0).unwrap())
+            .unwrap();
+        for (i, w) in want.into_iter().enumerate() {
+            let got = batch.narrow(0, i, 1).unwrap();
+            let diff = (&got - w)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert!(
+                diff <= 1e-5,
+                "window {i} differs from its features alone by {diff}"
+            );
+        }
+    }
+    let diff = (&fa - &fb)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    assert!(diff > 1e-2, "the two test windows should differ");
+}
+
 #[test]
 fn computed_suppress_list_matches_the_model_config() {
     // The fallback for model directories without a suppress list must equal what CTranslate2 ships.
