@@ -156,6 +156,17 @@ fn q8_gives_reference_tokens_and_features_close_to_f32() {
     assert!(rel < 2e-2, "relative difference {rel}");
 }
 
+fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
+
 /// A batch of windows (run side by side on a CPU) gives each window the features it gets alone,
 /// in order: two different windows, batched both ways round.
 #[test]
@@ -178,28 +189,14 @@ fn encoder_batch_gives_each_window_its_own_features() {
             .unwrap();
         for (i, w) in want.into_iter().enumerate() {
             let got = batch.narrow(0, i, 1).unwrap();
-            let diff = (&got - w)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
+            let diff = max_abs_diff(&got, w);
             assert!(
                 diff <= 1e-5,
                 "window {i} differs from its features alone by {diff}"
             );
         }
     }
-    let diff = (&fa - &fb)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
+    let diff = max_abs_diff(&fa, &fb);
     assert!(diff > 1e-2, "the two test windows should differ");
 }
 
