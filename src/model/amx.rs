@@ -446,19 +446,25 @@ impl candle_core::CustomOp1 for Attention {
                         // `encoder::Proj`); `scores` is one 32-row block of q·kᵀ.
                         unsafe { imp::block_row(q, mb, keys, scores) };
                         let stride = probs.stride();
-                        super::kernels::softmax_to_bf16(
-                            &mut scores[..rows * keys.n_pad],
+                        let mut inv_sums = [0f32; BLOCK];
+                        super::kernels::exp_to_bf16(
+                            scores,
                             keys.n_pad,
                             t,
-                            &mut probs.rows_mut()[..rows * stride],
+                            probs.rows_mut(),
                             stride,
+                            &mut inv_sums[..rows],
                         );
                         // Rows past `rows` of a last, partial block hold an earlier task's
-                        // probabilities: their outputs are computed and dropped.
+                        // values: their outputs are computed and dropped.
                         let mut out = vec![0f32; BLOCK * values.n_pad];
-                        // SAFETY: as above; `out` is one 32-row block of probs·v.
+                        // SAFETY: as above; `out` is one 32-row block of e·v.
                         unsafe { imp::block_row(probs, 0, values, &mut out) };
                         out.truncate(rows * values.n_pad);
+                        // The softmax's normalization, applied to the product (see `exp_to_bf16`).
+                        for (row, inv) in out.chunks_mut(values.n_pad).zip(inv_sums) {
+                            row.iter_mut().for_each(|v| *v *= inv);
+                        }
                         out
                     },
                 )
