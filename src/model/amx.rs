@@ -131,29 +131,50 @@ pub struct PackedB {
 impl PackedB {
     /// `B = Wᵀ` for a weight (or key) matrix `W` of `n` rows of `k`: `W[j][i] = w[j * ldw + i]`.
     pub fn from_rows(w: &[f32], n: usize, k: usize, ldw: usize) -> Self {
-        Self::pack(k, n, |i, j| w[j * ldw + i])
+        // Row j of W is column j of B: its values, in pairs, go down slot j % 16 of the
+        // column's tiles (one tile row per pair).
+        Self::pack(k, n, |nb, cols, col_tiles| {
+            for jj in 0..cols {
+                let row = &w[(nb * 16 + jj) * ldw..][..k];
+                for (p, pair) in row.chunks(2).enumerate() {
+                    let at = (p / 16) * TILE_U16 + (p % 16) * 32 + 2 * jj;
+                    col_tiles[at] = bf16(pair[0]);
+                    if let Some(&odd) = pair.get(1) {
+                        col_tiles[at + 1] = bf16(odd);
+                    }
+                }
+            }
+        })
     }
 
     /// `B` itself, `k` rows of `n` (values of attention): `B[i][j] = b[i * ldb + j]`.
     pub fn from_cols(b: &[f32], k: usize, n: usize, ldb: usize) -> Self {
-        Self::pack(k, n, |i, j| b[i * ldb + j])
+        // Row by row (contiguous reads): row i of B fills every other slot of one tile row.
+        Self::pack(k, n, |nb, cols, col_tiles| {
+            for i in 0..k {
+                let src = &b[i * ldb + nb * 16..][..cols];
+                let base = (i / BLOCK) * TILE_U16 + (i % BLOCK / 2) * 32 + i % 2;
+                for (jj, &v) in src.iter().enumerate() {
+                    col_tiles[base + 2 * jj] = bf16(v);
+                }
+            }
+        })
     }
 
-    fn pack(k: usize, n: usize, get: impl Fn(usize, usize) -> f32 + Sync) -> Self {
+    /// Tile layout: column j, k index i goes to tile (j / 16, i / 32), row (i % 32) / 2,
+    /// slot 2·(j % 16) + i % 2. `fill(nb, cols, tiles)` writes columns `16·nb ..` (`cols` of
+    /// them, 16 but at the end) into the tiles of column block `nb`; padding stays zero.
+    fn pack(k: usize, n: usize, fill: impl Fn(usize, usize, &mut [u16]) + Sync) -> Self {
         let (k_pad, n_pad) = (round_up(k.max(1), BLOCK), round_up(n.max(1), BLOCK));
         let kb = k_pad / BLOCK;
         let mut tiles = vec![0u16; (n_pad / 16) * kb * TILE_U16];
-        // Column j, k index i goes to tile (j / 16, i / 32), row (i % 32) / 2, slot 2·(j % 16) + i % 2.
         tiles
             .par_chunks_mut(kb * TILE_U16)
             .enumerate()
             .for_each(|(nb, col_tiles)| {
-                for jj in 0..16.min(n.saturating_sub(nb * 16)) {
-                    let col = nb * 16 + jj;
-                    for i in 0..k {
-                        let at = (i / BLOCK) * TILE_U16 + (i % BLOCK / 2) * 32 + 2 * jj + i % 2;
-                        col_tiles[at] = bf16(get(i, col));
-                    }
+                let cols = 16.min(n.saturating_sub(nb * 16));
+                if cols > 0 {
+                    fill(nb, cols, col_tiles);
                 }
             });
         Self {
@@ -176,24 +197,24 @@ impl PackedB {
 /// `A · B` as `(m, n_pad)` f32, row stride `n_pad` (columns ≥ n are zero: padding).
 /// The caller checks [`available`] first.
 pub fn matmul_padded(a: &Bf16Rows, b: &PackedB) -> Vec<f32> {
-    let mut c = Vec::new();
-    matmul_padded_into(a, b, &mut c);
-    c
-}
-
-/// [`matmul_padded`] into `c`, reusing its memory (every element is overwritten).
-pub fn matmul_padded_into(a: &Bf16Rows, b: &PackedB, c: &mut Vec<f32>) {
     assert_eq!(a.k_pad, b.k_pad, "inner dimensions differ");
     let n_pad = b.n_pad;
-    c.resize(a.m_pad * n_pad, 0.0);
-    c.par_chunks_mut(BLOCK * n_pad)
+    let len = a.m_pad * n_pad;
+    // Written in place of zero-filling first: the tile stores cover every element, and a
+    // zero fill of the up to 9 MB output was a single-threaded memset per linear layer.
+    let mut c: Vec<f32> = Vec::with_capacity(len);
+    c.spare_capacity_mut()[..len]
+        .par_chunks_mut(BLOCK * n_pad)
         .enumerate()
         .for_each(|(mb, rows)| {
             // SAFETY: `available()` was true (the caller's contract), so tiles are permitted;
-            // pointers and strides stay within `a`, `b` and this block of `c` (sizes set above).
-            unsafe { imp::block_row(a, mb, b, rows) }
+            // `rows` is block `mb` of `c`: 32 rows of `n_pad` (sizes set above).
+            unsafe { imp::block_row(a, mb, b, rows.as_mut_ptr().cast()) }
         });
+    // SAFETY: `block_row` stored all 32 × n_pad values of every block, so all `len` are set.
+    unsafe { c.set_len(len) };
     c.truncate(a.m * n_pad);
+    c
 }
 
 /// `A · B` as `(m, n)` (drops padding columns when n is not a multiple of 32).
@@ -254,14 +275,15 @@ mod imp {
     /// tiles (tmm0–3) over all of k, with A in tmm4/5 and B in tmm6/7.
     ///
     /// # Safety
-    /// Tiles are permitted ([`request`] returned true); `rows` is block `mb` of the output.
-    pub unsafe fn block_row(a: &Bf16Rows, mb: usize, b: &PackedB, rows: &mut [f32]) {
+    /// Tiles are permitted ([`request`] returned true); `rows` points to 32 writable rows of
+    /// `b.n_pad` values (block `mb` of the output); they need not be initialized.
+    pub unsafe fn block_row(a: &Bf16Rows, mb: usize, b: &PackedB, rows: *mut f32) {
         let kb = a.k_pad / BLOCK;
         let lda = a.k_pad * 2;
         let ldc = b.n_pad * 4;
         let a0 = a.data.as_ptr().add(mb * BLOCK * a.k_pad);
         let a1 = a0.add(16 * a.k_pad);
-        let c = rows.as_mut_ptr();
+        let c = rows;
         // Only whole blocks reach here except the last, whose padding rows were allocated too
         // (`c` has m_pad rows before truncation).
         asm!("ldtilecfg [{}]", in(reg) CONFIG.0.as_ptr(), options(nostack, readonly));
@@ -319,7 +341,7 @@ mod imp {
     pub fn request() -> bool {
         false
     }
-    pub unsafe fn block_row(_: &Bf16Rows, _: usize, _: &PackedB, _: &mut [f32]) {
+    pub unsafe fn block_row(_: &Bf16Rows, _: usize, _: &PackedB, _: *mut f32) {
         unreachable!("AMX is never reported available here")
     }
 }
@@ -444,7 +466,7 @@ impl candle_core::CustomOp1 for Attention {
                         scores.resize(BLOCK * keys.n_pad, 0.0);
                         // SAFETY: `Attention` runs only where `available()` was true (see
                         // `encoder::Proj`); `scores` is one 32-row block of q·kᵀ.
-                        unsafe { imp::block_row(q, mb, keys, scores) };
+                        unsafe { imp::block_row(q, mb, keys, scores.as_mut_ptr()) };
                         let stride = probs.stride();
                         let mut inv_sums = [0f32; BLOCK];
                         super::kernels::exp_to_bf16(
@@ -459,7 +481,7 @@ impl candle_core::CustomOp1 for Attention {
                         // values: their outputs are computed and dropped.
                         let mut out = vec![0f32; BLOCK * values.n_pad];
                         // SAFETY: as above; `out` is one 32-row block of e·v.
-                        unsafe { imp::block_row(probs, 0, values, &mut out) };
+                        unsafe { imp::block_row(probs, 0, values, out.as_mut_ptr()) };
                         out.truncate(rows * values.n_pad);
                         // The softmax's normalization, applied to the product (see `exp_to_bf16`).
                         for (row, inv) in out.chunks_mut(values.n_pad).zip(inv_sums) {
@@ -506,7 +528,8 @@ mod tests {
             return;
         }
         let r = |v: f32| f32::from_bits((bf16(v) as u32) << 16);
-        for (m, k, n) in [(1500, 64, 1500), (37, 384, 1152), (5, 50, 17)] {
+        // Odd k and n that are not multiples of 16 exercise the packing's padding.
+        for (m, k, n) in [(1500, 64, 1500), (37, 384, 1152), (5, 50, 17), (33, 51, 20)] {
             let a = rand_vec(m * k, 1);
             let w = rand_vec(n * k, 2);
             let got_rows = matmul(
@@ -525,13 +548,19 @@ mod tests {
                 &PackedB::from_cols(&wt, k, n, n),
             );
             assert_eq!(got_rows.len(), m * n);
-            for (i, j) in [
-                (0, 0),
-                (m - 1, n - 1),
-                (m / 2, n / 3),
-                (m - 1, 0),
-                (0, n - 1),
-            ] {
+            // Every entry of the small products; corners and a middle one of the large.
+            let points: Vec<(usize, usize)> = if m * n <= 5000 {
+                (0..m).flat_map(|i| (0..n).map(move |j| (i, j))).collect()
+            } else {
+                vec![
+                    (0, 0),
+                    (m - 1, n - 1),
+                    (m / 2, n / 3),
+                    (m - 1, 0),
+                    (0, n - 1),
+                ]
+            };
+            for (i, j) in points {
                 let want: f64 = (0..k)
                     .map(|t| r(a[i * k + t]) as f64 * r(w[j * k + t]) as f64)
                     .sum();
