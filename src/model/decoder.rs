@@ -478,9 +478,4 @@ impl TextDecoder {
         let n = hidden.dim(1)?;
         self.logits(&hidden.narrow(1, n - 1, 1)?.squeeze(1)?)
     }
-
-    /// Logits at position `i` of each sequence: `(batch, n_vocab)`.
-    pub fn logits_at(&self, hidden: &Tensor, i: usize) -> candle_core::Result<Tensor> {
-        self.logits(&hidden.narrow(1, i, 1)?.squeeze(1)?)
-    }
 }
