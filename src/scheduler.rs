@@ -29,7 +29,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use candle_core::Tensor;
-use prometheus::{HistogramOpts, HistogramVec, IntGauge, Registry};
+use prometheus::{CounterVec, HistogramOpts, HistogramVec, IntGauge, Opts, Registry};
 
 use crate::decode::{DecodeError, ModelRunner};
 use crate::model::{DecoderState, Whisper};
@@ -58,6 +58,7 @@ pub struct SchedulerMetrics {
     pub batch_size: HistogramVec,
     pub wait_seconds: HistogramVec,
     pub active_sequences: IntGauge,
+    pub busy_seconds: CounterVec,
 }
 
 impl SchedulerMetrics {
@@ -83,10 +84,19 @@ impl SchedulerMetrics {
                 "whisperd_decoding_sequences",
                 "Sequences currently decoding (rows of the next decoder step)",
             )?,
+            busy_seconds: CounterVec::new(
+                Opts::new(
+                    "whisperd_scheduler_busy_seconds_total",
+                    "Seconds the scheduler spent running encoder batches and decoder steps; a \
+                     summed rate near 1 means the model is saturated (scale out)",
+                ),
+                &["stage"],
+            )?,
         };
         registry.register(Box::new(m.batch_size.clone()))?;
         registry.register(Box::new(m.wait_seconds.clone()))?;
         registry.register(Box::new(m.active_sequences.clone()))?;
+        registry.register(Box::new(m.busy_seconds.clone()))?;
         Ok(m)
     }
 }
@@ -278,10 +288,14 @@ impl Loop {
                 self.accept(c);
             }
             if self.decoder_ready(Instant::now()) {
+                let t = Instant::now();
                 self.run_step();
+                self.observe_busy("decoder", t);
             }
             if self.encoder_ready(Instant::now()) {
+                let t = Instant::now();
                 self.run_encoder();
+                self.observe_busy("encoder", t);
             }
         }
     }
@@ -350,6 +364,16 @@ impl Loop {
     fn observe_active(&self) {
         if let Some(m) = &self.metrics {
             m.active_sequences.set(self.active as i64);
+        }
+    }
+
+    /// The scheduler's thread runs every batch in turn: its busy time is the serving capacity
+    /// in use.
+    fn observe_busy(&self, stage: &str, since: Instant) {
+        if let Some(m) = &self.metrics {
+            m.busy_seconds
+                .with_label_values(&[stage])
+                .inc_by(since.elapsed().as_secs_f64());
         }
     }
 

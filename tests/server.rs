@@ -551,4 +551,11 @@ fn short_requests_are_not_stuck_behind_a_long_file() {
         "decoder steps never held two sequences ({rows} rows in {steps} steps)"
     );
     assert!(s.metric("whisperd_batch_wait_seconds_count") > 0.0);
+    // The scheduler's busy time covers at least the chapter's encoder windows and steps.
+    let encoding = s.metric("whisperd_scheduler_busy_seconds_total{stage=\"encoder\"}");
+    let decoding = s.metric("whisperd_scheduler_busy_seconds_total{stage=\"decoder\"}");
+    assert!(
+        encoding > 0.0 && decoding > 0.0,
+        "busy seconds: encoder {encoding}, decoder {decoding}"
+    );
 }
