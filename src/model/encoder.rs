@@ -304,6 +304,12 @@ mod tests {
             .collect()
     }
 
+    fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b)
+            .and_then(|d| d.abs()?.max_all()?.to_scalar::<f32>())
+            .unwrap()
+    }
+
     /// The unfolded convolution against candle's direct conv1d (Whisper's: kernel 3,
     /// padding 1), for both strides, odd and even lengths, a batch of two, f32 and AMX.
     #[test]
@@ -330,14 +336,7 @@ mod tests {
                 let conv = Conv::from_tensors(&weight, bias.clone(), stride, amx).unwrap();
                 let got = conv.forward(&x.transpose(1, 2).unwrap()).unwrap();
                 assert_eq!(got.dims(), want.dims(), "stride {stride}, {frames} frames");
-                let diff = (&got - &want)
-                    .unwrap()
-                    .abs()
-                    .unwrap()
-                    .max_all()
-                    .unwrap()
-                    .to_scalar::<f32>()
-                    .unwrap();
+                let diff = max_abs_diff(&got, &want);
                 // f32: summation order only; AMX: inputs rounded to bf16 (8-bit mantissa) over 240 terms.
                 let bound = if amx { 0.1 } else { 1e-4 };
                 assert!(
@@ -384,14 +383,7 @@ mod tests {
             .apply_op1_no_bwd(&super::super::amx::Attention { heads })
             .unwrap();
         assert_eq!(got.dims(), want.dims());
-        let diff = (&got - &want)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let diff = max_abs_diff(&got, &want);
         // Outputs are averages of values in [-1, 1]; bf16 scores and weights move them ~1e-2.
         assert!(diff < 3e-2, "max diff {diff}");
     }
