@@ -96,14 +96,14 @@ impl InplaceOp1 for GeluErf {
 /// Runs `$body` compiled for AVX-512 when the CPU has it, else for the build's baseline. The body
 /// is the same scalar code; only the instructions LLVM may vectorize it to differ.
 macro_rules! dispatch {
-    ($name:ident($($arg:ident: $ty:ty),*) $body:block) => {
-        fn $name($($arg: $ty),*) {
+    ($vis:vis $name:ident($($arg:ident: $ty:ty),*) $(-> $ret:ty)? $body:block) => {
+        $vis fn $name($($arg: $ty),*) $(-> $ret)? {
             #[inline(always)]
-            fn generic($($arg: $ty),*) $body
+            fn generic($($arg: $ty),*) $(-> $ret)? $body
             #[cfg(target_arch = "x86_64")]
             {
                 #[target_feature(enable = "avx512f,avx512dq,avx2,fma")]
-                unsafe fn wide($($arg: $ty),*) { generic($($arg),*) }
+                unsafe fn wide($($arg: $ty),*) $(-> $ret)? { generic($($arg),*) }
                 if std::is_x86_feature_detected!("avx512f")
                     && std::is_x86_feature_detected!("avx512dq")
                 {
@@ -505,39 +505,24 @@ fn sum_of(s: &[f32]) -> f32 {
     chunks.remainder().iter().sum::<f32>() + lanes.iter().sum::<f32>()
 }
 
-/// `log(Σ exp(x))`, stable; −inf for an empty or all −inf slice. Vectorized: the decoding loop
-/// runs it over the ~52k logits of every sequence at every step (libm's scalar `expf` made
-/// token selection a tenth of a batched step, with the compute threads idle meanwhile).
-pub(crate) fn log_sum_exp(xs: &[f32]) -> f32 {
-    #[inline(always)]
-    fn generic(xs: &[f32]) -> f32 {
-        let max = max_of(xs);
-        if !max.is_finite() {
-            return f32::NEG_INFINITY;
-        }
-        let mut lanes = [0f32; 16];
-        let mut chunks = xs.chunks_exact(16);
-        for c in &mut chunks {
-            for i in 0..16 {
-                lanes[i] += exp(c[i] - max);
-            }
-        }
-        let rest: f32 = chunks.remainder().iter().map(|&x| exp(x - max)).sum();
-        max + (lanes.iter().sum::<f32>() + rest).ln()
+// `log(Σ exp(x))`, stable; −inf for an empty or all −inf slice. Vectorized: the decoding loop
+// runs it over the ~52k logits of every sequence at every step (libm's scalar `expf` made
+// token selection a tenth of a batched step, with the compute threads idle meanwhile).
+dispatch!(pub(crate) log_sum_exp(xs: &[f32]) -> f32 {
+    let max = max_of(xs);
+    if !max.is_finite() {
+        return f32::NEG_INFINITY;
     }
-    #[cfg(target_arch = "x86_64")]
-    {
-        #[target_feature(enable = "avx512f,avx512dq,avx2,fma")]
-        unsafe fn wide(xs: &[f32]) -> f32 {
-            generic(xs)
-        }
-        if std::is_x86_feature_detected!("avx512f") && std::is_x86_feature_detected!("avx512dq") {
-            // SAFETY: the features `wide` is compiled for were detected just above.
-            return unsafe { wide(xs) };
+    let mut lanes = [0f32; 16];
+    let mut chunks = xs.chunks_exact(16);
+    for c in &mut chunks {
+        for i in 0..16 {
+            lanes[i] += exp(c[i] - max);
         }
     }
-    generic(xs)
-}
+    let rest: f32 = chunks.remainder().iter().map(|&x| exp(x - max)).sum();
+    max + (lanes.iter().sum::<f32>() + rest).ln()
+});
 
 /// e^x: x = n·ln2 + r with |r| ≤ ln2/2, e^r by a degree-6 polynomial, 2^n through the exponent
 /// bits. Inputs below −87.3 (including −∞) give 0, above 88.7 give +∞ (through the clamp: 2^128).
