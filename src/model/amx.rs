@@ -43,8 +43,9 @@ pub(crate) fn bf16(v: f32) -> u16 {
     ((b + 0x7fff + ((b >> 16) & 1)) >> 16) as u16
 }
 
-/// `dst[i] = bf16(src[i])`: the CPU's own conversion (AVX512-BF16, which AMX CPUs have), else
-/// the integer rounding of [`bf16`], 16 lanes at a time where the CPU has AVX-512.
+/// `dst[i] = bf16(src[i])`: the CPU's own conversion (AVX512-BF16, which every AMX CPU has),
+/// else the scalar rounding of [`bf16`] (only reached by tests on other CPUs: `Bf16Rows` feed
+/// AMX tiles).
 fn to_bf16(src: &[f32], dst: &mut [u16]) {
     #[inline(always)]
     fn generic(src: &[f32], dst: &mut [u16]) {
@@ -54,13 +55,9 @@ fn to_bf16(src: &[f32], dst: &mut [u16]) {
     }
     #[cfg(target_arch = "x86_64")]
     {
-        #[target_feature(enable = "avx512f,avx512bw")]
-        unsafe fn wide(src: &[f32], dst: &mut [u16]) {
-            generic(src, dst)
-        }
         /// Same rounding (to nearest even) for normal values (denormals become zero, far below
         /// what bf16 activations carry), one instruction per 16.
-        #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+        #[target_feature(enable = "avx512f,avx512bf16")]
         fn native(src: &[f32], dst: &mut [u16]) {
             use std::arch::x86_64::*;
             let n = src.len().min(dst.len());
@@ -77,14 +74,9 @@ fn to_bf16(src: &[f32], dst: &mut [u16]) {
             let done = n / 16 * 16;
             generic(&src[done..], &mut dst[done..]);
         }
-        if std::is_x86_feature_detected!("avx512bf16") && std::is_x86_feature_detected!("avx512bw")
-        {
+        if std::is_x86_feature_detected!("avx512f") && std::is_x86_feature_detected!("avx512bf16") {
             // SAFETY: the features `native` is compiled for were detected just above.
             return unsafe { native(src, dst) };
-        }
-        if std::is_x86_feature_detected!("avx512bw") {
-            // SAFETY: the features `wide` is compiled for were detected just above.
-            return unsafe { wide(src, dst) };
         }
     }
     generic(src, dst)
