@@ -1,6 +1,8 @@
-//! Cross-request batching: one thread owns the network and serves the model calls of every
-//! transcription in flight (HTTP requests, batch files), each of which runs its own decoding loop
-//! on its own thread and talks to this one through a [`SchedulerHandle`] (a `ModelRunner`).
+//! Cross-request batching: one thread runs the batchable model calls (encoder windows, decoder
+//! steps) of every transcription in flight (HTTP requests, batch files), each of which runs its
+//! own decoding loop on its own thread and talks to this one through a [`SchedulerHandle`] (a
+//! `ModelRunner`). A window's cross-attention setup and its start sequence have nothing to batch
+//! with and run on the transcription's own thread, overlapping the scheduler's work.
 //!
 //! - **Decoder (continuous batching):** every sequence that is decoding contributes one token to
 //!   one batched step ([`TextDecoder::step`](crate::model::TextDecoder::step)); sequences join
@@ -10,7 +12,7 @@
 //! - **Encoder:** 30-s windows waiting from different transcriptions run as one batch of up to
 //!   `max_batch`. While sequences are decoding, new windows wait (at most `max_wait`) for the batch
 //!   to fill, so that they then decode together: on a CPU a batch's windows run side by side
-//!   (1.2–1.3× per window for eight, see `AudioEncoder::forward`), and decoder steps share their
+//!   (~1.15–1.3× per window for eight, see `AudioEncoder::forward`), and decoder steps share their
 //!   weight reads across sequences, so throughput comes from keeping both batches full. When nothing is decoding, a window
 //!   waits only `IDLE_FILL_WAIT` for company.
 //! - **Fairness:** a transcription has at most one call outstanding (its windows are sequential:
