@@ -172,6 +172,15 @@ impl RowMatmul {
 
     /// `x` is `(rows, inp)` row-major; returns `(rows, out)`.
     pub fn forward(&self, x: &[f32], rows: usize) -> Vec<f32> {
+        self.forward_with(Tier::best(), x, rows)
+    }
+
+    /// [`RowMatmul::forward`] on the kernels of `tier` (one of [`Tier::available`]).
+    pub(crate) fn forward_with(&self, tier: Tier, x: &[f32], rows: usize) -> Vec<f32> {
+        assert!(
+            Tier::available().contains(&tier),
+            "{tier:?} kernels need CPU features this one lacks"
+        );
         let (n, k) = (self.out, self.inp);
         assert_eq!(x.len(), rows * k, "input is not (rows, {k})");
         let mut y = vec![0f32; rows * n];
@@ -190,7 +199,7 @@ impl RowMatmul {
             let cols = c0..(c0 + chunk).min(n);
             // SAFETY: each task writes only the columns `cols` of `y` (disjoint between tasks),
             // every index below is < rows * n, and `y` outlives the parallel loop.
-            unsafe { self.columns(x, rows, cols, out) };
+            unsafe { self.columns(tier, x, rows, cols, out) };
         };
         if chunk >= n {
             run(0);
@@ -208,14 +217,21 @@ impl RowMatmul {
     ///
     /// # Safety
     /// `y` points to `rows * self.out` floats that no other thread writes in these columns.
-    unsafe fn columns(&self, x: &[f32], rows: usize, cols: std::ops::Range<usize>, y: OutPtr) {
+    unsafe fn columns(
+        &self,
+        tier: Tier,
+        x: &[f32],
+        rows: usize,
+        cols: std::ops::Range<usize>,
+        y: OutPtr,
+    ) {
         let (n, k) = (self.out, self.inp);
         let ys = y.0;
         match &self.weights {
-            Storage::F16(w) => kernel::f16_rows(x, rows, w, &[], k, n, cols.clone(), ys),
-            Storage::F32(w) => kernel::f32_rows(x, rows, w, &[], k, n, cols.clone(), ys),
+            Storage::F16(w) => kernel::f16_rows(tier, x, rows, w, &[], k, n, cols.clone(), ys),
+            Storage::F32(w) => kernel::f32_rows(tier, x, rows, w, &[], k, n, cols.clone(), ys),
             Storage::Q8 { q, scales } => {
-                kernel::q8_rows(x, rows, q, scales, k, n, cols.clone(), ys)
+                kernel::q8_rows(tier, x, rows, q, scales, k, n, cols.clone(), ys)
             }
         }
         if let Some(b) = &self.bias {
@@ -234,18 +250,65 @@ struct OutPtr(*mut f32);
 unsafe impl Send for OutPtr {}
 unsafe impl Sync for OutPtr {}
 
+/// The instruction set the row kernels use. [`Tier::best`] is the widest this CPU runs; tests
+/// run every tier in [`Tier::available`] so the narrower ones stay checked on wide machines.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Tier {
+    /// 16 f32 lanes (Intel Skylake-SP and later, AMD Zen 4 and later).
+    Avx512,
+    /// 8 f32 lanes with FMA and fp16 conversion (every x86-64 server CPU since ~2013, AMD
+    /// EPYC before Zen 4 included).
+    Avx2,
+    /// Plain Rust, vectorized only as far as the build's baseline allows.
+    Portable,
+}
+
+impl Tier {
+    pub(crate) fn best() -> Tier {
+        Tier::available()[0]
+    }
+
+    /// Every tier this CPU can run, widest first (detected once).
+    pub(crate) fn available() -> &'static [Tier] {
+        static TIERS: std::sync::OnceLock<Vec<Tier>> = std::sync::OnceLock::new();
+        TIERS.get_or_init(|| {
+            let mut tiers = Vec::new();
+            #[cfg(target_arch = "x86_64")]
+            {
+                let avx2 = std::arch::is_x86_feature_detected!("avx2")
+                    && std::arch::is_x86_feature_detected!("fma")
+                    && std::arch::is_x86_feature_detected!("f16c");
+                if avx2
+                    && std::arch::is_x86_feature_detected!("avx512f")
+                    && std::arch::is_x86_feature_detected!("avx512dq")
+                {
+                    tiers.push(Tier::Avx512);
+                }
+                if avx2 {
+                    tiers.push(Tier::Avx2);
+                }
+            }
+            tiers.push(Tier::Portable);
+            tiers
+        })
+    }
+}
+
 mod kernel {
     //! `y[m][c] = Σₖ x[m][k]·w[c][k]` for `mr` rows and the columns `cols`. `y` has row
     //! stride `n`. `s` holds the int8 group scales (empty for float weights).
 
+    use super::Tier;
     use std::ops::Range;
 
     macro_rules! rows_fn {
-        ($name:ident, $t:ty, $avx:ident, $to_f32:expr) => {
+        ($name:ident, $t:ty, $to_f32:expr) => {
             /// # Safety
-            /// `y` is valid for `mr` rows of stride `n` covering `cols`.
+            /// `y` is valid for `mr` rows of stride `n` covering `cols`; `tier` is one of
+            /// [`Tier::available`].
             #[allow(clippy::too_many_arguments)]
             pub unsafe fn $name(
+                tier: Tier,
                 x: &[f32],
                 mr: usize,
                 w: &[$t],
@@ -256,9 +319,16 @@ mod kernel {
                 y: *mut f32,
             ) {
                 #[cfg(target_arch = "x86_64")]
-                if k % 32 == 0 && std::arch::is_x86_feature_detected!("avx512f") {
-                    return avx512::$avx::rows(x, mr, w, s, k, n, cols, y);
+                match tier {
+                    Tier::Avx512 if k % 16 == 0 => {
+                        return avx512::$name::rows(x, mr, w, s, k, n, cols, y)
+                    }
+                    Tier::Avx2 if k % 8 == 0 => {
+                        return avx2::$name::rows(x, mr, w, s, k, n, cols, y)
+                    }
+                    _ => {}
                 }
+                let _ = tier;
                 let to_f32 = $to_f32;
                 for m in 0..mr {
                     let xr = &x[m * k..][..k];
@@ -283,175 +353,217 @@ mod kernel {
         };
     }
 
-    rows_fn!(
-        f16_rows,
-        u16,
-        f16_rows,
-        |w: &[u16], _: &[f32], c: usize, i: usize, k: usize| {
-            half::f16::from_bits(w[c * k + i]).to_f32()
-        }
-    );
-    rows_fn!(
-        f32_rows,
-        f32,
-        f32_rows,
-        |w: &[f32], _: &[f32], c: usize, i: usize, k: usize| w[c * k + i]
-    );
-    rows_fn!(
-        q8_rows,
-        i8,
-        q8_rows,
-        |w: &[i8], s: &[f32], c: usize, i: usize, k: usize| {
-            w[c * k + i] as f32 * s[(c * k + i) / super::Q8_GROUP]
-        }
-    );
+    rows_fn!(f16_rows, u16, |w: &[u16],
+                             _: &[f32],
+                             c: usize,
+                             i: usize,
+                             k: usize| {
+        half::f16::from_bits(w[c * k + i]).to_f32()
+    });
+    rows_fn!(f32_rows, f32, |w: &[f32],
+                             _: &[f32],
+                             c: usize,
+                             i: usize,
+                             k: usize| w
+        [c * k + i]);
+    rows_fn!(q8_rows, i8, |w: &[i8],
+                           s: &[f32],
+                           c: usize,
+                           i: usize,
+                           k: usize| {
+        w[c * k + i] as f32 * s[(c * k + i) / super::Q8_GROUP]
+    });
 
+    /// The SIMD kernels, one module per weight type with `tile` (`MR` rows × `NR` columns from
+    /// column `c`, the whole inner dimension), `$load(w, s, element offset)` giving one vector
+    /// of weights as f32 lanes, and the driver `rows` over any number of rows and a range of
+    /// columns. `nr` is the tile width for 1, 2, 3 and 4 rows: fewer rows → more columns per
+    /// tile, so enough independent sums are in flight to hide the FMA latency, within the
+    /// register file (accumulators + row vectors + one weight vector; beyond it LLVM spills).
     #[cfg(target_arch = "x86_64")]
-    mod avx512 {
-        /// A module per weight type: `tile` (`MR` rows × `NR` columns from column `c`, the
-        /// whole inner dimension) with `$load(w, s, element offset)` giving 16 weights as f32
-        /// lanes, and the driver `rows` over any number of rows and a range of columns.
-        macro_rules! tile_mod {
-            ($m:ident, $t:ty, $load:expr) => {
-                pub mod $m {
-                    use std::arch::x86_64::*;
-                    use std::ops::Range;
+    macro_rules! simd_rows {
+        (
+            features = $feat:literal, vector = $v:ty, lanes = $lanes:expr,
+            loadu = $loadu:path, fmadd = $fmadd:path, reduce = $reduce:path,
+            nr = [$nr1:literal, $nr2:literal, $nr3:literal, $nr4:literal],
+            $($m:ident: $t:ty => $load:expr),* $(,)?
+        ) => {$(
+            pub mod $m {
+                use std::arch::x86_64::*;
+                use std::ops::Range;
 
-                    #[target_feature(enable = "avx512f")]
-                    #[allow(clippy::needless_range_loop)]
-                    unsafe fn tile<const MR: usize, const NR: usize>(
-                        x: *const f32,
-                        w: *const $t,
-                        s: *const f32,
-                        k: usize,
-                        c: usize,
-                        n: usize,
-                        y: *mut f32,
-                    ) {
-                        let load = $load;
-                        // Zeroed memory rather than `[[setzero; NR]; MR]`: a repeat expression
-                        // becomes an init loop that LLVM then fails to keep in registers.
-                        let mut acc: [[__m512; NR]; MR] = std::mem::zeroed();
-                        let mut wv: [__m512; NR] = std::mem::zeroed();
-                        let mut i = 0;
-                        // Constant-index loops (fully unrolled) keep `acc` and `wv` in registers.
-                        while i < k {
-                            for j in 0..NR {
-                                wv[j] = load(w, s, (c + j) * k + i);
-                            }
-                            for m in 0..MR {
-                                let xv = _mm512_loadu_ps(x.add(m * k + i));
-                                for j in 0..NR {
-                                    acc[m][j] = _mm512_fmadd_ps(xv, wv[j], acc[m][j]);
-                                }
-                            }
-                            i += 16;
-                        }
+                #[target_feature(enable = $feat)]
+                #[allow(clippy::needless_range_loop)]
+                unsafe fn tile<const MR: usize, const NR: usize>(
+                    x: *const f32,
+                    w: *const $t,
+                    s: *const f32,
+                    k: usize,
+                    c: usize,
+                    n: usize,
+                    y: *mut f32,
+                ) {
+                    let load = $load;
+                    // Zeroed memory rather than a repeat expression: that becomes an init loop
+                    // that LLVM then fails to keep in registers.
+                    let mut acc: [[$v; NR]; MR] = std::mem::zeroed();
+                    let mut xv: [$v; MR] = std::mem::zeroed();
+                    let mut i = 0;
+                    // Constant-index loops (fully unrolled) keep `acc` and `xv` in registers.
+                    while i < k {
                         for m in 0..MR {
-                            for j in 0..NR {
-                                *y.add(m * n + c + j) = _mm512_reduce_add_ps(acc[m][j]);
+                            xv[m] = $loadu(x.add(m * k + i));
+                        }
+                        for j in 0..NR {
+                            let wv = load(w, s, (c + j) * k + i);
+                            for m in 0..MR {
+                                acc[m][j] = $fmadd(xv[m], wv, acc[m][j]);
                             }
                         }
+                        i += $lanes;
                     }
-
-                    /// Up to 4 rows × `NR` columns.
-                    #[target_feature(enable = "avx512f")]
-                    #[allow(clippy::too_many_arguments)]
-                    unsafe fn block<const NR: usize>(
-                        rows: usize,
-                        x: *const f32,
-                        w: *const $t,
-                        s: *const f32,
-                        k: usize,
-                        c: usize,
-                        n: usize,
-                        y: *mut f32,
-                    ) {
-                        match rows {
-                            1 => tile::<1, NR>(x, w, s, k, c, n, y),
-                            2 => tile::<2, NR>(x, w, s, k, c, n, y),
-                            3 => tile::<3, NR>(x, w, s, k, c, n, y),
-                            _ => tile::<4, NR>(x, w, s, k, c, n, y),
-                        }
-                    }
-
-                    /// Column groups of `NR` outermost: a group's weights are read from memory
-                    /// once and from L1 for every further block of up to 4 rows.
-                    #[target_feature(enable = "avx512f")]
-                    #[allow(clippy::too_many_arguments)]
-                    unsafe fn sweep<const NR: usize>(
-                        mr: usize,
-                        x: *const f32,
-                        w: *const $t,
-                        s: *const f32,
-                        k: usize,
-                        n: usize,
-                        cols: Range<usize>,
-                        y: *mut f32,
-                    ) {
-                        let mut c = cols.start;
-                        while c < cols.end {
-                            let nr = (cols.end - c).min(NR);
-                            let mut m0 = 0;
-                            while m0 < mr {
-                                let rows = (mr - m0).min(4);
-                                let (xm, ym) = (x.add(m0 * k), y.add(m0 * n));
-                                if nr == NR {
-                                    block::<NR>(rows, xm, w, s, k, c, n, ym);
-                                } else {
-                                    for cc in c..c + nr {
-                                        block::<1>(rows, xm, w, s, k, cc, n, ym);
-                                    }
-                                }
-                                m0 += rows;
-                            }
-                            c += nr;
-                        }
-                    }
-
-                    /// # Safety
-                    /// `k % 32 == 0`, AVX-512F present, `y` as in the portable version.
-                    #[allow(clippy::too_many_arguments)]
-                    pub unsafe fn rows(
-                        x: &[f32],
-                        mr: usize,
-                        w: &[$t],
-                        s: &[f32],
-                        k: usize,
-                        n: usize,
-                        cols: Range<usize>,
-                        y: *mut f32,
-                    ) {
-                        debug_assert!(x.len() >= mr * k && w.len() >= cols.end * k);
-                        let (x, w, s) = (x.as_ptr(), w.as_ptr(), s.as_ptr());
-                        // Fewer rows → more columns per tile, so enough independent sums are in
-                        // flight to hide the FMA latency. At most 12 accumulators: with 16, LLVM
-                        // spilled and shuffled them every iteration (seen in the disassembly).
-                        match mr {
-                            1 => sweep::<8>(mr, x, w, s, k, n, cols, y),
-                            2 => sweep::<6>(mr, x, w, s, k, n, cols, y),
-                            3 => sweep::<4>(mr, x, w, s, k, n, cols, y),
-                            _ => sweep::<3>(mr, x, w, s, k, n, cols, y),
+                    for m in 0..MR {
+                        for j in 0..NR {
+                            *y.add(m * n + c + j) = $reduce(acc[m][j]);
                         }
                     }
                 }
-            };
+
+                /// Up to 4 rows × `NR` columns.
+                #[target_feature(enable = $feat)]
+                #[allow(clippy::too_many_arguments)]
+                unsafe fn block<const NR: usize>(
+                    rows: usize,
+                    x: *const f32,
+                    w: *const $t,
+                    s: *const f32,
+                    k: usize,
+                    c: usize,
+                    n: usize,
+                    y: *mut f32,
+                ) {
+                    match rows {
+                        1 => tile::<1, NR>(x, w, s, k, c, n, y),
+                        2 => tile::<2, NR>(x, w, s, k, c, n, y),
+                        3 => tile::<3, NR>(x, w, s, k, c, n, y),
+                        _ => tile::<4, NR>(x, w, s, k, c, n, y),
+                    }
+                }
+
+                /// Column groups of `NR` outermost: a group's weights are read from memory
+                /// once and from L1 for every further block of up to 4 rows.
+                #[target_feature(enable = $feat)]
+                #[allow(clippy::too_many_arguments)]
+                unsafe fn sweep<const NR: usize>(
+                    mr: usize,
+                    x: *const f32,
+                    w: *const $t,
+                    s: *const f32,
+                    k: usize,
+                    n: usize,
+                    cols: Range<usize>,
+                    y: *mut f32,
+                ) {
+                    let mut c = cols.start;
+                    while c < cols.end {
+                        let nr = (cols.end - c).min(NR);
+                        let mut m0 = 0;
+                        while m0 < mr {
+                            let rows = (mr - m0).min(4);
+                            let (xm, ym) = (x.add(m0 * k), y.add(m0 * n));
+                            if nr == NR {
+                                block::<NR>(rows, xm, w, s, k, c, n, ym);
+                            } else {
+                                for cc in c..c + nr {
+                                    block::<1>(rows, xm, w, s, k, cc, n, ym);
+                                }
+                            }
+                            m0 += rows;
+                        }
+                        c += nr;
+                    }
+                }
+
+                /// # Safety
+                /// `k` a multiple of the lane count, the features present, `y` as in the
+                /// portable version.
+                #[allow(clippy::too_many_arguments)]
+                pub unsafe fn rows(
+                    x: &[f32],
+                    mr: usize,
+                    w: &[$t],
+                    s: &[f32],
+                    k: usize,
+                    n: usize,
+                    cols: Range<usize>,
+                    y: *mut f32,
+                ) {
+                    debug_assert!(x.len() >= mr * k && w.len() >= cols.end * k);
+                    let (x, w, s) = (x.as_ptr(), w.as_ptr(), s.as_ptr());
+                    match mr {
+                        1 => sweep::<$nr1>(mr, x, w, s, k, n, cols, y),
+                        2 => sweep::<$nr2>(mr, x, w, s, k, n, cols, y),
+                        3 => sweep::<$nr3>(mr, x, w, s, k, n, cols, y),
+                        _ => sweep::<$nr4>(mr, x, w, s, k, n, cols, y),
+                    }
+                }
+            }
+        )*};
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    mod avx512 {
+        // 32 registers; with 16 accumulators LLVM spilled and shuffled them every iteration
+        // (seen in the disassembly), so at most 12.
+        simd_rows!(
+            features = "avx512f", vector = __m512, lanes = 16,
+            loadu = _mm512_loadu_ps, fmadd = _mm512_fmadd_ps, reduce = _mm512_reduce_add_ps,
+            nr = [8, 6, 4, 3],
+            f16_rows: u16 => |w: *const u16, _: *const f32, at: usize| {
+                _mm512_cvtph_ps(_mm256_loadu_si256(w.add(at) as *const __m256i))
+            },
+            f32_rows: f32 => |w: *const f32, _: *const f32, at: usize| _mm512_loadu_ps(w.add(at)),
+            // 16 int8 weights → f32 lanes × their group's scale (16 | 32: one group per load).
+            q8_rows: i8 => |w: *const i8, s: *const f32, at: usize| {
+                let ints = _mm512_cvtepi8_epi32(_mm_loadu_si128(w.add(at) as *const __m128i));
+                _mm512_mul_ps(
+                    _mm512_cvtepi32_ps(ints),
+                    _mm512_set1_ps(*s.add(at / crate::model::rowmatmul::Q8_GROUP)),
+                )
+            },
+        );
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    mod avx2 {
+        use std::arch::x86_64::*;
+
+        #[inline]
+        #[target_feature(enable = "avx2,fma,f16c")]
+        fn hsum(v: __m256) -> f32 {
+            let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+            let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+            _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)))
         }
 
-        tile_mod!(f16_rows, u16, |w: *const u16, _: *const f32, at: usize| {
-            _mm512_cvtph_ps(_mm256_loadu_si256(w.add(at) as *const __m256i))
-        });
-        tile_mod!(f32_rows, f32, |w: *const f32, _: *const f32, at: usize| {
-            _mm512_loadu_ps(w.add(at))
-        });
-        // 16 int8 weights → f32 lanes × their group's scale (16 | 32, so one group per load).
-        tile_mod!(q8_rows, i8, |w: *const i8, s: *const f32, at: usize| {
-            let ints = _mm512_cvtepi8_epi32(_mm_loadu_si128(w.add(at) as *const __m128i));
-            _mm512_mul_ps(
-                _mm512_cvtepi32_ps(ints),
-                _mm512_set1_ps(*s.add(at / crate::model::rowmatmul::Q8_GROUP)),
-            )
-        });
+        // 16 registers: 4 rows × 2 columns = 8 accumulators + 4 row vectors + 1 weight.
+        simd_rows!(
+            features = "avx2,fma,f16c", vector = __m256, lanes = 8,
+            loadu = _mm256_loadu_ps, fmadd = _mm256_fmadd_ps, reduce = super::hsum,
+            nr = [8, 5, 3, 2],
+            f16_rows: u16 => |w: *const u16, _: *const f32, at: usize| {
+                _mm256_cvtph_ps(_mm_loadu_si128(w.add(at) as *const __m128i))
+            },
+            f32_rows: f32 => |w: *const f32, _: *const f32, at: usize| _mm256_loadu_ps(w.add(at)),
+            // 8 int8 weights → f32 lanes × their group's scale (8 | 32: one group per load).
+            q8_rows: i8 => |w: *const i8, s: *const f32, at: usize| {
+                let ints = _mm256_cvtepi8_epi32(_mm_loadl_epi64(w.add(at) as *const __m128i));
+                _mm256_mul_ps(
+                    _mm256_cvtepi32_ps(ints),
+                    _mm256_set1_ps(*s.add(at / crate::model::rowmatmul::Q8_GROUP)),
+                )
+            },
+        );
     }
 }
 
@@ -490,14 +602,16 @@ mod tests {
         let x: Vec<f32> = (0..rows * inp).map(|_| rnd()).collect();
         let mm = RowMatmul::new(&w, out, inp, Some(b.clone()));
         assert_eq!(mm.is_f16(), f16_exact);
-        let got = mm.forward(&x, rows);
         let want = reference(&x, rows, &w, out, inp, &b);
-        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
-            let tol = 1e-5 * (inp as f64).sqrt();
-            assert!(
-                (*g as f64 - w).abs() < tol,
-                "rows {rows} out {out} inp {inp}: [{i}] {g} vs {w}"
-            );
+        for &tier in Tier::available() {
+            let got = mm.forward_with(tier, &x, rows);
+            for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                let tol = 1e-5 * (inp as f64).sqrt();
+                assert!(
+                    (*g as f64 - w).abs() < tol,
+                    "{tier:?} rows {rows} out {out} inp {inp}: [{i}] {g} vs {w}"
+                );
+            }
         }
     }
 
@@ -510,7 +624,9 @@ mod tests {
         check(3, 1027, 64, true);
         // fp32 weights that fp16 cannot hold stay f32.
         check(5, 100, 96, false);
-        // An inner dimension that is not a multiple of 16 takes the portable path.
+        // An inner dimension that is a multiple of 8 but not of 16 (AVX2 only; AVX-512 falls back
+        // to the portable loop), and one that is neither (portable on every tier).
+        check(2, 33, 40, true);
         check(2, 33, 50, true);
     }
 
@@ -532,13 +648,18 @@ mod tests {
             .enumerate()
             .map(|(i, &v)| v as f32 * scales[i / Q8_GROUP])
             .collect();
-        let got = mm.forward(&x, 3);
         let exact = reference(&x, 3, &deq, out, inp, &vec![0.0; out]);
         let full = reference(&x, 3, &w, out, inp, &vec![0.0; out]);
-        for ((g, e), f) in got.iter().zip(&exact).zip(&full) {
-            assert!((*g as f64 - e).abs() < 1e-4, "{g} vs dequantized {e}");
-            // Quantization error: half a step (amax/254) per weight, summed over 384 inputs.
-            assert!((*g as f64 - f).abs() < 0.05, "{g} vs f32 {f}");
+        for &tier in Tier::available() {
+            let got = mm.forward_with(tier, &x, 3);
+            for ((g, e), f) in got.iter().zip(&exact).zip(&full) {
+                assert!(
+                    (*g as f64 - e).abs() < 1e-4,
+                    "{tier:?}: {g} vs dequantized {e}"
+                );
+                // Quantization error: half a step (amax/254) per weight, summed over 384 inputs.
+                assert!((*g as f64 - f).abs() < 0.05, "{tier:?}: {g} vs f32 {f}");
+            }
         }
     }
 
