@@ -93,8 +93,9 @@ impl InplaceOp1 for GeluErf {
     }
 }
 
-/// Runs `$body` compiled for AVX-512 when the CPU has it, else for the build's baseline. The body
-/// is the same scalar code; only the instructions LLVM may vectorize it to differ.
+/// Runs `$body` compiled for the widest of AVX-512, AVX2 + FMA, and the build's baseline that the
+/// CPU has ([`Tier::best`](super::rowmatmul::Tier::best)). The body is the same scalar code; only
+/// the instructions LLVM may vectorize it to differ.
 macro_rules! dispatch {
     ($vis:vis $name:ident($($arg:ident: $ty:ty),*) $(-> $ret:ty)? $body:block) => {
         $vis fn $name($($arg: $ty),*) $(-> $ret)? {
@@ -104,11 +105,13 @@ macro_rules! dispatch {
             {
                 #[target_feature(enable = "avx512f,avx512dq,avx2,fma")]
                 unsafe fn wide($($arg: $ty),*) $(-> $ret)? { generic($($arg),*) }
-                if std::is_x86_feature_detected!("avx512f")
-                    && std::is_x86_feature_detected!("avx512dq")
-                {
-                    // SAFETY: the features `wide` is compiled for were detected just above.
-                    return unsafe { wide($($arg),*) };
+                #[target_feature(enable = "avx2,fma,f16c")]
+                unsafe fn avx2($($arg: $ty),*) $(-> $ret)? { generic($($arg),*) }
+                match super::rowmatmul::Tier::best() {
+                    // SAFETY: `Tier::best` detected the features these are compiled for.
+                    super::rowmatmul::Tier::Avx512 => return unsafe { wide($($arg),*) },
+                    super::rowmatmul::Tier::Avx2 => return unsafe { avx2($($arg),*) },
+                    super::rowmatmul::Tier::Portable => {}
                 }
             }
             generic($($arg),*)
@@ -343,10 +346,32 @@ impl AudioValue for u16 {
 }
 
 fn cross_head_f16(q: &[f32], kt: &[u16], v: &[u16], n: usize, out: &mut [f32]) {
+    cross_head_f16_on(super::rowmatmul::Tier::best(), q, kt, v, n, out)
+}
+
+/// `cross_head_f16` on the kernels of `tier` (one of `Tier::available`).
+fn cross_head_f16_on(
+    tier: super::rowmatmul::Tier,
+    q: &[f32],
+    kt: &[u16],
+    v: &[u16],
+    n: usize,
+    out: &mut [f32],
+) {
+    use super::rowmatmul::Tier;
+    let dh = q.len();
+    assert!(kt.len() >= dh * n && v.len() >= dh * n && out.len() >= dh);
     #[cfg(target_arch = "x86_64")]
-    if q.len().is_multiple_of(16) && q.len() <= 128 && std::is_x86_feature_detected!("avx512f") {
-        // SAFETY: AVX-512F was detected; slice lengths are checked by the callers' indexing.
-        return unsafe { cross_head_f16_avx512(q, kt, v, n, out) };
+    match tier {
+        // SAFETY (both): the tier's features were detected (`Tier::available`); the slice
+        // lengths were checked above and the head size here.
+        Tier::Avx512 if dh.is_multiple_of(16) && dh <= 128 => {
+            return unsafe { cross_head_f16_avx512(q, kt, v, n, out) }
+        }
+        Tier::Avx2 if dh.is_multiple_of(8) && dh <= 64 => {
+            return unsafe { cross_head_f16_avx2(q, kt, v, n, out) }
+        }
+        _ => {}
     }
     let f = |b: u16| half::f16::from_bits(b).to_f32();
     let dh = q.len();
@@ -371,7 +396,6 @@ fn cross_head_f16(q: &[f32], kt: &[u16], v: &[u16], n: usize, out: &mut [f32]) {
 unsafe fn cross_head_f16_avx512(q: &[f32], kt: &[u16], v: &[u16], n: usize, out: &mut [f32]) {
     use std::arch::x86_64::*;
     let dh = q.len();
-    assert!(kt.len() >= dh * n && v.len() >= dh * n && out.len() >= dh);
     let load16 = |p: *const u16| _mm512_cvtph_ps(_mm256_loadu_si256(p as *const __m256i));
     let n16 = n / 16 * 16;
     let mut scores = vec![0f32; n];
@@ -404,6 +428,58 @@ unsafe fn cross_head_f16_avx512(q: &[f32], kt: &[u16], v: &[u16], n: usize, out:
     }
     for (c, a) in acc.iter().enumerate().take(lanes) {
         _mm512_storeu_ps(out.as_mut_ptr().add(c * 16), *a);
+    }
+}
+
+/// `cross_head_f16_avx512` in 8 lanes (AVX2, FMA, F16C).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn cross_head_f16_avx2(q: &[f32], kt: &[u16], v: &[u16], n: usize, out: &mut [f32]) {
+    use std::arch::x86_64::*;
+    let dh = q.len();
+    let load8 = |p: *const u16| _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i));
+    let n8 = n / 8 * 8;
+    let mut scores = vec![0f32; n];
+    // Two key rows per pass over the scores: half the loads and stores of the scores.
+    let mut d = 0;
+    while d < dh {
+        let pair = d + 1 < dh;
+        let (r0, r1) = (
+            kt.as_ptr().add(d * n),
+            kt.as_ptr().add((d + pair as usize) * n),
+        );
+        let (q0, q1) = (
+            _mm256_set1_ps(q[d]),
+            _mm256_set1_ps(if pair { q[d + 1] } else { 0.0 }),
+        );
+        let mut j = 0;
+        while j < n8 {
+            let s = scores.as_mut_ptr().add(j);
+            let acc = _mm256_fmadd_ps(q0, load8(r0.add(j)), _mm256_loadu_ps(s));
+            _mm256_storeu_ps(s, _mm256_fmadd_ps(q1, load8(r1.add(j)), acc));
+            j += 8;
+        }
+        for (j, sc) in scores.iter_mut().enumerate().skip(n8) {
+            *sc += q[d] * half::f16::from_bits(*r0.add(j)).to_f32();
+            if pair {
+                *sc += q[d + 1] * half::f16::from_bits(*r1.add(j)).to_f32();
+            }
+        }
+        d += 2;
+    }
+    softmax_in_place(&mut scores);
+    // dh is a multiple of 8 (and at most 64, checked by the caller): dh / 8 accumulators.
+    let mut acc = [_mm256_setzero_ps(); 8];
+    let lanes = dh / 8;
+    for (j, &p) in scores.iter().enumerate() {
+        let pv = _mm256_set1_ps(p);
+        let row = v.as_ptr().add(j * dh);
+        for (c, a) in acc.iter_mut().enumerate().take(lanes) {
+            *a = _mm256_fmadd_ps(pv, load8(row.add(c * 8)), *a);
+        }
+    }
+    for (c, a) in acc.iter().enumerate().take(lanes) {
+        _mm256_storeu_ps(out.as_mut_ptr().add(c * 8), *a);
     }
 }
 
@@ -728,11 +804,20 @@ mod tests {
         Ok(())
     }
 
-    /// fp16-stored audio keys/values (q8) give what the f32 kernel gives on the same values,
-    /// for a length that is not a multiple of 16 and two query rows.
+    /// fp16-stored audio keys/values (q8) give what the f32 kernel gives on the same values, on
+    /// every kernel tier this CPU runs, for lengths that are and are not a multiple of the lanes
+    /// and two query rows.
     #[test]
     fn audio_attention_over_f16_matches_f32() {
-        let (heads, dh, n) = (2, 64, 37);
+        for tier in super::super::rowmatmul::Tier::available() {
+            for n in [37, 1500] {
+                audio_attention_over_f16_matches_f32_on(*tier, n);
+            }
+        }
+    }
+
+    fn audio_attention_over_f16_matches_f32_on(tier: super::super::rowmatmul::Tier, n: usize) {
+        let (heads, dh) = (2, 64);
         let h = |i: usize, m: usize| half::f16::from_f32(((i * m) % 1000) as f32 / 500.0 - 1.0);
         let kt16: Vec<u16> = (0..heads * dh * n).map(|i| h(i, 7919).to_bits()).collect();
         let v16: Vec<u16> = (0..heads * dh * n)
@@ -752,14 +837,16 @@ mod tests {
         for (i, (oa, ob)) in a.chunks_mut(dh).zip(b.chunks_mut(dh)).enumerate() {
             let (row, h) = (i / heads, i % heads);
             qa.audio_head(row, h, &kt32, &v32, n, oa);
-            qa.audio_head(row, h, &kt16, &v16, n, ob);
+            let block = dh * n;
+            let (kt, v) = (&kt16[h * block..][..block], &v16[h * block..][..block]);
+            cross_head_f16_on(tier, qa.query(row, h), kt, v, n, ob);
         }
         let diff = a
             .iter()
             .zip(&b)
             .map(|(x, y)| (x - y).abs())
             .fold(0f32, f32::max);
-        assert!(diff < 1e-5, "max diff {diff}");
+        assert!(diff < 1e-5, "{tier:?} n={n}: max diff {diff}");
         assert!(a.iter().any(|x| x.abs() > 1e-3), "degenerate test data");
     }
 }
