@@ -56,19 +56,31 @@ pub(super) fn fused_qkv(
     Ok(Linear::new(weight, Some(bias)))
 }
 
+/// How the encoder's 1500-row projections (and the decoder's cross-attention keys/values)
+/// compute. `Whisper::from_weights` picks: f32, or for q8 the fastest lossy path the CPU has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EncoderMath {
+    F32,
+    /// bf16 on Intel AMX tiles (see `amx`).
+    AmxBf16,
+    /// 10-bit integer weights, 16-bit integer arithmetic on AVX2 (see `intgemm`).
+    Int8Avx2,
+}
+
 /// A projection over a window's 1500 rows (encoder layers, the decoder's cross-attention
-/// keys/values): candle's f32 GEMM, or bf16 on AMX tiles (q8 on a CPU with AMX).
+/// keys/values), as [`EncoderMath`] says.
 pub(super) enum Proj {
     F32(Linear),
     Amx(super::amx::Linear),
+    Int(super::intgemm::IntLinear),
 }
 
 impl Proj {
-    pub(super) fn new(l: Linear, amx: bool) -> candle_core::Result<Self> {
-        Ok(if amx {
-            Proj::Amx(super::amx::Linear::new(&l)?)
-        } else {
-            Proj::F32(l)
+    pub(super) fn new(l: Linear, math: EncoderMath) -> candle_core::Result<Self> {
+        Ok(match math {
+            EncoderMath::F32 => Proj::F32(l),
+            EncoderMath::AmxBf16 => Proj::Amx(super::amx::Linear::new(&l)?),
+            EncoderMath::Int8Avx2 => Proj::Int(super::intgemm::IntLinear::new(&l)?),
         })
     }
 
@@ -76,6 +88,7 @@ impl Proj {
         match self {
             Proj::F32(l) => l.forward(x),
             Proj::Amx(l) => l.forward(x),
+            Proj::Int(l) => l.forward(x),
         }
     }
 }
@@ -138,11 +151,11 @@ impl Conv {
         cout: usize,
         cin: usize,
         stride: usize,
-        amx: bool,
+        math: EncoderMath,
     ) -> Result<Self, ModelError> {
         let weight = w.get_shaped(&format!("encoder.{name}.weight"), &[cout, cin, 3])?;
         let bias = w.get_shaped(&format!("encoder.{name}.bias"), &[cout])?;
-        Ok(Self::from_tensors(&weight, bias, stride, amx)?)
+        Ok(Self::from_tensors(&weight, bias, stride, math)?)
     }
 
     /// `weight` `(out, in, 3)` as PyTorch stores it.
@@ -150,7 +163,7 @@ impl Conv {
         weight: &Tensor,
         bias: Tensor,
         stride: usize,
-        amx: bool,
+        math: EncoderMath,
     ) -> candle_core::Result<Self> {
         let (cout, cin, _) = weight.dims3()?;
         let weight = weight
@@ -158,7 +171,7 @@ impl Conv {
             .contiguous()?
             .reshape((cout, 3 * cin))?;
         Ok(Self {
-            proj: Proj::new(Linear::new(weight, Some(bias)), amx)?,
+            proj: Proj::new(Linear::new(weight, Some(bias)), math)?,
             cin,
             stride,
         })
@@ -228,9 +241,8 @@ pub struct AudioEncoder {
 }
 
 impl AudioEncoder {
-    /// `amx`: run the transformer blocks' matmuls in bf16 on AMX tiles (see `amx`); the caller
-    /// decides (q8 precision and [`super::amx::available`]).
-    pub fn new(w: &Weights, dims: &ModelDims, amx: bool) -> Result<Self, ModelError> {
+    /// `math`: how the convolutions' and blocks' projections compute (the caller decides).
+    pub fn new(w: &Weights, dims: &ModelDims, math: EncoderMath) -> Result<Self, ModelError> {
         let d = dims.n_audio_state;
         let blocks = (0..dims.n_audio_layer)
             .map(|i| {
@@ -240,20 +252,20 @@ impl AudioEncoder {
                     attn: SelfAttention {
                         qkv: Proj::new(
                             fused_qkv(w, &format!("{p}.self_attn"), d, dims.n_audio_head)?,
-                            amx,
+                            math,
                         )?,
-                        out: Proj::new(linear(w, &format!("{p}.self_attn.out_proj"), d, d)?, amx)?,
+                        out: Proj::new(linear(w, &format!("{p}.self_attn.out_proj"), d, d)?, math)?,
                         n_head: dims.n_audio_head,
                     },
                     mlp_ln: layer_norm(w, &format!("{p}.final_layer_norm"), d)?,
-                    fc1: Proj::new(linear(w, &format!("{p}.fc1"), 4 * d, d)?, amx)?,
-                    fc2: Proj::new(linear(w, &format!("{p}.fc2"), d, 4 * d)?, amx)?,
+                    fc1: Proj::new(linear(w, &format!("{p}.fc1"), 4 * d, d)?, math)?,
+                    fc2: Proj::new(linear(w, &format!("{p}.fc2"), d, 4 * d)?, math)?,
                 })
             })
             .collect::<Result<Vec<_>, ModelError>>()?;
         Ok(Self {
-            conv1: Conv::new(w, "conv1", d, dims.n_mels, 1, amx)?,
-            conv2: Conv::new(w, "conv2", d, d, 2, amx)?,
+            conv1: Conv::new(w, "conv1", d, dims.n_mels, 1, math)?,
+            conv2: Conv::new(w, "conv2", d, d, 2, math)?,
             positions: w.get_shaped("encoder.embed_positions.weight", &[dims.n_audio_ctx, d])?,
             blocks,
             ln_post: layer_norm(w, "encoder.layer_norm", d)?,
@@ -311,7 +323,8 @@ mod tests {
     }
 
     /// The unfolded convolution against candle's direct conv1d (Whisper's: kernel 3,
-    /// padding 1), for both strides, odd and even lengths, a batch of two, f32 and AMX.
+    /// padding 1), for both strides, odd and even lengths, a batch of two, on every
+    /// [`EncoderMath`] this CPU runs.
     #[test]
     fn unfolded_conv_matches_conv1d() {
         let dev = Device::Cpu;
@@ -327,21 +340,27 @@ mod tests {
                 .unwrap()
                 .transpose(1, 2)
                 .unwrap();
-            let amx_modes = if super::super::amx::available() {
-                vec![false, true]
-            } else {
-                vec![false]
-            };
-            for amx in amx_modes {
-                let conv = Conv::from_tensors(&weight, bias.clone(), stride, amx).unwrap();
+            let mut modes = vec![EncoderMath::F32];
+            if super::super::amx::available() {
+                modes.push(EncoderMath::AmxBf16);
+            }
+            if super::super::intgemm::available() {
+                modes.push(EncoderMath::Int8Avx2);
+            }
+            for math in modes {
+                let conv = Conv::from_tensors(&weight, bias.clone(), stride, math).unwrap();
                 let got = conv.forward(&x.transpose(1, 2).unwrap()).unwrap();
                 assert_eq!(got.dims(), want.dims(), "stride {stride}, {frames} frames");
                 let diff = max_abs_diff(&got, &want);
-                // f32: summation order only; AMX: inputs rounded to bf16 (8-bit mantissa) over 240 terms.
-                let bound = if amx { 0.1 } else { 1e-4 };
+                // f32: summation order only; AMX: inputs rounded to bf16 (8-bit mantissa) over
+                // 240 terms; integers: weights to 1/1022 of their row's largest, over 240 terms.
+                let bound = match math {
+                    EncoderMath::F32 => 1e-4,
+                    EncoderMath::AmxBf16 | EncoderMath::Int8Avx2 => 0.1,
+                };
                 assert!(
                     diff < bound,
-                    "stride {stride}, {frames} frames, amx {amx}: max diff {diff}"
+                    "stride {stride}, {frames} frames, {math:?}: max diff {diff}"
                 );
             }
         }

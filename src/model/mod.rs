@@ -9,6 +9,7 @@ mod ct2;
 mod decoder;
 mod encoder;
 mod hf;
+mod intgemm;
 pub(crate) mod kernels;
 mod linear;
 pub mod rowmatmul;
@@ -19,7 +20,7 @@ use std::path::{Path, PathBuf};
 use candle_core::{Device, Tensor};
 
 pub use decoder::{DecoderState, TextDecoder};
-pub use encoder::AudioEncoder;
+pub use encoder::{AudioEncoder, EncoderMath};
 pub use hf::save as save_hf;
 pub use linear::Precision;
 pub use weights::{Layout, Weights};
@@ -95,14 +96,20 @@ impl Whisper {
         precision: Precision,
     ) -> Result<Self, ModelError> {
         let dims = w.dims()?;
-        // q8 is the lossy, fast setting: its encoder runs in bf16 on AMX where the CPU has it.
-        let amx = precision == Precision::Q8 && device.is_cpu() && amx::available();
-        tracing::info!(
-            ?precision,
-            encoder = if amx { "bf16 (AMX)" } else { "f32" },
-            "model numerics"
-        );
-        let encoder = AudioEncoder::new(w, &dims, amx)?;
+        // q8 is the lossy, fast setting: its encoder runs in bf16 on AMX where the CPU has it,
+        // else with int8 weights on AVX2.
+        let math = if precision != Precision::Q8 || !device.is_cpu() {
+            EncoderMath::F32
+        } else if amx::available() {
+            EncoderMath::AmxBf16
+        } else if intgemm::available() {
+            EncoderMath::Int8Avx2
+        } else {
+            EncoderMath::F32
+        };
+        let amx = math == EncoderMath::AmxBf16;
+        tracing::info!(?precision, encoder = ?math, "model numerics");
+        let encoder = AudioEncoder::new(w, &dims, math)?;
         let decoder = TextDecoder::new(w, &dims, precision, amx)?;
         Ok(Self {
             dims,

@@ -121,7 +121,10 @@ impl RowMatmul {
 }
 
 /// Runs `f` on a CPU f32 tensor's values in place (no copy), else on a copy.
-fn with_f32<T>(t: &candle_core::Tensor, f: impl FnOnce(&[f32]) -> T) -> candle_core::Result<T> {
+pub(crate) fn with_f32<T>(
+    t: &candle_core::Tensor,
+    f: impl FnOnce(&[f32]) -> T,
+) -> candle_core::Result<T> {
     {
         let (storage, layout) = t.storage_and_layout();
         if let (candle_core::Storage::Cpu(candle_core::CpuStorage::F32(data)), Some((a, b))) =
