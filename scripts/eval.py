@@ -8,7 +8,7 @@ process, model loaded once, timestamps on as OpenAI's transcribe()), scores it w
 ../shared/scripts/score.py, then does the same with ../shared/scripts/peer_baseline.py.
 With --speed, also times the 10-minute file for peak RSS. Prints a table.
 """
-import argparse, json, os, resource, subprocess, sys, tempfile, time
+import argparse, json, os, resource, subprocess, sys, tempfile, time, wave
 
 
 def run(cmd, **kw):
@@ -81,7 +81,12 @@ def main():
               f"transcribe: {wall:.1f} s ({audio / wall:.1f}x)")
         chapter = os.path.join(a.shared, "eval/longform/librispeech-test-clean-237-134500-full-chapter.wav")
         long_file = os.path.join(tmp, "ten-minutes.wav")
-        run(["sox", chapter, chapter, chapter, long_file])
+        # Three copies back to back, with the standard library (no sox needed on a fresh machine).
+        with wave.open(chapter, "rb") as src:
+            params, frames = src.getparams(), src.readframes(src.getnframes())
+        with wave.open(long_file, "wb") as dst:
+            dst.setparams(params)
+            dst.writeframes(frames * 3)
         t0 = time.perf_counter()
         r = subprocess.run(["/usr/bin/time", "-f", "%M", a.bin, "transcribe", "--model", a.model, "--threads", str(a.threads), "--precision", a.precision, long_file],
                            text=True, capture_output=True, env={**os.environ, "RUST_LOG": "warn"})
