@@ -523,18 +523,7 @@ impl candle_core::CustomOp1 for Attention {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn rand_vec(n: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed | 1;
-        (0..n)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                (s >> 40) as f32 / (1u64 << 24) as f32 - 0.5
-            })
-            .collect()
-    }
+    use crate::model::test_values as rand_vec;
 
     /// Both operand layouts and shapes that are not multiples of 32, against f64 on the same
     /// bf16-rounded inputs (so the only difference is f32 accumulation order).

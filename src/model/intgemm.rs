@@ -269,18 +269,7 @@ mod avx2 {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn values(n: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(0x9e3779b97f4a7c15) | 1;
-        (0..n)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                (s >> 40) as f32 / (1u64 << 24) as f32 - 0.5
-            })
-            .collect()
-    }
+    use crate::model::test_values as values;
 
     /// Every tier gives the exact integer sums of the quantized operands (so the same result),
     /// and that result is within the quantization error of the f32 product, for shapes with
@@ -290,7 +279,7 @@ mod tests {
         for (rows, out, inp) in [(1, 1, 16), (7, 5, 40), (50, 100, 384), (97, 49, 240)] {
             let w = values(out * inp, 1);
             let b = values(out, 2);
-            let x = values(rows * inp, 3);
+            let x = values(rows * inp, 4);
             let l = IntLinear::from_rows(&w, out, inp, b.clone());
             let mut want = vec![0f64; rows * out];
             for r in 0..rows {

@@ -125,3 +125,18 @@ impl Whisper {
         Ok(self.encoder.forward(mel)?)
     }
 }
+
+/// Deterministic test data: `n` values in [−0.5, 0.5) from an xorshift sequence started at
+/// `seed | 1` (kernel tests; different odd starts give unrelated sequences).
+#[cfg(test)]
+pub(crate) fn test_values(n: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed | 1;
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            (s >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+        })
+        .collect()
+}
