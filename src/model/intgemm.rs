@@ -16,7 +16,7 @@ use candle_core::{Tensor, D};
 use candle_nn::Linear;
 use rayon::prelude::*;
 
-use super::rowmatmul::Tier;
+use crate::model::simd::Tier;
 
 /// i16 per vector: the inner dimension is padded with zeros to a multiple of it.
 const LANES: usize = 16;

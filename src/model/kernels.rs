@@ -12,6 +12,8 @@
 use candle_core::{CpuStorage, DType, InplaceOp1, Layout, Tensor};
 use rayon::prelude::*;
 
+use super::simd::Tier;
+
 /// Rows (or elements / 1024) below which threading costs more than it saves.
 const PAR_MIN_ROWS: usize = 64;
 const PAR_MIN_ELEMS: usize = 1 << 16;
@@ -94,7 +96,7 @@ impl InplaceOp1 for GeluErf {
 }
 
 /// Runs `$body` compiled for the widest of AVX-512, AVX2 + FMA, and the build's baseline that the
-/// CPU has ([`Tier::best`](super::rowmatmul::Tier::best)). The body is the same scalar code; only
+/// CPU has ([`Tier::best`]). The body is the same scalar code; only
 /// the instructions LLVM may vectorize it to differ.
 macro_rules! dispatch {
     ($vis:vis $name:ident($($arg:ident: $ty:ty),*) $(-> $ret:ty)? $body:block) => {
@@ -107,11 +109,11 @@ macro_rules! dispatch {
                 unsafe fn wide($($arg: $ty),*) $(-> $ret)? { generic($($arg),*) }
                 #[target_feature(enable = "avx2,fma,f16c")]
                 unsafe fn avx2($($arg: $ty),*) $(-> $ret)? { generic($($arg),*) }
-                match super::rowmatmul::Tier::best() {
+                match Tier::best() {
                     // SAFETY: `Tier::best` detected the features these are compiled for.
-                    super::rowmatmul::Tier::Avx512 => return unsafe { wide($($arg),*) },
-                    super::rowmatmul::Tier::Avx2 => return unsafe { avx2($($arg),*) },
-                    super::rowmatmul::Tier::Portable => {}
+                    Tier::Avx512 => return unsafe { wide($($arg),*) },
+                    Tier::Avx2 => return unsafe { avx2($($arg),*) },
+                    Tier::Portable => {}
                 }
             }
             generic($($arg),*)
@@ -346,19 +348,11 @@ impl AudioValue for u16 {
 }
 
 fn cross_head_f16(q: &[f32], kt: &[u16], v: &[u16], n: usize, out: &mut [f32]) {
-    cross_head_f16_on(super::rowmatmul::Tier::best(), q, kt, v, n, out)
+    cross_head_f16_on(Tier::best(), q, kt, v, n, out)
 }
 
 /// `cross_head_f16` on the kernels of `tier` (one of `Tier::available`).
-fn cross_head_f16_on(
-    tier: super::rowmatmul::Tier,
-    q: &[f32],
-    kt: &[u16],
-    v: &[u16],
-    n: usize,
-    out: &mut [f32],
-) {
-    use super::rowmatmul::Tier;
+fn cross_head_f16_on(tier: Tier, q: &[f32], kt: &[u16], v: &[u16], n: usize, out: &mut [f32]) {
     let dh = q.len();
     assert!(kt.len() >= dh * n && v.len() >= dh * n && out.len() >= dh);
     #[cfg(target_arch = "x86_64")]
@@ -809,14 +803,14 @@ mod tests {
     /// and two query rows.
     #[test]
     fn audio_attention_over_f16_matches_f32() {
-        for tier in super::super::rowmatmul::Tier::available() {
+        for tier in Tier::available() {
             for n in [37, 1500] {
                 audio_attention_over_f16_matches_f32_on(*tier, n);
             }
         }
     }
 
-    fn audio_attention_over_f16_matches_f32_on(tier: super::super::rowmatmul::Tier, n: usize) {
+    fn audio_attention_over_f16_matches_f32_on(tier: Tier, n: usize) {
         let (heads, dh) = (2, 64);
         let h = |i: usize, m: usize| half::f16::from_f32(((i * m) % 1000) as f32 / 500.0 - 1.0);
         let kt16: Vec<u16> = (0..heads * dh * n).map(|i| h(i, 7919).to_bits()).collect();

@@ -13,6 +13,7 @@ mod intgemm;
 pub(crate) mod kernels;
 mod linear;
 pub mod rowmatmul;
+mod simd;
 mod weights;
 
 use std::path::{Path, PathBuf};

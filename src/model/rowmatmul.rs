@@ -14,6 +14,8 @@
 
 use rayon::prelude::*;
 
+use super::simd::Tier;
+
 /// Below this many weights one thread does the whole product (threading costs more).
 const PAR_MIN_WEIGHTS: usize = 1 << 15;
 
@@ -252,50 +254,6 @@ struct OutPtr(*mut f32);
 // SAFETY: tasks write disjoint columns (see `RowMatmul::forward`).
 unsafe impl Send for OutPtr {}
 unsafe impl Sync for OutPtr {}
-
-/// The instruction set the row kernels use. [`Tier::best`] is the widest this CPU runs; tests
-/// run every tier in [`Tier::available`] so the narrower ones stay checked on wide machines.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Tier {
-    /// 16 f32 lanes (Intel Skylake-SP and later, AMD Zen 4 and later).
-    Avx512,
-    /// 8 f32 lanes with FMA and fp16 conversion (every x86-64 server CPU since ~2013, AMD
-    /// EPYC before Zen 4 included).
-    Avx2,
-    /// Plain Rust, vectorized only as far as the build's baseline allows.
-    Portable,
-}
-
-impl Tier {
-    pub(crate) fn best() -> Tier {
-        Tier::available()[0]
-    }
-
-    /// Every tier this CPU can run, widest first (detected once).
-    pub(crate) fn available() -> &'static [Tier] {
-        static TIERS: std::sync::OnceLock<Vec<Tier>> = std::sync::OnceLock::new();
-        TIERS.get_or_init(|| {
-            let mut tiers = Vec::new();
-            #[cfg(target_arch = "x86_64")]
-            {
-                let avx2 = std::arch::is_x86_feature_detected!("avx2")
-                    && std::arch::is_x86_feature_detected!("fma")
-                    && std::arch::is_x86_feature_detected!("f16c");
-                if avx2
-                    && std::arch::is_x86_feature_detected!("avx512f")
-                    && std::arch::is_x86_feature_detected!("avx512dq")
-                {
-                    tiers.push(Tier::Avx512);
-                }
-                if avx2 {
-                    tiers.push(Tier::Avx2);
-                }
-            }
-            tiers.push(Tier::Portable);
-            tiers
-        })
-    }
-}
 
 mod kernel {
     //! `y[m][c] = Σₖ x[m][k]·w[c][k]` for `mr` rows and the columns `cols`. `y` has row
