@@ -107,29 +107,37 @@ impl SelfAttention {
             let y = qkv.apply_op1_no_bwd(&super::amx::Attention { heads: self.n_head })?;
             return self.out.forward(&y);
         }
-        let (b, t, d) = x.dims3()?;
-        let dh = d / self.n_head;
-        let qkv = self
-            .qkv
-            .forward(x)?
-            .reshape((b, t, 3, self.n_head, dh))?
-            .permute((2, 0, 3, 1, 4))?;
-        let q = qkv.get(0)?.contiguous()?;
-        let k = qkv.get(1)?.contiguous()?;
-        let v = qkv.get(2)?.contiguous()?;
-        // One head at a time: the (T × T) score matrix of all heads at once is 54 MB per window
-        // for T = 1500; per head it is 9 MB, which keeps peak memory (and cache misses) down.
-        let mut heads = Vec::with_capacity(self.n_head);
-        for h in 0..self.n_head {
-            let (qh, kh, vh) = (q.narrow(1, h, 1)?, k.narrow(1, h, 1)?, v.narrow(1, h, 1)?);
-            let att = super::kernels::softmax_last_dim_owned(qh.matmul(&kh.t()?)?)?;
-            heads.push(att.matmul(&vh)?);
+        if x.device().is_cpu() && super::attention::available() {
+            let qkv = self.qkv.forward(x)?.contiguous()?;
+            let y = qkv.apply_op1_no_bwd(&super::attention::Attention { heads: self.n_head })?;
+            return self.out.forward(&y);
         }
-        let y = Tensor::cat(&heads, 1)?
-            .transpose(1, 2)?
-            .reshape((b, t, d))?;
-        self.out.forward(&y)
+        self.out
+            .forward(&unfused_attention(&self.qkv.forward(x)?, self.n_head)?)
     }
+}
+
+/// Attention in candle ops, for CPUs without AVX2 (and the reference the fused kernels are
+/// tested against): `qkv` `(batch, t, 3·d)` → `(batch, t, d)`.
+pub(super) fn unfused_attention(qkv: &Tensor, n_head: usize) -> candle_core::Result<Tensor> {
+    let (b, t, d3) = qkv.dims3()?;
+    let d = d3 / 3;
+    let dh = d / n_head;
+    let qkv = qkv
+        .reshape((b, t, 3, n_head, dh))?
+        .permute((2, 0, 3, 1, 4))?;
+    let q = qkv.get(0)?.contiguous()?;
+    let k = qkv.get(1)?.contiguous()?;
+    let v = qkv.get(2)?.contiguous()?;
+    // One head at a time: the (T × T) score matrix of all heads at once is 54 MB per window
+    // for T = 1500; per head it is 9 MB, which keeps peak memory (and cache misses) down.
+    let mut heads = Vec::with_capacity(n_head);
+    for h in 0..n_head {
+        let (qh, kh, vh) = (q.narrow(1, h, 1)?, k.narrow(1, h, 1)?, v.narrow(1, h, 1)?);
+        let att = super::kernels::softmax_last_dim_owned(qh.matmul(&kh.t()?)?)?;
+        heads.push(att.matmul(&vh)?);
+    }
+    Tensor::cat(&heads, 1)?.transpose(1, 2)?.reshape((b, t, d))
 }
 
 /// Whisper's kernel-3, padding-1 convolution over time, as one matmul: each output frame's input

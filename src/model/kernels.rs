@@ -121,7 +121,7 @@ macro_rules! dispatch {
     };
 }
 
-dispatch!(softmax_rows(buf: &mut [f32], n: usize) {
+dispatch!(pub(crate) softmax_rows(buf: &mut [f32], n: usize) {
     for row in buf.chunks_exact_mut(n) {
         softmax_row(row);
     }

@@ -5,6 +5,7 @@
 //! network is built from that map, so a layout is only a reader.
 
 pub mod amx;
+mod attention;
 mod ct2;
 mod decoder;
 mod encoder;

@@ -1,0 +1,294 @@
+//! The encoder's self-attention in f32 on AVX2 + FMA, fused per (head, block of query rows).
+//!
+//! Done as candle ops, a head's `q·kᵀ` is a 1500 × 1500 score matrix (9 MB) that goes through
+//! memory three times (matmul out, softmax, matmul in), and candle's GEMM reaches ~67 GFLOP/s
+//! on that thin shape. Here each task computes 48 rows of scores (288 KB, held in the core's
+//! L2), turns them into probabilities in place and multiplies them by the head's values, with
+//! one FMA microkernel for both products. Used by every encoder path but AMX's (which has its
+//! own, in bf16); same arithmetic as the unfused version up to summation order.
+
+use rayon::prelude::*;
+
+use super::simd::Tier;
+
+/// Query rows per task: a multiple of the microkernel's 6 rows; 48 × 1504 scores fill
+/// ~60 % of a Zen 3 / Skylake core's L2 and give 6 heads × 32 = 192 tasks for a tiny window.
+const QUERY_BLOCK: usize = 48;
+/// The microkernel's tile: 6 rows × 16 columns (two AVX2 vectors), 12 accumulators.
+const MR: usize = 6;
+const NR: usize = 16;
+/// Keys per pass of probabilities × values: 64 rows of a 64-wide head are 16 KB of values.
+const KEY_CHUNK: usize = 64;
+
+/// Whether this CPU runs the fused kernel (the caller falls back to candle ops otherwise).
+pub fn available() -> bool {
+    matches!(Tier::best(), Tier::Avx512 | Tier::Avx2)
+}
+
+/// Multi-head self-attention: input the fused `(batch, t, 3·d)` q/k/v projection (q already
+/// scaled by dh^-0.5), output `(batch, t, d)` with heads side by side.
+pub struct Attention {
+    pub heads: usize,
+}
+
+impl candle_core::CustomOp1 for Attention {
+    fn name(&self) -> &'static str {
+        "whisperd-fused-attention"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s: &candle_core::CpuStorage,
+        l: &candle_core::Layout,
+    ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        if !available() {
+            candle_core::bail!("fused attention needs AVX2 and FMA");
+        }
+        let candle_core::CpuStorage::F32(data) = s else {
+            candle_core::bail!("fused attention takes f32 tensors")
+        };
+        let Some((start, end)) = l.contiguous_offsets() else {
+            candle_core::bail!("fused attention takes a contiguous tensor")
+        };
+        let qkv = &data[start..end];
+        let &[b, t, d3] = l.dims() else {
+            candle_core::bail!("attention takes (batch, t, 3d), got {:?}", l.dims())
+        };
+        let d = d3 / 3;
+        if d3 % 3 != 0 || self.heads == 0 || d % self.heads != 0 || !(d / self.heads).is_multiple_of(NR) {
+            candle_core::bail!(
+                "{d3} values per position do not split into q, k, v heads of a multiple of {NR}"
+            );
+        }
+        let mut y = vec![0f32; b * t * d];
+        for (w, y) in y.chunks_mut(t * d).enumerate() {
+            attend_window(&qkv[w * t * d3..][..t * d3], t, d, self.heads, y);
+        }
+        Ok((candle_core::CpuStorage::F32(y), (b, t, d).into()))
+    }
+}
+
+/// One window: `qkv` is `(t, 3·d)`, `y` is `(t, d)`.
+fn attend_window(qkv: &[f32], t: usize, d: usize, heads: usize, y: &mut [f32]) {
+    let dh = d / heads;
+    let d3 = 3 * d;
+    // Keys padded with zero columns to whole tiles (their scores are dropped before the
+    // softmax); values with zero rows to match (their probabilities are zero).
+    let t_pad = t.div_ceil(NR) * NR;
+    let packed: Vec<(Vec<f32>, Vec<f32>)> = (0..heads)
+        .into_par_iter()
+        .map(|h| {
+            let mut keys_t = vec![0f32; dh * t_pad];
+            let mut values = vec![0f32; t_pad * dh];
+            for j in 0..t {
+                let row = &qkv[j * d3..][..d3];
+                for (c, &k) in row[d + h * dh..][..dh].iter().enumerate() {
+                    keys_t[c * t_pad + j] = k;
+                }
+                values[j * dh..][..dh].copy_from_slice(&row[2 * d + h * dh..][..dh]);
+            }
+            (keys_t, values)
+        })
+        .collect();
+    let blocks = t.div_ceil(QUERY_BLOCK);
+    // Head-major task order: consecutive tasks on a core reuse that head's keys and values.
+    let outs: Vec<Vec<f32>> = (0..heads * blocks)
+        .into_par_iter()
+        .map_init(
+            || {
+                (
+                    vec![0f32; QUERY_BLOCK * dh],
+                    vec![0f32; QUERY_BLOCK * t_pad],
+                )
+            },
+            |(queries, scores), task| {
+                let (h, block) = (task / blocks, task % blocks);
+                let first = block * QUERY_BLOCK;
+                let rows = QUERY_BLOCK.min(t - first);
+                // Rows past `rows` of a last, partial block are zero queries: uniform
+                // probabilities, computed and dropped.
+                queries.fill(0.0);
+                for (r, dst) in queries.chunks_exact_mut(dh).take(rows).enumerate() {
+                    dst.copy_from_slice(&qkv[(first + r) * d3 + h * dh..][..dh]);
+                }
+                let (keys_t, values) = &packed[h];
+                let mut out = vec![0f32; QUERY_BLOCK * dh];
+                // SAFETY: `available()` was checked by the op; every operand covers the tiles
+                // the calls read and write (QUERY_BLOCK rows, t_pad and dh multiples of NR).
+                unsafe {
+                    product(queries, dh, keys_t, t_pad, dh, scores, t_pad, false);
+                }
+                for row in scores.chunks_exact_mut(t_pad) {
+                    super::kernels::softmax_rows(&mut row[..t], t);
+                    row[t..].fill(0.0);
+                }
+                // Keys in chunks, so a chunk of values (KEY_CHUNK × dh) stays in L1 while
+                // every row tile uses it; from L2 the loads of `b` stalled the FMAs.
+                for first_key in (0..t_pad).step_by(KEY_CHUNK) {
+                    let keys = KEY_CHUNK.min(t_pad - first_key);
+                    unsafe {
+                        product(
+                            &scores[first_key..],
+                            t_pad,
+                            &values[first_key * dh..],
+                            dh,
+                            keys,
+                            &mut out,
+                            dh,
+                            first_key > 0,
+                        );
+                    }
+                }
+                out.truncate(rows * dh);
+                out
+            },
+        )
+        .collect();
+    y.par_chunks_mut(d).enumerate().for_each(|(i, row)| {
+        for (h, dst) in row.chunks_exact_mut(dh).enumerate() {
+            let block = &outs[h * blocks + i / QUERY_BLOCK];
+            dst.copy_from_slice(&block[(i % QUERY_BLOCK) * dh..][..dh]);
+        }
+    });
+}
+
+/// `c = a · b` (`c += a · b` if `accumulate`) for `a` (QUERY_BLOCK × k, row stride `lda`) and `b` (k × n, row stride `ldb`,
+/// n = the width of `c`, a multiple of NR), `c` row stride `ldc`. One thread.
+///
+/// # Safety
+/// The CPU has AVX2 and FMA; `a` holds QUERY_BLOCK rows of `k` values at stride `lda`, `b` holds
+/// `k` rows of `ldc` values at stride `ldb`, `c` holds QUERY_BLOCK rows of `ldc`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn product(
+    a: &[f32],
+    lda: usize,
+    b: &[f32],
+    ldb: usize,
+    k: usize,
+    c: &mut [f32],
+    ldc: usize,
+    accumulate: bool,
+) {
+    debug_assert!(a.len() >= (QUERY_BLOCK - 1) * lda + k);
+    debug_assert!(b.len() >= (k - 1) * ldb + ldc && ldc.is_multiple_of(NR));
+    debug_assert!(c.len() >= QUERY_BLOCK * ldc);
+    // Columns outer: a 16-column strip of `b` (k × 64 bytes) stays in L1 across all row tiles.
+    for col in (0..ldc).step_by(NR) {
+        for row in (0..QUERY_BLOCK).step_by(MR) {
+            tile(
+                a.as_ptr().add(row * lda),
+                lda,
+                b.as_ptr().add(col),
+                ldb,
+                k,
+                c.as_mut_ptr().add(row * ldc + col),
+                ldc,
+                accumulate,
+            );
+        }
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+#[allow(clippy::too_many_arguments)]
+unsafe fn product(
+    _: &[f32],
+    _: usize,
+    _: &[f32],
+    _: usize,
+    _: usize,
+    _: &mut [f32],
+    _: usize,
+    _: bool,
+) {
+    unreachable!("`available()` is false off x86-64")
+}
+
+/// One MR × NR tile of `c = a · b`: per step of k, two vectors of `b` and MR broadcasts of `a`
+/// feed 12 FMAs into register accumulators (which start from `c` if `accumulate`).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+#[allow(clippy::too_many_arguments)]
+unsafe fn tile(
+    a: *const f32,
+    lda: usize,
+    b: *const f32,
+    ldb: usize,
+    k: usize,
+    c: *mut f32,
+    ldc: usize,
+    accumulate: bool,
+) {
+    use std::arch::x86_64::*;
+    let mut acc = [[_mm256_setzero_ps(); 2]; MR];
+    if accumulate {
+        for (r, acc) in acc.iter_mut().enumerate() {
+            acc[0] = _mm256_loadu_ps(c.add(r * ldc));
+            acc[1] = _mm256_loadu_ps(c.add(r * ldc + 8));
+        }
+    }
+    for p in 0..k {
+        let b0 = _mm256_loadu_ps(b.add(p * ldb));
+        let b1 = _mm256_loadu_ps(b.add(p * ldb + 8));
+        for (r, acc) in acc.iter_mut().enumerate() {
+            let x = _mm256_broadcast_ss(&*a.add(r * lda + p));
+            acc[0] = _mm256_fmadd_ps(x, b0, acc[0]);
+            acc[1] = _mm256_fmadd_ps(x, b1, acc[1]);
+        }
+    }
+    for (r, acc) in acc.iter().enumerate() {
+        _mm256_storeu_ps(c.add(r * ldc), acc[0]);
+        _mm256_storeu_ps(c.add(r * ldc + 8), acc[1]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::test_values as values;
+    use candle_core::{Device, Tensor};
+
+    /// The fused kernel against attention in candle f32 ops (`encoder::unfused_attention`),
+    /// for a batch of two, lengths with partial query blocks and partial key tiles, and a full
+    /// window; scores are spread wide enough (q scaled up) that the softmax is far from uniform.
+    #[test]
+    fn fused_attention_matches_candle_ops() {
+        if !available() {
+            eprintln!("no AVX2 here: the encoder uses candle ops");
+            return;
+        }
+        let dev = Device::Cpu;
+        for (b, t, heads) in [(2, 37, 2), (1, 100, 3), (1, 1500, 1)] {
+            let d = heads * 64;
+            let mut qkv = values(b * t * 3 * d, t as u64);
+            for row in qkv.chunks_exact_mut(3 * d) {
+                row[..d].iter_mut().for_each(|q| *q *= 4.0);
+            }
+            let qkv = Tensor::from_vec(qkv, (b, t, 3 * d), &dev).unwrap();
+            let want = super::super::encoder::unfused_attention(&qkv, heads).unwrap();
+            let got = qkv.apply_op1_no_bwd(&Attention { heads }).unwrap();
+            assert_eq!(got.dims(), want.dims());
+            let diff = (got - &want)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            // Outputs are averages of values in [-1, 1]: only summation order differs.
+            assert!(diff < 1e-5, "b {b}, t {t}, heads {heads}: max diff {diff}");
+        }
+    }
+
+    /// Shapes the kernel cannot run are errors, not wrong answers.
+    #[test]
+    fn rejects_heads_that_do_not_fit_the_tiles() {
+        let qkv = Tensor::zeros((1, 4, 3 * 40), candle_core::DType::F32, &Device::Cpu).unwrap();
+        assert!(qkv.apply_op1_no_bwd(&Attention { heads: 1 }).is_err());
+        assert!(qkv.apply_op1_no_bwd(&Attention { heads: 3 }).is_err());
+    }
+}
