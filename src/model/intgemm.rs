@@ -230,7 +230,7 @@ impl Panel<'_> {
 }
 
 /// Symmetric quantization of `src` to `±max` into `dst`; returns the scale (value per step).
-fn quantize(src: &[f32], dst: &mut [i16], max: i32) -> f32 {
+pub(super) fn quantize(src: &[f32], dst: &mut [i16], max: i32) -> f32 {
     #[inline(always)]
     fn body(src: &[f32], dst: &mut [i16], max: i32) -> f32 {
         let amax = src.iter().fold(0f32, |m, v| m.max(v.abs()));
