@@ -55,7 +55,11 @@ impl candle_core::CustomOp1 for Attention {
             candle_core::bail!("attention takes (batch, t, 3d), got {:?}", l.dims())
         };
         let d = d3 / 3;
-        if d3 % 3 != 0 || self.heads == 0 || d % self.heads != 0 || !(d / self.heads).is_multiple_of(NR) {
+        if d3 % 3 != 0
+            || self.heads == 0
+            || d % self.heads != 0
+            || !(d / self.heads).is_multiple_of(NR)
+        {
             candle_core::bail!(
                 "{d3} values per position do not split into q, k, v heads of a multiple of {NR}"
             );
