@@ -99,7 +99,7 @@ impl Whisper {
     ) -> Result<Self, ModelError> {
         let dims = w.dims()?;
         // q8 is the lossy, fast setting: its encoder runs in bf16 on AMX where the CPU has it,
-        // else with int8 weights on AVX2.
+        // else in integers (10-bit weights) on AVX2.
         let math = if precision != Precision::Q8 || !device.is_cpu() {
             EncoderMath::F32
         } else if amx::available() {
