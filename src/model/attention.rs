@@ -275,14 +275,7 @@ mod tests {
             let want = super::super::encoder::unfused_attention(&qkv, heads).unwrap();
             let got = qkv.apply_op1_no_bwd(&Attention { heads }).unwrap();
             assert_eq!(got.dims(), want.dims());
-            let diff = (got - &want)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
+            let diff = crate::model::test_max_abs_diff(&got, &want);
             // Outputs are averages of values in [-1, 1]: only summation order differs.
             assert!(diff < 1e-5, "b {b}, t {t}, heads {heads}: max diff {diff}");
         }

@@ -313,6 +313,7 @@ impl AudioEncoder {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::test_max_abs_diff as max_abs_diff;
     use candle_core::{Device, Tensor};
 
     fn values(n: usize, seed: u32) -> Vec<f32> {
@@ -322,12 +323,6 @@ mod tests {
                     - 1.0
             })
             .collect()
-    }
-
-    fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .and_then(|d| d.abs()?.max_all()?.to_scalar::<f32>())
-            .unwrap()
     }
 
     /// The unfolded convolution against candle's direct conv1d (Whisper's: kernel 3,

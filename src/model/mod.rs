@@ -142,3 +142,11 @@ pub(crate) fn test_values(n: usize, seed: u64) -> Vec<f32> {
         })
         .collect()
 }
+
+/// Largest |a − b| over two tensors of one shape (kernel tests).
+#[cfg(test)]
+pub(crate) fn test_max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    (a - b)
+        .and_then(|d| d.abs()?.max_all()?.to_scalar::<f32>())
+        .expect("tensors of one shape")
+}

@@ -276,6 +276,34 @@ mod kernel {
     use super::Tier;
     use std::ops::Range;
 
+    /// The tile order every SIMD kernel uses: column groups of `nr` outermost (a group's
+    /// weights come from memory once, then from L1 for every further block of up to 4 rows).
+    /// Calls `tile(first_row, rows, first_column, wide)`: `wide` is a full group of `nr`
+    /// columns, else one column of a partial last group.
+    #[inline(always)]
+    pub(super) fn for_each_tile(
+        mr: usize,
+        cols: Range<usize>,
+        nr: usize,
+        mut tile: impl FnMut(usize, usize, usize, bool),
+    ) {
+        let mut c = cols.start;
+        while c < cols.end {
+            let width = (cols.end - c).min(nr);
+            let mut m0 = 0;
+            while m0 < mr {
+                let rows = (mr - m0).min(4);
+                if width == nr {
+                    tile(m0, rows, c, true);
+                } else {
+                    (c..c + width).for_each(|cc| tile(m0, rows, cc, false));
+                }
+                m0 += rows;
+            }
+            c += width;
+        }
+    }
+
     macro_rules! rows_fn {
         ($name:ident, $t:ty, $to_f32:expr) => {
             /// # Safety
@@ -425,8 +453,7 @@ mod kernel {
                     }
                 }
 
-                /// Column groups of `NR` outermost: a group's weights are read from memory
-                /// once and from L1 for every further block of up to 4 rows.
+                /// Every tile of the output block, in `for_each_tile`'s order.
                 #[target_feature(enable = $feat)]
                 #[allow(clippy::too_many_arguments)]
                 unsafe fn sweep<const NR: usize>(
@@ -439,24 +466,14 @@ mod kernel {
                     cols: Range<usize>,
                     y: *mut f32,
                 ) {
-                    let mut c = cols.start;
-                    while c < cols.end {
-                        let nr = (cols.end - c).min(NR);
-                        let mut m0 = 0;
-                        while m0 < mr {
-                            let rows = (mr - m0).min(4);
-                            let (xm, ym) = (x.add(m0 * k), y.add(m0 * n));
-                            if nr == NR {
-                                block::<NR>(rows, xm, w, s, k, c, n, ym);
-                            } else {
-                                for cc in c..c + nr {
-                                    block::<1>(rows, xm, w, s, k, cc, n, ym);
-                                }
-                            }
-                            m0 += rows;
+                    super::super::for_each_tile(mr, cols, NR, |m0, rows, c, wide| {
+                        let (xm, ym) = (x.add(m0 * k), y.add(m0 * n));
+                        if wide {
+                            block::<NR>(rows, xm, w, s, k, c, n, ym);
+                        } else {
+                            block::<1>(rows, xm, w, s, k, c, n, ym);
                         }
-                        c += nr;
-                    }
+                    });
                 }
 
                 /// # Safety
@@ -639,8 +656,7 @@ mod q8_int {
         }
     }
 
-    /// Column groups of `NR` outermost, as the float kernels: a group's weights come from
-    /// memory once and from L1 for every further block of up to 4 rows.
+    /// The float kernels' tile order (`for_each_tile`).
     #[target_feature(enable = "avx2,fma,f16c")]
     #[allow(clippy::too_many_arguments)]
     unsafe fn sweep<const NR: usize>(
@@ -653,28 +669,15 @@ mod q8_int {
         cols: Range<usize>,
         y: *mut f32,
     ) {
-        let mut c = cols.start;
-        while c < cols.end {
-            let nr = (cols.end - c).min(NR);
-            let mut m0 = 0;
-            while m0 < mr {
-                let rows = (mr - m0).min(4);
-                let (xm, xs, ym) = (
-                    x.q.as_ptr().add(m0 * k),
-                    x.scales.as_ptr().add(m0),
-                    y.add(m0 * n),
-                );
-                if nr == NR {
-                    block::<NR>(rows, xm, xs, w, s, k, c, n, ym);
-                } else {
-                    for cc in c..c + nr {
-                        block::<1>(rows, xm, xs, w, s, k, cc, n, ym);
-                    }
-                }
-                m0 += rows;
+        super::kernel::for_each_tile(mr, cols, NR, |m0, rows, c, wide| {
+            let xm = x.q.as_ptr().add(m0 * k);
+            let (xs, ym) = (x.scales.as_ptr().add(m0), y.add(m0 * n));
+            if wide {
+                block::<NR>(rows, xm, xs, w, s, k, c, n, ym);
+            } else {
+                block::<1>(rows, xm, xs, w, s, k, c, n, ym);
             }
-            c += nr;
-        }
+        });
     }
 
     /// # Safety
