@@ -240,16 +240,14 @@ impl RowMatmul {
     ) {
         let (n, k) = (self.out, self.inp);
         let ys = y.0;
-        match &self.weights {
-            Storage::F16(w) => kernel::f16_rows(tier, x, rows, w, &[], k, n, cols.clone(), ys),
-            Storage::F32(w) => kernel::f32_rows(tier, x, rows, w, &[], k, n, cols.clone(), ys),
+        match (&self.weights, int_rows) {
+            (Storage::F16(w), _) => kernel::f16_rows(tier, x, rows, w, &[], k, n, cols.clone(), ys),
+            (Storage::F32(w), _) => kernel::f32_rows(tier, x, rows, w, &[], k, n, cols.clone(), ys),
             #[cfg(target_arch = "x86_64")]
-            Storage::Q8 { q, scales } if int_rows.is_some() => {
-                if let Some(xi) = int_rows {
-                    q8_int::rows(xi, rows, q, scales, k, n, cols.clone(), ys)
-                }
+            (Storage::Q8 { q, scales }, Some(xi)) => {
+                q8_int::rows(xi, rows, q, scales, k, n, cols.clone(), ys)
             }
-            Storage::Q8 { q, scales } => {
+            (Storage::Q8 { q, scales }, _) => {
                 kernel::q8_rows(tier, x, rows, q, scales, k, n, cols.clone(), ys)
             }
         }
