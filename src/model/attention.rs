@@ -3,9 +3,11 @@
 //! Done as candle ops, a head's `q·kᵀ` is a 1500 × 1500 score matrix (9 MB) that goes through
 //! memory three times (matmul out, softmax, matmul in), and candle's GEMM reaches ~67 GFLOP/s
 //! on that thin shape. Here each task computes 48 rows of scores (288 KB, held in the core's
-//! L2), turns them into probabilities in place and multiplies them by the head's values, with
-//! one FMA microkernel for both products. Used by every encoder path but AMX's (which has its
-//! own, in bf16); same arithmetic as the unfused version up to summation order.
+//! L2), exponentiates them in place (its own vector `exp`: the shared one, auto-vectorized
+//! without FMA, took a quarter of the attention's time), multiplies them by the head's values
+//! with the same FMA microkernel, and scales each output row by its 1/Σ. Used by every encoder
+//! path but AMX's (which has its own, in bf16); same arithmetic as the unfused version up to
+//! summation order and the exp's last bits.
 
 use rayon::prelude::*;
 
@@ -122,9 +124,13 @@ fn attend_window(qkv: &[f32], t: usize, d: usize, heads: usize, y: &mut [f32]) {
                 unsafe {
                     product(queries, dh, keys_t, t_pad, dh, scores, t_pad, false);
                 }
-                for row in scores.chunks_exact_mut(t_pad) {
-                    super::kernels::softmax_rows(&mut row[..t], t);
-                    row[t..].fill(0.0);
+                // Unnormalized probabilities (the padded keys' scores become −∞, so 0); each
+                // row's 1/Σ scales its output below, 64 values instead of 1500.
+                let mut inv_sums = [0f32; QUERY_BLOCK];
+                for (row, inv) in scores.chunks_exact_mut(t_pad).zip(&mut inv_sums) {
+                    row[t..].fill(f32::NEG_INFINITY);
+                    // SAFETY: as above; the row's length is a multiple of NR.
+                    *inv = unsafe { exp_row(row) };
                 }
                 // Keys in chunks, so a chunk of values (KEY_CHUNK × dh) stays in L1 while
                 // every row tile uses it; from L2 the loads of `b` stalled the FMAs.
@@ -143,6 +149,9 @@ fn attend_window(qkv: &[f32], t: usize, d: usize, heads: usize, y: &mut [f32]) {
                         );
                     }
                 }
+                for (row, inv) in out.chunks_exact_mut(dh).zip(inv_sums) {
+                    row.iter_mut().for_each(|v| *v *= inv);
+                }
                 out.truncate(rows * dh);
                 out
             },
@@ -154,6 +163,76 @@ fn attend_window(qkv: &[f32], t: usize, d: usize, heads: usize, y: &mut [f32]) {
             dst.copy_from_slice(&block[(i % QUERY_BLOCK) * dh..][..dh]);
         }
     });
+}
+
+/// `row[i] = exp(row[i] − max(row))` in place; returns 1 / Σ row. `x ≥ −87.3` is reduced to
+/// `n·ln2 + r` (|r| ≤ ln2/2), `e^r` is a degree-6 polynomial (relative error ~1e-7), and `2^n`
+/// goes into the exponent bits; below −87.3 (−∞ included) gives exactly 0. Two vectors per step
+/// so the polynomial chains of neighbouring vectors overlap.
+///
+/// # Safety
+/// The CPU has AVX2 and FMA; `row.len()` is a multiple of 16 and not 0.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn exp_row(row: &mut [f32]) -> f32 {
+    use std::arch::x86_64::*;
+    debug_assert!(!row.is_empty() && row.len().is_multiple_of(16));
+    let p = row.as_mut_ptr();
+    let mut m = [_mm256_set1_ps(f32::NEG_INFINITY); 2];
+    for i in (0..row.len()).step_by(16) {
+        m[0] = _mm256_max_ps(m[0], _mm256_loadu_ps(p.add(i)));
+        m[1] = _mm256_max_ps(m[1], _mm256_loadu_ps(p.add(i + 8)));
+    }
+    let mut lanes = [0f32; 8];
+    _mm256_storeu_ps(lanes.as_mut_ptr(), _mm256_max_ps(m[0], m[1]));
+    let max = _mm256_set1_ps(lanes.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b)));
+
+    let floor = _mm256_set1_ps(-87.33);
+    let log2e = _mm256_set1_ps(std::f32::consts::LOG2_E);
+    // Round to nearest by adding 1.5·2^23: the low mantissa bits of the sum then hold n.
+    let magic = _mm256_set1_ps(12_582_912.0);
+    let ln2_hi = _mm256_set1_ps(0.693_145_75);
+    let ln2_lo = _mm256_set1_ps(1.428_606_8e-6);
+    let c = [
+        1.0,
+        1.0,
+        0.5,
+        0.166_666_67,
+        0.041_666_668,
+        0.008_333_334,
+        0.001_388_889,
+    ]
+    .map(|v: f32| _mm256_set1_ps(v));
+    let bias = _mm256_set1_epi32(127 << 23);
+    let exp = |x: __m256| {
+        let keep = _mm256_cmp_ps::<_CMP_GE_OQ>(x, floor);
+        let x = _mm256_max_ps(x, floor);
+        let t = _mm256_fmadd_ps(x, log2e, magic);
+        let n = _mm256_sub_ps(t, magic);
+        let r = _mm256_fnmadd_ps(n, ln2_lo, _mm256_fnmadd_ps(n, ln2_hi, x));
+        let mut y = c[6];
+        for &k in c[..6].iter().rev() {
+            y = _mm256_fmadd_ps(y, r, k);
+        }
+        // (bits of t) << 23 is n << 23: the magic constant's bits shift out.
+        let scale = _mm256_add_epi32(_mm256_slli_epi32::<23>(_mm256_castps_si256(t)), bias);
+        _mm256_and_ps(_mm256_mul_ps(y, _mm256_castsi256_ps(scale)), keep)
+    };
+    let mut sum = [_mm256_setzero_ps(); 2];
+    for i in (0..row.len()).step_by(16) {
+        for (u, sum) in sum.iter_mut().enumerate() {
+            let e = exp(_mm256_sub_ps(_mm256_loadu_ps(p.add(i + 8 * u)), max));
+            _mm256_storeu_ps(p.add(i + 8 * u), e);
+            *sum = _mm256_add_ps(*sum, e);
+        }
+    }
+    _mm256_storeu_ps(lanes.as_mut_ptr(), _mm256_add_ps(sum[0], sum[1]));
+    1.0 / lanes.iter().sum::<f32>()
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn exp_row(_: &mut [f32]) -> f32 {
+    unreachable!("`available()` is false off x86-64")
 }
 
 /// `c = a · b` (`c += a · b` if `accumulate`) for `a` (QUERY_BLOCK × k, row stride `lda`) and `b` (k × n, row stride `ldb`,
