@@ -12,7 +12,9 @@ samples, so neither the cache nor single flight can answer it):
      eval set's short files (jfk + LibriSpeech) back to back for --seconds;
   3. latency of short requests sent while a 200-s file is being transcribed (fairness), as p99
      over the short requests and as a ratio to (1);
-  4. the server's peak RSS;
+  4. the server's peak RSS, and at each level the server's CPU time per request and how many
+     cores it kept busy (from /proc), which bound what more clients can give: at full load
+     throughput is at most cores / (CPU per request);
 then runs ../shared/scripts/peer_baseline.py (faster-whisper int8, same threads) over the same short
 files for the peer's single-process throughput. Prints a markdown table.
 """
@@ -82,8 +84,16 @@ def pct(xs, p):
     return xs[min(len(xs) - 1, int(round(p / 100 * (len(xs) - 1))))] if xs else float("nan")
 
 
+def cpu_seconds(pid):
+    """User + system CPU time of process `pid` so far (all its threads)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def load(port, clips, clients, seconds):
-    """`clients` threads post clips back to back for `seconds`; returns (audio_s/s, lat list, errors)."""
+    """`clients` threads post clips back to back for `seconds`; returns (audio_s/s, lat list, errors,
+    audio seconds transcribed)."""
     stop = time.perf_counter() + seconds
     lat, audio, errors = [], [0.0], [0]
     lock = threading.Lock()
@@ -102,7 +112,7 @@ def load(port, clips, clients, seconds):
     t0 = time.perf_counter()
     ts = [threading.Thread(target=client, args=(k,)) for k in range(clients)]
     [t.start() for t in ts]; [t.join() for t in ts]
-    return audio[0] / (time.perf_counter() - t0), lat, errors[0]
+    return audio[0] / (time.perf_counter() - t0), lat, errors[0], audio[0]
 
 
 def main():
@@ -153,9 +163,13 @@ def main():
 
         results = []
         for n in [int(x) for x in a.clients.split(",")]:
-            rate, lat, errors = load(port, clips, n, a.seconds)
-            results.append((n, rate, pct(lat, 50), pct(lat, 99), len(lat), errors))
-            print(f"  {n} clients: {rate:.1f} audio s/s", file=sys.stderr)
+            cpu0, t0 = cpu_seconds(server.pid), time.perf_counter()
+            rate, lat, errors, audio_s = load(port, clips, n, a.seconds)
+            cpu = cpu_seconds(server.pid) - cpu0
+            busy = cpu / (time.perf_counter() - t0)
+            results.append((n, rate, pct(lat, 50), pct(lat, 99), len(lat), errors, busy,
+                            cpu / max(len(lat), 1), audio_s / max(len(lat), 1)))
+            print(f"  {n} clients: {rate:.1f} audio s/s, {busy:.2f} cores busy", file=sys.stderr)
 
         # Fairness: short requests while a long file is in progress.
         long_done = []
@@ -188,13 +202,26 @@ def main():
           f"{len(clips)} short files (jfk + LibriSpeech), {a.seconds:.0f} s per level\n")
     print(f"single request (jfk, 11 s): median {jfk_alone * 1000:.0f} ms "
           f"({jfk.duration / jfk_alone:.1f}x real time)\n")
-    print("| clients | audio s / s | vs 1 client | vs faster-whisper int8 | p50 ms | p99 ms | requests | errors |")
-    print("|---|---|---|---|---|---|---|---|")
-    for n, rate, p50, p99, count, errors in results:
+    print("| clients | audio s / s | vs 1 client | vs faster-whisper int8 | p50 ms | p99 ms | requests | errors "
+          "| server cores busy | server CPU ms / request |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for n, rate, p50, p99, count, errors, busy, cpu_per, _ in results:
         vs_peer = f"{rate / peer['speed_x']:.2f}x" if peer else "-"
-        print(f"| {n} | {rate:.1f} | {rate / one:.2f}x | {vs_peer} | {p50 * 1000:.0f} | {p99 * 1000:.0f} | {count} | {errors} |")
+        print(f"| {n} | {rate:.1f} | {rate / one:.2f}x | {vs_peer} | {p50 * 1000:.0f} | {p99 * 1000:.0f} | {count} "
+              f"| {errors} | {busy:.2f} | {cpu_per * 1000:.0f} |")
     if peer:
-        print(f"| faster-whisper int8 (one process, files in sequence) | {peer['speed_x']:.1f} | | 1.00x | | | {peer['files']} | |")
+        print(f"| faster-whisper int8 (one process, files in sequence) | {peer['speed_x']:.1f} | | 1.00x | | | "
+              f"{peer['files']} | | | |")
+    # At full load throughput cannot pass (cores) / (CPU per request). One client's requests
+    # already keep `busy` cores working, so more clients can add at most cores / busy, times
+    # what batching saves of each request's CPU. Uses the cheapest loaded level (optimistic).
+    loaded = [r for r in results if r[0] > 1] or results
+    n, _, _, _, _, _, _, cpu_per, mean_audio = min(loaded, key=lambda r: r[7])
+    cores = os.cpu_count() or 1
+    bound = cores / cpu_per * mean_audio if cpu_per > 0 else float("nan")
+    print(f"\nceiling at full load, from the CPU per request at {n} clients: {cores} cores / "
+          f"{cpu_per * 1000:.0f} ms per {mean_audio:.1f}-s request = {bound:.1f} audio s/s = "
+          f"{bound / one:.2f}x the 1-client figure (one client kept {results[0][6]:.2f} cores busy)")
     if under:
         print(f"\nshort request (jfk) while a {long_clip.duration:.0f}-s file is transcribed: "
               f"{len(under)} requests, p50 {pct(under, 50) * 1000:.0f} ms, p99 {pct(under, 99) * 1000:.0f} ms "
