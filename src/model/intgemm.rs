@@ -122,21 +122,25 @@ impl IntLinear {
         if rows == 0 || n == 0 {
             return vec![0.0; rows * n];
         }
-        let mut a = vec![0i16; rows * k];
-        let mut a_scale = vec![0f32; rows];
-        a.par_chunks_mut(k)
+        // Quantized rows (zero past `inp`), each zeroed and written by the task that quantizes it.
+        assert_eq!(
+            x.len(),
+            rows * self.inp,
+            "every row quantized, so every chunk initialized"
+        );
+        let mut a = Vec::with_capacity(rows * k);
+        let a_scale: Vec<f32> = a.spare_capacity_mut()[..rows * k]
+            .par_chunks_mut(k)
             .zip(x.par_chunks_exact(self.inp))
-            .zip(a_scale.par_iter_mut())
-            .for_each(|((dst, src), s)| *s = quantize(src, &mut dst[..self.inp], self.a_max));
-        let mut y = vec![0f32; rows * n];
-        y.par_chunks_mut(ROW_BLOCK * n)
-            .enumerate()
-            .for_each(|(block, y)| {
-                let r0 = block * ROW_BLOCK;
-                let nrows = y.len() / n;
-                self.row_block(tier, &a[r0 * k..][..nrows * k], &a_scale[r0..][..nrows], y);
-            });
-        y
+            .map(|(dst, src)| quantize(src, &mut super::zeroed(dst)[..self.inp], self.a_max))
+            .collect();
+        // SAFETY: the chunks cover `rows * k` elements and `zeroed` initialized each one.
+        unsafe { a.set_len(rows * k) };
+        super::par_filled(rows * n, ROW_BLOCK * n, |block, y| {
+            let r0 = block * ROW_BLOCK;
+            let nrows = y.len() / n;
+            self.row_block(tier, &a[r0 * k..][..nrows * k], &a_scale[r0..][..nrows], y);
+        })
     }
 
     /// One task: `nrows` quantized rows → their output rows `y`. Panels outer: one 16-column
