@@ -189,20 +189,12 @@ unsafe fn exp_row(row: &mut [f32]) -> f32 {
 
     let floor = _mm256_set1_ps(-87.33);
     let log2e = _mm256_set1_ps(std::f32::consts::LOG2_E);
-    // Round to nearest by adding 1.5·2^23: the low mantissa bits of the sum then hold n.
-    let magic = _mm256_set1_ps(12_582_912.0);
-    let ln2_hi = _mm256_set1_ps(0.693_145_75);
-    let ln2_lo = _mm256_set1_ps(1.428_606_8e-6);
-    let c = [
-        1.0,
-        1.0,
-        0.5,
-        0.166_666_67,
-        0.041_666_668,
-        0.008_333_334,
-        0.001_388_889,
-    ]
-    .map(|v: f32| _mm256_set1_ps(v));
+    // The scalar `kernels::exp`'s constants, in vectors.
+    use super::kernels::{EXP_LN2_HI, EXP_LN2_LO, EXP_MAGIC, EXP_POLY};
+    let magic = _mm256_set1_ps(EXP_MAGIC);
+    let ln2_hi = _mm256_set1_ps(EXP_LN2_HI);
+    let ln2_lo = _mm256_set1_ps(EXP_LN2_LO);
+    let c = EXP_POLY.map(|v| _mm256_set1_ps(v));
     let bias = _mm256_set1_epi32(127 << 23);
     let exp = |x: __m256| {
         let keep = _mm256_cmp_ps::<_CMP_GE_OQ>(x, floor);

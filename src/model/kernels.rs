@@ -594,24 +594,34 @@ dispatch!(pub(crate) log_sum_exp(xs: &[f32]) -> f32 {
     max + (lanes.iter().sum::<f32>() + rest).ln()
 });
 
+/// ln 2 split in two, so `x − n·ln2` keeps its low bits (shared with the fused attention's exp).
+pub(crate) const EXP_LN2_HI: f32 = 0.693_145_75;
+pub(crate) const EXP_LN2_LO: f32 = 1.428_606_8e-6;
+/// 1.5·2^23: adding it rounds to nearest, and the sum's low mantissa bits hold the integer.
+pub(crate) const EXP_MAGIC: f32 = 12_582_912.0;
+/// e^r ≈ Σ EXP_POLY[i]·rⁱ for |r| ≤ ln2/2 (Taylor, degree 6; relative error ~1e-7).
+pub(crate) const EXP_POLY: [f32; 7] = [
+    1.0,
+    1.0,
+    0.5,
+    0.166_666_67,
+    0.041_666_668,
+    0.008_333_334,
+    0.001_388_889,
+];
+
 /// e^x: x = n·ln2 + r with |r| ≤ ln2/2, e^r by a degree-6 polynomial, 2^n through the exponent
 /// bits. Inputs below −87.3 (including −∞) give 0, above 88.7 give +∞ (through the clamp: 2^128).
 #[inline(always)]
 pub(crate) fn exp(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
-    const LN2_HI: f32 = 0.693_145_75;
-    const LN2_LO: f32 = 1.428_606_8e-6;
-    // Round to nearest by the 1.5·2^23 trick (no branch, no libm call).
-    const MAGIC: f32 = 12_582_912.0;
+    const MAGIC: f32 = EXP_MAGIC; // (also subtracted from the bits below)
+    let c = EXP_POLY;
     let xc = x.clamp(-87.33, 88.72);
     let shifted = xc * LOG2E + MAGIC;
     let n = shifted - MAGIC;
-    let r = xc - n * LN2_HI - n * LN2_LO;
-    let p = 1.0
-        + r * (1.0
-            + r * (0.5
-                + r * (0.166_666_67
-                    + r * (0.041_666_668 + r * (0.008_333_334 + r * 0.001_388_889)))));
+    let r = xc - n * EXP_LN2_HI - n * EXP_LN2_LO;
+    let p = c[0] + r * (c[1] + r * (c[2] + r * (c[3] + r * (c[4] + r * (c[5] + r * c[6])))));
     // The low mantissa bits of `shifted` hold n itself; reading them (instead of `n as i32`,
     // a saturating conversion LLVM will not vectorize) keeps the whole function in vectors.
     let n_int = (shifted.to_bits() as i32).wrapping_sub(MAGIC.to_bits() as i32);
