@@ -22,7 +22,7 @@ fn benches(c: &mut Criterion) {
         .unwrap_or_else(|| root().join("models/whisper-tiny.en"));
     let engine = Engine::load(&model).expect("model (run `make model`)");
     let jfk = std::fs::read(root().join("../shared/eval/jfk.wav")).expect("../shared/eval/jfk.wav");
-    let pcm = whisperd::audio::load_pcm(jfk.clone()).unwrap();
+    let pcm = whisperd::audio::load_pcm(jfk.clone(), None).unwrap();
 
     let mel = MelSpectrogram::new(80);
     let thirty_s: Vec<f32> = pcm

@@ -34,8 +34,9 @@ def check_deployment(doc, values, label):
         errors += fail(f"{label}: container securityContext must drop ALL, be read-only, no privilege escalation")
     if spec.get("securityContext", {}).get("runAsNonRoot") is not True:
         errors += fail(f"{label}: pod must run as non-root")
-    if spec["terminationGracePeriodSeconds"] <= values["config"]["drain_timeout_s"]:
-        errors += fail(f"{label}: terminationGracePeriodSeconds must exceed config.drain_timeout_s")
+    cfg = values["config"]
+    if spec["terminationGracePeriodSeconds"] <= cfg["drain_timeout_s"] + cfg.get("drain_grace_s", 0):
+        errors += fail(f"{label}: terminationGracePeriodSeconds must exceed config.drain_grace_s + config.drain_timeout_s")
     limits = c.get("resources", {}).get("limits", {})
     if values["gpu"]["enabled"] and "nvidia.com/gpu" not in limits:
         errors += fail(f"{label}: gpu.enabled but no nvidia.com/gpu limit")

@@ -20,6 +20,7 @@ pub struct Config {
     pub queue_size: usize,
     pub request_timeout_s: u64,
     pub drain_timeout_s: u64,
+    pub drain_grace_s: u64,
     pub max_upload_mb: u64,
     pub max_audio_s: f64,
     pub cache_entries: usize,
@@ -27,6 +28,8 @@ pub struct Config {
     pub api_keys: Vec<String>,
     pub api_keys_file: String,
     pub rate_limit_per_minute: u32,
+    pub max_in_flight_per_key: usize,
+    pub trusted_proxies: Vec<String>,
     pub log_format: String,
     pub log_level: String,
 }
@@ -46,6 +49,7 @@ impl Default for Config {
             queue_size: 32,
             request_timeout_s: 300,
             drain_timeout_s: 30,
+            drain_grace_s: 5,
             max_upload_mb: 25,
             max_audio_s: 7200.0,
             cache_entries: 1024,
@@ -53,6 +57,8 @@ impl Default for Config {
             api_keys: Vec::new(),
             api_keys_file: String::new(),
             rate_limit_per_minute: 0,
+            max_in_flight_per_key: 0,
+            trusted_proxies: Vec::new(),
             log_format: "text".into(),
             log_level: "info".into(),
         }
@@ -104,6 +110,10 @@ const DOCS: &[(&str, &str)] = &[
         "On SIGTERM/SIGINT, how long in-flight requests may take to finish.",
     ),
     (
+        "drain_grace_s",
+        "On SIGTERM, seconds to keep accepting requests (with /ready answering 503) so load balancers stop sending new ones before the listener closes.",
+    ),
+    (
         "max_upload_mb",
         "Largest upload in MiB (413 beyond it, before the body is read).",
     ),
@@ -124,6 +134,14 @@ const DOCS: &[(&str, &str)] = &[
     (
         "rate_limit_per_minute",
         "Requests per minute per API key (or client IP without keys); 0 = unlimited.",
+    ),
+    (
+        "max_in_flight_per_key",
+        "Requests one API key (or client IP without keys) may have in progress at once; beyond it 429 with Retry-After. 0 = unlimited.",
+    ),
+    (
+        "trusted_proxies",
+        "Proxies (IP addresses or CIDRs) whose X-Forwarded-For / Forwarded headers name the client; from anyone else those headers are ignored and the peer address is the client.",
     ),
     ("log_format", "text or json."),
     (
@@ -210,6 +228,13 @@ impl Config {
         }
         if self.precision.parse::<crate::model::Precision>().is_err() {
             return bad("precision must be f32 or q8");
+        }
+        for p in &self.trusted_proxies {
+            if p.parse::<crate::net::IpNet>().is_err() {
+                return bad(&format!(
+                    "trusted_proxies: `{p}` is not an IP address or CIDR (e.g. 10.0.0.0/8)"
+                ));
+            }
         }
         if !matches!(self.log_format.as_str(), "text" | "json") {
             return bad("log_format must be text or json");

@@ -147,7 +147,12 @@ impl Engine {
 
     /// Decode and resample uploaded bytes (the CPU work that can run outside the model worker).
     pub fn load_audio(bytes: Vec<u8>) -> Result<Pcm, EngineError> {
-        Ok(audio::load_pcm(bytes)?)
+        Self::load_audio_within(bytes, None)
+    }
+
+    /// As `load_audio`, refusing audio longer than `max_s` seconds without decoding past it.
+    pub fn load_audio_within(bytes: Vec<u8>, max_s: Option<f64>) -> Result<Pcm, EngineError> {
+        Ok(audio::load_pcm(bytes, max_s)?)
     }
 
     pub fn transcribe_bytes(

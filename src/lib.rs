@@ -37,4 +37,5 @@ pub fn convert_to_safetensors(
 pub mod batch;
 pub mod cache;
 pub mod config;
+pub mod net;
 pub mod server;

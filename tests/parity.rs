@@ -21,7 +21,7 @@ fn ids(v: &serde_json::Value) -> Vec<u32> {
 }
 
 fn jfk_pcm() -> whisperd::audio::Pcm {
-    whisperd::audio::load_pcm(read("eval/jfk.wav")).unwrap()
+    whisperd::audio::load_pcm(read("eval/jfk.wav"), None).unwrap()
 }
 
 fn reference_mel() -> Tensor {

@@ -12,20 +12,32 @@ use symphonia::core::io::{MediaSourceStream, MediaSourceStreamOptions};
 use symphonia::core::meta::MetadataOptions;
 use symphonia::core::probe::Hint;
 
-use super::{AudioError, MonoAudio};
+use super::resample::StreamResampler;
+use super::{AudioError, SAMPLE_RATE};
 
 /// A stream may carry a few damaged packets (as real-world mp3s do); more than this many in a row
 /// and the stream is reported as corrupt instead of silently producing garbage.
 const MAX_CONSECUTIVE_BAD_PACKETS: usize = 16;
 
-/// Decode the first audio track of any container symphonia knows (and Ogg/Opus) into mono samples.
-pub fn decode_mono<B>(bytes: B) -> Result<MonoAudio, AudioError>
+/// Sample rates accepted from a file's header: telephony's 8 kHz and below down to 1 kHz, up to
+/// the highest rate any recorder writes. Outside this range a header is damaged or hostile (a
+/// 1 Hz header turns 32 KB of data into nine hours of audio).
+pub const MIN_SAMPLE_RATE: u32 = 1_000;
+pub const MAX_SAMPLE_RATE: u32 = 768_000;
+
+/// Decode the first audio track of any container symphonia knows (and Ogg/Opus), mix it to mono
+/// and resample it to 16 kHz as packets arrive. With `max_s`, a container that declares more is
+/// refused before decoding, and decoding stops as soon as the audio passes the limit, so memory is
+/// bounded by the limit whatever the file claims or expands to.
+pub fn decode_to_16k<B>(bytes: B, max_s: Option<f64>) -> Result<Vec<f32>, AudioError>
 where
     B: AsRef<[u8]> + Send + Sync + 'static,
 {
     if bytes.as_ref().is_empty() {
         return Err(AudioError::Empty);
     }
+    check_header_fields(bytes.as_ref())?;
+    let ogg_tail = ogg_tail(bytes.as_ref());
     let wav_tag = wav_format_tag(bytes.as_ref());
     let total_len = bytes.as_ref().len() as u64;
     let source = TrackingSource::new(bytes);
@@ -67,17 +79,41 @@ where
     };
     let track_id = track.id;
     let params = track.codec_params.clone();
+    if let Some(rate) = params.sample_rate {
+        check_rate(rate)?;
+        // n_frames of Ogg/Opus counts 48 kHz frames whatever the input rate said.
+        #[cfg(feature = "opus")]
+        let rate = if params.codec == symphonia::core::codecs::CODEC_TYPE_OPUS {
+            super::opus::OPUS_RATE
+        } else {
+            rate
+        };
+        if let (Some(limit_s), Some(frames)) = (max_s, params.n_frames) {
+            let declared_s = frames as f64 / rate as f64;
+            if declared_s > limit_s {
+                return Err(AudioError::TooLong {
+                    duration_s: declared_s,
+                    limit_s,
+                });
+            }
+        }
+    }
+    if let Some(tail) = ogg_tail {
+        // Ogg declares no length up front; its last page says whether the stream is complete.
+        if let Some(why) = tail.incomplete() {
+            return Err(AudioError::TruncatedStream(why));
+        }
+    }
 
     #[cfg(feature = "opus")]
     if params.codec == symphonia::core::codecs::CODEC_TYPE_OPUS {
-        return super::opus::decode_opus_track(format.as_mut(), track_id, &params);
+        return super::opus::decode_opus_track(format.as_mut(), track_id, &params, max_s);
     }
 
     let mut decoder = symphonia::default::get_codecs()
         .make(&params, &DecoderOptions::default())
         .map_err(|_| AudioError::UnsupportedCodec(codec_name(params.codec)))?;
-    let mut sample_rate = params.sample_rate.unwrap_or(0);
-    let mut mono: Vec<f32> = Vec::new();
+    let mut sink: Option<MonoSink> = None;
     let mut buf: Option<SampleBuffer<f32>> = None;
     let mut bad_in_a_row = 0usize;
     let mut bad_packets = 0usize;
@@ -90,7 +126,7 @@ where
             Err(SymError::ResetRequired) => break,
             Err(e) => {
                 // A container error after good audio is a truncated/damaged tail; before any, corrupt.
-                if mono.is_empty() {
+                if sink.as_ref().is_none_or(|s| s.frames_in() == 0) {
                     return Err(AudioError::Corrupt(describe(&e)));
                 }
                 first_error.get_or_insert_with(|| describe(&e));
@@ -104,7 +140,16 @@ where
             Ok(decoded) => {
                 bad_in_a_row = 0;
                 let spec = *decoded.spec();
-                sample_rate = spec.rate;
+                let sink = match &mut sink {
+                    Some(s) if s.rate == spec.rate => s,
+                    Some(s) => {
+                        return Err(AudioError::Corrupt(format!(
+                            "the sample rate changes mid-stream ({} Hz, then {} Hz)",
+                            s.rate, spec.rate
+                        )))
+                    }
+                    None => sink.insert(MonoSink::new(spec.rate, max_s)?),
+                };
                 let channels = spec.channels.count().max(1);
                 let needed = decoded.capacity() as u64;
                 let sb = match &mut buf {
@@ -112,7 +157,7 @@ where
                     _ => buf.insert(SampleBuffer::<f32>::new(needed, spec)),
                 };
                 sb.copy_interleaved_ref(decoded);
-                mix_into(&mut mono, sb.samples(), channels);
+                sink.push_interleaved(sb.samples(), channels)?;
             }
             Err(SymError::DecodeError(msg)) => {
                 bad_in_a_row += 1;
@@ -127,17 +172,15 @@ where
         }
     }
 
-    if mono.is_empty() {
-        return Err(match first_error {
-            Some(e) => AudioError::Corrupt(e),
-            None => AudioError::NoSamples,
-        });
-    }
-    if sample_rate == 0 {
-        return Err(AudioError::Corrupt(
-            "the stream declares no sample rate".into(),
-        ));
-    }
+    let sink = match sink {
+        Some(s) if s.frames_in() > 0 => s,
+        _ => {
+            return Err(match first_error {
+                Some(e) => AudioError::Corrupt(e),
+                None => AudioError::NoSamples,
+            })
+        }
+    };
     // Damage shows as packets that failed to decode, or as a reader that lost sync and stopped
     // long before the end of the bytes; a clean stream that just stops early is truncated.
     let read_up_to = position.load(Ordering::Relaxed);
@@ -148,11 +191,79 @@ where
             "{why}; {bad_packets} damaged packet(s), decoding stopped at byte {read_up_to} of {total_len}"
         )));
     }
-    check_truncation(params.n_frames, mono.len(), sample_rate)?;
-    Ok(MonoAudio {
-        samples: mono,
-        sample_rate,
-    })
+    check_truncation(params.n_frames, sink.frames_in() as usize, sink.rate)?;
+    sink.finish()
+}
+
+fn check_rate(rate: u32) -> Result<(), AudioError> {
+    if (MIN_SAMPLE_RATE..=MAX_SAMPLE_RATE).contains(&rate) {
+        Ok(())
+    } else {
+        Err(AudioError::Corrupt(format!(
+            "the header declares a sample rate of {rate} Hz (accepted: {MIN_SAMPLE_RATE}–{MAX_SAMPLE_RATE} Hz)"
+        )))
+    }
+}
+
+/// Where decoded audio goes: mixed to mono, checked for non-finite values, counted against the
+/// length limit and resampled to 16 kHz as it arrives.
+pub(super) struct MonoSink {
+    pub rate: u32,
+    resampler: StreamResampler,
+    mixed: Vec<f32>,
+    out: Vec<f32>,
+    frames_in: u64,
+    limit: Option<(u64, f64)>,
+}
+
+impl MonoSink {
+    pub fn new(rate: u32, max_s: Option<f64>) -> Result<Self, AudioError> {
+        check_rate(rate)?;
+        Ok(Self {
+            rate,
+            resampler: StreamResampler::new(rate, SAMPLE_RATE)?,
+            mixed: Vec::new(),
+            out: Vec::new(),
+            frames_in: 0,
+            limit: max_s.map(|s| ((s * rate as f64).ceil() as u64, s)),
+        })
+    }
+
+    /// Frames decoded so far, at the source rate.
+    pub fn frames_in(&self) -> u64 {
+        self.frames_in
+    }
+
+    /// Mix one packet's interleaved frames to mono and pass them on.
+    pub fn push_interleaved(
+        &mut self,
+        interleaved: &[f32],
+        channels: usize,
+    ) -> Result<(), AudioError> {
+        if let Some(i) = interleaved.iter().position(|x| !x.is_finite()) {
+            return Err(AudioError::NonFinite {
+                at_s: (self.frames_in + (i / channels.max(1)) as u64) as f64 / self.rate as f64,
+            });
+        }
+        self.mixed.clear();
+        mix_into(&mut self.mixed, interleaved, channels);
+        self.frames_in += self.mixed.len() as u64;
+        if let Some((max_frames, limit_s)) = self.limit {
+            if self.frames_in > max_frames {
+                return Err(AudioError::TooLong {
+                    duration_s: self.frames_in as f64 / self.rate as f64,
+                    limit_s,
+                });
+            }
+        }
+        self.resampler.push(&self.mixed, &mut self.out)
+    }
+
+    /// Flush the resampler: the whole signal at 16 kHz.
+    pub fn finish(mut self) -> Result<Vec<f32>, AudioError> {
+        self.resampler.finish(&mut self.out)?;
+        Ok(self.out)
+    }
 }
 
 /// A seekable in-memory source that publishes its read position, so a reader that gave up
@@ -231,31 +342,176 @@ pub(super) fn check_truncation(
     Ok(())
 }
 
-const SUPPORTED_CODECS: &str = "supported: PCM, FLAC, MP3, AAC, Vorbis, Opus, ALAC, ADPCM";
+/// Header fields symphonia trusts (and panics on, for a zero sample rate), checked first: RIFF/WAVE
+/// `fmt ` and AIFF/AIFC `COMM`.
+fn check_header_fields(b: &[u8]) -> Result<(), AudioError> {
+    let bad = |what: String| Err(AudioError::Corrupt(format!("invalid header: {what}")));
+    if let Some(fmt) = riff_chunk(b, b"fmt ") {
+        if fmt.len() < 16 {
+            return bad("the WAV `fmt ` chunk is too short".into());
+        }
+        let channels = u16::from_le_bytes([fmt[2], fmt[3]]);
+        let rate = u32::from_le_bytes([fmt[4], fmt[5], fmt[6], fmt[7]]);
+        let block_align = u16::from_le_bytes([fmt[12], fmt[13]]);
+        if channels == 0 {
+            return bad("the WAV header declares 0 channels".into());
+        }
+        if block_align == 0 {
+            return bad("the WAV header declares a block size of 0".into());
+        }
+        check_rate(rate)?;
+    }
+    if let Some(comm) = aiff_comm(b) {
+        if comm.len() < 18 {
+            return bad("the AIFF `COMM` chunk is too short".into());
+        }
+        let channels = i16::from_be_bytes([comm[0], comm[1]]);
+        let bits = i16::from_be_bytes([comm[6], comm[7]]);
+        if channels <= 0 {
+            return bad(format!("the AIFF header declares {channels} channels"));
+        }
+        if !(1..=64).contains(&bits) {
+            return bad(format!("the AIFF header declares {bits}-bit samples"));
+        }
+        let rate = extended_to_f64(&comm[8..18]);
+        if !(rate.is_finite() && rate >= MIN_SAMPLE_RATE as f64 && rate <= MAX_SAMPLE_RATE as f64) {
+            return bad(format!(
+                "the AIFF header declares a sample rate of {rate} Hz (accepted: {MIN_SAMPLE_RATE}–{MAX_SAMPLE_RATE} Hz)"
+            ));
+        }
+    }
+    Ok(())
+}
 
-/// The `fmt ` chunk's format tag of a RIFF/WAVE file, to name an unsupported WAV codec.
-fn wav_format_tag(b: &[u8]) -> Option<u16> {
+/// The body of the first chunk `id` of a RIFF/WAVE file (clipped to the bytes present).
+fn riff_chunk<'a>(b: &'a [u8], id: &[u8; 4]) -> Option<&'a [u8]> {
     if b.len() < 12 || &b[0..4] != b"RIFF" || &b[8..12] != b"WAVE" {
         return None;
     }
     let mut pos = 12usize;
-    while pos + 8 <= b.len() {
-        let id = &b[pos..pos + 4];
+    while pos.checked_add(8)? <= b.len() {
         let size = u32::from_le_bytes([b[pos + 4], b[pos + 5], b[pos + 6], b[pos + 7]]) as usize;
-        if id == b"fmt " && pos + 10 <= b.len() {
-            return Some(u16::from_le_bytes([b[pos + 8], b[pos + 9]]));
+        let body = pos + 8;
+        if &b[pos..pos + 4] == id {
+            return Some(&b[body..body.saturating_add(size).min(b.len())]);
         }
-        pos = pos.checked_add(8 + size + (size & 1))?;
+        pos = body.checked_add(size)?.checked_add(size & 1)?;
     }
     None
+}
+
+/// The body of the `COMM` chunk of an AIFF/AIFC file.
+fn aiff_comm(b: &[u8]) -> Option<&[u8]> {
+    if b.len() < 12 || &b[0..4] != b"FORM" || !(&b[8..12] == b"AIFF" || &b[8..12] == b"AIFC") {
+        return None;
+    }
+    let mut pos = 12usize;
+    while pos.checked_add(8)? <= b.len() {
+        let size = u32::from_be_bytes([b[pos + 4], b[pos + 5], b[pos + 6], b[pos + 7]]) as usize;
+        let body = pos + 8;
+        if &b[pos..pos + 4] == b"COMM" {
+            return Some(&b[body..body.saturating_add(size).min(b.len())]);
+        }
+        pos = body.checked_add(size)?.checked_add(size & 1)?;
+    }
+    None
+}
+
+/// An IEEE 754 80-bit extended float (AIFF's sample rate), big-endian.
+fn extended_to_f64(b: &[u8]) -> f64 {
+    let sign = if b[0] & 0x80 != 0 { -1.0 } else { 1.0 };
+    let exponent = (((b[0] & 0x7f) as i32) << 8) | b[1] as i32;
+    let mut mantissa = 0u64;
+    for &byte in &b[2..10] {
+        mantissa = (mantissa << 8) | byte as u64;
+    }
+    if exponent == 0 && mantissa == 0 {
+        return 0.0;
+    }
+    if exponent == 0x7fff {
+        return f64::NAN;
+    }
+    sign * mantissa as f64 * 2f64.powi(exponent - 16383 - 63)
+}
+
+/// The shape of an Ogg file's page sequence, read from the bytes: enough to tell a stream that
+/// was cut off (a last page incomplete or without the end-of-stream flag) from a complete one.
+struct OggTail {
+    last_page_complete: bool,
+    last_page_eos: bool,
+    pages: usize,
+}
+
+impl OggTail {
+    fn incomplete(&self) -> Option<String> {
+        if !self.last_page_complete {
+            Some("the Ogg stream ends inside a page (truncated upload?)".into())
+        } else if !self.last_page_eos {
+            Some(format!(
+                "the Ogg stream stops after {} pages without its end-of-stream page (truncated upload?)",
+                self.pages
+            ))
+        } else {
+            None
+        }
+    }
+}
+
+/// Walk an Ogg file's pages. `None` when the bytes are not Ogg or lose page sync (damage that the
+/// decoder reports itself).
+fn ogg_tail(b: &[u8]) -> Option<OggTail> {
+    if !b.starts_with(b"OggS") {
+        return None;
+    }
+    let mut pos = 0usize;
+    let mut tail = OggTail {
+        last_page_complete: true,
+        last_page_eos: false,
+        pages: 0,
+    };
+    while pos < b.len() {
+        if b.len() - pos < 27 {
+            tail.last_page_complete = false;
+            return Some(tail);
+        }
+        if &b[pos..pos + 4] != b"OggS" {
+            return None;
+        }
+        let flags = b[pos + 5];
+        let segments = b[pos + 26] as usize;
+        let table = pos + 27;
+        if table + segments > b.len() {
+            tail.last_page_complete = false;
+            return Some(tail);
+        }
+        let body: usize = b[table..table + segments].iter().map(|&x| x as usize).sum();
+        let end = table + segments + body;
+        tail.pages += 1;
+        tail.last_page_eos = flags & 0x04 != 0;
+        if end > b.len() {
+            tail.last_page_complete = false;
+            return Some(tail);
+        }
+        pos = end;
+    }
+    Some(tail)
+}
+
+const SUPPORTED_CODECS: &str = "supported: PCM, FLAC, MP3, AAC, Vorbis, Opus, ALAC, ADPCM";
+
+/// The `fmt ` chunk's format tag of a RIFF/WAVE file, to name an unsupported WAV codec.
+fn wav_format_tag(b: &[u8]) -> Option<u16> {
+    riff_chunk(b, b"fmt ")
+        .filter(|f| f.len() >= 2)
+        .map(|f| u16::from_le_bytes([f[0], f[1]]))
 }
 
 fn wav_codec_name(tag: u16) -> String {
     let name = match tag {
         0x0031 => "GSM 6.10",
         0x0040 | 0x0045 | 0x0064 => "G.721/G.726 ADPCM",
-        0x0050 => "MPEG-1 audio in WAV",
-        0x0055 => "MP3 in WAV",
+        0x0050 => "MPEG-1 audio",
+        0x0055 => "MP3",
         0x0160..=0x0163 => "Windows Media Audio",
         0x0092 | 0x2000 => "AC-3",
         _ => "",

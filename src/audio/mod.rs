@@ -1,15 +1,16 @@
 //! Audio front end: bytes of any common container → 16 kHz mono `f32` samples.
 //!
-//! `decode` (symphonia, plus libopus for Opus) turns bytes into samples at the file's own rate,
-//! mixed to mono; `resample` brings them to Whisper's 16 kHz. Nothing here knows about models.
+//! `decode` (symphonia, plus libopus for Opus) turns bytes into samples, mixed to mono and passed
+//! packet by packet through `resample` to Whisper's 16 kHz, counted against a length limit as they
+//! come. Nothing here knows about models.
 
 mod decode;
 #[cfg(feature = "opus")]
 mod opus;
 mod resample;
 
-pub use decode::decode_mono;
-pub use resample::resample;
+pub use decode::{MAX_SAMPLE_RATE, MIN_SAMPLE_RATE};
+pub use resample::{resample, StreamResampler};
 
 /// Whisper's input sample rate.
 pub const SAMPLE_RATE: u32 = 16_000;
@@ -42,34 +43,45 @@ pub enum AudioError {
     Corrupt(String),
     #[error("truncated or damaged audio: the container declares {declared_s:.2} s but only {decoded_s:.2} s could be decoded")]
     Truncated { declared_s: f64, decoded_s: f64 },
+    #[error("truncated audio: {0}")]
+    TruncatedStream(String),
+    #[error("the audio holds non-finite sample values (NaN or infinity) from {at_s:.2} s")]
+    NonFinite { at_s: f64 },
+    #[error("the audio could not be decoded: the decoder failed on malformed data ({0})")]
+    DecoderPanic(String),
     #[error("the audio decoded to zero samples")]
     NoSamples,
-    #[error("audio is {duration_s:.1} s long, over the limit of {limit_s:.1} s")]
+    #[error("audio is at least {duration_s:.1} s long, over the limit of {limit_s:.1} s")]
     TooLong { duration_s: f64, limit_s: f64 },
     #[error("resampling failed: {0}")]
     Internal(String),
 }
 
-/// Decode any supported container from memory and return 16 kHz mono samples.
-pub fn load_pcm<B>(bytes: B) -> Result<Pcm, AudioError>
+/// Decode any supported container from memory and return 16 kHz mono samples. With `max_s`, audio
+/// longer than that many seconds is refused (from the container's declared length where it has one,
+/// otherwise as soon as decoding passes it), so memory stays bounded by the limit. A panic inside
+/// a decoder library on malformed data is contained here and reported as `DecoderPanic`.
+pub fn load_pcm<B>(bytes: B, max_s: Option<f64>) -> Result<Pcm, AudioError>
 where
     B: AsRef<[u8]> + Send + Sync + 'static,
 {
-    let decoded = decode_mono(bytes)?;
-    let samples = if decoded.sample_rate == SAMPLE_RATE {
-        decoded.samples // already 16 kHz: no copy
-    } else {
-        resample(&decoded.samples, decoded.sample_rate, SAMPLE_RATE)?
+    let decoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        decode::decode_to_16k(bytes, max_s)
+    }));
+    let samples = match decoded {
+        Ok(r) => r?,
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".into());
+            tracing::error!(panic = %what, "audio decoder panicked on malformed input; answered as invalid audio");
+            return Err(AudioError::DecoderPanic(what));
+        }
     };
     if samples.is_empty() {
         return Err(AudioError::NoSamples);
     }
     Ok(Pcm { samples })
-}
-
-/// Mono samples at the file's own sample rate.
-#[derive(Debug, Clone)]
-pub struct MonoAudio {
-    pub samples: Vec<f32>,
-    pub sample_rate: u32,
 }

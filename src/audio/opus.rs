@@ -4,11 +4,11 @@ use symphonia::core::codecs::CodecParameters;
 use symphonia::core::errors::Error as SymError;
 use symphonia::core::formats::FormatReader;
 
-use super::decode::{check_truncation, mix_into};
-use super::{AudioError, MonoAudio};
+use super::decode::{check_truncation, MonoSink};
+use super::AudioError;
 
 /// libopus always decodes at 48 kHz here; the resampler brings it to 16 kHz.
-const OPUS_RATE: u32 = 48_000;
+pub const OPUS_RATE: u32 = 48_000;
 /// The longest Opus frame is 120 ms.
 const MAX_FRAME: usize = OPUS_RATE as usize * 120 / 1000;
 
@@ -16,7 +16,8 @@ pub fn decode_opus_track(
     format: &mut dyn FormatReader,
     track_id: u32,
     params: &CodecParameters,
-) -> Result<MonoAudio, AudioError> {
+    max_s: Option<f64>,
+) -> Result<Vec<f32>, AudioError> {
     let channels = params.channels.map(|c| c.count()).unwrap_or(1).clamp(1, 2);
     let layout = if channels == 2 {
         opus::Channels::Stereo
@@ -26,20 +27,27 @@ pub fn decode_opus_track(
     let mut decoder = opus::Decoder::new(OPUS_RATE, layout)
         .map_err(|e| AudioError::Corrupt(format!("opus decoder: {e}")))?;
     let mut pcm = vec![0f32; MAX_FRAME * channels];
-    let mut mono = Vec::new();
+    let mut sink = MonoSink::new(OPUS_RATE, max_s)?;
+    // Opus streams start with encoder pre-skip samples (delay) that are not part of the audio.
+    let pre_skip = params.delay.unwrap_or(0) as usize;
+    let mut to_skip = pre_skip;
     let mut bad = 0usize;
     loop {
         let packet = match format.next_packet() {
             Ok(p) => p,
             Err(SymError::IoError(_)) | Err(SymError::ResetRequired) => break,
-            Err(e) if mono.is_empty() => return Err(AudioError::Corrupt(e.to_string())),
+            Err(e) if sink.frames_in() == 0 => return Err(AudioError::Corrupt(e.to_string())),
             Err(_) => break,
         };
         if packet.track_id() != track_id {
             continue;
         }
         match decoder.decode_float(&packet.data, &mut pcm, false) {
-            Ok(n) => mix_into(&mut mono, &pcm[..n * channels], channels),
+            Ok(n) => {
+                let skip = to_skip.min(n);
+                to_skip -= skip;
+                sink.push_interleaved(&pcm[skip * channels..n * channels], channels)?;
+            }
             Err(e) => {
                 bad += 1;
                 if bad > 16 {
@@ -48,18 +56,14 @@ pub fn decode_opus_track(
             }
         }
     }
-    // Opus streams start with encoder pre-skip samples (delay) that are not part of the audio.
-    let pre_skip = params.delay.unwrap_or(0) as usize;
-    if pre_skip < mono.len() {
-        mono.drain(..pre_skip);
-    }
-    if mono.is_empty() {
+    if sink.frames_in() == 0 {
         return Err(AudioError::NoSamples);
     }
     // n_frames in an Ogg/Opus track is counted at 48 kHz.
-    check_truncation(params.n_frames, mono.len() + pre_skip, OPUS_RATE)?;
-    Ok(MonoAudio {
-        samples: mono,
-        sample_rate: OPUS_RATE,
-    })
+    check_truncation(
+        params.n_frames,
+        sink.frames_in() as usize + pre_skip,
+        OPUS_RATE,
+    )?;
+    sink.finish()
 }

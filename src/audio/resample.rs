@@ -1,4 +1,5 @@
-//! Band-limited sinc resampling to 16 kHz with rubato.
+//! Band-limited sinc resampling to 16 kHz with rubato, fed incrementally: the decoder pushes
+//! samples as it produces them, so the source-rate signal is never held whole.
 
 use rubato::{
     Resampler, SincFixedIn, SincInterpolationParameters, SincInterpolationType, WindowFunction,
@@ -8,54 +9,104 @@ use super::AudioError;
 
 const CHUNK: usize = 4096;
 
-/// Resample mono `input` from `from_hz` to `to_hz`. Returns the input unchanged when the rates match.
-pub fn resample(input: &[f32], from_hz: u32, to_hz: u32) -> Result<Vec<f32>, AudioError> {
-    if from_hz == to_hz || input.is_empty() {
-        return Ok(input.to_vec());
-    }
-    let ratio = to_hz as f64 / from_hz as f64;
-    let params = SincInterpolationParameters {
-        sinc_len: 128,
-        f_cutoff: 0.95,
-        interpolation: SincInterpolationType::Cubic,
-        oversampling_factor: 128,
-        window: WindowFunction::BlackmanHarris2,
-    };
-    let err = |e: &dyn std::fmt::Display| AudioError::Internal(e.to_string());
-    let mut resampler =
-        SincFixedIn::<f32>::new(ratio, 1.0, params, CHUNK, 1).map_err(|e| err(&e))?;
-    let expected = (input.len() as f64 * ratio).round() as usize;
-    // rubato 0.16's SincFixedIn output is already aligned with its input (measured: trimming
-    // `output_delay()` advanced a tone by exactly that many samples), so no delay is removed.
-    let delay = 0usize;
-    let mut out: Vec<f32> = Vec::with_capacity(expected + delay + CHUNK);
-
-    let mut chunks = input.chunks_exact(CHUNK);
-    for chunk in chunks.by_ref() {
-        let frames = resampler.process(&[chunk], None).map_err(|e| err(&e))?;
-        out.extend_from_slice(&frames[0]);
-    }
-    let rest = chunks.remainder();
-    if !rest.is_empty() {
-        let frames = resampler
-            .process_partial(Some(&[rest]), None)
-            .map_err(|e| err(&e))?;
-        out.extend_from_slice(&frames[0]);
-    }
-    // Flush the filter's delay line so the tail of the audio is not lost.
-    while out.len() < expected + delay {
-        let frames = resampler
-            .process_partial::<&[f32]>(None, None)
-            .map_err(|e| err(&e))?;
-        if frames[0].is_empty() {
-            break;
-        }
-        out.extend_from_slice(&frames[0]);
-    }
-    let end = (delay + expected).min(out.len());
-    Ok(out[delay.min(end)..end].to_vec())
+fn internal(e: &dyn std::fmt::Display) -> AudioError {
+    AudioError::Internal(e.to_string())
 }
 
+/// A resampler that takes input in pieces of any size and gives the same output as resampling the
+/// whole signal at once (it always hands rubato the same `CHUNK`-sized blocks).
+pub struct StreamResampler {
+    inner: Option<SincFixedIn<f32>>,
+    ratio: f64,
+    pending: Vec<f32>,
+    frames_in: u64,
+}
+
+impl StreamResampler {
+    pub fn new(from_hz: u32, to_hz: u32) -> Result<Self, AudioError> {
+        let ratio = to_hz as f64 / from_hz as f64;
+        let inner = if from_hz == to_hz {
+            None
+        } else {
+            let params = SincInterpolationParameters {
+                sinc_len: 128,
+                f_cutoff: 0.95,
+                interpolation: SincInterpolationType::Cubic,
+                oversampling_factor: 128,
+                window: WindowFunction::BlackmanHarris2,
+            };
+            Some(SincFixedIn::<f32>::new(ratio, 1.0, params, CHUNK, 1).map_err(|e| internal(&e))?)
+        };
+        Ok(Self {
+            inner,
+            ratio,
+            pending: Vec::with_capacity(CHUNK),
+            frames_in: 0,
+        })
+    }
+
+    /// Resample `input`, appending whatever output is ready to `out`.
+    pub fn push(&mut self, mut input: &[f32], out: &mut Vec<f32>) -> Result<(), AudioError> {
+        self.frames_in += input.len() as u64;
+        let Some(r) = self.inner.as_mut() else {
+            out.extend_from_slice(input);
+            return Ok(());
+        };
+        while !input.is_empty() {
+            let take = (CHUNK - self.pending.len()).min(input.len());
+            self.pending.extend_from_slice(&input[..take]);
+            input = &input[take..];
+            if self.pending.len() == CHUNK {
+                let frames = r
+                    .process(&[&self.pending], None)
+                    .map_err(|e| internal(&e))?;
+                out.extend_from_slice(&frames[0]);
+                self.pending.clear();
+            }
+        }
+        Ok(())
+    }
+
+    /// Process the last partial block and flush the filter's delay line, so the tail of the audio
+    /// is not lost. `out` (which holds this resampler's output and nothing else) ends up exactly
+    /// `round(frames_in × ratio)` samples long.
+    pub fn finish(mut self, out: &mut Vec<f32>) -> Result<(), AudioError> {
+        let Some(r) = self.inner.as_mut() else {
+            return Ok(());
+        };
+        // rubato 0.16's SincFixedIn output is already aligned with its input (measured: trimming
+        // `output_delay()` advanced a tone by exactly that many samples), so no delay is removed.
+        let expected = (self.frames_in as f64 * self.ratio).round() as usize;
+        if !self.pending.is_empty() {
+            let frames = r
+                .process_partial(Some(&[&self.pending]), None)
+                .map_err(|e| internal(&e))?;
+            out.extend_from_slice(&frames[0]);
+        }
+        while out.len() < expected {
+            let frames = r
+                .process_partial::<&[f32]>(None, None)
+                .map_err(|e| internal(&e))?;
+            if frames[0].is_empty() {
+                break;
+            }
+            out.extend_from_slice(&frames[0]);
+        }
+        out.truncate(expected);
+        Ok(())
+    }
+}
+
+/// Resample mono `input` from `from_hz` to `to_hz` in one call. Returns the input unchanged when
+/// the rates match.
+pub fn resample(input: &[f32], from_hz: u32, to_hz: u32) -> Result<Vec<f32>, AudioError> {
+    let mut out =
+        Vec::with_capacity((input.len() as f64 * to_hz as f64 / from_hz as f64) as usize + CHUNK);
+    let mut r = StreamResampler::new(from_hz, to_hz)?;
+    r.push(input, &mut out)?;
+    r.finish(&mut out)?;
+    Ok(out)
+}
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -91,6 +142,29 @@ mod tests {
             max_err < 0.01,
             "{from} Hz: max error {max_err} (shifted in time?)"
         );
+    }
+
+    #[test]
+    fn pieces_of_any_size_give_the_same_output_as_one_call() {
+        let x: Vec<f32> = (0..50_000)
+            .map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5)
+            .collect();
+        let whole = resample(&x, 44_100, 16_000).unwrap();
+        let mut r = StreamResampler::new(44_100, 16_000).unwrap();
+        let mut out = Vec::new();
+        let (mut i, mut step) = (0usize, 1usize);
+        while i < x.len() {
+            let j = (i + step).min(x.len());
+            r.push(&x[i..j], &mut out).unwrap();
+            i = j;
+            step = step * 3 % 9001 + 1;
+        }
+        r.finish(&mut out).unwrap();
+        assert_eq!(
+            out.len(),
+            (50_000f64 * 16_000.0 / 44_100.0).round() as usize
+        );
+        assert_eq!(out, whole);
     }
 
     #[test]

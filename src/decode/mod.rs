@@ -10,7 +10,7 @@ mod transcribe;
 pub mod window;
 
 pub use filters::SuppressTokens;
-pub use runner::ModelRunner;
+pub use runner::{Cancellable, ModelRunner};
 pub use tokens::{SpecialTokens, WhisperTokenizer, TIME_PRECISION};
 pub use transcribe::{detect_language, transcribe};
 pub use window::{

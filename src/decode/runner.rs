@@ -84,3 +84,39 @@ impl Drop for SequenceGuard<'_> {
         self.0.end_sequence();
     }
 }
+
+/// A runner whose `encode` fails with [`DecodeError::Cancelled`] once `cancelled()` says so: a
+/// transcription nobody waits for any more stops at its next window instead of running to the end.
+pub struct Cancellable<'a, F: Fn() -> bool + Sync> {
+    pub inner: &'a dyn ModelRunner,
+    pub cancelled: F,
+}
+
+impl<F: Fn() -> bool + Sync> ModelRunner for Cancellable<'_, F> {
+    fn whisper(&self) -> &Whisper {
+        self.inner.whisper()
+    }
+    fn encode(&self, mel: Tensor) -> Result<Tensor, DecodeError> {
+        if (self.cancelled)() {
+            return Err(DecodeError::Cancelled);
+        }
+        self.inner.encode(mel)
+    }
+    fn prepare(&self, features: &Tensor) -> Result<DecoderState, DecodeError> {
+        self.inner.prepare(features)
+    }
+    fn prefill(
+        &self,
+        state: &mut DecoderState,
+        tokens: &[u32],
+        rows: &[usize],
+    ) -> Result<Vec<Vec<f32>>, DecodeError> {
+        self.inner.prefill(state, tokens, rows)
+    }
+    fn step(&self, state: &mut DecoderState, token: u32) -> Result<Vec<f32>, DecodeError> {
+        self.inner.step(state, token)
+    }
+    fn end_sequence(&self) {
+        self.inner.end_sequence()
+    }
+}

@@ -20,6 +20,8 @@ pub enum DecodeError {
     Candle(#[from] candle_core::Error),
     #[error(transparent)]
     Tokenizer(#[from] TokenizerError),
+    #[error("cancelled: nobody is waiting for this transcript any more")]
+    Cancelled,
 }
 
 /// Options fixed for one window.

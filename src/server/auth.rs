@@ -1,7 +1,9 @@
-//! Optional API keys (constant-time comparison) and a per-key (or per-IP) rate limit.
+//! Optional API keys (constant-time comparison), a per-key (or per-IP) rate limit with bounded
+//! memory, and a per-key cap on requests in progress.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::num::NonZeroUsize;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 /// Compare without an early exit, so response time does not reveal how much of a key matched.
@@ -13,9 +15,14 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     diff == 0
 }
 
-/// Whether `header` (an `Authorization` value) carries one of `keys`. Checks every key.
+/// Whether `header` (an `Authorization` value) carries one of `keys`. Checks every key. The
+/// scheme name is case-insensitive (RFC 7235): `Bearer`, `bearer` and `BEARER` are the same.
 pub fn authorized(keys: &[String], header: Option<&str>) -> Option<String> {
-    let token = header?.strip_prefix("Bearer ")?.trim();
+    let (scheme, token) = header?.trim_start().split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return None;
+    }
+    let token = token.trim();
     let mut found = None;
     for k in keys {
         if constant_time_eq(k.as_bytes(), token.as_bytes()) {
@@ -25,18 +32,33 @@ pub fn authorized(keys: &[String], header: Option<&str>) -> Option<String> {
     found
 }
 
+/// Most clients whose buckets are remembered. Past it the client seen longest ago is forgotten
+/// (it starts again with a full bucket), so a flood of new addresses cannot grow memory.
+const MAX_TRACKED_CLIENTS: usize = 50_000;
+
 /// Token bucket per client: `per_minute` requests, refilled continuously.
 pub struct RateLimiter {
     per_minute: u32,
-    buckets: Mutex<HashMap<String, (f64, Instant)>>,
+    buckets: Mutex<lru::LruCache<String, (f64, Instant)>>,
 }
 
 impl RateLimiter {
     pub fn new(per_minute: u32) -> Self {
+        Self::with_capacity(per_minute, MAX_TRACKED_CLIENTS)
+    }
+
+    fn with_capacity(per_minute: u32, clients: usize) -> Self {
         Self {
             per_minute,
-            buckets: Mutex::new(HashMap::new()),
+            buckets: Mutex::new(lru::LruCache::new(
+                NonZeroUsize::new(clients).unwrap_or(NonZeroUsize::MIN),
+            )),
         }
+    }
+
+    #[cfg(test)]
+    fn tracked(&self) -> usize {
+        self.buckets.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
 
     /// `Ok(())` to proceed, or `Err(seconds to wait)`.
@@ -48,10 +70,7 @@ impl RateLimiter {
         let rate = cap / 60.0;
         let now = Instant::now();
         let mut b = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
-        if b.len() > 100_000 {
-            b.retain(|_, (_, t)| now.duration_since(*t).as_secs() < 120); // bound memory
-        }
-        let (tokens, last) = b.entry(client.to_string()).or_insert((cap, now));
+        let (tokens, last) = b.get_or_insert_mut(client.to_string(), || (cap, now));
         *tokens = (*tokens + now.duration_since(*last).as_secs_f64() * rate).min(cap);
         *last = now;
         if *tokens >= 1.0 {
@@ -59,6 +78,60 @@ impl RateLimiter {
             Ok(())
         } else {
             Err(((1.0 - *tokens) / rate).ceil().max(1.0) as u64)
+        }
+    }
+}
+
+/// Requests in progress per client; `acquire` fails past `max` (0 = unlimited). Entries exist only
+/// while a client has requests in progress, so memory is bounded by the requests in flight.
+pub struct InFlightLimiter {
+    max: usize,
+    counts: Arc<Mutex<HashMap<String, usize>>>,
+}
+
+/// Held while a request is in progress; releases its slot when dropped.
+pub struct InFlightPermit {
+    key: String,
+    counts: Arc<Mutex<HashMap<String, usize>>>,
+}
+
+impl InFlightLimiter {
+    pub fn new(max: usize) -> Self {
+        Self {
+            max,
+            counts: Arc::new(Mutex::new(HashMap::new())),
+        }
+    }
+
+    pub fn acquire(&self, client: &str) -> Option<InFlightPermit> {
+        if self.max == 0 {
+            // Unlimited: a permit that counts nothing (no entry has the empty key).
+            return Some(InFlightPermit {
+                key: String::new(),
+                counts: self.counts.clone(),
+            });
+        }
+        let mut c = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        let n = c.entry(client.to_string()).or_insert(0);
+        if *n >= self.max {
+            return None;
+        }
+        *n += 1;
+        Some(InFlightPermit {
+            key: client.to_string(),
+            counts: self.counts.clone(),
+        })
+    }
+}
+
+impl Drop for InFlightPermit {
+    fn drop(&mut self) {
+        let mut c = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = c.get_mut(&self.key) {
+            *n -= 1;
+            if *n == 0 {
+                c.remove(&self.key);
+            }
         }
     }
 }
@@ -76,6 +149,13 @@ mod tests {
         );
         assert!(authorized(&keys, Some("Bearer secret-")).is_none());
         assert!(authorized(&keys, Some("secret-1")).is_none());
+        for scheme in ["bearer", "BEARER", "BeArEr"] {
+            assert_eq!(
+                authorized(&keys, Some(&format!("{scheme} secret-1"))).as_deref(),
+                Some("secret-1")
+            );
+        }
+        assert!(authorized(&keys, Some("Basic secret-1")).is_none());
         assert!(authorized(&keys, None).is_none());
         assert!(
             constant_time_eq(b"abc", b"abc")
@@ -86,5 +166,30 @@ mod tests {
         assert!(rl.check("a").is_ok() && rl.check("a").is_ok());
         assert!(rl.check("a").unwrap_err() >= 1);
         assert!(rl.check("b").is_ok());
+    }
+
+    #[test]
+    fn limiter_memory_is_bounded() {
+        let rl = RateLimiter::with_capacity(60, 1000);
+        for i in 0..5000 {
+            let _ = rl.check(&format!("10.0.{}.{}", i / 256, i % 256));
+        }
+        assert_eq!(rl.tracked(), 1000);
+    }
+
+    #[test]
+    fn in_flight_cap_per_client() {
+        let l = InFlightLimiter::new(2);
+        let a1 = l.acquire("a").unwrap();
+        let _a2 = l.acquire("a").unwrap();
+        assert!(l.acquire("a").is_none());
+        assert!(l.acquire("b").is_some());
+        drop(a1);
+        assert!(l.acquire("a").is_some());
+        // Slots of finished requests are forgotten.
+        assert_eq!(l.counts.lock().unwrap().len(), 1);
+        let unlimited = InFlightLimiter::new(0);
+        let held: Vec<_> = (0..100).map(|_| unlimited.acquire("a")).collect();
+        assert!(held.iter().all(Option::is_some));
     }
 }

@@ -55,6 +55,16 @@ impl ApiError {
             format!("internal error; quote request id {request_id} to the operator"),
         )
     }
+    /// The client closed the connection before its answer was ready. Nobody reads this
+    /// response; the status (nginx's 499) keeps client departures out of 5xx alerts.
+    pub fn client_closed() -> Self {
+        Self::new(
+            StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST),
+            "invalid_request_error",
+            "client closed the request",
+        )
+        .code("client_closed_request")
+    }
     pub fn too_large(message: impl Into<String>) -> Self {
         Self::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -111,7 +121,9 @@ impl From<EngineError> for ApiError {
                 let code = match a {
                     AudioError::Empty => "empty_file",
                     AudioError::NotAudio(_) => "not_audio",
-                    AudioError::Truncated { .. } => "truncated_audio",
+                    AudioError::Truncated { .. } | AudioError::TruncatedStream(_) => {
+                        "truncated_audio"
+                    }
                     AudioError::NoSamples => "no_audio_samples",
                     _ => "invalid_audio",
                 };

@@ -13,6 +13,7 @@ pub struct Metrics {
     pub inference_seconds: Histogram,
     pub realtime_factor: Histogram,
     pub audio_seconds: prometheus::Counter,
+    pub client_audio_seconds: prometheus::CounterVec,
     pub decoded_tokens: IntCounter,
     pub queue_depth: IntGauge,
     pub in_flight: IntGauge,
@@ -69,6 +70,13 @@ impl Metrics {
                 "whisperd_audio_seconds_total",
                 "Seconds of audio transcribed",
             )?,
+            client_audio_seconds: prometheus::CounterVec::new(
+                Opts::new(
+                    "whisperd_client_audio_seconds_total",
+                    "Seconds of audio served per API key (`key:<sha256 prefix>`; `anonymous` without keys), cache hits included",
+                ),
+                &["client"],
+            )?,
             decoded_tokens: IntCounter::new(
                 "whisperd_decoded_tokens_total",
                 "Tokens produced by the decoder",
@@ -123,6 +131,8 @@ impl Metrics {
         m.registry.register(Box::new(m.inference_seconds.clone()))?;
         m.registry.register(Box::new(m.realtime_factor.clone()))?;
         m.registry.register(Box::new(m.audio_seconds.clone()))?;
+        m.registry
+            .register(Box::new(m.client_audio_seconds.clone()))?;
         m.registry.register(Box::new(m.decoded_tokens.clone()))?;
         m.registry.register(Box::new(m.queue_depth.clone()))?;
         m.registry.register(Box::new(m.in_flight.clone()))?;

@@ -27,11 +27,18 @@ pub struct AppState {
     shared: Arc<worker::Shared>,
     api_keys: Vec<String>,
     limiter: auth::RateLimiter,
+    in_flight: auth::InFlightLimiter,
+    trusted_proxies: crate::net::TrustedProxies,
     max_upload_bytes: usize,
 }
 
 #[derive(Clone)]
 struct RequestId(String);
+
+/// Who is asking, as metrics may show it: `key:<hash prefix>` with API keys, else `anonymous`
+/// (client addresses would give metrics unbounded label values).
+#[derive(Clone)]
+pub(crate) struct ClientLabel(pub String);
 
 fn request_id(req: &HttpRequest) -> String {
     req.extensions()
@@ -43,6 +50,10 @@ fn request_id(req: &HttpRequest) -> String {
 fn new_request_id() -> String {
     format!("req_{:016x}", rand::random::<u64>())
 }
+
+/// Longest query string a handler sees (the form carries the options; a query is a convenience).
+/// Request lines over 64 KiB never reach this point: the HTTP parser refuses them with a bare 400.
+const MAX_QUERY_BYTES: usize = 8 * 1024;
 
 /// Endpoints that never need a key: probes and metrics scrapers.
 fn is_public(path: &str) -> bool {
@@ -69,13 +80,35 @@ async fn edge(
     let method = req.method().clone();
 
     let mut early: Option<ApiError> = None;
+    if req.query_string().len() > MAX_QUERY_BYTES {
+        early = Some(
+            ApiError::new(
+                actix_web::http::StatusCode::URI_TOO_LONG,
+                "invalid_request_error",
+                format!(
+                    "the query string is {} bytes, over the limit of {MAX_QUERY_BYTES}; send options as form fields",
+                    req.query_string().len()
+                ),
+            )
+            .code("query_too_long"),
+        );
+    }
+    let mut _permit: Option<auth::InFlightPermit> = None;
     if let Some(state) = &state {
-        if !is_public(&path) {
+        if !is_public(&path) && early.is_none() {
             let client = if state.api_keys.is_empty() {
-                req.connection_info()
-                    .realip_remote_addr()
-                    .unwrap_or("unknown")
-                    .to_string()
+                let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
+                match req.peer_addr() {
+                    Some(peer) => format!(
+                        "ip:{}",
+                        state.trusted_proxies.client_ip(
+                            peer.ip(),
+                            header("x-forwarded-for"),
+                            header("forwarded")
+                        )
+                    ),
+                    None => "ip:unknown".to_string(),
+                }
             } else {
                 match auth::authorized(
                     &state.api_keys,
@@ -97,6 +130,11 @@ async fn edge(
                     }
                 }
             };
+            let label = match client.strip_prefix("key:") {
+                Some(hash) => format!("key:{}", &hash[..hash.len().min(12)]),
+                None => "anonymous".to_string(),
+            };
+            req.extensions_mut().insert(ClientLabel(label));
             if early.is_none() {
                 if let Err(wait) = state.limiter.check(&client) {
                     early = Some(
@@ -107,6 +145,21 @@ async fn edge(
                         )
                         .retry_after(wait)
                         .code("rate_limit_exceeded"),
+                    );
+                }
+            }
+            if early.is_none() {
+                _permit = state.in_flight.acquire(&client);
+                if _permit.is_none() {
+                    tracing::warn!(client = %client, "per-key in-flight cap reached: answering 429");
+                    early = Some(
+                        ApiError::new(
+                            actix_web::http::StatusCode::TOO_MANY_REQUESTS,
+                            "rate_limit_error",
+                            "too many requests in progress for this API key; wait for one to finish",
+                        )
+                        .retry_after(1)
+                        .code("too_many_requests_in_flight"),
                     );
                 }
             }
@@ -178,6 +231,9 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         shared: shared.clone(),
         api_keys: api_keys.clone(),
         limiter: auth::RateLimiter::new(cfg.rate_limit_per_minute),
+        in_flight: auth::InFlightLimiter::new(cfg.max_in_flight_per_key),
+        trusted_proxies: crate::net::TrustedProxies::parse(&cfg.trusted_proxies)
+            .map_err(anyhow::Error::msg)?,
         max_upload_bytes: (cfg.max_upload_mb as usize).saturating_mul(1 << 20),
     });
     if api_keys.is_empty() {
@@ -223,10 +279,18 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let server = server.run();
     let handle = server.handle();
     let drain = shared.clone();
+    let grace = Duration::from_secs(cfg.drain_grace_s);
     actix_web::rt::spawn(async move {
         wait_for_shutdown_signal().await;
+        // Kubernetes takes a terminating pod out of its endpoints only some time after the
+        // signal: keep serving (with /ready saying no) so requests still routed here succeed.
         drain.draining.store(true, Ordering::SeqCst);
-        tracing::info!("shutdown signal: draining in-flight requests, refusing new ones");
+        tracing::info!(
+            grace_s = grace.as_secs(),
+            "shutdown signal: /ready now answers 503; still accepting requests during the grace period"
+        );
+        actix_web::rt::time::sleep(grace).await;
+        tracing::info!("grace period over: closing the listener, finishing in-flight requests");
         handle.stop(true).await;
     });
     server.await?;

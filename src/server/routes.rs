@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use actix_web::{web, HttpRequest, HttpResponse};
+use actix_web::{web, HttpMessage, HttpRequest, HttpResponse};
 
 use super::error::ApiError;
 use super::upload::read_form;
@@ -227,9 +227,8 @@ async fn handle_inner(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let shared: &Arc<Shared> = &state.shared;
-    if shared.draining.load(Ordering::SeqCst) {
-        return Err(ApiError::unavailable("the server is shutting down", 5));
-    }
+    // While draining, requests are still served: the listener stays open only for the grace
+    // period, so whatever arrives is work a load balancer sent before it saw the pod going.
     if !shared.ready.load(Ordering::SeqCst) {
         return Err(ApiError::unavailable("the model is still loading", 5));
     }
@@ -280,6 +279,17 @@ async fn handle_inner(
     let t0 = std::time::Instant::now();
     let client = req.conn_data::<super::disconnect::ClientSocket>().copied();
     let (transcript, cache) = worker::transcribe(shared, file, options.clone(), client).await?;
+    let label = req
+        .extensions()
+        .get::<super::ClientLabel>()
+        .map(|l| l.0.clone());
+    if let Some(label) = label {
+        shared
+            .metrics
+            .client_audio_seconds
+            .with_label_values(&[&label])
+            .inc_by(transcript.duration);
+    }
     let task = if api == Api::OpenAiTranslations
         && !shared.engine.get().is_some_and(|e| e.is_multilingual())
     {

@@ -64,6 +64,16 @@ pub async fn read_form(
         }
         body.extend_from_slice(&chunk);
     }
+    // actix-multipart waits for more data when a body ends without its closing delimiter, even
+    // though the body is complete: check for it here so such a request gets its 400 at once.
+    if let Some(boundary) = boundary(req) {
+        if !has_closing_delimiter(&body, &boundary) {
+            return Err(ApiError::bad_request(format!(
+                "malformed multipart body: it ends without the closing boundary `--{boundary}--`"
+            ))
+            .code("malformed_multipart"));
+        }
+    }
     let body = futures_util::stream::once(async move {
         Ok::<_, actix_web::error::PayloadError>(body.freeze())
     });
@@ -78,6 +88,13 @@ pub async fn read_form(
     while let Some(mut field) = form.try_next().await.map_err(malformed)? {
         let name = field.name().unwrap_or_default().to_string();
         if name == "file" || name == "audio" {
+            if upload.file.is_some() {
+                return Err(ApiError::bad_request(
+                    "the form carries more than one audio file (`file`/`audio` fields); send one per request",
+                )
+                .param("file")
+                .code("duplicate_file"));
+            }
             let mut buf = Vec::new();
             while let Some(chunk) = field.try_next().await.map_err(malformed)? {
                 if buf.len() + chunk.len() > max_bytes {
@@ -110,4 +127,43 @@ pub async fn read_form(
         }
     }
     Ok(upload)
+}
+
+/// The `boundary` parameter of a multipart Content-Type.
+fn boundary(req: &HttpRequest) -> Option<String> {
+    let ct = req.headers().get("content-type")?.to_str().ok()?;
+    ct.split(';').skip(1).find_map(|param| {
+        let (k, v) = param.split_once('=')?;
+        k.trim()
+            .eq_ignore_ascii_case("boundary")
+            .then(|| v.trim().trim_matches('"').to_string())
+    })
+}
+
+/// Whether `body` holds the close delimiter `--BOUNDARY--` at the start of a line. Only the tail
+/// is searched: anything after the delimiter is an epilogue, which clients do not send at length.
+fn has_closing_delimiter(body: &[u8], boundary: &str) -> bool {
+    const TAIL: usize = 64 * 1024;
+    let close = format!("--{boundary}--");
+    let tail = &body[body.len().saturating_sub(TAIL + close.len())..];
+    let whole = tail.len() == body.len();
+    let at_line_start = |i: usize| if i == 0 { whole } else { tail[i - 1] == b'\n' };
+    tail.windows(close.len())
+        .enumerate()
+        .any(|(i, w)| w == close.as_bytes() && at_line_start(i))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn closing_delimiter_is_found_only_at_a_line_start() {
+        let b = "XyZ";
+        assert!(has_closing_delimiter(b"--XyZ\r\n...\r\n--XyZ--\r\n", b));
+        assert!(has_closing_delimiter(b"--XyZ\r\n...\r\n--XyZ--", b));
+        assert!(!has_closing_delimiter(b"--XyZ\r\n...\r\n", b));
+        assert!(!has_closing_delimiter(b"--XyZ\r\n... not--XyZ--", b));
+        assert!(!has_closing_delimiter(b"", b));
+    }
 }

@@ -214,10 +214,7 @@ fn run_job(shared: &Shared, engine: &Engine, runner: &crate::scheduler::Schedule
         // Every client that wanted this result has disconnected: skip the work.
         m.jobs.with_label_values(&["cancelled"]).inc();
         tracing::info!("dropping a queued job whose clients disconnected");
-        shared.finish(
-            &job.key,
-            Err(ApiError::unavailable("client disconnected", 1)),
-        );
+        shared.finish(&job.key, Err(ApiError::client_closed()));
         return;
     }
     if Instant::now() > job.deadline {
@@ -238,8 +235,14 @@ fn run_job(shared: &Shared, engine: &Engine, runner: &crate::scheduler::Schedule
     m.queue_wait_seconds
         .observe(job.enqueued.elapsed().as_secs_f64());
     let t0 = Instant::now();
+    // Single flight: every waiter holds a receiver; when the last one leaves, the job stops at
+    // its next window.
+    let cancellable = crate::decode::Cancellable {
+        inner: runner,
+        cancelled: || job.tx.receiver_count() == 0,
+    };
     let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {
-        engine.transcribe_prepared_with(runner, &job.prepared, &job.options)
+        engine.transcribe_prepared_with(&cancellable, &job.prepared, &job.options)
     }));
     let secs = t0.elapsed().as_secs_f64();
     let result = match outcome {
@@ -251,6 +254,14 @@ fn run_job(shared: &Shared, engine: &Engine, runner: &crate::scheduler::Schedule
             m.decoded_tokens
                 .inc_by(t.segments.iter().map(|s| s.tokens.len() as u64).sum());
             Ok(Arc::new(t))
+        }
+        Ok(Err(EngineError::Decode(crate::decode::DecodeError::Cancelled))) => {
+            m.jobs.with_label_values(&["cancelled"]).inc();
+            tracing::info!(
+                seconds = secs,
+                "stopped a running job: every client waiting for it disconnected"
+            );
+            Err(ApiError::client_closed())
         }
         Ok(Err(e)) => {
             m.jobs.with_label_values(&["error"]).inc();
@@ -347,7 +358,7 @@ pub async fn transcribe(
         },
         _ = super::disconnect::closed(client) => {
             tracing::info!("client disconnected while waiting for its transcript");
-            Err(ApiError::unavailable("client disconnected", 1))
+            Err(ApiError::client_closed())
         }
     }
 }
@@ -367,20 +378,17 @@ async fn prepare_and_enqueue(
     };
     let max_audio_s = shared.max_audio_s;
     let prepared = actix_web::web::block(move || -> Result<Prepared, EngineError> {
-        let pcm = Engine::load_audio(bytes)?;
-        if pcm.duration_s() > max_audio_s {
-            return Err(AudioError::TooLong {
-                duration_s: pcm.duration_s(),
-                limit_s: max_audio_s,
-            }
-            .into());
-        }
+        let pcm = Engine::load_audio_within(bytes, Some(max_audio_s))?;
         Ok(engine.prepare(&pcm))
     })
     .await;
     let prepared = match prepared {
         Ok(Ok(p)) => p,
         Ok(Err(e)) => {
+            if matches!(e, EngineError::Audio(AudioError::DecoderPanic(_))) {
+                // Contained and answered as invalid audio, but counted: a decoder library bug.
+                shared.metrics.jobs.with_label_values(&["panic"]).inc();
+            }
             guard.armed = false;
             shared.finish(&key, Err(ApiError::from(e)));
             return;
