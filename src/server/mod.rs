@@ -287,7 +287,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         drain.draining.store(true, Ordering::SeqCst);
         tracing::info!(
             grace_s = grace.as_secs(),
-            "shutdown signal: /ready now answers 503; still accepting requests during the grace period"
+            "shutdown signal: draining; /ready now answers 503, requests are still accepted during the grace period"
         );
         actix_web::rt::time::sleep(grace).await;
         tracing::info!("grace period over: closing the listener, finishing in-flight requests");
