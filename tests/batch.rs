@@ -141,8 +141,9 @@ fn a_tree_with_duplicates_bad_files_and_loops() {
         &[&input],
         &out,
     );
+    // Nothing transcribed is 0.0 min, not the -0.0 of an empty f64 sum.
     assert!(
-        String::from_utf8_lossy(&r.stderr).contains("0 succeeded, 4 skipped, 2 failed"),
+        String::from_utf8_lossy(&r.stderr).contains("0 succeeded, 4 skipped, 2 failed; 0.0 min"),
         "{}",
         String::from_utf8_lossy(&r.stderr)
     );
@@ -391,4 +392,63 @@ fn batched_files_give_the_same_transcripts_as_one_at_a_time() {
     }
     assert!(outputs[0][0].as_array().is_some_and(|s| !s.is_empty()));
     assert_eq!(outputs[0], outputs[1]);
+}
+
+/// Run `c` with a deadline, so that a hang fails the test instead of blocking the suite.
+fn output_within(c: &mut Command, secs: u64) -> Output {
+    use std::process::Stdio;
+    let child = c
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(std::time::Duration::from_secs(secs)) {
+        Ok(out) => out.unwrap(),
+        Err(_) => {
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
+            panic!("{c:?} still running after {secs} s");
+        }
+    }
+}
+
+fn batch_in(dir: &Path, args: &[&str]) -> Output {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_whisperd"));
+    c.env("WHISPERD_MODEL", model_dir())
+        .env("RUST_LOG", "info")
+        .current_dir(dir)
+        .arg("batch")
+        .args(args);
+    output_within(&mut c, 300)
+}
+
+/// An output directory that cannot be written stops the run before the model loads.
+#[test]
+fn an_unwritable_output_dir_fails_before_any_transcription() {
+    let d = tempfile::tempdir().unwrap();
+    std::fs::write(d.path().join("file"), b"x").unwrap();
+    let mut dirs = vec!["file/sub"];
+    // Exists, but not even root can create files in it.
+    if cfg!(target_os = "linux") {
+        dirs.push("/proc");
+    }
+    let jfk = shared().join("eval/jfk.wav");
+    for dir in dirs {
+        let t0 = std::time::Instant::now();
+        let r = batch_in(d.path(), &[jfk.to_str().unwrap(), "-o", dir]);
+        let stderr = String::from_utf8_lossy(&r.stderr);
+        assert_eq!(r.status.code(), Some(2), "{dir}: {stderr}");
+        assert!(
+            stderr.contains(&format!("output directory {dir} is not writable")),
+            "{stderr}"
+        );
+        assert!(!stderr.contains("succeeded"), "{stderr}");
+        assert!(t0.elapsed().as_secs() < 5, "{:?}", t0.elapsed());
+    }
 }

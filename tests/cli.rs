@@ -210,3 +210,62 @@ fn print_config_equals_the_default_config_file() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("WHISPERD_QUEUE_SIZE"));
 }
+
+/// Run `c` with a deadline, so that a hang fails the test instead of blocking the suite.
+fn output_within(c: &mut Command, secs: u64) -> std::process::Output {
+    use std::process::Stdio;
+    let child = c
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(std::time::Duration::from_secs(secs)) {
+        Ok(out) => out.unwrap(),
+        Err(_) => {
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
+            panic!("{c:?} still running after {secs} s");
+        }
+    }
+}
+
+/// An output directory that cannot be written is an error (exit 2) before any file is
+/// transcribed, not one error per file afterwards.
+#[test]
+fn an_unwritable_output_dir_fails_before_transcribing() {
+    let d = tempfile::tempdir().unwrap();
+    let file = d.path().join("file");
+    std::fs::write(&file, b"x").unwrap();
+    let mut dirs = vec![file.join("sub")];
+    // Exists, but not even root can create files in it.
+    if cfg!(target_os = "linux") {
+        dirs.push("/proc".into());
+    }
+    for dir in dirs {
+        let t0 = std::time::Instant::now();
+        let out = output_within(
+            whisperd()
+                .args(["transcribe", "--output-dir"])
+                .arg(&dir)
+                .arg(shared().join("eval/jfk.wav"))
+                .arg(shared().join("eval/formats/jfk.flac")),
+            60,
+        );
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{}: {stderr}", dir.display());
+        assert!(
+            stderr.contains(&format!(
+                "output directory {} is not writable",
+                dir.display()
+            )),
+            "{stderr}"
+        );
+        assert!(t0.elapsed().as_secs() < 5, "{:?}", t0.elapsed());
+    }
+}

@@ -30,6 +30,21 @@ pub enum InputError {
     NoMatch(String),
 }
 
+/// Make sure outputs can be written under `dir` before any work: create it, then create and
+/// remove a probe file in it.
+pub fn check_output_dir(dir: &Path) -> Result<(), String> {
+    let fail =
+        |e: std::io::Error| format!("output directory {} is not writable: {e}", dir.display());
+    std::fs::create_dir_all(dir).map_err(fail)?;
+    let probe = dir.join(format!(".whisperd-probe-{}", std::process::id()));
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&probe)
+        .map_err(fail)?;
+    std::fs::remove_file(&probe).map_err(fail)
+}
+
 pub fn is_audio(path: &Path) -> bool {
     path.extension()
         .and_then(|e| e.to_str())
@@ -211,5 +226,19 @@ mod tests {
             expand(&["/no/such/file.wav".into()], &mut std::io::empty()),
             Err(InputError::Missing(_))
         ));
+    }
+
+    #[test]
+    fn the_output_dir_is_created_and_probed() {
+        let d = tempfile::tempdir().unwrap();
+        let f = d.path().join("a.wav");
+        std::fs::write(&f, b"x").unwrap();
+        let e = check_output_dir(&f.join("sub")).unwrap_err();
+        assert!(e.contains("a.wav/sub"), "{e}");
+        check_output_dir(&d.path().join("new/dir")).unwrap();
+        assert_eq!(
+            std::fs::read_dir(d.path().join("new/dir")).unwrap().count(),
+            0
+        );
     }
 }

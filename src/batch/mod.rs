@@ -22,7 +22,7 @@ use crate::decode::ModelRunner;
 use crate::engine::{Engine, EngineError, Prepared};
 use crate::output::{Format, Transcript};
 use crate::TranscribeOptions;
-pub use inputs::{expand, InputError, InputFile};
+pub use inputs::{check_output_dir, expand, InputError, InputFile};
 
 pub struct BatchOptions {
     pub output_dir: PathBuf,

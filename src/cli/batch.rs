@@ -55,6 +55,11 @@ pub fn run(args: BatchArgs) -> anyhow::Result<ExitCode> {
         eprintln!("error: no audio files in the inputs");
         return Ok(ExitCode::from(2));
     }
+    // Everything that would fail every input is checked before the model loads.
+    if let Err(e) = batch::check_output_dir(&args.output_dir) {
+        eprintln!("error: {e}");
+        return Ok(ExitCode::from(2));
+    }
     let engine = args.common.load_engine()?;
     let transcribe = TranscribeOptions {
         language: args.common.language.clone(),
@@ -166,11 +171,12 @@ pub fn run(args: BatchArgs) -> anyhow::Result<ExitCode> {
     );
     let not_started = total - records.len();
     let wall = t0.elapsed().as_secs_f64();
-    let audio: f64 = records
+    // Not `sum()`: over no records that is -0.0, printed "-0.0 min".
+    let audio = records
         .iter()
         .filter(|r| r.status == Status::Ok)
         .filter_map(|r| r.duration)
-        .sum();
+        .fold(0.0, |a, d| a + d);
     eprintln!(
         "batch: {ok} succeeded, {skipped} skipped, {failed} failed{}; {:.1} min of audio in {:.1} s ({:.1}x real time)",
         if not_started > 0 { format!(", {not_started} not started") } else { String::new() },

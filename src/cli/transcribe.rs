@@ -34,6 +34,10 @@ pub fn run(args: TranscribeArgs) -> anyhow::Result<ExitCode> {
     if args.files.len() > 1 && args.output_dir.is_none() {
         anyhow::bail!("several input files need --output-dir DIR (one output per input)");
     }
+    // A directory that cannot take the outputs fails now, not after every file is transcribed.
+    if let Some(dir) = &args.output_dir {
+        whisperd::batch::check_output_dir(dir).map_err(anyhow::Error::msg)?;
+    }
     let engine = args.common.load_engine()?;
     let options = TranscribeOptions {
         language: args.common.language.clone(),
@@ -45,9 +49,6 @@ pub fn run(args: TranscribeArgs) -> anyhow::Result<ExitCode> {
     };
     // Reject bad options once, before any file is read.
     engine.check_options(&options)?;
-    if let Some(dir) = &args.output_dir {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
     let mut failed = 0usize;
     for file in &args.files {
         match transcribe_one(
