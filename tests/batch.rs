@@ -428,6 +428,58 @@ fn batch_in(dir: &Path, args: &[&str]) -> Output {
     output_within(&mut c, 300)
 }
 
+/// `batch d1 d2` with `d1/x.wav` and `d2/x.wav`: two outputs (under `d1/` and `d2/`, since the
+/// relative paths collide), and a re-run finds both done.
+#[test]
+fn same_relative_paths_under_two_folders_get_two_outputs() {
+    let d = tempfile::tempdir().unwrap();
+    copy("eval/jfk.wav", &d.path().join("d1/x.wav"));
+    copy("eval/formats/jfk.8k.wav", &d.path().join("d2/x.wav"));
+    copy("eval/jfk.wav", &d.path().join("d2/y.wav"));
+    let args = [
+        "d1",
+        "d2",
+        "-o",
+        "out",
+        "--format",
+        "txt",
+        "--batch-size",
+        "1",
+    ];
+    let r = batch_in(d.path(), &args);
+    let stderr = String::from_utf8_lossy(&r.stderr);
+    assert_eq!(r.status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains("3 succeeded, 0 skipped, 0 failed"),
+        "{stderr}"
+    );
+    for name in ["out/d1/x.wav.txt", "out/d2/x.wav.txt", "out/y.wav.txt"] {
+        let text =
+            std::fs::read_to_string(d.path().join(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert!(text.contains("country"), "{name}: {text}");
+    }
+    assert!(!d.path().join("out/x.wav.txt").exists());
+    let r = batch_in(d.path(), &args);
+    let stderr = String::from_utf8_lossy(&r.stderr);
+    assert_eq!(r.status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains("0 succeeded, 3 skipped, 0 failed"),
+        "{stderr}"
+    );
+
+    // `../a/x.wav` and `a/x.wav` would still share an output: refused, naming both.
+    copy("eval/jfk.wav", &d.path().join("w/a/x.wav"));
+    copy("eval/jfk.wav", &d.path().join("a/x.wav"));
+    let r = batch_in(&d.path().join("w"), &["../a/x.wav", "a/x.wav", "-o", "out"]);
+    let stderr = String::from_utf8_lossy(&r.stderr);
+    assert_eq!(r.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("../a/x.wav and a/x.wav would both write a/x.wav.srt"),
+        "{stderr}"
+    );
+    assert!(!d.path().join("w/out").exists());
+}
+
 /// An output directory that cannot be written stops the run before the model loads.
 #[test]
 fn an_unwritable_output_dir_fails_before_any_transcription() {

@@ -235,6 +235,57 @@ fn output_within(c: &mut Command, secs: u64) -> std::process::Output {
     }
 }
 
+fn copy(rel: &str, to: &std::path::Path) {
+    std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+    std::fs::copy(shared().join(rel), to).unwrap();
+}
+
+/// Inputs with the same file name do not overwrite each other's output: those two are written
+/// under their (contained) paths, the others keep the plain file name.
+#[test]
+fn same_file_names_in_different_folders_get_one_output_each() {
+    let d = tempfile::tempdir().unwrap();
+    copy("eval/jfk.wav", &d.path().join("a/x.wav"));
+    copy("eval/formats/jfk.8k.wav", &d.path().join("b/x.wav"));
+    copy("eval/jfk.wav", &d.path().join("c/y.wav"));
+    let out = whisperd()
+        .current_dir(d.path())
+        .args([
+            "transcribe",
+            "--format",
+            "text",
+            "--output-dir",
+            "o",
+            "a/x.wav",
+            "b/x.wav",
+            "c/y.wav",
+        ])
+        .output()
+        .unwrap();
+    assert_success(&out);
+    for name in ["o/a/x.wav.txt", "o/b/x.wav.txt", "o/y.wav.txt"] {
+        let text =
+            std::fs::read_to_string(d.path().join(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert!(text.contains("country"), "{name}: {text}");
+    }
+    assert!(!d.path().join("o/x.wav.txt").exists());
+
+    // Nothing tells `../a/x.wav` from `a/x.wav` apart: refused before any work.
+    copy("eval/jfk.wav", &d.path().join("w/a/x.wav"));
+    let out = whisperd()
+        .current_dir(d.path().join("w"))
+        .args(["transcribe", "--output-dir", "o2", "../a/x.wav", "a/x.wav"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("../a/x.wav and a/x.wav would both write"),
+        "{stderr}"
+    );
+    assert!(!d.path().join("w/o2/a").exists());
+}
+
 /// An output directory that cannot be written is an error (exit 2) before any file is
 /// transcribed, not one error per file afterwards.
 #[test]

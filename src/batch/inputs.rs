@@ -1,7 +1,9 @@
 //! Turning batch INPUT arguments (files, directories, globs, `@list.txt`, `-`) into a list of
-//! files, each with the relative path its outputs mirror under the output directory.
+//! files, each with the relative path its outputs mirror under the output directory; the naming
+//! rule that keeps two inputs off one output (`assign_outputs`, also used by `transcribe`).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+use std::ffi::OsString;
 use std::io::BufRead;
 use std::path::{Component, Path, PathBuf};
 
@@ -16,6 +18,10 @@ pub struct InputFile {
     pub path: PathBuf,
     /// Where its outputs go, relative to the output directory (never absolute, never `..`).
     pub relative: PathBuf,
+    /// The longer name `assign_outputs` switches to when `relative` collides with another
+    /// input's: for a file found under a directory argument, that argument's contained path
+    /// joined with `relative`; otherwise `relative` itself.
+    pub qualified: PathBuf,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -28,6 +34,73 @@ pub enum InputError {
     Pattern(String, String),
     #[error("`{0}` matched no files")]
     NoMatch(String),
+    #[error("{first} and {second} would both write {output} in the output directory; rename one, or transcribe them in separate runs")]
+    Collision {
+        first: String,
+        second: String,
+        output: String,
+    },
+}
+
+/// The output names of every input must differ: `relative` + each of `suffixes` (e.g. `.srt`,
+/// `.whisperd.json`). Where two inputs' names collide, each of them that has a different
+/// `qualified` name takes it (repeated until nothing changes, so the result depends only on the
+/// inputs and their order, and a re-run with the same arguments finds the same outputs). A
+/// collision that is left is an error naming both inputs.
+pub fn assign_outputs(inputs: &mut [InputFile], suffixes: &[&str]) -> Result<(), InputError> {
+    let names = |rel: &Path| -> Vec<OsString> {
+        suffixes
+            .iter()
+            .map(|s| {
+                let mut n = rel.as_os_str().to_owned();
+                n.push(s);
+                n
+            })
+            .collect()
+    };
+    // Inputs whose names collide with an earlier input's, and the first such pair.
+    let collisions = |inputs: &[InputFile]| {
+        let mut owner: HashMap<OsString, usize> = HashMap::new();
+        let mut hit = HashSet::new();
+        let mut first = None;
+        for (i, f) in inputs.iter().enumerate() {
+            for n in names(&f.relative) {
+                match owner.get(&n) {
+                    Some(&j) if j != i => {
+                        hit.insert(i);
+                        hit.insert(j);
+                        first.get_or_insert((j, i, n));
+                    }
+                    Some(_) => {}
+                    None => {
+                        owner.insert(n, i);
+                    }
+                }
+            }
+        }
+        (hit, first)
+    };
+    loop {
+        let (hit, first) = collisions(inputs);
+        let Some((a, b, name)) = first else {
+            return Ok(());
+        };
+        let mut changed = false;
+        for i in hit {
+            let f = &mut inputs[i];
+            if f.relative != f.qualified {
+                f.relative = f.qualified.clone();
+                changed = true;
+            }
+        }
+        if !changed {
+            return Err(InputError::Collision {
+                first: inputs[a].path.display().to_string(),
+                second: inputs[b].path.display().to_string(),
+                output: PathBuf::from(name).display().to_string(),
+            });
+        }
+    }
 }
 
 /// Make sure outputs can be written under `dir` before any work: create it, then create and
@@ -126,6 +199,7 @@ fn add_path(
             out.push(InputFile {
                 path: path.to_path_buf(),
                 relative: contained(path),
+                qualified: contained(path),
             });
         }
     }
@@ -164,6 +238,7 @@ fn walk(
                     .map(contained)
                     .unwrap_or_else(|_| contained(&p));
                 out.push(InputFile {
+                    qualified: contained(root).join(&rel),
                     path: p,
                     relative: rel,
                 });
@@ -226,6 +301,68 @@ mod tests {
             expand(&["/no/such/file.wav".into()], &mut std::io::empty()),
             Err(InputError::Missing(_))
         ));
+    }
+
+    fn input(path: &str, relative: &str, qualified: &str) -> InputFile {
+        InputFile {
+            path: path.into(),
+            relative: relative.into(),
+            qualified: qualified.into(),
+        }
+    }
+
+    fn relatives(inputs: &[InputFile]) -> Vec<String> {
+        inputs
+            .iter()
+            .map(|f| f.relative.to_string_lossy().into_owned())
+            .collect()
+    }
+
+    #[test]
+    fn colliding_outputs_take_their_qualified_names_or_are_refused() {
+        let sfx = [".srt", ".whisperd.json"];
+        // Distinct names stay as they are.
+        let mut v = vec![
+            input("d1/x.wav", "x.wav", "d1/x.wav"),
+            input("d2/y.wav", "y.wav", "d2/y.wav"),
+        ];
+        assign_outputs(&mut v, &sfx).unwrap();
+        assert_eq!(relatives(&v), ["x.wav", "y.wav"]);
+        // Only the colliding ones move, and a move that collides again moves the next one.
+        let mut v = vec![
+            input("d1/x.wav", "x.wav", "d1/x.wav"),
+            input("d2/x.wav", "x.wav", "d2/x.wav"),
+            input("d1/x.wav-explicit", "d2/x.wav", "d2/x.wav"),
+            input("d3/y.wav", "y.wav", "d3/y.wav"),
+        ];
+        let err = assign_outputs(&mut v, &sfx).unwrap_err().to_string();
+        assert!(
+            err.contains("d2/x.wav") && err.contains("d1/x.wav-explicit"),
+            "{err}"
+        );
+        let mut v = vec![
+            input("d1/x.wav", "x.wav", "d1/x.wav"),
+            input("d1/sub/d2/x.wav", "d2/x.wav", "d1/d2/x.wav"),
+            input("d2/x.wav", "x.wav", "d2/x.wav"),
+        ];
+        assign_outputs(&mut v, &sfx).unwrap();
+        assert_eq!(relatives(&v), ["d1/x.wav", "d1/d2/x.wav", "d2/x.wav"]);
+        // `/a/x.wav` and `a/x.wav`: nothing left to tell them apart.
+        let mut v = vec![
+            input("/a/x.wav", "a/x.wav", "a/x.wav"),
+            input("a/x.wav", "a/x.wav", "a/x.wav"),
+        ];
+        let err = assign_outputs(&mut v, &sfx).unwrap_err().to_string();
+        assert!(
+            err.contains("/a/x.wav and a/x.wav") && err.contains("a/x.wav.srt"),
+            "{err}"
+        );
+        // Names collide across suffixes too (`x` + `.verbose.json` = `x.verbose` + `.json`).
+        let mut v = vec![
+            input("x", "x", "x"),
+            input("x.verbose", "x.verbose", "x.verbose"),
+        ];
+        assert!(assign_outputs(&mut v, &[".verbose.json", ".json"]).is_err());
     }
 
     #[test]

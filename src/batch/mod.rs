@@ -22,7 +22,7 @@ use crate::decode::ModelRunner;
 use crate::engine::{Engine, EngineError, Prepared};
 use crate::output::{Format, Transcript};
 use crate::TranscribeOptions;
-pub use inputs::{check_output_dir, expand, InputError, InputFile};
+pub use inputs::{assign_outputs, check_output_dir, expand, InputError, InputFile};
 
 pub struct BatchOptions {
     pub output_dir: PathBuf,
@@ -69,6 +69,16 @@ enum Prepped {
     Skip { sha: String, outputs: Vec<PathBuf> },
     Ready { sha: String, prepared: Prepared },
     Failed { sha: Option<String>, error: String },
+}
+
+/// What `output_paths` and `sidecar_path` append to an input's relative path, for
+/// `assign_outputs`.
+pub fn output_suffixes(formats: &[Format]) -> Vec<String> {
+    formats
+        .iter()
+        .map(|f| format!(".{}", f.extension()))
+        .chain([".whisperd.json".to_string()])
+        .collect()
 }
 
 fn output_paths(o: &BatchOptions, input: &InputFile) -> Vec<PathBuf> {

@@ -17,7 +17,7 @@ pub struct BatchArgs {
     /// Files, directories (recursive, audio extensions), glob patterns, @list.txt, or - (list on stdin).
     #[arg(required = true)]
     inputs: Vec<String>,
-    /// Outputs go to DIR/<relative path>.<ext>, mirroring the inputs.
+    /// Outputs go to DIR/<relative path>.<ext>, mirroring the inputs (see README, "Output names").
     #[arg(long, short = 'o')]
     output_dir: PathBuf,
     /// Comma-separated: text, json, verbose_json, srt, vtt, tsv.
@@ -44,7 +44,7 @@ pub struct BatchArgs {
 
 pub fn run(args: BatchArgs) -> anyhow::Result<ExitCode> {
     let stdin = std::io::stdin();
-    let inputs = match batch::expand(&args.inputs, &mut stdin.lock()) {
+    let mut inputs = match batch::expand(&args.inputs, &mut stdin.lock()) {
         Ok(i) => i,
         Err(e) => {
             eprintln!("error: {e}");
@@ -56,6 +56,12 @@ pub fn run(args: BatchArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::from(2));
     }
     // Everything that would fail every input is checked before the model loads.
+    let suffixes = batch::output_suffixes(&args.format);
+    let suffixes: Vec<&str> = suffixes.iter().map(String::as_str).collect();
+    if let Err(e) = batch::assign_outputs(&mut inputs, &suffixes) {
+        eprintln!("error: {e}");
+        return Ok(ExitCode::from(2));
+    }
     if let Err(e) = batch::check_output_dir(&args.output_dir) {
         eprintln!("error: {e}");
         return Ok(ExitCode::from(2));

@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
+use whisperd::batch::{self, InputFile};
 use whisperd::{Engine, Format, TranscribeOptions};
 
 #[derive(clap::Args)]
@@ -16,7 +17,8 @@ pub struct TranscribeArgs {
     /// text, json, verbose_json, srt, vtt or tsv.
     #[arg(long, default_value = "text")]
     format: Format,
-    /// Write one output per input here, as DIR/<input file name>.<ext>.
+    /// Write one output per input here, as DIR/<input file name>.<ext> (DIR/<input path>.<ext>
+    /// where two names are the same).
     #[arg(long)]
     output_dir: Option<PathBuf>,
     /// No timestamps: one segment per 30-s window, no seeking by timestamps.
@@ -34,9 +36,36 @@ pub fn run(args: TranscribeArgs) -> anyhow::Result<ExitCode> {
     if args.files.len() > 1 && args.output_dir.is_none() {
         anyhow::bail!("several input files need --output-dir DIR (one output per input)");
     }
-    // A directory that cannot take the outputs fails now, not after every file is transcribed.
+    // Output names (same rule as `batch`), then a writable directory, before the model loads.
+    let mut outputs = None;
     if let Some(dir) = &args.output_dir {
-        whisperd::batch::check_output_dir(dir).map_err(anyhow::Error::msg)?;
+        let mut named: Vec<InputFile> = args
+            .files
+            .iter()
+            .map(|f| {
+                let contained = batch::inputs::contained(f);
+                let relative = f
+                    .file_name()
+                    .map_or_else(|| contained.clone(), PathBuf::from);
+                InputFile {
+                    path: f.clone(),
+                    relative,
+                    qualified: contained,
+                }
+            })
+            .collect();
+        batch::assign_outputs(&mut named, &[&format!(".{}", args.format.extension())])?;
+        batch::check_output_dir(dir).map_err(anyhow::Error::msg)?;
+        outputs = Some(
+            named
+                .into_iter()
+                .map(|f| {
+                    let mut name = f.relative.into_os_string();
+                    name.push(format!(".{}", args.format.extension()));
+                    dir.join(name)
+                })
+                .collect::<Vec<_>>(),
+        );
     }
     let engine = args.common.load_engine()?;
     let options = TranscribeOptions {
@@ -50,14 +79,9 @@ pub fn run(args: TranscribeArgs) -> anyhow::Result<ExitCode> {
     // Reject bad options once, before any file is read.
     engine.check_options(&options)?;
     let mut failed = 0usize;
-    for file in &args.files {
-        match transcribe_one(
-            &engine,
-            file,
-            &options,
-            args.format,
-            args.output_dir.as_deref(),
-        ) {
+    for (i, file) in args.files.iter().enumerate() {
+        let output = outputs.as_ref().map(|o| o[i].as_path());
+        match transcribe_one(&engine, file, &options, args.format, output) {
             Ok(()) => {}
             Err(e) => {
                 failed += 1;
@@ -77,7 +101,7 @@ fn transcribe_one(
     file: &Path,
     o: &TranscribeOptions,
     format: Format,
-    out_dir: Option<&Path>,
+    output: Option<&Path>,
 ) -> anyhow::Result<()> {
     let bytes = std::fs::read(file).with_context(|| "cannot read file")?;
     let t0 = std::time::Instant::now();
@@ -85,20 +109,14 @@ fn transcribe_one(
     let secs = t0.elapsed().as_secs_f64();
     tracing::info!(file = %file.display(), audio_s = transcript.duration, seconds = secs, speed = transcript.duration / secs.max(1e-9), "transcribed");
     let rendered = transcript.render(format, o.task);
-    match out_dir {
+    match output {
         None => {
             use std::io::Write;
             std::io::stdout().write_all(rendered.as_bytes())?;
         }
-        Some(dir) => {
-            let name = file
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_else(|| "audio".into());
-            let path = dir.join(format!("{name}.{}", format.extension()));
-            let tmp = dir.join(format!(".{name}.{}.tmp", format.extension()));
-            std::fs::write(&tmp, rendered).with_context(|| format!("writing {}", tmp.display()))?;
-            std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
+        Some(path) => {
+            batch::write_atomic(path, rendered.as_bytes())
+                .with_context(|| format!("writing {}", path.display()))?;
         }
     }
     Ok(())
