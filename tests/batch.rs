@@ -504,3 +504,62 @@ fn an_unwritable_output_dir_fails_before_any_transcription() {
         assert!(t0.elapsed().as_secs() < 5, "{:?}", t0.elapsed());
     }
 }
+
+/// A device, a FIFO, and a file over --max-input-mb each fail on their own (a FIFO met in a
+/// folder is skipped); the run carries on, and a summary over no transcribed audio says 0.0 min.
+#[cfg(unix)]
+#[test]
+fn devices_fifos_and_oversized_files_fail_per_file() {
+    let d = tempfile::tempdir().unwrap();
+    copy("eval/jfk.wav", &d.path().join("in/jfk.wav"));
+    for fifo in ["in/walked.wav", "pipe.wav"] {
+        assert!(Command::new("mkfifo")
+            .arg(d.path().join(fifo))
+            .status()
+            .unwrap()
+            .success());
+    }
+    std::fs::File::create(d.path().join("in/big.wav"))
+        .unwrap()
+        .set_len(3 << 20)
+        .unwrap();
+    let report = d.path().join("report.jsonl");
+    let args = [
+        "in",
+        "/dev/zero",
+        "pipe.wav",
+        "-o",
+        "out",
+        "--format",
+        "txt",
+        "--max-input-mb",
+        "2",
+        "--report",
+        report.to_str().unwrap(),
+    ];
+    let r = batch_in(d.path(), &args);
+    let stderr = String::from_utf8_lossy(&r.stderr);
+    assert_eq!(r.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("1 succeeded, 0 skipped, 3 failed"),
+        "{stderr}"
+    );
+    for line in [
+        "error: /dev/zero: not a regular file (a character device)",
+        "error: pipe.wav: not a regular file (a FIFO)",
+        "error: in/big.wav: 3.0 MB is over the --max-input-mb limit of 2 MB",
+    ] {
+        assert!(stderr.contains(line), "{line}\n{stderr}");
+    }
+    assert!(stderr.contains("in/walked.wav"), "{stderr}");
+    assert!(d.path().join("out/jfk.wav.txt").exists());
+    let recs = records(&report);
+    assert_eq!(recs.len(), 4, "{recs:?}");
+    let r = batch_in(d.path(), &args);
+    let stderr = String::from_utf8_lossy(&r.stderr);
+    assert_eq!(r.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("0 succeeded, 1 skipped, 3 failed; 0.0 min of audio"),
+        "{stderr}"
+    );
+}

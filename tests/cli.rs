@@ -320,3 +320,89 @@ fn an_unwritable_output_dir_fails_before_transcribing() {
         assert!(t0.elapsed().as_secs() < 5, "{:?}", t0.elapsed());
     }
 }
+
+/// /dev/zero (endless) and a FIFO without a writer (blocks on open) are refused per file, fast;
+/// the other files are still transcribed.
+#[cfg(unix)]
+#[test]
+fn devices_and_fifos_are_refused_per_file_without_hanging() {
+    let t0 = std::time::Instant::now();
+    let out = output_within(whisperd().args(["transcribe", "/dev/zero"]), 5);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("error: /dev/zero: not a regular file (a character device)"),
+        "{stderr}"
+    );
+    assert!(t0.elapsed().as_secs() < 5, "{:?}", t0.elapsed());
+
+    let d = tempfile::tempdir().unwrap();
+    let fifo = d.path().join("pipe.wav");
+    assert!(Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    let out_dir = d.path().join("out");
+    let out = output_within(
+        whisperd()
+            .args(["transcribe", "--output-dir"])
+            .arg(&out_dir)
+            .arg(&fifo)
+            .arg(shared().join("eval/jfk.wav")),
+        120,
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "error: {}: not a regular file (a FIFO)",
+            fifo.display()
+        )),
+        "{stderr}"
+    );
+    assert!(std::fs::read_to_string(out_dir.join("jfk.wav.txt"))
+        .unwrap()
+        .contains("country"));
+}
+
+/// `-` reads standard input; inputs over --max-input-mb fail without being read whole.
+#[test]
+fn stdin_and_the_input_size_limit() {
+    let out = whisperd()
+        .args(["transcribe", "-"])
+        .stdin(std::fs::File::open(shared().join("eval/jfk.wav")).unwrap())
+        .output()
+        .unwrap();
+    assert_success(&out);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("fellow Americans"));
+
+    let d = tempfile::tempdir().unwrap();
+    let big = d.path().join("big.wav");
+    std::fs::File::create(&big)
+        .unwrap()
+        .set_len(3 << 20)
+        .unwrap();
+    let out = whisperd()
+        .args(["transcribe", "--max-input-mb", "2"])
+        .arg(&big)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("3.0 MB is over the --max-input-mb limit of 2 MB"),
+        "{stderr}"
+    );
+    let out = whisperd()
+        .args(["transcribe", "--max-input-mb", "2", "-"])
+        .stdin(std::fs::File::open(&big).unwrap())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("error: -: the input is over the --max-input-mb limit of 2 MB"),
+        "{stderr}"
+    );
+}

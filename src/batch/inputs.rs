@@ -1,10 +1,11 @@
 //! Turning batch INPUT arguments (files, directories, globs, `@list.txt`, `-`) into a list of
 //! files, each with the relative path its outputs mirror under the output directory; the naming
-//! rule that keeps two inputs off one output (`assign_outputs`, also used by `transcribe`).
+//! rule that keeps two inputs off one output (`assign_outputs`, also used by `transcribe`); and
+//! reading an input without trusting it (`read_input`: regular files only, bounded size).
 
 use std::collections::{HashMap, HashSet};
 use std::ffi::OsString;
-use std::io::BufRead;
+use std::io::{BufRead, Read};
 use std::path::{Component, Path, PathBuf};
 
 /// Extensions a directory walk picks up (explicit files are taken whatever their name).
@@ -101,6 +102,81 @@ pub fn assign_outputs(inputs: &mut [InputFile], suffixes: &[&str]) -> Result<(),
             });
         }
     }
+}
+
+/// Why an input could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error("not a regular file ({0}); only regular files are read")]
+    NotRegular(&'static str),
+    #[error("{} is over the --max-input-mb limit of {} MB", size.map(|s| format!("{:.1} MB", s as f64 / MB as f64)).unwrap_or_else(|| "the input".into()), limit / MB)]
+    TooLarge { size: Option<u64>, limit: u64 },
+    #[error("cannot read: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Bytes in the MB of `--max-input-mb`.
+pub const MB: u64 = 1 << 20;
+
+fn kind(t: std::fs::FileType) -> &'static str {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileTypeExt;
+        if t.is_fifo() {
+            return "a FIFO";
+        }
+        if t.is_char_device() {
+            return "a character device";
+        }
+        if t.is_block_device() {
+            return "a block device";
+        }
+        if t.is_socket() {
+            return "a socket";
+        }
+    }
+    if t.is_dir() {
+        "a directory"
+    } else {
+        "not a file"
+    }
+}
+
+/// Read a whole input file of at most `limit` bytes. Anything but a regular file (a FIFO, which
+/// would block on open, a device such as /dev/zero, which never ends, a directory) is refused
+/// from its metadata before it is opened; the read itself is bounded too, for files that grow.
+pub fn read_input(path: &Path, limit: u64) -> Result<Vec<u8>, ReadError> {
+    let meta = std::fs::metadata(path)?;
+    if !meta.is_file() {
+        return Err(ReadError::NotRegular(kind(meta.file_type())));
+    }
+    if meta.len() > limit {
+        return Err(ReadError::TooLarge {
+            size: Some(meta.len()),
+            limit,
+        });
+    }
+    let mut open = std::fs::OpenOptions::new();
+    open.read(true);
+    // Should the path have been swapped for a FIFO since, do not block opening it.
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::custom_flags(&mut open, libc::O_NONBLOCK);
+    let file = open.open(path)?;
+    let meta = file.metadata()?;
+    if !meta.is_file() {
+        return Err(ReadError::NotRegular(kind(meta.file_type())));
+    }
+    read_bounded(file, limit, meta.len())
+}
+
+/// Read `r` to its end, refusing more than `limit` bytes (reads at most `limit + 1`).
+pub fn read_bounded(r: impl Read, limit: u64, size_hint: u64) -> Result<Vec<u8>, ReadError> {
+    let mut bytes = Vec::with_capacity(size_hint.min(limit) as usize);
+    r.take(limit.saturating_add(1)).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > limit {
+        return Err(ReadError::TooLarge { size: None, limit });
+    }
+    Ok(bytes)
 }
 
 /// Make sure outputs can be written under `dir` before any work: create it, then create and
@@ -230,7 +306,12 @@ fn walk(
     for p in paths {
         if p.is_dir() {
             walk(root, &p, out, seen, visited);
-        } else if p.is_file() && is_audio(&p) {
+        } else if is_audio(&p) {
+            if !p.is_file() {
+                // A FIFO would block the run and a device never ends: not read, said once.
+                tracing::warn!(path = %p.display(), "not a regular file: skipped");
+                continue;
+            }
             let key = std::fs::canonicalize(&p).unwrap_or_else(|_| p.clone());
             if seen.insert(key) {
                 let rel = p
@@ -363,6 +444,37 @@ mod tests {
             input("x.verbose", "x.verbose", "x.verbose"),
         ];
         assert!(assign_outputs(&mut v, &[".verbose.json", ".json"]).is_err());
+    }
+
+    #[test]
+    fn only_regular_files_within_the_limit_are_read() {
+        let d = tempfile::tempdir().unwrap();
+        let f = d.path().join("a.wav");
+        std::fs::write(&f, vec![7u8; 100]).unwrap();
+        assert_eq!(read_input(&f, 100).unwrap().len(), 100);
+        assert!(matches!(
+            read_input(&f, 99),
+            Err(ReadError::TooLarge {
+                size: Some(100),
+                ..
+            })
+        ));
+        assert!(matches!(
+            read_input(d.path(), 100),
+            Err(ReadError::NotRegular("a directory"))
+        ));
+        #[cfg(unix)]
+        {
+            let e = read_input(Path::new("/dev/zero"), 1 << 20).unwrap_err();
+            assert!(e
+                .to_string()
+                .starts_with("not a regular file (a character device)"));
+        }
+        assert!(matches!(
+            read_bounded(std::io::repeat(0), 10, 0),
+            Err(ReadError::TooLarge { size: None, .. })
+        ));
+        assert_eq!(read_bounded(&[1u8; 10][..], 10, 0).unwrap().len(), 10);
     }
 
     #[test]

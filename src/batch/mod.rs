@@ -22,7 +22,7 @@ use crate::decode::ModelRunner;
 use crate::engine::{Engine, EngineError, Prepared};
 use crate::output::{Format, Transcript};
 use crate::TranscribeOptions;
-pub use inputs::{assign_outputs, check_output_dir, expand, InputError, InputFile};
+pub use inputs::{assign_outputs, check_output_dir, expand, read_input, InputError, InputFile};
 
 pub struct BatchOptions {
     pub output_dir: PathBuf,
@@ -32,6 +32,8 @@ pub struct BatchOptions {
     pub batch_size: usize,
     pub overwrite: bool,
     pub fail_fast: bool,
+    /// Inputs larger than this (bytes) fail without being read.
+    pub max_input_bytes: u64,
     pub transcribe: TranscribeOptions,
 }
 
@@ -124,12 +126,12 @@ pub fn write_atomic(path: &Path, contents: &[u8]) -> std::io::Result<()> {
 }
 
 fn prep(engine: &Engine, o: &BatchOptions, input: &InputFile) -> Prepped {
-    let bytes = match std::fs::read(&input.path) {
+    let bytes = match read_input(&input.path, o.max_input_bytes) {
         Ok(b) => b,
         Err(e) => {
             return Prepped::Failed {
                 sha: None,
-                error: format!("cannot read: {e}"),
+                error: e.to_string(),
             }
         }
     };

@@ -40,6 +40,9 @@ pub struct BatchArgs {
     /// Write one JSON line per input here.
     #[arg(long)]
     report: Option<PathBuf>,
+    /// Inputs larger than this many MB (MiB) fail without being read.
+    #[arg(long, default_value_t = 2048, value_parser = clap::value_parser!(u64).range(1..))]
+    max_input_mb: u64,
 }
 
 pub fn run(args: BatchArgs) -> anyhow::Result<ExitCode> {
@@ -86,6 +89,7 @@ pub fn run(args: BatchArgs) -> anyhow::Result<ExitCode> {
         batch_size: args.batch_size as usize,
         overwrite: args.overwrite,
         fail_fast: args.fail_fast,
+        max_input_bytes: args.max_input_mb.saturating_mul(batch::inputs::MB),
         transcribe,
     };
 

@@ -3,13 +3,12 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::Context;
 use whisperd::batch::{self, InputFile};
 use whisperd::{Engine, Format, TranscribeOptions};
 
 #[derive(clap::Args)]
 pub struct TranscribeArgs {
-    /// Audio files (wav, flac, mp3, ogg, opus, m4a, …).
+    /// Audio files (wav, flac, mp3, ogg, opus, m4a, …); `-` reads standard input.
     #[arg(required = true)]
     files: Vec<PathBuf>,
     #[command(flatten)]
@@ -18,9 +17,12 @@ pub struct TranscribeArgs {
     #[arg(long, default_value = "text")]
     format: Format,
     /// Write one output per input here, as DIR/<input file name>.<ext> (DIR/<input path>.<ext>
-    /// where two names are the same).
+    /// where two names are the same; `-` writes DIR/stdin.<ext>).
     #[arg(long)]
     output_dir: Option<PathBuf>,
+    /// Inputs larger than this many MB (MiB) fail without being read.
+    #[arg(long, default_value_t = 2048, value_parser = clap::value_parser!(u64).range(1..))]
+    max_input_mb: u64,
     /// No timestamps: one segment per 30-s window, no seeking by timestamps.
     #[arg(long)]
     no_timestamps: bool,
@@ -36,6 +38,9 @@ pub fn run(args: TranscribeArgs) -> anyhow::Result<ExitCode> {
     if args.files.len() > 1 && args.output_dir.is_none() {
         anyhow::bail!("several input files need --output-dir DIR (one output per input)");
     }
+    if args.files.iter().filter(|f| is_stdin(f)).count() > 1 {
+        anyhow::bail!("`-` (standard input) can be given only once");
+    }
     // Output names (same rule as `batch`), then a writable directory, before the model loads.
     let mut outputs = None;
     if let Some(dir) = &args.output_dir {
@@ -43,14 +48,19 @@ pub fn run(args: TranscribeArgs) -> anyhow::Result<ExitCode> {
             .files
             .iter()
             .map(|f| {
-                let contained = batch::inputs::contained(f);
-                let relative = f
-                    .file_name()
-                    .map_or_else(|| contained.clone(), PathBuf::from);
+                let (relative, qualified) = if is_stdin(f) {
+                    (PathBuf::from("stdin"), PathBuf::from("stdin"))
+                } else {
+                    let contained = batch::inputs::contained(f);
+                    let name = f
+                        .file_name()
+                        .map_or_else(|| contained.clone(), PathBuf::from);
+                    (name, contained)
+                };
                 InputFile {
                     path: f.clone(),
                     relative,
-                    qualified: contained,
+                    qualified,
                 }
             })
             .collect();
@@ -78,10 +88,11 @@ pub fn run(args: TranscribeArgs) -> anyhow::Result<ExitCode> {
     };
     // Reject bad options once, before any file is read.
     engine.check_options(&options)?;
+    let limit = args.max_input_mb.saturating_mul(batch::inputs::MB);
     let mut failed = 0usize;
     for (i, file) in args.files.iter().enumerate() {
         let output = outputs.as_ref().map(|o| o[i].as_path());
-        match transcribe_one(&engine, file, &options, args.format, output) {
+        match transcribe_one(&engine, file, limit, &options, args.format, output) {
             Ok(()) => {}
             Err(e) => {
                 failed += 1;
@@ -96,14 +107,23 @@ pub fn run(args: TranscribeArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
+fn is_stdin(file: &Path) -> bool {
+    file.as_os_str() == "-"
+}
+
 fn transcribe_one(
     engine: &Engine,
     file: &Path,
+    limit: u64,
     o: &TranscribeOptions,
     format: Format,
     output: Option<&Path>,
 ) -> anyhow::Result<()> {
-    let bytes = std::fs::read(file).with_context(|| "cannot read file")?;
+    let bytes = if is_stdin(file) {
+        batch::inputs::read_bounded(std::io::stdin().lock(), limit, 0)?
+    } else {
+        batch::read_input(file, limit)?
+    };
     let t0 = std::time::Instant::now();
     let transcript = engine.transcribe_bytes(bytes, o)?;
     let secs = t0.elapsed().as_secs_f64();
@@ -115,6 +135,7 @@ fn transcribe_one(
             std::io::stdout().write_all(rendered.as_bytes())?;
         }
         Some(path) => {
+            use anyhow::Context;
             batch::write_atomic(path, rendered.as_bytes())
                 .with_context(|| format!("writing {}", path.display()))?;
         }
