@@ -563,3 +563,48 @@ fn devices_fifos_and_oversized_files_fail_per_file() {
         "{stderr}"
     );
 }
+
+/// A WAV whose header says 0 Hz (symphonia panicked on it) in a folder: that file fails with
+/// its reason in the report, the run finishes with its summary, and a re-run does too.
+#[test]
+fn a_zero_sample_rate_wav_in_a_folder_fails_alone() {
+    let d = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(d.path().join("in")).unwrap();
+    std::fs::write(
+        d.path().join("in/bad.wav"),
+        wav_bytes(&noise(16000, 0.1), 0),
+    )
+    .unwrap();
+    copy("eval/jfk.wav", &d.path().join("in/good.wav"));
+    let report = d.path().join("report.jsonl");
+    let args = [
+        "in",
+        "-o",
+        "out",
+        "--format",
+        "txt",
+        "--report",
+        report.to_str().unwrap(),
+    ];
+    for summary in [
+        "1 succeeded, 0 skipped, 1 failed",
+        "0 succeeded, 1 skipped, 1 failed",
+    ] {
+        let r = batch_in(d.path(), &args);
+        let stderr = String::from_utf8_lossy(&r.stderr);
+        assert_eq!(r.status.code(), Some(1), "{stderr}");
+        assert!(stderr.contains(summary), "{summary}\n{stderr}");
+        assert!(stderr.contains("error: in/bad.wav: "), "{stderr}");
+        let recs = records(&report);
+        let bad: Vec<_> = recs.iter().filter(|r| r["path"] == "in/bad.wav").collect();
+        assert_eq!(bad.len(), 1, "{recs:?}");
+        assert_eq!(bad[0]["status"], "failed");
+        assert!(
+            bad[0]["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("sample rate")),
+            "{recs:?}"
+        );
+    }
+    assert!(d.path().join("out/good.wav.txt").exists());
+}

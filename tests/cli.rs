@@ -406,3 +406,32 @@ fn stdin_and_the_input_size_limit() {
         "{stderr}"
     );
 }
+
+/// A WAV whose header says 0 Hz (symphonia panicked on it) is one bad file among good ones.
+#[test]
+fn a_zero_sample_rate_wav_fails_alone() {
+    let d = tempfile::tempdir().unwrap();
+    std::fs::write(d.path().join("bad.wav"), wav_bytes(&noise(16000, 0.1), 0)).unwrap();
+    copy("eval/jfk.wav", &d.path().join("good.wav"));
+    let out = output_within(
+        whisperd().current_dir(d.path()).args([
+            "transcribe",
+            "--output-dir",
+            "o",
+            "bad.wav",
+            "good.wav",
+        ]),
+        120,
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(errors.len(), 1, "{stderr}");
+    assert!(
+        errors[0].starts_with("error: bad.wav: ") && errors[0].contains("sample rate"),
+        "{stderr}"
+    );
+    assert!(std::fs::read_to_string(d.path().join("o/good.wav.txt"))
+        .unwrap()
+        .contains("country"));
+}
