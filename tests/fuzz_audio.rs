@@ -117,7 +117,8 @@ fn mutate(seed: &[u8], rng: &mut Rng) -> Vec<u8> {
             3 | 4 => {
                 // Header fields live near the start of every container (and at page starts).
                 let v = BOUNDARY_BYTES[rng.below(BOUNDARY_BYTES.len())];
-                let at = rng.below(b.len().min(if rng.below(2) == 0 { 128 } else { b.len() }));
+                let span = if rng.below(2) == 0 { 128 } else { b.len() };
+                let at = rng.below(b.len().min(span));
                 let end = (at + v.len()).min(b.len());
                 b[at..end].copy_from_slice(&v[..end - at]);
             }

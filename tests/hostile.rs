@@ -134,7 +134,10 @@ fn bombs_bad_headers_and_broken_streams_get_their_4xx_fast_with_bounded_memory()
     // A sane AIFF (16 kHz = 0x400C FA00…) still decodes.
     let mut rate16k = [0u8; 10];
     rate16k[..4].copy_from_slice(&[0x40, 0x0c, 0xfa, 0x00]);
-    assert_eq!(post_timed(&s, &aiff_with_rate(rate16k, 16_000), auth).0 .0, 200);
+    assert_eq!(
+        post_timed(&s, &aiff_with_rate(rate16k, 16_000), auth).0 .0,
+        200
+    );
 
     // 3. Non-finite samples gave 200 after 7.7 s of fallback and "!!!!!".
     let mut floats = Vec::new();
@@ -161,20 +164,34 @@ fn bombs_bad_headers_and_broken_streams_get_their_4xx_fast_with_bounded_memory()
         let (r, _, _) = post_timed(&s, &ogg[..cut], auth);
         assert_error(&r, 400, "truncated_audio", Some("file"));
     }
-    assert_eq!(post_timed(&s, &ogg, auth).0 .0, 200, "the whole Ogg still works");
+    assert_eq!(
+        post_timed(&s, &ogg, auth).0 .0,
+        200,
+        "the whole Ogg still works"
+    );
 
     // 10. The unsupported-codec message named the container twice ("MP3 in WAV in WAV").
     let (r, _, _) = post_timed(&s, &wav_with(0x55, 1, 16_000, 16, &[0u8; 3200]), auth);
     assert_eq!(r.0, 415);
     let msg = json(&r)["error"]["message"].as_str().unwrap().to_string();
-    assert!(msg.contains("MP3 in WAV") && !msg.contains("in WAV in WAV"), "{msg}");
+    assert!(
+        msg.contains("MP3 in WAV") && !msg.contains("in WAV in WAV"),
+        "{msg}"
+    );
 
     // Nothing above took the server down or counted as a server error.
     assert_eq!(s.get("/health").0, 200);
     let metrics = String::from_utf8(s.get("/metrics").2).unwrap();
+    let fives: Vec<&str> = metrics
+        .lines()
+        .filter(|l| {
+            l.starts_with("whisperd_http_requests_total{route=\"/transcribe\"")
+                && l.contains("status=\"5")
+        })
+        .collect();
     assert!(
-        !metrics.contains("status=\"5"),
-        "a hostile input was answered with a 5xx:\n{metrics}"
+        fives.is_empty(),
+        "a hostile input was answered with a 5xx: {fives:?}"
     );
 }
 
@@ -348,7 +365,7 @@ fn a_client_that_leaves_is_a_499_and_its_running_job_stops() {
 
 #[test]
 fn sigterm_keeps_serving_through_the_grace_period_then_stops_accepting() {
-    let mut s = Server::start(&[("WHISPERD_DRAIN_GRACE_S", "3")]);
+    let mut s = Server::start(&[("WHISPERD_DRAIN_GRACE_S", "8")]);
     let t0 = Instant::now();
     assert!(Command::new("kill")
         .args(["-TERM", &s.pid().to_string()])
@@ -369,10 +386,13 @@ fn sigterm_keeps_serving_through_the_grace_period_then_stops_accepting() {
         &[],
     );
     assert_eq!(r.0, 200, "{}", String::from_utf8_lossy(&r.2));
-    assert!(t0.elapsed() < Duration::from_secs(3), "test too slow to check the grace");
+    assert!(
+        t0.elapsed() < Duration::from_secs(8),
+        "test too slow to check the grace"
+    );
     // After the grace the listener closes and the process exits cleanly.
     let code = s.child.wait().unwrap();
     assert!(code.success(), "{}", s.log());
-    assert!(t0.elapsed() >= Duration::from_secs(3));
+    assert!(t0.elapsed() >= Duration::from_secs(8));
     assert!(std::net::TcpStream::connect(&s.addr).is_err());
 }
