@@ -15,13 +15,11 @@ pub fn audio_hash(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
 
-/// The cache key: audio hash, model, and the options that change the transcript.
+/// The cache key: audio hash, model, and every option (all of them change the transcript: the
+/// temperature list and the fallback thresholds too). The options' `Debug` form, so that an
+/// option added later is covered without touching this.
 pub fn cache_key(audio_sha256: &str, model: &str, o: &TranscribeOptions) -> String {
-    format!(
-        "{audio_sha256}|{model}|lang={:?}|task={:?}|ts={}|prompt={:?}|cond={}|temps={:?}|cr={:?}|lp={:?}|ns={:?}",
-        o.language, o.task, o.timestamps, o.initial_prompt, o.condition_on_previous_text, o.temperatures,
-        o.compression_ratio_threshold, o.logprob_threshold, o.no_speech_threshold
-    )
+    format!("{audio_sha256}|{model}|{o:?}")
 }
 
 struct Inner {
@@ -105,7 +103,43 @@ mod tests {
             language: "en".into(),
             duration: 1.0,
             segments: vec![],
+            fallbacks: vec![],
         })
+    }
+
+    #[test]
+    fn key_covers_the_fallback_settings() {
+        let base = TranscribeOptions::default();
+        let key = |o: &TranscribeOptions| cache_key("abc", "m", o);
+        let variants = [
+            TranscribeOptions {
+                temperatures: vec![0.0],
+                ..base.clone()
+            },
+            TranscribeOptions {
+                compression_ratio_threshold: Some(2.0),
+                ..base.clone()
+            },
+            TranscribeOptions {
+                logprob_threshold: None,
+                ..base.clone()
+            },
+            TranscribeOptions {
+                no_speech_threshold: Some(0.5),
+                ..base.clone()
+            },
+            TranscribeOptions {
+                condition_on_previous_text: false,
+                ..base.clone()
+            },
+            TranscribeOptions {
+                best_of: 1,
+                ..base.clone()
+            },
+        ];
+        for v in &variants {
+            assert_ne!(key(v), key(&base), "{v:?}");
+        }
     }
 
     #[test]

@@ -27,6 +27,9 @@ pub struct Transcript {
     /// Seconds of audio.
     pub duration: f64,
     pub segments: Vec<Segment>,
+    /// How each decoded window's temperature fallback ended (for metrics; not serialized).
+    #[serde(skip)]
+    pub fallbacks: Vec<crate::decode::WindowFallback>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -201,6 +204,7 @@ mod tests {
                     no_speech_prob: 0.01,
                 },
             ],
+            fallbacks: vec![],
         }
     }
 

@@ -63,6 +63,7 @@ fn greedy_tokens_with(e: &whisperd::Engine, mel: &Tensor) -> Vec<u32> {
         compression_ratio_threshold: None,
         logprob_threshold: None,
         no_speech_threshold: None,
+        best_of: 1,
     };
     let r = decode_window(
         &*e.model,
@@ -75,7 +76,7 @@ fn greedy_tokens_with(e: &whisperd::Engine, mel: &Tensor) -> Vec<u32> {
         &mut whisperd::decode::window::new_rng(),
     )
     .unwrap();
-    r.tokens
+    r.result.tokens
 }
 
 #[test]

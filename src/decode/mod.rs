@@ -14,7 +14,8 @@ pub use runner::{Cancellable, ModelRunner};
 pub use tokens::{SpecialTokens, WhisperTokenizer, TIME_PRECISION};
 pub use transcribe::{detect_language, transcribe};
 pub use window::{
-    decode_window, initial_tokens, DecodeError, FallbackRules, WindowOptions, WindowResult,
+    decode_window, initial_tokens, select_fallback, DecodeError, FallbackOutcome, FallbackResult,
+    FallbackRules, WindowFallback, WindowOptions, WindowResult,
 };
 
 /// transcribe (speech → text in its language) or translate (speech → English).
@@ -57,6 +58,8 @@ pub struct TranscribeOptions {
     pub compression_ratio_threshold: Option<f32>,
     pub logprob_threshold: Option<f32>,
     pub no_speech_threshold: Option<f32>,
+    /// Samples drawn at each temperature above 0, the best-scoring one kept.
+    pub best_of: usize,
 }
 
 impl Default for TranscribeOptions {
@@ -71,8 +74,71 @@ impl Default for TranscribeOptions {
             compression_ratio_threshold: Some(2.4),
             logprob_threshold: Some(-1.0),
             no_speech_threshold: Some(0.6),
+            best_of: 5,
         }
     }
+}
+
+impl TranscribeOptions {
+    /// Checks the temperature list and thresholds; the error names the bad setting.
+    pub fn check_fallback(&self) -> Result<(), (&'static str, String)> {
+        if self.temperatures.is_empty()
+            || self.temperatures.iter().any(|t| !(0.0..=1.0).contains(t))
+        {
+            return Err((
+                "temperature",
+                "temperatures must be one or more numbers between 0 and 1".into(),
+            ));
+        }
+        if !(1..=20).contains(&self.best_of) {
+            return Err(("best_of", "best_of must be between 1 and 20".into()));
+        }
+        for (name, v) in [
+            (
+                "compression_ratio_threshold",
+                self.compression_ratio_threshold,
+            ),
+            ("logprob_threshold", self.logprob_threshold),
+            ("no_speech_threshold", self.no_speech_threshold),
+        ] {
+            if v.is_some_and(f32::is_nan) {
+                return Err((name, format!("{name} must be a number or `none`")));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A fallback threshold from text: a number (`inf`/`-inf` allowed), or `none`/`off` to turn the
+/// check off.
+pub fn parse_threshold(v: &str) -> Result<Option<f32>, String> {
+    let v = v.trim();
+    if matches!(v.to_ascii_lowercase().as_str(), "none" | "off" | "null") {
+        return Ok(None);
+    }
+    match v.parse::<f32>() {
+        Ok(x) if !x.is_nan() => Ok(Some(x)),
+        _ => Err(format!("must be a number or `none`, not `{v}`")),
+    }
+}
+
+/// A temperature list from text: comma-separated numbers between 0 and 1, tried in order.
+pub fn parse_temperatures(v: &str) -> Result<Vec<f32>, String> {
+    let t = v
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            s.parse::<f32>()
+                .ok()
+                .filter(|t| (0.0..=1.0).contains(t))
+                .ok_or_else(|| format!("`{s}` is not a number between 0 and 1"))
+        })
+        .collect::<Result<Vec<f32>, String>>()?;
+    if t.is_empty() {
+        return Err("needs at least one temperature".into());
+    }
+    Ok(t)
 }
 
 /// `len(text) / len(zlib(text))`, as OpenAI computes it: repetitive (hallucinated) text compresses well.
@@ -104,6 +170,19 @@ mod tests {
         assert!(normal < 1.6, "{normal}");
         assert!(looped > 2.4, "{looped}");
         assert_eq!(compression_ratio(""), 0.0);
+    }
+
+    #[test]
+    fn fallback_settings_parse_and_check() {
+        assert_eq!(parse_threshold(" 2.4 "), Ok(Some(2.4)));
+        assert_eq!(parse_threshold("none"), Ok(None));
+        assert!(parse_threshold("high").is_err() && parse_threshold("NaN").is_err());
+        assert_eq!(parse_temperatures("0, 0.5,1"), Ok(vec![0.0, 0.5, 1.0]));
+        assert!(parse_temperatures("0,1.5").is_err() && parse_temperatures(" ").is_err());
+        let mut o = TranscribeOptions::default();
+        assert!(o.check_fallback().is_ok());
+        o.no_speech_threshold = Some(f32::NAN);
+        assert_eq!(o.check_fallback().unwrap_err().0, "no_speech_threshold");
     }
 
     #[test]

@@ -7,7 +7,9 @@ use candle_core::Tensor;
 use super::filters::{log_softmax, SuppressTokens};
 use super::runner::{ModelRunner, SequenceGuard};
 use super::tokens::{WhisperTokenizer, TIME_PRECISION};
-use super::window::{decode_window, new_rng, FallbackRules, WindowOptions, WindowResult};
+use super::window::{
+    decode_window, new_rng, FallbackRules, WindowFallback, WindowOptions, WindowResult,
+};
 use super::{DecodeError, TranscribeOptions};
 use crate::mel::{Mel, HOP_LENGTH, N_FRAMES};
 use crate::model::Whisper;
@@ -83,6 +85,7 @@ pub fn transcribe(
         compression_ratio_threshold: o.compression_ratio_threshold,
         logprob_threshold: o.logprob_threshold,
         no_speech_threshold: o.no_speech_threshold,
+        best_of: o.best_of,
     };
     let mut rng = new_rng();
 
@@ -93,6 +96,7 @@ pub fn transcribe(
     let mut all_tokens: Vec<u32> = initial_prompt.clone();
     let mut prompt_reset_since = 0usize;
     let mut segments: Vec<Segment> = Vec::new();
+    let mut fallbacks: Vec<WindowFallback> = Vec::new();
     let mut language: Option<String> = if multilingual {
         o.language.clone()
     } else {
@@ -124,7 +128,7 @@ pub fn transcribe(
         };
         let mut state = runner.prepare(&features)?;
         drop(features);
-        let r = decode_window(
+        let chosen = decode_window(
             runner,
             tok,
             suppress_tokens,
@@ -134,6 +138,11 @@ pub fn transcribe(
             rules,
             &mut rng,
         )?;
+        let r = chosen.result;
+        fallbacks.push(WindowFallback {
+            outcome: chosen.outcome,
+            temperature: r.temperature,
+        });
 
         // A window that is silence: no_speech_prob high and the text unlikely.
         if let Some(th) = o.no_speech_threshold {
@@ -209,7 +218,8 @@ pub fn transcribe(
             s.id = segments.len();
             segments.push(s);
         }
-        if !o.condition_on_previous_text || r.temperature > 0.5 {
+        // The last temperature tried, not the kept one's, as OpenAI and faster-whisper decide.
+        if !o.condition_on_previous_text || chosen.last_temperature > 0.5 {
             prompt_reset_since = all_tokens.len();
         }
     }
@@ -220,6 +230,7 @@ pub fn transcribe(
         language: language.unwrap_or_else(|| "en".into()),
         duration,
         segments,
+        fallbacks,
     })
 }
 

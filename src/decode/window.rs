@@ -149,10 +149,131 @@ pub struct FallbackRules {
     pub compression_ratio_threshold: Option<f32>,
     pub logprob_threshold: Option<f32>,
     pub no_speech_threshold: Option<f32>,
+    /// Samples drawn at each temperature above 0; the one with the best average
+    /// log-probability is that temperature's attempt (OpenAI's and faster-whisper's `best_of`).
+    pub best_of: usize,
+}
+
+/// How a window's temperature fallback ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FallbackOutcome {
+    /// An attempt passed the checks (or counted as silence): its result is kept.
+    #[default]
+    Passed,
+    /// Every temperature failed: the best-scoring attempt is kept (see [`select_fallback`]).
+    BestOfFailed,
+}
+
+impl FallbackOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FallbackOutcome::Passed => "passed",
+            FallbackOutcome::BestOfFailed => "best_of_failed",
+        }
+    }
+}
+
+/// Where one window's fallback ended: the outcome and the temperature of the kept text.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct WindowFallback {
+    pub outcome: FallbackOutcome,
+    pub temperature: f32,
+}
+
+/// A window's kept result, how fallback chose it, and the last temperature tried (which, as in
+/// OpenAI's and faster-whisper's loops, decides whether the next window keeps the prompt).
+#[derive(Debug, Clone)]
+pub struct FallbackResult {
+    pub result: WindowResult,
+    pub outcome: FallbackOutcome,
+    pub last_temperature: f32,
+}
+
+impl FallbackRules {
+    fn too_repetitive(&self, r: &WindowResult) -> bool {
+        self.compression_ratio_threshold
+            .is_some_and(|th| r.compression_ratio > th)
+    }
+
+    fn too_unlikely(&self, r: &WindowResult) -> bool {
+        self.logprob_threshold.is_some_and(|th| r.avg_logprob < th)
+    }
+
+    /// No speech is likely and the text unlikely: the window is silence, no need to retry.
+    fn silence(&self, r: &WindowResult) -> bool {
+        self.no_speech_threshold
+            .is_some_and(|th| r.no_speech_prob > th)
+            && self.too_unlikely(r)
+    }
+
+    /// Whether `r` ends the fallback loop.
+    pub fn passes(&self, r: &WindowResult) -> bool {
+        self.silence(r) || !(self.too_repetitive(r) || self.too_unlikely(r))
+    }
+}
+
+/// The fallback loop, the one place it is decided (every path, the continuous-batching scheduler
+/// included, decodes windows through [`decode_window`]). `attempt(t)` decodes at temperature `t`.
+/// The first attempt that passes [`FallbackRules::passes`] is kept. When every temperature
+/// fails, faster-whisper's rule (not OpenAI's "keep the last sample"): among the attempts whose
+/// compression ratio is within the threshold (all attempts if none is), the one with the highest
+/// average log-probability, first one on a tie.
+pub fn select_fallback(
+    temperatures: &[f32],
+    rules: FallbackRules,
+    mut attempt: impl FnMut(f32) -> Result<WindowResult, DecodeError>,
+) -> Result<FallbackResult, DecodeError> {
+    let temperatures: &[f32] = if temperatures.is_empty() {
+        &[0.0]
+    } else {
+        temperatures
+    };
+    let mut failed: Vec<WindowResult> = Vec::with_capacity(temperatures.len());
+    for &t in temperatures {
+        let r = attempt(t)?;
+        if rules.passes(&r) {
+            return Ok(FallbackResult {
+                result: r,
+                outcome: FallbackOutcome::Passed,
+                last_temperature: t,
+            });
+        }
+        tracing::debug!(
+            temperature = t,
+            compression_ratio = r.compression_ratio,
+            avg_logprob = r.avg_logprob,
+            "window failed the fallback checks"
+        );
+        failed.push(r);
+    }
+    let last_temperature = *temperatures.last().unwrap_or(&0.0);
+    let any_below_cr = failed.iter().any(|r| !rules.too_repetitive(r));
+    let mut best: Option<WindowResult> = None;
+    for r in failed {
+        if any_below_cr && rules.too_repetitive(&r) {
+            continue;
+        }
+        if best.as_ref().is_none_or(|b| r.avg_logprob > b.avg_logprob) {
+            best = Some(r);
+        }
+    }
+    let result = best.expect("at least one temperature was tried");
+    tracing::info!(
+        temperature = result.temperature,
+        avg_logprob = result.avg_logprob,
+        compression_ratio = result.compression_ratio,
+        "every temperature failed; kept the best-scoring attempt"
+    );
+    Ok(FallbackResult {
+        result,
+        outcome: FallbackOutcome::BestOfFailed,
+        last_temperature,
+    })
 }
 
 /// Decode with fallback: try each temperature until the result is neither repetitive
-/// (compression ratio) nor unlikely (average log-probability), or counts as silence.
+/// (compression ratio) nor unlikely (average log-probability), or counts as silence; if none
+/// passes, keep the best attempt ([`select_fallback`]).
 #[allow(clippy::too_many_arguments)]
 pub fn decode_window(
     runner: &dyn ModelRunner,
@@ -163,36 +284,18 @@ pub fn decode_window(
     temperatures: &[f32],
     rules: FallbackRules,
     rng: &mut rand::rngs::StdRng,
-) -> Result<WindowResult, DecodeError> {
-    let mut last: Option<WindowResult> = None;
-    for &t in temperatures {
-        let r = decode_at_temperature(runner, tok, suppress_tokens, state, o, t, rng)?;
-        let too_repetitive = rules
-            .compression_ratio_threshold
-            .is_some_and(|th| r.compression_ratio > th);
-        let too_unlikely = rules.logprob_threshold.is_some_and(|th| r.avg_logprob < th);
-        let silence = rules
-            .no_speech_threshold
-            .is_some_and(|th| r.no_speech_prob > th)
-            && rules.logprob_threshold.is_some_and(|th| r.avg_logprob < th);
-        let done = silence || !(too_repetitive || too_unlikely);
-        if !done {
-            tracing::debug!(
-                temperature = t,
-                compression_ratio = r.compression_ratio,
-                avg_logprob = r.avg_logprob,
-                "window fell back to a higher temperature"
-            );
+) -> Result<FallbackResult, DecodeError> {
+    select_fallback(temperatures, rules, |t| {
+        let samples = if t > 0.0 { rules.best_of.max(1) } else { 1 };
+        let mut best = decode_at_temperature(runner, tok, suppress_tokens, state, o, t, rng)?;
+        for _ in 1..samples {
+            let r = decode_at_temperature(runner, tok, suppress_tokens, state, o, t, rng)?;
+            if r.avg_logprob > best.avg_logprob {
+                best = r;
+            }
         }
-        last = Some(r);
-        if done {
-            break;
-        }
-    }
-    match last {
-        Some(r) => Ok(r),
-        None => decode_at_temperature(runner, tok, suppress_tokens, state, o, 0.0, rng),
-    }
+        Ok(best)
+    })
 }
 
 pub fn new_rng() -> rand::rngs::StdRng {
@@ -228,4 +331,108 @@ fn sample(logits: &[f32], temperature: f32, rng: &mut rand::rngs::StdRng) -> u32
         }
     }
     argmax(logits)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn attempt(temperature: f32, avg_logprob: f32, compression_ratio: f32) -> WindowResult {
+        WindowResult {
+            tokens: vec![1, 2, 3],
+            text: format!("text at {temperature}"),
+            avg_logprob,
+            no_speech_prob: 0.01,
+            temperature,
+            compression_ratio,
+        }
+    }
+
+    const RULES: FallbackRules = FallbackRules {
+        compression_ratio_threshold: Some(2.4),
+        logprob_threshold: Some(-1.0),
+        no_speech_threshold: Some(0.6),
+        best_of: 5,
+    };
+    const TEMPERATURES: [f32; 6] = [0.0, 0.2, 0.4, 0.6, 0.8, 1.0];
+
+    /// Runs the fallback over canned attempts, one per temperature; also returns the
+    /// temperatures tried.
+    fn run(attempts: &[WindowResult]) -> (FallbackResult, Vec<f32>) {
+        let mut tried = Vec::new();
+        let r = select_fallback(&TEMPERATURES, RULES, |t| {
+            tried.push(t);
+            Ok(attempts
+                .iter()
+                .find(|a| a.temperature == t)
+                .unwrap()
+                .clone())
+        })
+        .unwrap();
+        (r, tried)
+    }
+
+    #[test]
+    fn every_temperature_failing_keeps_the_best_scoring_attempt_not_the_last() {
+        // A translation-like window: every attempt just under the log-probability threshold, the
+        // greedy one (T = 0) scoring best; T = 0.4 scores higher but is repetitive.
+        let attempts = [
+            attempt(0.0, -1.05, 1.3),
+            attempt(0.2, -1.40, 1.2),
+            attempt(0.4, -0.50, 3.1),
+            attempt(0.6, -1.90, 1.1),
+            attempt(0.8, -2.30, 1.0),
+            attempt(1.0, -3.00, 0.9),
+        ];
+        let (r, tried) = run(&attempts);
+        assert_eq!(tried, TEMPERATURES);
+        assert_eq!(r.outcome, FallbackOutcome::BestOfFailed);
+        assert_eq!(r.result.temperature, 0.0);
+        assert_eq!(r.result.text, "text at 0");
+        assert_eq!(r.result.avg_logprob, -1.05);
+        // The prompt-reset decision still sees the last temperature tried.
+        assert_eq!(r.last_temperature, 1.0);
+    }
+
+    #[test]
+    fn all_repetitive_keeps_the_best_scoring_of_all() {
+        let attempts = [
+            attempt(0.0, -1.5, 3.0),
+            attempt(0.2, -1.2, 2.9),
+            attempt(0.4, -1.8, 2.6),
+            attempt(0.6, -0.9, 2.5),
+            attempt(0.8, -2.0, 4.0),
+            attempt(1.0, -0.95, 2.8),
+        ];
+        let (r, tried) = run(&attempts);
+        assert_eq!(tried, TEMPERATURES);
+        assert_eq!(r.outcome, FallbackOutcome::BestOfFailed);
+        assert_eq!(r.result.temperature, 0.6);
+    }
+
+    #[test]
+    fn first_passing_attempt_is_kept() {
+        let attempts = [
+            attempt(0.0, -1.2, 1.3),
+            attempt(0.2, -0.8, 1.2),
+            attempt(0.4, -0.1, 1.0),
+            attempt(0.6, -0.1, 1.0),
+            attempt(0.8, -0.1, 1.0),
+            attempt(1.0, -0.1, 1.0),
+        ];
+        let (r, tried) = run(&attempts);
+        assert_eq!(tried, [0.0, 0.2]);
+        assert_eq!(r.outcome, FallbackOutcome::Passed);
+        assert_eq!((r.result.temperature, r.last_temperature), (0.2, 0.2));
+    }
+
+    #[test]
+    fn silence_passes_at_once() {
+        let mut quiet = attempt(0.0, -1.5, 1.0);
+        quiet.no_speech_prob = 0.9;
+        let attempts = [quiet];
+        let (r, tried) = run(&attempts);
+        assert_eq!(tried, [0.0]);
+        assert_eq!(r.outcome, FallbackOutcome::Passed);
+    }
 }
