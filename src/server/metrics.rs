@@ -26,6 +26,9 @@ pub struct Metrics {
     pub model_load_seconds: Gauge,
     pub build_info: IntGaugeVec,
     pub scheduler: crate::scheduler::SchedulerMetrics,
+    /// Windows by how temperature fallback ended (`passed` at a temperature, or
+    /// `best_of_failed`: every temperature failed, the best-scoring attempt was kept).
+    pub fallbacks: IntCounterVec,
 }
 
 impl Metrics {
@@ -122,6 +125,14 @@ impl Metrics {
                 &["version", "model"],
             )?,
             scheduler: crate::scheduler::SchedulerMetrics::new(&registry)?,
+            fallbacks: IntCounterVec::new(
+                Opts::new(
+                    "whisperd_fallback_total",
+                    "Decoded windows by fallback outcome (passed, best_of_failed) and the \
+                     temperature of the kept text",
+                ),
+                &["outcome", "temperature"],
+            )?,
             registry,
         };
         m.registry.register(Box::new(m.requests.clone()))?;
@@ -145,6 +156,7 @@ impl Metrics {
         m.registry
             .register(Box::new(m.model_load_seconds.clone()))?;
         m.registry.register(Box::new(m.build_info.clone()))?;
+        m.registry.register(Box::new(m.fallbacks.clone()))?;
         Ok(m)
     }
 

@@ -253,6 +253,11 @@ fn run_job(shared: &Shared, engine: &Engine, runner: &crate::scheduler::Schedule
             m.realtime_factor.observe(secs / t.duration.max(1e-3));
             m.decoded_tokens
                 .inc_by(t.segments.iter().map(|s| s.tokens.len() as u64).sum());
+            for w in &t.fallbacks {
+                m.fallbacks
+                    .with_label_values(&[w.outcome.as_str(), &format!("{:.1}", w.temperature)])
+                    .inc();
+            }
             Ok(Arc::new(t))
         }
         Ok(Err(EngineError::Decode(crate::decode::DecodeError::Cancelled))) => {
