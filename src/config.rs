@@ -32,6 +32,12 @@ pub struct Config {
     pub trusted_proxies: Vec<String>,
     pub log_format: String,
     pub log_level: String,
+    pub temperature: Vec<f64>,
+    pub compression_ratio_threshold: f64,
+    pub logprob_threshold: f64,
+    pub no_speech_threshold: f64,
+    pub condition_on_previous_text: bool,
+    pub best_of: usize,
 }
 
 impl Default for Config {
@@ -61,6 +67,12 @@ impl Default for Config {
             trusted_proxies: Vec::new(),
             log_format: "text".into(),
             log_level: "info".into(),
+            temperature: vec![0.0, 0.2, 0.4, 0.6, 0.8, 1.0],
+            compression_ratio_threshold: 2.4,
+            logprob_threshold: -1.0,
+            no_speech_threshold: 0.6,
+            condition_on_previous_text: true,
+            best_of: 5,
         }
     }
 }
@@ -147,6 +159,30 @@ const DOCS: &[(&str, &str)] = &[
     (
         "log_level",
         "error, warn, info, debug or trace (RUST_LOG overrides).",
+    ),
+    (
+        "temperature",
+        "Default temperatures tried in order while a window's text fails the two checks below (0 = greedy); if all fail, the attempt with the best average log-probability is kept. A request's `temperature` field overrides it.",
+    ),
+    (
+        "compression_ratio_threshold",
+        "Retry at the next temperature when the text's zlib compression ratio is above this (repetitive text); inf turns the check off.",
+    ),
+    (
+        "logprob_threshold",
+        "Retry at the next temperature when the text's average token log-probability is below this; -inf turns the check off.",
+    ),
+    (
+        "no_speech_threshold",
+        "A window whose no-speech probability is above this and whose text fails logprob_threshold is silence: no retry, no text.",
+    ),
+    (
+        "condition_on_previous_text",
+        "Feed each window's text to the next as its prompt (reset after a window that needed a temperature above 0.5).",
+    ),
+    (
+        "best_of",
+        "Samples drawn at each temperature above 0; the one with the best average log-probability is that temperature's attempt.",
     ),
 ];
 
@@ -239,7 +275,23 @@ impl Config {
         if !matches!(self.log_format.as_str(), "text" | "json") {
             return bad("log_format must be text or json");
         }
+        if let Err((name, msg)) = self.transcribe_defaults().check_fallback() {
+            return Err(ConfigError::Invalid(format!("{name}: {msg}")));
+        }
         Ok(())
+    }
+
+    /// The transcription options a request starts from (its fields override them).
+    pub fn transcribe_defaults(&self) -> crate::TranscribeOptions {
+        crate::TranscribeOptions {
+            temperatures: self.temperature.iter().map(|&t| t as f32).collect(),
+            compression_ratio_threshold: Some(self.compression_ratio_threshold as f32),
+            logprob_threshold: Some(self.logprob_threshold as f32),
+            no_speech_threshold: Some(self.no_speech_threshold as f32),
+            condition_on_previous_text: self.condition_on_previous_text,
+            best_of: self.best_of,
+            ..Default::default()
+        }
     }
 
     /// Keys from `api_keys` and `api_keys_file`.
@@ -296,12 +348,16 @@ fn parse_like(current: &toml::Value, raw: &str) -> Result<toml::Value, String> {
         toml::Value::Boolean(_) => {
             toml::Value::Boolean(matches!(raw.trim(), "1" | "true" | "yes" | "on"))
         }
-        toml::Value::Array(_) => toml::Value::Array(
+        toml::Value::Array(items) => toml::Value::Array(
             raw.split(',')
                 .map(str::trim)
                 .filter(|s| !s.is_empty())
-                .map(|s| toml::Value::String(s.to_string()))
-                .collect(),
+                .map(|s| match items.first() {
+                    // A list of numbers (temperature) stays one.
+                    Some(first @ toml::Value::Float(_)) => parse_like(first, s),
+                    _ => Ok(toml::Value::String(s.to_string())),
+                })
+                .collect::<Result<_, _>>()?,
         ),
         _ => toml::Value::String(raw.to_string()),
     })
@@ -327,6 +383,16 @@ mod tests {
             (9100, 4, vec!["a".to_string(), "b".to_string()])
         );
         assert_eq!(c.host, "0.0.0.0");
+        let c = Config::load(None, |k| {
+            (k == "WHISPERD_TEMPERATURE").then(|| "0, 0.5".to_string())
+        })
+        .unwrap();
+        assert_eq!(c.transcribe_defaults().temperatures, vec![0.0, 0.5]);
+        let e = Config::load(None, |k| {
+            (k == "WHISPERD_TEMPERATURE").then(|| "0, 2".to_string())
+        })
+        .unwrap_err();
+        assert!(e.to_string().contains("temperature"), "{e}");
     }
 
     #[test]

@@ -136,12 +136,8 @@ impl Engine {
             tracing::warn!(model = %self.model_name, "translate requested on an English-only model: transcribing instead");
             o.task = Task::Transcribe;
         }
-        if o.temperatures.is_empty() || o.temperatures.iter().any(|t| !(0.0..=1.0).contains(t)) {
-            return Err(EngineError::InvalidOption {
-                param: "temperature",
-                message: "temperatures must lie between 0 and 1".into(),
-            });
-        }
+        o.check_fallback()
+            .map_err(|(param, message)| EngineError::InvalidOption { param, message })?;
         Ok(o)
     }
 

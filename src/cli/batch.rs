@@ -31,6 +31,8 @@ pub struct BatchArgs {
     batch_size: u16,
     #[command(flatten)]
     common: super::ModelArgs,
+    #[command(flatten)]
+    decoding: super::DecodingArgs,
     /// Redo inputs whose outputs already exist.
     #[arg(long)]
     overwrite: bool,
@@ -73,7 +75,7 @@ pub fn run(args: BatchArgs) -> anyhow::Result<ExitCode> {
     let transcribe = TranscribeOptions {
         language: args.common.language.clone(),
         task: args.common.task,
-        ..Default::default()
+        ..args.decoding.options()
     };
     engine.check_options(&transcribe)?;
     let mut report = match &args.report {

@@ -69,6 +69,63 @@ impl ModelArgs {
     }
 }
 
+/// A fallback threshold flag: a number, or `none` (the check is off).
+#[derive(Clone, Copy, Debug)]
+pub struct Threshold(pub Option<f32>);
+
+impl std::str::FromStr for Threshold {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        whisperd::decode::parse_threshold(s).map(Threshold)
+    }
+}
+
+/// Temperature fallback and the checks that trigger it, shared by `transcribe` and `batch`.
+#[derive(clap::Args)]
+pub struct DecodingArgs {
+    /// Temperatures tried in order while a window's text fails the checks below (comma-separated;
+    /// 0 = greedy). If every one fails, the attempt with the best average log-probability is kept.
+    #[arg(long, value_delimiter = ',', default_value = "0,0.2,0.4,0.6,0.8,1.0", value_parser = temperature)]
+    pub temperature: Vec<f32>,
+    /// Retry when the text's zlib compression ratio is above this (repetitive); `none`: no check.
+    #[arg(long, default_value = "2.4")]
+    pub compression_ratio_threshold: Threshold,
+    /// Retry when the average token log-probability is below this; `none`: no check.
+    #[arg(long, default_value = "-1.0", allow_hyphen_values = true)]
+    pub logprob_threshold: Threshold,
+    /// No-speech probability above which a window that fails --logprob-threshold is silence.
+    #[arg(long, default_value = "0.6")]
+    pub no_speech_threshold: Threshold,
+    /// Samples drawn at each temperature above 0; the best-scoring one is that temperature's attempt.
+    #[arg(long, default_value_t = 5)]
+    pub best_of: usize,
+    /// Do not feed each window's text to the next as its prompt.
+    #[arg(long)]
+    pub no_condition_on_previous_text: bool,
+}
+
+fn temperature(s: &str) -> Result<f32, String> {
+    whisperd::decode::parse_temperatures(s)?
+        .first()
+        .copied()
+        .ok_or_else(|| "needs a temperature".to_string())
+}
+
+impl DecodingArgs {
+    /// Default options with these flags applied.
+    pub fn options(&self) -> whisperd::TranscribeOptions {
+        whisperd::TranscribeOptions {
+            temperatures: self.temperature.clone(),
+            compression_ratio_threshold: self.compression_ratio_threshold.0,
+            logprob_threshold: self.logprob_threshold.0,
+            no_speech_threshold: self.no_speech_threshold.0,
+            best_of: self.best_of,
+            condition_on_previous_text: !self.no_condition_on_previous_text,
+            ..Default::default()
+        }
+    }
+}
+
 #[derive(clap::Args)]
 struct ConvertArgs {
     /// Target layout (only `safetensors`, the Hugging Face layout, for now).

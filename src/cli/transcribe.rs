@@ -29,9 +29,8 @@ pub struct TranscribeArgs {
     /// Text that precedes the audio (names, spelling, style).
     #[arg(long)]
     prompt: Option<String>,
-    /// Do not feed each window's text to the next as its prompt.
-    #[arg(long)]
-    no_condition_on_previous_text: bool,
+    #[command(flatten)]
+    decoding: super::DecodingArgs,
 }
 
 pub fn run(args: TranscribeArgs) -> anyhow::Result<ExitCode> {
@@ -83,8 +82,7 @@ pub fn run(args: TranscribeArgs) -> anyhow::Result<ExitCode> {
         task: args.common.task,
         timestamps: !args.no_timestamps,
         initial_prompt: args.prompt.clone(),
-        condition_on_previous_text: !args.no_condition_on_previous_text,
-        ..Default::default()
+        ..args.decoding.options()
     };
     // Reject bad options once, before any file is read.
     engine.check_options(&options)?;

@@ -30,6 +30,8 @@ pub struct AppState {
     in_flight: auth::InFlightLimiter,
     trusted_proxies: crate::net::TrustedProxies,
     max_upload_bytes: usize,
+    /// Transcription options from the config, which request fields override.
+    defaults: crate::TranscribeOptions,
 }
 
 #[derive(Clone)]
@@ -235,6 +237,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         trusted_proxies: crate::net::TrustedProxies::parse(&cfg.trusted_proxies)
             .map_err(anyhow::Error::msg)?,
         max_upload_bytes: (cfg.max_upload_mb as usize).saturating_mul(1 << 20),
+        defaults: cfg.transcribe_defaults(),
     });
     if api_keys.is_empty() {
         tracing::warn!("no API keys configured: every endpoint is open");

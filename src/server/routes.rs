@@ -73,8 +73,13 @@ fn parse_bool(name: &'static str, v: &str) -> Result<bool, ApiError> {
     }
 }
 
-/// OpenAI's rule: temperature 0 means "start greedy and fall back"; t > 0 starts at t.
+/// A comma-separated list is tried as given. One number follows OpenAI's rule: temperature 0
+/// means "start greedy and fall back"; t > 0 starts at t.
 fn temperatures(v: &str) -> Result<Vec<f32>, ApiError> {
+    if v.contains(',') {
+        return crate::decode::parse_temperatures(v)
+            .map_err(|e| ApiError::bad_request(format!("temperature: {e}")).param("temperature"));
+    }
     let t: f32 = v.trim().parse().map_err(|_| {
         ApiError::bad_request(format!("temperature must be a number, not `{v}`"))
             .param("temperature")
@@ -94,11 +99,26 @@ fn temperatures(v: &str) -> Result<Vec<f32>, ApiError> {
     Ok(out)
 }
 
+/// A fallback threshold field: a number, or `none` to turn the check off.
+fn threshold(
+    f: &HashMap<String, String>,
+    name: &'static str,
+) -> Result<Option<Option<f32>>, ApiError> {
+    match f.get(name).filter(|v| !v.trim().is_empty()) {
+        None => Ok(None),
+        Some(v) => crate::decode::parse_threshold(v)
+            .map(Some)
+            .map_err(|e| ApiError::bad_request(format!("`{name}` {e}")).param(name)),
+    }
+}
+
+/// `defaults`: the server's configured options, which the fields override.
 fn parse_options(
     api: Api,
     f: &HashMap<String, String>,
+    defaults: &TranscribeOptions,
 ) -> Result<(TranscribeOptions, Format), ApiError> {
-    let mut o = TranscribeOptions::default();
+    let mut o = defaults.clone();
     if let Some(l) = f.get("language").filter(|l| !l.trim().is_empty()) {
         o.language = Some(l.clone());
     }
@@ -120,6 +140,27 @@ fn parse_options(
     }
     if let Some(t) = f.get("temperature").filter(|t| !t.trim().is_empty()) {
         o.temperatures = temperatures(t)?;
+    }
+    if let Some(b) = f.get("best_of").filter(|b| !b.trim().is_empty()) {
+        o.best_of = b.trim().parse().map_err(|_| {
+            ApiError::bad_request(format!("`best_of` must be a whole number, not `{b}`"))
+                .param("best_of")
+        })?;
+    }
+    if let Some(v) = threshold(f, "compression_ratio_threshold")? {
+        o.compression_ratio_threshold = v;
+    }
+    if let Some(v) = threshold(f, "logprob_threshold")? {
+        o.logprob_threshold = v;
+    }
+    if let Some(v) = threshold(f, "no_speech_threshold")? {
+        o.no_speech_threshold = v;
+    }
+    if let Some(c) = f
+        .get("condition_on_previous_text")
+        .filter(|c| !c.trim().is_empty())
+    {
+        o.condition_on_previous_text = parse_bool("condition_on_previous_text", c)?;
     }
     if let Some(ts) = f.get("timestamps") {
         o.timestamps = parse_bool("timestamps", ts)?;
@@ -267,7 +308,7 @@ async fn handle_inner(
             .param("file")
             .code("missing_file")
     })?;
-    let (options, format) = parse_options(api, &fields)?;
+    let (options, format) = parse_options(api, &fields, &state.defaults)?;
     if file.is_empty() {
         return Err(
             ApiError::bad_request("the uploaded file is empty (0 bytes)")
@@ -326,6 +367,52 @@ mod tests {
         assert_eq!(temperatures("0").unwrap().len(), 6);
         assert_eq!(temperatures("0.5").unwrap(), vec![0.5, 0.7, 0.9]);
         assert!(temperatures("1.5").is_err() && temperatures("hot").is_err());
+        assert_eq!(temperatures("0, 0.4").unwrap(), vec![0.0, 0.4]);
+        assert!(temperatures("0,2").is_err());
+    }
+
+    fn fields(kv: &[(&str, &str)]) -> HashMap<String, String> {
+        kv.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn fallback_fields_override_the_defaults_and_bad_ones_are_named() {
+        let defaults = TranscribeOptions {
+            logprob_threshold: Some(-0.5),
+            ..Default::default()
+        };
+        let (o, _) = parse_options(Api::OpenAiTranslations, &fields(&[]), &defaults).unwrap();
+        assert_eq!(o.logprob_threshold, Some(-0.5));
+        let f = fields(&[
+            ("compression_ratio_threshold", "2"),
+            ("logprob_threshold", "none"),
+            ("no_speech_threshold", "0.5"),
+            ("condition_on_previous_text", "false"),
+        ]);
+        let (o, _) = parse_options(Api::Native, &f, &defaults).unwrap();
+        assert_eq!(
+            (
+                o.compression_ratio_threshold,
+                o.logprob_threshold,
+                o.no_speech_threshold,
+                o.condition_on_previous_text
+            ),
+            (Some(2.0), None, Some(0.5), false)
+        );
+        for name in [
+            "compression_ratio_threshold",
+            "logprob_threshold",
+            "no_speech_threshold",
+            "condition_on_previous_text",
+            "temperature",
+            "best_of",
+        ] {
+            let e = parse_options(Api::Native, &fields(&[(name, "lots")]), &defaults).unwrap_err();
+            let body = format!("{e:?}");
+            assert!(body.contains(name), "{name}: {body}");
+        }
     }
 
     #[test]
@@ -338,14 +425,15 @@ mod tests {
         .into_iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
-        let (o, fmt) = parse_options(Api::Native, &f).unwrap();
+        let d = TranscribeOptions::default();
+        let (o, fmt) = parse_options(Api::Native, &f, &d).unwrap();
         assert_eq!(
             (o.timestamps, o.task, fmt),
             (false, Task::Translate, Format::Srt)
         );
         let tsv: HashMap<String, String> =
             [("response_format".to_string(), "tsv".to_string())].into();
-        assert!(parse_options(Api::OpenAiTranscriptions, &tsv).is_err());
-        assert!(parse_options(Api::Native, &tsv).is_ok());
+        assert!(parse_options(Api::OpenAiTranscriptions, &tsv, &d).is_err());
+        assert!(parse_options(Api::Native, &tsv, &d).is_ok());
     }
 }
