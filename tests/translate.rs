@@ -1,0 +1,148 @@
+//! Translation to English with the multilingual base model (issue #17): two of the shared
+//! non-English clips must come out as readable English — Latin script only — scoring chrF ≥ 50
+//! against faster-whisper's translation of the same clip.
+//!
+//! The references (`tests/data/translations_faster_whisper.jsonl`, every non-English clip of
+//! `../shared/eval`) are faster-whisper 1.2.1's output: `WhisperModel("models/whisper-base",
+//! compute_type="float32").transcribe(clip, task="translate", beam_size=1)`, default temperature
+//! fallback, language detected — what `scripts/translate_eval.py` (`make eval`) computes in each
+//! run, from one run before the script seeded CTranslate2's sampler (only clips whose every
+//! temperature fails, zh here, depend on the seed). The test skips, saying so, only when
+//! `models/whisper-base` is missing (`make model` fetches it).
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+
+use common::*;
+use whisperd::{Engine, Task, TranscribeOptions};
+
+/// The two clips the issue reported as garbage ("The 레", …) that faster-whisper translates well.
+const CLIPS: [&str; 2] = ["leopard-es", "leopard-de"];
+
+fn base_model() -> Option<PathBuf> {
+    let dir = std::env::var_os("WHISPERD_TEST_BASE_MODEL")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("models/whisper-base"));
+    if dir.join("model.bin").exists() || dir.join("model.safetensors").exists() {
+        Some(dir)
+    } else {
+        eprintln!(
+            "SKIPPED: no multilingual base model in {} — run `make model` \
+             (python3 models/fetch.py base)",
+            dir.display()
+        );
+        None
+    }
+}
+
+fn references() -> HashMap<String, String> {
+    let text = std::fs::read_to_string(root().join("tests/data/translations_faster_whisper.jsonl"))
+        .expect("reference translations");
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            (
+                v["id"].as_str().unwrap().to_string(),
+                v["text"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+/// sacrebleu's sentence chrF: character n-grams 1..=6 without whitespace, precision and recall
+/// averaged over the orders both sides have, F-beta with beta = 2.
+fn chrf(hyp: &str, reference: &str) -> f64 {
+    let squash = |s: &str| {
+        s.chars()
+            .filter(|c| !c.is_whitespace())
+            .collect::<Vec<char>>()
+    };
+    let (h, r) = (squash(hyp), squash(reference));
+    fn grams(s: &[char], n: usize) -> HashMap<&[char], usize> {
+        let mut m: HashMap<&[char], usize> = HashMap::new();
+        for w in s.windows(n) {
+            *m.entry(w).or_default() += 1;
+        }
+        m
+    }
+    let (mut p, mut rc, mut orders) = (0.0, 0.0, 0);
+    for n in 1..=6 {
+        let (hg, rg) = (grams(&h, n), grams(&r, n));
+        if hg.is_empty() || rg.is_empty() {
+            continue;
+        }
+        let matched: usize = hg
+            .iter()
+            .map(|(g, c)| (*c).min(rg.get(g).copied().unwrap_or(0)))
+            .sum();
+        p += matched as f64 / hg.values().sum::<usize>() as f64;
+        rc += matched as f64 / rg.values().sum::<usize>() as f64;
+        orders += 1;
+    }
+    if orders == 0 || p + rc == 0.0 {
+        return 0.0;
+    }
+    let (p, rc) = (p / orders as f64, rc / orders as f64);
+    100.0 * 5.0 * p * rc / (4.0 * p + rc)
+}
+
+/// Characters outside Latin script, spaces and punctuation (ASCII, Latin-1 and Latin Extended
+/// letters, general punctuation).
+fn non_latin(text: &str) -> String {
+    let mut seen = HashSet::new();
+    text.chars()
+        .filter(|&c| {
+            let u = c as u32;
+            !(c.is_ascii()
+                || c.is_whitespace()
+                || (0xA0..=0x24F).contains(&u)
+                || (0x1E00..=0x1EFF).contains(&u)
+                || (0x2000..=0x206F).contains(&u))
+        })
+        .filter(|c| seen.insert(*c))
+        .collect()
+}
+
+#[test]
+fn chrf_matches_sacrebleu() {
+    // Values from sacrebleu 2.x `sentence_chrf(hyp, [ref]).score`.
+    let close = |a: f64, b: f64| (a - b).abs() < 1e-3;
+    assert!(close(
+        chrf(
+            "The sands are whitish with medium grain.",
+            "The sands are whitish, of medium grain and have very little assistance."
+        ),
+        47.2538
+    ));
+    assert!(close(chrf("Hello world", "hello World!"), 34.3999));
+    assert!(close(chrf("a", "a"), 100.0));
+    assert_eq!(non_latin("The 레 café, “quoted” — 3%"), "레");
+}
+
+#[test]
+fn translations_are_latin_english_close_to_faster_whisper() {
+    let Some(dir) = base_model() else { return };
+    let engine = Engine::load(&dir).expect("load the base model");
+    let refs = references();
+    let entries = manifest();
+    let o = TranscribeOptions {
+        task: Task::Translate,
+        ..Default::default()
+    };
+    for id in CLIPS {
+        let e = entries
+            .iter()
+            .find(|e| e.id == id)
+            .expect("clip in manifest");
+        let t = engine
+            .transcribe_bytes(read(&format!("eval/{}", e.path)), &o)
+            .unwrap();
+        let score = chrf(&t.text, &refs[id]);
+        eprintln!("{id}: chrF {score:.1}: {:?} vs {:?}", t.text, refs[id]);
+        assert_eq!(non_latin(&t.text), "", "{id}: not English: {:?}", t.text);
+        assert!(score >= 50.0, "{id}: chrF {score:.1}: {:?}", t.text);
+    }
+}
