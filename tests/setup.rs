@@ -8,7 +8,8 @@ use std::process::Command;
 
 fn deps(what: &str) -> Command {
     let mut c = Command::new("bash");
-    c.arg(common::root().join("scripts/system_deps.sh")).arg(what);
+    c.arg(common::root().join("scripts/system_deps.sh"))
+        .arg(what);
     c
 }
 
@@ -17,7 +18,11 @@ fn with_everything_installed_it_does_nothing() {
     // The test suite itself needs these, so they are installed wherever it runs.
     let out = deps("test").output().unwrap();
     common::assert_success(&out);
-    assert!(out.stdout.is_empty(), "{}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        out.stdout.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
 }
 
 #[test]
