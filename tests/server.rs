@@ -248,6 +248,20 @@ fn every_bad_input_gets_a_clear_4xx() {
         "not a recognised audio file",
         Some("file"),
     );
+    // A 6-s WAV cut in half (jfk's declared 11 s is over this server's 8-s limit, which the
+    // declared length now answers first with a 413).
+    let six = wav_bytes(&noise(16_000 * 6, 0.1), 16_000);
+    check(
+        s.post_form(
+            "/transcribe",
+            Some(("file", &six[..six.len() / 2])),
+            &[],
+            &[],
+        ),
+        400,
+        "truncated",
+        Some("file"),
+    );
     check(
         s.post_form(
             "/transcribe",
@@ -255,8 +269,8 @@ fn every_bad_input_gets_a_clear_4xx() {
             &[],
             &[],
         ),
-        400,
-        "truncated",
+        413,
+        "over the limit",
         Some("file"),
     );
     let mut gsm = wav_bytes(&noise(1600, 0.1), 8000);
