@@ -85,6 +85,8 @@ def main():
                     kinds.append(doc["kind"])
                     if doc["kind"] == "Deployment":
                         errors += check_deployment(doc, merged, label)
+                    if doc["kind"] == "ConfigMap" and "config.toml" in doc.get("data", {}):
+                        errors += check_config_toml(doc["data"]["config.toml"], label)
                     if doc["kind"] == "ServiceMonitor":  # a CRD: no upstream schema, check its shape
                         ep = doc.get("spec", {}).get("endpoints", [{}])[0]
                         if ep.get("path") != "/metrics" or ep.get("port") != "http":
@@ -105,6 +107,19 @@ def main():
 
     print("deploy lint: " + ("ok" if errors == 0 else f"{errors} problem(s)"))
     sys.exit(1 if errors else 0)
+
+
+def check_config_toml(text, label):
+    """The rendered config.toml parses as TOML and names only settings whisperd has."""
+    import tomllib
+    try:
+        cfg = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        return fail(f"{label}: ConfigMap config.toml is not TOML: {e}")
+    with open(os.path.join(os.path.dirname(__file__), "..", "config", "default.toml"), "rb") as f:
+        known = tomllib.load(f)
+    unknown = sorted(set(cfg) - set(known))
+    return fail(f"{label}: config.toml has settings whisperd does not know: {unknown}") if unknown else 0
 
 
 def merge(base, over):
