@@ -394,30 +394,6 @@ fn batched_files_give_the_same_transcripts_as_one_at_a_time() {
     assert_eq!(outputs[0], outputs[1]);
 }
 
-/// Run `c` with a deadline, so that a hang fails the test instead of blocking the suite.
-fn output_within(c: &mut Command, secs: u64) -> Output {
-    use std::process::Stdio;
-    let child = c
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let pid = child.id();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(child.wait_with_output());
-    });
-    match rx.recv_timeout(std::time::Duration::from_secs(secs)) {
-        Ok(out) => out.unwrap(),
-        Err(_) => {
-            let _ = Command::new("kill")
-                .args(["-KILL", &pid.to_string()])
-                .status();
-            panic!("{c:?} still running after {secs} s");
-        }
-    }
-}
-
 fn batch_in(dir: &Path, args: &[&str]) -> Output {
     let mut c = Command::new(env!("CARGO_BIN_EXE_whisperd"));
     c.env("WHISPERD_MODEL", model_dir())

@@ -211,30 +211,6 @@ fn print_config_equals_the_default_config_file() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("WHISPERD_QUEUE_SIZE"));
 }
 
-/// Run `c` with a deadline, so that a hang fails the test instead of blocking the suite.
-fn output_within(c: &mut Command, secs: u64) -> std::process::Output {
-    use std::process::Stdio;
-    let child = c
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let pid = child.id();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(child.wait_with_output());
-    });
-    match rx.recv_timeout(std::time::Duration::from_secs(secs)) {
-        Ok(out) => out.unwrap(),
-        Err(_) => {
-            let _ = Command::new("kill")
-                .args(["-KILL", &pid.to_string()])
-                .status();
-            panic!("{c:?} still running after {secs} s");
-        }
-    }
-}
-
 fn copy(rel: &str, to: &std::path::Path) {
     std::fs::create_dir_all(to.parent().unwrap()).unwrap();
     std::fs::copy(shared().join(rel), to).unwrap();

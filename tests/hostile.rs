@@ -291,11 +291,12 @@ fn forwarded_headers_do_not_bypass_the_rate_limit_and_one_key_cannot_fill_the_se
             &body,
         )
     });
-    let t0 = Instant::now();
-    while s.metric("whisperd_in_flight_requests") < 1.0 {
-        assert!(t0.elapsed() < Duration::from_secs(20));
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    s.wait_for_metric(
+        "whisperd_in_flight_requests",
+        1.0,
+        Duration::from_secs(20),
+        "alice's request never started",
+    );
     let r = s.get_with("/v1/models", &[("Authorization", "Bearer alice")]);
     assert_error(&r, 429, "too_many_requests_in_flight", None);
     assert!(header(&r, "retry-after").is_some());
@@ -331,22 +332,21 @@ fn a_client_that_leaves_is_a_499_and_its_running_job_stops() {
         &body,
     );
     // The job leaves the queue (its wait is observed) when a transcription thread starts it.
-    let t0 = Instant::now();
-    while s.metric("whisperd_queue_wait_seconds_count") < 1.0 {
-        assert!(t0.elapsed() < Duration::from_secs(30), "{}", s.log());
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    s.wait_for_metric(
+        "whisperd_queue_wait_seconds_count",
+        1.0,
+        Duration::from_secs(30),
+        "the job never started",
+    );
     std::thread::sleep(Duration::from_millis(500));
     drop(stream);
     let t1 = Instant::now();
-    while s.metric("whisperd_inference_jobs_total{result=\"cancelled\"}") < 1.0 {
-        assert!(
-            t1.elapsed() < Duration::from_secs(15),
-            "the running job was not stopped:\n{}",
-            String::from_utf8(s.get("/metrics").2).unwrap()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    s.wait_for_metric(
+        "whisperd_inference_jobs_total{result=\"cancelled\"}",
+        1.0,
+        Duration::from_secs(15),
+        "the running job was not stopped",
+    );
     // Stopped within a few windows, not after the whole 200 s; recorded as 499, not 503.
     assert!(t1.elapsed() < Duration::from_secs(10));
     assert!(s.log().contains("stopped a running job"), "{}", s.log());

@@ -514,15 +514,12 @@ fn a_queued_request_whose_client_left_is_dropped_before_inference() {
     }
     drop(stream);
     assert_eq!(busy.join().unwrap().0, 200);
-    let t1 = std::time::Instant::now();
-    while s.metric("whisperd_inference_jobs_total{result=\"cancelled\"}") < 1.0 {
-        assert!(
-            t1.elapsed() < Duration::from_secs(10),
-            "the abandoned job was not dropped:\n{}",
-            String::from_utf8(s.get("/metrics").2).unwrap()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    s.wait_for_metric(
+        "whisperd_inference_jobs_total{result=\"cancelled\"}",
+        1.0,
+        Duration::from_secs(10),
+        "the abandoned job was not dropped",
+    );
     assert_eq!(
         s.metric("whisperd_inference_jobs_total{result=\"ok\"}"),
         1.0,

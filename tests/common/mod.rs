@@ -127,6 +127,30 @@ pub fn noise(n: usize, amplitude: f32) -> Vec<f32> {
 }
 pub mod server;
 
+/// Run `c` with a deadline, so that a hang fails the test instead of blocking the suite.
+pub fn output_within(c: &mut std::process::Command, secs: u64) -> std::process::Output {
+    use std::process::Stdio;
+    let child = c
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(std::time::Duration::from_secs(secs)) {
+        Ok(out) => out.unwrap(),
+        Err(_) => {
+            let _ = std::process::Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
+            panic!("{c:?} still running after {secs} s");
+        }
+    }
+}
+
 /// Assert a finished command succeeded, showing its stderr when it did not.
 pub fn assert_success(out: &std::process::Output) {
     assert!(

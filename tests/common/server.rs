@@ -93,6 +93,19 @@ impl Server {
             .sum()
     }
 
+    /// Wait until metric `name` reaches `at_least`; after `within`, fail with `what` and /metrics.
+    pub fn wait_for_metric(&self, name: &str, at_least: f64, within: Duration, what: &str) {
+        let t0 = Instant::now();
+        while self.metric(name) < at_least {
+            assert!(
+                t0.elapsed() < within,
+                "{what}:\n{}",
+                String::from_utf8_lossy(&self.get("/metrics").2)
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
