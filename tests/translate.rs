@@ -8,7 +8,7 @@
 //! fallback, language detected — what `scripts/translate_eval.py` (`make eval`) computes in each
 //! run, from one run before the script seeded CTranslate2's sampler (only clips whose every
 //! temperature fails, zh here, depend on the seed). The test skips, saying so, only when
-//! `models/whisper-base` is missing (`make model` fetches it).
+//! `models/whisper-base` is missing (`make model-base` fetches it; `make test` runs that first).
 
 mod common;
 
