@@ -22,6 +22,8 @@ pub enum DecodeError {
     Tokenizer(#[from] TokenizerError),
     #[error("cancelled: nobody is waiting for this transcript any more")]
     Cancelled,
+    #[error("no temperature to decode at")]
+    NoTemperature,
 }
 
 /// Options fixed for one window.
@@ -257,7 +259,8 @@ pub fn select_fallback(
             best = Some(r);
         }
     }
-    let result = best.expect("at least one temperature was tried");
+    // `temperatures` is never empty, so neither is `failed`; still a typed error, not a panic.
+    let result = best.ok_or(DecodeError::NoTemperature)?;
     tracing::info!(
         temperature = result.temperature,
         avg_logprob = result.avg_logprob,
