@@ -2,6 +2,7 @@
 //!
 //! Pipeline, one module per stage: `audio` (bytes → 16 kHz mono) → `mel` (log-mel) → `model`
 //! (encoder, KV-cached decoder) → `decode` (tokens, rules, long-form loop) → `output` (formats).
+//! `vad` (energy gate, Silero VAD) decides which audio reaches the decoder at all.
 //! `engine` ties them together behind one call; the CLI and the server are thin layers over it.
 
 pub mod audio;
@@ -11,6 +12,7 @@ pub mod mel;
 pub mod model;
 pub mod output;
 pub mod scheduler;
+pub mod vad;
 
 pub use decode::{Task, TranscribeOptions};
 pub use engine::{Engine, EngineError};
