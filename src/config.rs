@@ -38,10 +38,19 @@ pub struct Config {
     pub no_speech_threshold: f64,
     pub condition_on_previous_text: bool,
     pub best_of: usize,
+    pub vad: bool,
+    pub vad_threshold: f64,
+    pub vad_min_speech_duration_ms: u32,
+    pub vad_max_speech_duration_s: f64,
+    pub vad_min_silence_duration_ms: u32,
+    pub vad_speech_pad_ms: u32,
+    pub vad_gate_db: f64,
+    pub vad_model: String,
 }
 
 impl Default for Config {
     fn default() -> Self {
+        let v = crate::vad::VadOptions::default();
         Self {
             host: "0.0.0.0".into(),
             port: 8080,
@@ -73,6 +82,14 @@ impl Default for Config {
             no_speech_threshold: 0.6,
             condition_on_previous_text: true,
             best_of: 5,
+            vad: crate::vad::DEFAULT_ON,
+            vad_threshold: v.threshold as f64,
+            vad_min_speech_duration_ms: v.min_speech_duration_ms,
+            vad_max_speech_duration_s: v.max_speech_duration_s as f64,
+            vad_min_silence_duration_ms: v.min_silence_duration_ms,
+            vad_speech_pad_ms: v.speech_pad_ms,
+            vad_gate_db: v.gate_db.map_or(f64::NEG_INFINITY, f64::from),
+            vad_model: String::new(),
         }
     }
 }
@@ -184,6 +201,38 @@ const DOCS: &[(&str, &str)] = &[
         "best_of",
         "Samples drawn at each temperature above 0; the one with the best average log-probability is that temperature's attempt.",
     ),
+    (
+        "vad",
+        "Silero VAD on /transcribe by default: only speech reaches the decoder, in chunks of at most 30 s, times mapped back to the recording. /v1 uses VAD only when a request sends chunking_strategy. Either way the energy gate (vad_gate_db) drops long near-silence.",
+    ),
+    (
+        "vad_threshold",
+        "Speech probability at or above which a 32-ms frame is speech (faster-whisper's threshold).",
+    ),
+    (
+        "vad_min_speech_duration_ms",
+        "Speech regions shorter than this are dropped.",
+    ),
+    (
+        "vad_max_speech_duration_s",
+        "Longer speech regions are split at their last pause of 98 ms or more; inf = never.",
+    ),
+    (
+        "vad_min_silence_duration_ms",
+        "Silence shorter than this does not end a speech region.",
+    ),
+    (
+        "vad_speech_pad_ms",
+        "Audio kept on each side of a speech region.",
+    ),
+    (
+        "vad_gate_db",
+        "Energy gate: runs of 1 s or more quieter than this (dBFS) and 50 dB below the recording's loudest frame are dropped before VAD and decoding; -inf turns the gate off.",
+    ),
+    (
+        "vad_model",
+        "Silero VAD v6 ONNX file; empty = silero-vad/silero_vad_v6.onnx beside the model directory (where `make model` puts it).",
+    ),
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -290,7 +339,26 @@ impl Config {
             no_speech_threshold: Some(self.no_speech_threshold as f32),
             condition_on_previous_text: self.condition_on_previous_text,
             best_of: self.best_of,
+            vad: crate::vad::VadOptions {
+                enabled: self.vad,
+                ..self.vad_settings()
+            },
             ..Default::default()
+        }
+    }
+
+    /// The VAD thresholds, with VAD off (the gate on, as configured): what `/v1` uses unless a
+    /// request's `chunking_strategy` turns VAD on.
+    pub fn vad_settings(&self) -> crate::vad::VadOptions {
+        crate::vad::VadOptions {
+            enabled: false,
+            threshold: self.vad_threshold as f32,
+            neg_threshold: None,
+            min_speech_duration_ms: self.vad_min_speech_duration_ms,
+            max_speech_duration_s: self.vad_max_speech_duration_s as f32,
+            min_silence_duration_ms: self.vad_min_silence_duration_ms,
+            speech_pad_ms: self.vad_speech_pad_ms,
+            gate_db: Some(self.vad_gate_db as f32).filter(|g| g.is_finite()),
         }
     }
 

@@ -14,6 +14,7 @@ use crate::decode::{
 use crate::mel::{MelSpectrogram, N_SAMPLES};
 use crate::model::{ModelError, Precision, Whisper};
 use crate::output::Transcript;
+use crate::vad::{self, SileroVad, SpeechMap, VadOptions};
 
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
@@ -30,6 +31,8 @@ pub enum EngineError {
     },
     #[error(transparent)]
     Decode(#[from] DecodeError),
+    #[error(transparent)]
+    Vad(#[from] crate::vad::VadError),
 }
 
 impl EngineError {
@@ -52,6 +55,19 @@ pub struct Engine {
     /// A short name for the model (its directory name), as `/v1/models` lists it.
     pub model_name: String,
     pub load_seconds: f64,
+    /// Silero VAD, when its model file was found (`vad_model_candidates`) or given.
+    pub vad: Option<std::sync::Arc<SileroVad>>,
+}
+
+/// Where the VAD model is looked for when none is configured: beside the Whisper model's
+/// directory (where `make model` puts it), then inside it.
+pub fn vad_model_candidates(model_dir: &Path) -> Vec<PathBuf> {
+    let mut c = Vec::new();
+    if let Some(parent) = model_dir.parent() {
+        c.push(parent.join(vad::MODEL_DIR).join(vad::MODEL_FILE));
+    }
+    c.push(model_dir.join(vad::MODEL_FILE));
+    c
 }
 
 impl Engine {
@@ -87,8 +103,15 @@ impl Engine {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_else(|| "whisper".into());
+        let vad = match vad_model_candidates(dir).into_iter().find(|p| p.is_file()) {
+            Some(p) => Some(std::sync::Arc::new(SileroVad::load(&p)?)),
+            None => {
+                tracing::info!(looked_in = ?vad_model_candidates(dir), "no Silero VAD model found: VAD unavailable (run `make model`), the energy gate still runs");
+                None
+            }
+        };
         let load_seconds = t0.elapsed().as_secs_f64();
-        tracing::info!(model = %dir.display(), ?precision, layout = ?model.layout, dims = ?model.dims, load_seconds, "model loaded");
+        tracing::info!(model = %dir.display(), ?precision, layout = ?model.layout, dims = ?model.dims, vad = vad.is_some(), load_seconds, "model loaded");
         Ok(Self {
             mel: MelSpectrogram::new(model.dims.n_mels),
             model: model.into(),
@@ -97,7 +120,15 @@ impl Engine {
             model_dir: dir.to_path_buf(),
             model_name,
             load_seconds,
+            vad,
         })
+    }
+
+    /// Use the Silero VAD model at `path` (instead of the one found beside the Whisper model).
+    pub fn load_vad(&mut self, path: &Path) -> Result<(), EngineError> {
+        self.vad = Some(std::sync::Arc::new(SileroVad::load(path)?));
+        tracing::info!(vad_model = %path.display(), "VAD model loaded");
+        Ok(())
     }
 
     pub fn is_multilingual(&self) -> bool {
@@ -138,7 +169,22 @@ impl Engine {
         }
         o.check_fallback()
             .map_err(|(param, message)| EngineError::InvalidOption { param, message })?;
+        self.check_vad(&o.vad)?;
         Ok(o)
+    }
+
+    fn check_vad(&self, v: &VadOptions) -> Result<(), EngineError> {
+        v.check()
+            .map_err(|(param, message)| EngineError::InvalidOption { param, message })?;
+        if v.enabled && self.vad.is_none() {
+            return Err(EngineError::InvalidOption {
+                param: "vad",
+                message:
+                    "this server has no VAD model (silero_vad_v6.onnx; `make model` fetches it)"
+                        .into(),
+            });
+        }
+        Ok(())
     }
 
     /// Decode and resample uploaded bytes (the CPU work that can run outside the model worker).
@@ -157,7 +203,7 @@ impl Engine {
         o: &TranscribeOptions,
     ) -> Result<Transcript, EngineError> {
         let pcm = Self::load_audio(bytes)?;
-        let prepared = self.prepare(&pcm);
+        let prepared = self.prepare(&pcm, &o.vad)?;
         drop(pcm); // long recordings: the samples are not needed once the log-mel exists
         self.transcribe_prepared(&prepared, o)
     }
@@ -167,19 +213,37 @@ impl Engine {
         pcm: &Pcm,
         o: &TranscribeOptions,
     ) -> Result<Transcript, EngineError> {
-        self.transcribe_prepared(&self.prepare(pcm), o)
+        self.transcribe_prepared(&self.prepare(pcm, &o.vad)?, o)
     }
 
-    /// The log-mel of a whole recording: CPU work that does not need the model, so front ends run
-    /// it outside the inference worker.
-    pub fn prepare(&self, pcm: &Pcm) -> Prepared {
+    /// Speech detection and the log-mel of what is kept: CPU work that does not need the Whisper
+    /// model, so front ends run it outside the inference worker.
+    pub fn prepare(&self, pcm: &Pcm, v: &VadOptions) -> Result<Prepared, EngineError> {
+        self.check_vad(v)?;
+        let t0 = Instant::now();
+        let speech = vad::analyze(&pcm.samples, v, self.vad.as_deref())?;
+        let vad_seconds = t0.elapsed().as_secs_f64();
+        tracing::info!(
+            vad = speech.vad,
+            speech_s = speech.speech_seconds(),
+            skipped_s = speech.skipped_seconds(),
+            regions = speech.regions.len(),
+            vad_seconds,
+            "speech detected"
+        );
+        tracing::debug!(regions = ?speech.regions, "speech regions (samples)");
         // OpenAI pads 30 s of zeros before the STFT; frames past the audio are zeros in the log domain.
-        let mel = self.mel.compute(&pcm.samples, N_SAMPLES);
-        Prepared {
+        let mel = if speech.is_whole() {
+            self.mel.compute(&pcm.samples, N_SAMPLES)
+        } else {
+            self.mel.compute(&speech.join(&pcm.samples), N_SAMPLES)
+        };
+        Ok(Prepared {
             mel,
-            content_frames: pcm.samples.len() / crate::mel::HOP_LENGTH,
+            content_frames: speech.kept_samples() / crate::mel::HOP_LENGTH,
             duration_s: pcm.duration_s(),
-        }
+            speech,
+        })
     }
 
     pub fn transcribe_prepared(
@@ -210,7 +274,17 @@ impl Engine {
             p.content_frames,
             &o,
         )?;
+        if !p.speech.is_whole() {
+            for s in &mut t.segments {
+                (s.start, s.end) = p.speech.original_span(s.start, s.end);
+            }
+        }
         t.duration = p.duration_s;
+        t.speech = Some(crate::output::SpeechStats {
+            vad: p.speech.vad,
+            speech_duration: p.speech.speech_seconds(),
+            skipped_duration: p.speech.skipped_seconds(),
+        });
         let secs = t0.elapsed().as_secs_f64();
         tracing::debug!(
             seconds = secs,
@@ -222,11 +296,12 @@ impl Engine {
     }
 }
 
-/// A recording ready for the model: its whole log-mel.
+/// A recording ready for the model: the log-mel of its kept audio, and where that audio was.
 pub struct Prepared {
     pub mel: crate::mel::Mel,
     pub content_frames: usize,
     pub duration_s: f64,
+    pub speech: SpeechMap,
 }
 
 impl Prepared {

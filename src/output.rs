@@ -30,6 +30,19 @@ pub struct Transcript {
     /// How each decoded window's temperature fallback ended (for metrics; not serialized).
     #[serde(skip)]
     pub fallbacks: Vec<crate::decode::WindowFallback>,
+    /// What speech detection let through to the decoder.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub speech: Option<SpeechStats>,
+}
+
+/// Seconds of the recording that reached the decoder and seconds skipped as silence or non-speech
+/// (rendered as `speech` in json and verbose_json).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct SpeechStats {
+    /// Whether Silero VAD chose the speech (otherwise only the energy gate cut silence).
+    pub vad: bool,
+    pub speech_duration: f64,
+    pub skipped_duration: f64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -107,13 +120,18 @@ impl Transcript {
     pub fn render(&self, format: Format, task: Task) -> String {
         match format {
             Format::Text => format!("{}\n", self.text),
-            Format::Json => serde_json::json!({
-                "text": self.text,
-                "language": self.language,
-                "duration": self.duration,
-                "segments": self.segments,
-            })
-            .to_string(),
+            Format::Json => {
+                let mut v = serde_json::json!({
+                    "text": self.text,
+                    "language": self.language,
+                    "duration": self.duration,
+                    "segments": self.segments,
+                });
+                if let Some(sp) = self.speech {
+                    v["speech"] = serde_json::json!(sp);
+                }
+                v.to_string()
+            }
             Format::VerboseJson => self.verbose_json(task).to_string(),
             Format::Srt => self
                 .segments
@@ -159,13 +177,17 @@ impl Transcript {
 
     /// OpenAI's `verbose_json`: the language is its English name.
     pub fn verbose_json(&self, task: Task) -> serde_json::Value {
-        serde_json::json!({
+        let mut v = serde_json::json!({
             "task": match task { Task::Transcribe => "transcribe", Task::Translate => "translate" },
             "language": languages::name_of(&self.language).unwrap_or(&self.language),
             "duration": self.duration,
             "text": self.text,
             "segments": self.segments,
-        })
+        });
+        if let Some(sp) = self.speech {
+            v["speech"] = serde_json::json!(sp);
+        }
+        v
     }
 }
 
@@ -205,6 +227,7 @@ mod tests {
                 },
             ],
             fallbacks: vec![],
+            speech: None,
         }
     }
 

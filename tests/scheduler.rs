@@ -37,7 +37,7 @@ fn english_eval_set_decodes_to_the_same_tokens_batched_and_alone() {
         .into_iter()
         .map(|m| {
             let pcm = Engine::load_audio(read(&format!("eval/{}", m.path))).expect("audio");
-            (m.id, e.prepare(&pcm))
+            (m.id, e.prepare(&pcm, &Default::default()).expect("prepare"))
         })
         .collect();
     assert!(files.len() >= 40, "eval set not found");

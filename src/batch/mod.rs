@@ -142,11 +142,8 @@ fn prep(engine: &Engine, o: &BatchOptions, input: &InputFile) -> Prepped {
             outputs: output_paths(o, input),
         };
     }
-    match Engine::load_audio(bytes) {
-        Ok(pcm) => Prepped::Ready {
-            prepared: engine.prepare(&pcm),
-            sha,
-        },
+    match Engine::load_audio(bytes).and_then(|pcm| engine.prepare(&pcm, &o.transcribe.vad)) {
+        Ok(prepared) => Prepped::Ready { prepared, sha },
         Err(e) => Prepped::Failed {
             sha: Some(sha),
             error: e.to_string(),

@@ -71,12 +71,12 @@ pub fn run(args: BatchArgs) -> anyhow::Result<ExitCode> {
         eprintln!("error: {e}");
         return Ok(ExitCode::from(2));
     }
-    let engine = args.common.load_engine()?;
     let transcribe = TranscribeOptions {
         language: args.common.language.clone(),
         task: args.common.task,
         ..args.decoding.options()
     };
+    let engine = args.common.load_engine_for(&transcribe)?;
     engine.check_options(&transcribe)?;
     let mut report = match &args.report {
         Some(p) => {

@@ -56,6 +56,9 @@ pub struct ModelArgs {
     /// cpu, cuda, cuda:N or auto (CUDA needs a `--features cuda` build).
     #[arg(long, env = "WHISPERD_DEVICE", default_value = "cpu")]
     pub device: String,
+    /// Silero VAD v6 ONNX file (default: silero-vad/silero_vad_v6.onnx beside the model directory).
+    #[arg(long, env = "WHISPERD_VAD_MODEL")]
+    pub vad_model: Option<PathBuf>,
 }
 
 impl ModelArgs {
@@ -64,8 +67,29 @@ impl ModelArgs {
         use anyhow::Context;
         set_threads(self.threads);
         let device = whisperd::engine::select_device(&self.device)?;
-        whisperd::Engine::load_with(&self.model, &device, self.precision)
-            .with_context(|| format!("loading model {}", self.model.display()))
+        let mut engine = whisperd::Engine::load_with(&self.model, &device, self.precision)
+            .with_context(|| format!("loading model {}", self.model.display()))?;
+        if let Some(p) = &self.vad_model {
+            engine
+                .load_vad(p)
+                .with_context(|| format!("loading VAD model {}", p.display()))?;
+        }
+        Ok(engine)
+    }
+
+    /// Load the model, and refuse to start when the options need VAD and there is no VAD model.
+    pub fn load_engine_for(
+        &self,
+        o: &whisperd::TranscribeOptions,
+    ) -> anyhow::Result<whisperd::Engine> {
+        let engine = self.load_engine()?;
+        if o.vad.enabled && engine.vad.is_none() {
+            anyhow::bail!(
+                "VAD is on (the default) but no Silero VAD model was found in {:?}: run `make model` (or python3 models/fetch.py silero-vad), pass --vad-model, or pass --vad false",
+                whisperd::engine::vad_model_candidates(&self.model)
+            );
+        }
+        Ok(engine)
     }
 }
 
@@ -102,7 +126,35 @@ pub struct DecodingArgs {
     /// Do not feed each window's text to the next as its prompt.
     #[arg(long)]
     pub no_condition_on_previous_text: bool,
+    /// Silero VAD: transcribe only the speech it finds (true or false).
+    #[arg(long, env = "WHISPERD_VAD", default_value_t = whisperd::vad::DEFAULT_ON, action = clap::ArgAction::Set)]
+    pub vad: bool,
+    /// Speech probability at or above which a 32-ms frame is speech.
+    #[arg(long, default_value_t = VAD.threshold)]
+    pub vad_threshold: f32,
+    /// Probability below which a frame is silence even inside speech (default: threshold − 0.15).
+    #[arg(long)]
+    pub vad_neg_threshold: Option<f32>,
+    /// Speech regions shorter than this are dropped.
+    #[arg(long, default_value_t = VAD.min_speech_duration_ms)]
+    pub vad_min_speech_ms: u32,
+    /// Longer speech regions are split at their last short pause (inf: never).
+    #[arg(long, default_value_t = VAD.max_speech_duration_s)]
+    pub vad_max_speech_s: f32,
+    /// Silence shorter than this does not end a speech region.
+    #[arg(long, default_value_t = VAD.min_silence_duration_ms)]
+    pub vad_min_silence_ms: u32,
+    /// Audio kept on each side of a speech region.
+    #[arg(long, default_value_t = VAD.speech_pad_ms)]
+    pub vad_speech_pad_ms: u32,
+    /// Energy gate level in dBFS (runs of 1 s+ quieter than this, and 50 dB under the loudest
+    /// frame, are skipped); `none` turns the gate off.
+    #[arg(long, default_value = "-60", allow_hyphen_values = true)]
+    pub vad_gate_db: Threshold,
 }
+
+/// The library's VAD defaults (faster-whisper's), for the flags above.
+const VAD: whisperd::vad::VadOptions = whisperd::vad::VadOptions::DEFAULT;
 
 fn temperature(s: &str) -> Result<f32, String> {
     whisperd::decode::parse_temperatures(s)?
@@ -121,6 +173,16 @@ impl DecodingArgs {
             no_speech_threshold: self.no_speech_threshold.0,
             best_of: self.best_of,
             condition_on_previous_text: !self.no_condition_on_previous_text,
+            vad: whisperd::vad::VadOptions {
+                enabled: self.vad,
+                threshold: self.vad_threshold,
+                neg_threshold: self.vad_neg_threshold,
+                min_speech_duration_ms: self.vad_min_speech_ms,
+                max_speech_duration_s: self.vad_max_speech_s,
+                min_silence_duration_ms: self.vad_min_silence_ms,
+                speech_pad_ms: self.vad_speech_pad_ms,
+                gate_db: self.vad_gate_db.0,
+            },
             ..Default::default()
         }
     }

@@ -31,6 +31,12 @@ pub struct ServeArgs {
     /// Requests that may wait for inference.
     #[arg(long)]
     queue_size: Option<usize>,
+    /// Silero VAD on /transcribe by default: true or false (overrides config and WHISPERD_VAD).
+    #[arg(long)]
+    vad: Option<bool>,
+    /// Silero VAD v6 ONNX file (default: silero-vad/ beside the model directory).
+    #[arg(long)]
+    vad_model: Option<String>,
     /// Print the effective configuration and exit.
     #[arg(long)]
     print_config: bool,
@@ -58,6 +64,12 @@ pub fn effective_config(args: &ServeArgs) -> anyhow::Result<Config> {
     }
     if let Some(q) = args.queue_size {
         cfg.queue_size = q;
+    }
+    if let Some(v) = args.vad {
+        cfg.vad = v;
+    }
+    if let Some(m) = &args.vad_model {
+        cfg.vad_model = m.clone();
     }
     cfg.validate()?;
     Ok(cfg)

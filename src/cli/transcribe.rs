@@ -76,7 +76,6 @@ pub fn run(args: TranscribeArgs) -> anyhow::Result<ExitCode> {
                 .collect::<Vec<_>>(),
         );
     }
-    let engine = args.common.load_engine()?;
     let options = TranscribeOptions {
         language: args.common.language.clone(),
         task: args.common.task,
@@ -84,6 +83,7 @@ pub fn run(args: TranscribeArgs) -> anyhow::Result<ExitCode> {
         initial_prompt: args.prompt.clone(),
         ..args.decoding.options()
     };
+    let engine = args.common.load_engine_for(&options)?;
     // Reject bad options once, before any file is read.
     engine.check_options(&options)?;
     let limit = args.max_input_mb.saturating_mul(batch::inputs::MB);

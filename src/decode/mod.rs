@@ -60,6 +60,8 @@ pub struct TranscribeOptions {
     pub no_speech_threshold: Option<f32>,
     /// Samples drawn at each temperature above 0, the best-scoring one kept.
     pub best_of: usize,
+    /// Speech detection before decoding (the energy gate, and Silero VAD when enabled).
+    pub vad: crate::vad::VadOptions,
 }
 
 impl Default for TranscribeOptions {
@@ -75,6 +77,7 @@ impl Default for TranscribeOptions {
             logprob_threshold: Some(-1.0),
             no_speech_threshold: Some(0.6),
             best_of: 5,
+            vad: crate::vad::VadOptions::default(),
         }
     }
 }
@@ -105,7 +108,7 @@ impl TranscribeOptions {
                 return Err((name, format!("{name} must be a number or `none`")));
             }
         }
-        Ok(())
+        self.vad.check()
     }
 }
 

@@ -231,6 +231,7 @@ pub fn transcribe(
         duration,
         segments,
         fallbacks,
+        speech: None,
     })
 }
 

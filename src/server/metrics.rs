@@ -29,6 +29,8 @@ pub struct Metrics {
     /// Windows by how temperature fallback ended (`passed` at a temperature, or
     /// `best_of_failed`: every temperature failed, the best-scoring attempt was kept).
     pub fallbacks: IntCounterVec,
+    pub vad_speech_seconds: prometheus::CounterVec,
+    pub vad_skipped_seconds: prometheus::CounterVec,
 }
 
 impl Metrics {
@@ -133,6 +135,22 @@ impl Metrics {
                 ),
                 &["outcome", "temperature"],
             )?,
+            vad_speech_seconds: prometheus::CounterVec::new(
+                Opts::new(
+                    "whisperd_vad_speech_seconds_total",
+                    "Seconds of audio that reached the decoder after speech detection, by \
+                     detector (`silero`: VAD on; `gate`: only the energy gate)",
+                ),
+                &["detector"],
+            )?,
+            vad_skipped_seconds: prometheus::CounterVec::new(
+                Opts::new(
+                    "whisperd_vad_skipped_seconds_total",
+                    "Seconds of audio skipped as silence or non-speech before decoding, by \
+                     detector (`silero`, `gate`)",
+                ),
+                &["detector"],
+            )?,
             registry,
         };
         m.registry.register(Box::new(m.requests.clone()))?;
@@ -157,6 +175,10 @@ impl Metrics {
             .register(Box::new(m.model_load_seconds.clone()))?;
         m.registry.register(Box::new(m.build_info.clone()))?;
         m.registry.register(Box::new(m.fallbacks.clone()))?;
+        m.registry
+            .register(Box::new(m.vad_speech_seconds.clone()))?;
+        m.registry
+            .register(Box::new(m.vad_skipped_seconds.clone()))?;
         Ok(m)
     }
 

@@ -223,6 +223,8 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             model_dir: cfg.model.clone().into(),
             device,
             precision,
+            vad_model: (!cfg.vad_model.is_empty()).then(|| cfg.vad_model.clone().into()),
+            vad_required: cfg.vad,
             scheduler: crate::scheduler::SchedulerConfig {
                 max_batch: cfg.batch_size,
                 max_wait: Duration::from_millis(cfg.batch_wait_ms),

@@ -112,6 +112,139 @@ fn threshold(
     }
 }
 
+fn number<T: std::str::FromStr>(
+    f: &HashMap<String, String>,
+    name: &'static str,
+) -> Result<Option<T>, ApiError> {
+    match f.get(name).map(|v| v.trim()).filter(|v| !v.is_empty()) {
+        None => Ok(None),
+        Some(v) => v.parse().map(Some).map_err(|_| {
+            ApiError::bad_request(format!("`{name}` must be a number, not `{v}`")).param(name)
+        }),
+    }
+}
+
+/// `/transcribe`'s VAD fields: `vad` (true/false) and faster-whisper's knobs with a `vad_` prefix.
+fn vad_fields(f: &HashMap<String, String>, v: &mut crate::vad::VadOptions) -> Result<(), ApiError> {
+    if let Some(on) = f.get("vad").filter(|x| !x.trim().is_empty()) {
+        v.enabled = parse_bool("vad", on)?;
+    }
+    if let Some(x) = number(f, "vad_threshold")? {
+        v.threshold = x;
+    }
+    if let Some(x) = number(f, "vad_neg_threshold")? {
+        v.neg_threshold = Some(x);
+    }
+    if let Some(x) = number(f, "vad_min_speech_duration_ms")? {
+        v.min_speech_duration_ms = x;
+    }
+    if let Some(x) = number(f, "vad_max_speech_duration_s")? {
+        v.max_speech_duration_s = x;
+    }
+    if let Some(x) = number(f, "vad_min_silence_duration_ms")? {
+        v.min_silence_duration_ms = x;
+    }
+    if let Some(x) = number(f, "vad_speech_pad_ms")? {
+        v.speech_pad_ms = x;
+    }
+    if let Some(g) = threshold(f, "vad_gate_db")? {
+        v.gate_db = g;
+    }
+    check_vad(v)
+}
+
+fn check_vad(v: &crate::vad::VadOptions) -> Result<(), ApiError> {
+    v.check()
+        .map_err(|(name, msg)| ApiError::bad_request(format!("`{name}` {msg}")).param(name))
+}
+
+/// OpenAI's `chunking_strategy`: `"auto"` (VAD with the server's settings) or a `server_vad`
+/// object (`threshold`, `prefix_padding_ms`, `silence_duration_ms`, OpenAI's defaults 0.5, 300,
+/// 200), sent as a JSON string or as `chunking_strategy[key]` fields (how the `openai` client
+/// encodes an object in a form).
+fn chunking_strategy(
+    f: &HashMap<String, String>,
+    v: &mut crate::vad::VadOptions,
+) -> Result<(), ApiError> {
+    const P: &str = "chunking_strategy";
+    let bad = |m: String| ApiError::bad_request(m).param(P);
+    let mut obj: serde_json::Map<String, serde_json::Value> = serde_json::Map::new();
+    if let Some(raw) = f.get(P).map(|s| s.trim()).filter(|s| !s.is_empty()) {
+        if raw == "auto" || raw == "\"auto\"" {
+            v.enabled = true;
+            return Ok(());
+        }
+        if raw == "null" {
+            return Ok(());
+        }
+        match serde_json::from_str::<serde_json::Value>(raw) {
+            Ok(serde_json::Value::Object(m)) => obj = m,
+            Ok(serde_json::Value::String(s)) if s == "auto" => {
+                v.enabled = true;
+                return Ok(());
+            }
+            _ => {
+                return Err(bad(format!(
+                    "`{P}` must be \"auto\" or an object {{\"type\": \"server_vad\", ...}}, not `{raw}`"
+                )))
+            }
+        }
+    }
+    for (k, val) in f {
+        if let Some(key) = k
+            .strip_prefix("chunking_strategy[")
+            .and_then(|r| r.strip_suffix(']'))
+        {
+            let parsed = serde_json::from_str::<serde_json::Value>(val.trim())
+                .unwrap_or_else(|_| serde_json::Value::String(val.clone()));
+            obj.insert(key.to_string(), parsed);
+        }
+    }
+    if obj.is_empty() {
+        return Ok(());
+    }
+    if obj.get("type").and_then(|t| t.as_str()) != Some("server_vad") {
+        return Err(bad(format!("`{P}.type` must be \"server_vad\"")));
+    }
+    let num = |key: &str| -> Result<Option<f64>, ApiError> {
+        match obj.get(key) {
+            None | Some(serde_json::Value::Null) => Ok(None),
+            Some(x) => x
+                .as_f64()
+                .filter(|n| n.is_finite())
+                .map(Some)
+                .ok_or_else(|| bad(format!("`{P}.{key}` must be a number"))),
+        }
+    };
+    let ms = |key: &str, default: u32| -> Result<u32, ApiError> {
+        match num(key)? {
+            None => Ok(default),
+            Some(n) if (0.0..=600_000.0).contains(&n) && n.fract() == 0.0 => Ok(n as u32),
+            Some(_) => Err(bad(format!(
+                "`{P}.{key}` must be a whole number of milliseconds between 0 and 600000"
+            ))),
+        }
+    };
+    for key in obj.keys() {
+        if !matches!(
+            key.as_str(),
+            "type" | "threshold" | "prefix_padding_ms" | "silence_duration_ms"
+        ) {
+            return Err(bad(format!("`{P}` has no field `{key}`")));
+        }
+    }
+    v.enabled = true;
+    v.threshold = match num("threshold")? {
+        None => 0.5,
+        Some(t) if (0.0..=1.0).contains(&t) => t as f32,
+        Some(_) => return Err(bad(format!("`{P}.threshold` must be between 0 and 1"))),
+    };
+    v.neg_threshold = None;
+    v.speech_pad_ms = ms("prefix_padding_ms", 300)?;
+    v.min_silence_duration_ms = ms("silence_duration_ms", 200)?;
+    check_vad(v)
+}
+
 /// `defaults`: the server's configured options, which the fields override.
 fn parse_options(
     api: Api,
@@ -164,6 +297,14 @@ fn parse_options(
     }
     if let Some(ts) = f.get("timestamps") {
         o.timestamps = parse_bool("timestamps", ts)?;
+    }
+    match api {
+        Api::Native => vad_fields(f, &mut o.vad)?,
+        // OpenAI: one block unless `chunking_strategy` asks for VAD; the gate still runs.
+        Api::OpenAiTranscriptions | Api::OpenAiTranslations => {
+            o.vad.enabled = false;
+            chunking_strategy(f, &mut o.vad)?;
+        }
     }
     if let Some(g) = f
         .get("timestamp_granularities[]")
@@ -413,6 +554,85 @@ mod tests {
             let body = format!("{e:?}");
             assert!(body.contains(name), "{name}: {body}");
         }
+    }
+
+    #[test]
+    fn vad_fields_and_chunking_strategy() {
+        let d = TranscribeOptions {
+            vad: crate::vad::VadOptions {
+                enabled: true,
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        // /transcribe keeps the configured default; /v1 is one block unless asked
+        let (o, _) = parse_options(Api::Native, &fields(&[]), &d).unwrap();
+        assert!(o.vad.enabled);
+        let (o, _) = parse_options(Api::OpenAiTranscriptions, &fields(&[]), &d).unwrap();
+        assert!(!o.vad.enabled);
+        assert_eq!(o.vad.gate_db, d.vad.gate_db, "the gate stays on");
+        let f = fields(&[
+            ("vad", "false"),
+            ("vad_min_silence_duration_ms", "500"),
+            ("vad_gate_db", "none"),
+        ]);
+        let (o, _) = parse_options(Api::Native, &f, &d).unwrap();
+        assert_eq!(
+            (o.vad.enabled, o.vad.min_silence_duration_ms, o.vad.gate_db),
+            (false, 500, None)
+        );
+        let (o, _) = parse_options(
+            Api::OpenAiTranscriptions,
+            &fields(&[("chunking_strategy", "auto")]),
+            &d,
+        )
+        .unwrap();
+        assert!(o.vad.enabled);
+        assert_eq!(
+            o.vad.min_silence_duration_ms, 2000,
+            "auto: the server's settings"
+        );
+        let f = fields(&[(
+            "chunking_strategy",
+            r#"{"type":"server_vad","threshold":0.7}"#,
+        )]);
+        let (o, _) = parse_options(Api::OpenAiTranscriptions, &f, &d).unwrap();
+        assert_eq!(
+            (
+                o.vad.enabled,
+                o.vad.threshold,
+                o.vad.speech_pad_ms,
+                o.vad.min_silence_duration_ms
+            ),
+            (true, 0.7, 300, 200),
+            "OpenAI's server_vad defaults fill what is not sent"
+        );
+        let f = fields(&[
+            ("chunking_strategy[type]", "server_vad"),
+            ("chunking_strategy[prefix_padding_ms]", "100"),
+        ]);
+        let (o, _) = parse_options(Api::OpenAiTranslations, &f, &d).unwrap();
+        assert_eq!((o.vad.enabled, o.vad.speech_pad_ms), (true, 100));
+        for bad in [
+            "yes",
+            r#"{"type":"semantic_vad"}"#,
+            r#"{"type":"server_vad","threshold":"high"}"#,
+            r#"{"type":"server_vad","prefix_padding_ms":-5}"#,
+            r#"{"type":"server_vad","extra":1}"#,
+        ] {
+            let e = parse_options(
+                Api::OpenAiTranscriptions,
+                &fields(&[("chunking_strategy", bad)]),
+                &d,
+            )
+            .unwrap_err();
+            assert!(
+                format!("{e:?}").contains("chunking_strategy"),
+                "{bad}: {e:?}"
+            );
+        }
+        let e = parse_options(Api::Native, &fields(&[("vad_threshold", "2")]), &d).unwrap_err();
+        assert!(format!("{e:?}").contains("vad_threshold"));
     }
 
     #[test]

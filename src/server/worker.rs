@@ -114,6 +114,10 @@ pub struct InferenceConfig {
     pub model_dir: std::path::PathBuf,
     pub device: candle_core::Device,
     pub precision: crate::model::Precision,
+    /// A Silero VAD file other than the one beside the model directory.
+    pub vad_model: Option<std::path::PathBuf>,
+    /// VAD is on by default (`vad = true`): the model must be there, or the server does not start.
+    pub vad_required: bool,
     pub scheduler: crate::scheduler::SchedulerConfig,
 }
 
@@ -125,13 +129,27 @@ pub fn start(shared: Arc<Shared>, cfg: InferenceConfig) {
     let spawned = std::thread::Builder::new()
         .name("model-loader".into())
         .spawn(move || {
-            let engine = match Engine::load_with(&cfg.model_dir, &cfg.device, cfg.precision) {
-                Ok(e) => Arc::new(e),
+            let mut engine = match Engine::load_with(&cfg.model_dir, &cfg.device, cfg.precision) {
+                Ok(e) => e,
                 Err(e) => {
                     tracing::error!(error = %e, "cannot load the model; exiting");
                     std::process::exit(1);
                 }
             };
+            if let Some(path) = &cfg.vad_model {
+                if let Err(e) = engine.load_vad(path) {
+                    tracing::error!(error = %e, "cannot load the VAD model (vad_model); exiting");
+                    std::process::exit(1);
+                }
+            }
+            if cfg.vad_required && engine.vad.is_none() {
+                tracing::error!(
+                    looked_in = ?crate::engine::vad_model_candidates(&cfg.model_dir),
+                    "vad = true but no Silero VAD model was found: run `make model` (or python3 models/fetch.py silero-vad), set vad_model, or set vad = false; exiting"
+                );
+                std::process::exit(1);
+            }
+            let engine = Arc::new(engine);
             shared.metrics.model_load_seconds.set(engine.load_seconds);
             shared
                 .metrics
@@ -253,6 +271,15 @@ fn run_job(shared: &Shared, engine: &Engine, runner: &crate::scheduler::Schedule
             m.realtime_factor.observe(secs / t.duration.max(1e-3));
             m.decoded_tokens
                 .inc_by(t.segments.iter().map(|s| s.tokens.len() as u64).sum());
+            if let Some(sp) = t.speech {
+                let detector = if sp.vad { "silero" } else { "gate" };
+                m.vad_speech_seconds
+                    .with_label_values(&[detector])
+                    .inc_by(sp.speech_duration);
+                m.vad_skipped_seconds
+                    .with_label_values(&[detector])
+                    .inc_by(sp.skipped_duration);
+            }
             for w in &t.fallbacks {
                 m.fallbacks
                     .with_label_values(&[w.outcome.as_str(), &format!("{:.1}", w.temperature)])
@@ -382,9 +409,10 @@ async fn prepare_and_enqueue(
         armed: true,
     };
     let max_audio_s = shared.max_audio_s;
+    let vad = options.vad.clone();
     let prepared = actix_web::web::block(move || -> Result<Prepared, EngineError> {
         let pcm = Engine::load_audio_within(bytes, Some(max_audio_s))?;
-        Ok(engine.prepare(&pcm))
+        engine.prepare(&pcm, &vad)
     })
     .await;
     let prepared = match prepared {
