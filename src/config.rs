@@ -231,7 +231,7 @@ const DOCS: &[(&str, &str)] = &[
     ),
     (
         "vad_model",
-        "Silero VAD v6 ONNX file; empty = silero-vad/silero_vad_v6.onnx beside the model directory (where `make model` puts it).",
+        "Silero VAD v6 ONNX file; empty = silero-vad/silero_vad_v6.onnx beside the model directory (where `make model` puts it), else models/silero-vad/ under the working directory.",
     ),
 ];
 

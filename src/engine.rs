@@ -60,13 +60,19 @@ pub struct Engine {
 }
 
 /// Where the VAD model is looked for when none is configured: beside the Whisper model's
-/// directory (where `make model` puts it), then inside it.
+/// directory (where `make model` puts it), inside it, then in `models/silero-vad/` under the
+/// working directory (`make model`'s place when the Whisper model lives elsewhere).
 pub fn vad_model_candidates(model_dir: &Path) -> Vec<PathBuf> {
     let mut c = Vec::new();
     if let Some(parent) = model_dir.parent() {
         c.push(parent.join(vad::MODEL_DIR).join(vad::MODEL_FILE));
     }
     c.push(model_dir.join(vad::MODEL_FILE));
+    c.push(
+        Path::new("models")
+            .join(vad::MODEL_DIR)
+            .join(vad::MODEL_FILE),
+    );
     c
 }
 

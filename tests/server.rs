@@ -466,7 +466,13 @@ fn start_long_request(s: &Server) -> std::thread::JoinHandle<Response> {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    std::thread::sleep(Duration::from_millis(500)); // decoding done, inference under way
+    // Decoding and speech detection done, inference under way: the job has left the queue.
+    s.wait_for_metric(
+        "whisperd_queue_wait_seconds_count",
+        1.0,
+        Duration::from_secs(60),
+        "the long request never reached inference",
+    );
     h
 }
 

@@ -348,7 +348,9 @@ fn cli_vad_flags_and_a_missing_vad_model() {
     std::fs::write(&wav, wav_bytes(&x, 16_000)).unwrap();
     let run = |args: &[&str], model: &std::path::Path| {
         let mut c = Command::new(env!("CARGO_BIN_EXE_whisperd"));
-        c.arg("transcribe")
+        // a working directory without models/silero-vad, so only the model's own neighbours count
+        c.current_dir(dir.path())
+            .arg("transcribe")
             .arg("--model")
             .arg(model)
             .args(args)

@@ -170,7 +170,7 @@ impl SpeechMap {
     /// Everything kept: what decoding without VAD or gate sees.
     pub fn whole(total: usize) -> Self {
         Self {
-            regions: vec![0..total],
+            regions: std::iter::once(0..total).collect(),
             total,
             vad: false,
         }
@@ -346,7 +346,7 @@ mod tests {
         let mut x = vec![0f32; 20 * S];
         // a 440 Hz tone at -20 dBFS for 0-5 s and 15-20 s, digital silence between
         for (i, v) in x.iter_mut().enumerate() {
-            if i < 5 * S || i >= 15 * S {
+            if !(5 * S..15 * S).contains(&i) {
                 *v = 0.1 * (i as f32 * 440.0 * std::f32::consts::TAU / S as f32).sin();
             }
         }

@@ -52,15 +52,11 @@ pub fn speech_timestamps(probs: &[f32], total: usize, o: &VadOptions) -> Vec<Ran
                     } else {
                         current = Some(next_start);
                     }
-                    prev_end = 0;
-                    next_start = 0;
-                    temp_end = 0;
+                    (prev_end, next_start, temp_end) = (0, 0, 0);
                 } else {
                     speeches.push((start, pos));
                     current = None;
-                    prev_end = 0;
-                    next_start = 0;
-                    temp_end = 0;
+                    (prev_end, next_start, temp_end) = (0, 0, 0);
                     triggered = false;
                     continue;
                 }
@@ -82,9 +78,7 @@ pub fn speech_timestamps(probs: &[f32], total: usize, o: &VadOptions) -> Vec<Ran
                 }
             }
             current = None;
-            prev_end = 0;
-            next_start = 0;
-            temp_end = 0;
+            (prev_end, next_start, temp_end) = (0, 0, 0);
             triggered = false;
             continue;
         }
@@ -127,7 +121,7 @@ mod tests {
 
     fn frames(spec: &[(f32, usize)]) -> Vec<f32> {
         spec.iter()
-            .flat_map(|&(p, n)| std::iter::repeat(p).take(n))
+            .flat_map(|&(p, n)| std::iter::repeat_n(p, n))
             .collect()
     }
 
