@@ -7,7 +7,7 @@ use candle_nn::{LayerNorm, Linear};
 use rayon::prelude::*;
 
 use super::linear::{Precision, Proj};
-use super::rowmatmul::RowMatmul;
+use super::rowmatmul::{self, RowMatmul};
 
 use super::encoder::{fused_qkv, layer_norm, linear};
 use super::weights::Weights;
@@ -218,9 +218,9 @@ impl TextDecoder {
             .collect::<Result<Vec<_>, ModelError>>()?;
         let embed_tokens = w.get_shaped("decoder.embed_tokens.weight", &[dims.n_vocab, d])?;
         let device = embed_tokens.device().clone();
-        let embed = RowMatmul::from_tensors(&embed_tokens, None)?;
+        let embed = rowmatmul::from_tensors(&embed_tokens, None)?;
         let logits_q8 = match precision {
-            Precision::Q8 => Some(RowMatmul::quantized_from_tensors(&embed_tokens, None)?),
+            Precision::Q8 => Some(rowmatmul::quantized_from_tensors(&embed_tokens, None)?),
             Precision::F32 => None,
         };
         tracing::debug!(

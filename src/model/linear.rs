@@ -8,7 +8,7 @@
 use candle_core::{Module, Tensor};
 use candle_nn::Linear;
 
-use super::rowmatmul::RowMatmul;
+use super::rowmatmul::{self, RowMatmul};
 
 /// Inputs with at most this many rows take [`RowMatmul`] (f32 precision).
 pub const ROW_KERNEL_MAX_ROWS: usize = 32;
@@ -46,10 +46,10 @@ impl Proj {
     pub fn new(l: Linear, precision: Precision) -> candle_core::Result<Self> {
         Ok(match precision {
             Precision::F32 => Proj::F32 {
-                rows: RowMatmul::from_tensors(l.weight(), l.bias())?,
+                rows: rowmatmul::from_tensors(l.weight(), l.bias())?,
                 dense: l,
             },
-            Precision::Q8 => Proj::Q8(RowMatmul::quantized_from_tensors(l.weight(), l.bias())?),
+            Precision::Q8 => Proj::Q8(rowmatmul::quantized_from_tensors(l.weight(), l.bias())?),
         })
     }
 

@@ -1,0 +1,376 @@
+//! The encoder's 1500-row projections in 16-bit integers, for `--precision q8` on x86 CPUs
+//! without AMX (AVX2: every AMD EPYC before Zen 4, Intel before Sapphire Rapids).
+//!
+//! There the f32 GEMM is the floor of every request: one tiny.en window is ~37 GFLOP, ~510 ms on
+//! two AMD Zen 3 cores, two thirds of it in these projections. `vpmaddwd` multiplies 16 pairs
+//! of i16 and adds neighbours into 8 i32 per instruction: twice the multiplies of an 8-lane f32
+//! FMA, on the same two pipes.
+//!
+//! Numerics: weights are quantized per output row to 10 bits (±511, one f32 scale per row; int8
+//! cost +0.3 WER points on the eval set's long-form file, 10 bits none), held as i16. Each input
+//! row is quantized on the fly with its own scale to as many bits as keep every sum over the
+//! inner dimension inside i32 (12 bits at tiny's widest, 1536). Sums are exact integers; the
+//! result is `sum · scale_row · scale_weight + bias` in f32.
+
+use rayon::prelude::*;
+
+use crate::isa::Tier;
+
+/// i16 per vector: the inner dimension is padded with zeros to a multiple of it.
+const LANES: usize = 16;
+/// Output columns per packed group: one vector of 8 i32 sums.
+const GROUP: usize = 8;
+/// Largest weight magnitude (10 bits).
+const W_MAX: i32 = 511;
+/// Largest activation magnitude (14 bits), where the inner dimension allows it.
+const A_MAX: i32 = 8191;
+/// The register tile: 5 rows × 2 groups (16 columns) is 10 accumulators, plus 2 weight vectors
+/// and 1 broadcast, within AVX2's 16 registers (4 × 3 spilled one; 5 × 2 took ~6 % less time
+/// in the encoder's projections on Zen 3).
+const MR: usize = 5;
+const VR: usize = 2;
+/// Rows per task (a multiple of MR): a task's rows (50 × 1536 × 2 B = 154 KB at tiny's widest)
+/// stay in a core's L2 while every 16-column weight panel passes over them.
+const ROW_BLOCK: usize = 50;
+
+/// Whether this CPU runs these kernels.
+pub fn available() -> bool {
+    Tier::available().contains(&Tier::Avx2)
+}
+
+/// `y = x·Wᵀ + b` with integer weights and activations (see the module docs).
+pub struct IntLinear {
+    out: usize,
+    inp: usize,
+    /// `inp` rounded up to [`LANES`].
+    k: usize,
+    /// Packed for `vpmaddwd` against a broadcast pair of activations: groups of [`GROUP`] output
+    /// columns (the last zero-padded), each `k / 2` vectors of 16 i16 holding, for one pair of
+    /// inputs, both weights of each of the group's columns side by side. One multiply-add then
+    /// gives 8 columns' partial sums in their own lanes: no horizontal sums, and the epilogue
+    /// (scale, bias) works on whole vectors.
+    w: Vec<i16>,
+    /// Per output column, zero-padded to whole groups (like `bias`).
+    w_scale: Vec<f32>,
+    bias: Vec<f32>,
+    /// Activation range: the largest `a` with `k · a · W_MAX` ≤ i32::MAX, at most [`A_MAX`].
+    a_max: i32,
+}
+
+impl IntLinear {
+    /// `weight` is `(out, inp)` row-major; `bias` has `out` values.
+    pub fn from_rows(weight: &[f32], out: usize, inp: usize, mut bias: Vec<f32>) -> Self {
+        let k = inp.next_multiple_of(LANES);
+        let out_pad = out.next_multiple_of(GROUP);
+        let mut w = vec![0i16; out_pad * k];
+        let mut w_scale = vec![0f32; out_pad];
+        let mut row = vec![0i16; inp];
+        for (c, src) in weight.chunks_exact(inp).enumerate() {
+            w_scale[c] = quantize(src, &mut row, W_MAX);
+            let (group, lane) = (c / GROUP, c % GROUP);
+            let panel = &mut w[group * GROUP * k..][..GROUP * k];
+            for (i, &q) in row.iter().enumerate() {
+                panel[(i / 2) * 2 * GROUP + lane * 2 + i % 2] = q;
+            }
+        }
+        bias.resize(out_pad, 0.0);
+        let a_max = (i32::MAX as i64 / (k as i64 * W_MAX as i64)).min(A_MAX as i64) as i32;
+        Self {
+            out,
+            inp,
+            k,
+            w,
+            w_scale,
+            bias,
+            a_max,
+        }
+    }
+
+    pub fn out_features(&self) -> usize {
+        self.out
+    }
+
+    pub fn in_features(&self) -> usize {
+        self.inp
+    }
+
+    /// `x` `(rows, inp)` row-major → `(rows, out)`, on the best kernels this CPU runs.
+    pub fn forward(&self, x: &[f32], rows: usize) -> Vec<f32> {
+        self.forward_rows(Tier::best(), x, rows)
+    }
+
+    /// `x` `(rows, inp)` row-major → `(rows, out)`, on the kernels of `tier`.
+    pub fn forward_rows(&self, tier: Tier, x: &[f32], rows: usize) -> Vec<f32> {
+        assert!(
+            Tier::available().contains(&tier),
+            "{tier:?} kernels need CPU features this one lacks"
+        );
+        let (n, k) = (self.out, self.k);
+        if rows == 0 || n == 0 {
+            return vec![0.0; rows * n];
+        }
+        // Quantized rows (zero past `inp`), each zeroed and written by the task that quantizes it.
+        assert_eq!(
+            x.len(),
+            rows * self.inp,
+            "every row quantized, so every chunk initialized"
+        );
+        let mut a = Vec::with_capacity(rows * k);
+        let a_scale: Vec<f32> = a.spare_capacity_mut()[..rows * k]
+            .par_chunks_mut(k)
+            .zip(x.par_chunks_exact(self.inp))
+            .map(|(dst, src)| quantize(src, &mut crate::par::zeroed(dst)[..self.inp], self.a_max))
+            .collect();
+        // SAFETY: the chunks cover `rows * k` elements and `zeroed` initialized each one.
+        unsafe { a.set_len(rows * k) };
+        crate::par::par_filled(rows * n, ROW_BLOCK * n, |block, y| {
+            let r0 = block * ROW_BLOCK;
+            let nrows = y.len() / n;
+            self.row_block(tier, &a[r0 * k..][..nrows * k], &a_scale[r0..][..nrows], y);
+        })
+    }
+
+    /// One task: `nrows` quantized rows → their output rows `y`. Panels outer: one 16-column
+    /// panel of weights stays in L1 (k ≤ 384) or L2 while all the task's rows pass over it.
+    fn row_block(&self, tier: Tier, a: &[i16], a_scale: &[f32], y: &mut [f32]) {
+        let (n, k) = (self.out, self.k);
+        let nrows = a_scale.len();
+        for c in (0..n).step_by(VR * GROUP) {
+            let cols = (n - c).min(VR * GROUP);
+            let groups = cols.div_ceil(GROUP);
+            let panel = Panel {
+                w: &self.w[c * k..][..groups * GROUP * k],
+                w_scale: &self.w_scale[c..][..groups * GROUP],
+                bias: &self.bias[c..][..groups * GROUP],
+                cols,
+            };
+            for r in (0..nrows).step_by(MR) {
+                let mr = (nrows - r).min(MR);
+                let out = &mut y[r * n + c..][..(mr - 1) * n + cols];
+                panel.tile(tier, &a[r * k..][..mr * k], k, &a_scale[r..][..mr], out, n);
+            }
+        }
+    }
+}
+
+/// Up to [`VR`] packed groups of weight columns, with their scales and biases.
+struct Panel<'a> {
+    w: &'a [i16],
+    w_scale: &'a [f32],
+    bias: &'a [f32],
+    /// Columns to write (the last group may be padding).
+    cols: usize,
+}
+
+impl Panel<'_> {
+    /// `out[i][j] = (Σₖ a[i][k]·w[j][k]) · (a_scale[i] · w_scale[j]) + bias[j]` for the
+    /// `a.len() / k` (≤ [`MR`]) rows of `a` and the panel's columns; `out` rows at stride `ldo`.
+    fn tile(&self, tier: Tier, a: &[i16], k: usize, a_scale: &[f32], out: &mut [f32], ldo: usize) {
+        let (mr, groups) = (a.len() / k, self.w.len() / (GROUP * k));
+        assert!(mr <= MR && groups <= VR && k.is_multiple_of(LANES) && a_scale.len() == mr);
+        assert!(out.len() > (mr - 1) * ldo && out.len() - (mr - 1) * ldo >= self.cols);
+        #[cfg(target_arch = "x86_64")]
+        if tier != Tier::Portable {
+            let args = (
+                a.as_ptr(),
+                self.w.as_ptr(),
+                k,
+                a_scale.as_ptr(),
+                self.w_scale.as_ptr(),
+                self.bias.as_ptr(),
+                out.as_mut_ptr(),
+                ldo,
+                self.cols,
+            );
+            // SAFETY: AVX2 is in every non-portable tier (`Tier::available`); the slices hold
+            // the rows, groups and columns the kernel reads and writes (asserted above).
+            unsafe {
+                match (mr, groups) {
+                    (5, 2) => return avx2::tile::<5, 2>(args),
+                    (5, 1) => return avx2::tile::<5, 1>(args),
+                    (4, 2) => return avx2::tile::<4, 2>(args),
+                    (4, 1) => return avx2::tile::<4, 1>(args),
+                    (3, 2) => return avx2::tile::<3, 2>(args),
+                    (3, 1) => return avx2::tile::<3, 1>(args),
+                    (2, 2) => return avx2::tile::<2, 2>(args),
+                    (2, 1) => return avx2::tile::<2, 1>(args),
+                    (1, 2) => return avx2::tile::<1, 2>(args),
+                    (1, 1) => return avx2::tile::<1, 1>(args),
+                    _ => {}
+                }
+            }
+        }
+        let _ = tier;
+        for (i, &sa) in a_scale.iter().enumerate() {
+            let row = &a[i * k..][..k];
+            for j in 0..self.cols {
+                let panel = &self.w[(j / GROUP) * GROUP * k..][..GROUP * k];
+                let lane = j % GROUP;
+                let sum: i32 = row
+                    .chunks_exact(2)
+                    .zip(panel.chunks_exact(2 * GROUP))
+                    .map(|(x, w)| {
+                        x[0] as i32 * w[2 * lane] as i32 + x[1] as i32 * w[2 * lane + 1] as i32
+                    })
+                    .sum();
+                // The same operations, in the same order, as the vector epilogue.
+                out[i * ldo + j] = sum as f32 * (sa * self.w_scale[j]) + self.bias[j];
+            }
+        }
+    }
+}
+
+/// Symmetric quantization of `src` to `±max` into `dst`; returns the scale (value per step).
+pub(crate) fn quantize(src: &[f32], dst: &mut [i16], max: i32) -> f32 {
+    #[inline(always)]
+    fn body(src: &[f32], dst: &mut [i16], max: i32) -> f32 {
+        let amax = src.iter().fold(0f32, |m, v| m.max(v.abs()));
+        if amax == 0.0 || !amax.is_finite() {
+            dst.fill(0);
+            return 0.0;
+        }
+        let (inv, lim) = (max as f32 / amax, max as f32);
+        for (d, &v) in dst.iter_mut().zip(src) {
+            *d = (v * inv).round_ties_even().clamp(-lim, lim) as i16;
+        }
+        amax / lim
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        // Vectorized rounding needs SSE4.1 (the baseline build calls libm per value).
+        #[target_feature(enable = "avx2")]
+        unsafe fn avx2(src: &[f32], dst: &mut [i16], max: i32) -> f32 {
+            body(src, dst, max)
+        }
+        if available() {
+            // SAFETY: `available` checked AVX2.
+            return unsafe { avx2(src, dst, max) };
+        }
+    }
+    body(src, dst, max)
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use std::arch::x86_64::*;
+
+    /// a, w, k, a_scale, w_scale, bias, out, ldo, cols (see [`super::Panel::tile`]).
+    pub(super) type TileArgs = (
+        *const i16,
+        *const i16,
+        usize,
+        *const f32,
+        *const f32,
+        *const f32,
+        *mut f32,
+        usize,
+        usize,
+    );
+
+    /// Per pair of inputs: `G` weight vectors (8 columns × 2 inputs each), and for each of the
+    /// `R` rows its two activations broadcast as one i32, multiplied and pair-summed by
+    /// `vpmaddwd` into that row's 8-column accumulators.
+    ///
+    /// # Safety
+    /// AVX2 present; `a` points to `R` rows of `k` (a multiple of 16) i16, `w` to `G` packed
+    /// groups, `w_scale` and `bias` to `8·G` values, `out` to `R` rows (stride `ldo`) with room
+    /// for `cols` ≤ `8·G` values each.
+    #[target_feature(enable = "avx2")]
+    #[allow(clippy::needless_range_loop)]
+    pub(super) unsafe fn tile<const R: usize, const G: usize>(args: TileArgs) {
+        let (a, w, k, a_scale, w_scale, bias, out, ldo, cols) = args;
+        let mut acc: [[__m256i; G]; R] = std::mem::zeroed();
+        let mut wv: [__m256i; G] = std::mem::zeroed();
+        let group = k * super::GROUP;
+        for p in 0..k / 2 {
+            for g in 0..G {
+                wv[g] = _mm256_loadu_si256(w.add(g * group + p * 16) as *const __m256i);
+            }
+            for r in 0..R {
+                let pair = (a.add(r * k + 2 * p) as *const i32).read_unaligned();
+                let av = _mm256_set1_epi32(pair);
+                for g in 0..G {
+                    acc[r][g] = _mm256_add_epi32(acc[r][g], _mm256_madd_epi16(av, wv[g]));
+                }
+            }
+        }
+        for r in 0..R {
+            let sa = _mm256_set1_ps(*a_scale.add(r));
+            for g in 0..G {
+                let scale = _mm256_mul_ps(sa, _mm256_loadu_ps(w_scale.add(8 * g)));
+                let y = _mm256_add_ps(
+                    _mm256_mul_ps(_mm256_cvtepi32_ps(acc[r][g]), scale),
+                    _mm256_loadu_ps(bias.add(8 * g)),
+                );
+                let dst = out.add(r * ldo + 8 * g);
+                if cols >= 8 * (g + 1) {
+                    _mm256_storeu_ps(dst, y);
+                } else if cols > 8 * g {
+                    let mut tmp = [0f32; 8];
+                    _mm256_storeu_ps(tmp.as_mut_ptr(), y);
+                    std::ptr::copy_nonoverlapping(tmp.as_ptr(), dst, cols - 8 * g);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_values as values;
+
+    /// Every tier gives the exact integer sums of the quantized operands (so the same result),
+    /// and that result is within the quantization error of the f32 product, for shapes with
+    /// partial tiles, partial blocks and an inner dimension that is not a multiple of 16.
+    #[test]
+    fn matches_f32_within_quantization_error_on_every_tier() {
+        for (rows, out, inp) in [(1, 1, 16), (7, 5, 40), (50, 100, 384), (97, 49, 240)] {
+            let w = values(out * inp, 1);
+            let b = values(out, 2);
+            let x = values(rows * inp, 4);
+            let l = IntLinear::from_rows(&w, out, inp, b.clone());
+            let mut want = vec![0f64; rows * out];
+            for r in 0..rows {
+                for c in 0..out {
+                    want[r * out + c] = b[c] as f64
+                        + (0..inp)
+                            .map(|i| x[r * inp + i] as f64 * w[c * inp + i] as f64)
+                            .sum::<f64>();
+                }
+            }
+            let portable = l.forward_rows(Tier::Portable, &x, rows);
+            for &tier in Tier::available() {
+                let got = l.forward_rows(tier, &x, rows);
+                assert_eq!(got, portable, "{tier:?} differs from the portable sums");
+            }
+            // Weights: half a step (amax / 2·W_MAX, amax ≤ 0.5) per weight, times |x| ≤ 0.5, over
+            // inp terms of random sign: ~6 standard deviations.
+            let bound = 0.5 / W_MAX as f64 * 0.5 * (inp as f64).sqrt() * 2.0;
+            for (i, (g, w)) in portable.iter().zip(&want).enumerate() {
+                assert!(
+                    (*g as f64 - w).abs() < bound,
+                    "rows {rows} out {out} inp {inp}: [{i}] {g} vs {w} (bound {bound})"
+                );
+            }
+        }
+    }
+
+    /// The activation range shrinks with the inner dimension so that sums cannot overflow.
+    #[test]
+    fn activation_range_keeps_sums_in_i32() {
+        for inp in [16, 384, 1536, 2048, 5120, 20480] {
+            let l = IntLinear::from_rows(&vec![0.5; inp], 1, inp, vec![0.0]);
+            assert!(l.a_max >= 1 && l.a_max <= A_MAX);
+            assert!((l.k as i64) * (l.a_max as i64) * (W_MAX as i64) <= i32::MAX as i64);
+            // The worst case: every product at its largest.
+            let x = vec![1.0f32; inp];
+            let y = l.forward_rows(Tier::best(), &x, 1);
+            assert!(
+                (y[0] - 0.5 * inp as f32).abs() < 1e-3 * inp as f32,
+                "{inp}: {}",
+                y[0]
+            );
+        }
+    }
+}

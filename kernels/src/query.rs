@@ -1,0 +1,297 @@
+//! Attention for the decoder's few query rows: self-attention over the KV cache and
+//! cross-attention over the window's audio keys/values (f32, or fp16 bits under q8).
+
+use crate::elementwise::{dot, softmax_in_place};
+use crate::isa::Tier;
+
+/// Attention for the decoder queries of one sequence, one `(query row, head)` pair per call (the
+/// caller runs the pairs of every sequence of a step in one parallel region). `q` is
+/// `(n, heads·dh)`, already scaled by dh^-0.5; each call writes one `dh`-long output.
+pub struct QueryAttention<'a> {
+    pub q: &'a [f32],
+    pub heads: usize,
+    pub dh: usize,
+}
+
+impl QueryAttention<'_> {
+    fn query(&self, row: usize, h: usize) -> &[f32] {
+        &self.q[row * self.heads * self.dh + h * self.dh..][..self.dh]
+    }
+
+    /// Self-attention over a cache of `(tokens, heads·dh)` keys and values; query row `row` sees
+    /// keys `0 ..= first + row` (causal).
+    pub fn cache_head(
+        &self,
+        row: usize,
+        h: usize,
+        k: &[f32],
+        v: &[f32],
+        first: usize,
+        out: &mut [f32],
+    ) {
+        let stride = self.heads * self.dh;
+        self_head(
+            self.query(row, h),
+            k,
+            v,
+            first + row + 1,
+            stride,
+            h * self.dh,
+            out,
+        );
+    }
+
+    /// Cross-attention to audio keys stored transposed per head `(heads, dh, n_audio)` and values
+    /// `(heads, n_audio, dh)`, as f32 or as fp16 bits (q8).
+    pub fn audio_head<T: AudioValue>(
+        &self,
+        row: usize,
+        h: usize,
+        kt: &[T],
+        v: &[T],
+        n_audio: usize,
+        out: &mut [f32],
+    ) {
+        let block = self.dh * n_audio;
+        T::cross_head(
+            self.query(row, h),
+            &kt[h * block..][..block],
+            &v[h * block..][..block],
+            n_audio,
+            out,
+        );
+    }
+}
+
+/// How audio keys/values are stored: f32, or fp16 bits (half the memory traffic per step).
+pub trait AudioValue: Sized {
+    fn cross_head(q: &[f32], kt: &[Self], v: &[Self], n: usize, out: &mut [f32]);
+}
+
+impl AudioValue for f32 {
+    fn cross_head(q: &[f32], kt: &[f32], v: &[f32], n: usize, out: &mut [f32]) {
+        cross_head(q, kt, v, n, out)
+    }
+}
+
+impl AudioValue for u16 {
+    fn cross_head(q: &[f32], kt: &[u16], v: &[u16], n: usize, out: &mut [f32]) {
+        cross_head_f16(q, kt, v, n, out)
+    }
+}
+
+fn cross_head_f16(q: &[f32], kt: &[u16], v: &[u16], n: usize, out: &mut [f32]) {
+    cross_head_f16_on(Tier::best(), q, kt, v, n, out)
+}
+
+/// `cross_head_f16` on the kernels of `tier` (one of `Tier::available`).
+fn cross_head_f16_on(tier: Tier, q: &[f32], kt: &[u16], v: &[u16], n: usize, out: &mut [f32]) {
+    let dh = q.len();
+    assert!(kt.len() >= dh * n && v.len() >= dh * n && out.len() >= dh);
+    #[cfg(target_arch = "x86_64")]
+    match tier {
+        // SAFETY (both): the tier's features were detected (`Tier::available`); the slice
+        // lengths were checked above and the head size here.
+        Tier::Avx512 if dh.is_multiple_of(16) && dh <= 128 => {
+            return unsafe { cross_head_f16_avx512(q, kt, v, n, out) }
+        }
+        Tier::Avx2 if dh.is_multiple_of(8) && dh <= 64 => {
+            return unsafe { cross_head_f16_avx2(q, kt, v, n, out) }
+        }
+        _ => {}
+    }
+    let f = |b: u16| half::f16::from_bits(b).to_f32();
+    let dh = q.len();
+    let mut scores = vec![0f32; n];
+    for d in 0..dh {
+        for (s, &k) in scores.iter_mut().zip(&kt[d * n..][..n]) {
+            *s += q[d] * f(k);
+        }
+    }
+    softmax_in_place(&mut scores);
+    out.fill(0.0);
+    for (j, &p) in scores.iter().enumerate() {
+        for (o, &vv) in out.iter_mut().zip(&v[j * dh..][..dh]) {
+            *o += p * f(vv);
+        }
+    }
+}
+
+/// The same arithmetic as `cross_head`, converting 16 fp16 values per instruction.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn cross_head_f16_avx512(q: &[f32], kt: &[u16], v: &[u16], n: usize, out: &mut [f32]) {
+    use std::arch::x86_64::*;
+    let dh = q.len();
+    let load16 = |p: *const u16| _mm512_cvtph_ps(_mm256_loadu_si256(p as *const __m256i));
+    let n16 = n / 16 * 16;
+    let mut scores = vec![0f32; n];
+    for (d, &qd) in q.iter().enumerate() {
+        let row = kt.as_ptr().add(d * n);
+        let qv = _mm512_set1_ps(qd);
+        let mut j = 0;
+        while j < n16 {
+            let s = scores.as_mut_ptr().add(j);
+            _mm512_storeu_ps(
+                s,
+                _mm512_fmadd_ps(qv, load16(row.add(j)), _mm512_loadu_ps(s)),
+            );
+            j += 16;
+        }
+        for (j, sc) in scores.iter_mut().enumerate().skip(n16) {
+            *sc += qd * half::f16::from_bits(*row.add(j)).to_f32();
+        }
+    }
+    softmax_in_place(&mut scores);
+    // dh is a multiple of 16 (and at most 128, checked by the caller): dh / 16 accumulators.
+    let mut acc = [_mm512_setzero_ps(); 8];
+    let lanes = dh / 16;
+    for (j, &p) in scores.iter().enumerate() {
+        let pv = _mm512_set1_ps(p);
+        let row = v.as_ptr().add(j * dh);
+        for (c, a) in acc.iter_mut().enumerate().take(lanes) {
+            *a = _mm512_fmadd_ps(pv, load16(row.add(c * 16)), *a);
+        }
+    }
+    for (c, a) in acc.iter().enumerate().take(lanes) {
+        _mm512_storeu_ps(out.as_mut_ptr().add(c * 16), *a);
+    }
+}
+
+/// `cross_head_f16_avx512` in 8 lanes (AVX2, FMA, F16C).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn cross_head_f16_avx2(q: &[f32], kt: &[u16], v: &[u16], n: usize, out: &mut [f32]) {
+    use std::arch::x86_64::*;
+    let dh = q.len();
+    let load8 = |p: *const u16| _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i));
+    let n8 = n / 8 * 8;
+    let mut scores = vec![0f32; n];
+    // Two key rows per pass over the scores: half the loads and stores of the scores.
+    let mut d = 0;
+    while d < dh {
+        let pair = d + 1 < dh;
+        let (r0, r1) = (
+            kt.as_ptr().add(d * n),
+            kt.as_ptr().add((d + pair as usize) * n),
+        );
+        let (q0, q1) = (
+            _mm256_set1_ps(q[d]),
+            _mm256_set1_ps(if pair { q[d + 1] } else { 0.0 }),
+        );
+        let mut j = 0;
+        while j < n8 {
+            let s = scores.as_mut_ptr().add(j);
+            let acc = _mm256_fmadd_ps(q0, load8(r0.add(j)), _mm256_loadu_ps(s));
+            _mm256_storeu_ps(s, _mm256_fmadd_ps(q1, load8(r1.add(j)), acc));
+            j += 8;
+        }
+        for (j, sc) in scores.iter_mut().enumerate().skip(n8) {
+            *sc += q[d] * half::f16::from_bits(*r0.add(j)).to_f32();
+            if pair {
+                *sc += q[d + 1] * half::f16::from_bits(*r1.add(j)).to_f32();
+            }
+        }
+        d += 2;
+    }
+    softmax_in_place(&mut scores);
+    // dh is a multiple of 8 (and at most 64, checked by the caller): dh / 8 accumulators.
+    let mut acc = [_mm256_setzero_ps(); 8];
+    let lanes = dh / 8;
+    for (j, &p) in scores.iter().enumerate() {
+        let pv = _mm256_set1_ps(p);
+        let row = v.as_ptr().add(j * dh);
+        for (c, a) in acc.iter_mut().enumerate().take(lanes) {
+            *a = _mm256_fmadd_ps(pv, load8(row.add(c * 8)), *a);
+        }
+    }
+    for (c, a) in acc.iter().enumerate().take(lanes) {
+        _mm256_storeu_ps(out.as_mut_ptr().add(c * 8), *a);
+    }
+}
+
+dispatch!(self_head(q: &[f32], k: &[f32], v: &[f32], keys: usize, stride: usize, offset: usize, out: &mut [f32]) {
+    let dh = q.len();
+    let mut scores = Vec::with_capacity(keys);
+    for j in 0..keys {
+        scores.push(dot(q, &k[j * stride + offset..][..dh]));
+    }
+    softmax_in_place(&mut scores);
+    out.fill(0.0);
+    for (j, &p) in scores.iter().enumerate() {
+        let vj = &v[j * stride + offset..][..dh];
+        for d in 0..dh {
+            out[d] += p * vj[d];
+        }
+    }
+});
+
+dispatch!(cross_head(q: &[f32], kt: &[f32], v: &[f32], n: usize, out: &mut [f32]) {
+    let dh = q.len();
+    // scores = q · Kᵀ as dh row updates of length n: no horizontal sums.
+    let mut scores = vec![0f32; n];
+    for d in 0..dh {
+        let qd = q[d];
+        for (s, &kv) in scores.iter_mut().zip(&kt[d * n..][..n]) {
+            *s += qd * kv;
+        }
+    }
+    softmax_in_place(&mut scores);
+    out.fill(0.0);
+    for (j, &p) in scores.iter().enumerate() {
+        for (o, &vv) in out.iter_mut().zip(&v[j * dh..][..dh]) {
+            *o += p * vv;
+        }
+    }
+});
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// fp16-stored audio keys/values (q8) give what the f32 kernel gives on the same values, on
+    /// every kernel tier this CPU runs, for lengths that are and are not a multiple of the lanes
+    /// and two query rows.
+    #[test]
+    fn audio_attention_over_f16_matches_f32() {
+        for tier in Tier::available() {
+            for n in [37, 1500] {
+                audio_attention_over_f16_matches_f32_on(*tier, n);
+            }
+        }
+    }
+
+    fn audio_attention_over_f16_matches_f32_on(tier: Tier, n: usize) {
+        let (heads, dh) = (2, 64);
+        let h = |i: usize, m: usize| half::f16::from_f32(((i * m) % 1000) as f32 / 500.0 - 1.0);
+        let kt16: Vec<u16> = (0..heads * dh * n).map(|i| h(i, 7919).to_bits()).collect();
+        let v16: Vec<u16> = (0..heads * dh * n)
+            .map(|i| h(i, 104729).to_bits())
+            .collect();
+        let f = |b: &Vec<u16>| -> Vec<f32> {
+            b.iter()
+                .map(|&x| half::f16::from_bits(x).to_f32())
+                .collect()
+        };
+        let q: Vec<f32> = (0..2 * heads * dh)
+            .map(|i| (i % 17) as f32 / 17.0 - 0.5)
+            .collect();
+        let qa = QueryAttention { q: &q, heads, dh };
+        let (mut a, mut b) = (vec![0f32; q.len()], vec![0f32; q.len()]);
+        let (kt32, v32) = (f(&kt16), f(&v16));
+        for (i, (oa, ob)) in a.chunks_mut(dh).zip(b.chunks_mut(dh)).enumerate() {
+            let (row, h) = (i / heads, i % heads);
+            qa.audio_head(row, h, &kt32, &v32, n, oa);
+            let block = dh * n;
+            let (kt, v) = (&kt16[h * block..][..block], &v16[h * block..][..block]);
+            cross_head_f16_on(tier, qa.query(row, h), kt, v, n, ob);
+        }
+        let diff = a
+            .iter()
+            .zip(&b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0f32, f32::max);
+        assert!(diff < 1e-5, "{tier:?} n={n}: max diff {diff}");
+        assert!(a.iter().any(|x| x.abs() > 1e-3), "degenerate test data");
+    }
+}

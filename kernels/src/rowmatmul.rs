@@ -1,0 +1,784 @@
+//! `y = x·Wᵀ + b` for the decoder's few-row inputs (one row per decoding sequence per step).
+//!
+//! With 1–8 rows a decoder step is bound by reading the weights from memory, not by arithmetic:
+//! tiny.en reads ~113 MB of f32 weights per step (33 MB of layers, 80 MB of the tied output
+//! projection). The weights shipped in the models are fp16, so they are kept here as fp16
+//! (converted to f32 in registers, `vcvtph2ps`) when every value converts back exactly; the
+//! products and sums are then the same f32 arithmetic as before at half the memory traffic. A
+//! weight that is not exactly fp16 (an fp32 checkpoint) stays f32. Every weight is read once per
+//! call whatever the number of rows (blocks of 4 rows reuse each group of weights from L1), which is what
+//! makes batched decoder steps cheap.
+//!
+//! The kernel is AVX-512 (checked at run time) with a portable fallback; output columns are split
+//! across the rayon pool.
+
+use rayon::prelude::*;
+
+use crate::isa::Tier;
+
+/// Below this many weights one thread does the whole product (threading costs more).
+const PAR_MIN_WEIGHTS: usize = 1 << 15;
+
+enum Storage {
+    /// Bit patterns of IEEE half floats.
+    F16(Vec<u16>),
+    F32(Vec<f32>),
+    /// `--precision q8`: int8 weights with one f32 scale per [`Q8_GROUP`] consecutive inputs
+    /// of a row (`scales` is `(out, inp / Q8_GROUP)`). On AVX2 the activations are quantized
+    /// to i16 per row and each group's sum is exact in i32 (`q8_int`); elsewhere the weights
+    /// are dequantized in registers and the activations stay f32.
+    Q8 {
+        q: Vec<i8>,
+        scales: Vec<f32>,
+    },
+}
+
+/// Inputs sharing one int8 scale (as GGML's Q8_0).
+pub const Q8_GROUP: usize = 32;
+
+/// A `(out, inp)` weight matrix (rows contiguous) and optional bias, stored for [`RowMatmul::forward`].
+pub struct RowMatmul {
+    out: usize,
+    inp: usize,
+    weights: Storage,
+    bias: Option<Vec<f32>>,
+}
+
+impl RowMatmul {
+    /// `weight` is `(out, inp)` row-major; `bias` has `out` values.
+    pub fn new(weight: &[f32], out: usize, inp: usize, bias: Option<Vec<f32>>) -> Self {
+        debug_assert_eq!(weight.len(), out * inp);
+        // One pass, no f32 copy when fp16 holds every value (keeps the load-time peak down).
+        let mut bits = Vec::with_capacity(weight.len());
+        for &v in weight {
+            let h = half::f16::from_f32(v);
+            if h.to_f32() != v {
+                break;
+            }
+            bits.push(h.to_bits());
+        }
+        let weights = if bits.len() == weight.len() {
+            Storage::F16(bits)
+        } else {
+            drop(bits);
+            Storage::F32(weight.to_vec())
+        };
+        Self {
+            out,
+            inp,
+            weights,
+            bias,
+        }
+    }
+
+    /// Symmetric int8 per group of [`Q8_GROUP`] inputs (`inp` must be a multiple of it).
+    pub fn quantized(weight: &[f32], out: usize, inp: usize, bias: Option<Vec<f32>>) -> Self {
+        debug_assert_eq!(inp % Q8_GROUP, 0);
+        let mut q = vec![0i8; out * inp];
+        let mut scales = vec![0f32; out * inp / Q8_GROUP];
+        for ((g, dst), scale) in weight
+            .chunks(Q8_GROUP)
+            .zip(q.chunks_mut(Q8_GROUP))
+            .zip(scales.iter_mut())
+        {
+            let amax = g.iter().fold(0f32, |m, v| m.max(v.abs()));
+            *scale = amax / 127.0;
+            let inv = if amax > 0.0 { 127.0 / amax } else { 0.0 };
+            for (d, &v) in dst.iter_mut().zip(g) {
+                *d = (v * inv).round().clamp(-127.0, 127.0) as i8;
+            }
+        }
+        Self {
+            out,
+            inp,
+            weights: Storage::Q8 { q, scales },
+            bias,
+        }
+    }
+}
+
+impl RowMatmul {
+    pub fn out_features(&self) -> usize {
+        self.out
+    }
+
+    pub fn in_features(&self) -> usize {
+        self.inp
+    }
+
+    /// The weight rows `ids`, concatenated, exactly as given to [`RowMatmul::new`] (a lookup
+    /// table: token embeddings). `None` for an id out of range or int8 weights.
+    pub fn rows(&self, ids: &[u32]) -> Option<Vec<f32>> {
+        let k = self.inp;
+        let mut out = Vec::with_capacity(ids.len() * k);
+        for &id in ids {
+            let i = id as usize;
+            if i >= self.out {
+                return None;
+            }
+            match &self.weights {
+                Storage::F16(w) => out.extend(
+                    w[i * k..][..k]
+                        .iter()
+                        .map(|&b| half::f16::from_bits(b).to_f32()),
+                ),
+                Storage::F32(w) => out.extend_from_slice(&w[i * k..][..k]),
+                Storage::Q8 { .. } => return None,
+            }
+        }
+        Some(out)
+    }
+
+    /// Whether the weights are held as fp16 (exactly).
+    pub fn is_f16(&self) -> bool {
+        matches!(self.weights, Storage::F16(_))
+    }
+
+    /// `x` is `(rows, inp)` row-major; returns `(rows, out)`.
+    pub fn forward(&self, x: &[f32], rows: usize) -> Vec<f32> {
+        self.forward_with(Tier::best(), x, rows)
+    }
+
+    /// [`RowMatmul::forward`] on the kernels of `tier` (one of [`Tier::available`]).
+    pub(crate) fn forward_with(&self, tier: Tier, x: &[f32], rows: usize) -> Vec<f32> {
+        assert!(
+            Tier::available().contains(&tier),
+            "{tier:?} kernels need CPU features this one lacks"
+        );
+        let (n, k) = (self.out, self.inp);
+        assert_eq!(x.len(), rows * k, "input is not (rows, {k})");
+        let mut y = vec![0f32; rows * n];
+        if rows == 0 || n == 0 {
+            return y;
+        }
+        let threads = rayon::current_num_threads().max(1);
+        let chunk = if n * k < PAR_MIN_WEIGHTS || threads == 1 {
+            n
+        } else {
+            // A few chunks per thread so an uneven split evens out; multiples of 8 columns.
+            n.div_ceil(threads * 4).next_multiple_of(8).max(32)
+        };
+        let out = OutPtr(y.as_mut_ptr());
+        // q8 on AVX2 multiplies in integers (see `q8_int`): the rows are quantized once here.
+        let int_rows = match &self.weights {
+            Storage::Q8 { .. } if tier == Tier::Avx2 => Some(IntRows::new(x, rows, k)),
+            _ => None,
+        };
+        let run = |c0: usize| {
+            let cols = c0..(c0 + chunk).min(n);
+            // SAFETY: each task writes only the columns `cols` of `y` (disjoint between tasks),
+            // every index below is < rows * n, and `y` outlives the parallel loop.
+            unsafe { self.columns(tier, x, int_rows.as_ref(), rows, cols, out) };
+        };
+        if chunk >= n {
+            run(0);
+        } else {
+            (0..n)
+                .step_by(chunk)
+                .collect::<Vec<_>>()
+                .into_par_iter()
+                .for_each(run);
+        }
+        y
+    }
+
+    /// Computes columns `cols` of every output row.
+    ///
+    /// # Safety
+    /// `y` points to `rows * self.out` floats that no other thread writes in these columns.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn columns(
+        &self,
+        tier: Tier,
+        x: &[f32],
+        int_rows: Option<&IntRows>,
+        rows: usize,
+        cols: std::ops::Range<usize>,
+        y: OutPtr,
+    ) {
+        let (n, k) = (self.out, self.inp);
+        let ys = y.0;
+        match (&self.weights, int_rows) {
+            (Storage::F16(w), _) => kernel::f16_rows(tier, x, rows, w, &[], k, n, cols.clone(), ys),
+            (Storage::F32(w), _) => kernel::f32_rows(tier, x, rows, w, &[], k, n, cols.clone(), ys),
+            #[cfg(target_arch = "x86_64")]
+            (Storage::Q8 { q, scales }, Some(xi)) => {
+                q8_int::rows(xi, rows, q, scales, k, n, cols.clone(), ys)
+            }
+            (Storage::Q8 { q, scales }, _) => {
+                kernel::q8_rows(tier, x, rows, q, scales, k, n, cols.clone(), ys)
+            }
+        }
+        if let Some(b) = &self.bias {
+            for m in 0..rows {
+                for c in cols.clone() {
+                    *ys.add(m * n + c) += b[c];
+                }
+            }
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+struct OutPtr(*mut f32);
+// SAFETY: tasks write disjoint columns (see `RowMatmul::forward`).
+unsafe impl Send for OutPtr {}
+unsafe impl Sync for OutPtr {}
+
+mod kernel {
+    //! `y[m][c] = Σₖ x[m][k]·w[c][k]` for `mr` rows and the columns `cols`. `y` has row
+    //! stride `n`. `s` holds the int8 group scales (empty for float weights).
+
+    use super::Tier;
+    use std::ops::Range;
+
+    /// The tile order every SIMD kernel uses: column groups of `nr` outermost (a group's
+    /// weights come from memory once, then from L1 for every further block of up to 4 rows).
+    /// Calls `tile(first_row, rows, first_column, wide)`: `wide` is a full group of `nr`
+    /// columns, else one column of a partial last group.
+    #[inline(always)]
+    pub(super) fn for_each_tile(
+        mr: usize,
+        cols: Range<usize>,
+        nr: usize,
+        mut tile: impl FnMut(usize, usize, usize, bool),
+    ) {
+        let mut c = cols.start;
+        while c < cols.end {
+            let width = (cols.end - c).min(nr);
+            let mut m0 = 0;
+            while m0 < mr {
+                let rows = (mr - m0).min(4);
+                if width == nr {
+                    tile(m0, rows, c, true);
+                } else {
+                    (c..c + width).for_each(|cc| tile(m0, rows, cc, false));
+                }
+                m0 += rows;
+            }
+            c += width;
+        }
+    }
+
+    macro_rules! rows_fn {
+        ($name:ident, $t:ty, $to_f32:expr) => {
+            /// # Safety
+            /// `y` is valid for `mr` rows of stride `n` covering `cols`; `tier` is one of
+            /// [`Tier::available`].
+            #[allow(clippy::too_many_arguments)]
+            pub unsafe fn $name(
+                tier: Tier,
+                x: &[f32],
+                mr: usize,
+                w: &[$t],
+                s: &[f32],
+                k: usize,
+                n: usize,
+                cols: Range<usize>,
+                y: *mut f32,
+            ) {
+                #[cfg(target_arch = "x86_64")]
+                match tier {
+                    Tier::Avx512 if k % 16 == 0 => {
+                        return avx512::$name::rows(x, mr, w, s, k, n, cols, y)
+                    }
+                    Tier::Avx2 if k % 8 == 0 => {
+                        return avx2::$name::rows(x, mr, w, s, k, n, cols, y)
+                    }
+                    _ => {}
+                }
+                let _ = tier;
+                let to_f32 = $to_f32;
+                for m in 0..mr {
+                    let xr = &x[m * k..][..k];
+                    for c in cols.clone() {
+                        // 16 partial sums, as the vector kernel keeps, so LLVM may vectorize.
+                        let mut acc = [0f32; 16];
+                        let mut i = 0;
+                        while i + 16 <= k {
+                            for l in 0..16 {
+                                acc[l] += xr[i + l] * to_f32(w, s, c, i + l, k);
+                            }
+                            i += 16;
+                        }
+                        let mut sum: f32 = acc.iter().sum();
+                        for j in i..k {
+                            sum += xr[j] * to_f32(w, s, c, j, k);
+                        }
+                        *y.add(m * n + c) = sum;
+                    }
+                }
+            }
+        };
+    }
+
+    rows_fn!(f16_rows, u16, |w: &[u16],
+                             _: &[f32],
+                             c: usize,
+                             i: usize,
+                             k: usize| {
+        half::f16::from_bits(w[c * k + i]).to_f32()
+    });
+    rows_fn!(f32_rows, f32, |w: &[f32],
+                             _: &[f32],
+                             c: usize,
+                             i: usize,
+                             k: usize| w
+        [c * k + i]);
+    rows_fn!(q8_rows, i8, |w: &[i8],
+                           s: &[f32],
+                           c: usize,
+                           i: usize,
+                           k: usize| {
+        w[c * k + i] as f32 * s[(c * k + i) / super::Q8_GROUP]
+    });
+
+    /// The SIMD kernels, one module per weight type with `tile` (`MR` rows × `NR` columns from
+    /// column `c`, the whole inner dimension), `$load(w, s, element offset)` giving one vector
+    /// of weights as f32 lanes, and the driver `rows` over any number of rows and a range of
+    /// columns. `nr` is the tile width for 1, 2, 3 and 4 rows: fewer rows → more columns per
+    /// tile, so enough independent sums are in flight to hide the FMA latency, within the
+    /// register file (accumulators + row vectors + one weight vector; beyond it LLVM spills).
+    #[cfg(target_arch = "x86_64")]
+    macro_rules! simd_rows {
+        (
+            features = $feat:literal, vector = $v:ty, lanes = $lanes:expr,
+            loadu = $loadu:path, fmadd = $fmadd:path, reduce = $reduce:path,
+            nr = [$nr1:literal, $nr2:literal, $nr3:literal, $nr4:literal],
+            $($m:ident: $t:ty => $load:expr),* $(,)?
+        ) => {$(
+            pub mod $m {
+                use std::arch::x86_64::*;
+                use std::ops::Range;
+
+                #[target_feature(enable = $feat)]
+                #[allow(clippy::needless_range_loop)]
+                unsafe fn tile<const MR: usize, const NR: usize>(
+                    x: *const f32,
+                    w: *const $t,
+                    s: *const f32,
+                    k: usize,
+                    c: usize,
+                    n: usize,
+                    y: *mut f32,
+                ) {
+                    let load = $load;
+                    // Zeroed memory rather than a repeat expression: that becomes an init loop
+                    // that LLVM then fails to keep in registers.
+                    let mut acc: [[$v; NR]; MR] = std::mem::zeroed();
+                    let mut xv: [$v; MR] = std::mem::zeroed();
+                    let mut i = 0;
+                    // Constant-index loops (fully unrolled) keep `acc` and `xv` in registers.
+                    while i < k {
+                        for m in 0..MR {
+                            xv[m] = $loadu(x.add(m * k + i));
+                        }
+                        for j in 0..NR {
+                            let wv = load(w, s, (c + j) * k + i);
+                            for m in 0..MR {
+                                acc[m][j] = $fmadd(xv[m], wv, acc[m][j]);
+                            }
+                        }
+                        i += $lanes;
+                    }
+                    for m in 0..MR {
+                        for j in 0..NR {
+                            *y.add(m * n + c + j) = $reduce(acc[m][j]);
+                        }
+                    }
+                }
+
+                /// Up to 4 rows × `NR` columns.
+                #[target_feature(enable = $feat)]
+                #[allow(clippy::too_many_arguments)]
+                unsafe fn block<const NR: usize>(
+                    rows: usize,
+                    x: *const f32,
+                    w: *const $t,
+                    s: *const f32,
+                    k: usize,
+                    c: usize,
+                    n: usize,
+                    y: *mut f32,
+                ) {
+                    match rows {
+                        1 => tile::<1, NR>(x, w, s, k, c, n, y),
+                        2 => tile::<2, NR>(x, w, s, k, c, n, y),
+                        3 => tile::<3, NR>(x, w, s, k, c, n, y),
+                        _ => tile::<4, NR>(x, w, s, k, c, n, y),
+                    }
+                }
+
+                /// Every tile of the output block, in `for_each_tile`'s order.
+                #[target_feature(enable = $feat)]
+                #[allow(clippy::too_many_arguments)]
+                unsafe fn sweep<const NR: usize>(
+                    mr: usize,
+                    x: *const f32,
+                    w: *const $t,
+                    s: *const f32,
+                    k: usize,
+                    n: usize,
+                    cols: Range<usize>,
+                    y: *mut f32,
+                ) {
+                    super::super::for_each_tile(mr, cols, NR, |m0, rows, c, wide| {
+                        let (xm, ym) = (x.add(m0 * k), y.add(m0 * n));
+                        if wide {
+                            block::<NR>(rows, xm, w, s, k, c, n, ym);
+                        } else {
+                            block::<1>(rows, xm, w, s, k, c, n, ym);
+                        }
+                    });
+                }
+
+                /// # Safety
+                /// `k` a multiple of the lane count, the features present, `y` as in the
+                /// portable version.
+                #[allow(clippy::too_many_arguments)]
+                pub unsafe fn rows(
+                    x: &[f32],
+                    mr: usize,
+                    w: &[$t],
+                    s: &[f32],
+                    k: usize,
+                    n: usize,
+                    cols: Range<usize>,
+                    y: *mut f32,
+                ) {
+                    debug_assert!(x.len() >= mr * k && w.len() >= cols.end * k);
+                    let (x, w, s) = (x.as_ptr(), w.as_ptr(), s.as_ptr());
+                    match mr {
+                        1 => sweep::<$nr1>(mr, x, w, s, k, n, cols, y),
+                        2 => sweep::<$nr2>(mr, x, w, s, k, n, cols, y),
+                        3 => sweep::<$nr3>(mr, x, w, s, k, n, cols, y),
+                        _ => sweep::<$nr4>(mr, x, w, s, k, n, cols, y),
+                    }
+                }
+            }
+        )*};
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    mod avx512 {
+        // 32 registers; with 16 accumulators LLVM spilled and shuffled them every iteration
+        // (seen in the disassembly), so at most 12.
+        simd_rows!(
+            features = "avx512f", vector = __m512, lanes = 16,
+            loadu = _mm512_loadu_ps, fmadd = _mm512_fmadd_ps, reduce = _mm512_reduce_add_ps,
+            nr = [8, 6, 4, 3],
+            f16_rows: u16 => |w: *const u16, _: *const f32, at: usize| {
+                _mm512_cvtph_ps(_mm256_loadu_si256(w.add(at) as *const __m256i))
+            },
+            f32_rows: f32 => |w: *const f32, _: *const f32, at: usize| _mm512_loadu_ps(w.add(at)),
+            // 16 int8 weights → f32 lanes × their group's scale (16 | 32: one group per load).
+            q8_rows: i8 => |w: *const i8, s: *const f32, at: usize| {
+                let ints = _mm512_cvtepi8_epi32(_mm_loadu_si128(w.add(at) as *const __m128i));
+                _mm512_mul_ps(
+                    _mm512_cvtepi32_ps(ints),
+                    _mm512_set1_ps(*s.add(at / crate::rowmatmul::Q8_GROUP)),
+                )
+            },
+        );
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    pub(super) mod avx2 {
+        use std::arch::x86_64::*;
+
+        #[inline]
+        #[target_feature(enable = "avx2,fma,f16c")]
+        pub(in crate::rowmatmul) fn hsum(v: __m256) -> f32 {
+            let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+            let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+            _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)))
+        }
+
+        // 16 registers: 4 rows × 2 columns = 8 accumulators + 4 row vectors + 1 weight.
+        simd_rows!(
+            features = "avx2,fma,f16c", vector = __m256, lanes = 8,
+            loadu = _mm256_loadu_ps, fmadd = _mm256_fmadd_ps, reduce = super::hsum,
+            nr = [8, 5, 3, 2],
+            f16_rows: u16 => |w: *const u16, _: *const f32, at: usize| {
+                _mm256_cvtph_ps(_mm_loadu_si128(w.add(at) as *const __m128i))
+            },
+            f32_rows: f32 => |w: *const f32, _: *const f32, at: usize| _mm256_loadu_ps(w.add(at)),
+            // 8 int8 weights → f32 lanes × their group's scale (8 | 32: one group per load).
+            q8_rows: i8 => |w: *const i8, s: *const f32, at: usize| {
+                let ints = _mm256_cvtepi8_epi32(_mm_loadl_epi64(w.add(at) as *const __m128i));
+                _mm256_mul_ps(
+                    _mm256_cvtepi32_ps(ints),
+                    _mm256_set1_ps(*s.add(at / crate::rowmatmul::Q8_GROUP)),
+                )
+            },
+        );
+    }
+}
+
+/// Activations for the integer q8 kernel: each row quantized to ±[`X_MAX`] with its own scale.
+struct IntRows {
+    q: Vec<i16>,
+    scales: Vec<f32>,
+}
+
+/// 15 bits: a group's sum, 32 × 127 × 32767, stays far inside i32; the rounding (half a step of
+/// the row's largest value) is ~250× finer than the weights' int8 steps.
+const X_MAX: i32 = 32767;
+
+impl IntRows {
+    fn new(x: &[f32], rows: usize, k: usize) -> Self {
+        let mut q = vec![0i16; rows * k];
+        let scales = x
+            .chunks_exact(k)
+            .zip(q.chunks_exact_mut(k))
+            .map(|(src, dst)| crate::intgemm::quantize(src, dst, X_MAX))
+            .collect();
+        Self { q, scales }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod q8_int {
+    //! `q8_rows` for AVX2 with the activations in i16 (see [`super::IntRows`]): per group of 32
+    //! weights, two sign-extending loads and, per row, two `vpmaddwd` whose exact i32 sum is
+    //! scaled once by the group's scale into an f32 accumulator. Converting every weight to
+    //! f32 instead took ~17 instructions per 32 weights before any arithmetic, which made
+    //! single-sequence decoder steps compute-bound on AVX2 CPUs.
+
+    use super::kernel::avx2::hsum;
+    use super::Q8_GROUP;
+    use std::arch::x86_64::*;
+    use std::ops::Range;
+
+    /// Rows × columns of one tile for 1, 2, 3 and 4 rows: accumulators + 2 weight vectors +
+    /// scale + temporaries within 16 registers (the rows are read from L1, not held).
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[allow(clippy::needless_range_loop, clippy::too_many_arguments)]
+    unsafe fn tile<const MR: usize, const NR: usize>(
+        x: *const i16,
+        xs: *const f32,
+        w: *const i8,
+        s: *const f32,
+        k: usize,
+        c: usize,
+        n: usize,
+        y: *mut f32,
+    ) {
+        let mut acc: [[__m256; NR]; MR] = std::mem::zeroed();
+        let groups = k / Q8_GROUP;
+        for g in 0..groups {
+            let i = g * Q8_GROUP;
+            for j in 0..NR {
+                let wp = w.add((c + j) * k + i);
+                let w_lo = _mm256_cvtepi8_epi16(_mm_loadu_si128(wp as *const __m128i));
+                let w_hi = _mm256_cvtepi8_epi16(_mm_loadu_si128(wp.add(16) as *const __m128i));
+                let scale = _mm256_set1_ps(*s.add((c + j) * groups + g));
+                for m in 0..MR {
+                    let xp = x.add(m * k + i);
+                    let lo = _mm256_madd_epi16(_mm256_loadu_si256(xp as *const __m256i), w_lo);
+                    let hi =
+                        _mm256_madd_epi16(_mm256_loadu_si256(xp.add(16) as *const __m256i), w_hi);
+                    let sum = _mm256_cvtepi32_ps(_mm256_add_epi32(lo, hi));
+                    acc[m][j] = _mm256_fmadd_ps(sum, scale, acc[m][j]);
+                }
+            }
+        }
+        for m in 0..MR {
+            let sx = *xs.add(m);
+            for j in 0..NR {
+                *y.add(m * n + c + j) = hsum(acc[m][j]) * sx;
+            }
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn block<const NR: usize>(
+        rows: usize,
+        x: *const i16,
+        xs: *const f32,
+        w: *const i8,
+        s: *const f32,
+        k: usize,
+        c: usize,
+        n: usize,
+        y: *mut f32,
+    ) {
+        match rows {
+            1 => tile::<1, NR>(x, xs, w, s, k, c, n, y),
+            2 => tile::<2, NR>(x, xs, w, s, k, c, n, y),
+            3 => tile::<3, NR>(x, xs, w, s, k, c, n, y),
+            _ => tile::<4, NR>(x, xs, w, s, k, c, n, y),
+        }
+    }
+
+    /// The float kernels' tile order (`for_each_tile`).
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn sweep<const NR: usize>(
+        mr: usize,
+        x: &super::IntRows,
+        w: *const i8,
+        s: *const f32,
+        k: usize,
+        n: usize,
+        cols: Range<usize>,
+        y: *mut f32,
+    ) {
+        super::kernel::for_each_tile(mr, cols, NR, |m0, rows, c, wide| {
+            let xm = x.q.as_ptr().add(m0 * k);
+            let (xs, ym) = (x.scales.as_ptr().add(m0), y.add(m0 * n));
+            if wide {
+                block::<NR>(rows, xm, xs, w, s, k, c, n, ym);
+            } else {
+                block::<1>(rows, xm, xs, w, s, k, c, n, ym);
+            }
+        });
+    }
+
+    /// # Safety
+    /// AVX2 and FMA present; `k` a multiple of [`Q8_GROUP`]; `x` holds `mr` rows of `k`;
+    /// `w` and `s` cover `cols`; `y` as in the portable `q8_rows`.
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn rows(
+        x: &super::IntRows,
+        mr: usize,
+        w: &[i8],
+        s: &[f32],
+        k: usize,
+        n: usize,
+        cols: Range<usize>,
+        y: *mut f32,
+    ) {
+        debug_assert!(x.q.len() >= mr * k && x.scales.len() >= mr && w.len() >= cols.end * k);
+        debug_assert!(k.is_multiple_of(Q8_GROUP) && s.len() >= cols.end * (k / Q8_GROUP));
+        let (w, s) = (w.as_ptr(), s.as_ptr());
+        match mr {
+            1 => sweep::<8>(mr, x, w, s, k, n, cols, y),
+            2 => sweep::<4>(mr, x, w, s, k, n, cols, y),
+            3 => sweep::<3>(mr, x, w, s, k, n, cols, y),
+            _ => sweep::<2>(mr, x, w, s, k, n, cols, y),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reference(x: &[f32], rows: usize, w: &[f32], out: usize, inp: usize, b: &[f32]) -> Vec<f64> {
+        let mut y = vec![0f64; rows * out];
+        for m in 0..rows {
+            for c in 0..out {
+                let mut s = b[c] as f64;
+                for i in 0..inp {
+                    s += x[m * inp + i] as f64 * w[c * inp + i] as f64;
+                }
+                y[m * out + c] = s;
+            }
+        }
+        y
+    }
+
+    fn check(rows: usize, out: usize, inp: usize, f16_exact: bool) {
+        let mut seed = 0x9e3779b97f4a7c15u64;
+        let mut rnd = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+        };
+        let mut w: Vec<f32> = (0..out * inp).map(|_| rnd()).collect();
+        if f16_exact {
+            w.iter_mut()
+                .for_each(|v| *v = half::f16::from_f32(*v).to_f32());
+        }
+        let b: Vec<f32> = (0..out).map(|_| rnd()).collect();
+        let x: Vec<f32> = (0..rows * inp).map(|_| rnd()).collect();
+        let mm = RowMatmul::new(&w, out, inp, Some(b.clone()));
+        assert_eq!(mm.is_f16(), f16_exact);
+        let want = reference(&x, rows, &w, out, inp, &b);
+        for &tier in Tier::available() {
+            let got = mm.forward_with(tier, &x, rows);
+            for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                let tol = 1e-5 * (inp as f64).sqrt();
+                assert!(
+                    (*g as f64 - w).abs() < tol,
+                    "{tier:?} rows {rows} out {out} inp {inp}: [{i}] {g} vs {w}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn matches_f64_reference_for_every_row_count_and_odd_shapes() {
+        for rows in [1, 2, 3, 4, 5, 6, 7, 8, 9, 17] {
+            check(rows, 389, 384, true);
+        }
+        // Enough weights to split across threads, a column count that is not a multiple of 8.
+        check(3, 1027, 64, true);
+        // fp32 weights that fp16 cannot hold stay f32.
+        check(5, 100, 96, false);
+        // An inner dimension that is a multiple of 8 but not of 16 (AVX2 only; AVX-512 falls back
+        // to the portable loop), and one that is neither (portable on every tier).
+        check(2, 33, 40, true);
+        check(2, 33, 50, true);
+    }
+
+    #[test]
+    fn q8_matches_its_dequantized_weights_and_stays_close_to_f32() {
+        let (out, inp, max_rows) = (77, 384, 8);
+        let w: Vec<f32> = (0..out * inp)
+            .map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5)
+            .collect();
+        let x: Vec<f32> = (0..max_rows * inp)
+            .map(|i| ((i * 104729) % 997) as f32 / 997.0 - 0.5)
+            .collect();
+        let mm = RowMatmul::quantized(&w, out, inp, None);
+        let Storage::Q8 { q, scales } = &mm.weights else {
+            panic!("not q8")
+        };
+        let deq: Vec<f32> = q
+            .iter()
+            .enumerate()
+            .map(|(i, &v)| v as f32 * scales[i / Q8_GROUP])
+            .collect();
+        let exact = reference(&x, max_rows, &deq, out, inp, &vec![0.0; out]);
+        let full = reference(&x, max_rows, &w, out, inp, &vec![0.0; out]);
+        for &tier in Tier::available() {
+            let all = mm.forward_with(tier, &x, max_rows);
+            for (i, ((g, e), f)) in all.iter().zip(&exact).zip(&full).enumerate() {
+                // f32 summation, plus on AVX2 the activations' rounding to 15 bits: at most half
+                // a step of the row's largest |x| per input, times that input's |weight|.
+                let mut bound = 1e-4;
+                if tier == Tier::Avx2 {
+                    let row = &x[(i / out) * inp..][..inp];
+                    let step = row.iter().fold(0f32, |m, v| m.max(v.abs())) as f64 / X_MAX as f64;
+                    let w_abs: f64 = deq[(i % out) * inp..][..inp]
+                        .iter()
+                        .map(|v| v.abs() as f64)
+                        .sum();
+                    bound += 0.5 * step * w_abs;
+                }
+                assert!(
+                    (*g as f64 - e).abs() < bound,
+                    "{tier:?}: {g} vs dequantized {e} (bound {bound})"
+                );
+                // Quantization error: half a step (amax/254) per weight, summed over 384 inputs.
+                assert!((*g as f64 - f).abs() < 0.05, "{tier:?}: {g} vs f32 {f}");
+            }
+            // A row's result does not depend on the rows decoded with it (batched decoding
+            // must give the tokens of decoding alone), whatever tile the row count picks.
+            for rows in 1..max_rows {
+                let got = mm.forward_with(tier, &x[..rows * inp], rows);
+                assert_eq!(got, all[..rows * out], "{tier:?}, {rows} rows");
+            }
+        }
+    }
+
+    #[test]
+    fn zero_rows_give_empty_output() {
+        let mm = RowMatmul::new(&[1.0; 8], 2, 4, None);
+        assert!(mm.forward(&[], 0).is_empty());
+    }
+}
