@@ -15,21 +15,15 @@
 
 use rayon::prelude::*;
 
+use crate::isa::Tier;
+
 const BLOCK: usize = 32;
 /// u16 per packed B tile: 16 rows (pairs of k) × 16 columns × 2.
 const TILE_U16: usize = 512;
 
-/// Whether AMX-BF16 is usable in this process (checked and requested once).
+/// Whether AMX-BF16 is usable in this process ([`Tier::Amx`], detected and requested once).
 pub fn available() -> bool {
-    static AVAILABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *AVAILABLE.get_or_init(|| {
-        if std::env::var("WHISPERD_AMX").is_ok_and(|v| v == "0" || v == "false") {
-            return false;
-        }
-        let ok = imp::request();
-        tracing::debug!(available = ok, "AMX-BF16 tiles");
-        ok
-    })
+    Tier::Amx.is_available()
 }
 
 fn round_up(x: usize, to: usize) -> usize {
@@ -43,10 +37,10 @@ pub fn bf16(v: f32) -> u16 {
     ((b + 0x7fff + ((b >> 16) & 1)) >> 16) as u16
 }
 
-/// `dst[i] = bf16(src[i])`: the CPU's own conversion (AVX512-BF16, which every AMX CPU has),
-/// else the scalar rounding of [`bf16`] (only reached by tests on other CPUs: `Bf16Rows` feed
-/// AMX tiles).
-fn to_bf16(src: &[f32], dst: &mut [u16]) {
+/// `dst[i] = bf16(src[i])`: the CPU's own conversion on [`Tier::Avx512Bf16`] and up (every AMX
+/// CPU has it), else the scalar rounding of [`bf16`] (only reached by tests on other CPUs:
+/// `Bf16Rows` feed AMX tiles).
+pub fn to_bf16_on(tier: Tier, src: &[f32], dst: &mut [u16]) {
     #[inline(always)]
     fn generic(src: &[f32], dst: &mut [u16]) {
         for (d, &s) in dst.iter_mut().zip(src) {
@@ -74,11 +68,13 @@ fn to_bf16(src: &[f32], dst: &mut [u16]) {
             let done = n / 16 * 16;
             generic(&src[done..], &mut dst[done..]);
         }
-        if std::is_x86_feature_detected!("avx512f") && std::is_x86_feature_detected!("avx512bf16") {
-            // SAFETY: the features `native` is compiled for were detected just above.
+        if tier >= Tier::Avx512Bf16 {
+            // SAFETY: `tier` is available (the caller's contract): the CPU has the features
+            // `native` is compiled for.
             return unsafe { native(src, dst) };
         }
     }
+    let _ = tier;
     generic(src, dst)
 }
 
@@ -115,10 +111,11 @@ impl Bf16Rows {
     /// Row `i` of `A` is `a[i * lda ..][.. k]`.
     pub fn new(a: &[f32], m: usize, k: usize, lda: usize) -> Self {
         let (m_pad, k_pad) = (round_up(m.max(1), BLOCK), round_up(k.max(1), BLOCK));
+        let tier = Tier::best();
         let mut data = vec![0u16; m_pad * k_pad];
         let fill = |(i, row): (usize, &mut [u16])| {
             if i < m {
-                to_bf16(&a[i * lda..][..k], &mut row[..k]);
+                to_bf16_on(tier, &a[i * lda..][..k], &mut row[..k]);
             }
         };
         if m * k >= 1 << 16 {
@@ -138,7 +135,11 @@ impl Bf16Rows {
 /// The right operand `B` (k × n) in AMX tile order: for each 16 columns and 32 values of k a
 /// 16 × 32 tile whose row `r` holds `(B[2r][j], B[2r+1][j])` for the 16 columns `j`.
 pub struct PackedB {
-    tiles: Vec<u16>,
+    #[cfg_attr(
+        not(all(target_arch = "x86_64", target_os = "linux")),
+        allow(dead_code)
+    )]
+    tiles: Vec<u16>, // read by the tile loads (x86-64 Linux)
     k: usize,
     n: usize,
     k_pad: usize,
@@ -252,26 +253,6 @@ mod imp {
     use super::{Bf16Rows, PackedB, BLOCK, TILE_U16};
     use std::arch::asm;
 
-    /// CPUID: AMX-TILE and AMX-BF16, then ask Linux for the tile data state.
-    pub fn request() -> bool {
-        let leaf7 = std::arch::x86_64::__cpuid_count(7, 0);
-        let (amx_bf16, amx_tile) = (leaf7.edx & (1 << 22) != 0, leaf7.edx & (1 << 24) != 0);
-        if !(amx_bf16 && amx_tile) {
-            return false;
-        }
-        const ARCH_REQ_XCOMP_PERM: libc::c_long = 0x1023;
-        const XFEATURE_XTILEDATA: libc::c_long = 18;
-        // SAFETY: a plain syscall with integer arguments.
-        let r = unsafe {
-            libc::syscall(
-                libc::SYS_arch_prctl,
-                ARCH_REQ_XCOMP_PERM,
-                XFEATURE_XTILEDATA,
-            )
-        };
-        r == 0
-    }
-
     /// Palette 1, eight tiles of 16 rows × 64 bytes.
     #[repr(C, align(64))]
     struct TileConfig([u8; 64]);
@@ -292,7 +273,7 @@ mod imp {
     /// tiles (tmm0–3) over all of k, with A in tmm4/5 and B in tmm6/7.
     ///
     /// # Safety
-    /// Tiles are permitted ([`request`] returned true); `rows` points to 32 writable rows of
+    /// Tiles are permitted ([`Tier::Amx`] is available); `rows` points to 32 writable rows of
     /// `b.n_pad` values (block `mb` of the output); they need not be initialized.
     pub unsafe fn block_row(a: &Bf16Rows, mb: usize, b: &PackedB, rows: *mut f32) {
         let kb = a.k_pad / BLOCK;
@@ -355,9 +336,6 @@ mod imp {
 #[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
 mod imp {
     use super::{Bf16Rows, PackedB};
-    pub fn request() -> bool {
-        false
-    }
     pub unsafe fn block_row(_: &Bf16Rows, _: usize, _: &PackedB, _: *mut f32) {
         unreachable!("AMX is never reported available here")
     }
@@ -528,7 +506,7 @@ mod tests {
             .collect();
         for n in [0, 5, 16, 37, 1000] {
             let mut dst = vec![0u16; n];
-            to_bf16(&src[..n], &mut dst);
+            to_bf16_on(Tier::best(), &src[..n], &mut dst);
             for (i, (&d, &s)) in dst.iter().zip(&src).enumerate() {
                 assert_eq!(d, bf16(s), "n={n} at {i}: {s}");
             }

@@ -3,7 +3,7 @@
 //! Done as candle ops, a head's `q·kᵀ` is a 1500 × 1500 score matrix (9 MB) that goes through
 //! memory three times (matmul out, softmax, matmul in), and candle's GEMM reaches ~67 GFLOP/s
 //! on that thin shape. Here each task computes 48 rows of scores (288 KB, held in the core's
-//! L2), exponentiates them in place (its own vector `exp`: the shared one, auto-vectorized
+//! L2), exponentiates them in place (the 8-lane FMA form of the one `exp`; the scalar one, auto-vectorized
 //! without FMA, took a quarter of the attention's time), multiplies them by the head's values
 //! with the same FMA microkernel, and scales each output row by its 1/Σ. Used by every encoder
 //! path but AMX's (which has its own, in bf16); same arithmetic as the unfused version up to
@@ -17,6 +17,7 @@ use crate::isa::Tier;
 /// ~60 % of a Zen 3 / Skylake core's L2 and give 6 heads × 32 = 192 tasks for a tiny window.
 const QUERY_BLOCK: usize = 48;
 /// The microkernel's tile: 6 rows × 16 columns (two AVX2 vectors), 12 accumulators.
+#[cfg(target_arch = "x86_64")]
 const MR: usize = 6;
 const NR: usize = 16;
 /// Keys per pass of probabilities × values: 64 rows of a 64-wide head are 16 KB of values.
@@ -24,7 +25,7 @@ const KEY_CHUNK: usize = 64;
 
 /// Whether this CPU runs the fused kernel (the caller falls back to candle ops otherwise).
 pub fn available() -> bool {
-    matches!(Tier::best(), Tier::Avx512 | Tier::Avx2)
+    Tier::best() >= Tier::Avx2
 }
 
 /// Head sizes must be a multiple of this (the microkernel's tile width).
@@ -139,10 +140,9 @@ fn attend_window(qkv: &[f32], t: usize, d: usize, heads: usize, y: &mut [f32]) {
     });
 }
 
-/// `row[i] = exp(row[i] − max(row))` in place; returns 1 / Σ row. `x ≥ −87.3` is reduced to
-/// `n·ln2 + r` (|r| ≤ ln2/2), `e^r` is a degree-6 polynomial (relative error ~1e-7), and `2^n`
-/// goes into the exponent bits; below −87.3 (−∞ included) gives exactly 0. Two vectors per step
-/// so the polynomial chains of neighbouring vectors overlap.
+/// `row[i] = exp(row[i] − max(row))` in place (the shared 8-lane exp, `elementwise::x86::Exp8`);
+/// returns 1 / Σ row. Two vectors per step so the polynomial chains of neighbouring vectors
+/// overlap.
 ///
 /// # Safety
 /// The CPU has AVX2 and FMA; `row.len()` is a multiple of 16 and not 0.
@@ -161,33 +161,11 @@ unsafe fn exp_row(row: &mut [f32]) -> f32 {
     _mm256_storeu_ps(lanes.as_mut_ptr(), _mm256_max_ps(m[0], m[1]));
     let max = _mm256_set1_ps(lanes.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b)));
 
-    let floor = _mm256_set1_ps(-87.33);
-    let log2e = _mm256_set1_ps(std::f32::consts::LOG2_E);
-    // The scalar `kernels::exp`'s constants, in vectors.
-    use crate::elementwise::{EXP_LN2_HI, EXP_LN2_LO, EXP_MAGIC, EXP_POLY};
-    let magic = _mm256_set1_ps(EXP_MAGIC);
-    let ln2_hi = _mm256_set1_ps(EXP_LN2_HI);
-    let ln2_lo = _mm256_set1_ps(EXP_LN2_LO);
-    let c = EXP_POLY.map(|v| _mm256_set1_ps(v));
-    let bias = _mm256_set1_epi32(127 << 23);
-    let exp = |x: __m256| {
-        let keep = _mm256_cmp_ps::<_CMP_GE_OQ>(x, floor);
-        let x = _mm256_max_ps(x, floor);
-        let t = _mm256_fmadd_ps(x, log2e, magic);
-        let n = _mm256_sub_ps(t, magic);
-        let r = _mm256_fnmadd_ps(n, ln2_lo, _mm256_fnmadd_ps(n, ln2_hi, x));
-        let mut y = c[6];
-        for &k in c[..6].iter().rev() {
-            y = _mm256_fmadd_ps(y, r, k);
-        }
-        // (bits of t) << 23 is n << 23: the magic constant's bits shift out.
-        let scale = _mm256_add_epi32(_mm256_slli_epi32::<23>(_mm256_castps_si256(t)), bias);
-        _mm256_and_ps(_mm256_mul_ps(y, _mm256_castsi256_ps(scale)), keep)
-    };
+    let exp = crate::elementwise::x86::Exp8::new();
     let mut sum = [_mm256_setzero_ps(); 2];
     for i in (0..row.len()).step_by(16) {
         for (u, sum) in sum.iter_mut().enumerate() {
-            let e = exp(_mm256_sub_ps(_mm256_loadu_ps(p.add(i + 8 * u)), max));
+            let e = exp.exp(_mm256_sub_ps(_mm256_loadu_ps(p.add(i + 8 * u)), max));
             _mm256_storeu_ps(p.add(i + 8 * u), e);
             *sum = _mm256_add_ps(*sum, e);
         }

@@ -11,6 +11,8 @@
 
 use rayon::prelude::*;
 
+use crate::isa::Tier;
+
 /// Rows (or elements / 1024) below which threading costs more than it saves.
 const PAR_MIN_ROWS: usize = 64;
 const PAR_MIN_ELEMS: usize = 1 << 16;
@@ -39,7 +41,9 @@ pub fn gelu_par(buf: &mut [f32]) {
     }
 }
 
-dispatch!(pub softmax_rows(buf: &mut [f32], n: usize) {
+kernel!(
+    /// Softmax of every `n`-long row of `buf` in place (one thread).
+    pub fn softmax_rows / softmax_rows_on(buf: &mut [f32], n: usize) {
     for row in buf.chunks_exact_mut(n) {
         softmax_row(row);
     }
@@ -60,6 +64,20 @@ pub fn exp_to_bf16(
     out_stride: usize,
     inv_sums: &mut [f32],
 ) {
+    exp_to_bf16_on(Tier::best(), scores, stride, n, out, out_stride, inv_sums)
+}
+
+/// [`exp_to_bf16`] on the kernels of `tier` (one of [`Tier::available`]): AVX512-BF16 or
+/// portable.
+pub fn exp_to_bf16_on(
+    tier: Tier,
+    scores: &[f32],
+    stride: usize,
+    n: usize,
+    out: &mut [u16],
+    out_stride: usize,
+    inv_sums: &mut [f32],
+) {
     let rows = inv_sums.len();
     assert!(
         n <= stride.min(out_stride)
@@ -68,14 +86,11 @@ pub fn exp_to_bf16(
         "softmax rows out of bounds"
     );
     #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("avx512f")
-        && std::is_x86_feature_detected!("avx512bw")
-        && std::is_x86_feature_detected!("avx512vl")
-        && std::is_x86_feature_detected!("avx512bf16")
-    {
-        // SAFETY: the features were detected just above; the bounds were checked above.
+    if tier >= Tier::Avx512Bf16 {
+        // SAFETY: `tier` is available (the caller's contract); the bounds were checked above.
         return unsafe { avx512::exp_to_bf16(scores, stride, n, out, out_stride, inv_sums) };
     }
+    let _ = tier;
     exp_to_bf16_portable(scores, stride, n, out, out_stride, inv_sums)
 }
 
@@ -102,26 +117,8 @@ fn exp_to_bf16_portable(
 
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
+    use super::x86::exp16_nonpositive as exp_nonpositive;
     use std::arch::x86_64::*;
-
-    /// e^x for x ≤ 0 in 16 lanes: x = k·ln2 + r with |r| ≤ ln2/2, e^r by its degree-5 Taylor
-    /// polynomial (relative error < 3e-6, far below bf16's 4e-3), then `scalef` multiplies by
-    /// 2^k (and flushes what underflows to 0). Fused multiply-adds throughout.
-    #[inline]
-    #[target_feature(enable = "avx512f")]
-    fn exp_nonpositive(x: __m512) -> __m512 {
-        let x = _mm512_max_ps(x, _mm512_set1_ps(-100.0));
-        let k = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
-            _mm512_mul_ps(x, _mm512_set1_ps(std::f32::consts::LOG2_E)),
-        );
-        let r = _mm512_fnmadd_ps(k, _mm512_set1_ps(0.693_145_75), x);
-        let r = _mm512_fnmadd_ps(k, _mm512_set1_ps(1.428_606_8e-6), r);
-        let mut p = _mm512_set1_ps(1.0 / 120.0);
-        for c in [1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0, 1.0] {
-            p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(c));
-        }
-        _mm512_scalef_ps(p, k)
-    }
 
     /// See [`super::exp_to_bf16`]; bounds are checked there.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
@@ -182,7 +179,9 @@ fn softmax_row(row: &mut [f32]) {
     }
 }
 
-dispatch!(pub gelu_slice(buf: &mut [f32]) {
+kernel!(
+    /// Whisper's erf GELU of every value of `buf` in place (one thread).
+    pub fn gelu_slice / gelu_slice_on(buf: &mut [f32]) {
     for v in buf.iter_mut() {
         let x = *v;
         *v = 0.5 * x * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2));
@@ -255,7 +254,9 @@ pub(crate) fn sum_of(s: &[f32]) -> f32 {
 // `log(Σ exp(x))`, stable; −inf for an empty or all −inf slice. Vectorized: the decoding loop
 // runs it over the ~52k logits of every sequence at every step (libm's scalar `expf` made
 // token selection a tenth of a batched step, with the compute threads idle meanwhile).
-dispatch!(pub log_sum_exp(xs: &[f32]) -> f32 {
+kernel!(
+    /// `log(Σ exp(x))`, stable; −inf for an empty or all −inf slice.
+    pub fn log_sum_exp / log_sum_exp_on(xs: &[f32]) -> f32 {
     let max = max_of(xs);
     if !max.is_finite() {
         return f32::NEG_INFINITY;
@@ -308,6 +309,81 @@ pub(crate) fn exp(x: f32) -> f32 {
         0.0
     } else {
         y
+    }
+}
+
+/// The same e^x in vectors, for the kernels written with intrinsics (the scalar [`exp`] is the
+/// portable version and the reference).
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod x86 {
+    use super::{EXP_LN2_HI, EXP_LN2_LO, EXP_MAGIC, EXP_POLY};
+    use std::arch::x86_64::*;
+
+    /// [`super::exp`] in 8 lanes with FMA (its constants, held in registers across a loop):
+    /// `x ≥ −87.3` is reduced to `n·ln2 + r` (|r| ≤ ln2/2), `e^r` is the degree-6 polynomial,
+    /// `2^n` goes into the exponent bits; below −87.3 (−∞ included) gives exactly 0.
+    #[derive(Clone, Copy)]
+    pub(crate) struct Exp8 {
+        floor: __m256,
+        log2e: __m256,
+        magic: __m256,
+        ln2_hi: __m256,
+        ln2_lo: __m256,
+        c: [__m256; 7],
+        bias: __m256i,
+    }
+
+    impl Exp8 {
+        #[inline]
+        #[target_feature(enable = "avx2,fma")]
+        pub(crate) fn new() -> Self {
+            Self {
+                floor: _mm256_set1_ps(-87.33),
+                log2e: _mm256_set1_ps(std::f32::consts::LOG2_E),
+                magic: _mm256_set1_ps(EXP_MAGIC),
+                ln2_hi: _mm256_set1_ps(EXP_LN2_HI),
+                ln2_lo: _mm256_set1_ps(EXP_LN2_LO),
+                c: EXP_POLY.map(|v| _mm256_set1_ps(v)),
+                bias: _mm256_set1_epi32(127 << 23),
+            }
+        }
+
+        #[inline]
+        #[target_feature(enable = "avx2,fma")]
+        pub(crate) fn exp(&self, x: __m256) -> __m256 {
+            let keep = _mm256_cmp_ps::<_CMP_GE_OQ>(x, self.floor);
+            let x = _mm256_max_ps(x, self.floor);
+            let t = _mm256_fmadd_ps(x, self.log2e, self.magic);
+            let n = _mm256_sub_ps(t, self.magic);
+            let r = _mm256_fnmadd_ps(n, self.ln2_lo, _mm256_fnmadd_ps(n, self.ln2_hi, x));
+            let mut y = self.c[6];
+            for &k in self.c[..6].iter().rev() {
+                y = _mm256_fmadd_ps(y, r, k);
+            }
+            // (bits of t) << 23 is n << 23: the magic constant's bits shift out.
+            let scale =
+                _mm256_add_epi32(_mm256_slli_epi32::<23>(_mm256_castps_si256(t)), self.bias);
+            _mm256_and_ps(_mm256_mul_ps(y, _mm256_castsi256_ps(scale)), keep)
+        }
+    }
+
+    /// e^x for x ≤ 0 in 16 lanes, for bf16 outputs: the same reduction with [`EXP_POLY`]
+    /// truncated to degree 5 (relative error < 3e-6, far below bf16's 4e-3), then `scalef`
+    /// multiplies by 2^k (and flushes what underflows to 0). Fused multiply-adds throughout.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    pub(crate) fn exp16_nonpositive(x: __m512) -> __m512 {
+        let x = _mm512_max_ps(x, _mm512_set1_ps(-100.0));
+        let k = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
+            _mm512_mul_ps(x, _mm512_set1_ps(std::f32::consts::LOG2_E)),
+        );
+        let r = _mm512_fnmadd_ps(k, _mm512_set1_ps(EXP_LN2_HI), x);
+        let r = _mm512_fnmadd_ps(k, _mm512_set1_ps(EXP_LN2_LO), r);
+        let mut p = _mm512_set1_ps(EXP_POLY[5]);
+        for &c in EXP_POLY[..5].iter().rev() {
+            p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(c));
+        }
+        _mm512_scalef_ps(p, k)
     }
 }
 
@@ -369,10 +445,8 @@ mod tests {
     #[test]
     fn exp_to_bf16_is_a_softmax() {
         type Kernel = fn(&[f32], usize, usize, &mut [u16], usize, &mut [f32]);
-        let kernels: [(&str, Kernel); 2] = [
-            ("dispatched", exp_to_bf16),
-            ("portable", exp_to_bf16_portable),
-        ];
+        let kernels: [(&str, Kernel); 2] =
+            [("best", exp_to_bf16), ("portable", exp_to_bf16_portable)];
         for (name, kernel) in kernels {
             for n in [1usize, 16, 37, 1500] {
                 let (rows, stride, out_stride) = (3, n + 5, n + 3);

@@ -35,7 +35,7 @@ const ROW_BLOCK: usize = 50;
 
 /// Whether this CPU runs these kernels.
 pub fn available() -> bool {
-    Tier::available().contains(&Tier::Avx2)
+    Tier::best() >= Tier::Avx2
 }
 
 /// `y = x·Wᵀ + b` with integer weights and activations (see the module docs).
@@ -66,7 +66,7 @@ impl IntLinear {
         let mut w_scale = vec![0f32; out_pad];
         let mut row = vec![0i16; inp];
         for (c, src) in weight.chunks_exact(inp).enumerate() {
-            w_scale[c] = quantize(src, &mut row, W_MAX);
+            w_scale[c] = quantize(Tier::best(), src, &mut row, W_MAX);
             let (group, lane) = (c / GROUP, c % GROUP);
             let panel = &mut w[group * GROUP * k..][..GROUP * k];
             for (i, &q) in row.iter().enumerate() {
@@ -96,11 +96,11 @@ impl IntLinear {
 
     /// `x` `(rows, inp)` row-major → `(rows, out)`, on the best kernels this CPU runs.
     pub fn forward(&self, x: &[f32], rows: usize) -> Vec<f32> {
-        self.forward_rows(Tier::best(), x, rows)
+        self.forward_on(Tier::best(), x, rows)
     }
 
     /// `x` `(rows, inp)` row-major → `(rows, out)`, on the kernels of `tier`.
-    pub fn forward_rows(&self, tier: Tier, x: &[f32], rows: usize) -> Vec<f32> {
+    pub fn forward_on(&self, tier: Tier, x: &[f32], rows: usize) -> Vec<f32> {
         assert!(
             Tier::available().contains(&tier),
             "{tier:?} kernels need CPU features this one lacks"
@@ -119,7 +119,14 @@ impl IntLinear {
         let a_scale: Vec<f32> = a.spare_capacity_mut()[..rows * k]
             .par_chunks_mut(k)
             .zip(x.par_chunks_exact(self.inp))
-            .map(|(dst, src)| quantize(src, &mut crate::par::zeroed(dst)[..self.inp], self.a_max))
+            .map(|(dst, src)| {
+                quantize(
+                    tier,
+                    src,
+                    &mut crate::par::zeroed(dst)[..self.inp],
+                    self.a_max,
+                )
+            })
             .collect();
         // SAFETY: the chunks cover `rows * k` elements and `zeroed` initialized each one.
         unsafe { a.set_len(rows * k) };
@@ -170,7 +177,7 @@ impl Panel<'_> {
         assert!(mr <= MR && groups <= VR && k.is_multiple_of(LANES) && a_scale.len() == mr);
         assert!(out.len() > (mr - 1) * ldo && out.len() - (mr - 1) * ldo >= self.cols);
         #[cfg(target_arch = "x86_64")]
-        if tier != Tier::Portable {
+        if tier >= Tier::Avx2 {
             let args = (
                 a.as_ptr(),
                 self.w.as_ptr(),
@@ -182,7 +189,7 @@ impl Panel<'_> {
                 ldo,
                 self.cols,
             );
-            // SAFETY: AVX2 is in every non-portable tier (`Tier::available`); the slices hold
+            // SAFETY: AVX2 is in every tier from `Avx2` (`Tier::available`); the slices hold
             // the rows, groups and columns the kernel reads and writes (asserted above).
             unsafe {
                 match (mr, groups) {
@@ -221,7 +228,8 @@ impl Panel<'_> {
 }
 
 /// Symmetric quantization of `src` to `±max` into `dst`; returns the scale (value per step).
-pub(crate) fn quantize(src: &[f32], dst: &mut [i16], max: i32) -> f32 {
+/// Every tier gives the same values (only the speed of the rounding differs).
+pub(crate) fn quantize(tier: Tier, src: &[f32], dst: &mut [i16], max: i32) -> f32 {
     #[inline(always)]
     fn body(src: &[f32], dst: &mut [i16], max: i32) -> f32 {
         let amax = src.iter().fold(0f32, |m, v| m.max(v.abs()));
@@ -242,11 +250,12 @@ pub(crate) fn quantize(src: &[f32], dst: &mut [i16], max: i32) -> f32 {
         unsafe fn avx2(src: &[f32], dst: &mut [i16], max: i32) -> f32 {
             body(src, dst, max)
         }
-        if available() {
-            // SAFETY: `available` checked AVX2.
+        if tier >= Tier::Avx2 {
+            // SAFETY: `tier` is available (the caller's contract), so the CPU has AVX2.
             return unsafe { avx2(src, dst, max) };
         }
     }
+    let _ = tier;
     body(src, dst, max)
 }
 
@@ -339,9 +348,9 @@ mod tests {
                             .sum::<f64>();
                 }
             }
-            let portable = l.forward_rows(Tier::Portable, &x, rows);
+            let portable = l.forward_on(Tier::Portable, &x, rows);
             for &tier in Tier::available() {
-                let got = l.forward_rows(tier, &x, rows);
+                let got = l.forward_on(tier, &x, rows);
                 assert_eq!(got, portable, "{tier:?} differs from the portable sums");
             }
             // Weights: half a step (amax / 2·W_MAX, amax ≤ 0.5) per weight, times |x| ≤ 0.5, over
@@ -365,7 +374,7 @@ mod tests {
             assert!((l.k as i64) * (l.a_max as i64) * (W_MAX as i64) <= i32::MAX as i64);
             // The worst case: every product at its largest.
             let x = vec![1.0f32; inp];
-            let y = l.forward_rows(Tier::best(), &x, 1);
+            let y = l.forward_on(Tier::best(), &x, 1);
             assert!(
                 (y[0] - 0.5 * inp as f32).abs() < 1e-3 * inp as f32,
                 "{inp}: {}",

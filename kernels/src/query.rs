@@ -29,8 +29,24 @@ impl QueryAttention<'_> {
         first: usize,
         out: &mut [f32],
     ) {
+        self.cache_head_on(Tier::best(), row, h, k, v, first, out)
+    }
+
+    /// [`QueryAttention::cache_head`] on the kernels of `tier` (one of [`Tier::available`]).
+    #[allow(clippy::too_many_arguments)]
+    pub fn cache_head_on(
+        &self,
+        tier: Tier,
+        row: usize,
+        h: usize,
+        k: &[f32],
+        v: &[f32],
+        first: usize,
+        out: &mut [f32],
+    ) {
         let stride = self.heads * self.dh;
-        self_head(
+        self_head_on(
+            tier,
             self.query(row, h),
             k,
             v,
@@ -52,8 +68,24 @@ impl QueryAttention<'_> {
         n_audio: usize,
         out: &mut [f32],
     ) {
+        self.audio_head_on(Tier::best(), row, h, kt, v, n_audio, out)
+    }
+
+    /// [`QueryAttention::audio_head`] on the kernels of `tier` (one of [`Tier::available`]).
+    #[allow(clippy::too_many_arguments)]
+    pub fn audio_head_on<T: AudioValue>(
+        &self,
+        tier: Tier,
+        row: usize,
+        h: usize,
+        kt: &[T],
+        v: &[T],
+        n_audio: usize,
+        out: &mut [f32],
+    ) {
         let block = self.dh * n_audio;
-        T::cross_head(
+        T::cross_head_on(
+            tier,
             self.query(row, h),
             &kt[h * block..][..block],
             &v[h * block..][..block],
@@ -65,41 +97,38 @@ impl QueryAttention<'_> {
 
 /// How audio keys/values are stored: f32, or fp16 bits (half the memory traffic per step).
 pub trait AudioValue: Sized {
-    fn cross_head(q: &[f32], kt: &[Self], v: &[Self], n: usize, out: &mut [f32]);
+    fn cross_head_on(tier: Tier, q: &[f32], kt: &[Self], v: &[Self], n: usize, out: &mut [f32]);
 }
 
 impl AudioValue for f32 {
-    fn cross_head(q: &[f32], kt: &[f32], v: &[f32], n: usize, out: &mut [f32]) {
-        cross_head(q, kt, v, n, out)
+    fn cross_head_on(tier: Tier, q: &[f32], kt: &[f32], v: &[f32], n: usize, out: &mut [f32]) {
+        cross_head_on(tier, q, kt, v, n, out)
     }
 }
 
 impl AudioValue for u16 {
-    fn cross_head(q: &[f32], kt: &[u16], v: &[u16], n: usize, out: &mut [f32]) {
-        cross_head_f16(q, kt, v, n, out)
+    fn cross_head_on(tier: Tier, q: &[f32], kt: &[u16], v: &[u16], n: usize, out: &mut [f32]) {
+        cross_head_f16_on(tier, q, kt, v, n, out)
     }
 }
 
-fn cross_head_f16(q: &[f32], kt: &[u16], v: &[u16], n: usize, out: &mut [f32]) {
-    cross_head_f16_on(Tier::best(), q, kt, v, n, out)
-}
-
 /// `cross_head_f16` on the kernels of `tier` (one of `Tier::available`).
-fn cross_head_f16_on(tier: Tier, q: &[f32], kt: &[u16], v: &[u16], n: usize, out: &mut [f32]) {
+pub fn cross_head_f16_on(tier: Tier, q: &[f32], kt: &[u16], v: &[u16], n: usize, out: &mut [f32]) {
     let dh = q.len();
     assert!(kt.len() >= dh * n && v.len() >= dh * n && out.len() >= dh);
     #[cfg(target_arch = "x86_64")]
     match tier {
         // SAFETY (both): the tier's features were detected (`Tier::available`); the slice
         // lengths were checked above and the head size here.
-        Tier::Avx512 if dh.is_multiple_of(16) && dh <= 128 => {
+        t if t >= Tier::Avx512 && dh.is_multiple_of(16) && dh <= 128 => {
             return unsafe { cross_head_f16_avx512(q, kt, v, n, out) }
         }
-        Tier::Avx2 if dh.is_multiple_of(8) && dh <= 64 => {
+        t if t >= Tier::Avx2 && dh.is_multiple_of(8) && dh <= 64 => {
             return unsafe { cross_head_f16_avx2(q, kt, v, n, out) }
         }
         _ => {}
     }
+    let _ = tier;
     let f = |b: u16| half::f16::from_bits(b).to_f32();
     let dh = q.len();
     let mut scores = vec![0f32; n];
@@ -210,7 +239,7 @@ unsafe fn cross_head_f16_avx2(q: &[f32], kt: &[u16], v: &[u16], n: usize, out: &
     }
 }
 
-dispatch!(self_head(q: &[f32], k: &[f32], v: &[f32], keys: usize, stride: usize, offset: usize, out: &mut [f32]) {
+kernel!(pub fn self_head / self_head_on(q: &[f32], k: &[f32], v: &[f32], keys: usize, stride: usize, offset: usize, out: &mut [f32]) {
     let dh = q.len();
     let mut scores = Vec::with_capacity(keys);
     for j in 0..keys {
@@ -226,7 +255,7 @@ dispatch!(self_head(q: &[f32], k: &[f32], v: &[f32], keys: usize, stride: usize,
     }
 });
 
-dispatch!(cross_head(q: &[f32], kt: &[f32], v: &[f32], n: usize, out: &mut [f32]) {
+kernel!(pub fn cross_head / cross_head_on(q: &[f32], kt: &[f32], v: &[f32], n: usize, out: &mut [f32]) {
     let dh = q.len();
     // scores = q · Kᵀ as dh row updates of length n: no horizontal sums.
     let mut scores = vec![0f32; n];

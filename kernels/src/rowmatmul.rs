@@ -136,11 +136,11 @@ impl RowMatmul {
 
     /// `x` is `(rows, inp)` row-major; returns `(rows, out)`.
     pub fn forward(&self, x: &[f32], rows: usize) -> Vec<f32> {
-        self.forward_with(Tier::best(), x, rows)
+        self.forward_on(Tier::best(), x, rows)
     }
 
     /// [`RowMatmul::forward`] on the kernels of `tier` (one of [`Tier::available`]).
-    pub(crate) fn forward_with(&self, tier: Tier, x: &[f32], rows: usize) -> Vec<f32> {
+    pub fn forward_on(&self, tier: Tier, x: &[f32], rows: usize) -> Vec<f32> {
         assert!(
             Tier::available().contains(&tier),
             "{tier:?} kernels need CPU features this one lacks"
@@ -161,7 +161,7 @@ impl RowMatmul {
         let out = OutPtr(y.as_mut_ptr());
         // q8 on AVX2 multiplies in integers (see `q8_int`): the rows are quantized once here.
         let int_rows = match &self.weights {
-            Storage::Q8 { .. } if tier == Tier::Avx2 => Some(IntRows::new(x, rows, k)),
+            Storage::Q8 { .. } if tier == Tier::Avx2 => Some(IntRows::new(tier, x, rows, k)),
             _ => None,
         };
         let run = |c0: usize| {
@@ -236,6 +236,7 @@ mod kernel {
     /// weights come from memory once, then from L1 for every further block of up to 4 rows).
     /// Calls `tile(first_row, rows, first_column, wide)`: `wide` is a full group of `nr`
     /// columns, else one column of a partial last group.
+    #[cfg(target_arch = "x86_64")]
     #[inline(always)]
     pub(super) fn for_each_tile(
         mr: usize,
@@ -279,10 +280,10 @@ mod kernel {
             ) {
                 #[cfg(target_arch = "x86_64")]
                 match tier {
-                    Tier::Avx512 if k % 16 == 0 => {
+                    t if t >= Tier::Avx512 && k % 16 == 0 => {
                         return avx512::$name::rows(x, mr, w, s, k, n, cols, y)
                     }
-                    Tier::Avx2 if k % 8 == 0 => {
+                    t if t >= Tier::Avx2 && k % 8 == 0 => {
                         return avx2::$name::rows(x, mr, w, s, k, n, cols, y)
                     }
                     _ => {}
@@ -516,6 +517,7 @@ mod kernel {
 }
 
 /// Activations for the integer q8 kernel: each row quantized to ±[`X_MAX`] with its own scale.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))] // read by the x86 `q8_int`
 struct IntRows {
     q: Vec<i16>,
     scales: Vec<f32>,
@@ -526,12 +528,12 @@ struct IntRows {
 const X_MAX: i32 = 32767;
 
 impl IntRows {
-    fn new(x: &[f32], rows: usize, k: usize) -> Self {
+    fn new(tier: Tier, x: &[f32], rows: usize, k: usize) -> Self {
         let mut q = vec![0i16; rows * k];
         let scales = x
             .chunks_exact(k)
             .zip(q.chunks_exact_mut(k))
-            .map(|(src, dst)| crate::intgemm::quantize(src, dst, X_MAX))
+            .map(|(src, dst)| crate::intgemm::quantize(tier, src, dst, X_MAX))
             .collect();
         Self { q, scales }
     }
@@ -699,7 +701,7 @@ mod tests {
         assert_eq!(mm.is_f16(), f16_exact);
         let want = reference(&x, rows, &w, out, inp, &b);
         for &tier in Tier::available() {
-            let got = mm.forward_with(tier, &x, rows);
+            let got = mm.forward_on(tier, &x, rows);
             for (i, (g, w)) in got.iter().zip(&want).enumerate() {
                 let tol = 1e-5 * (inp as f64).sqrt();
                 assert!(
@@ -746,7 +748,7 @@ mod tests {
         let exact = reference(&x, max_rows, &deq, out, inp, &vec![0.0; out]);
         let full = reference(&x, max_rows, &w, out, inp, &vec![0.0; out]);
         for &tier in Tier::available() {
-            let all = mm.forward_with(tier, &x, max_rows);
+            let all = mm.forward_on(tier, &x, max_rows);
             for (i, ((g, e), f)) in all.iter().zip(&exact).zip(&full).enumerate() {
                 // f32 summation, plus on AVX2 the activations' rounding to 15 bits: at most half
                 // a step of the row's largest |x| per input, times that input's |weight|.
@@ -770,7 +772,7 @@ mod tests {
             // A row's result does not depend on the rows decoded with it (batched decoding
             // must give the tokens of decoding alone), whatever tile the row count picks.
             for rows in 1..max_rows {
-                let got = mm.forward_with(tier, &x[..rows * inp], rows);
+                let got = mm.forward_on(tier, &x[..rows * inp], rows);
                 assert_eq!(got, all[..rows * out], "{tier:?}, {rows} rows");
             }
         }
