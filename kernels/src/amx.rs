@@ -436,18 +436,15 @@ pub fn attention(qkv: &[f32], b: usize, t: usize, d: usize, heads: usize, y: &mu
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::test_values as rand_vec;
 
     /// Both operand layouts and shapes that are not multiples of 32, against f64 on the same
     /// bf16-rounded inputs (so the only difference is f32 accumulation order).
-    #[test]
-    fn matches_reference_on_bf16_rounded_inputs() {
-        if !available() {
-            eprintln!("no AMX-BF16 on this machine: nothing to check");
-            return;
-        }
+    /// (harness: runs only on [`Tier::Amx`])
+    pub(crate) fn tiles(tier: Tier) {
+        assert_eq!(tier, Tier::Amx, "AMX tiles have no other version");
         let r = |v: f32| f32::from_bits((bf16(v) as u32) << 16);
         // Odd k and n that are not multiples of 16 exercise the packing's padding.
         for (m, k, n) in [(1500, 64, 1500), (37, 384, 1152), (5, 50, 17), (33, 51, 20)] {
@@ -495,10 +492,8 @@ mod tests {
         }
     }
 
-    /// The dispatched row conversion (AVX512-BF16 where present) rounds exactly like `bf16`,
-    /// tail included.
-    #[test]
-    fn row_conversion_matches_scalar_rounding() {
+    /// The row conversion rounds exactly like `bf16`, tail included (harness).
+    pub(crate) fn row_conversion(tier: Tier) {
         let src: Vec<f32> = rand_vec(1000, 9)
             .iter()
             .enumerate()
@@ -506,7 +501,7 @@ mod tests {
             .collect();
         for n in [0, 5, 16, 37, 1000] {
             let mut dst = vec![0u16; n];
-            to_bf16_on(Tier::best(), &src[..n], &mut dst);
+            to_bf16_on(tier, &src[..n], &mut dst);
             for (i, (&d, &s)) in dst.iter().zip(&src).enumerate() {
                 assert_eq!(d, bf16(s), "n={n} at {i}: {s}");
             }

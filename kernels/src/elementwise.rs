@@ -409,11 +409,12 @@ pub(crate) fn erf(x: f32) -> f32 {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    #[test]
-    fn log_sum_exp_matches_f64() {
+    /// (harness)
+    pub(crate) fn log_sum_exp_f64(tier: Tier) {
+        let log_sum_exp = |xs: &[f32]| log_sum_exp_on(tier, xs);
         // A vocabulary-sized row (not a multiple of 16) with suppressed (−inf) entries.
         let xs: Vec<f32> = (0..51_865)
             .map(|i| {
@@ -439,15 +440,15 @@ mod tests {
         assert!((log_sum_exp(&[0.0, 0.0]) - 2f32.ln()).abs() < 1e-6);
     }
 
-    /// `exp_to_bf16` (the AVX-512 path where the CPU has it, and the portable one) gives
+    /// `exp_to_bf16` (harness) gives
     /// `e · (1/Σe)` = the softmax to bf16 precision, leaves the other columns alone, and handles
     /// widths with and without a 16-lane tail.
-    #[test]
-    fn exp_to_bf16_is_a_softmax() {
-        type Kernel = fn(&[f32], usize, usize, &mut [u16], usize, &mut [f32]);
-        let kernels: [(&str, Kernel); 2] =
-            [("best", exp_to_bf16), ("portable", exp_to_bf16_portable)];
-        for (name, kernel) in kernels {
+    pub(crate) fn exp_to_bf16_softmax(tier: Tier) {
+        let name = tier.name();
+        {
+            let kernel = |s: &[f32], st, n, o: &mut [u16], ost, inv: &mut [f32]| {
+                exp_to_bf16_on(tier, s, st, n, o, ost, inv)
+            };
             for n in [1usize, 16, 37, 1500] {
                 let (rows, stride, out_stride) = (3, n + 5, n + 3);
                 let scores: Vec<f32> = (0..rows * stride)
@@ -479,6 +480,43 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// Row softmax against f64 (a masked row included) and the GELU against the portable
+    /// version (harness).
+    pub(crate) fn softmax_and_gelu(tier: Tier) {
+        let n = 37;
+        let mut v: Vec<f32> = (0..300 * n)
+            .map(|i| ((i * 7919) % 1000) as f32 / 50.0 - 10.0)
+            .collect();
+        v[n..2 * n].fill(f32::NEG_INFINITY);
+        let mut got = v.clone();
+        softmax_rows_on(tier, &mut got, n);
+        for (r, (row, out)) in v.chunks(n).zip(got.chunks(n)).enumerate() {
+            let max = row.iter().fold(f64::NEG_INFINITY, |a, &x| a.max(x as f64));
+            let sum: f64 = row.iter().map(|&x| (x as f64 - max).exp()).sum();
+            for (&x, &y) in row.iter().zip(out) {
+                let want = if max == f64::NEG_INFINITY {
+                    1.0 / n as f64
+                } else {
+                    (x as f64 - max).exp() / sum
+                };
+                assert!(
+                    (y as f64 - want).abs() < 1e-6,
+                    "{tier:?} softmax row {r}: {y} vs {want}"
+                );
+            }
+        }
+        let x: Vec<f32> = (0..70_001).map(|i| i as f32 / 7000.0 - 5.0).collect();
+        let (mut a, mut b) = (x.clone(), x);
+        gelu_slice_on(tier, &mut a);
+        gelu_slice_on(Tier::Portable, &mut b);
+        let diff = a
+            .iter()
+            .zip(&b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0f32, f32::max);
+        assert!(diff < 1e-6, "{tier:?} gelu max diff {diff}");
     }
 
     #[test]

@@ -325,15 +325,15 @@ mod avx2 {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::test_values as values;
 
     /// Every tier gives the exact integer sums of the quantized operands (so the same result),
     /// and that result is within the quantization error of the f32 product, for shapes with
     /// partial tiles, partial blocks and an inner dimension that is not a multiple of 16.
-    #[test]
-    fn matches_f32_within_quantization_error_on_every_tier() {
+    /// (harness)
+    pub(crate) fn int_linear(tier: Tier) {
         for (rows, out, inp) in [(1, 1, 16), (7, 5, 40), (50, 100, 384), (97, 49, 240)] {
             let w = values(out * inp, 1);
             let b = values(out, 2);
@@ -349,7 +349,7 @@ mod tests {
                 }
             }
             let portable = l.forward_on(Tier::Portable, &x, rows);
-            for &tier in Tier::available() {
+            {
                 let got = l.forward_on(tier, &x, rows);
                 assert_eq!(got, portable, "{tier:?} differs from the portable sums");
             }

@@ -17,6 +17,9 @@ pub mod rowmatmul;
 
 pub use elementwise::log_sum_exp;
 
+#[cfg(test)]
+mod harness;
+
 /// Deterministic test data: `n` values in [−0.5, 0.5) from an xorshift sequence started at
 /// `seed | 1` (kernel tests; different odd starts give unrelated sequences).
 #[cfg(test)]

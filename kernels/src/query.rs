@@ -275,17 +275,52 @@ kernel!(pub fn cross_head / cross_head_on(q: &[f32], kt: &[f32], v: &[f32], n: u
 });
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// fp16-stored audio keys/values (q8) give what the f32 kernel gives on the same values, on
-    /// every kernel tier this CPU runs, for lengths that are and are not a multiple of the lanes
-    /// and two query rows.
-    #[test]
-    fn audio_attention_over_f16_matches_f32() {
-        for tier in Tier::available() {
-            for n in [37, 1500] {
-                audio_attention_over_f16_matches_f32_on(*tier, n);
+    /// the portable f32 kernel gives on the same values, for lengths that are and are not a
+    /// multiple of the lanes and two query rows (harness).
+    pub(crate) fn audio_f16(tier: Tier) {
+        for n in [37, 1500] {
+            audio_attention_over_f16_matches_f32_on(tier, n);
+        }
+    }
+
+    /// f32 audio keys/values and the causal self-attention over a cache, against the portable
+    /// version (harness).
+    pub(crate) fn audio_f32_and_cache(tier: Tier) {
+        let (heads, dh, n) = (3, 64, 77);
+        let q = crate::test_values(2 * heads * dh, 11);
+        let kt = crate::test_values(heads * dh * n, 12);
+        let v = crate::test_values(heads * dh * n, 13);
+        let qa = QueryAttention { q: &q, heads, dh };
+        let (mut a, mut b) = (vec![0f32; dh], vec![0f32; dh]);
+        for row in 0..2 {
+            for h in 0..heads {
+                qa.audio_head_on(tier, row, h, &kt, &v, n, &mut a);
+                qa.audio_head_on(Tier::Portable, row, h, &kt, &v, n, &mut b);
+                let diff = a
+                    .iter()
+                    .zip(&b)
+                    .map(|(x, y)| (x - y).abs())
+                    .fold(0f32, f32::max);
+                assert!(
+                    diff < 1e-5,
+                    "{tier:?} audio row {row} head {h}: max diff {diff}"
+                );
+                // A cache of 40 tokens of (heads·dh), the query at position 30 + row.
+                qa.cache_head_on(tier, row, h, &kt, &v, 30, &mut a);
+                qa.cache_head_on(Tier::Portable, row, h, &kt, &v, 30, &mut b);
+                let diff = a
+                    .iter()
+                    .zip(&b)
+                    .map(|(x, y)| (x - y).abs())
+                    .fold(0f32, f32::max);
+                assert!(
+                    diff < 1e-5,
+                    "{tier:?} cache row {row} head {h}: max diff {diff}"
+                );
             }
         }
     }
@@ -310,7 +345,7 @@ mod tests {
         let (kt32, v32) = (f(&kt16), f(&v16));
         for (i, (oa, ob)) in a.chunks_mut(dh).zip(b.chunks_mut(dh)).enumerate() {
             let (row, h) = (i / heads, i % heads);
-            qa.audio_head(row, h, &kt32, &v32, n, oa);
+            qa.audio_head_on(Tier::Portable, row, h, &kt32, &v32, n, oa);
             let block = dh * n;
             let (kt, v) = (&kt16[h * block..][..block], &v16[h * block..][..block]);
             cross_head_f16_on(tier, qa.query(row, h), kt, v, n, ob);

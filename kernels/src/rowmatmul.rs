@@ -665,7 +665,7 @@ mod q8_int {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     fn reference(x: &[f32], rows: usize, w: &[f32], out: usize, inp: usize, b: &[f32]) -> Vec<f64> {
@@ -682,7 +682,7 @@ mod tests {
         y
     }
 
-    fn check(rows: usize, out: usize, inp: usize, f16_exact: bool) {
+    fn check(tier: Tier, rows: usize, out: usize, inp: usize, f16_exact: bool) {
         let mut seed = 0x9e3779b97f4a7c15u64;
         let mut rnd = || {
             seed ^= seed << 13;
@@ -700,7 +700,7 @@ mod tests {
         let mm = RowMatmul::new(&w, out, inp, Some(b.clone()));
         assert_eq!(mm.is_f16(), f16_exact);
         let want = reference(&x, rows, &w, out, inp, &b);
-        for &tier in Tier::available() {
+        {
             let got = mm.forward_on(tier, &x, rows);
             for (i, (g, w)) in got.iter().zip(&want).enumerate() {
                 let tol = 1e-5 * (inp as f64).sqrt();
@@ -712,23 +712,25 @@ mod tests {
         }
     }
 
-    #[test]
-    fn matches_f64_reference_for_every_row_count_and_odd_shapes() {
+    /// f16 and f32 weights against f64, for every row count up to a few blocks and odd shapes
+    /// (harness).
+    pub(crate) fn float_weights(tier: Tier) {
         for rows in [1, 2, 3, 4, 5, 6, 7, 8, 9, 17] {
-            check(rows, 389, 384, true);
+            check(tier, rows, 389, 384, true);
         }
         // Enough weights to split across threads, a column count that is not a multiple of 8.
-        check(3, 1027, 64, true);
+        check(tier, 3, 1027, 64, true);
         // fp32 weights that fp16 cannot hold stay f32.
-        check(5, 100, 96, false);
+        check(tier, 5, 100, 96, false);
         // An inner dimension that is a multiple of 8 but not of 16 (AVX2 only; AVX-512 falls back
         // to the portable loop), and one that is neither (portable on every tier).
-        check(2, 33, 40, true);
-        check(2, 33, 50, true);
+        check(tier, 2, 33, 40, true);
+        check(tier, 2, 33, 50, true);
     }
 
-    #[test]
-    fn q8_matches_its_dequantized_weights_and_stays_close_to_f32() {
+    /// int8 weights: the dequantized product, close to f32, and a row's result independent of
+    /// the rows decoded with it (harness).
+    pub(crate) fn q8_weights(tier: Tier) {
         let (out, inp, max_rows) = (77, 384, 8);
         let w: Vec<f32> = (0..out * inp)
             .map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5)
@@ -747,7 +749,7 @@ mod tests {
             .collect();
         let exact = reference(&x, max_rows, &deq, out, inp, &vec![0.0; out]);
         let full = reference(&x, max_rows, &w, out, inp, &vec![0.0; out]);
-        for &tier in Tier::available() {
+        {
             let all = mm.forward_on(tier, &x, max_rows);
             for (i, ((g, e), f)) in all.iter().zip(&exact).zip(&full).enumerate() {
                 // f32 summation, plus on AVX2 the activations' rounding to 15 bits: at most half
