@@ -283,6 +283,9 @@ impl Engine {
         if !p.speech.is_whole() {
             for s in &mut t.segments {
                 (s.start, s.end) = p.speech.original_span(s.start, s.end);
+                for w in s.words.iter_mut().flatten() {
+                    (w.start, w.end) = p.speech.original_span(w.start, w.end);
+                }
             }
         }
         t.duration = p.duration_s;

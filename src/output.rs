@@ -17,6 +17,19 @@ pub struct Segment {
     pub avg_logprob: f32,
     pub compression_ratio: f32,
     pub no_speech_prob: f32,
+    /// Word timings, when word timestamps were asked for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub words: Option<Vec<Word>>,
+}
+
+/// One word with its time in the recording and its confidence (the mean probability of its
+/// tokens). The text keeps its leading space and attached punctuation, as OpenAI returns it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Word {
+    pub word: String,
+    pub start: f64,
+    pub end: f64,
+    pub probability: f32,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -43,6 +56,70 @@ pub struct SpeechStats {
     pub vad: bool,
     pub speech_duration: f64,
     pub skipped_duration: f64,
+}
+
+/// Milliseconds, as subtitles count them.
+fn to_ms(seconds: f64) -> u64 {
+    (seconds.max(0.0) * 1000.0).round() as u64
+}
+
+/// How subtitles (srt, vtt) are laid out from word timings, as openai-whisper's CLI does it.
+/// Without word timings each segment is one cue.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct SubtitleOptions {
+    /// Characters per line before a line break.
+    pub max_line_width: Option<usize>,
+    /// Lines per cue; with `max_line_width` cues no longer follow segments.
+    pub max_line_count: Option<usize>,
+    /// Words per line.
+    pub max_words_per_line: Option<usize>,
+    /// One cue per word, the word underlined (`<u>…</u>`) in its line.
+    pub highlight_words: bool,
+}
+
+impl SubtitleOptions {
+    /// Whether any option needs word timings.
+    pub fn needs_words(&self) -> bool {
+        *self != Self::default()
+    }
+
+    /// Checks the numbers; the error names the bad setting.
+    pub fn check(&self) -> Result<(), (&'static str, String)> {
+        for (name, v) in [
+            ("max_line_width", self.max_line_width),
+            ("max_line_count", self.max_line_count),
+            ("max_words_per_line", self.max_words_per_line),
+        ] {
+            if v.is_some_and(|n| n == 0 || n > 10_000) {
+                return Err((name, format!("{name} must be between 1 and 10000")));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// OpenAI's `timestamp_granularities[]`: which of `segments` and top-level `words` a
+/// `verbose_json` answer carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Granularities {
+    pub segment: bool,
+    pub word: bool,
+}
+
+/// How a transcript is written out, beyond its format.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct RenderOptions {
+    pub subtitles: SubtitleOptions,
+    /// `Some`: OpenAI's verbose_json shape for these granularities.
+    pub granularities: Option<Granularities>,
+}
+
+/// One subtitle cue.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Cue {
+    pub start_ms: u64,
+    pub end_ms: u64,
+    pub text: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -105,8 +182,7 @@ impl std::str::FromStr for Format {
 }
 
 /// `HH:MM:SS{sep}mmm`.
-fn timestamp(seconds: f64, sep: char) -> String {
-    let ms = (seconds.max(0.0) * 1000.0).round() as u64;
+fn timestamp_ms(ms: u64, sep: char) -> String {
     format!(
         "{:02}:{:02}:{:02}{sep}{:03}",
         ms / 3_600_000,
@@ -118,6 +194,11 @@ fn timestamp(seconds: f64, sep: char) -> String {
 
 impl Transcript {
     pub fn render(&self, format: Format, task: Task) -> String {
+        self.render_with(format, task, &RenderOptions::default())
+    }
+
+    /// As [`render`](Self::render), with subtitle layout and OpenAI's timestamp granularities.
+    pub fn render_with(&self, format: Format, task: Task, opts: &RenderOptions) -> String {
         match format {
             Format::Text => format!("{}\n", self.text),
             Format::Json => {
@@ -132,29 +213,32 @@ impl Transcript {
                 }
                 v.to_string()
             }
-            Format::VerboseJson => self.verbose_json(task).to_string(),
+            Format::VerboseJson => match opts.granularities {
+                Some(g) => self.openai_verbose_json(task, g).to_string(),
+                None => self.verbose_json(task).to_string(),
+            },
             Format::Srt => self
-                .segments
+                .cues(&opts.subtitles)
                 .iter()
                 .enumerate()
-                .map(|(i, s)| {
+                .map(|(i, c)| {
                     format!(
                         "{}\n{} --> {}\n{}\n\n",
                         i + 1,
-                        timestamp(s.start, ','),
-                        timestamp(s.end, ','),
-                        s.text.trim()
+                        timestamp_ms(c.start_ms, ','),
+                        timestamp_ms(c.end_ms, ','),
+                        c.text
                     )
                 })
                 .collect(),
             Format::Vtt => {
                 let mut out = String::from("WEBVTT\n\n");
-                for s in &self.segments {
+                for c in self.cues(&opts.subtitles) {
                     out.push_str(&format!(
                         "{} --> {}\n{}\n\n",
-                        timestamp(s.start, '.'),
-                        timestamp(s.end, '.'),
-                        s.text.trim()
+                        timestamp_ms(c.start_ms, '.'),
+                        timestamp_ms(c.end_ms, '.'),
+                        c.text
                     ));
                 }
                 out
@@ -173,6 +257,143 @@ impl Transcript {
                 out
             }
         }
+    }
+
+    /// Subtitle cues: one per segment, or, with word timings, lines and cues laid out by `o`
+    /// (openai-whisper's `WriteSubtitles`).
+    pub fn cues(&self, o: &SubtitleOptions) -> Vec<Cue> {
+        let has_words = self.segments.first().is_some_and(|s| s.words.is_some());
+        if !has_words {
+            return self
+                .segments
+                .iter()
+                .map(|s| Cue {
+                    start_ms: to_ms(s.start),
+                    end_ms: to_ms(s.end),
+                    text: s.text.trim().replace("-->", "->"),
+                })
+                .collect();
+        }
+        let mut cues = Vec::new();
+        for sub in self.word_groups(o) {
+            let (Some(first), Some(last)) = (sub.first(), sub.last()) else {
+                continue;
+            };
+            let text: String = sub.iter().map(|w| w.word.as_str()).collect();
+            let (start, end) = (to_ms(first.start), to_ms(last.end));
+            if !o.highlight_words {
+                cues.push(Cue {
+                    start_ms: start,
+                    end_ms: end,
+                    text,
+                });
+                continue;
+            }
+            let mut prev = start;
+            for (i, w) in sub.iter().enumerate() {
+                let (ws, we) = (to_ms(w.start), to_ms(w.end));
+                if prev != ws {
+                    cues.push(Cue {
+                        start_ms: prev,
+                        end_ms: ws,
+                        text: text.clone(),
+                    });
+                }
+                let highlighted: String = sub
+                    .iter()
+                    .enumerate()
+                    .map(|(j, x)| {
+                        if j != i {
+                            return x.word.clone();
+                        }
+                        let body = x.word.trim_start();
+                        let lead = &x.word[..x.word.len() - body.len()];
+                        format!("{lead}<u>{body}</u>")
+                    })
+                    .collect();
+                cues.push(Cue {
+                    start_ms: ws,
+                    end_ms: we,
+                    text: highlighted,
+                });
+                prev = we;
+            }
+        }
+        cues
+    }
+
+    /// Words grouped into cues, each word's text carrying the line break or space before it.
+    fn word_groups(&self, o: &SubtitleOptions) -> Vec<Vec<Word>> {
+        let preserve_segments = o.max_line_count.is_none() || o.max_line_width.is_none();
+        let max_width = o.max_line_width.unwrap_or(1000);
+        let per_line = o.max_words_per_line.unwrap_or(1000).max(1);
+        let mut out = Vec::new();
+        let mut sub: Vec<Word> = Vec::new();
+        let (mut line_len, mut line_count) = (0usize, 1usize);
+        let mut last = self.segments.first().map_or(0.0, |s| s.start);
+        for seg in &self.segments {
+            let words = seg.words.as_deref().unwrap_or_default();
+            for chunk in words.chunks(per_line) {
+                for (i, w) in chunk.iter().enumerate() {
+                    let mut w = w.clone();
+                    let len = w.word.chars().count();
+                    let long_pause = !preserve_segments && w.start - last > 3.0;
+                    let has_room = line_len + len <= max_width;
+                    let seg_break = i == 0 && !sub.is_empty() && preserve_segments;
+                    if line_len > 0 && has_room && !long_pause && !seg_break {
+                        line_len += len;
+                    } else {
+                        w.word = w.word.trim().to_string();
+                        let cue_break = !sub.is_empty()
+                            && o.max_line_count
+                                .is_some_and(|max| long_pause || line_count >= max);
+                        if cue_break || seg_break {
+                            out.push(std::mem::take(&mut sub));
+                            line_count = 1;
+                        } else if line_len > 0 {
+                            line_count += 1;
+                            w.word = format!("\n{}", w.word);
+                        }
+                        line_len = w.word.trim().chars().count();
+                    }
+                    last = w.start;
+                    sub.push(w);
+                }
+            }
+        }
+        if !sub.is_empty() {
+            out.push(sub);
+        }
+        out
+    }
+
+    /// OpenAI's `verbose_json` for `timestamp_granularities[]`: `segments` when `segment` is
+    /// asked for (without per-segment words), top-level `words` (`word`, `start`, `end`) when
+    /// `word` is.
+    pub fn openai_verbose_json(&self, task: Task, g: Granularities) -> serde_json::Value {
+        let mut v = self.verbose_json(task);
+        if let Some(segs) = v.get_mut("segments").and_then(|s| s.as_array_mut()) {
+            for s in segs.iter_mut() {
+                if let Some(o) = s.as_object_mut() {
+                    o.remove("words");
+                }
+            }
+        }
+        if !g.segment {
+            if let Some(o) = v.as_object_mut() {
+                o.remove("segments");
+            }
+        }
+        if g.word {
+            let words: Vec<serde_json::Value> = self
+                .segments
+                .iter()
+                .flat_map(|s| s.words.iter().flatten())
+                .map(|w| serde_json::json!({"word": w.word.trim(), "start": w.start, "end": w.end}))
+                .collect();
+            v["words"] = serde_json::Value::Array(words);
+        }
+        v
     }
 
     /// OpenAI's `verbose_json`: the language is its English name.
@@ -212,6 +433,7 @@ mod tests {
                     avg_logprob: -0.2,
                     compression_ratio: 1.0,
                     no_speech_prob: 0.01,
+                    words: None,
                 },
                 Segment {
                     id: 1,
@@ -224,6 +446,7 @@ mod tests {
                     avg_logprob: -0.2,
                     compression_ratio: 1.0,
                     no_speech_prob: 0.01,
+                    words: None,
                 },
             ],
             fallbacks: vec![],

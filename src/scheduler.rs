@@ -34,7 +34,7 @@ use candle_core::Tensor;
 use prometheus::{CounterVec, HistogramOpts, HistogramVec, IntGauge, Opts, Registry};
 
 use crate::decode::{DecodeError, ModelRunner};
-use crate::model::{DecoderState, Whisper};
+use crate::model::{AlignOutput, AlignRequest, DecoderState, Whisper};
 
 /// How the scheduler batches.
 #[derive(Debug, Clone, Copy)]
@@ -105,6 +105,8 @@ impl SchedulerMetrics {
 
 /// Longest a decoder step waits for the tokens of sequences still choosing theirs.
 const STEP_WAIT: Duration = Duration::from_millis(2);
+/// Longest an alignment pass waits for others to batch with.
+const ALIGN_WAIT: Duration = Duration::from_millis(5);
 /// Longest a window waits for company when nothing is decoding.
 const IDLE_FILL_WAIT: Duration = Duration::from_millis(5);
 
@@ -125,6 +127,12 @@ enum Call {
         reply: StateReply<Vec<f32>>,
     },
     EndSequence,
+    /// A window's alignment pass (word timestamps): several run as one decoder batch.
+    Align {
+        state: DecoderState,
+        req: AlignRequest,
+        reply: StateReply<AlignOutput>,
+    },
 }
 
 struct Queued<T> {
@@ -216,6 +224,21 @@ impl ModelRunner for SchedulerHandle {
     fn end_sequence(&self) {
         let _ = self.tx.send(Call::EndSequence);
     }
+
+    fn align(
+        &self,
+        state: &mut DecoderState,
+        req: AlignRequest,
+    ) -> Result<AlignOutput, DecodeError> {
+        let taken = std::mem::replace(state, DecoderState::empty());
+        let (back, result) = self.call(|reply| Call::Align {
+            state: taken,
+            req,
+            reply,
+        })?;
+        *state = back;
+        result
+    }
 }
 
 /// Runs `f`, turning a panic into an error so one bad batch never stops the scheduler.
@@ -244,6 +267,8 @@ struct Loop {
     metrics: Option<SchedulerMetrics>,
     encodes: VecDeque<Queued<(Tensor, Reply<Tensor>)>>,
     steps: Vec<Queued<Call>>,
+    /// Alignment passes waiting (at most `ALIGN_WAIT`) for company.
+    aligns: Vec<Queued<Call>>,
     /// Sequences between their prefill and their end: the rows a decoder step waits for.
     active: usize,
 }
@@ -263,6 +288,7 @@ impl Loop {
             metrics,
             encodes: VecDeque::new(),
             steps: Vec::new(),
+            aligns: Vec::new(),
             active: 0,
         }
     }
@@ -294,6 +320,11 @@ impl Loop {
                 self.run_step();
                 self.observe_busy("decoder", t);
             }
+            if self.align_ready(Instant::now()) {
+                let t = Instant::now();
+                self.run_align();
+                self.observe_busy("align", t);
+            }
             if self.encoder_ready(Instant::now()) {
                 let t = Instant::now();
                 self.run_encoder();
@@ -303,7 +334,7 @@ impl Loop {
     }
 
     fn is_idle(&self) -> bool {
-        self.encodes.is_empty() && self.steps.is_empty()
+        self.encodes.is_empty() && self.steps.is_empty() && self.aligns.is_empty()
     }
 
     /// How long the oldest window may wait, given what is decoding.
@@ -320,6 +351,7 @@ impl Loop {
         let oldest = [
             self.encodes.front().map(|q| q.since + self.encoder_wait()),
             self.steps.first().map(|q| q.since + STEP_WAIT),
+            self.aligns.first().map(|q| q.since + ALIGN_WAIT),
         ];
         oldest.into_iter().flatten().min()
     }
@@ -330,6 +362,13 @@ impl Loop {
             Some(q) => {
                 self.encodes.len() >= self.config.max_batch || now >= q.since + self.encoder_wait()
             }
+        }
+    }
+
+    fn align_ready(&self, now: Instant) -> bool {
+        match self.aligns.first() {
+            None => false,
+            Some(q) => self.aligns.len() >= self.config.max_batch || now >= q.since + ALIGN_WAIT,
         }
     }
 
@@ -356,6 +395,7 @@ impl Loop {
                 self.observe_active();
             }
             c @ Call::Step { .. } => self.steps.push(Queued { call: c, since }),
+            c @ Call::Align { .. } => self.aligns.push(Queued { call: c, since }),
             Call::EndSequence => {
                 self.active = self.active.saturating_sub(1);
                 self.observe_active();
@@ -410,6 +450,45 @@ impl Loop {
                 tracing::error!(error = %e, windows = n, "encoder batch failed");
                 for q in batch {
                     let _ = q.call.1.send(Err(copy_err(&e)));
+                }
+            }
+        }
+    }
+
+    /// Alignment passes of several windows as one decoder run (rows of different sequences do
+    /// not mix: `TextDecoder::align`).
+    fn run_align(&mut self) {
+        let n = self.aligns.len().min(self.config.max_batch);
+        let batch: Vec<_> = self.aligns.drain(..n).collect();
+        self.observe("align", batch.iter().map(|q| q.since), n);
+        let _span = tracing::debug_span!("align_batch", sequences = n).entered();
+        let mut states = Vec::with_capacity(n);
+        let mut reqs = Vec::with_capacity(n);
+        let mut replies = Vec::with_capacity(n);
+        for q in batch {
+            if let Call::Align { state, req, reply } = q.call {
+                states.push(state);
+                reqs.push(req);
+                replies.push(reply);
+            }
+        }
+        let result = guarded("alignment pass", || {
+            let mut refs: Vec<&mut DecoderState> = states.iter_mut().collect();
+            Ok(self
+                .model
+                .decoder
+                .align(&mut refs, &reqs, &self.model.alignment_heads)?)
+        });
+        match result {
+            Ok(outs) => {
+                for ((state, reply), out) in states.into_iter().zip(replies).zip(outs) {
+                    let _ = reply.send((state, Ok(out)));
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, sequences = n, "alignment batch failed");
+                for (state, reply) in states.into_iter().zip(replies) {
+                    let _ = reply.send((state, Err(copy_err(&e))));
                 }
             }
         }

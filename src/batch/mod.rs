@@ -35,6 +35,8 @@ pub struct BatchOptions {
     /// Inputs larger than this (bytes) fail without being read.
     pub max_input_bytes: u64,
     pub transcribe: TranscribeOptions,
+    /// srt/vtt layout from word timings.
+    pub subtitles: crate::output::SubtitleOptions,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -373,7 +375,11 @@ fn write_outputs(
 ) -> Result<Vec<String>, String> {
     let paths = output_paths(o, input);
     for (f, p) in o.formats.iter().zip(&paths) {
-        write_atomic(p, t.render(*f, o.transcribe.task).as_bytes())
+        let render = crate::output::RenderOptions {
+            subtitles: o.subtitles,
+            granularities: None,
+        };
+        write_atomic(p, t.render_with(*f, o.transcribe.task, &render).as_bytes())
             .map_err(|e| format!("writing {}: {e}", p.display()))?;
     }
     let outputs: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();

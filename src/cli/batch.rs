@@ -93,6 +93,7 @@ pub fn run(args: BatchArgs) -> anyhow::Result<ExitCode> {
         fail_fast: args.fail_fast,
         max_input_bytes: args.max_input_mb.saturating_mul(batch::inputs::MB),
         transcribe,
+        subtitles: args.decoding.subtitles(),
     };
 
     // First Ctrl-C: finish the file being transcribed, then stop. Second: abort now.

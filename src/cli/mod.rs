@@ -151,6 +151,22 @@ pub struct DecodingArgs {
     /// frame, are skipped); `none` turns the gate off.
     #[arg(long, default_value = "-60", allow_hyphen_values = true)]
     pub vad_gate_db: Threshold,
+    /// Word-level timestamps: each segment gets `words` (word, start, end, probability) in json
+    /// and verbose_json; srt/vtt can then be laid out by words (below).
+    #[arg(long)]
+    pub word_timestamps: bool,
+    /// srt/vtt: at most this many characters per line (turns word timestamps on).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    pub max_line_width: Option<u64>,
+    /// srt/vtt: at most this many lines per cue, with --max-line-width (turns word timestamps on).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    pub max_line_count: Option<u64>,
+    /// srt/vtt: at most this many words per line (turns word timestamps on).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    pub max_words_per_line: Option<u64>,
+    /// srt/vtt: one cue per word with the word underlined (turns word timestamps on).
+    #[arg(long)]
+    pub highlight_words: bool,
 }
 
 /// The library's VAD defaults (faster-whisper's), for the flags above.
@@ -164,9 +180,20 @@ fn temperature(s: &str) -> Result<f32, String> {
 }
 
 impl DecodingArgs {
+    /// How srt/vtt are laid out.
+    pub fn subtitles(&self) -> whisperd::output::SubtitleOptions {
+        whisperd::output::SubtitleOptions {
+            max_line_width: self.max_line_width.map(|n| n as usize),
+            max_line_count: self.max_line_count.map(|n| n as usize),
+            max_words_per_line: self.max_words_per_line.map(|n| n as usize),
+            highlight_words: self.highlight_words,
+        }
+    }
+
     /// Default options with these flags applied.
     pub fn options(&self) -> whisperd::TranscribeOptions {
         whisperd::TranscribeOptions {
+            word_timestamps: self.word_timestamps || self.subtitles().needs_words(),
             temperatures: self.temperature.clone(),
             compression_ratio_threshold: self.compression_ratio_threshold.0,
             logprob_threshold: self.logprob_threshold.0,

@@ -90,7 +90,11 @@ pub fn run(args: TranscribeArgs) -> anyhow::Result<ExitCode> {
     let mut failed = 0usize;
     for (i, file) in args.files.iter().enumerate() {
         let output = outputs.as_ref().map(|o| o[i].as_path());
-        match transcribe_one(&engine, file, limit, &options, args.format, output) {
+        let render = whisperd::output::RenderOptions {
+            subtitles: args.decoding.subtitles(),
+            granularities: None,
+        };
+        match transcribe_one(&engine, file, limit, &options, args.format, &render, output) {
             Ok(()) => {}
             Err(e) => {
                 failed += 1;
@@ -115,6 +119,7 @@ fn transcribe_one(
     limit: u64,
     o: &TranscribeOptions,
     format: Format,
+    render: &whisperd::output::RenderOptions,
     output: Option<&Path>,
 ) -> anyhow::Result<()> {
     let bytes = if is_stdin(file) {
@@ -126,7 +131,7 @@ fn transcribe_one(
     let transcript = engine.transcribe_bytes(bytes, o)?;
     let secs = t0.elapsed().as_secs_f64();
     tracing::info!(file = %file.display(), audio_s = transcript.duration, seconds = secs, speed = transcript.duration / secs.max(1e-9), "transcribed");
-    let rendered = transcript.render(format, o.task);
+    let rendered = transcript.render_with(format, o.task, render);
     match output {
         None => {
             use std::io::Write;

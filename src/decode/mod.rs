@@ -5,6 +5,7 @@
 pub mod filters;
 pub mod languages;
 mod runner;
+pub mod timing;
 pub mod tokens;
 mod transcribe;
 pub mod window;
@@ -62,6 +63,8 @@ pub struct TranscribeOptions {
     pub best_of: usize,
     /// Speech detection before decoding (the energy gate, and Silero VAD when enabled).
     pub vad: crate::vad::VadOptions,
+    /// Word-level timings (`timing`): one extra decoder pass per window.
+    pub word_timestamps: bool,
 }
 
 impl Default for TranscribeOptions {
@@ -78,6 +81,7 @@ impl Default for TranscribeOptions {
             no_speech_threshold: Some(0.6),
             best_of: 5,
             vad: crate::vad::VadOptions::default(),
+            word_timestamps: false,
         }
     }
 }

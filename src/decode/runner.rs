@@ -6,7 +6,7 @@
 use candle_core::Tensor;
 
 use super::DecodeError;
-use crate::model::{DecoderState, Whisper};
+use crate::model::{AlignOutput, AlignRequest, DecoderState, Whisper};
 
 pub trait ModelRunner: Sync {
     /// The model the operations run on (for its dimensions and device).
@@ -34,6 +34,14 @@ pub trait ModelRunner: Sync {
     /// The sequence started by the last `prefill` takes no more steps (a batching runner stops
     /// waiting for it).
     fn end_sequence(&self) {}
+
+    /// The alignment pass of word timestamps over `state`'s audio (its token cache is reset):
+    /// cross-attention weights of the alignment heads and token probabilities.
+    fn align(
+        &self,
+        state: &mut DecoderState,
+        req: AlignRequest,
+    ) -> Result<AlignOutput, DecodeError>;
 }
 
 impl ModelRunner for Whisper {
@@ -73,6 +81,18 @@ impl ModelRunner for Whisper {
             .step(&mut [state], &[token])?
             .squeeze(0)?
             .to_vec1()?)
+    }
+
+    fn align(
+        &self,
+        state: &mut DecoderState,
+        req: AlignRequest,
+    ) -> Result<AlignOutput, DecodeError> {
+        let mut out = self
+            .decoder
+            .align(&mut [state], &[req], &self.alignment_heads)?;
+        out.pop()
+            .ok_or_else(|| candle_core::Error::Msg("alignment returned nothing".into()).into())
     }
 }
 
@@ -118,5 +138,12 @@ impl<F: Fn() -> bool + Sync> ModelRunner for Cancellable<'_, F> {
     }
     fn end_sequence(&self) {
         self.inner.end_sequence()
+    }
+    fn align(
+        &self,
+        state: &mut DecoderState,
+        req: AlignRequest,
+    ) -> Result<AlignOutput, DecodeError> {
+        self.inner.align(state, req)
     }
 }

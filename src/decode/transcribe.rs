@@ -6,6 +6,7 @@ use candle_core::Tensor;
 
 use super::filters::{log_softmax, SuppressTokens};
 use super::runner::{ModelRunner, SequenceGuard};
+use super::timing;
 use super::tokens::{WhisperTokenizer, TIME_PRECISION};
 use super::window::{
     decode_window, new_rng, FallbackRules, WindowFallback, WindowOptions, WindowResult,
@@ -17,6 +18,8 @@ use crate::output::{Segment, Transcript};
 
 /// Mel frames per timestamp step (3000 frames / 1500 encoder positions).
 const INPUT_STRIDE: usize = 2;
+/// Mel frames per second.
+const FRAMES_PER_SECOND: f64 = 16_000.0 / HOP_LENGTH as f64;
 
 fn window_tensor(
     model: &Whisper,
@@ -104,8 +107,11 @@ pub fn transcribe(
     };
 
     let mut seek = 0usize;
+    // End of the last word placed so far (word timestamps' edge heuristics).
+    let mut last_speech = 0f64;
     while seek < content_frames {
         let _span = tracing::debug_span!("window", seek).entered();
+        let window_seek = seek;
         let time_offset = seek as f64 * HOP_LENGTH as f64 / 16_000.0;
         let segment_size = N_FRAMES.min(content_frames - seek);
         let segment_duration = segment_size as f64 * HOP_LENGTH as f64 / 16_000.0;
@@ -203,11 +209,55 @@ pub fn transcribe(
             seek += segment_size;
         }
 
+        if o.word_timestamps {
+            let text_tokens: Vec<u32> = current
+                .iter()
+                .flat_map(|s| s.tokens.iter().copied().filter(|&t| t < sp.eot))
+                .collect();
+            let _span =
+                tracing::debug_span!("word_alignment", tokens = text_tokens.len()).entered();
+            let alignment = timing::find_alignment(
+                runner,
+                tok,
+                &mut state,
+                language_token,
+                language.as_deref().unwrap_or("en"),
+                o.task,
+                &text_tokens,
+                segment_size,
+            )?;
+            last_speech = timing::add_word_timestamps(
+                &mut current,
+                alignment,
+                time_offset,
+                last_speech,
+                sp.eot,
+            );
+            // Continue after the last word rather than the last timestamp token, as OpenAI and
+            // faster-whisper do with word timestamps (unless the window ended on one timestamp).
+            if !single_timestamp_ending {
+                let last_word_end = current
+                    .iter()
+                    .rev()
+                    .find_map(|s| s.words.as_ref().and_then(|w| w.last()).map(|w| w.end));
+                if let Some(end) = last_word_end {
+                    let shift = ((end - time_offset) * FRAMES_PER_SECOND).round();
+                    if shift > 0.0 {
+                        seek = window_seek + shift as usize;
+                    }
+                }
+            }
+        }
+        drop(state);
+
         // Instantaneous or empty segments carry no text.
         for s in current.iter_mut() {
             if s.start == s.end || s.text.trim().is_empty() {
                 s.text.clear();
                 s.tokens.clear();
+                if s.words.is_some() {
+                    s.words = Some(Vec::new());
+                }
             }
         }
         for mut s in current {
@@ -254,5 +304,6 @@ fn new_segment(
         avg_logprob: r.avg_logprob,
         compression_ratio: r.compression_ratio,
         no_speech_prob: r.no_speech_prob,
+        words: None,
     })
 }

@@ -157,6 +157,100 @@ fn to_f16_bits(x: &[f32]) -> Vec<u16> {
     bits.to_vec()
 }
 
+/// One sequence's alignment pass (word timestamps): `tokens` fed from position 0 against the
+/// window's audio; the cross-attention weights are read over the first `n_frames` audio positions
+/// (the window's audio, not its padding); `targets` are the (row, token) pairs whose probability
+/// is wanted, a softmax over the first `vocab_limit` logits of that row (the text tokens).
+#[derive(Debug, Clone)]
+pub struct AlignRequest {
+    pub tokens: Vec<u32>,
+    pub n_frames: usize,
+    pub targets: Vec<(usize, u32)>,
+    pub vocab_limit: usize,
+}
+
+/// What an alignment pass returns for one sequence.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AlignOutput {
+    /// Per alignment head, `(tokens, n_frames)` row-major: each token's attention over the first
+    /// `n_frames` audio positions, a softmax over those positions (OpenAI's `timing.py`).
+    pub weights: Vec<Vec<f32>>,
+    pub n_frames: usize,
+    /// The probability of each target token.
+    pub probs: Vec<f32>,
+}
+
+/// Collects the alignment heads' cross-attention weights during a decoder run.
+struct AlignCapture<'a> {
+    heads: &'a [(usize, usize)],
+    n_frames: Vec<usize>,
+    /// Per sequence, per head, `(tokens, n_frames)`.
+    weights: Vec<Vec<Vec<f32>>>,
+}
+
+impl AlignCapture<'_> {
+    /// Layer `layer`'s scaled cross-attention queries `q` `(rows, d)` → for each alignment head
+    /// of this layer, softmax over the first `n_frames` audio positions of `q·k`.
+    fn record(
+        &mut self,
+        layer: usize,
+        q: &[f32],
+        rows: &[(usize, u32)],
+        spans: &[(usize, usize)],
+        states: &[&mut DecoderState],
+        n_head: usize,
+    ) {
+        let d = q.len() / rows.len().max(1);
+        let dh = d / n_head;
+        for (hi, &(l, h)) in self.heads.iter().enumerate() {
+            if l != layer {
+                continue;
+            }
+            let per_row: Vec<Vec<f32>> = (0..rows.len())
+                .into_par_iter()
+                .map(|r| {
+                    let seq = rows[r].0;
+                    let st = &states[seq];
+                    let f = self.n_frames[seq];
+                    let qh = &q[r * d + h * dh..][..dh];
+                    let t = st.n_audio;
+                    let mut scores = vec![0f32; f];
+                    match &st.cross[layer] {
+                        AudioKv::F32 { kt, .. } => {
+                            for (j, &qj) in qh.iter().enumerate() {
+                                let krow = &kt[(h * dh + j) * t..][..f];
+                                scores.iter_mut().zip(krow).for_each(|(s, &k)| *s += qj * k);
+                            }
+                        }
+                        AudioKv::F16 { kt, .. } => {
+                            for (j, &qj) in qh.iter().enumerate() {
+                                let krow = &kt[(h * dh + j) * t..][..f];
+                                scores.iter_mut().zip(krow).for_each(|(s, &k)| {
+                                    *s += qj * half::f16::from_bits(k).to_f32()
+                                });
+                            }
+                        }
+                    }
+                    let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                    let mut sum = 0f32;
+                    scores.iter_mut().for_each(|s| {
+                        *s = (*s - max).exp();
+                        sum += *s;
+                    });
+                    scores.iter_mut().for_each(|s| *s /= sum);
+                    scores
+                })
+                .collect();
+            for (r, w) in per_row.into_iter().enumerate() {
+                let seq = rows[r].0;
+                let local = r - spans[seq].0;
+                let f = self.n_frames[seq];
+                self.weights[seq][hi][local * f..][..f].copy_from_slice(&w);
+            }
+        }
+    }
+}
+
 pub struct TextDecoder {
     /// Every layer's audio keys/values, once per window.
     cross_kv: CrossKv,
@@ -308,7 +402,7 @@ impl TextDecoder {
         let tokens = tokens.flatten_all()?.to_vec1::<u32>()?;
         let mut states = [state];
         let rows: Vec<(usize, u32)> = tokens.iter().map(|&t| (0, t)).collect();
-        let x = self.run(&mut states, &rows)?;
+        let x = self.run(&mut states, &rows, None)?;
         x.reshape((1, n, ()))
     }
 
@@ -330,7 +424,7 @@ impl TextDecoder {
             );
         }
         let rows: Vec<(usize, u32)> = tokens.iter().copied().enumerate().collect();
-        self.logits(&self.run(states, &rows)?)
+        self.logits(&self.run(states, &rows, None)?)
     }
 
     /// The decoder over `rows` of (sequence, token): consecutive rows of one sequence are
@@ -339,7 +433,10 @@ impl TextDecoder {
         &self,
         states: &mut [&mut DecoderState],
         rows: &[(usize, u32)],
+        mut capture: Option<&mut AlignCapture>,
     ) -> candle_core::Result<Tensor> {
+        // The alignment pass keeps every projection on the row kernel (batched equals alone).
+        let rk = capture.is_some();
         let device = &self.device;
         // Each row's position; each sequence's first row and row count.
         let mut positions = Vec::with_capacity(rows.len());
@@ -381,7 +478,7 @@ impl TextDecoder {
             // Self-attention: append each row's key/value, then attend over the cache.
             let qkv = block
                 .self_qkv
-                .forward(&block.self_ln.forward(&x)?)?
+                .forward_with(&block.self_ln.forward(&x)?, rk)?
                 .flatten_all()?
                 .to_vec1::<f32>()?; // (rows, 3d)
             let mut q = vec![0f32; n_rows * d];
@@ -396,14 +493,17 @@ impl TextDecoder {
                 qa.cache_head(row, h, &st.self_k[i], &st.self_v[i], st.position, out)
             });
             let y = Tensor::from_slice(&att, (n_rows, d), device)?;
-            x = (x + block.self_out.forward(&y)?)?;
+            x = (x + block.self_out.forward_with(&y, rk)?)?;
 
             // Cross-attention to the audio features prepared once for this window.
             let q = block
                 .cross_q
-                .forward(&block.cross_ln.forward(&x)?)?
+                .forward_with(&block.cross_ln.forward(&x)?, rk)?
                 .flatten_all()?
                 .to_vec1::<f32>()?;
+            if let Some(cap) = capture.as_deref_mut() {
+                cap.record(i, &q, rows, &spans, states, self.n_head);
+            }
             self.attend_each(
                 states,
                 &spans,
@@ -416,15 +516,108 @@ impl TextDecoder {
                 },
             );
             let y = Tensor::from_slice(&att, (n_rows, d), device)?;
-            x = (x + block.cross_out.forward(&y)?)?;
+            x = (x + block.cross_out.forward_with(&y, rk)?)?;
 
-            let h = super::kernels::gelu_erf_owned(block.fc1.forward(&block.mlp_ln.forward(&x)?)?)?;
-            x = (x + block.fc2.forward(&h)?)?;
+            let h = super::kernels::gelu_erf_owned(
+                block.fc1.forward_with(&block.mlp_ln.forward(&x)?, rk)?,
+            )?;
+            x = (x + block.fc2.forward_with(&h, rk)?)?;
         }
         for (seq, st) in states.iter_mut().enumerate() {
             st.position += spans[seq].1;
         }
         self.ln.forward(&x)
+    }
+
+    /// The alignment pass of word timestamps for several sequences at once: each state is reset
+    /// and fed its request's tokens from position 0 against its own audio; returns, per request,
+    /// the cross-attention weights of `heads` (`(layer, head)` pairs) and the requested token
+    /// probabilities. A sequence's numbers do not depend on the others in the batch.
+    pub fn align(
+        &self,
+        states: &mut [&mut DecoderState],
+        reqs: &[AlignRequest],
+        heads: &[(usize, usize)],
+    ) -> candle_core::Result<Vec<AlignOutput>> {
+        if states.len() != reqs.len() {
+            candle_core::bail!("align needs one request per sequence");
+        }
+        if let Some(&(l, h)) = heads
+            .iter()
+            .find(|&&(l, h)| l >= self.blocks.len() || h >= self.n_head)
+        {
+            candle_core::bail!("alignment head ({l}, {h}) is not in this decoder");
+        }
+        let mut rows = Vec::new();
+        let mut first_row = Vec::with_capacity(reqs.len());
+        let mut n_frames = Vec::with_capacity(reqs.len());
+        for (seq, (st, req)) in states.iter_mut().zip(reqs).enumerate() {
+            if req.tokens.is_empty() || req.tokens.len() > self.n_ctx {
+                candle_core::bail!(
+                    "alignment needs 1 to {} tokens, got {}",
+                    self.n_ctx,
+                    req.tokens.len()
+                );
+            }
+            if let Some(&(r, _)) = req.targets.iter().find(|t| t.0 >= req.tokens.len()) {
+                candle_core::bail!("alignment target row {r} is past the tokens");
+            }
+            st.reset();
+            first_row.push(rows.len());
+            n_frames.push(req.n_frames.clamp(1, st.n_audio.max(1)));
+            rows.extend(req.tokens.iter().map(|&t| (seq, t)));
+        }
+        let mut cap = AlignCapture {
+            heads,
+            n_frames,
+            weights: reqs
+                .iter()
+                .zip(states.iter())
+                .map(|(r, st)| {
+                    let f = r.n_frames.clamp(1, st.n_audio.max(1));
+                    vec![vec![0f32; r.tokens.len() * f]; heads.len()]
+                })
+                .collect(),
+        };
+        let hidden = self.run(states, &rows, Some(&mut cap))?;
+        let picked: Vec<u32> = reqs
+            .iter()
+            .zip(&first_row)
+            .flat_map(|(r, &f)| r.targets.iter().map(move |&(row, _)| (f + row) as u32))
+            .collect();
+        let mut probs = Vec::with_capacity(picked.len());
+        if !picked.is_empty() {
+            let picked = Tensor::new(picked.as_slice(), hidden.device())?;
+            let logits = self
+                .logits(&hidden.index_select(&picked, 0)?)?
+                .to_vec2::<f32>()?;
+            let mut it = logits.iter();
+            for r in reqs {
+                let mut p = Vec::with_capacity(r.targets.len());
+                for &(_, token) in &r.targets {
+                    let Some(row) = it.next() else {
+                        candle_core::bail!("missing alignment logits");
+                    };
+                    let row = &row[..r.vocab_limit.min(row.len())];
+                    let lse = super::kernels::log_sum_exp(row);
+                    p.push(row.get(token as usize).map_or(0.0, |&l| (l - lse).exp()));
+                }
+                probs.push(p);
+            }
+        } else {
+            probs.resize(reqs.len(), Vec::new());
+        }
+        Ok(cap
+            .weights
+            .into_iter()
+            .zip(cap.n_frames)
+            .zip(probs)
+            .map(|((weights, n_frames), probs)| AlignOutput {
+                weights,
+                n_frames,
+                probs,
+            })
+            .collect())
     }
 
     /// Runs one attention kind for every sequence over its own rows of `q` (`(rows, d)`, rows of a

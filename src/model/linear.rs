@@ -53,9 +53,12 @@ impl Proj {
         })
     }
 
-    pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+    /// `x` `(…, inp)` → `(…, out)`. `row_kernel` sends every input to [`RowMatmul`], whose
+    /// result for a row does not depend on the other rows (candle's GEMM blocks its sums by the
+    /// matrix's size): the alignment pass uses it so that batched equals alone.
+    pub fn forward_with(&self, x: &Tensor, row_kernel: bool) -> candle_core::Result<Tensor> {
         match self {
-            Proj::F32 { dense, rows } => match small_rows(x)? {
+            Proj::F32 { dense, rows } => match small_rows(x, row_kernel)? {
                 Some((data, n)) => {
                     let mut dims = x.dims().to_vec();
                     if let Some(last) = dims.last_mut() {
@@ -81,13 +84,14 @@ impl Proj {
 
 /// The rows of `x` (`(…, inp)`) as plain memory when there are few enough for [`RowMatmul`] and
 /// they live on the CPU as f32; `None` sends the input to candle's GEMM.
-pub fn small_rows(x: &Tensor) -> candle_core::Result<Option<(Vec<f32>, usize)>> {
+/// `any_count`: however many rows there are.
+pub fn small_rows(x: &Tensor, any_count: bool) -> candle_core::Result<Option<(Vec<f32>, usize)>> {
     if !x.device().is_cpu() || x.dtype() != candle_core::DType::F32 || x.rank() == 0 {
         return Ok(None);
     }
     let inp = x.dims()[x.rank() - 1];
     let n = x.elem_count() / inp.max(1);
-    if n == 0 || n > ROW_KERNEL_MAX_ROWS {
+    if n == 0 || (n > ROW_KERNEL_MAX_ROWS && !any_count) {
         return Ok(None);
     }
     Ok(Some((x.flatten_all()?.to_vec1::<f32>()?, n)))

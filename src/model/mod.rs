@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
 
-pub use decoder::{DecoderState, TextDecoder};
+pub use decoder::{AlignOutput, AlignRequest, DecoderState, TextDecoder};
 pub use encoder::{AudioEncoder, EncoderMath};
 pub use hf::save as save_hf;
 pub use linear::Precision;
@@ -82,13 +82,18 @@ pub struct Whisper {
     pub decoder: TextDecoder,
     pub device: Device,
     pub layout: Layout,
+    /// The decoder's `(layer, head)` pairs whose cross-attention follows the speech in time (word
+    /// timestamps; see [`alignment_heads`]).
+    pub alignment_heads: Vec<(usize, usize)>,
 }
 
 impl Whisper {
     /// Load from a directory in either layout (detected by which weight file is present).
     pub fn load(dir: &Path, device: &Device, precision: Precision) -> Result<Self, ModelError> {
         let weights = Weights::load_dir(dir, device)?;
-        Self::from_weights(&weights, device, precision)
+        let mut model = Self::from_weights(&weights, device, precision)?;
+        model.alignment_heads = alignment_heads(dir, &model.dims)?;
+        Ok(model)
     }
 
     pub fn from_weights(
@@ -113,6 +118,7 @@ impl Whisper {
         let encoder = AudioEncoder::new(w, &dims, math)?;
         let decoder = TextDecoder::new(w, &dims, precision, amx)?;
         Ok(Self {
+            alignment_heads: default_alignment_heads(&dims),
             dims,
             encoder,
             decoder,
@@ -125,6 +131,61 @@ impl Whisper {
     pub fn encode(&self, mel: &Tensor) -> Result<Tensor, ModelError> {
         Ok(self.encoder.forward(mel)?)
     }
+}
+
+/// The alignment heads a model directory names: `alignment_heads` in CTranslate2's `config.json`
+/// or in Hugging Face's `generation_config.json` (`[[layer, head], …]`); when neither has them,
+/// every head of the upper half of the decoder layers (OpenAI's default). A list naming a head
+/// the model lacks is an error, not a silent misalignment.
+pub fn alignment_heads(dir: &Path, dims: &ModelDims) -> Result<Vec<(usize, usize)>, ModelError> {
+    for name in ["config.json", "generation_config.json"] {
+        let path = dir.join(name);
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            continue;
+        };
+        let bad = |msg: String| ModelError::Format {
+            path: path.clone(),
+            msg,
+        };
+        let v: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| bad(format!("not JSON: {e}")))?;
+        let Some(list) = v.get("alignment_heads") else {
+            continue;
+        };
+        let pairs = list
+            .as_array()
+            .ok_or_else(|| bad("alignment_heads is not a list".into()))?
+            .iter()
+            .map(|p| {
+                let pair = p.as_array().filter(|a| a.len() == 2);
+                let n = |i: usize| pair.and_then(|a| a[i].as_u64()).map(|x| x as usize);
+                match (n(0), n(1)) {
+                    (Some(l), Some(h)) if l < dims.n_text_layer && h < dims.n_text_head => {
+                        Ok((l, h))
+                    }
+                    _ => Err(bad(format!(
+                        "alignment_heads entry {p} is not a [layer, head] of this model ({} layers, {} heads)",
+                        dims.n_text_layer, dims.n_text_head
+                    ))),
+                }
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        if !pairs.is_empty() {
+            tracing::debug!(file = %path.display(), heads = ?pairs, "alignment heads");
+            return Ok(pairs);
+        }
+    }
+    tracing::info!(
+        "no alignment_heads in the model directory: word timestamps use every head of the upper half of the decoder layers"
+    );
+    Ok(default_alignment_heads(dims))
+}
+
+/// Every head of the upper half of the decoder layers.
+pub fn default_alignment_heads(dims: &ModelDims) -> Vec<(usize, usize)> {
+    (dims.n_text_layer / 2..dims.n_text_layer)
+        .flat_map(|l| (0..dims.n_text_head).map(move |h| (l, h)))
+        .collect()
 }
 
 /// Deterministic test data: `n` values in [−0.5, 0.5) from an xorshift sequence started at

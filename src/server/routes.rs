@@ -14,7 +14,7 @@ use super::upload::read_form;
 const UPLOAD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
 use super::worker::{self, Shared};
 use super::AppState;
-use crate::output::Format;
+use crate::output::{Format, Granularities, RenderOptions, SubtitleOptions};
 use crate::{Task, TranscribeOptions};
 
 pub async fn health() -> HttpResponse {
@@ -245,6 +245,55 @@ fn chunking_strategy(
     check_vad(v)
 }
 
+/// `timestamp_granularities[]` (`segment`, `word`; repeated fields arrive comma-joined) and the
+/// subtitle layout fields (`max_line_width`, `max_line_count`, `max_words_per_line`,
+/// `highlight_words`, as openai-whisper's CLI names them).
+fn render_options(f: &HashMap<String, String>) -> Result<RenderOptions, ApiError> {
+    const G: &str = "timestamp_granularities[]";
+    let mut granularities = None;
+    if let Some(g) = f
+        .get("timestamp_granularities[]")
+        .or_else(|| f.get("timestamp_granularities"))
+    {
+        let mut parsed = Granularities {
+            segment: false,
+            word: false,
+        };
+        for part in g.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            match part {
+                "segment" => parsed.segment = true,
+                "word" => parsed.word = true,
+                other => {
+                    return Err(ApiError::bad_request(format!(
+                        "unknown timestamp granularity `{other}` (expected segment or word)"
+                    ))
+                    .param(G))
+                }
+            }
+        }
+        if parsed.segment || parsed.word {
+            granularities = Some(parsed);
+        }
+    }
+    let count = |name: &'static str| -> Result<Option<usize>, ApiError> { number(f, name) };
+    let subtitles = SubtitleOptions {
+        max_line_width: count("max_line_width")?,
+        max_line_count: count("max_line_count")?,
+        max_words_per_line: count("max_words_per_line")?,
+        highlight_words: match f.get("highlight_words").filter(|h| !h.trim().is_empty()) {
+            Some(h) => parse_bool("highlight_words", h)?,
+            None => false,
+        },
+    };
+    subtitles
+        .check()
+        .map_err(|(param, message)| ApiError::bad_request(message).param(param))?;
+    Ok(RenderOptions {
+        subtitles,
+        granularities,
+    })
+}
+
 /// `defaults`: the server's configured options, which the fields override.
 fn parse_options(
     api: Api,
@@ -306,27 +355,12 @@ fn parse_options(
             chunking_strategy(f, &mut o.vad)?;
         }
     }
-    if let Some(g) = f
-        .get("timestamp_granularities[]")
-        .or_else(|| f.get("timestamp_granularities"))
-    {
-        for part in g.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-            match part {
-                "segment" => {}
-                "word" => {
-                    return Err(ApiError::bad_request(
-                        "word-level timestamps are not supported; use `segment`",
-                    )
-                    .param("timestamp_granularities[]"))
-                }
-                other => {
-                    return Err(ApiError::bad_request(format!(
-                        "unknown timestamp granularity `{other}`"
-                    ))
-                    .param("timestamp_granularities[]"))
-                }
-            }
-        }
+    if let Some(w) = f.get("word_timestamps").filter(|w| !w.trim().is_empty()) {
+        o.word_timestamps = parse_bool("word_timestamps", w)?;
+    }
+    let render = render_options(f)?;
+    if render.granularities.is_some_and(|g| g.word) || render.subtitles.needs_words() {
+        o.word_timestamps = true;
     }
     let format = match f
         .get("response_format")
@@ -488,10 +522,14 @@ async fn handle_inner(
         cache = cache.as_str(),
         "transcription served"
     );
+    let mut render = render_options(&fields)?;
+    if api == Api::Native {
+        render.granularities = None; // /transcribe keeps words on their segments
+    }
     let body = match (api, format) {
         (Api::Native, Format::Json) => transcript.render(Format::Json, task),
         (_, Format::Json) => serde_json::json!({ "text": transcript.text }).to_string(),
-        (_, f) => transcript.render(f, task),
+        (_, f) => transcript.render_with(f, task, &render),
     };
     Ok(HttpResponse::Ok()
         .content_type(format.content_type())

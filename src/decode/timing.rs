@@ -1,0 +1,496 @@
+//! Word-level timestamps from the model itself, as OpenAI's `timing.py` computes them: after a
+//! window is decoded, one decoder pass over its text tokens (no timestamps, no prompt) gives the
+//! cross-attention of the model's alignment heads; those weights are normalised per frame,
+//! median-filtered and averaged over heads, and dynamic time warping finds the monotonic path
+//! from tokens to audio frames. Tokens are grouped into words the way the language writes them
+//! (spaces, or per character for languages written without them), punctuation joins its
+//! neighbour, and the heuristics OpenAI and faster-whisper apply to implausibly long words at
+//! sentence and segment edges follow.
+
+use super::runner::ModelRunner;
+use super::tokens::WhisperTokenizer;
+use super::window::{initial_tokens, WindowOptions};
+use super::{DecodeError, Task};
+use crate::model::{AlignRequest, DecoderState};
+use crate::output::{Segment, Word};
+
+/// Audio positions per second of the encoder output (two mel frames each).
+const TOKENS_PER_SECOND: f64 = 50.0;
+/// Width of the median filter over frames (OpenAI's and faster-whisper's default).
+const MEDFILT_WIDTH: usize = 7;
+/// Punctuation joined to the following word (OpenAI's `prepend_punctuations`).
+pub const PREPEND_PUNCTUATIONS: &str = "\"'“¿([{-";
+/// Punctuation joined to the preceding word (OpenAI's `append_punctuations`).
+pub const APPEND_PUNCTUATIONS: &str = "\"'.。,，!！?？:：”)]}、";
+/// Python's `string.punctuation`.
+const ASCII_PUNCTUATION: &str = "!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~";
+/// Languages written without spaces between words: split per character (OpenAI's list).
+const NO_SPACE_LANGUAGES: [&str; 6] = ["zh", "ja", "th", "lo", "my", "yue"];
+
+/// One word as the alignment places it, in seconds from the window's start.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WordTiming {
+    pub word: String,
+    pub tokens: Vec<u32>,
+    pub start: f64,
+    pub end: f64,
+    pub probability: f32,
+}
+
+/// Words and their timing for `text_tokens` (no special tokens) of one window, whose decoding
+/// `state` holds the window's audio; `n_frames` mel frames of the window are audio.
+pub fn find_alignment(
+    runner: &dyn ModelRunner,
+    tok: &WhisperTokenizer,
+    state: &mut DecoderState,
+    language_token: Option<u32>,
+    language: &str,
+    task: Task,
+    text_tokens: &[u32],
+    n_frames: usize,
+) -> Result<Vec<WordTiming>, DecodeError> {
+    if text_tokens.is_empty() {
+        return Ok(Vec::new());
+    }
+    let model = runner.whisper();
+    let sp = &tok.specials;
+    // The start sequence without prompt, ending in `notimestamps`, then the text and `eot`.
+    let wo = WindowOptions {
+        language_token,
+        task,
+        timestamps: false,
+        prompt: Vec::new(),
+    };
+    let (mut tokens, _) = initial_tokens(
+        tok,
+        model.dims.is_multilingual(),
+        &wo,
+        model.decoder.n_ctx(),
+    );
+    let sot_len = tokens.len() - 1; // OpenAI's `sot_sequence` excludes `notimestamps`
+    tokens.extend_from_slice(text_tokens);
+    tokens.push(sp.eot);
+    if tokens.len() > model.decoder.n_ctx() {
+        return Ok(Vec::new());
+    }
+    // Row `sot_len + i` (from `notimestamps` on) predicts text token `i`.
+    let targets = text_tokens
+        .iter()
+        .enumerate()
+        .map(|(i, &t)| (sot_len + i, t))
+        .collect();
+    let out = runner.align(
+        state,
+        AlignRequest {
+            tokens: tokens.clone(),
+            n_frames: n_frames / 2,
+            targets,
+            vocab_limit: sp.eot as usize,
+        },
+    )?;
+    let matrix = alignment_matrix(&out.weights, tokens.len(), out.n_frames);
+    // Rows of `notimestamps` and the text tokens (not the start sequence, not `eot`).
+    let rows = tokens.len() - 1 - sot_len;
+    let m = out.n_frames;
+    let sub = &matrix[sot_len * m..(sot_len + rows) * m];
+    let neg: Vec<f64> = sub.iter().map(|&x| -(x as f64)).collect();
+    let (text_idx, time_idx) = dtw(&neg, rows, m);
+
+    let (words, word_tokens) = split_to_word_tokens(tok, text_tokens, language)?;
+    if words.is_empty() {
+        return Ok(Vec::new());
+    }
+    // The time each row is first reached on the path.
+    let mut jump_times = Vec::with_capacity(rows);
+    for (k, (&ti, &fi)) in text_idx.iter().zip(&time_idx).enumerate() {
+        if k == 0 || ti != text_idx[k - 1] {
+            jump_times.push(fi as f64 / TOKENS_PER_SECOND);
+        }
+    }
+    let mut boundaries = vec![0usize];
+    for wt in &word_tokens {
+        boundaries.push(boundaries[boundaries.len() - 1] + wt.len());
+    }
+    let mut timings = Vec::with_capacity(words.len());
+    for (w, (word, wt)) in words.into_iter().zip(word_tokens).enumerate() {
+        let (a, b) = (boundaries[w], boundaries[w + 1]);
+        let (Some(&start), Some(&end)) = (jump_times.get(a), jump_times.get(b)) else {
+            break;
+        };
+        let p = &out.probs[a.min(out.probs.len())..b.min(out.probs.len())];
+        let probability = if p.is_empty() {
+            0.0
+        } else {
+            p.iter().sum::<f32>() / p.len() as f32
+        };
+        timings.push(WordTiming {
+            word,
+            tokens: wt,
+            start,
+            end,
+            probability,
+        });
+    }
+    Ok(timings)
+}
+
+/// The alignment heads' weights (`heads × (rows, frames)`) → one `(rows, frames)` matrix:
+/// each head standardised per frame over the token rows, median-filtered over frames, then the
+/// mean over heads.
+pub fn alignment_matrix(weights: &[Vec<f32>], rows: usize, frames: usize) -> Vec<f32> {
+    let mut acc = vec![0f32; rows * frames];
+    if weights.is_empty() || rows == 0 || frames == 0 {
+        return acc;
+    }
+    for w in weights {
+        let mut w = w.clone();
+        for f in 0..frames {
+            let mean = (0..rows).map(|r| w[r * frames + f] as f64).sum::<f64>() / rows as f64;
+            let var = (0..rows)
+                .map(|r| (w[r * frames + f] as f64 - mean).powi(2))
+                .sum::<f64>()
+                / rows as f64;
+            let std = var.sqrt();
+            for r in 0..rows {
+                let x = &mut w[r * frames + f];
+                *x = if std > 0.0 {
+                    ((*x as f64 - mean) / std) as f32
+                } else {
+                    0.0
+                };
+            }
+        }
+        for r in 0..rows {
+            let filtered = median_filter(&w[r * frames..][..frames], MEDFILT_WIDTH);
+            acc[r * frames..][..frames]
+                .iter_mut()
+                .zip(filtered)
+                .for_each(|(a, x)| *a += x);
+        }
+    }
+    let n = weights.len() as f32;
+    acc.iter_mut().for_each(|a| *a /= n);
+    acc
+}
+
+/// Median over a sliding window of odd `width`, the edges reflected (`numpy`'s "reflect": the
+/// edge sample is not repeated). Signals no longer than half the width are returned as they are.
+pub fn median_filter(x: &[f32], width: usize) -> Vec<f32> {
+    let pad = width / 2;
+    let n = x.len();
+    if width < 2 || n <= pad {
+        return x.to_vec();
+    }
+    let at = |i: isize| -> f32 {
+        let n = n as isize;
+        let j = if i < 0 {
+            -i
+        } else if i >= n {
+            2 * (n - 1) - i
+        } else {
+            i
+        };
+        x[j.clamp(0, n - 1) as usize]
+    };
+    let mut buf = vec![0f32; width];
+    (0..n)
+        .map(|i| {
+            for (k, b) in buf.iter_mut().enumerate() {
+                *b = at(i as isize + k as isize - pad as isize);
+            }
+            buf.sort_by(f32::total_cmp);
+            buf[pad]
+        })
+        .collect()
+}
+
+/// Dynamic time warping over a cost matrix `x` `(n, m)`: the monotonic path from (0, 0) to
+/// (n−1, m−1) with the least summed cost, as (row indices, column indices). Ties go the way
+/// OpenAI's `dtw_cpu` breaks them (diagonal, then up, then left); costs are accumulated in f32
+/// as there.
+pub fn dtw(x: &[f64], n: usize, m: usize) -> (Vec<usize>, Vec<usize>) {
+    if n == 0 || m == 0 {
+        return (Vec::new(), Vec::new());
+    }
+    let w = m + 1;
+    let mut cost = vec![f32::INFINITY; (n + 1) * w];
+    let mut trace = vec![-1i8; (n + 1) * w];
+    cost[0] = 0.0;
+    for j in 1..=m {
+        for i in 1..=n {
+            let c0 = cost[(i - 1) * w + j - 1];
+            let c1 = cost[(i - 1) * w + j];
+            let c2 = cost[i * w + j - 1];
+            let (c, t) = if c0 < c1 && c0 < c2 {
+                (c0, 0)
+            } else if c1 < c0 && c1 < c2 {
+                (c1, 1)
+            } else {
+                (c2, 2)
+            };
+            cost[i * w + j] = (x[(i - 1) * m + j - 1] + c as f64) as f32;
+            trace[i * w + j] = t;
+        }
+    }
+    for j in 0..=m {
+        trace[j] = 2;
+    }
+    for i in 0..=n {
+        trace[i * w] = 1;
+    }
+    let (mut i, mut j) = (n, m);
+    let mut path = Vec::with_capacity(n + m);
+    while i > 0 || j > 0 {
+        path.push((i.saturating_sub(1), j.saturating_sub(1)));
+        match trace[i * w + j] {
+            0 => {
+                i -= 1;
+                j -= 1;
+            }
+            1 => i -= 1,
+            _ => j -= 1,
+        }
+    }
+    path.reverse();
+    path.into_iter().unzip()
+}
+
+/// Text tokens → words and each word's tokens: per character (where a token ends a complete
+/// character) for languages written without spaces, else at spaces and punctuation.
+pub fn split_to_word_tokens(
+    tok: &WhisperTokenizer,
+    tokens: &[u32],
+    language: &str,
+) -> Result<(Vec<String>, Vec<Vec<u32>>), DecodeError> {
+    let (subwords, subword_tokens) = split_tokens_on_unicode(tok, tokens)?;
+    if NO_SPACE_LANGUAGES.contains(&language) {
+        return Ok((subwords, subword_tokens));
+    }
+    let mut words: Vec<String> = Vec::new();
+    let mut word_tokens: Vec<Vec<u32>> = Vec::new();
+    for (sub, toks) in subwords.into_iter().zip(subword_tokens) {
+        let with_space = sub.starts_with(' ');
+        let punctuation = ASCII_PUNCTUATION.contains(sub.trim());
+        match (words.last_mut(), word_tokens.last_mut()) {
+            (Some(w), Some(t)) if !with_space && !punctuation => {
+                w.push_str(&sub);
+                t.extend(toks);
+            }
+            _ => {
+                words.push(sub);
+                word_tokens.push(toks);
+            }
+        }
+    }
+    Ok((words, word_tokens))
+}
+
+/// Tokens grouped so that each group decodes to whole characters (a multi-byte character may
+/// span tokens).
+fn split_tokens_on_unicode(
+    tok: &WhisperTokenizer,
+    tokens: &[u32],
+) -> Result<(Vec<String>, Vec<Vec<u32>>), DecodeError> {
+    const REPLACEMENT: char = '\u{fffd}';
+    let full: Vec<char> = tok.decode(tokens)?.chars().collect();
+    let mut words = Vec::new();
+    let mut word_tokens = Vec::new();
+    let mut current = Vec::new();
+    let mut offset = 0usize;
+    for &t in tokens {
+        current.push(t);
+        let decoded = tok.decode(&current)?;
+        let chars: Vec<char> = decoded.chars().collect();
+        let complete = match chars.iter().position(|&c| c == REPLACEMENT) {
+            None => true,
+            Some(p) => full.get(offset + p) == Some(&REPLACEMENT),
+        };
+        if complete {
+            offset += chars.len();
+            words.push(decoded);
+            word_tokens.push(std::mem::take(&mut current));
+        }
+    }
+    Ok((words, word_tokens))
+}
+
+/// Joins punctuation to its neighbour (OpenAI's `merge_punctuations`): an opening mark that is
+/// a word of its own goes to the word after it, a closing one to the word before. Emptied
+/// entries stay (with no text) so token counts still add up.
+pub fn merge_punctuations(alignment: &mut [WordTiming], prepended: &str, appended: &str) {
+    let n = alignment.len();
+    if n >= 2 {
+        let mut j = n - 1;
+        for i in (0..n - 1).rev() {
+            let prev = &alignment[i];
+            if prev.word.starts_with(' ') && contains_word(prepended, prev.word.trim()) {
+                let (word, tokens) = (prev.word.clone(), prev.tokens.clone());
+                let following = &mut alignment[j];
+                following.word = word + &following.word;
+                let mut t = tokens;
+                t.extend_from_slice(&following.tokens);
+                following.tokens = t;
+                alignment[i].word.clear();
+                alignment[i].tokens.clear();
+            } else {
+                j = i;
+            }
+        }
+    }
+    let mut i = 0;
+    for j in 1..n {
+        let appends =
+            !alignment[i].word.ends_with(' ') && contains_word(appended, &alignment[j].word);
+        if appends {
+            let (word, tokens) = (alignment[j].word.clone(), alignment[j].tokens.clone());
+            alignment[i].word.push_str(&word);
+            alignment[i].tokens.extend(tokens);
+            alignment[j].word.clear();
+            alignment[j].tokens.clear();
+        } else {
+            i = j;
+        }
+    }
+}
+
+/// Python's `word in text`: a substring test (the empty word is in every text).
+fn contains_word(text: &str, word: &str) -> bool {
+    text.contains(word)
+}
+
+/// Rounds to hundredths of a second, as the words are reported.
+fn round2(x: f64) -> f64 {
+    (x * 100.0).round() / 100.0
+}
+
+/// Puts one window's aligned words on its segments (`segments` all belong to the window that
+/// starts at `time_offset` seconds), with OpenAI's and faster-whisper's edge heuristics: a
+/// sentence-final word, or the first word after a pause, is at most twice the median word
+/// length; a segment starts at its first word and ends at its last unless that word is
+/// implausibly long. Returns the end of the last speech (`last_speech` carried across windows).
+pub fn add_word_timestamps(
+    segments: &mut [Segment],
+    mut alignment: Vec<WordTiming>,
+    time_offset: f64,
+    mut last_speech: f64,
+    eot: u32,
+) -> f64 {
+    let mut durations: Vec<f64> = alignment
+        .iter()
+        .map(|w| w.end - w.start)
+        .filter(|&d| d != 0.0)
+        .collect();
+    durations.sort_by(f64::total_cmp);
+    let median = match durations.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => durations[n / 2],
+        n => (durations[n / 2 - 1] + durations[n / 2]) / 2.0,
+    }
+    .min(0.7);
+    let max_duration = median * 2.0;
+    if !durations.is_empty() {
+        const SENTENCE_END: &str = ".。!！?？";
+        for i in 1..alignment.len() {
+            if alignment[i].end - alignment[i].start > max_duration {
+                if contains_word(SENTENCE_END, &alignment[i].word) {
+                    alignment[i].end = alignment[i].start + max_duration;
+                } else if contains_word(SENTENCE_END, &alignment[i - 1].word) {
+                    alignment[i].start = alignment[i].end - max_duration;
+                }
+            }
+        }
+    }
+    merge_punctuations(&mut alignment, PREPEND_PUNCTUATIONS, APPEND_PUNCTUATIONS);
+
+    let mut next = 0usize;
+    for seg in segments.iter_mut() {
+        let n_text = seg.tokens.iter().filter(|&&t| t < eot).count();
+        let mut saved = 0usize;
+        let mut words: Vec<Word> = Vec::new();
+        while next < alignment.len() && saved < n_text {
+            let t = &alignment[next];
+            if !t.word.is_empty() {
+                words.push(Word {
+                    word: t.word.clone(),
+                    start: round2(time_offset + t.start),
+                    end: round2(time_offset + t.end),
+                    probability: t.probability,
+                });
+            }
+            saved += t.tokens.len();
+            next += 1;
+        }
+        if let (Some(_), Some(_)) = (words.first(), words.last()) {
+            let first_long = words[0].end - words[0].start > max_duration;
+            let pair_long = words.len() > 1 && words[1].end - words[0].start > max_duration * 2.0;
+            if words[0].end - last_speech > median * 4.0 && (first_long || pair_long) {
+                if words.len() > 1 && words[1].end - words[1].start > max_duration {
+                    let boundary = (words[1].end / 2.0).max(words[1].end - max_duration);
+                    words[0].end = boundary;
+                    words[1].start = boundary;
+                }
+                words[0].start = (words[0].end - max_duration).max(0.0);
+            }
+            if seg.start < words[0].end && seg.start - 0.5 > words[0].start {
+                words[0].start = (words[0].end - median).min(seg.start).max(0.0);
+            } else {
+                seg.start = words[0].start;
+            }
+            let last = words.len() - 1;
+            if seg.end > words[last].start && seg.end + 0.5 < words[last].end {
+                words[last].end = (words[last].start + median).max(seg.end);
+            } else {
+                seg.end = words[last].end;
+            }
+            last_speech = seg.end;
+        }
+        seg.words = Some(words);
+    }
+    last_speech
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn median_filter_reflects_edges() {
+        let x = [5.0, 1.0, 4.0, 2.0, 3.0];
+        // reflect pad 1: [1, 5, 1, 4, 2, 3, 2]
+        assert_eq!(median_filter(&x, 3), vec![1.0, 4.0, 2.0, 3.0, 3.0]);
+        assert_eq!(median_filter(&[1.0, 2.0], 7), vec![1.0, 2.0]);
+    }
+
+    #[test]
+    fn dtw_follows_the_cheap_diagonal() {
+        // 3 tokens over 6 frames: token k is cheap on frames 2k, 2k+1.
+        let (n, m) = (3, 6);
+        let mut x = vec![1.0; n * m];
+        for k in 0..n {
+            x[k * m + 2 * k] = 0.0;
+            x[k * m + 2 * k + 1] = 0.0;
+        }
+        let (rows, cols) = dtw(&x, n, m);
+        assert_eq!(rows, vec![0, 0, 1, 1, 2, 2]);
+        assert_eq!(cols, vec![0, 1, 2, 3, 4, 5]);
+    }
+
+    fn w(word: &str) -> WordTiming {
+        WordTiming {
+            word: word.into(),
+            tokens: vec![1],
+            start: 0.0,
+            end: 0.0,
+            probability: 1.0,
+        }
+    }
+
+    #[test]
+    fn punctuation_joins_its_neighbours() {
+        let mut a = vec![w(" \""), w(" Hello"), w(","), w(" world"), w(".")];
+        merge_punctuations(&mut a, PREPEND_PUNCTUATIONS, APPEND_PUNCTUATIONS);
+        let words: Vec<&str> = a.iter().map(|t| t.word.as_str()).collect();
+        assert_eq!(words, vec!["", " \" Hello,", "", " world.", ""]);
+        assert_eq!(a[1].tokens.len(), 3);
+    }
+}
