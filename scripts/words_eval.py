@@ -27,7 +27,7 @@ Run with the project's venv (`make venv`): .venv/bin/python scripts/words_eval.p
 
 Exit status 1 when whisperd fails the splice check, 2 on a usage or run error.
 """
-import argparse, difflib, json, os, re, subprocess, sys, tempfile, time, wave
+import argparse, difflib, json, os, re, resource, subprocess, sys, tempfile, time, wave
 
 import numpy as np
 
@@ -159,7 +159,7 @@ def find_output(out_dir, path):
 
 
 def whisperd_run(a, files, out_dir, words_on):
-    """One `whisperd transcribe` process over all files; returns (wall seconds, model load seconds)."""
+    """One `whisperd transcribe` process over all files; returns (wall s, model load s, CPU s incl. load)."""
     cmd = [a.whisperd, "transcribe", "--model", a.model, "--threads", str(a.threads), "--language", "en",
            "--vad", "false", "--format", "verbose_json"]
     if words_on:
@@ -167,9 +167,12 @@ def whisperd_run(a, files, out_dir, words_on):
     single = len(files) == 1  # one file prints to stdout
     if not single:
         cmd += ["--output-dir", out_dir]
+    r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     p = subprocess.run(cmd + files, text=True, capture_output=True, env={**os.environ, "RUST_LOG": "info"})
     wall = time.perf_counter() - t0
+    r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
     if single and p.returncode == 0:
         os.makedirs(out_dir, exist_ok=True)
         with open(os.path.join(out_dir, os.path.basename(files[0]) + ".verbose.json"), "w") as f:
@@ -177,7 +180,7 @@ def whisperd_run(a, files, out_dir, words_on):
     if p.returncode != 0:
         die(f"whisperd failed ({p.returncode}): {' '.join(cmd)} …\n{p.stderr[-3000:]}")
     load = next((float(l.split("load_seconds=")[1].split()[0]) for l in p.stderr.splitlines() if "load_seconds=" in l), 0.0)
-    return wall, load
+    return wall, load, cpu
 
 
 def whisperd_words(out_dir, path):
@@ -371,13 +374,17 @@ def main():
         for r, f in zip(rows, files):
             ours[r["id"]] = whisperd_words(on_dir, f)
         if a.cost_runs > 0:
-            net = lambda runs: [w - l for w, l in runs]
+            net = lambda runs: [w - l for w, l, _ in runs]
+            cpu = lambda runs: [c for _, _, c in runs]
             m_off, m_on = float(np.mean(net(off))), float(np.mean(net(on)))
-            report["cost"] = {"off_wall_s": [round(w, 2) for w, _ in off], "on_wall_s": [round(w, 2) for w, _ in on],
-                              "off_load_s": [round(l, 2) for _, l in off], "on_load_s": [round(l, 2) for _, l in on],
+            report["cost"] = {"off_wall_s": [round(w, 2) for w, _, _ in off], "on_wall_s": [round(w, 2) for w, _, _ in on],
+                              "off_load_s": [round(l, 2) for _, l, _ in off], "on_load_s": [round(l, 2) for _, l, _ in on],
+                              "off_cpu_s": [round(c, 2) for c in cpu(off)], "on_cpu_s": [round(c, 2) for c in cpu(on)],
                               "off_mean_net_s": round(m_off, 2), "on_mean_net_s": round(m_on, 2),
                               "ratio_mean": round(m_on / m_off, 3),
-                              "ratio_best": round(min(net(on)) / min(net(off)), 3)}
+                              "ratio_best": round(min(net(on)) / min(net(off)), 3),
+                              "cpu_ratio_mean": round(float(np.mean(cpu(on)) / np.mean(cpu(off))), 3),
+                              "loadavg_after": os.getloadavg()}
 
     # -- faster-whisper
     peer, peer_m = {}, None
@@ -419,18 +426,19 @@ def main():
             report.setdefault("sanity", {})[name] = sanity(data, durations)
     if "sanity" in report:
         print("\nword sanity counts (per system):")
-        keys = list(next(iter(report["sanity"].values())).keys())
-        print("  " + " ".join(f"{k}" for k in keys))
         for name, c in report["sanity"].items():
             print(f"  {name}: " + ", ".join(f"{k}={v}" for k, v in c.items()))
 
     if "cost" in report:
         c = report["cost"]
         print(f"\ncost, whisperd over the {len(rows)} files ({audio_s:.0f} s), VAD off, verbose_json, model load subtracted:")
-        print(f"  without --word-timestamps: {', '.join(f'{w - l:.2f}' for w, l in zip(c['off_wall_s'], c['off_load_s']))} s")
-        print(f"  with    --word-timestamps: {', '.join(f'{w - l:.2f}' for w, l in zip(c['on_wall_s'], c['on_load_s']))} s")
-        print(f"  ratio with/without: {c['ratio_mean']:.3f} (means), {c['ratio_best']:.3f} (best of each)  "
-              f"[+{(c['ratio_mean'] - 1) * 100:.1f} %]")
+        print(f"  without --word-timestamps: wall {', '.join(f'{w - l:.2f}' for w, l in zip(c['off_wall_s'], c['off_load_s']))} s, "
+              f"CPU {', '.join(f'{x:.1f}' for x in c['off_cpu_s'])} s")
+        print(f"  with    --word-timestamps: wall {', '.join(f'{w - l:.2f}' for w, l in zip(c['on_wall_s'], c['on_load_s']))} s, "
+              f"CPU {', '.join(f'{x:.1f}' for x in c['on_cpu_s'])} s")
+        print(f"  ratio with/without: wall {c['ratio_mean']:.3f} (means), {c['ratio_best']:.3f} (best of each) "
+              f"[{(c['ratio_mean'] - 1) * 100:+.1f} %]; CPU time {c['cpu_ratio_mean']:.3f} [{(c['cpu_ratio_mean'] - 1) * 100:+.1f} %]; "
+              f"load average after {c['loadavg_after'][0]:.2f} (a busy machine makes wall times noisy)")
 
     # -- splice check
     failed = False

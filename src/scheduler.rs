@@ -15,6 +15,9 @@
 //!   (~1.15–1.3× per window for eight, see `AudioEncoder::forward`), and decoder steps share their
 //!   weight reads across sequences, so throughput comes from keeping both batches full. When nothing is decoding, a window
 //!   waits only `IDLE_FILL_WAIT` for company.
+//! - **Alignment passes** (word timestamps): one decoder run over a window's text per window;
+//!   those of several transcriptions run as one batch (rows of different sequences do not mix),
+//!   waiting at most `ALIGN_WAIT` for company.
 //! - **Fairness:** a transcription has at most one call outstanding (its windows are sequential:
 //!   each starts where the previous one's last timestamp ended), so a long file holds one slot of
 //!   an encoder batch and one row of a decoder step, never more, and windows of different requests
@@ -105,8 +108,9 @@ impl SchedulerMetrics {
 
 /// Longest a decoder step waits for the tokens of sequences still choosing theirs.
 const STEP_WAIT: Duration = Duration::from_millis(2);
-/// Longest an alignment pass waits for others to batch with.
-const ALIGN_WAIT: Duration = Duration::from_millis(5);
+/// Longest an alignment pass waits for others to batch with while sequences are decoding (their
+/// windows end soon and may want theirs); with nothing decoding it waits `IDLE_FILL_WAIT`.
+const ALIGN_WAIT: Duration = Duration::from_millis(20);
 /// Longest a window waits for company when nothing is decoding.
 const IDLE_FILL_WAIT: Duration = Duration::from_millis(5);
 
@@ -351,7 +355,7 @@ impl Loop {
         let oldest = [
             self.encodes.front().map(|q| q.since + self.encoder_wait()),
             self.steps.first().map(|q| q.since + STEP_WAIT),
-            self.aligns.first().map(|q| q.since + ALIGN_WAIT),
+            self.aligns.first().map(|q| q.since + self.align_wait()),
         ];
         oldest.into_iter().flatten().min()
     }
@@ -365,10 +369,21 @@ impl Loop {
         }
     }
 
+    fn align_wait(&self) -> Duration {
+        if self.active == 0 {
+            IDLE_FILL_WAIT
+        } else {
+            ALIGN_WAIT
+        }
+        .min(self.config.max_wait)
+    }
+
     fn align_ready(&self, now: Instant) -> bool {
         match self.aligns.first() {
             None => false,
-            Some(q) => self.aligns.len() >= self.config.max_batch || now >= q.since + ALIGN_WAIT,
+            Some(q) => {
+                self.aligns.len() >= self.config.max_batch || now >= q.since + self.align_wait()
+            }
         }
     }
 

@@ -11,6 +11,7 @@ use super::runner::ModelRunner;
 use super::tokens::WhisperTokenizer;
 use super::window::{initial_tokens, WindowOptions};
 use super::{DecodeError, Task};
+use crate::mel::Mel;
 use crate::model::{AlignRequest, DecoderState};
 use crate::output::{Segment, Word};
 
@@ -358,13 +359,107 @@ fn contains_word(text: &str, word: &str) -> bool {
     text.contains(word)
 }
 
+/// A pause is at least this long (seconds) to move word edges (`snap_to_speech`).
+const MIN_PAUSE_S: f64 = 0.2;
+/// The first word after a pause starting at most this long after it starts at the pause's end.
+const MAX_ONSET_LAG_S: f64 = 0.5;
+/// A 20-ms step is silent when its log-mel loudness is this far (dB) under the window's speech.
+const SILENCE_BELOW_SPEECH_DB: f32 = 40.0;
+
+/// Pauses in one window, `(start, end)` in seconds from the window's start: runs of at least
+/// `MIN_PAUSE_S` whose level (mean mel power, per 20-ms step, the alignment's grid) is
+/// `SILENCE_BELOW_SPEECH_DB` under the window's speech level (its 95th percentile).
+/// Recordings whose noise floor is not that far under the speech have no pauses here.
+pub fn pauses(mel: &Mel, seek: usize, n_frames: usize) -> Vec<(f64, f64)> {
+    let end = (seek + n_frames).min(mel.n_frames);
+    if end <= seek + 1 || mel.n_mels == 0 {
+        return Vec::new();
+    }
+    // A frame's level in dB (up to a constant): its mean power over the bins. Whisper's log-mel
+    // is log10(power) / 4 (plus an offset), so one unit is 40 dB.
+    let frame = |f: usize| -> f32 {
+        let at = |m: usize| mel.data[m * mel.n_frames + f] as f64;
+        let top = (0..mel.n_mels).map(at).fold(f64::NEG_INFINITY, f64::max);
+        let mean = (0..mel.n_mels)
+            .map(|m| 10f64.powf(4.0 * (at(m) - top)))
+            .sum::<f64>()
+            / mel.n_mels as f64;
+        (40.0 * top + 10.0 * mean.log10()) as f32
+    };
+    let steps: Vec<f32> = (seek..end)
+        .step_by(2)
+        .map(|f| {
+            if f + 1 < end {
+                (frame(f) + frame(f + 1)) / 2.0
+            } else {
+                frame(f)
+            }
+        })
+        .collect();
+    let mut sorted = steps.clone();
+    sorted.sort_by(f32::total_cmp);
+    let speech = sorted[((sorted.len() - 1) as f32 * 0.95) as usize];
+    let threshold = speech - SILENCE_BELOW_SPEECH_DB;
+    let mut runs = Vec::new();
+    let mut start = None;
+    for (k, &l) in steps
+        .iter()
+        .chain(std::iter::once(&f32::INFINITY))
+        .enumerate()
+    {
+        match (l < threshold, start) {
+            (true, None) => start = Some(k),
+            (false, Some(s)) => {
+                let (a, b) = (s as f64 / TOKENS_PER_SECOND, k as f64 / TOKENS_PER_SECOND);
+                if b - a >= MIN_PAUSE_S {
+                    runs.push((a, b));
+                }
+                start = None;
+            }
+            _ => {}
+        }
+    }
+    runs
+}
+
+/// Words do not start or end inside a pause: the alignment spreads a pause over the words on
+/// either side of it (a sentence's last word runs on into the silence, the next one starts
+/// early), so a word that starts inside a pause starts at its end, and one that ends inside a
+/// pause ends at its start. A word wholly inside a pause, or spanning one, is left as it is.
+/// The other way round, the first word after a pause that starts a little after it (attention
+/// finds a word's middle more surely than its onset) starts where the pause ends: the sound in
+/// between belongs to no other word.
+pub fn snap_to_speech(alignment: &mut [WordTiming], pauses: &[(f64, f64)]) {
+    let mut prev_end: Option<f64> = None;
+    for w in alignment.iter_mut() {
+        // Entries emptied by `merge_punctuations` are gone.
+        if w.word.is_empty() {
+            continue;
+        }
+        for &(a, b) in pauses {
+            if w.start >= a && w.start < b && w.end > b {
+                w.start = b;
+            }
+            if w.end > a && w.end <= b && w.start < a {
+                w.end = a;
+            }
+            let pause_before = prev_end.is_none_or(|e| e <= a + 1e-6);
+            if pause_before && w.start > b && w.start - b <= MAX_ONSET_LAG_S {
+                w.start = b;
+            }
+        }
+        prev_end = Some(w.end);
+    }
+}
+
 /// Rounds to hundredths of a second, as the words are reported.
 fn round2(x: f64) -> f64 {
     (x * 100.0).round() / 100.0
 }
 
 /// Puts one window's aligned words on its segments (`segments` all belong to the window that
-/// starts at `time_offset` seconds), with OpenAI's and faster-whisper's edge heuristics: a
+/// starts at `time_offset` seconds; `pauses` are the window's, see [`snap_to_speech`]), with
+/// OpenAI's and faster-whisper's edge heuristics: a
 /// sentence-final word, or the first word after a pause, is at most twice the median word
 /// length; a segment starts at its first word and ends at its last unless that word is
 /// implausibly long. Returns the end of the last speech (`last_speech` carried across windows).
@@ -374,6 +469,7 @@ pub fn add_word_timestamps(
     time_offset: f64,
     mut last_speech: f64,
     eot: u32,
+    pauses: &[(f64, f64)],
 ) -> f64 {
     let mut durations: Vec<f64> = alignment
         .iter()
@@ -401,6 +497,7 @@ pub fn add_word_timestamps(
         }
     }
     merge_punctuations(&mut alignment, PREPEND_PUNCTUATIONS, APPEND_PUNCTUATIONS);
+    snap_to_speech(&mut alignment, pauses);
 
     let mut next = 0usize;
     for seg in segments.iter_mut() {
@@ -457,7 +554,7 @@ mod tests {
     fn median_filter_reflects_edges() {
         let x = [5.0, 1.0, 4.0, 2.0, 3.0];
         // reflect pad 1: [1, 5, 1, 4, 2, 3, 2]
-        assert_eq!(median_filter(&x, 3), vec![1.0, 4.0, 2.0, 3.0, 3.0]);
+        assert_eq!(median_filter(&x, 3), vec![1.0, 4.0, 2.0, 3.0, 2.0]);
         assert_eq!(median_filter(&[1.0, 2.0], 7), vec![1.0, 2.0]);
     }
 
@@ -483,6 +580,62 @@ mod tests {
             end: 0.0,
             probability: 1.0,
         }
+    }
+
+    #[test]
+    fn words_move_out_of_pauses() {
+        let t = |start: f64, end: f64| WordTiming {
+            start,
+            end,
+            ..w(" x")
+        };
+        // "her." runs 1 s into a pause at 24.0–25.5; "Oh" starts inside it.
+        let mut a = vec![t(23.7, 24.84), t(24.84, 25.68), t(25.68, 25.8)];
+        snap_to_speech(&mut a, &[(24.0, 25.5)]);
+        assert_eq!((a[0].start, a[0].end), (23.7, 24.0));
+        assert_eq!((a[1].start, a[1].end), (25.5, 25.68));
+        assert_eq!((a[2].start, a[2].end), (25.68, 25.8));
+        // Wholly inside a pause: left alone.
+        let mut a = vec![t(24.2, 24.4)];
+        snap_to_speech(&mut a, &[(24.0, 25.5)]);
+        assert_eq!((a[0].start, a[0].end), (24.2, 24.4));
+        // The first word after a pause, found 0.3 s late, starts at its end; one found 0.8 s
+        // late (something else sounds in between) or not right after the pause does not.
+        let mut a = vec![t(4.0, 5.0), t(6.3, 6.6), t(6.6, 7.0)];
+        snap_to_speech(&mut a, &[(5.0, 6.0)]);
+        assert_eq!((a[1].start, a[2].start), (6.0, 6.6));
+        let mut a = vec![t(4.0, 5.0), t(6.8, 7.0)];
+        snap_to_speech(&mut a, &[(5.0, 6.0)]);
+        assert_eq!(a[1].start, 6.8);
+    }
+
+    #[test]
+    fn pauses_are_long_quiet_runs() {
+        // 2 s: loud, 0.5 s near-silent (60 dB under), loud, 0.1 s quiet (too short), loud.
+        let n_mels = 4;
+        let loud = 1.0f32;
+        let quiet = loud - 1.5; // 60 dB under
+        let frames: Vec<f32> = (0..200)
+            .map(|f| match f {
+                50..100 => quiet,
+                150..160 => quiet,
+                _ => loud,
+            })
+            .collect();
+        let mel = Mel {
+            n_mels,
+            n_frames: frames.len(),
+            data: (0..n_mels).flat_map(|_| frames.clone()).collect(),
+        };
+        assert_eq!(pauses(&mel, 0, 200), vec![(0.5, 1.0)]);
+        // Offsets are relative to the window's start.
+        assert_eq!(pauses(&mel, 40, 160), vec![(0.1, 0.6)]);
+        // A noisy recording (floor 20 dB under the speech) has none.
+        let noisy = Mel {
+            data: mel.data.iter().map(|&x| x.max(loud - 0.5)).collect(),
+            ..mel
+        };
+        assert!(pauses(&noisy, 0, 200).is_empty());
     }
 
     #[test]

@@ -232,6 +232,7 @@ pub fn transcribe(
                 time_offset,
                 last_speech,
                 sp.eot,
+                &timing::pauses(mel, window_seek, segment_size),
             );
             // Continue after the last word rather than the last timestamp token, as OpenAI and
             // faster-whisper do with word timestamps (unless the window ended on one timestamp).
