@@ -169,6 +169,11 @@ mod tests {
             ..Default::default()
         };
         assert_ne!(cache_key("h", "m", &o), cache_key("h", "m", &other));
+        let words = TranscribeOptions {
+            word_timestamps: true,
+            ..Default::default()
+        };
+        assert_ne!(cache_key("h", "m", &o), cache_key("h", "m", &words));
         assert_eq!(
             audio_hash(b"abc"),
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"

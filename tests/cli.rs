@@ -411,3 +411,70 @@ fn a_zero_sample_rate_wav_fails_alone() {
         .unwrap()
         .contains("country"));
 }
+
+#[test]
+fn word_timestamps_and_subtitle_layout_in_transcribe_and_batch() {
+    let out = whisperd()
+        .args([
+            "transcribe",
+            "--word-timestamps",
+            "--format",
+            "verbose_json",
+        ])
+        .arg(shared().join("eval/jfk.wav"))
+        .output()
+        .unwrap();
+    assert_success(&out);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let words: Vec<&serde_json::Value> = v["segments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|s| s["words"].as_array().expect("words").iter())
+        .collect();
+    assert_eq!(words.len(), 22);
+    assert_eq!(words[1]["word"], " so");
+    assert!(words.iter().all(|w| w["probability"].as_f64().is_some()));
+
+    // openai-whisper's subtitle options: at most 3 words per line, one line per cue.
+    let out = whisperd()
+        .args(["transcribe", "--format", "srt", "--max-words-per-line", "3"])
+        .arg(shared().join("eval/jfk.wav"))
+        .output()
+        .unwrap();
+    assert_success(&out);
+    let srt = String::from_utf8(out.stdout).unwrap();
+    let cues: Vec<&str> = srt.split("\n\n").filter(|c| !c.trim().is_empty()).collect();
+    assert_eq!(cues.len(), 8, "22 words in lines of 3, per segment: {srt}");
+    assert!(cues
+        .iter()
+        .all(|c| c.lines().nth(2).unwrap().split_whitespace().count() <= 3));
+
+    // batch takes the same flags.
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_whisperd"))
+        .env("WHISPERD_MODEL", model_dir())
+        .env("RUST_LOG", "warn")
+        .arg("batch")
+        .arg(shared().join("eval/jfk.wav"))
+        .arg("--output-dir")
+        .arg(dir.path())
+        .args(["--format", "vtt", "--highlight-words"])
+        .output()
+        .unwrap();
+    assert_success(&out);
+    // (batch mirrors the input's path under the output directory)
+    fn find(dir: &std::path::Path, name: &str) -> Option<std::path::PathBuf> {
+        std::fs::read_dir(dir).ok()?.flatten().find_map(|e| {
+            let p = e.path();
+            if p.is_dir() {
+                find(&p, name)
+            } else {
+                (p.file_name()? == name).then_some(p)
+            }
+        })
+    }
+    let vtt =
+        std::fs::read_to_string(find(dir.path(), "jfk.wav.vtt").expect("jfk.wav.vtt")).unwrap();
+    assert!(vtt.contains("<u>fellow</u>"), "{vtt}");
+}

@@ -40,6 +40,18 @@ check(v.language == "english" and v.duration == 11.0, f"verbose_json: {v.languag
 check(len(v.segments) >= 1 and v.segments[0].start == 0.0 and v.segments[-1].end > 5, f"segments: {v.segments}")
 
 with open(audio, "rb") as f:
+    v = client.audio.transcriptions.create(model="whisper-1", file=f, response_format="verbose_json",
+                                           timestamp_granularities=["word"])
+check(v.words is not None and len(v.words) >= 20 and v.words[0].word == "And", f"words: {v.words}")
+check(all(w.start <= w.end for w in v.words) and v.words[-1].end <= 11.0, f"word times: {v.words}")
+check(not getattr(v, "segments", None), f"segments without being asked: {v.segments}")
+
+with open(audio, "rb") as f:
+    v = client.audio.transcriptions.create(model="whisper-1", file=f, response_format="verbose_json",
+                                           timestamp_granularities=["word", "segment"])
+check(v.words and v.segments and v.segments[0].end >= v.words[0].end, f"words+segments: {v}")
+
+with open(audio, "rb") as f:
     t = client.audio.translations.create(model="whisper-1", file=f)
 check("country" in t.text, f"translation: {t.text!r}")
 

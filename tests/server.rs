@@ -154,6 +154,126 @@ fn every_endpoint_and_format() {
     );
 }
 
+/// Word timestamps on both APIs: OpenAI's `timestamp_granularities[]` shapes, `/transcribe`'s
+/// per-segment words with probabilities, subtitles laid out by words, and the cache telling a
+/// request with words from one without.
+#[test]
+fn word_timestamps_on_every_interface() {
+    let s = Server::start(&[]);
+    let jfk = read("eval/jfk.wav");
+    let v1 = |fields: &[(&str, &str)]| {
+        let mut f = vec![("model", "whisper-1"), ("response_format", "verbose_json")];
+        f.extend_from_slice(fields);
+        let r = s.post_form("/v1/audio/transcriptions", Some(("file", &jfk)), &f, &[]);
+        assert_eq!(r.0, 200, "{}", String::from_utf8_lossy(&r.2));
+        json(&r)
+    };
+    let check_words = |words: &serde_json::Value| {
+        let w = words.as_array().expect("words");
+        assert_eq!(w.len(), 22, "{words}");
+        assert_eq!(w[0]["word"], "And");
+        assert_eq!(w[4]["word"], "Americans");
+        let mut last = 0.0;
+        for x in w {
+            let (a, b) = (x["start"].as_f64().unwrap(), x["end"].as_f64().unwrap());
+            assert!(last <= a + 1e-9 && a <= b && b <= 11.0, "{x}");
+            last = b;
+        }
+        // "Americans" is around 1.8–2.3 s in jfk.wav (faster-whisper: 1.76–2.28).
+        let am = &w[4];
+        assert!((am["start"].as_f64().unwrap() - 1.76).abs() < 0.1, "{am}");
+    };
+    // Words only: top-level words (word, start, end), no segments.
+    let v = v1(&[("timestamp_granularities[]", "word")]);
+    check_words(&v["words"]);
+    assert!(v.get("segments").is_none(), "{v}");
+    assert_eq!(
+        v["words"][0]
+            .as_object()
+            .unwrap()
+            .keys()
+            .collect::<Vec<_>>(),
+        vec!["end", "start", "word"]
+    );
+    // Both: segments (without per-segment words) and words.
+    let v = v1(&[
+        ("timestamp_granularities[]", "segment"),
+        ("timestamp_granularities[]", "word"),
+    ]);
+    check_words(&v["words"]);
+    let segs = v["segments"].as_array().unwrap();
+    assert!(!segs.is_empty() && segs[0].get("words").is_none());
+
+    // /transcribe: each segment carries its words with probabilities.
+    let r = s.post_form(
+        "/transcribe",
+        Some(("file", &jfk)),
+        &[("word_timestamps", "true")],
+        &[],
+    );
+    assert_eq!(r.0, 200);
+    assert_eq!(header(&r, "x-cache"), Some("miss"));
+    let v = json(&r);
+    let mut all = Vec::new();
+    for seg in v["segments"].as_array().unwrap() {
+        let w = seg["words"].as_array().expect("segment words");
+        assert_eq!(seg["start"], w[0]["start"]);
+        assert_eq!(seg["end"], w[w.len() - 1]["end"]);
+        for x in w {
+            let p = x["probability"].as_f64().unwrap();
+            assert!((0.0..=1.0).contains(&p), "{x}");
+            all.push(x["word"].as_str().unwrap().trim().to_string());
+        }
+    }
+    assert_eq!(all.len(), 22);
+    // Without the option: no words, and not the cached transcript with words.
+    let r = s.post_form("/transcribe", Some(("file", &jfk)), &[], &[]);
+    assert_eq!(header(&r, "x-cache"), Some("miss"));
+    assert!(json(&r)["segments"][0].get("words").is_none());
+
+    // Subtitles by words: lines of at most 20 characters, one line per cue.
+    let r = s.post_form(
+        "/transcribe",
+        Some(("file", &jfk)),
+        &[
+            ("response_format", "srt"),
+            ("max_line_width", "20"),
+            ("max_line_count", "1"),
+        ],
+        &[],
+    );
+    assert_eq!(r.0, 200);
+    let srt = String::from_utf8_lossy(&r.2).to_string();
+    let cues: Vec<&str> = srt
+        .split(
+            "
+
+",
+        )
+        .filter(|c| !c.trim().is_empty())
+        .collect();
+    assert!(cues.len() >= 4, "{srt}");
+    for c in &cues {
+        let lines: Vec<&str> = c.lines().collect();
+        assert_eq!(lines.len(), 3, "one text line per cue: {c:?}");
+        assert!(lines[2].chars().count() <= 20, "{c:?}");
+    }
+    // Highlighted words: a cue per word, the word underlined.
+    let r = s.post_form(
+        "/v1/audio/transcriptions",
+        Some(("file", &jfk)),
+        &[
+            ("model", "whisper-1"),
+            ("response_format", "vtt"),
+            ("highlight_words", "true"),
+        ],
+        &[],
+    );
+    let vtt = String::from_utf8_lossy(&r.2).to_string();
+    assert!(vtt.contains("<u>Americans</u>"), "{vtt}");
+    assert!(vtt.matches("<u>").count() >= 22, "{vtt}");
+}
+
 #[test]
 fn cache_hit_and_single_flight() {
     let s = Server::start(&[]);
@@ -315,9 +435,23 @@ fn every_bad_input_gets_a_clear_4xx() {
         (
             "/v1/audio/transcriptions",
             "timestamp_granularities[]",
-            "word",
-            "word",
-            None,
+            "sentence",
+            "granularity",
+            Some("timestamp_granularities[]"),
+        ),
+        (
+            "/transcribe",
+            "word_timestamps",
+            "maybe",
+            "true or false",
+            Some("word_timestamps"),
+        ),
+        (
+            "/transcribe",
+            "max_line_width",
+            "0",
+            "max_line_width",
+            Some("max_line_width"),
         ),
     ];
     for (path, field, value, needle, param) in bad_options {
