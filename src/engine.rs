@@ -406,9 +406,19 @@ pub fn computed_suppress_tokens(tok: &WhisperTokenizer) -> Result<SuppressTokens
     Ok(SuppressTokens { always, at_begin })
 }
 
-/// Write the suppress lists as Hugging Face's `generation_config.json` (used by `convert`).
-pub fn write_generation_config(s: &SuppressTokens, dst: &Path) -> std::io::Result<()> {
-    let v = serde_json::json!({ "suppress_tokens": s.always, "begin_suppress_tokens": s.at_begin });
+/// Write the suppress lists and the alignment heads as Hugging Face's `generation_config.json`
+/// (used by `convert`).
+pub fn write_generation_config(
+    s: &SuppressTokens,
+    alignment_heads: &[(usize, usize)],
+    dst: &Path,
+) -> std::io::Result<()> {
+    let heads: Vec<[usize; 2]> = alignment_heads.iter().map(|&(l, h)| [l, h]).collect();
+    let v = serde_json::json!({
+        "suppress_tokens": s.always,
+        "begin_suppress_tokens": s.at_begin,
+        "alignment_heads": heads,
+    });
     std::fs::write(
         dst.join("generation_config.json"),
         serde_json::to_string_pretty(&v)?,

@@ -33,7 +33,8 @@ pub fn convert_to_safetensors(
         })
     };
     std::fs::copy(src.join("tokenizer.json"), dst.join("tokenizer.json")).map_err(io)?;
-    engine::write_generation_config(&engine.suppress, dst).map_err(io)?;
+    engine::write_generation_config(&engine.suppress, &engine.model.alignment_heads, dst)
+        .map_err(io)?;
     Ok(())
 }
 pub mod batch;

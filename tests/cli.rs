@@ -163,6 +163,15 @@ fn convert_writes_a_loadable_hugging_face_directory() {
         .output()
         .unwrap();
     assert_success(&out);
+    // The alignment heads (word timestamps) travel with the model.
+    let heads = |p: std::path::PathBuf| -> serde_json::Value {
+        serde_json::from_str::<serde_json::Value>(&std::fs::read_to_string(p).unwrap()).unwrap()
+            ["alignment_heads"]
+            .clone()
+    };
+    let h = heads(dst.join("generation_config.json"));
+    assert!(h.as_array().is_some_and(|a| !a.is_empty()));
+    assert_eq!(h, heads(model_dir().join("config.json")));
     let out = whisperd()
         .args(["transcribe", "--model"])
         .arg(&dst)

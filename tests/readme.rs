@@ -78,6 +78,12 @@ fn every_readme_example_runs() {
                 "README command failed: {line}\n{stdout}\n{}",
                 String::from_utf8_lossy(&out.stderr)
             );
+            if cmd.contains("word") {
+                assert!(
+                    stdout.contains("\"words\"") || stdout.contains("<u>"),
+                    "{line}: no word timings: {stdout}"
+                );
+            }
             if cmd.starts_with("curl") {
                 assert!(!stdout.contains("\"error\""), "{line}: {stdout}");
                 assert!(

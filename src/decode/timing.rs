@@ -10,7 +10,7 @@
 use super::runner::ModelRunner;
 use super::tokens::WhisperTokenizer;
 use super::window::{initial_tokens, WindowOptions};
-use super::{DecodeError, Task};
+use super::DecodeError;
 use crate::mel::Mel;
 use crate::model::{AlignRequest, DecoderState};
 use crate::output::{Segment, Word};
@@ -39,14 +39,14 @@ pub struct WordTiming {
 }
 
 /// Words and their timing for `text_tokens` (no special tokens) of one window, whose decoding
-/// `state` holds the window's audio; `n_frames` mel frames of the window are audio.
+/// `state` holds the window's audio and `window` its language and task; `n_frames` mel frames of
+/// the window are audio.
 pub fn find_alignment(
     runner: &dyn ModelRunner,
     tok: &WhisperTokenizer,
     state: &mut DecoderState,
-    language_token: Option<u32>,
+    window: &WindowOptions,
     language: &str,
-    task: Task,
     text_tokens: &[u32],
     n_frames: usize,
 ) -> Result<Vec<WordTiming>, DecodeError> {
@@ -57,10 +57,9 @@ pub fn find_alignment(
     let sp = &tok.specials;
     // The start sequence without prompt, ending in `notimestamps`, then the text and `eot`.
     let wo = WindowOptions {
-        language_token,
-        task,
         timestamps: false,
         prompt: Vec::new(),
+        ..window.clone()
     };
     let (mut tokens, _) = initial_tokens(
         tok,
@@ -233,9 +232,7 @@ pub fn dtw(x: &[f64], n: usize, m: usize) -> (Vec<usize>, Vec<usize>) {
             trace[i * w + j] = t;
         }
     }
-    for j in 0..=m {
-        trace[j] = 2;
-    }
+    trace[..=m].fill(2);
     for i in 0..=n {
         trace[i * w] = 1;
     }

@@ -220,9 +220,8 @@ pub fn transcribe(
                 runner,
                 tok,
                 &mut state,
-                language_token,
+                &wo,
                 language.as_deref().unwrap_or("en"),
-                o.task,
                 &text_tokens,
                 segment_size,
             )?;

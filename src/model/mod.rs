@@ -210,3 +210,62 @@ pub(crate) fn test_max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
         .and_then(|d| d.abs()?.max_all()?.to_scalar::<f32>())
         .expect("tensors of one shape")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dims() -> ModelDims {
+        ModelDims {
+            n_mels: 80,
+            n_audio_ctx: 1500,
+            n_audio_state: 384,
+            n_audio_head: 6,
+            n_audio_layer: 4,
+            n_vocab: 51864,
+            n_text_ctx: 448,
+            n_text_state: 384,
+            n_text_head: 6,
+            n_text_layer: 4,
+        }
+    }
+
+    #[test]
+    fn alignment_heads_from_either_config_or_the_upper_half() {
+        let dir = tempfile::tempdir().unwrap();
+        // Neither file: every head of layers 2 and 3.
+        let h = alignment_heads(dir.path(), &dims()).unwrap();
+        assert_eq!(h.len(), 12);
+        assert_eq!((h[0], h[11]), ((2, 0), (3, 5)));
+        // Hugging Face's generation_config.json.
+        std::fs::write(
+            dir.path().join("generation_config.json"),
+            r#"{"alignment_heads": [[2, 2], [3, 0]]}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            alignment_heads(dir.path(), &dims()).unwrap(),
+            vec![(2, 2), (3, 0)]
+        );
+        // CTranslate2's config.json wins.
+        std::fs::write(
+            dir.path().join("config.json"),
+            r#"{"alignment_heads": [[1, 0], [3, 4]]}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            alignment_heads(dir.path(), &dims()).unwrap(),
+            vec![(1, 0), (3, 4)]
+        );
+        // A head the model lacks is an error naming the file.
+        std::fs::write(
+            dir.path().join("config.json"),
+            r#"{"alignment_heads": [[4, 0]]}"#,
+        )
+        .unwrap();
+        let e = alignment_heads(dir.path(), &dims())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("config.json") && e.contains("[4,0]"), "{e}");
+    }
+}
