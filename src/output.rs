@@ -20,6 +20,9 @@ pub struct Segment {
     /// Word timings, when word timestamps were asked for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub words: Option<Vec<Word>>,
+    /// The log-probability of each of `tokens` (OpenAI's `include[]=logprobs`; not serialized).
+    #[serde(skip)]
+    pub token_logprobs: Vec<f32>,
 }
 
 /// One word with its time in the recording and its confidence (the mean probability of its
@@ -46,6 +49,16 @@ pub struct Transcript {
     /// What speech detection let through to the decoder.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub speech: Option<SpeechStats>,
+    /// Language identification only: every candidate language, most likely first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub language_probabilities: Option<Vec<LanguageProbability>>,
+}
+
+/// One candidate language and its probability.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LanguageProbability {
+    pub language: String,
+    pub probability: f32,
 }
 
 /// Seconds of the recording that reached the decoder and seconds skipped as silence or non-speech
@@ -112,6 +125,16 @@ pub struct RenderOptions {
     pub subtitles: SubtitleOptions,
     /// `Some`: OpenAI's verbose_json shape for these granularities.
     pub granularities: Option<Granularities>,
+    /// OpenAI's `include[]=logprobs` (json only).
+    pub logprobs: bool,
+}
+
+/// One text token with its log-probability, as OpenAI's `logprobs` lists them.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TokenLogprob {
+    pub token: String,
+    pub logprob: f32,
+    pub bytes: Vec<u8>,
 }
 
 /// One subtitle cue.
@@ -396,6 +419,23 @@ impl Transcript {
         v
     }
 
+    /// Every text token of the transcript with its log-probability (timestamps and other
+    /// special tokens left out).
+    pub fn logprobs(&self, tok: &crate::decode::WhisperTokenizer) -> Vec<TokenLogprob> {
+        self.segments
+            .iter()
+            .flat_map(|s| s.tokens.iter().zip(&s.token_logprobs))
+            .filter_map(|(&t, &logprob)| {
+                let bytes = tok.token_bytes(t)?;
+                Some(TokenLogprob {
+                    token: String::from_utf8_lossy(&bytes).into_owned(),
+                    logprob,
+                    bytes,
+                })
+            })
+            .collect()
+    }
+
     /// OpenAI's `verbose_json`: the language is its English name.
     pub fn verbose_json(&self, task: Task) -> serde_json::Value {
         let mut v = serde_json::json!({
@@ -434,6 +474,7 @@ mod tests {
                     compression_ratio: 1.0,
                     no_speech_prob: 0.01,
                     words: None,
+                    token_logprobs: vec![],
                 },
                 Segment {
                     id: 1,
@@ -447,10 +488,12 @@ mod tests {
                     compression_ratio: 1.0,
                     no_speech_prob: 0.01,
                     words: None,
+                    token_logprobs: vec![],
                 },
             ],
             fallbacks: vec![],
             speech: None,
+            language_probabilities: None,
         }
     }
 

@@ -315,3 +315,56 @@ fn q8_precision_transcribes_like_f32() {
         );
     }
 }
+
+/// OpenAI's `keywords[]` (faster-whisper's hotwords): tiny.en hears the name Marie as "Paris" in
+/// this LibriSpeech utterance; with the name as a keyword it writes it, and nothing else changes.
+#[test]
+fn keywords_fix_a_misheard_name_and_change_nothing_else() {
+    let audio = read("eval/librispeech/test-clean/237-134500-0027.flac");
+    let plain = TranscribeOptions {
+        vad: whisperd::vad::VadOptions {
+            enabled: false,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let words = |t: &str| -> Vec<String> {
+        t.split_whitespace()
+            .map(|w| {
+                w.trim_matches(|c: char| !c.is_alphanumeric() && c != '\'')
+                    .to_lowercase()
+            })
+            .collect()
+    };
+    let without = engine()
+        .transcribe_bytes(audio.clone(), &plain)
+        .unwrap()
+        .text;
+    let with = engine()
+        .transcribe_bytes(
+            audio,
+            &TranscribeOptions {
+                keywords: vec!["Marie".into(), "Emil".into()],
+                ..plain.clone()
+            },
+        )
+        .unwrap()
+        .text;
+    eprintln!("without: {without}\nwith: {with}");
+    let (a, b) = (words(&without), words(&with));
+    assert!(!a.iter().any(|w| w.starts_with("marie")), "{without}");
+    assert_eq!(b[0], "marie's", "{with}");
+    assert_eq!(a[1..], b[1..], "the rest changed");
+    // The keywords are not part of the text, and too many are refused.
+    let too_many = TranscribeOptions {
+        keywords: vec!["x".into(); 101],
+        ..Default::default()
+    };
+    assert!(matches!(
+        engine().check_options(&too_many),
+        Err(EngineError::InvalidOption {
+            param: "keywords",
+            ..
+        })
+    ));
+}

@@ -58,6 +58,7 @@ fn greedy_tokens_with(e: &whisperd::Engine, mel: &Tensor) -> Vec<u32> {
         task: Task::Transcribe,
         timestamps: false,
         prompt: vec![],
+        keywords: vec![],
     };
     let rules = whisperd::decode::window::FallbackRules {
         compression_ratio_threshold: None,
@@ -87,6 +88,7 @@ fn start_sequence_of_english_only_model() {
         task: Task::Transcribe,
         timestamps: false,
         prompt: vec![],
+        keywords: vec![],
     };
     let (start, sot_index) = whisperd::decode::window::initial_tokens(&e.tokenizer, false, &o, 448);
     assert_eq!(start, ids(&reference_tokens()["prompt"]));

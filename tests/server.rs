@@ -274,6 +274,91 @@ fn word_timestamps_on_every_interface() {
     assert!(vtt.matches("<u>").count() >= 22, "{vtt}");
 }
 
+/// OpenAI conformance fields (issue #21) on the wire: usage, logprobs, languages[], keywords[],
+/// the model list and `/detect-language`. (Schemas: tests/openai_client.py and .mjs.)
+#[test]
+fn openai_fields_usage_logprobs_languages_keywords_models() {
+    let s = Server::start(&[]);
+    let jfk = read("eval/jfk.wav");
+    let post =
+        |path: &str, fields: &[(&str, &str)]| s.post_form(path, Some(("file", &jfk)), fields, &[]);
+    let v = json(&post(
+        "/v1/audio/transcriptions",
+        &[("model", "whisper-1"), ("include[]", "logprobs")],
+    ));
+    assert_eq!(
+        v["usage"],
+        serde_json::json!({"type": "duration", "seconds": 11.0})
+    );
+    let lp = v["logprobs"].as_array().expect("logprobs");
+    let joined: String = lp.iter().map(|t| t["token"].as_str().unwrap()).collect();
+    assert_eq!(joined.trim(), v["text"].as_str().unwrap());
+    for t in lp {
+        let l = t["logprob"].as_f64().unwrap();
+        let bytes: Vec<u8> = t["bytes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| b.as_u64().unwrap() as u8)
+            .collect();
+        assert!(
+            l <= 0.0 && bytes == t["token"].as_str().unwrap().as_bytes(),
+            "{t}"
+        );
+    }
+    // logprobs only with json; unknown include values are refused.
+    let r = post(
+        "/v1/audio/transcriptions",
+        &[("include[]", "logprobs"), ("response_format", "text")],
+    );
+    assert_eq!(
+        (r.0, json(&r)["error"]["param"].as_str()),
+        (400, Some("include[]"))
+    );
+    let r = post("/v1/audio/transcriptions", &[("include[]", "everything")]);
+    assert_eq!(r.0, 400);
+    // languages[]: an English-only model takes lists with en, refuses others by name.
+    let r = post(
+        "/v1/audio/transcriptions",
+        &[("languages[]", "en"), ("languages[]", "de")],
+    );
+    assert_eq!(r.0, 200);
+    for bad in ["xx", "de"] {
+        let r = post("/v1/audio/transcriptions", &[("languages[]", bad)]);
+        assert_eq!(
+            (r.0, json(&r)["error"]["param"].as_str()),
+            (400, Some("languages"))
+        );
+    }
+    // keywords[] is accepted on both APIs and covered by the cache key.
+    let r = post("/transcribe", &[("keywords", "Kennedy,Americans")]);
+    assert_eq!((r.0, header(&r, "x-cache")), (200, Some("miss")));
+    let r = post("/transcribe", &[]);
+    assert_eq!(header(&r, "x-cache"), Some("miss"));
+    // Models: whisper-1 is listed and can be fetched; an unknown one is a 404.
+    let ids: Vec<String> = json(&s.get("/v1/models"))["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(ids, vec!["whisper-tiny.en", "whisper-1"]);
+    let m = s.get("/v1/models/whisper-1");
+    assert_eq!((m.0, json(&m)["object"].as_str()), (200, Some("model")));
+    assert_eq!(s.get("/v1/models/gpt-9").0, 404);
+    // Language identification: an English-only model knows only English.
+    let r = post("/detect-language", &[]);
+    assert_eq!(r.0, 200);
+    let v = json(&r);
+    assert_eq!(
+        (v["language"].as_str(), v["probability"].as_f64()),
+        (Some("en"), Some(1.0))
+    );
+    assert_eq!(v["top"][0]["language"], "en");
+    let r = s.post_form("/detect-language", None, &[], &[]);
+    assert_eq!(r.0, 400);
+}
+
 #[test]
 fn cache_hit_and_single_flight() {
     let s = Server::start(&[]);

@@ -146,3 +146,70 @@ fn translations_are_latin_english_close_to_faster_whisper() {
         assert!(score >= 50.0, "{id}: chrF {score:.1}: {:?}", t.text);
     }
 }
+
+/// Language identification (issue #21): `/detect-language`'s engine path, and OpenAI's
+/// `languages[]` restricting detection before a transcription.
+#[test]
+fn language_detection_and_possible_languages() {
+    let Some(dir) = base_model() else { return };
+    let engine = Engine::load(&dir).expect("load the base model");
+    let ja = read("eval/multilingual/ja/picovoice-leopard-test_ja.wav");
+    let detect = |languages: &[&str]| {
+        engine
+            .transcribe_bytes(
+                ja.clone(),
+                &TranscribeOptions {
+                    language_detection_only: true,
+                    languages: languages.iter().map(|s| s.to_string()).collect(),
+                    ..Default::default()
+                },
+            )
+            .expect("detect")
+    };
+    let t = detect(&[]);
+    let probs = t.language_probabilities.expect("probabilities");
+    assert_eq!(
+        (t.language.as_str(), probs[0].language.as_str()),
+        ("ja", "ja")
+    );
+    assert!(probs[0].probability > 0.9 && t.text.is_empty() && t.segments.is_empty());
+    assert!(probs
+        .windows(2)
+        .all(|w| w[0].probability >= w[1].probability));
+    let total: f32 = probs.iter().map(|p| p.probability).sum();
+    assert!((total - 1.0).abs() < 1e-3, "{total}");
+    // Among English and Chinese only: one of those, and the two sum to 1.
+    let t = detect(&["en", "Chinese"]);
+    let probs = t.language_probabilities.unwrap();
+    assert_eq!(probs.len(), 2);
+    assert!(["en", "zh"].contains(&t.language.as_str()));
+    // A transcription restricted the same way is in that language.
+    let t = engine
+        .transcribe_bytes(
+            ja.clone(),
+            &TranscribeOptions {
+                languages: vec!["zh".into(), "ko".into()],
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    assert!(
+        ["zh", "ko"].contains(&t.language.as_str()),
+        "{}",
+        t.language
+    );
+    // An unknown code names the parameter.
+    let e = engine
+        .check_options(&TranscribeOptions {
+            languages: vec!["xx".into()],
+            ..Default::default()
+        })
+        .unwrap_err();
+    assert!(matches!(
+        e,
+        whisperd::EngineError::InvalidOption {
+            param: "languages",
+            ..
+        }
+    ));
+}

@@ -377,7 +377,7 @@ fn write_outputs(
     for (f, p) in o.formats.iter().zip(&paths) {
         let render = crate::output::RenderOptions {
             subtitles: o.subtitles,
-            granularities: None,
+            ..Default::default()
         };
         write_atomic(p, t.render_with(*f, o.transcribe.task, &render).as_bytes())
             .map_err(|e| format!("writing {}: {e}", p.display()))?;

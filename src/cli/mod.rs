@@ -151,6 +151,14 @@ pub struct DecodingArgs {
     /// frame, are skipped); `none` turns the gate off.
     #[arg(long, default_value = "-60", allow_hyphen_values = true)]
     pub vad_gate_db: Threshold,
+    /// Languages detection chooses among (comma-separated codes, e.g. `en,de`; multilingual
+    /// models). One language is the same as --language.
+    #[arg(long, value_delimiter = ',')]
+    pub languages: Vec<String>,
+    /// Words or phrases that guide the transcription (names, jargon; comma-separated): they
+    /// lead every window's prompt, as faster-whisper's hotwords.
+    #[arg(long, value_delimiter = ',')]
+    pub keywords: Vec<String>,
     /// Word-level timestamps: each segment gets `words` (word, start, end, probability) in json
     /// and verbose_json; srt/vtt can then be laid out by words (below).
     #[arg(long)]
@@ -194,6 +202,8 @@ impl DecodingArgs {
     pub fn options(&self) -> whisperd::TranscribeOptions {
         whisperd::TranscribeOptions {
             word_timestamps: self.word_timestamps || self.subtitles().needs_words(),
+            languages: self.languages.clone(),
+            keywords: self.keywords.clone(),
             temperatures: self.temperature.clone(),
             compression_ratio_threshold: self.compression_ratio_threshold.0,
             logprob_threshold: self.logprob_threshold.0,

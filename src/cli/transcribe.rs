@@ -92,7 +92,7 @@ pub fn run(args: TranscribeArgs) -> anyhow::Result<ExitCode> {
         let output = outputs.as_ref().map(|o| o[i].as_path());
         let render = whisperd::output::RenderOptions {
             subtitles: args.decoding.subtitles(),
-            granularities: None,
+            ..Default::default()
         };
         match transcribe_one(&engine, file, limit, &options, args.format, &render, output) {
             Ok(()) => {}

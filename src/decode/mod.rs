@@ -13,7 +13,7 @@ pub mod window;
 pub use filters::SuppressTokens;
 pub use runner::{Cancellable, ModelRunner};
 pub use tokens::{SpecialTokens, WhisperTokenizer, TIME_PRECISION};
-pub use transcribe::{detect_language, transcribe};
+pub use transcribe::{detect_language, language_probabilities, transcribe};
 pub use window::{
     decode_window, initial_tokens, select_fallback, DecodeError, FallbackOutcome, FallbackResult,
     FallbackRules, WindowFallback, WindowOptions, WindowResult,
@@ -48,6 +48,11 @@ impl std::str::FromStr for Task {
 pub struct TranscribeOptions {
     /// A language code; `None` detects it on the first window (multilingual models).
     pub language: Option<String>,
+    /// Languages detection chooses among (OpenAI's `languages[]`); empty: any.
+    pub languages: Vec<String>,
+    /// Words or phrases that guide the transcription (OpenAI's `keywords[]`, faster-whisper's
+    /// `hotwords`): they lead every window's prompt, ahead of the previous text.
+    pub keywords: Vec<String>,
     pub task: Task,
     /// Segment timestamps (and seeking by them). Off: one segment per 30-s window.
     pub timestamps: bool,
@@ -65,12 +70,17 @@ pub struct TranscribeOptions {
     pub vad: crate::vad::VadOptions,
     /// Word-level timings (`timing`): one extra decoder pass per window.
     pub word_timestamps: bool,
+    /// Only identify the language (from the first 30 s of speech): no text, and the
+    /// transcript's `language_probabilities` filled in.
+    pub language_detection_only: bool,
 }
 
 impl Default for TranscribeOptions {
     fn default() -> Self {
         Self {
             language: None,
+            languages: Vec::new(),
+            keywords: Vec::new(),
             task: Task::Transcribe,
             timestamps: true,
             initial_prompt: None,
@@ -82,6 +92,7 @@ impl Default for TranscribeOptions {
             best_of: 5,
             vad: crate::vad::VadOptions::default(),
             word_timestamps: false,
+            language_detection_only: false,
         }
     }
 }

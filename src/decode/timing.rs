@@ -57,9 +57,11 @@ pub fn find_alignment(
     let sp = &tok.specials;
     // The start sequence without prompt, ending in `notimestamps`, then the text and `eot`.
     let wo = WindowOptions {
+        language_token: window.language_token,
+        task: window.task,
         timestamps: false,
         prompt: Vec::new(),
-        ..window.clone()
+        keywords: Vec::new(),
     };
     let (mut tokens, _) = initial_tokens(
         tok,

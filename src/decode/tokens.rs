@@ -102,6 +102,16 @@ impl WhisperTokenizer {
             .map_err(|e| TokenizerError::Codec(e.to_string()))
     }
 
+    /// The raw bytes a text token stands for (byte-level BPE: a token may hold part of a
+    /// multi-byte character). `None` for ids outside the vocabulary or special tokens.
+    pub fn token_bytes(&self, id: u32) -> Option<Vec<u8>> {
+        if id >= self.specials.eot {
+            return None;
+        }
+        let piece = self.inner.id_to_token(id)?;
+        piece.chars().map(byte_of_char).collect()
+    }
+
     pub fn language_token(&self, code: &str) -> Option<u32> {
         self.languages
             .iter()
@@ -148,5 +158,34 @@ impl WhisperTokenizer {
         out.sort_unstable();
         out.dedup();
         out
+    }
+}
+
+/// GPT-2's byte-level BPE writes each byte as one printable character: the printable Latin-1
+/// bytes as themselves, the other 68 as U+0100 onwards in byte order. The inverse of that map.
+fn byte_of_char(c: char) -> Option<u8> {
+    let printable =
+        |b: u32| (33..=126).contains(&b) || (161..=172).contains(&b) || (174..=255).contains(&b);
+    let u = c as u32;
+    if u < 256 && printable(u) {
+        return Some(u as u8);
+    }
+    let k = u.checked_sub(256)?;
+    (0u32..256)
+        .filter(|&b| !printable(b))
+        .nth(k as usize)
+        .map(|b| b as u8)
+}
+
+#[cfg(test)]
+mod byte_tests {
+    #[test]
+    fn bpe_characters_map_back_to_bytes() {
+        use super::byte_of_char;
+        assert_eq!(byte_of_char('a'), Some(b'a'));
+        assert_eq!(byte_of_char('\u{120}'), Some(b' ')); // "Ġ"
+        assert_eq!(byte_of_char('\u{100}'), Some(0));
+        assert_eq!(byte_of_char('\u{10A}'), Some(b'\n')); // "Ċ"
+        assert_eq!(byte_of_char('\u{1000}'), None);
     }
 }

@@ -34,19 +34,40 @@ fn window_tensor(
     )
 }
 
-/// Most likely language (code, probability) from a window's audio features `(1, 1500, d)`.
+/// Most likely language (code, probability) from a window's audio features `(1, 1500, d)`,
+/// among `allowed` codes (all of the model's languages when empty).
 pub fn detect_language(
     runner: &dyn ModelRunner,
     tok: &WhisperTokenizer,
     features: &Tensor,
+    allowed: &[String],
 ) -> Result<(&'static str, f32), DecodeError> {
+    Ok(language_probabilities(runner, tok, features, allowed)?
+        .first()
+        .copied()
+        .unwrap_or(("en", 0.0)))
+}
+
+/// Every candidate language with its probability, most likely first: a softmax over the language
+/// tokens' logits at the start of a window, over `allowed` codes only (all when empty).
+pub fn language_probabilities(
+    runner: &dyn ModelRunner,
+    tok: &WhisperTokenizer,
+    features: &Tensor,
+    allowed: &[String],
+) -> Result<Vec<(&'static str, f32)>, DecodeError> {
     let mut state = runner.prepare(features)?;
     let logits = runner
         .prefill(&mut state, &[tok.specials.sot], &[0])?
         .pop()
         .unwrap_or_default();
     drop(SequenceGuard(runner));
-    let langs = tok.languages();
+    let langs: Vec<(&'static str, u32)> = tok
+        .languages()
+        .iter()
+        .filter(|(c, _)| allowed.is_empty() || allowed.iter().any(|a| a == c))
+        .copied()
+        .collect();
     let lang_logits: Vec<f32> = langs
         .iter()
         .map(|(_, t)| {
@@ -57,17 +78,13 @@ pub fn detect_language(
         })
         .collect();
     let probs = log_softmax(&lang_logits);
-    let (best, lp) = probs
+    let mut out: Vec<(&'static str, f32)> = langs
         .iter()
-        .enumerate()
-        .fold((0usize, f32::NEG_INFINITY), |acc, (i, &p)| {
-            if p > acc.1 {
-                (i, p)
-            } else {
-                acc
-            }
-        });
-    Ok((langs.get(best).map_or("en", |(c, _)| *c), lp.exp()))
+        .zip(probs)
+        .map(|((c, _), lp)| (*c, lp.exp()))
+        .collect();
+    out.sort_by(|a, b| b.1.total_cmp(&a.1));
+    Ok(out)
 }
 
 /// Transcribe a whole log-mel (computed with 30 s of zero padding at the end, as OpenAI does).
@@ -96,6 +113,12 @@ pub fn transcribe(
         Some(p) if !p.is_empty() => tok.encode(&format!(" {p}"))?,
         _ => Vec::new(),
     };
+    // Keywords (OpenAI's `keywords[]`, faster-whisper's hotwords) lead every window's prompt.
+    let keywords: Vec<u32> = if o.keywords.is_empty() {
+        Vec::new()
+    } else {
+        tok.encode(&format!(" {}", o.keywords.join(", ")))?
+    };
     let mut all_tokens: Vec<u32> = initial_prompt.clone();
     let mut prompt_reset_since = 0usize;
     let mut segments: Vec<Segment> = Vec::new();
@@ -117,7 +140,7 @@ pub fn transcribe(
         let segment_duration = segment_size as f64 * HOP_LENGTH as f64 / 16_000.0;
         let features = runner.encode(window_tensor(model, mel, seek, segment_size)?)?;
         if language.is_none() {
-            let (code, p) = detect_language(runner, tok, &features)?;
+            let (code, p) = detect_language(runner, tok, &features, &o.languages)?;
             tracing::info!(language = code, probability = p, "detected language");
             language = Some(code.to_string());
         }
@@ -131,6 +154,7 @@ pub fn transcribe(
             task: o.task,
             timestamps: o.timestamps,
             prompt: all_tokens[prompt_reset_since..].to_vec(),
+            keywords: keywords.clone(),
         };
         let mut state = runner.prepare(&features)?;
         drop(features);
@@ -182,7 +206,7 @@ pub fn transcribe(
                 let sliced = &tokens[last_slice..cur];
                 let start = time_offset + ts_pos(sliced[0]) * TIME_PRECISION;
                 let end = time_offset + ts_pos(sliced[sliced.len() - 1]) * TIME_PRECISION;
-                current.push(new_segment(tok, seek, start, end, sliced, &r)?);
+                current.push(new_segment(tok, seek, start, end, last_slice..cur, &r)?);
                 last_slice = cur;
             }
             if single_timestamp_ending {
@@ -203,7 +227,7 @@ pub fn transcribe(
                 seek,
                 time_offset,
                 time_offset + dur,
-                tokens,
+                0..tokens.len(),
                 &r,
             )?);
             seek += segment_size;
@@ -255,6 +279,7 @@ pub fn transcribe(
             if s.start == s.end || s.text.trim().is_empty() {
                 s.text.clear();
                 s.tokens.clear();
+                s.token_logprobs.clear();
                 if s.words.is_some() {
                     s.words = Some(Vec::new());
                 }
@@ -282,6 +307,7 @@ pub fn transcribe(
         segments,
         fallbacks,
         speech: None,
+        language_probabilities: None,
     })
 }
 
@@ -290,10 +316,12 @@ fn new_segment(
     seek: usize,
     start: f64,
     end: f64,
-    tokens: &[u32],
+    range: std::ops::Range<usize>,
     r: &WindowResult,
 ) -> Result<Segment, DecodeError> {
+    let tokens = &r.tokens[range.clone()];
     Ok(Segment {
+        token_logprobs: r.logprobs.get(range).unwrap_or_default().to_vec(),
         id: 0,
         seek,
         start,

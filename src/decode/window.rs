@@ -35,12 +35,16 @@ pub struct WindowOptions {
     pub timestamps: bool,
     /// Previous text tokens (or an initial prompt), already tokenized.
     pub prompt: Vec<u32>,
+    /// Keyword tokens, ahead of `prompt` in the prompt (see `TranscribeOptions::keywords`).
+    pub keywords: Vec<u32>,
 }
 
 #[derive(Debug, Clone)]
 pub struct WindowResult {
     /// Sampled tokens, without the start sequence and end-of-text.
     pub tokens: Vec<u32>,
+    /// Each sampled token's log-probability (under the distribution it was chosen from).
+    pub logprobs: Vec<f32>,
     pub text: String,
     pub avg_logprob: f32,
     pub no_speech_prob: f32,
@@ -58,9 +62,13 @@ pub fn initial_tokens(
 ) -> (Vec<u32>, usize) {
     let sp = &tok.specials;
     let mut t = Vec::new();
-    if !o.prompt.is_empty() {
+    if !o.prompt.is_empty() || !o.keywords.is_empty() {
         t.push(sp.sot_prev);
-        let keep = (n_ctx / 2 - 1).min(o.prompt.len());
+        // One budget for both: keywords first, then as much of the previous text as fits.
+        let budget = (n_ctx / 2).saturating_sub(1);
+        let kw = &o.keywords[..o.keywords.len().min(budget)];
+        t.extend_from_slice(kw);
+        let keep = (budget - kw.len()).min(o.prompt.len());
         t.extend_from_slice(&o.prompt[o.prompt.len() - keep..]);
     }
     let sot_index = t.len();
@@ -108,6 +116,7 @@ pub fn decode_at_temperature(
         .map_or(0.0, |l| l.exp());
 
     let mut sampled: Vec<u32> = Vec::new();
+    let mut logprobs: Vec<f32> = Vec::new();
     let mut sum_logprob = 0f64;
     for _ in 0..SAMPLE_LEN {
         if sampled.is_empty() {
@@ -123,11 +132,13 @@ pub fn decode_at_temperature(
             sample(&logits, temperature, rng)
         };
         // log-probability of the chosen token under the filtered distribution, as OpenAI sums it.
-        sum_logprob += (logits[next as usize] - log_sum_exp(&logits)) as f64;
+        let logprob = logits[next as usize] - log_sum_exp(&logits);
+        sum_logprob += logprob as f64;
         if next == sp.eot {
             break;
         }
         sampled.push(next);
+        logprobs.push(logprob);
         if start.len() + sampled.len() >= n_ctx {
             break;
         }
@@ -140,6 +151,7 @@ pub fn decode_at_temperature(
         compression_ratio: compression_ratio(&text),
         text,
         tokens: sampled,
+        logprobs,
         no_speech_prob,
         temperature,
     })
@@ -343,6 +355,7 @@ mod tests {
     fn attempt(temperature: f32, avg_logprob: f32, compression_ratio: f32) -> WindowResult {
         WindowResult {
             tokens: vec![1, 2, 3],
+            logprobs: vec![-0.1; 3],
             text: format!("text at {temperature}"),
             avg_logprob,
             no_speech_prob: 0.01,

@@ -253,6 +253,8 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             .route("/ready", web::get().to(routes::ready))
             .route("/metrics", web::get().to(routes::metrics))
             .route("/v1/models", web::get().to(routes::models))
+            .route("/v1/models/{model}", web::get().to(routes::model))
+            .route("/detect-language", web::post().to(routes::detect_language))
             .route("/transcribe", web::post().to(routes::transcribe_native))
             .route(
                 "/v1/audio/transcriptions",

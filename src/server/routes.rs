@@ -45,14 +45,44 @@ pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
         .body(state.shared.metrics.render())
 }
 
-pub async fn models(state: web::Data<AppState>) -> HttpResponse {
-    let data: Vec<serde_json::Value> = state
+/// The names a request's `model` may use: the loaded model's, and `whisper-1`, the name every
+/// OpenAI client sends (any name is accepted; these are the ones listed).
+fn model_objects(state: &AppState) -> Vec<serde_json::Value> {
+    let created = state.shared.started_unix;
+    state
         .shared
         .engine
         .get()
-        .map(|e| vec![serde_json::json!({ "id": e.model_name, "object": "model", "created": 0, "owned_by": "whisperd" })])
-        .unwrap_or_default();
-    HttpResponse::Ok().json(serde_json::json!({ "object": "list", "data": data }))
+        .map(|e| {
+            [e.model_name.as_str(), "whisper-1"]
+                .iter()
+                .map(|id| serde_json::json!({ "id": id, "object": "model", "created": created, "owned_by": "whisperd" }))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+pub async fn models(state: web::Data<AppState>) -> HttpResponse {
+    HttpResponse::Ok().json(serde_json::json!({ "object": "list", "data": model_objects(&state) }))
+}
+
+pub async fn model(
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    model_objects(&state)
+        .into_iter()
+        .find(|m| m["id"] == id.as_str())
+        .map(|m| HttpResponse::Ok().json(m))
+        .ok_or_else(|| {
+            ApiError::new(
+                actix_web::http::StatusCode::NOT_FOUND,
+                "invalid_request_error",
+                format!("the model `{id}` does not exist"),
+            )
+            .param("model")
+            .code("model_not_found")
+        })
 }
 
 /// Which API a request came in through: it decides defaults, allowed formats and body shapes.
@@ -275,6 +305,20 @@ fn render_options(f: &HashMap<String, String>) -> Result<RenderOptions, ApiError
             granularities = Some(parsed);
         }
     }
+    let mut logprobs = false;
+    if let Some(inc) = f.get("include[]").or_else(|| f.get("include")) {
+        for part in inc.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            match part {
+                "logprobs" => logprobs = true,
+                other => {
+                    return Err(ApiError::bad_request(format!(
+                        "unknown include value `{other}` (expected logprobs)"
+                    ))
+                    .param("include[]"))
+                }
+            }
+        }
+    }
     let count = |name: &'static str| -> Result<Option<usize>, ApiError> { number(f, name) };
     let subtitles = SubtitleOptions {
         max_line_width: count("max_line_width")?,
@@ -291,6 +335,7 @@ fn render_options(f: &HashMap<String, String>) -> Result<RenderOptions, ApiError
     Ok(RenderOptions {
         subtitles,
         granularities,
+        logprobs,
     })
 }
 
@@ -317,6 +362,22 @@ fn parse_options(
     if api == Api::OpenAiTranslations {
         o.language = None; // OpenAI's translations endpoint takes no language
     }
+    // Lists arrive as repeated `name[]` fields (joined with commas) or one comma-separated field.
+    let list = |name: &str| -> Vec<String> {
+        f.get(&format!("{name}[]"))
+            .or_else(|| f.get(name))
+            .map(|v| {
+                v.split(',')
+                    .map(|x| x.trim().to_string())
+                    .filter(|x| !x.is_empty())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    if api != Api::OpenAiTranslations {
+        o.languages = list("languages");
+    }
+    o.keywords = list("keywords");
     if let Some(p) = f.get("prompt").filter(|p| !p.trim().is_empty()) {
         o.initial_prompt = Some(p.clone());
     }
@@ -381,6 +442,12 @@ fn parse_options(
             fmt
         }
     };
+    if render.logprobs && format != Format::Json {
+        return Err(
+            ApiError::bad_request("include[]=logprobs needs response_format=json")
+                .param("include[]"),
+        );
+    }
     Ok((o, format))
 }
 
@@ -406,6 +473,70 @@ pub async fn openai_translations(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     handle(Api::OpenAiTranslations, req, body, state).await
+}
+
+/// `POST /detect-language`: the language of the first 30 s of speech, among `languages[]` when
+/// given, through the same queue, cache and single flight as transcriptions.
+pub async fn detect_language(
+    req: HttpRequest,
+    body: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let shared: &Arc<Shared> = &state.shared;
+    if !shared.ready.load(Ordering::SeqCst) {
+        return Err(ApiError::unavailable("the model is still loading", 5));
+    }
+    shared.metrics.in_flight.inc();
+    let _in_flight = InFlight(shared);
+    let mut fields: HashMap<String, String> =
+        web::Query::<HashMap<String, String>>::from_query(req.query_string())
+            .map(|q| q.into_inner())
+            .map_err(|e| ApiError::bad_request(format!("bad query string: {e}")))?;
+    let upload = actix_web::rt::time::timeout(
+        UPLOAD_TIMEOUT,
+        read_form(&req, body, state.max_upload_bytes),
+    )
+    .await
+    .map_err(|_| {
+        ApiError::new(
+            actix_web::http::StatusCode::REQUEST_TIMEOUT,
+            "invalid_request_error",
+            "the upload did not complete in time",
+        )
+    })??;
+    fields.extend(upload.fields);
+    let file = upload.file.filter(|f| !f.is_empty()).ok_or_else(|| {
+        ApiError::bad_request("no audio: send it in multipart field `file`")
+            .param("file")
+            .code("missing_file")
+    })?;
+    let languages = fields
+        .get("languages[]")
+        .or_else(|| fields.get("languages"))
+        .map(|v| {
+            v.split(',')
+                .map(|x| x.trim().to_string())
+                .filter(|x| !x.is_empty())
+                .collect()
+        })
+        .unwrap_or_default();
+    let options = TranscribeOptions {
+        language: None,
+        languages,
+        language_detection_only: true,
+        ..state.defaults.clone()
+    };
+    let client = req.conn_data::<super::disconnect::ClientSocket>().copied();
+    let (t, cache) = worker::transcribe(shared, file, options, client).await?;
+    let top: Vec<_> = t.language_probabilities.iter().flatten().take(5).collect();
+    let probability = top.first().map_or(0.0, |p| p.probability);
+    Ok(HttpResponse::Ok()
+        .insert_header(("X-Cache", cache.as_str()))
+        .json(serde_json::json!({
+            "language": t.language,
+            "probability": probability,
+            "top": top,
+        })))
 }
 
 struct InFlight<'a>(&'a Shared);
@@ -526,9 +657,27 @@ async fn handle_inner(
     if api == Api::Native {
         render.granularities = None; // /transcribe keeps words on their segments
     }
+    let usage = serde_json::json!({ "type": "duration", "seconds": transcript.duration });
     let body = match (api, format) {
         (Api::Native, Format::Json) => transcript.render(Format::Json, task),
-        (_, Format::Json) => serde_json::json!({ "text": transcript.text }).to_string(),
+        (_, Format::Json) => {
+            let mut v = serde_json::json!({ "text": transcript.text });
+            if render.logprobs {
+                let tok = shared.engine.get().map(|e| &e.tokenizer);
+                v["logprobs"] = serde_json::json!(tok.map(|t| transcript.logprobs(t)));
+            }
+            if api == Api::OpenAiTranscriptions {
+                v["usage"] = usage;
+            }
+            v.to_string()
+        }
+        (Api::OpenAiTranscriptions, Format::VerboseJson) => {
+            let mut v: serde_json::Value =
+                serde_json::from_str(&transcript.render_with(format, task, &render))
+                    .unwrap_or_default();
+            v["usage"] = usage;
+            v.to_string()
+        }
         (_, f) => transcript.render_with(f, task, &render),
     };
     Ok(HttpResponse::Ok()

@@ -44,6 +44,8 @@ pub struct Shared {
     pub queue_size: usize,
     pub request_timeout: Duration,
     pub max_audio_s: f64,
+    /// When the server started (Unix seconds): the `created` of the models it lists.
+    pub started_unix: u64,
 }
 
 /// How a request was answered.
@@ -71,6 +73,9 @@ impl Shared {
         max_audio_s: f64,
     ) -> Arc<Self> {
         Arc::new(Self {
+            started_unix: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
             engine: OnceLock::new(),
             ready: AtomicBool::new(false),
             draining: AtomicBool::new(false),
