@@ -2,6 +2,7 @@
 """Accuracy and speed of whisperd next to faster-whisper (int8, same weights), in one run.
 
 usage: eval.py --bin target/release/whisperd --model models/whisper-tiny.en --shared ../shared [--speed]
+               [--keywords "Frank,Marie,…"] [--skip-peer]
 
 Transcribes every English file of ../shared/eval/manifest.jsonl with `whisperd transcribe` (one
 process, model loaded once, timestamps on as OpenAI's transcribe()), scores it with
@@ -27,7 +28,10 @@ def main():
     ap.add_argument("--speed", action="store_true", help="also measure peak RSS on a 10-minute file")
     ap.add_argument("--category", default="jfk,librispeech,longform")
     ap.add_argument("--precision", default="f32", help="whisperd --precision (f32 or q8)")
+    ap.add_argument("--keywords", help="whisperd --keywords (comma-separated; the peer runs without)")
+    ap.add_argument("--skip-peer", action="store_true", help="whisperd only")
     a = ap.parse_args()
+    extra = ["--keywords", a.keywords] if a.keywords else []
     manifest = os.path.join(a.shared, "eval/manifest.jsonl")
     rows = [json.loads(l) for l in open(manifest)]
     rows = [r for r in rows if r["lang"] == "en" and r["category"] in a.category.split(",")]
@@ -38,7 +42,7 @@ def main():
     # Warm-up (page cache, allocator), then the timed run; model load is reported separately by the log.
     run([a.bin, "transcribe", "--model", a.model, "--threads", str(a.threads), files[0]])
     t0 = time.perf_counter()
-    p = subprocess.run([a.bin, "transcribe", "--model", a.model, "--threads", str(a.threads), "--precision", a.precision, "--format", "json", "--output-dir", out_dir, *files],
+    p = subprocess.run([a.bin, "transcribe", "--model", a.model, "--threads", str(a.threads), "--precision", a.precision, "--format", "json", *extra, "--output-dir", out_dir, *files],
                        text=True, capture_output=True, env={**os.environ, "RUST_LOG": "info"})
     wall = time.perf_counter() - t0
     if p.returncode != 0:
@@ -55,6 +59,8 @@ def main():
     peer_out = os.path.join(tmp, "peer.jsonl")
     peer = None
     try:
+        if a.skip_peer:
+            raise FileNotFoundError("--skip-peer")
         pr = run([sys.executable, os.path.join(a.shared, "scripts/peer_baseline.py"), manifest, a.model, peer_out,
                   "--compute-type", "int8", "--threads", str(a.threads), "--category", a.category])
         summary = json.loads(pr.stdout.strip().splitlines()[-1])
