@@ -105,6 +105,7 @@ mod tests {
             segments: vec![],
             fallbacks: vec![],
             speech: None,
+            language_probabilities: None,
         })
     }
 

@@ -88,10 +88,28 @@ fn jfk_words_match_faster_whisper() {
         .collect();
     eprintln!("|Δstart| {ds:?}\n|Δend| {de:?}");
     assert!(median(ds.clone()) <= 0.02 && median(de.clone()) <= 0.02);
-    assert!(
-        ds.iter().chain(&de).all(|&d| d <= 0.1),
-        "a word is off by > 100 ms"
-    );
+    // Where faster-whisper's words run into jfk's pauses, the audio decides (its 20-ms levels:
+    // speech above −38 dBFS, pauses at the −41 dBFS floor): whisperd's words do not start or
+    // end inside a pause (`timing::snap_to_speech`); faster-whisper's " ask" spans 2.28–3.88
+    // across a second of quiet. Everywhere else whisperd agrees with faster-whisper.
+    const AT_PAUSES: [(usize, Option<f64>, Option<f64>); 7] = [
+        (0, Some(0.32), None),       // " And": the first 0.32 s are quiet
+        (4, None, Some(2.14)),       // " Americans"
+        (5, Some(3.28), Some(3.72)), // " ask"
+        (6, Some(3.96), Some(4.32)), // " not"
+        (7, Some(5.40), None),       // " what"
+        (13, None, Some(7.72)),      // " you"
+        (14, Some(8.18), None),      // " ask"
+    ];
+    for (i, (x, r)) in w.iter().zip(JFK_FASTER_WHISPER).enumerate() {
+        let p = AT_PAUSES.iter().find(|p| p.0 == i);
+        let start = p.and_then(|p| p.1).unwrap_or(r.1);
+        let end = p.and_then(|p| p.2).unwrap_or(r.2);
+        assert!(
+            (x.start - start).abs() <= 0.1 && (x.end - end).abs() <= 0.1,
+            "{x:?}: expected {start}–{end}"
+        );
+    }
     for x in &w {
         assert!(
             (0.0..=1.0).contains(&x.probability) && x.start <= x.end,
@@ -124,7 +142,7 @@ fn trimmed(rel: &str) -> Vec<f32> {
 }
 
 #[test]
-fn words_start_and_end_at_splices_of_known_silence() {
+fn words_start_and_end_at_splices_of_known_silence_under_noise() {
     let e = engine();
     let utterances = [
         "237-134500-0000",
@@ -144,6 +162,17 @@ fn words_start_and_end_at_splices_of_known_silence() {
             splices.push((end, samples.len() as f64 / 16_000.0));
         }
         samples.extend(trimmed(&format!("eval/librispeech/test-clean/{id}.flac")));
+    }
+    // Steady white noise over everything, 55 dB under full scale (a quiet room):
+    // the gaps are not digital silence, so the splice times come from the audio, not from
+    // finding exact zeros.
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    let amplitude = 10f32.powf(-55.0 / 20.0) * 3f32.sqrt(); // uniform noise of that RMS
+    for x in samples.iter_mut() {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        *x += amplitude * ((state >> 40) as f32 / (1u64 << 23) as f32 - 1.0);
     }
     let t = e
         .transcribe_pcm(&Pcm { samples }, &word_options())
@@ -220,10 +249,11 @@ fn japanese_gets_per_character_words() {
     let want: Vec<&str> = JA_FASTER_WHISPER.iter().map(|w| w.0).collect();
     assert_eq!(got, want);
     for (i, (x, r)) in w.iter().zip(JA_FASTER_WHISPER).enumerate() {
-        // The first word starts where the clip's leading silence ends, not at 0 (see
+        // The first word starts where the clip's leading silence ends (its 20-ms frames rise
+        // from −52 to −34 dBFS at 0.74 s), not at 0 as in faster-whisper (see
         // `timing::snap_to_speech`); everything else is faster-whisper's alignment.
         let start_ok = if i == 0 {
-            x.start > r.1 && x.start < r.2 && x.start <= 0.5
+            (x.start - 0.74).abs() <= 0.06
         } else {
             (x.start - r.1).abs() <= 0.06
         };

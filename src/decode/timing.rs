@@ -362,13 +362,20 @@ fn contains_word(text: &str, word: &str) -> bool {
 const MIN_PAUSE_S: f64 = 0.2;
 /// The first word after a pause starting at most this long after it starts at the pause's end.
 const MAX_ONSET_LAG_S: f64 = 0.5;
-/// A 20-ms step is silent when its log-mel loudness is this far (dB) under the window's speech.
+/// A 20-ms step is a pause when its level is within `PAUSE_OVER_FLOOR_DB` of the window's noise
+/// floor (its 10th percentile), or `SILENCE_BELOW_SPEECH_DB` under its speech (95th percentile)
+/// where the floor is far lower (digital silence); windows whose speech is not
+/// `MIN_SPEECH_OVER_FLOOR_DB` over the floor have no pauses.
+const PAUSE_OVER_FLOOR_DB: f32 = 3.0;
 const SILENCE_BELOW_SPEECH_DB: f32 = 40.0;
+const MIN_SPEECH_OVER_FLOOR_DB: f32 = 18.0;
+/// Step levels are median-filtered over this many steps (100 ms) first.
+const LEVEL_MEDIAN_STEPS: usize = 5;
 
 /// Pauses in one window, `(start, end)` in seconds from the window's start: runs of at least
-/// `MIN_PAUSE_S` whose level (mean mel power, per 20-ms step, the alignment's grid) is
-/// `SILENCE_BELOW_SPEECH_DB` under the window's speech level (its 95th percentile).
-/// Recordings whose noise floor is not that far under the speech have no pauses here.
+/// `MIN_PAUSE_S` whose level (mean mel power, per 20-ms step, the alignment's grid) is at the
+/// noise floor (see `PAUSE_OVER_FLOOR_DB`). Recordings whose speech is not well over their
+/// noise floor have no pauses here.
 pub fn pauses(mel: &Mel, seek: usize, n_frames: usize) -> Vec<(f64, f64)> {
     let end = (seek + n_frames).min(mel.n_frames);
     if end <= seek + 1 || mel.n_mels == 0 {
@@ -395,10 +402,18 @@ pub fn pauses(mel: &Mel, seek: usize, n_frames: usize) -> Vec<(f64, f64)> {
             }
         })
         .collect();
+    // A 100-ms median: a click inside a pause, or a soft consonant inside a word, does not
+    // split a run.
+    let steps = median_filter(&steps, LEVEL_MEDIAN_STEPS);
     let mut sorted = steps.clone();
     sorted.sort_by(f32::total_cmp);
-    let speech = sorted[((sorted.len() - 1) as f32 * 0.95) as usize];
-    let threshold = speech - SILENCE_BELOW_SPEECH_DB;
+    let at = |q: f32| sorted[((sorted.len() - 1) as f32 * q) as usize];
+    let (floor, speech) = (at(0.1), at(0.95));
+    if speech - floor < MIN_SPEECH_OVER_FLOOR_DB {
+        return Vec::new(); // too noisy (or all speech, or all silence) to tell pauses apart
+    }
+    // Near the noise floor, or far under the speech where the floor is digital silence.
+    let threshold = (floor + PAUSE_OVER_FLOOR_DB).max(speech - SILENCE_BELOW_SPEECH_DB);
     let mut runs = Vec::new();
     let mut start = None;
     for (k, &l) in steps
@@ -629,9 +644,15 @@ mod tests {
         assert_eq!(pauses(&mel, 0, 200), vec![(0.5, 1.0)]);
         // Offsets are relative to the window's start.
         assert_eq!(pauses(&mel, 40, 160), vec![(0.1, 0.6)]);
-        // A noisy recording (floor 20 dB under the speech) has none.
+        // Pauses under steady noise 30 dB below the speech are found at the noise floor…
         let noisy = Mel {
-            data: mel.data.iter().map(|&x| x.max(loud - 0.5)).collect(),
+            data: mel.data.iter().map(|&x| x.max(loud - 0.75)).collect(),
+            ..mel.clone()
+        };
+        assert_eq!(pauses(&noisy, 0, 200), vec![(0.5, 1.0)]);
+        // …but not under noise 12 dB below it: too close to tell.
+        let noisy = Mel {
+            data: mel.data.iter().map(|&x| x.max(loud - 0.3)).collect(),
             ..mel
         };
         assert!(pauses(&noisy, 0, 200).is_empty());
