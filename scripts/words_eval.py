@@ -326,6 +326,43 @@ def print_table(res):
               f"{('—' if r['mean_abs_dprob'] is None else format(r['mean_abs_dprob'], '.3f')):>8}")
 
 
+def arbitrate(pairs_all, paths, over_ms=100, quiet_db=6.0):
+    """The audio as referee where the two systems disagree by more than `over_ms` on an edge: if
+    the audio between the two candidate times is quiet (its 20-ms levels, median, within
+    `quiet_db` of the file's floor, its 10th percentile), the candidate on the speech side of
+    that quiet stretch is right (a word does not start or end in a pause). Otherwise undecided."""
+    levels = {}
+    out = {"edges": 0, "whisperd": 0, "faster-whisper": 0, "undecided": 0}
+    for fid, o, p in pairs_all:
+        for edge in ("start", "end"):
+            a, b = o[edge], p[edge]
+            if abs(a - b) * 1000 <= over_ms:
+                continue
+            out["edges"] += 1
+            if fid not in levels:
+                x = read_audio(paths[fid])
+                n = len(x) // 320
+                db = 10 * np.log10((x[: n * 320].reshape(n, 320) ** 2).mean(1) + 1e-12)
+                levels[fid] = (db, float(np.percentile(db, 10)))
+            db, floor = levels[fid]
+            lo, hi = sorted((a, b))
+            seg = db[int(lo * 50): max(int(hi * 50), int(lo * 50) + 1)]
+            if len(seg) == 0 or float(np.median(seg)) > floor + quiet_db:
+                out["undecided"] += 1
+                continue
+            # Quiet between: a start belongs after the quiet stretch, an end before it.
+            later_is_right = edge == "start"
+            ours_later = a > b
+            out["whisperd" if ours_later == later_is_right else "faster-whisper"] += 1
+    return out
+
+
+def print_arbiter(r):
+    print(f"\nedges where the two differ by > 100 ms: {r['edges']}; the audio between the two times is a pause "
+          f"(median 20-ms level within 6 dB of the file's floor) and puts the edge where whisperd has it: "
+          f"{r['whisperd']}, where faster-whisper has it: {r['faster-whisper']}; not a pause (undecided): {r['undecided']}")
+
+
 def main():
     here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -430,6 +467,8 @@ def main():
         print("\nlargest disagreements (file, word, whisperd start–end, faster-whisper start–end):")
         for i, o, p in worst:
             print(f"  {i:<44} {o['word'].strip():<14} {o['start']:7.2f}–{o['end']:<7.2f} {p['start']:7.2f}–{p['end']:<7.2f}")
+        report["arbiter"] = arbitrate(pairs_all, {r["id"]: f for r, f in zip(rows, files)})
+        print_arbiter(report["arbiter"])
 
     for name, data in (("whisperd", ours), ("faster-whisper", peer)):
         if data:

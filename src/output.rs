@@ -23,6 +23,9 @@ pub struct Segment {
     /// The log-probability of each of `tokens` (OpenAI's `include[]=logprobs`; not serialized).
     #[serde(skip)]
     pub token_logprobs: Vec<f32>,
+    /// With word timestamps: each token's probability among the text tokens (not serialized).
+    #[serde(skip)]
+    pub text_probs: Vec<f32>,
 }
 
 /// One word with its time in the recording and its confidence (the mean probability of its
@@ -475,6 +478,7 @@ mod tests {
                     no_speech_prob: 0.01,
                     words: None,
                     token_logprobs: vec![],
+                    text_probs: vec![],
                 },
                 Segment {
                     id: 1,
@@ -489,6 +493,7 @@ mod tests {
                     no_speech_prob: 0.01,
                     words: None,
                     token_logprobs: vec![],
+                    text_probs: vec![],
                 },
             ],
             fallbacks: vec![],

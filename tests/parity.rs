@@ -59,6 +59,7 @@ fn greedy_tokens_with(e: &whisperd::Engine, mel: &Tensor) -> Vec<u32> {
         timestamps: false,
         prompt: vec![],
         keywords: vec![],
+        text_probs: false,
     };
     let rules = whisperd::decode::window::FallbackRules {
         compression_ratio_threshold: None,
@@ -89,6 +90,7 @@ fn start_sequence_of_english_only_model() {
         timestamps: false,
         prompt: vec![],
         keywords: vec![],
+        text_probs: false,
     };
     let (start, sot_index) = whisperd::decode::window::initial_tokens(&e.tokenizer, false, &o, 448);
     assert_eq!(start, ids(&reference_tokens()["prompt"]));

@@ -116,8 +116,9 @@ fn jfk_words_match_faster_whisper() {
             "{x:?}"
         );
     }
-    // Confident words are confident, the stumble ("ask" after the pause) is not.
-    assert!(w[3].probability > 0.95 && w[14].probability < 0.5, "{w:?}");
+    // A word's probability is the mean of its tokens' as decoded (among the text tokens):
+    // " fellow" is certain, the unstressed " my" (0.51 in faster-whisper) is not.
+    assert!(w[3].probability > 0.99 && w[2].probability < 0.7, "{w:?}");
     // Segments are snapped to their words.
     for s in &t.segments {
         let sw = s.words.as_ref().unwrap();

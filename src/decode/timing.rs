@@ -39,8 +39,9 @@ pub struct WordTiming {
 }
 
 /// Words and their timing for `text_tokens` (no special tokens) of one window, whose decoding
-/// `state` holds the window's audio and `window` its language and task; `n_frames` mel frames of
-/// the window are audio.
+/// `state` holds the window's audio and `window` its language and task; `probs` are the
+/// tokens' probabilities among the text tokens as decoded (a word's is their mean); `n_frames`
+/// mel frames of the window are audio.
 pub fn find_alignment(
     runner: &dyn ModelRunner,
     tok: &WhisperTokenizer,
@@ -48,6 +49,7 @@ pub fn find_alignment(
     window: &WindowOptions,
     language: &str,
     text_tokens: &[u32],
+    probs: &[f32],
     n_frames: usize,
 ) -> Result<Vec<WordTiming>, DecodeError> {
     if text_tokens.is_empty() {
@@ -62,6 +64,7 @@ pub fn find_alignment(
         timestamps: false,
         prompt: Vec::new(),
         keywords: Vec::new(),
+        text_probs: false,
     };
     let (mut tokens, _) = initial_tokens(
         tok,
@@ -75,18 +78,14 @@ pub fn find_alignment(
     if tokens.len() > model.decoder.n_ctx() {
         return Ok(Vec::new());
     }
-    // Row `sot_len + i` (from `notimestamps` on) predicts text token `i`.
-    let targets = text_tokens
-        .iter()
-        .enumerate()
-        .map(|(i, &t)| (sot_len + i, t))
-        .collect();
+    // The tokens' probabilities come from decoding (`probs`), so the pass needs no vocabulary
+    // projection (150 rows × 51,864 outputs would be most of its cost).
     let out = runner.align(
         state,
         AlignRequest {
             tokens: tokens.clone(),
             n_frames: n_frames / 2,
-            targets,
+            targets: Vec::new(),
             vocab_limit: sp.eot as usize,
         },
     )?;
@@ -119,7 +118,7 @@ pub fn find_alignment(
         let (Some(&start), Some(&end)) = (jump_times.get(a), jump_times.get(b)) else {
             break;
         };
-        let p = &out.probs[a.min(out.probs.len())..b.min(out.probs.len())];
+        let p = &probs[a.min(probs.len())..b.min(probs.len())];
         let probability = if p.is_empty() {
             0.0
         } else {
@@ -140,35 +139,54 @@ pub fn find_alignment(
 /// each head standardised per frame over the token rows, median-filtered over frames, then the
 /// mean over heads.
 pub fn alignment_matrix(weights: &[Vec<f32>], rows: usize, frames: usize) -> Vec<f32> {
+    use rayon::prelude::*;
     let mut acc = vec![0f32; rows * frames];
     if weights.is_empty() || rows == 0 || frames == 0 {
         return acc;
     }
-    for w in weights {
-        let mut w = w.clone();
-        for f in 0..frames {
-            let mean = (0..rows).map(|r| w[r * frames + f] as f64).sum::<f64>() / rows as f64;
-            let var = (0..rows)
-                .map(|r| (w[r * frames + f] as f64 - mean).powi(2))
-                .sum::<f64>()
-                / rows as f64;
-            let std = var.sqrt();
+    let per_head: Vec<Vec<f32>> = weights
+        .par_iter()
+        .map(|w| {
+            // Mean and standard deviation of each frame over the rows (population, as torch's
+            // `std_mean(unbiased=False)`), accumulated row by row.
+            let mut mean = vec![0f64; frames];
             for r in 0..rows {
-                let x = &mut w[r * frames + f];
-                *x = if std > 0.0 {
-                    ((*x as f64 - mean) / std) as f32
-                } else {
-                    0.0
-                };
+                mean.iter_mut()
+                    .zip(&w[r * frames..][..frames])
+                    .for_each(|(m, &x)| *m += x as f64);
             }
-        }
-        for r in 0..rows {
-            let filtered = median_filter(&w[r * frames..][..frames], MEDFILT_WIDTH);
-            acc[r * frames..][..frames]
-                .iter_mut()
-                .zip(filtered)
-                .for_each(|(a, x)| *a += x);
-        }
+            mean.iter_mut().for_each(|m| *m /= rows as f64);
+            let mut var = vec![0f64; frames];
+            for r in 0..rows {
+                var.iter_mut()
+                    .zip(&w[r * frames..][..frames])
+                    .zip(&mean)
+                    .for_each(|((v, &x), m)| *v += (x as f64 - m).powi(2));
+            }
+            let inv: Vec<f64> = var
+                .iter()
+                .map(|v| {
+                    let std = (v / rows as f64).sqrt();
+                    if std > 0.0 {
+                        1.0 / std
+                    } else {
+                        0.0
+                    }
+                })
+                .collect();
+            let mut out = Vec::with_capacity(rows * frames);
+            let mut row = vec![0f32; frames];
+            for r in 0..rows {
+                for (f, x) in row.iter_mut().enumerate() {
+                    *x = ((w[r * frames + f] as f64 - mean[f]) * inv[f]) as f32;
+                }
+                out.extend(median_filter(&row, MEDFILT_WIDTH));
+            }
+            out
+        })
+        .collect();
+    for h in &per_head {
+        acc.iter_mut().zip(h).for_each(|(a, &x)| *a += x);
     }
     let n = weights.len() as f32;
     acc.iter_mut().for_each(|a| *a /= n);
@@ -200,8 +218,7 @@ pub fn median_filter(x: &[f32], width: usize) -> Vec<f32> {
             for (k, b) in buf.iter_mut().enumerate() {
                 *b = at(i as isize + k as isize - pad as isize);
             }
-            buf.sort_by(f32::total_cmp);
-            buf[pad]
+            *buf.select_nth_unstable_by(pad, f32::total_cmp).1
         })
         .collect()
 }
@@ -442,7 +459,8 @@ pub fn pauses(mel: &Mel, seek: usize, n_frames: usize) -> Vec<(f64, f64)> {
 /// pause ends at its start. A word wholly inside a pause, or spanning one, is left as it is.
 /// The other way round, the first word after a pause that starts a little after it (attention
 /// finds a word's middle more surely than its onset) starts where the pause ends: the sound in
-/// between belongs to no other word.
+/// between belongs to no other word. A window's first word, which DTW always starts at the
+/// window's start, starts after any pause it spans.
 pub fn snap_to_speech(alignment: &mut [WordTiming], pauses: &[(f64, f64)]) {
     let mut prev_end: Option<f64> = None;
     for w in alignment.iter_mut() {
@@ -459,6 +477,11 @@ pub fn snap_to_speech(alignment: &mut [WordTiming], pauses: &[(f64, f64)]) {
             }
             let pause_before = prev_end.is_none_or(|e| e <= a + 1e-6);
             if pause_before && w.start > b && w.start - b <= MAX_ONSET_LAG_S {
+                w.start = b;
+            }
+            // A window's first word always starts at the window's start (where the path
+            // begins); one that spans a pause starts after it.
+            if prev_end.is_none() && w.start <= a && b < w.end {
                 w.start = b;
             }
         }
@@ -609,6 +632,11 @@ mod tests {
         assert_eq!((a[0].start, a[0].end), (23.7, 24.0));
         assert_eq!((a[1].start, a[1].end), (25.5, 25.68));
         assert_eq!((a[2].start, a[2].end), (25.68, 25.8));
+        // A window's first word spanning a pause starts after it; a later one is left alone.
+        let mut a = vec![t(0.0, 1.04), t(1.04, 1.3), t(1.3, 2.5)];
+        snap_to_speech(&mut a, &[(0.12, 0.94), (1.5, 2.0)]);
+        assert_eq!((a[0].start, a[0].end), (0.94, 1.04));
+        assert_eq!((a[2].start, a[2].end), (1.3, 2.5));
         // Wholly inside a pause: left alone.
         let mut a = vec![t(24.2, 24.4)];
         snap_to_speech(&mut a, &[(24.0, 25.5)]);

@@ -155,6 +155,7 @@ pub fn transcribe(
             timestamps: o.timestamps,
             prompt: all_tokens[prompt_reset_since..].to_vec(),
             keywords: keywords.clone(),
+            text_probs: o.word_timestamps,
         };
         let mut state = runner.prepare(&features)?;
         drop(features);
@@ -234,10 +235,11 @@ pub fn transcribe(
         }
 
         if o.word_timestamps {
-            let text_tokens: Vec<u32> = current
+            let (text_tokens, probs): (Vec<u32>, Vec<f32>) = current
                 .iter()
-                .flat_map(|s| s.tokens.iter().copied().filter(|&t| t < sp.eot))
-                .collect();
+                .flat_map(|s| s.tokens.iter().copied().zip(s.text_probs.iter().copied()))
+                .filter(|&(t, _)| t < sp.eot)
+                .unzip();
             let _span =
                 tracing::debug_span!("word_alignment", tokens = text_tokens.len()).entered();
             let alignment = timing::find_alignment(
@@ -247,6 +249,7 @@ pub fn transcribe(
                 &wo,
                 language.as_deref().unwrap_or("en"),
                 &text_tokens,
+                &probs,
                 segment_size,
             )?;
             last_speech = timing::add_word_timestamps(
@@ -280,6 +283,7 @@ pub fn transcribe(
                 s.text.clear();
                 s.tokens.clear();
                 s.token_logprobs.clear();
+                s.text_probs.clear();
                 if s.words.is_some() {
                     s.words = Some(Vec::new());
                 }
@@ -321,7 +325,8 @@ fn new_segment(
 ) -> Result<Segment, DecodeError> {
     let tokens = &r.tokens[range.clone()];
     Ok(Segment {
-        token_logprobs: r.logprobs.get(range).unwrap_or_default().to_vec(),
+        token_logprobs: r.logprobs.get(range.clone()).unwrap_or_default().to_vec(),
+        text_probs: r.text_probs.get(range).unwrap_or_default().to_vec(),
         id: 0,
         seek,
         start,

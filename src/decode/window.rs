@@ -37,6 +37,8 @@ pub struct WindowOptions {
     pub prompt: Vec<u32>,
     /// Keyword tokens, ahead of `prompt` in the prompt (see `TranscribeOptions::keywords`).
     pub keywords: Vec<u32>,
+    /// Also record each text token's probability among the text tokens (word confidence).
+    pub text_probs: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -45,6 +47,9 @@ pub struct WindowResult {
     pub tokens: Vec<u32>,
     /// Each sampled token's log-probability (under the distribution it was chosen from).
     pub logprobs: Vec<f32>,
+    /// With `WindowOptions::text_probs`: each sampled token's probability under the model's own
+    /// distribution over text tokens (no rules applied; OpenAI's word probability); else empty.
+    pub text_probs: Vec<f32>,
     pub text: String,
     pub avg_logprob: f32,
     pub no_speech_prob: f32,
@@ -117,8 +122,15 @@ pub fn decode_at_temperature(
 
     let mut sampled: Vec<u32> = Vec::new();
     let mut logprobs: Vec<f32> = Vec::new();
+    let mut text_probs: Vec<f32> = Vec::new();
     let mut sum_logprob = 0f64;
     for _ in 0..SAMPLE_LEN {
+        // Before any rule: the normaliser over the text tokens.
+        let text_lse = if o.text_probs {
+            log_sum_exp(&logits[..(sp.eot as usize).min(logits.len())])
+        } else {
+            0.0
+        };
         if sampled.is_empty() {
             suppress(&mut logits, &suppress_tokens.at_begin);
         }
@@ -139,6 +151,14 @@ pub fn decode_at_temperature(
         }
         sampled.push(next);
         logprobs.push(logprob);
+        if o.text_probs {
+            // Rules only ever remove tokens, so a chosen token's logit is the model's own.
+            text_probs.push(if next < sp.eot {
+                (logits[next as usize] - text_lse).exp()
+            } else {
+                0.0
+            });
+        }
         if start.len() + sampled.len() >= n_ctx {
             break;
         }
@@ -152,6 +172,7 @@ pub fn decode_at_temperature(
         text,
         tokens: sampled,
         logprobs,
+        text_probs,
         no_speech_prob,
         temperature,
     })
@@ -356,6 +377,7 @@ mod tests {
         WindowResult {
             tokens: vec![1, 2, 3],
             logprobs: vec![-0.1; 3],
+            text_probs: vec![],
             text: format!("text at {temperature}"),
             avg_logprob,
             no_speech_prob: 0.01,
