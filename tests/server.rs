@@ -78,7 +78,7 @@ fn every_endpoint_and_format() {
     );
     assert_eq!(json(&r)["segments"].as_array().unwrap().len(), 1);
 
-    // OpenAI contract: json is {"text"} only; verbose_json has OpenAI's fields.
+    // OpenAI contract: json is {"text", "usage"} only; verbose_json has OpenAI's fields.
     let r = s.post_form(
         "/v1/audio/transcriptions",
         Some(("file", &jfk)),
@@ -88,7 +88,7 @@ fn every_endpoint_and_format() {
     let v = json(&r);
     assert_eq!(
         v.as_object().unwrap().keys().collect::<Vec<_>>(),
-        vec!["text"]
+        vec!["text", "usage"]
     );
     let r = s.post_form(
         "/v1/audio/transcriptions",

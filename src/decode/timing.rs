@@ -38,20 +38,21 @@ pub struct WordTiming {
     pub probability: f32,
 }
 
-/// Words and their timing for `text_tokens` (no special tokens) of one window, whose decoding
-/// `state` holds the window's audio and `window` its language and task; `probs` are the
-/// tokens' probabilities among the text tokens as decoded (a word's is their mean); `n_frames`
-/// mel frames of the window are audio.
+/// Words and their timing for the text tokens of one window (no special tokens), each with its
+/// probability among the text tokens as decoded (a word's is their mean); the window's decoding
+/// `state` holds its audio and `window` its language and task; `n_frames` mel frames of the
+/// window are audio.
 pub fn find_alignment(
     runner: &dyn ModelRunner,
     tok: &WhisperTokenizer,
     state: &mut DecoderState,
     window: &WindowOptions,
     language: &str,
-    text_tokens: &[u32],
-    probs: &[f32],
+    text: &[(u32, f32)],
     n_frames: usize,
 ) -> Result<Vec<WordTiming>, DecodeError> {
+    let (text_tokens, probs): (Vec<u32>, Vec<f32>) = text.iter().copied().unzip();
+    let (text_tokens, probs) = (text_tokens.as_slice(), probs.as_slice());
     if text_tokens.is_empty() {
         return Ok(Vec::new());
     }

@@ -235,21 +235,19 @@ pub fn transcribe(
         }
 
         if o.word_timestamps {
-            let (text_tokens, probs): (Vec<u32>, Vec<f32>) = current
+            let text: Vec<(u32, f32)> = current
                 .iter()
                 .flat_map(|s| s.tokens.iter().copied().zip(s.text_probs.iter().copied()))
                 .filter(|&(t, _)| t < sp.eot)
-                .unzip();
-            let _span =
-                tracing::debug_span!("word_alignment", tokens = text_tokens.len()).entered();
+                .collect();
+            let _span = tracing::debug_span!("word_alignment", tokens = text.len()).entered();
             let alignment = timing::find_alignment(
                 runner,
                 tok,
                 &mut state,
                 &wo,
                 language.as_deref().unwrap_or("en"),
-                &text_tokens,
-                &probs,
+                &text,
                 segment_size,
             )?;
             last_speech = timing::add_word_timestamps(
