@@ -475,6 +475,40 @@ pub async fn openai_translations(
     handle(Api::OpenAiTranslations, req, body, state).await
 }
 
+/// A request's fields (query parameters, then form fields over them) and its uploaded file
+/// (`None` when there is none), read within `UPLOAD_TIMEOUT`.
+async fn read_request(
+    req: &HttpRequest,
+    body: web::Payload,
+    state: &AppState,
+) -> Result<(HashMap<String, String>, Option<Vec<u8>>), ApiError> {
+    let mut fields: HashMap<String, String> =
+        web::Query::<HashMap<String, String>>::from_query(req.query_string())
+            .map(|q| q.into_inner())
+            .map_err(|e| ApiError::bad_request(format!("bad query string: {e}")))?;
+    // A body that stops arriving (slow or stalled client) must not hold the request forever.
+    let upload =
+        actix_web::rt::time::timeout(UPLOAD_TIMEOUT, read_form(req, body, state.max_upload_bytes))
+            .await
+            .map_err(|_| {
+                tracing::warn!(
+                    timeout_s = UPLOAD_TIMEOUT.as_secs(),
+                    "upload not complete in time"
+                );
+                ApiError::new(
+                    actix_web::http::StatusCode::REQUEST_TIMEOUT,
+                    "invalid_request_error",
+                    "the upload did not complete in time",
+                )
+            })??;
+    tracing::debug!(
+        bytes = upload.file.as_ref().map_or(0, Vec::len),
+        "upload read"
+    );
+    fields.extend(upload.fields);
+    Ok((fields, upload.file))
+}
+
 /// `POST /detect-language`: the language of the first 30 s of speech, among `languages[]` when
 /// given, through the same queue, cache and single flight as transcriptions.
 pub async fn detect_language(
@@ -488,24 +522,8 @@ pub async fn detect_language(
     }
     shared.metrics.in_flight.inc();
     let _in_flight = InFlight(shared);
-    let mut fields: HashMap<String, String> =
-        web::Query::<HashMap<String, String>>::from_query(req.query_string())
-            .map(|q| q.into_inner())
-            .map_err(|e| ApiError::bad_request(format!("bad query string: {e}")))?;
-    let upload = actix_web::rt::time::timeout(
-        UPLOAD_TIMEOUT,
-        read_form(&req, body, state.max_upload_bytes),
-    )
-    .await
-    .map_err(|_| {
-        ApiError::new(
-            actix_web::http::StatusCode::REQUEST_TIMEOUT,
-            "invalid_request_error",
-            "the upload did not complete in time",
-        )
-    })??;
-    fields.extend(upload.fields);
-    let file = upload.file.filter(|f| !f.is_empty()).ok_or_else(|| {
+    let (fields, file) = read_request(&req, body, &state).await?;
+    let file = file.filter(|f| !f.is_empty()).ok_or_else(|| {
         ApiError::bad_request("no audio: send it in multipart field `file`")
             .param("file")
             .code("missing_file")
@@ -583,33 +601,8 @@ async fn handle_inner(
     let _in_flight = InFlight(shared);
 
     // Query parameters first, form fields override them.
-    let mut fields: HashMap<String, String> =
-        web::Query::<HashMap<String, String>>::from_query(req.query_string())
-            .map(|q| q.into_inner())
-            .map_err(|e| ApiError::bad_request(format!("bad query string: {e}")))?;
-    // A body that stops arriving (slow or stalled client) must not hold the request forever.
-    let upload = actix_web::rt::time::timeout(
-        UPLOAD_TIMEOUT,
-        read_form(&req, body, state.max_upload_bytes),
-    )
-    .await
-    .map_err(|_| {
-        tracing::warn!(
-            timeout_s = UPLOAD_TIMEOUT.as_secs(),
-            "upload not complete in time"
-        );
-        ApiError::new(
-            actix_web::http::StatusCode::REQUEST_TIMEOUT,
-            "invalid_request_error",
-            "the upload did not complete in time",
-        )
-    })??;
-    tracing::debug!(
-        bytes = upload.file.as_ref().map_or(0, Vec::len),
-        "upload read"
-    );
-    fields.extend(upload.fields);
-    let file = upload.file.ok_or_else(|| {
+    let (fields, file) = read_request(&req, body, &state).await?;
+    let file = file.ok_or_else(|| {
         ApiError::bad_request("no audio: send it in multipart field `file`")
             .param("file")
             .code("missing_file")
