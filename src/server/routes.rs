@@ -362,22 +362,10 @@ fn parse_options(
     if api == Api::OpenAiTranslations {
         o.language = None; // OpenAI's translations endpoint takes no language
     }
-    // Lists arrive as repeated `name[]` fields (joined with commas) or one comma-separated field.
-    let list = |name: &str| -> Vec<String> {
-        f.get(&format!("{name}[]"))
-            .or_else(|| f.get(name))
-            .map(|v| {
-                v.split(',')
-                    .map(|x| x.trim().to_string())
-                    .filter(|x| !x.is_empty())
-                    .collect()
-            })
-            .unwrap_or_default()
-    };
     if api != Api::OpenAiTranslations {
-        o.languages = list("languages");
+        o.languages = list_field(f, "languages");
     }
-    o.keywords = list("keywords");
+    o.keywords = list_field(f, "keywords");
     if let Some(p) = f.get("prompt").filter(|p| !p.trim().is_empty()) {
         o.initial_prompt = Some(p.clone());
     }
@@ -517,27 +505,14 @@ pub async fn detect_language(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let shared: &Arc<Shared> = &state.shared;
-    if !shared.ready.load(Ordering::SeqCst) {
-        return Err(ApiError::unavailable("the model is still loading", 5));
-    }
-    shared.metrics.in_flight.inc();
-    let _in_flight = InFlight(shared);
+    let _in_flight = admit(shared)?;
     let (fields, file) = read_request(&req, body, &state).await?;
     let file = file.filter(|f| !f.is_empty()).ok_or_else(|| {
         ApiError::bad_request("no audio: send it in multipart field `file`")
             .param("file")
             .code("missing_file")
     })?;
-    let languages = fields
-        .get("languages[]")
-        .or_else(|| fields.get("languages"))
-        .map(|v| {
-            v.split(',')
-                .map(|x| x.trim().to_string())
-                .filter(|x| !x.is_empty())
-                .collect()
-        })
-        .unwrap_or_default();
+    let languages = list_field(&fields, "languages");
     let options = TranscribeOptions {
         language: None,
         languages,
@@ -555,6 +530,29 @@ pub async fn detect_language(
             "probability": probability,
             "top": top,
         })))
+}
+
+/// A request may start once the model is loaded; it counts as in flight until the guard drops.
+fn admit(shared: &Shared) -> Result<InFlight<'_>, ApiError> {
+    if !shared.ready.load(Ordering::SeqCst) {
+        return Err(ApiError::unavailable("the model is still loading", 5));
+    }
+    shared.metrics.in_flight.inc();
+    Ok(InFlight(shared))
+}
+
+/// A list field: repeated `name[]` fields (joined with commas on upload) or one comma-separated
+/// `name` field.
+fn list_field(f: &HashMap<String, String>, name: &str) -> Vec<String> {
+    f.get(&format!("{name}[]"))
+        .or_else(|| f.get(name))
+        .map(|v| {
+            v.split(',')
+                .map(|x| x.trim().to_string())
+                .filter(|x| !x.is_empty())
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 struct InFlight<'a>(&'a Shared);
@@ -594,11 +592,7 @@ async fn handle_inner(
     let shared: &Arc<Shared> = &state.shared;
     // While draining, requests are still served: the listener stays open only for the grace
     // period, so whatever arrives is work a load balancer sent before it saw the pod going.
-    if !shared.ready.load(Ordering::SeqCst) {
-        return Err(ApiError::unavailable("the model is still loading", 5));
-    }
-    shared.metrics.in_flight.inc();
-    let _in_flight = InFlight(shared);
+    let _in_flight = admit(shared)?;
 
     // Query parameters first, form fields override them.
     let (fields, file) = read_request(&req, body, &state).await?;
