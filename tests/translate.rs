@@ -13,29 +13,12 @@
 mod common;
 
 use std::collections::{HashMap, HashSet};
-use std::path::PathBuf;
 
 use common::*;
 use whisperd::{Engine, Task, TranscribeOptions};
 
 /// The two clips the issue reported as garbage ("The 레", …) that faster-whisper translates well.
 const CLIPS: [&str; 2] = ["leopard-es", "leopard-de"];
-
-fn base_model() -> Option<PathBuf> {
-    let dir = std::env::var_os("WHISPERD_TEST_BASE_MODEL")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root().join("models/whisper-base"));
-    if dir.join("model.bin").exists() || dir.join("model.safetensors").exists() {
-        Some(dir)
-    } else {
-        eprintln!(
-            "SKIPPED: no multilingual base model in {} — run `make model` \
-             (python3 models/fetch.py base)",
-            dir.display()
-        );
-        None
-    }
-}
 
 fn references() -> HashMap<String, String> {
     let text = std::fs::read_to_string(root().join("tests/data/translations_faster_whisper.jsonl"))

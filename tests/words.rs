@@ -7,10 +7,9 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::time::Duration;
 
-use common::{engine, read, root};
+use common::{base_model, engine, read};
 use whisperd::audio::Pcm;
 use whisperd::engine::{Engine, Prepared};
 use whisperd::output::Word;
@@ -198,18 +197,6 @@ fn words_start_and_end_at_splices_of_known_silence_under_noise() {
         worst <= 0.2,
         "a word boundary is {worst:.2} s from its splice"
     );
-}
-
-fn base_model() -> Option<PathBuf> {
-    let dir = std::env::var_os("WHISPERD_TEST_BASE_MODEL")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root().join("models/whisper-base"));
-    if dir.join("model.bin").exists() || dir.join("model.safetensors").exists() {
-        Some(dir)
-    } else {
-        eprintln!("SKIPPED: no multilingual base model (make model-base)");
-        None
-    }
 }
 
 /// faster-whisper 1.2.1, base int8, greedy, on the Japanese eval clip: one word per character

@@ -31,6 +31,24 @@ pub fn model_dir() -> PathBuf {
     dir
 }
 
+/// The multilingual base model directory (`make model-base`; override with
+/// WHISPERD_TEST_BASE_MODEL), or `None` (the test then says SKIPPED) when it is missing.
+pub fn base_model() -> Option<PathBuf> {
+    let dir = std::env::var_os("WHISPERD_TEST_BASE_MODEL")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("models/whisper-base"));
+    if dir.join("model.bin").exists() || dir.join("model.safetensors").exists() {
+        Some(dir)
+    } else {
+        eprintln!(
+            "SKIPPED: no multilingual base model in {} — run `make model-base` \
+             (python3 models/fetch.py base)",
+            dir.display()
+        );
+        None
+    }
+}
+
 pub fn engine() -> &'static Engine {
     static ENGINE: OnceLock<Engine> = OnceLock::new();
     ENGINE.get_or_init(|| Engine::load(&model_dir()).expect("load tiny.en"))
