@@ -13,7 +13,7 @@ use crate::decode::{
 };
 use crate::mel::{MelSpectrogram, N_SAMPLES};
 use crate::model::{ModelError, Precision, Whisper};
-use crate::output::Transcript;
+use crate::output::{Segment, Transcript};
 use crate::vad::{self, SileroVad, SpeechMap, VadOptions};
 
 #[derive(Debug, thiserror::Error)]
@@ -295,8 +295,14 @@ impl Engine {
         } else {
             self.mel.compute(&speech.join(&pcm.samples), N_SAMPLES)
         };
+        let chunk_ends = speech
+            .chunk_ends(N_SAMPLES)
+            .into_iter()
+            .map(|e| e / crate::mel::HOP_LENGTH)
+            .collect();
         Ok(Prepared {
             mel,
+            chunk_ends,
             content_frames: speech.kept_samples() / crate::mel::HOP_LENGTH,
             duration_s: pcm.duration_s(),
             speech,
@@ -319,6 +325,18 @@ impl Engine {
         p: &Prepared,
         o: &TranscribeOptions,
     ) -> Result<Transcript, EngineError> {
+        self.transcribe_streaming(runner, p, o, &mut |_| {})
+    }
+
+    /// Like [`transcribe_prepared_with`](Self::transcribe_prepared_with), handing each finished
+    /// segment (on the recording's timeline) to `on_segment` while later windows still decode.
+    pub fn transcribe_streaming(
+        &self,
+        runner: &dyn ModelRunner,
+        p: &Prepared,
+        o: &TranscribeOptions,
+        on_segment: &mut dyn FnMut(&Segment),
+    ) -> Result<Transcript, EngineError> {
         let o = self.check_options(o)?;
         if o.language_detection_only {
             return self.detect_language_prepared(runner, p, &o);
@@ -332,14 +350,21 @@ impl Engine {
             &self.suppress,
             &p.mel,
             p.content_frames,
+            &p.chunk_ends,
             &o,
+            &mut |s| {
+                if p.speech.is_whole() {
+                    on_segment(s);
+                } else {
+                    let mut s = s.clone();
+                    p.speech.map_segment(&mut s);
+                    on_segment(&s);
+                }
+            },
         )?;
         if !p.speech.is_whole() {
             for s in &mut t.segments {
-                (s.start, s.end) = p.speech.original_span(s.start, s.end);
-                for w in s.words.iter_mut().flatten() {
-                    (w.start, w.end) = p.speech.original_span(w.start, w.end);
-                }
+                p.speech.map_segment(s);
             }
         }
         t.duration = p.duration_s;
@@ -421,6 +446,8 @@ impl Engine {
 pub struct Prepared {
     pub mel: crate::mel::Mel,
     pub content_frames: usize,
+    /// Where decoding windows must stop: the ends of the speech chunks, in frames.
+    pub chunk_ends: Vec<usize>,
     pub duration_s: f64,
     pub speech: SpeechMap,
 }

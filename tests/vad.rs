@@ -218,6 +218,66 @@ fn silence_costs_nothing_and_says_nothing() {
     }
 }
 
+/// Deterministic Gaussian noise with standard deviation `std` (what `sox synth whitenoise` makes).
+fn gaussian_noise(n: usize, std: f32) -> Vec<f32> {
+    // Box-Muller over independent pairs of uniform samples
+    let u = noise(n + 1, 0.5);
+    u.chunks_exact(2)
+        .flat_map(|w| {
+            let (a, b) = (w[0] + 0.5 + 1e-7, w[1] + 0.5);
+            let r = (-2.0 * a.ln()).sqrt() * std;
+            let t = std::f32::consts::TAU * b;
+            [r * t.cos(), r * t.sin()]
+        })
+        .take(n)
+        .collect()
+}
+
+#[test]
+fn silero_does_not_drift_into_calling_minutes_of_noise_after_speech_speech() {
+    // Speech, then five minutes of steady noise at -45 dBFS RMS. A Silero whose LSTM state runs
+    // on unreset from the speech creeps from ~0.1 to over 0.5 after two or three minutes of the
+    // noise (faster-whisper's does), and Whisper then fills the "speech" with dots or made-up
+    // text.
+    let mut x = jfk();
+    x.extend(gaussian_noise(300 * SR, 0.0056));
+    let probs = model().speech_probs(&x, |_| false).unwrap();
+    let noise_from = 12 * SR / vad::FRAME;
+    let over = probs[noise_from..].iter().filter(|&&p| p >= 0.5).count();
+    let max = probs.iter().copied().fold(0f32, f32::max);
+    assert!(
+        over < 5,
+        "{over} frames of noise called speech (max {max:.2})"
+    );
+    let o = VadOptions {
+        enabled: true,
+        ..VadOptions::default()
+    };
+    let map = vad::analyze(&x, &o, Some(&model())).unwrap();
+    assert_eq!(map.regions.len(), 1, "{:?}", map.regions);
+    assert!(map.regions[0].end < 12 * SR, "{:?}", map.regions);
+}
+
+#[test]
+fn noise_without_vad_gives_no_dots() {
+    // With VAD off, Whisper writes " . ." over this noise: segments without a letter or digit
+    // are dropped, and never prompt the next window.
+    let x = Pcm {
+        samples: gaussian_noise(60 * SR, 0.0056),
+    };
+    let t = engine()
+        .transcribe_pcm(&x, &TranscribeOptions::default())
+        .unwrap();
+    assert!(
+        t.segments
+            .iter()
+            .all(|s| s.text.chars().any(char::is_alphanumeric)),
+        "{:?}",
+        t.segments.iter().map(|s| &s.text).collect::<Vec<_>>()
+    );
+    assert!(t.segments.iter().all(|s| s.end <= t.duration));
+}
+
 #[test]
 fn low_noise_gives_no_text_with_vad() {
     // -53 dBFS RMS white noise: above the gate, so Silero decides

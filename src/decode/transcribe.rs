@@ -88,14 +88,18 @@ pub fn language_probabilities(
 }
 
 /// Transcribe a whole log-mel (computed with 30 s of zero padding at the end, as OpenAI does).
-/// `content_frames` is the number of frames that hold audio.
+/// `content_frames` is the number of frames that hold audio; no window crosses one of
+/// `chunk_ends` (frames; empty: windows run on to `content_frames`). `on_segment` sees each
+/// segment as soon as its window is decoded (streaming).
 pub fn transcribe(
     runner: &dyn ModelRunner,
     tok: &WhisperTokenizer,
     suppress_tokens: &SuppressTokens,
     mel: &Mel,
     content_frames: usize,
+    chunk_ends: &[usize],
     o: &TranscribeOptions,
+    on_segment: &mut dyn FnMut(&Segment),
 ) -> Result<Transcript, DecodeError> {
     let model = runner.whisper();
     let sp = tok.specials.clone();
@@ -136,7 +140,13 @@ pub fn transcribe(
         let _span = tracing::debug_span!("window", seek).entered();
         let window_seek = seek;
         let time_offset = seek as f64 * HOP_LENGTH as f64 / 16_000.0;
-        let segment_size = N_FRAMES.min(content_frames - seek);
+        // A window stops at the end of its chunk of speech regions (see `SpeechMap::chunk_ends`).
+        let chunk_end = chunk_ends
+            .iter()
+            .copied()
+            .find(|&e| e > seek)
+            .map_or(content_frames, |e| e.min(content_frames));
+        let segment_size = N_FRAMES.min(chunk_end - seek);
         let segment_duration = segment_size as f64 * HOP_LENGTH as f64 / 16_000.0;
         let features = runner.encode(window_tensor(model, mel, seek, segment_size)?)?;
         if language.is_none() {
@@ -275,9 +285,15 @@ pub fn transcribe(
         }
         drop(state);
 
-        // Instantaneous or empty segments carry no text.
+        // Timestamps past the end of the audio (the model sees the zero padding after it) are
+        // clamped to the end. Instantaneous segments, and segments without a letter or digit
+        // (Whisper's " . ." and "..." over noise and music), carry no text: they are neither
+        // output nor fed back as the next window's prompt, where they would breed more of
+        // themselves.
         for s in current.iter_mut() {
-            if s.start == s.end || s.text.trim().is_empty() {
+            s.start = s.start.min(duration);
+            s.end = s.end.min(duration);
+            if s.start == s.end || !has_words(&s.text) {
                 s.text.clear();
                 s.tokens.clear();
                 s.token_logprobs.clear();
@@ -288,11 +304,12 @@ pub fn transcribe(
             }
         }
         for mut s in current {
-            all_tokens.extend(s.tokens.iter().copied());
             if s.text.is_empty() {
                 continue;
             }
+            all_tokens.extend(s.tokens.iter().copied());
             s.id = segments.len();
+            on_segment(&s);
             segments.push(s);
         }
         // The last temperature tried, not the kept one's, as OpenAI and faster-whisper decide.
@@ -311,6 +328,12 @@ pub fn transcribe(
         speech: None,
         language_probabilities: None,
     })
+}
+
+/// Whether `text` has anything to read: a letter or digit in any script (ideographs, kana and
+/// Thai count as letters).
+fn has_words(text: &str) -> bool {
+    text.chars().any(char::is_alphanumeric)
 }
 
 fn new_segment(

@@ -53,6 +53,11 @@ fn skip_long_runs(quiet: &[bool]) -> Vec<bool> {
     skip
 }
 
+/// Seconds without speech after which what follows is a new passage: the decoder does not join
+/// it to the speech before into one window, and Silero's state restarts
+/// (`silero::RESET_AFTER_QUIET`).
+pub const PASSAGE_GAP_S: f32 = 10.0;
+
 /// Whether `/transcribe`, `whisperd transcribe` and `whisperd batch` run Silero VAD unless told
 /// otherwise (`/v1` follows OpenAI: only with `chunking_strategy`). The one place this default is set.
 pub const DEFAULT_ON: bool = true;
@@ -216,6 +221,32 @@ impl SpeechMap {
         (0, 0)
     }
 
+    /// Where the decoder's chunks end, in samples of the joined audio. Consecutive regions are
+    /// merged while the chunk stays within `max` samples (a longer region is a chunk of its own),
+    /// as faster-whisper's batched pipeline and whisperX merge VAD segments, except across a gap
+    /// of [`PASSAGE_GAP_S`] or more: speech after that long a silence is a new passage, and
+    /// joined to the last one it only makes a window that does not sound like any recording (the
+    /// same sentence twice reads as a repetition loop to the fallback check). A decoding window
+    /// never crosses a chunk end. The last end is the joined length.
+    pub fn chunk_ends(&self, max: usize) -> Vec<usize> {
+        let gap = (PASSAGE_GAP_S * SAMPLE_RATE as f32) as usize;
+        let mut ends = Vec::new();
+        let (mut joined, mut chunk) = (0usize, 0usize);
+        let mut prev_end = 0usize;
+        for r in &self.regions {
+            let far = r.start.saturating_sub(prev_end) >= gap;
+            if chunk > 0 && (chunk + r.len() > max || far) {
+                ends.push(joined);
+                chunk = 0;
+            }
+            chunk += r.len();
+            joined += r.len();
+            prev_end = r.end;
+        }
+        ends.push(joined);
+        ends
+    }
+
     /// A time in the joined audio → the same instant in the original recording.
     pub fn original_time(&self, t: f64, is_end: bool) -> f64 {
         let sr = SAMPLE_RATE as f64;
@@ -224,6 +255,14 @@ impl SpeechMap {
             return t;
         };
         ((t + (r.start as f64 - joined_start as f64) / sr) * 1000.0).round() / 1000.0
+    }
+
+    /// A segment (and its words) from the joined audio's timeline to the recording's.
+    pub fn map_segment(&self, s: &mut crate::output::Segment) {
+        (s.start, s.end) = self.original_span(s.start, s.end);
+        for w in s.words.iter_mut().flatten() {
+            (w.start, w.end) = self.original_span(w.start, w.end);
+        }
     }
 
     /// A segment's (start, end) in the joined audio → the original recording. A segment never
@@ -268,8 +307,9 @@ pub fn analyze(
     let probs = match (o.enabled, vad) {
         (true, Some(model)) => {
             // Silero sees every frame except those of long gated runs (its output over short
-            // pauses then stays exactly faster-whisper's), and still sees the last WARM_UP
-            // frames of each long run, so speech after it meets a settled LSTM state.
+            // pauses then stays exactly faster-whisper's). Its state restarts before the last
+            // WARM_UP frames of each long run, which it sees, so speech after it meets a settled
+            // state.
             let skip = skip_long_runs(&quiet);
             model.speech_probs(samples, |f| skip.get(f).copied().unwrap_or(false))?
         }
@@ -304,6 +344,23 @@ mod tests {
             total,
             vad: true,
         }
+    }
+
+    #[test]
+    fn regions_merge_into_chunks_of_at_most_max() {
+        let m = map(vec![0..10, 20..35, 40..45, 50..90, 95..100], 100);
+        // 10 + 15 + 5 fill 30; 40 is a chunk of its own; the last 5 start another
+        assert_eq!(m.chunk_ends(30), vec![30, 70, 75]);
+        assert_eq!(m.chunk_ends(1000), vec![75]);
+        // a gap of PASSAGE_GAP_S or more starts a new chunk
+        let g = (PASSAGE_GAP_S * SAMPLE_RATE as f32) as usize;
+        let m = map(
+            vec![0..S, S + g - 1..2 * S + g, 2 * S + 2 * g..3 * S + 2 * g],
+            4 * S + 2 * g,
+        );
+        assert_eq!(m.chunk_ends(30 * S), vec![2 * S + 1, 3 * S + 1]);
+        assert_eq!(SpeechMap::whole(7).chunk_ends(3), vec![7]);
+        assert_eq!(map(vec![], 7).chunk_ends(3), vec![0]);
     }
 
     #[test]

@@ -31,6 +31,17 @@ const HOP: usize = 128;
 const BINS: usize = N_FFT / 2 + 1; // 129
 const T0: usize = 4; // STFT frames kept per VAD frame
 const HIDDEN: usize = 128;
+/// The LSTM state is restarted after this many frames (10 s, `PASSAGE_GAP_S`) in a row without speech (below
+/// [`QUIET_BELOW`]), and where the gate skipped frames. Over minutes of steady noise the recurrent state of
+/// a never-restarted Silero drifts and the probability creeps up to ~0.5-0.7 (white noise at
+/// -40 dBFS: 0.14 after one minute, 0.55 after four), so noise turns into "speech" that Whisper
+/// fills with dots or made-up text (the same drift reported in snakers4/silero-vad#725). A restart
+/// inside a long non-speech stretch returns the model to the state it was trained from and costs
+/// no speech onset; speech with pauses shorter than 10 s sees exactly faster-whisper's numbers.
+const RESET_AFTER_QUIET: usize = 313;
+/// Speech probability under which a frame counts toward [`RESET_AFTER_QUIET`] (faster-whisper's
+/// default `neg_threshold`).
+const QUIET_BELOW: f32 = 0.35;
 /// Frames per batch through the convolutional front (bounds memory: ~20 MB of im2col rows).
 const BATCH: usize = 2048;
 
@@ -156,7 +167,8 @@ impl SileroVad {
     /// the audio is zero-padded to whole frames (a whole extra frame when it already is), the last
     /// 64 samples of the padded audio are zeroed (faster-whisper's context set-up writes through a
     /// view into the audio), and each frame sees the last 64 samples of the one before. Frames for
-    /// which `skip` is true are not run (probability 0); the LSTM state passes over them.
+    /// which `skip` is true are not run (probability 0); the LSTM state restarts after them and after
+    /// 10 s without speech ([`RESET_AFTER_QUIET`]).
     pub fn speech_probs(
         &self,
         audio: &[f32],
@@ -174,11 +186,24 @@ impl SileroVad {
         let mut probs = vec![0f32; n_frames];
         let run: Vec<usize> = (0..n_frames).filter(|&f| !skip(f)).collect();
         let mut lstm = LstmState::default();
+        let mut quiet = 0usize;
+        let mut next = 0usize;
+        let mut gates = [0f32; 4 * HIDDEN];
         for batch in run.chunks(BATCH) {
             let feats = self.features(batch, &sample)?;
-            let out = self.lstm(&feats, batch.len(), &mut lstm)?;
-            for (&f, p) in batch.iter().zip(out) {
+            let gates_in = mm(feats, batch.len(), HIDDEN, &self.w_ih_t)?;
+            for (&f, gi) in batch.iter().zip(gates_in.chunks_exact(4 * HIDDEN)) {
+                // A gap is a gated run of 10 s or more (the state restarts before its last
+                // WARM_UP frames, which are run), or 10 s without speech.
+                let gap = f > next;
+                next = f + 1;
+                if gap || quiet >= RESET_AFTER_QUIET {
+                    lstm = LstmState::default();
+                    quiet = 0;
+                }
+                let p = self.step(gi, &mut lstm, &mut gates);
                 probs[f] = p;
+                quiet = if p < QUIET_BELOW { quiet + 1 } else { 0 };
             }
         }
         Ok(probs)
@@ -255,11 +280,9 @@ impl SileroVad {
         Ok(y)
     }
 
-    fn lstm(&self, feats: &[f32], n: usize, s: &mut LstmState) -> Result<Vec<f32>, VadError> {
-        let gates_in = mm(feats.to_vec(), n, HIDDEN, &self.w_ih_t)?;
-        let mut out = Vec::with_capacity(n);
-        let mut g = [0f32; 4 * HIDDEN];
-        for gi in gates_in.chunks_exact(4 * HIDDEN) {
+    /// One LSTM step from the frame's input-gate products `gi`; the frame's speech probability.
+    fn step(&self, gi: &[f32], s: &mut LstmState, g: &mut [f32; 4 * HIDDEN]) -> f32 {
+        {
             for ((g, a), b) in g.iter_mut().zip(gi).zip(&self.bias) {
                 *g = a + b;
             }
@@ -279,9 +302,8 @@ impl SileroVad {
                 s.h[u] = o * s.c[u].tanh();
                 logit += s.h[u].max(0.0) * self.out_w[u];
             }
-            out.push(sigmoid(logit));
+            sigmoid(logit)
         }
-        Ok(out)
     }
 }
 
