@@ -7,7 +7,7 @@ usage: vad_bench.py --bin target/release/whisperd --model models/whisper-tiny.en
 Builds with sox (in a temp dir):
   silence.flac  LONG s of digital silence            (whisperd: POSTed to a real `whisperd serve`)
   pink.flac     LONG s of pink noise at vol 0.01      (whisperd transcribe)
-  mix.wav       jfk + GAP s silence + jfk + GAP s white noise at -40 dBFS RMS + jfk
+  mix.wav       jfk + GAP s silence + jfk + GAP s white noise (sox, -45 dBFS RMS) + jfk
 and reports for each: wall seconds, text, segments; for mix also whether the jfk sentence comes out
 exactly three times and where the second one starts (true position: 11 + GAP s).
 Then the English eval set (jfk, librispeech, longform) with VAD on and off: WER of both (scored by
@@ -37,7 +37,7 @@ def build_files(shared, tmp, long_s, gap_s):
     sh(["sox", "-n", *fmt, f["pink"], "synth", str(long_s), "pinknoise", "vol", "0.01"])
     gap = os.path.join(tmp, "gap.wav"); noise = os.path.join(tmp, "noise.wav")
     sh(["sox", "-n", *fmt, gap, "trim", "0", str(gap_s)])
-    # uniform white noise with peak a has RMS a/sqrt(3): -40 dBFS RMS
+    # sox's whitenoise is Gaussian: at vol 0.0173 its RMS is 0.0056 (-45 dBFS)
     sh(["sox", "-n", *fmt, noise, "synth", str(gap_s), "whitenoise", "vol", str(0.01 * 3 ** 0.5)])
     sh(["sox", jfk, gap, jfk, noise, jfk, f["mix"]])
     return f

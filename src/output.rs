@@ -28,6 +28,24 @@ pub struct Segment {
     pub text_probs: Vec<f32>,
 }
 
+impl Segment {
+    /// This segment's text tokens with their log-probabilities (see [`Transcript::logprobs`]).
+    pub fn logprobs(&self, tok: &crate::decode::WhisperTokenizer) -> Vec<TokenLogprob> {
+        self.tokens
+            .iter()
+            .zip(&self.token_logprobs)
+            .filter_map(|(&t, &logprob)| {
+                let bytes = tok.token_bytes(t)?;
+                Some(TokenLogprob {
+                    token: String::from_utf8_lossy(&bytes).into_owned(),
+                    logprob,
+                    bytes,
+                })
+            })
+            .collect()
+    }
+}
+
 /// One word with its time in the recording and its confidence (the mean probability of its
 /// tokens). The text keeps its leading space and attached punctuation, as OpenAI returns it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -425,18 +443,7 @@ impl Transcript {
     /// Every text token of the transcript with its log-probability (timestamps and other
     /// special tokens left out).
     pub fn logprobs(&self, tok: &crate::decode::WhisperTokenizer) -> Vec<TokenLogprob> {
-        self.segments
-            .iter()
-            .flat_map(|s| s.tokens.iter().zip(&s.token_logprobs))
-            .filter_map(|(&t, &logprob)| {
-                let bytes = tok.token_bytes(t)?;
-                Some(TokenLogprob {
-                    token: String::from_utf8_lossy(&bytes).into_owned(),
-                    logprob,
-                    bytes,
-                })
-            })
-            .collect()
+        self.segments.iter().flat_map(|s| s.logprobs(tok)).collect()
     }
 
     /// OpenAI's `verbose_json`: the language is its English name.

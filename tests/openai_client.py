@@ -248,6 +248,24 @@ def _():
     check(m and m[0].object == "model", f"no whisper-1 Model in {[m.id for m in models.data]}")
 
 
+@case("stream=true: transcript.text.delta events, then transcript.text.done")
+def _():
+    with open(audio, "rb") as f:
+        stream = client.audio.transcriptions.create(model="whisper-1", file=f, stream=True)
+        events = list(stream)
+    check(len(events) >= 2, f"{len(events)} events")
+    deltas, done = events[:-1], events[-1]
+    for e in events:
+        validate(e.to_dict(), "CreateTranscriptionResponseStreamEvent")
+    check(all(e.type == "transcript.text.delta" for e in deltas), [e.type for e in deltas])
+    check(done.type == "transcript.text.done", done.type)
+    validate(done.to_dict(), "TranscriptTextDoneEvent")
+    check("".join(e.delta for e in deltas) == done.text, f"deltas {[e.delta for e in deltas]} vs {done.text!r}")
+    _, plain = transcribe()
+    check(done.text == plain.text, f"streamed {done.text!r} vs plain {plain.text!r}")
+    check(done.usage.type == "tokens" and done.usage.input_tokens > 0, f"usage {done.usage!r}")
+
+
 @case("GET /v1/models/{id}")
 def _():
     status, body = http_get("/v1/models/whisper-1")

@@ -84,6 +84,12 @@ fn every_readme_example_runs() {
                     "{line}: no word timings: {stdout}"
                 );
             }
+            if cmd.contains("stream=true") {
+                assert!(
+                    stdout.contains("event: segment") || stdout.contains("transcript.text.delta"),
+                    "{line}: not a stream: {stdout}"
+                );
+            }
             if cmd.starts_with("curl") {
                 assert!(!stdout.contains("\"error\""), "{line}: {stdout}");
                 assert!(

@@ -90,9 +90,16 @@ impl ResponseError for ApiError {
         if let Some(s) = self.retry_after_s {
             r.insert_header(("Retry-After", s.to_string()));
         }
-        r.json(serde_json::json!({
+        r.json(self.body())
+    }
+}
+
+impl ApiError {
+    /// The body: `{"error": {message, type, param, code}}` (also a stream's `error` event).
+    pub fn body(&self) -> serde_json::Value {
+        serde_json::json!({
             "error": { "message": self.message, "type": self.kind, "param": self.param, "code": self.code }
-        }))
+        })
     }
 }
 

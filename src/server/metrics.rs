@@ -31,6 +31,9 @@ pub struct Metrics {
     pub fallbacks: IntCounterVec,
     pub vad_speech_seconds: prometheus::CounterVec,
     pub vad_skipped_seconds: prometheus::CounterVec,
+    /// Streamed responses (SSE) open now, and the time from request to the first text.
+    pub streams_open: IntGauge,
+    pub stream_first_text_seconds: Histogram,
 }
 
 impl Metrics {
@@ -151,6 +154,17 @@ impl Metrics {
                 ),
                 &["detector"],
             )?,
+            streams_open: IntGauge::new(
+                "whisperd_streams_open",
+                "Streamed (server-sent events) transcription responses open now",
+            )?,
+            stream_first_text_seconds: Histogram::with_opts(
+                HistogramOpts::new(
+                    "whisperd_stream_first_text_seconds",
+                    "Seconds from a streamed request's admission to its first text event",
+                )
+                .buckets(exponential_buckets(0.05, 2.0, 12)?),
+            )?,
             registry,
         };
         m.registry.register(Box::new(m.requests.clone()))?;
@@ -179,6 +193,9 @@ impl Metrics {
             .register(Box::new(m.vad_speech_seconds.clone()))?;
         m.registry
             .register(Box::new(m.vad_skipped_seconds.clone()))?;
+        m.registry.register(Box::new(m.streams_open.clone()))?;
+        m.registry
+            .register(Box::new(m.stream_first_text_seconds.clone()))?;
         Ok(m)
     }
 

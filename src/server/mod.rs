@@ -6,6 +6,7 @@ mod disconnect;
 mod error;
 mod metrics;
 mod routes;
+mod stream;
 mod upload;
 mod worker;
 

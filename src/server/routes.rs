@@ -463,6 +463,67 @@ pub async fn openai_translations(
     handle(Api::OpenAiTranslations, req, body, state).await
 }
 
+/// A streamed request answers like any other until its job is queued: audio that cannot be
+/// decoded, a full queue or a result that comes first give the plain response, not a stream.
+async fn accepted(pending: worker::Pending) -> Result<worker::Pending, ApiError> {
+    let worker::Pending::Job { mut rx, progress } = pending else {
+        return Ok(pending);
+    };
+    tokio::select! {
+        _ = progress.accepted() => Ok(worker::Pending::Job { rx, progress }),
+        r = rx.recv() => match r {
+            Ok(r) => r.map(worker::Pending::Hit),
+            Err(_) => Err(ApiError::unavailable("the inference worker stopped", 5)),
+        },
+    }
+}
+
+/// `stream=true`: which events to send, after checking the request can be streamed (`None`: an
+/// ordinary response).
+fn stream_flavor(
+    api: Api,
+    fields: &HashMap<String, String>,
+    format: Format,
+    task: Task,
+) -> Result<Option<super::stream::Flavor>, ApiError> {
+    let Some(v) = fields.get("stream") else {
+        return Ok(None);
+    };
+    if !parse_bool("stream", v)? {
+        return Ok(None);
+    }
+    let render = render_options(fields)?;
+    match api {
+        Api::OpenAiTranslations => Err(ApiError::bad_request(
+            "stream is not supported on /v1/audio/translations (as in OpenAI's API)",
+        )
+        .param("stream")),
+        Api::OpenAiTranscriptions if matches!(format, Format::Json | Format::Text) => {
+            Ok(Some(super::stream::Flavor::OpenAi {
+                logprobs: render.logprobs,
+            }))
+        }
+        Api::OpenAiTranscriptions => Err(ApiError::bad_request(
+            "stream=true sends transcript.text.* events: response_format must be json or text",
+        )
+        .param("stream")),
+        Api::Native if matches!(format, Format::Json | Format::VerboseJson) => {
+            Ok(Some(super::stream::Flavor::Native {
+                format,
+                task,
+                render: RenderOptions {
+                    granularities: None,
+                    ..render
+                },
+            }))
+        }
+        Api::Native => Err(ApiError::bad_request(
+            "stream=true sends JSON events: response_format must be json or verbose_json",
+        )
+        .param("stream")),
+    }
+}
+
 /// A request's fields (query parameters, then form fields over them) and its uploaded file
 /// (`None` when there is none), read within `UPLOAD_TIMEOUT`.
 async fn read_request(
@@ -612,6 +673,22 @@ async fn handle_inner(
     let upload_bytes = file.len();
     let t0 = std::time::Instant::now();
     let client = req.conn_data::<super::disconnect::ClientSocket>().copied();
+    if let Some(flavor) = stream_flavor(api, &fields, format, options.task)? {
+        let pending = accepted(worker::submit(shared, file, options).await?).await?;
+        tracing::info!(
+            request_id = %super::request_id(&req),
+            route = req.match_pattern().unwrap_or_default(),
+            upload_bytes,
+            "transcription streaming"
+        );
+        return Ok(super::stream::response(
+            shared.clone(),
+            pending,
+            flavor,
+            client,
+            t0,
+        ));
+    }
     let (transcript, cache) = worker::transcribe(shared, file, options.clone(), client).await?;
     let label = req
         .extensions()

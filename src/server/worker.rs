@@ -18,16 +18,78 @@ use super::metrics::Metrics;
 use crate::audio::{AudioError, Pcm};
 use crate::cache::ResultCache;
 use crate::engine::{Engine, EngineError, Prepared};
-use crate::output::Transcript;
+use crate::output::{Segment, Transcript};
 use crate::TranscribeOptions;
 
 pub type JobResult = Result<Arc<Transcript>, ApiError>;
+
+/// The segments a job has finished so far, for streaming waiters: one that joins late reads
+/// the backlog, then waits for the count to grow.
+pub struct Progress {
+    segments: Mutex<Vec<Segment>>,
+    count: tokio::sync::watch::Sender<usize>,
+    /// Set once the audio is decoded and the job is in the queue.
+    accepted: tokio::sync::watch::Sender<bool>,
+}
+
+impl Progress {
+    fn new() -> Arc<Self> {
+        Arc::new(Self {
+            segments: Mutex::new(Vec::new()),
+            count: tokio::sync::watch::channel(0).0,
+            accepted: tokio::sync::watch::channel(false).0,
+        })
+    }
+
+    /// Resolves once the job is queued (its audio decoded); never, if it fails before that.
+    pub async fn accepted(&self) {
+        let mut rx = self.accepted.subscribe();
+        if rx.wait_for(|&a| a).await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+
+    fn push(&self, s: &Segment) {
+        let mut segments = self.segments.lock().unwrap_or_else(|p| p.into_inner());
+        segments.push(s.clone());
+        self.count.send_replace(segments.len());
+    }
+
+    /// Segments from index `from` on.
+    pub fn since(&self, from: usize) -> Vec<Segment> {
+        let segments = self.segments.lock().unwrap_or_else(|p| p.into_inner());
+        segments.get(from..).unwrap_or_default().to_vec()
+    }
+
+    /// Changes whenever a segment is added.
+    pub fn watch(&self) -> tokio::sync::watch::Receiver<usize> {
+        self.count.subscribe()
+    }
+}
+
+/// A job in flight: its result for every waiter, and its segments so far.
+struct Flight {
+    tx: broadcast::Sender<JobResult>,
+    progress: Arc<Progress>,
+}
+
+/// Where a request's transcript will come from.
+pub enum Pending {
+    /// The result cache had it.
+    Hit(Arc<Transcript>),
+    /// A job (this request's or an identical one's) will send it; its segments arrive first.
+    Job {
+        rx: broadcast::Receiver<JobResult>,
+        progress: Arc<Progress>,
+    },
+}
 
 pub struct Job {
     key: String,
     prepared: Prepared,
     options: TranscribeOptions,
     tx: broadcast::Sender<JobResult>,
+    progress: Arc<Progress>,
     enqueued: Instant,
     deadline: Instant,
 }
@@ -39,7 +101,7 @@ pub struct Shared {
     pub draining: AtomicBool,
     pub cache: ResultCache,
     pub metrics: Metrics,
-    inflight: Mutex<HashMap<String, broadcast::Sender<JobResult>>>,
+    inflight: Mutex<HashMap<String, Flight>>,
     queue: OnceLock<SyncSender<Job>>,
     pub queue_size: usize,
     pub request_timeout: Duration,
@@ -100,7 +162,8 @@ impl Shared {
             .inflight
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .remove(key);
+            .remove(key)
+            .map(|f| f.tx);
         if let Ok(t) = &result {
             self.cache.put(key.to_string(), t.clone());
             let (entries, bytes) = self.cache.usage();
@@ -265,7 +328,9 @@ fn run_job(shared: &Shared, engine: &Engine, runner: &crate::scheduler::Schedule
         cancelled: || job.tx.receiver_count() == 0,
     };
     let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {
-        engine.transcribe_prepared_with(&cancellable, &job.prepared, &job.options)
+        engine.transcribe_streaming(&cancellable, &job.prepared, &job.options, &mut |s| {
+            job.progress.push(s)
+        })
     }));
     let secs = t0.elapsed().as_secs_f64();
     let result = match outcome {
@@ -346,6 +411,32 @@ pub async fn transcribe(
     options: TranscribeOptions,
     client: Option<super::disconnect::ClientSocket>,
 ) -> Result<(Arc<Transcript>, CacheStatus), ApiError> {
+    let mut rx = match submit(shared, bytes, options).await? {
+        Pending::Hit(t) => return Ok((t, CacheStatus::Hit)),
+        Pending::Job { rx, .. } => rx,
+    };
+    // Wait for the result, or stop waiting when the client hangs up (actix does not cancel a
+    // handler on disconnect); with no one left waiting, the worker skips the job.
+    tokio::select! {
+        r = rx.recv() => match r {
+            Ok(r) => r.map(|t| (t, CacheStatus::Miss)),
+            Err(_) => Err(ApiError::unavailable("the inference worker stopped", 5)),
+        },
+        _ = super::disconnect::closed(client) => {
+            tracing::info!("client disconnected while waiting for its transcript");
+            Err(ApiError::client_closed())
+        }
+    }
+}
+
+/// Find `bytes` under `options` in the cache, or join the identical job in flight, or start one
+/// (decoding on the blocking pool, then the queue). Whoever holds the returned receiver keeps
+/// the job wanted; when every holder has dropped it, the job stops at its next window.
+pub async fn submit(
+    shared: &Arc<Shared>,
+    bytes: Vec<u8>,
+    options: TranscribeOptions,
+) -> Result<Pending, ApiError> {
     let engine = shared
         .engine
         .get()
@@ -362,21 +453,28 @@ pub async fn transcribe(
     tracing::debug!(audio_hash = %hash, "upload hashed");
     if let Some(t) = shared.cache.get(&key) {
         shared.metrics.cache_hits.inc();
-        return Ok((t, CacheStatus::Hit));
+        return Ok(Pending::Hit(t));
     }
     shared.metrics.cache_misses.inc();
 
-    let (mut rx, leader_tx) = {
+    let (rx, progress, leader_tx) = {
         let mut inflight = shared.inflight.lock().unwrap_or_else(|p| p.into_inner());
         match inflight.get(&key) {
-            Some(tx) => {
+            Some(f) => {
                 shared.metrics.cache_coalesced.inc();
-                (tx.subscribe(), None)
+                (f.tx.subscribe(), f.progress.clone(), None)
             }
             None => {
                 let (tx, rx) = broadcast::channel(1);
-                inflight.insert(key.clone(), tx.clone());
-                (rx, Some(tx))
+                let progress = Progress::new();
+                inflight.insert(
+                    key.clone(),
+                    Flight {
+                        tx: tx.clone(),
+                        progress: progress.clone(),
+                    },
+                );
+                (rx, progress, Some(tx))
             }
         }
     };
@@ -384,30 +482,23 @@ pub async fn transcribe(
         // Decoding and queueing run in their own task: if this client goes away, identical
         // requests waiting on the same key still get their answer.
         let shared = shared.clone();
-        actix_web::rt::spawn(prepare_and_enqueue(shared, engine, key, bytes, options, tx));
+        let job = (key, bytes, options, tx, progress.clone());
+        actix_web::rt::spawn(prepare_and_enqueue(shared, engine, job));
     }
-    // Wait for the result, or stop waiting when the client hangs up (actix does not cancel a
-    // handler on disconnect); with no one left waiting, the worker skips the job.
-    tokio::select! {
-        r = rx.recv() => match r {
-            Ok(r) => r.map(|t| (t, CacheStatus::Miss)),
-            Err(_) => Err(ApiError::unavailable("the inference worker stopped", 5)),
-        },
-        _ = super::disconnect::closed(client) => {
-            tracing::info!("client disconnected while waiting for its transcript");
-            Err(ApiError::client_closed())
-        }
-    }
+    Ok(Pending::Job { rx, progress })
 }
 
-async fn prepare_and_enqueue(
-    shared: Arc<Shared>,
-    engine: Arc<Engine>,
-    key: String,
-    bytes: Vec<u8>,
-    options: TranscribeOptions,
-    tx: broadcast::Sender<JobResult>,
-) {
+type NewJob = (
+    String,
+    Vec<u8>,
+    TranscribeOptions,
+    broadcast::Sender<JobResult>,
+    Arc<Progress>,
+);
+
+async fn prepare_and_enqueue(shared: Arc<Shared>, engine: Arc<Engine>, job: NewJob) {
+    let (key, bytes, options, tx, progress) = job;
+    let accepted = progress.accepted.clone();
     let mut guard = InflightGuard {
         shared: shared.clone(),
         key: key.clone(),
@@ -442,12 +533,16 @@ async fn prepare_and_enqueue(
         prepared,
         options,
         tx,
+        progress,
         enqueued: now,
         deadline: now + shared.request_timeout,
     };
     shared.metrics.queue_depth.inc();
     match queue.try_send(job) {
-        Ok(()) => guard.armed = false,
+        Ok(()) => {
+            guard.armed = false;
+            accepted.send_replace(true);
+        }
         Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
             shared.metrics.queue_depth.dec();
             shared.metrics.jobs.with_label_values(&["rejected"]).inc();

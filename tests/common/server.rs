@@ -82,15 +82,7 @@ impl Server {
 
     /// A metric's value (summed over its label sets) from /metrics.
     pub fn metric(&self, name: &str) -> f64 {
-        let text = String::from_utf8(self.get("/metrics").2).unwrap();
-        text.lines()
-            .filter(|l| !l.starts_with('#'))
-            .filter(|l| {
-                l.split(['{', ' ']).next() == Some(name.split('{').next().unwrap())
-                    && (!name.contains('{') || l.starts_with(name))
-            })
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
+        metric(&self.addr, name)
     }
 
     /// Wait until metric `name` reaches `at_least`; after `within`, fail with `what` and /metrics.
@@ -116,6 +108,19 @@ impl Drop for Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A metric's value (summed over its label sets) from the /metrics of the server at `addr`.
+pub fn metric(addr: &str, name: &str) -> f64 {
+    let text = String::from_utf8(request(addr, "GET", "/metrics", &[], &[]).2).unwrap();
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| {
+            l.split(['{', ' ']).next() == Some(name.split('{').next().unwrap())
+                && (!name.contains('{') || l.starts_with(name))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }
 
 /// (status, headers lower-cased, body)
@@ -173,6 +178,11 @@ pub fn send_request(
 pub fn read_response(mut s: TcpStream) -> Response {
     let mut raw = Vec::new();
     let _ = s.read_to_end(&mut raw);
+    parse_response(raw)
+}
+
+/// A whole HTTP/1.1 response already read: status, headers, body (de-chunked).
+pub fn parse_response(raw: Vec<u8>) -> Response {
     let split = raw
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
