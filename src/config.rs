@@ -29,6 +29,9 @@ pub struct Config {
     pub api_keys_file: String,
     pub rate_limit_per_minute: u32,
     pub max_in_flight_per_key: usize,
+    pub realtime_max_sessions_per_key: usize,
+    pub realtime_max_session_s: u64,
+    pub realtime_idle_timeout_s: u64,
     pub trusted_proxies: Vec<String>,
     pub log_format: String,
     pub log_level: String,
@@ -73,6 +76,9 @@ impl Default for Config {
             api_keys_file: String::new(),
             rate_limit_per_minute: 0,
             max_in_flight_per_key: 0,
+            realtime_max_sessions_per_key: 4,
+            realtime_max_session_s: 1800,
+            realtime_idle_timeout_s: 60,
             trusted_proxies: Vec::new(),
             log_format: "text".into(),
             log_level: "info".into(),
@@ -167,6 +173,18 @@ const DOCS: &[(&str, &str)] = &[
     (
         "max_in_flight_per_key",
         "Requests one API key (or client IP without keys) may have in progress at once; beyond it 429 with Retry-After. 0 = unlimited.",
+    ),
+    (
+        "realtime_max_sessions_per_key",
+        "Realtime (WebSocket /v1/realtime) sessions one API key (or client IP without keys) may hold open; beyond it 429. 0 = unlimited.",
+    ),
+    (
+        "realtime_max_session_s",
+        "Longest a realtime session may last; then it gets an error event and is closed.",
+    ),
+    (
+        "realtime_idle_timeout_s",
+        "A realtime session with no client message for this long gets an error event and is closed.",
     ),
     (
         "trusted_proxies",

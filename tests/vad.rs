@@ -85,6 +85,24 @@ fn silero_matches_faster_whisper_on_a_conversation() {
 }
 
 #[test]
+fn silero_on_a_live_stream_matches_the_whole_file() {
+    // Audio arriving in uneven pieces (as over a WebSocket) gives the probabilities of the
+    // whole-file pass, frame for frame (the last frame aside: the file pass zeroes its tail).
+    let x = jfk();
+    let whole = model().speech_probs(&x, |_| false).unwrap();
+    let m = model();
+    let mut live = vad::silero::SileroStream::default();
+    let mut got = Vec::new();
+    for piece in x.chunks(1234) {
+        got.extend(live.push(&m, piece).unwrap());
+    }
+    assert_eq!(got.len(), x.len() / vad::FRAME);
+    for (i, (a, b)) in got.iter().zip(&whole).enumerate().take(got.len() - 1) {
+        assert!((a - b).abs() < 1e-5, "frame {i}: live {a} vs file {b}");
+    }
+}
+
+#[test]
 fn gate_never_takes_what_silero_calls_speech() {
     // mix01 has digital silence between turns: the gate skips it, and Silero over the rest finds
     // the same speech regions as faster-whisper running Silero over everything.

@@ -7,7 +7,7 @@
 mod decode;
 #[cfg(feature = "opus")]
 mod opus;
-mod resample;
+pub mod resample;
 
 pub use decode::{MAX_SAMPLE_RATE, MIN_SAMPLE_RATE};
 pub use resample::{resample, StreamResampler};

@@ -105,8 +105,10 @@ impl Drop for SequenceGuard<'_> {
     }
 }
 
-/// A runner whose `encode` fails with [`DecodeError::Cancelled`] once `cancelled()` says so: a
-/// transcription nobody waits for any more stops at its next window instead of running to the end.
+/// A runner whose model calls (encode, prefill, decoder steps) fail with
+/// [`DecodeError::Cancelled`] once `cancelled()` says so: a transcription nobody waits for any
+/// more stops at its next call, within one decoder step, instead of running to the end (a
+/// realtime session's superseded partial pass frees the CPU for the final one at once).
 pub struct Cancellable<'a, F: Fn() -> bool + Sync> {
     pub inner: &'a dyn ModelRunner,
     pub cancelled: F,
@@ -131,9 +133,15 @@ impl<F: Fn() -> bool + Sync> ModelRunner for Cancellable<'_, F> {
         tokens: &[u32],
         rows: &[usize],
     ) -> Result<Vec<Vec<f32>>, DecodeError> {
+        if (self.cancelled)() {
+            return Err(DecodeError::Cancelled);
+        }
         self.inner.prefill(state, tokens, rows)
     }
     fn step(&self, state: &mut DecoderState, token: u32) -> Result<Vec<f32>, DecodeError> {
+        if (self.cancelled)() {
+            return Err(DecodeError::Cancelled);
+        }
         self.inner.step(state, token)
     }
     fn end_sequence(&self) {

@@ -91,6 +91,7 @@ pub fn language_probabilities(
 /// `content_frames` is the number of frames that hold audio; no window crosses one of
 /// `chunk_ends` (frames; empty: windows run on to `content_frames`). `on_segment` sees each
 /// segment as soon as its window is decoded (streaming).
+#[allow(clippy::too_many_arguments)]
 pub fn transcribe(
     runner: &dyn ModelRunner,
     tok: &WhisperTokenizer,

@@ -32,6 +32,15 @@ pub fn authorized(keys: &[String], header: Option<&str>) -> Option<String> {
     found
 }
 
+/// The key in a `Sec-WebSocket-Protocol` offer (`realtime, openai-insecure-api-key.<key>`), if it
+/// is one of `keys` (checked like a bearer token).
+pub fn authorized_subprotocol(keys: &[String], header: Option<&str>) -> Option<String> {
+    let key = header?
+        .split(',')
+        .find_map(|p| p.trim().strip_prefix("openai-insecure-api-key."))?;
+    authorized(keys, Some(&format!("Bearer {key}")))
+}
+
 /// Most clients whose buckets are remembered. Past it the client seen longest ago is forgotten
 /// (it starts again with a full bucket), so a flood of new addresses cannot grow memory.
 const MAX_TRACKED_CLIENTS: usize = 50_000;

@@ -34,6 +34,11 @@ pub struct Metrics {
     /// Streamed responses (SSE) open now, and the time from request to the first text.
     pub streams_open: IntGauge,
     pub stream_first_text_seconds: Histogram,
+    /// Realtime (WebSocket) transcription sessions open now; seconds from speech start to the
+    /// first partial text; seconds from a commit (or the end of speech) to `completed`.
+    pub realtime_sessions_open: IntGauge,
+    pub realtime_first_delta_seconds: Histogram,
+    pub realtime_latency_seconds: Histogram,
 }
 
 impl Metrics {
@@ -165,6 +170,24 @@ impl Metrics {
                 )
                 .buckets(exponential_buckets(0.05, 2.0, 12)?),
             )?,
+            realtime_sessions_open: IntGauge::new(
+                "whisperd_realtime_sessions_open",
+                "Realtime (WebSocket) transcription sessions open now",
+            )?,
+            realtime_first_delta_seconds: Histogram::with_opts(
+                HistogramOpts::new(
+                    "whisperd_realtime_first_delta_seconds",
+                    "Realtime: seconds from the start of an utterance to its first partial text",
+                )
+                .buckets(exponential_buckets(0.05, 2.0, 12)?),
+            )?,
+            realtime_latency_seconds: Histogram::with_opts(
+                HistogramOpts::new(
+                    "whisperd_realtime_latency_seconds",
+                    "Realtime: seconds from a commit (or the end of speech) to the utterance's completed transcript",
+                )
+                .buckets(exponential_buckets(0.05, 2.0, 12)?),
+            )?,
             registry,
         };
         m.registry.register(Box::new(m.requests.clone()))?;
@@ -194,6 +217,12 @@ impl Metrics {
         m.registry
             .register(Box::new(m.vad_skipped_seconds.clone()))?;
         m.registry.register(Box::new(m.streams_open.clone()))?;
+        m.registry
+            .register(Box::new(m.realtime_sessions_open.clone()))?;
+        m.registry
+            .register(Box::new(m.realtime_first_delta_seconds.clone()))?;
+        m.registry
+            .register(Box::new(m.realtime_latency_seconds.clone()))?;
         m.registry
             .register(Box::new(m.stream_first_text_seconds.clone()))?;
         Ok(m)

@@ -5,6 +5,7 @@ mod auth;
 mod disconnect;
 mod error;
 mod metrics;
+mod realtime;
 mod routes;
 mod stream;
 mod upload;
@@ -29,6 +30,9 @@ pub struct AppState {
     api_keys: Vec<String>,
     limiter: auth::RateLimiter,
     in_flight: auth::InFlightLimiter,
+    /// Realtime sessions open per client, and their limits.
+    sessions: auth::InFlightLimiter,
+    realtime: realtime::Limits,
     trusted_proxies: crate::net::TrustedProxies,
     max_upload_bytes: usize,
     /// Transcription options from the config, which request fields override.
@@ -42,6 +46,10 @@ struct RequestId(String);
 /// (client addresses would give metrics unbounded label values).
 #[derive(Clone)]
 pub(crate) struct ClientLabel(pub String);
+
+/// Who is asking, as limits count it: `key:<sha256>` with API keys, else `ip:<address>`.
+#[derive(Clone)]
+pub(crate) struct ClientId(pub String);
 
 fn request_id(req: &HttpRequest) -> String {
     req.extensions()
@@ -113,12 +121,17 @@ async fn edge(
                     None => "ip:unknown".to_string(),
                 }
             } else {
-                match auth::authorized(
-                    &state.api_keys,
-                    req.headers()
-                        .get("authorization")
-                        .and_then(|v| v.to_str().ok()),
-                ) {
+                let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
+                // Browsers cannot set headers on a WebSocket: OpenAI's clients send the key as
+                // the `openai-insecure-api-key.<key>` subprotocol instead.
+                let key =
+                    auth::authorized(&state.api_keys, header("authorization")).or_else(|| {
+                        auth::authorized_subprotocol(
+                            &state.api_keys,
+                            header("sec-websocket-protocol"),
+                        )
+                    });
+                match key {
                     Some(key) => format!("key:{}", crate::cache::audio_hash(key.as_bytes())),
                     None => {
                         early = Some(
@@ -138,6 +151,7 @@ async fn edge(
                 None => "anonymous".to_string(),
             };
             req.extensions_mut().insert(ClientLabel(label));
+            req.extensions_mut().insert(ClientId(client.clone()));
             if early.is_none() {
                 if let Err(wait) = state.limiter.check(&client) {
                     early = Some(
@@ -237,6 +251,11 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         api_keys: api_keys.clone(),
         limiter: auth::RateLimiter::new(cfg.rate_limit_per_minute),
         in_flight: auth::InFlightLimiter::new(cfg.max_in_flight_per_key),
+        sessions: auth::InFlightLimiter::new(cfg.realtime_max_sessions_per_key),
+        realtime: realtime::Limits {
+            max_session: Duration::from_secs(cfg.realtime_max_session_s.max(1)),
+            idle_timeout: Duration::from_secs(cfg.realtime_idle_timeout_s.max(1)),
+        },
         trusted_proxies: crate::net::TrustedProxies::parse(&cfg.trusted_proxies)
             .map_err(anyhow::Error::msg)?,
         max_upload_bytes: (cfg.max_upload_mb as usize).saturating_mul(1 << 20),
@@ -265,6 +284,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
                 "/v1/audio/translations",
                 web::post().to(routes::openai_translations),
             )
+            .route("/v1/realtime", web::get().to(realtime::connect))
             .default_service(web::to(|| async {
                 ApiError::new(
                     actix_web::http::StatusCode::NOT_FOUND,

@@ -164,7 +164,8 @@ impl Shared {
             .unwrap_or_else(|p| p.into_inner())
             .remove(key)
             .map(|f| f.tx);
-        if let Ok(t) = &result {
+        let cacheable = !key.starts_with(UNCACHED);
+        if let (Ok(t), true) = (&result, cacheable) {
             self.cache.put(key.to_string(), t.clone());
             let (entries, bytes) = self.cache.usage();
             self.metrics.cache_entries.set(entries as i64);
@@ -437,6 +438,20 @@ pub async fn submit(
     bytes: Vec<u8>,
     options: TranscribeOptions,
 ) -> Result<Pending, ApiError> {
+    submit_with(shared, bytes, options, true).await
+}
+
+/// Keys of jobs whose results stay out of the cache (and that no other request joins).
+const UNCACHED: &str = "uncached:";
+
+/// [`submit`]; with `cached` false the result cache is neither read nor written and the job is
+/// not shared (realtime sessions' partial passes over a growing utterance).
+pub async fn submit_with(
+    shared: &Arc<Shared>,
+    bytes: Vec<u8>,
+    options: TranscribeOptions,
+    cached: bool,
+) -> Result<Pending, ApiError> {
     let engine = shared
         .engine
         .get()
@@ -449,13 +464,16 @@ pub async fn submit(
     })
     .await
     .map_err(|_| ApiError::unavailable("server is shutting down", 1))?;
-    let key = crate::cache::cache_key(&hash, &engine.model_name, &options);
+    let mut key = crate::cache::cache_key(&hash, &engine.model_name, &options);
     tracing::debug!(audio_hash = %hash, "upload hashed");
-    if let Some(t) = shared.cache.get(&key) {
+    if !cached {
+        key = format!("{UNCACHED}{:016x}:{key}", rand::random::<u64>());
+    } else if let Some(t) = shared.cache.get(&key) {
         shared.metrics.cache_hits.inc();
         return Ok(Pending::Hit(t));
+    } else {
+        shared.metrics.cache_misses.inc();
     }
-    shared.metrics.cache_misses.inc();
 
     let (rx, progress, leader_tx) = {
         let mut inflight = shared.inflight.lock().unwrap_or_else(|p| p.into_inner());

@@ -185,25 +185,17 @@ impl SileroVad {
         };
         let mut probs = vec![0f32; n_frames];
         let run: Vec<usize> = (0..n_frames).filter(|&f| !skip(f)).collect();
-        let mut lstm = LstmState::default();
-        let mut quiet = 0usize;
+        let mut rec = Recurrent::default();
         let mut next = 0usize;
-        let mut gates = [0f32; 4 * HIDDEN];
         for batch in run.chunks(BATCH) {
             let feats = self.features(batch, &sample)?;
             let gates_in = mm(feats, batch.len(), HIDDEN, &self.w_ih_t)?;
             for (&f, gi) in batch.iter().zip(gates_in.chunks_exact(4 * HIDDEN)) {
                 // A gap is a gated run of 10 s or more (the state restarts before its last
-                // WARM_UP frames, which are run), or 10 s without speech.
+                // WARM_UP frames, which are run).
                 let gap = f > next;
                 next = f + 1;
-                if gap || quiet >= RESET_AFTER_QUIET {
-                    lstm = LstmState::default();
-                    quiet = 0;
-                }
-                let p = self.step(gi, &mut lstm, &mut gates);
-                probs[f] = p;
-                quiet = if p < QUIET_BELOW { quiet + 1 } else { 0 };
+                probs[f] = rec.step(self, gi, gap);
             }
         }
         Ok(probs)
@@ -304,6 +296,77 @@ impl SileroVad {
             }
             sigmoid(logit)
         }
+    }
+}
+
+/// The recurrent half's state across frames, with the restart rule ([`RESET_AFTER_QUIET`]).
+#[derive(Default)]
+struct Recurrent {
+    lstm: LstmState,
+    quiet: usize,
+    gates: Gates,
+}
+
+struct Gates([f32; 4 * HIDDEN]);
+
+impl Default for Gates {
+    fn default() -> Self {
+        Self([0.0; 4 * HIDDEN])
+    }
+}
+
+impl Recurrent {
+    /// The next frame's speech probability from its input-gate products `gi`; `restart`: start
+    /// from a fresh state first.
+    fn step(&mut self, model: &SileroVad, gi: &[f32], restart: bool) -> f32 {
+        if restart || self.quiet >= RESET_AFTER_QUIET {
+            self.lstm = LstmState::default();
+            self.quiet = 0;
+        }
+        let p = model.step(gi, &mut self.lstm, &mut self.gates.0);
+        self.quiet = if p < QUIET_BELOW { self.quiet + 1 } else { 0 };
+        p
+    }
+}
+
+/// Silero over audio that arrives in pieces (a live stream at 16 kHz): each call returns the
+/// probabilities of the frames it completed. Each frame sees the 64 samples before it, as in
+/// [`SileroVad::speech_probs`]; the state restarts after 10 s without speech.
+pub struct SileroStream {
+    rec: Recurrent,
+    /// The last 64 samples of the previous frame, then samples not yet a whole frame.
+    buf: Vec<f32>,
+}
+
+impl Default for SileroStream {
+    fn default() -> Self {
+        Self {
+            rec: Recurrent::default(),
+            buf: vec![0.0; CONTEXT],
+        }
+    }
+}
+
+impl SileroStream {
+    pub fn push(&mut self, model: &SileroVad, samples: &[f32]) -> Result<Vec<f32>, VadError> {
+        self.buf.extend_from_slice(samples);
+        let n = (self.buf.len() - CONTEXT) / FRAME;
+        if n == 0 {
+            return Ok(Vec::new());
+        }
+        // Frame k (from 1) starts at k * FRAME in `features`' numbering; its samples are
+        // buf[CONTEXT + (k-1) * FRAME ..], its context the 64 before.
+        let buf = &self.buf;
+        let sample = |g: usize| -> f32 { buf.get(g + CONTEXT - FRAME).copied().unwrap_or(0.0) };
+        let frames: Vec<usize> = (1..=n).collect();
+        let feats = model.features(&frames, &sample)?;
+        let gates_in = mm(feats, n, HIDDEN, &model.w_ih_t)?;
+        let probs = gates_in
+            .chunks_exact(4 * HIDDEN)
+            .map(|gi| self.rec.step(model, gi, false))
+            .collect();
+        self.buf.drain(..n * FRAME);
+        Ok(probs)
     }
 }
 

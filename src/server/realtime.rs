@@ -1,0 +1,1132 @@
+//! `GET /v1/realtime?intent=transcription`: live audio in over a WebSocket, transcripts out, in
+//! the transcription-session subset of OpenAI's Realtime API (the GA events the official
+//! `openai` Python client sends: `session.update` with `session.type = "transcription"`).
+//!
+//! - Client events: `session.update`, `input_audio_buffer.append` (base64 audio),
+//!   `input_audio_buffer.commit`, `input_audio_buffer.clear`.
+//! - Server events: `session.created` / `session.updated`, `input_audio_buffer.committed` /
+//!   `.cleared` / `.speech_started` / `.speech_stopped` (server VAD),
+//!   `conversation.item.input_audio_transcription.delta` / `.completed` / `.failed`, `error`.
+//! - Audio: PCM16 mono at 24 kHz (`audio/pcm`, the spec's rate), G.711 µ-law / A-law at 8 kHz
+//!   (`audio/pcmu`, `audio/pcma`), and PCM16 at 16 kHz as an extension (`rate: 16000`).
+//! - Turn detection: none (the client commits) or `server_vad` (Silero on the live audio: speech
+//!   starts at `threshold`, ends after `silence_duration_ms` below it, `prefix_padding_ms` of
+//!   audio kept before the start).
+//! - While an utterance grows, it is re-decoded about once a second; only words that two passes
+//!   in a row agree on are sent as deltas (local agreement), so sent text never changes. The
+//!   committed audio is transcribed like an upload of the same audio (same queue, scheduler
+//!   batches and options), and `completed` carries that text.
+//! - Everything malformed gets an `error` event and the session goes on; nothing closes the socket
+//!   without a reason.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix_web::{web, HttpMessage, HttpRequest, HttpResponse};
+use actix_ws::{AggregatedMessage, CloseCode, CloseReason};
+use base64::Engine as _;
+use futures_util::future::LocalBoxFuture;
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use futures_util::FutureExt;
+use serde_json::{json, Value};
+
+use super::error::ApiError;
+use super::worker::{self, Shared};
+use super::AppState;
+use crate::audio::resample::StreamResampler;
+use crate::output::Transcript;
+use crate::vad::silero::SileroStream;
+use crate::TranscribeOptions;
+
+/// Largest client message (an append of 15 MiB of base64, as OpenAI allows).
+const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
+/// A growing utterance is first re-decoded for partial text when it is this long.
+const PARTIAL_EVERY_S: f64 = 1.0;
+/// A commit needs at least this much audio (OpenAI's rule).
+const MIN_COMMIT_MS: u64 = 100;
+/// Server VAD: after this much silence the utterance so far starts decoding, so its transcript
+/// is (nearly) ready when `silence_duration_ms` ends it; speech that resumes cancels the pass.
+const SPECULATE_MS: u64 = 160;
+/// A partial pass needs this much new audio since the last one.
+const PARTIAL_STEP_S: f64 = 0.5;
+
+/// Limits of realtime sessions (config `realtime_*`).
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_session: Duration,
+    pub idle_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Encoding {
+    Pcm16,
+    Mulaw,
+    Alaw,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct ServerVad {
+    threshold: f32,
+    prefix_padding_ms: u64,
+    silence_duration_ms: u64,
+}
+
+impl Default for ServerVad {
+    /// OpenAI's defaults.
+    fn default() -> Self {
+        Self {
+            threshold: 0.5,
+            prefix_padding_ms: 300,
+            silence_duration_ms: 500,
+        }
+    }
+}
+
+/// The utterance being spoken (server VAD) or buffered (manual commits).
+struct Item {
+    id: String,
+    /// Session time (ms) where its audio starts.
+    start_ms: u64,
+    spoke_at: Instant,
+    /// Words published as deltas, and the last partial pass's words.
+    published: Vec<String>,
+    last_pass: Vec<String>,
+    /// Audio length (input samples) of the last partial pass.
+    last_partial_len: usize,
+    first_delta_sent: bool,
+}
+
+type Done = (String, Result<Arc<Transcript>, ApiError>);
+type Partial = (String, usize, Result<Arc<Transcript>, ApiError>);
+
+struct Conn {
+    ws: actix_ws::Session,
+    shared: Arc<Shared>,
+    defaults: TranscribeOptions,
+    id: String,
+    events: u64,
+    items: u64,
+    configured: bool,
+    encoding: Encoding,
+    rate: u32,
+    model: String,
+    language: Option<String>,
+    prompt: String,
+    vad: Option<ServerVad>,
+    /// Input audio (as 16-bit samples at `rate`) from session time `buf_start_ms` on.
+    buf: VecDeque<i16>,
+    buf_start_ms: u64,
+    /// Samples appended since the session started (or the format last changed).
+    total: u64,
+    resampler: Option<StreamResampler>,
+    silero: SileroStream,
+    /// 32-ms VAD frames seen, and the run of silent ones inside speech.
+    vad_frames: u64,
+    silent_ms: u64,
+    item: Option<Item>,
+    last_item: Option<String>,
+    partial: Option<LocalBoxFuture<'static, Partial>>,
+    /// Server VAD: the final pass started early over [item start, end ms) during a silence.
+    speculative: Option<(u64, LocalBoxFuture<'static, Done>)>,
+    finals: FuturesUnordered<LocalBoxFuture<'static, Done>>,
+    /// Committed items still decoding: the words already sent as deltas, and when committed.
+    committed: std::collections::HashMap<String, (Vec<String>, Instant)>,
+}
+
+/// The upgrade. Auth, rate limits and request ids ran in the edge middleware; the key may also
+/// come as the `openai-insecure-api-key.<key>` subprotocol (browsers cannot set headers).
+pub async fn connect(
+    req: HttpRequest,
+    body: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let shared = state.shared.clone();
+    if !shared.ready.load(std::sync::atomic::Ordering::SeqCst) {
+        return Err(ApiError::unavailable("the model is still loading", 5));
+    }
+    let query =
+        web::Query::<std::collections::HashMap<String, String>>::from_query(req.query_string())
+            .map(|q| q.into_inner())
+            .unwrap_or_default();
+    if query.get("intent").map(String::as_str) != Some("transcription") {
+        return Err(ApiError::bad_request(
+            "this server speaks transcription sessions only: connect to /v1/realtime?intent=transcription",
+        )
+        .param("intent"));
+    }
+    let client = req
+        .extensions()
+        .get::<super::ClientId>()
+        .map(|c| c.0.clone())
+        .unwrap_or_default();
+    let Some(permit) = state.sessions.acquire(&client) else {
+        tracing::warn!(client = %client, "realtime session cap per key reached: answering 429");
+        return Err(ApiError::new(
+            actix_web::http::StatusCode::TOO_MANY_REQUESTS,
+            "rate_limit_error",
+            "too many realtime sessions open for this API key",
+        )
+        .retry_after(5)
+        .code("too_many_sessions"));
+    };
+    let offered_realtime = req
+        .headers()
+        .get("sec-websocket-protocol")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|p| p.trim() == "realtime"));
+    let (mut response, ws, msgs) = actix_ws::handle(&req, body)
+        .map_err(|e| ApiError::bad_request(format!("not a WebSocket upgrade: {e}")))?;
+    if offered_realtime {
+        // The key subprotocol is never echoed: that would reflect the secret.
+        response.headers_mut().insert(
+            actix_web::http::header::SEC_WEBSOCKET_PROTOCOL,
+            actix_web::http::header::HeaderValue::from_static("realtime"),
+        );
+    }
+    let msgs = msgs
+        .max_frame_size(MAX_MESSAGE_BYTES)
+        .aggregate_continuations()
+        .max_continuation_size(MAX_MESSAGE_BYTES);
+    let mut defaults = state.defaults.clone();
+    // Like /v1 uploads: the committed audio is one block (no VAD chunking), the gate still on.
+    defaults.vad.enabled = false;
+    let conn = Conn {
+        ws,
+        shared: shared.clone(),
+        defaults,
+        id: format!("sess_{:016x}", rand::random::<u64>()),
+        events: 0,
+        items: 0,
+        configured: false,
+        encoding: Encoding::Pcm16,
+        rate: 24_000,
+        model: "whisper-1".into(),
+        language: None,
+        prompt: String::new(),
+        vad: None,
+        buf: VecDeque::new(),
+        buf_start_ms: 0,
+        total: 0,
+        resampler: None,
+        silero: SileroStream::default(),
+        vad_frames: 0,
+        silent_ms: 0,
+        item: None,
+        last_item: None,
+        partial: None,
+        speculative: None,
+        finals: FuturesUnordered::new(),
+        committed: std::collections::HashMap::new(),
+    };
+    let limits = state.realtime;
+    actix_web::rt::spawn(async move {
+        let _permit = permit;
+        shared.metrics.realtime_sessions_open.inc();
+        let t0 = Instant::now();
+        let id = conn.id.clone();
+        tracing::info!(session = %id, "realtime session opened");
+        let reason = conn.run(msgs, limits).await;
+        shared.metrics.realtime_sessions_open.dec();
+        tracing::info!(session = %id, seconds = t0.elapsed().as_secs_f64(), reason, "realtime session closed");
+    });
+    Ok(response)
+}
+
+fn invalid(code: &'static str, message: impl Into<String>) -> (&'static str, String) {
+    (code, message.into())
+}
+
+impl Conn {
+    /// Serve the session until the client closes it or a limit ends it; why it ended.
+    async fn run(
+        mut self,
+        mut msgs: actix_ws::AggregatedMessageStream,
+        limits: Limits,
+    ) -> &'static str {
+        let created = json!({"type": "session.created", "session": self.session_json()});
+        if self.send(created).await.is_err() {
+            return "client gone";
+        }
+        let end = tokio::time::Instant::now() + limits.max_session;
+        let mut idle = tokio::time::Instant::now() + limits.idle_timeout;
+        loop {
+            let partial = async {
+                match self.partial.as_mut() {
+                    Some(p) => p.await,
+                    None => std::future::pending().await,
+                }
+            };
+            let next_final = async {
+                if self.finals.is_empty() {
+                    std::future::pending().await
+                } else {
+                    self.finals.next().await
+                }
+            };
+            tokio::select! {
+                m = msgs.recv() => {
+                    idle = tokio::time::Instant::now() + limits.idle_timeout;
+                    let ok = match m {
+                        None => return "client gone",
+                        Some(Ok(AggregatedMessage::Text(t))) => self.on_text(&t).await,
+                        Some(Ok(AggregatedMessage::Binary(_))) => self.error(None, "invalid_request_error", invalid("binary_not_supported", "send events as JSON text messages, not binary"), None).await,
+                        Some(Ok(AggregatedMessage::Ping(b))) => self.ws.pong(&b).await.map_err(|_| ()),
+                        Some(Ok(AggregatedMessage::Pong(_))) => Ok(()),
+                        Some(Ok(AggregatedMessage::Close(_))) => return "client closed",
+                        Some(Err(e)) => {
+                            let _ = self.error(None, "invalid_request_error", invalid("protocol_error", format!("WebSocket protocol error: {e}")), None).await;
+                            let _ = self.ws.close(Some(CloseReason { code: CloseCode::Protocol, description: Some("protocol error".into()) })).await;
+                            return "protocol error";
+                        }
+                    };
+                    if ok.is_err() {
+                        return "client gone";
+                    }
+                }
+                p = partial => {
+                    self.partial = None;
+                    if self.on_partial(p).await.is_err() {
+                        return "client gone";
+                    }
+                }
+                Some(done) = next_final => {
+                    if self.on_final(done).await.is_err() {
+                        return "client gone";
+                    }
+                }
+                _ = tokio::time::sleep_until(idle) => {
+                    let _ = self.error(None, "invalid_request_error", invalid("idle_timeout", format!("no message for {} s: closing the session", limits.idle_timeout.as_secs())), None).await;
+                    let _ = self.ws.close(Some(CloseReason { code: CloseCode::Normal, description: Some("idle timeout".into()) })).await;
+                    return "idle timeout";
+                }
+                _ = tokio::time::sleep_until(end) => {
+                    let _ = self.error(None, "invalid_request_error", invalid("session_expired", format!("sessions last at most {} s", limits.max_session.as_secs())), None).await;
+                    let _ = self.ws.close(Some(CloseReason { code: CloseCode::Normal, description: Some("session expired".into()) })).await;
+                    return "session length limit";
+                }
+            }
+        }
+    }
+
+    async fn send(&mut self, mut event: Value) -> Result<(), ()> {
+        self.events += 1;
+        event["event_id"] = json!(format!("event_{}_{}", &self.id[5..], self.events));
+        self.ws.text(event.to_string()).await.map_err(|_| ())
+    }
+
+    /// An `error` event; the session goes on.
+    async fn error(
+        &mut self,
+        client_event: Option<&str>,
+        kind: &'static str,
+        (code, message): (&'static str, String),
+        param: Option<&str>,
+    ) -> Result<(), ()> {
+        tracing::info!(session = %self.id, code, message = %message, "realtime client error");
+        let e = json!({"type": "error", "error": {
+            "type": kind, "code": code, "message": message, "param": param, "event_id": client_event,
+        }});
+        self.send(e).await
+    }
+
+    async fn on_text(&mut self, text: &str) -> Result<(), ()> {
+        let v: Value = match serde_json::from_str(text) {
+            Ok(v @ Value::Object(_)) => v,
+            Ok(_) => {
+                return self
+                    .error(
+                        None,
+                        "invalid_request_error",
+                        invalid("invalid_event", "an event is a JSON object with a `type`"),
+                        None,
+                    )
+                    .await
+            }
+            Err(e) => {
+                return self
+                    .error(
+                        None,
+                        "invalid_request_error",
+                        invalid("invalid_json", format!("not JSON: {e}")),
+                        None,
+                    )
+                    .await
+            }
+        };
+        let event_id = v
+            .get("event_id")
+            .and_then(Value::as_str)
+            .map(str::to_string);
+        let eid = event_id.as_deref();
+        match v.get("type").and_then(Value::as_str) {
+            Some("session.update") | Some("transcription_session.update") => {
+                match self.update_session(&v) {
+                    Ok(()) => {
+                        let updated =
+                            json!({"type": "session.updated", "session": self.session_json()});
+                        self.send(updated).await
+                    }
+                    Err((param, msg)) => {
+                        self.error(
+                            eid,
+                            "invalid_request_error",
+                            invalid("invalid_value", msg),
+                            Some(param),
+                        )
+                        .await
+                    }
+                }
+            }
+            Some("input_audio_buffer.append") => self.append(&v, eid).await,
+            Some("input_audio_buffer.commit") => self.commit(eid).await,
+            Some("input_audio_buffer.clear") => {
+                self.clear();
+                self.send(json!({"type": "input_audio_buffer.cleared"}))
+                    .await
+            }
+            Some(other) => {
+                let msg = format!("unknown or unsupported event type `{other}` (transcription sessions take session.update and input_audio_buffer.append/commit/clear)");
+                self.error(
+                    eid,
+                    "invalid_request_error",
+                    invalid("unknown_event", msg),
+                    Some("type"),
+                )
+                .await
+            }
+            None => {
+                self.error(
+                    eid,
+                    "invalid_request_error",
+                    invalid("missing_type", "the event has no `type`"),
+                    Some("type"),
+                )
+                .await
+            }
+        }
+    }
+
+    /// The effective session, as `session.created` / `session.updated` carry it.
+    fn session_json(&self) -> Value {
+        let format = match self.encoding {
+            Encoding::Pcm16 => json!({"type": "audio/pcm", "rate": self.rate}),
+            Encoding::Mulaw => json!({"type": "audio/pcmu"}),
+            Encoding::Alaw => json!({"type": "audio/pcma"}),
+        };
+        let mut transcription = json!({"model": self.model, "prompt": self.prompt});
+        if let Some(l) = &self.language {
+            transcription["language"] = json!(l);
+        }
+        let turn = self.vad.map(|v| json!({
+            "type": "server_vad", "threshold": v.threshold,
+            "prefix_padding_ms": v.prefix_padding_ms, "silence_duration_ms": v.silence_duration_ms,
+        }));
+        json!({
+            "type": "transcription", "id": self.id, "object": "realtime.transcription_session",
+            "expires_at": 0, "include": [],
+            "audio": {"input": {"format": format, "transcription": transcription, "turn_detection": turn}},
+        })
+    }
+
+    /// Merge a `session.update` (only the fields present; `null` clears); the error names the field.
+    fn update_session(&mut self, v: &Value) -> Result<(), (&'static str, String)> {
+        let s = v.get("session").ok_or((
+            "session",
+            "session.update needs a `session` object".to_string(),
+        ))?;
+        if let Some(t) = s.get("type").and_then(Value::as_str) {
+            if t != "transcription" {
+                return Err((
+                    "session.type",
+                    format!("this server runs transcription sessions only, not `{t}`"),
+                ));
+            }
+        }
+        // The beta shape puts the fields at the top of the session; the GA one under audio.input.
+        let input = s.pointer("/audio/input").unwrap_or(s);
+        let mut next = (self.encoding, self.rate);
+        if let Some(f) = input.get("format").or_else(|| s.get("input_audio_format")) {
+            next = parse_format(f)?;
+        }
+        let tr = input
+            .get("transcription")
+            .or_else(|| s.get("input_audio_transcription"));
+        let mut language = self.language.clone();
+        let mut prompt = self.prompt.clone();
+        let mut model = self.model.clone();
+        if let Some(tr) = tr.filter(|t| !t.is_null()) {
+            if let Some(m) = tr.get("model") {
+                model = m
+                    .as_str()
+                    .ok_or((
+                        "session.audio.input.transcription.model",
+                        "must be a string".to_string(),
+                    ))?
+                    .to_string();
+            }
+            match tr.get("language") {
+                Some(Value::Null) => language = None,
+                Some(Value::String(l)) if l.is_empty() => language = None,
+                Some(Value::String(l)) => language = Some(l.clone()),
+                Some(_) => {
+                    return Err((
+                        "session.audio.input.transcription.language",
+                        "must be a language code".into(),
+                    ))
+                }
+                None => {}
+            }
+            match tr.get("prompt") {
+                Some(Value::Null) => prompt.clear(),
+                Some(Value::String(p)) => prompt = p.clone(),
+                Some(_) => {
+                    return Err((
+                        "session.audio.input.transcription.prompt",
+                        "must be a string".into(),
+                    ))
+                }
+                None => {}
+            }
+        }
+        let mut vad = self.vad;
+        if let Some(td) = input.get("turn_detection") {
+            vad = parse_turn_detection(td)?;
+        }
+        let probe = TranscribeOptions {
+            language: language.clone(),
+            ..self.defaults.clone()
+        };
+        if let Some(engine) = self.shared.engine.get() {
+            engine.check_options(&probe).map_err(|e| {
+                (
+                    "session.audio.input.transcription.language",
+                    ApiError::from(e).message,
+                )
+            })?;
+        }
+        if vad.is_some() && self.shared.engine.get().is_some_and(|e| e.vad.is_none()) {
+            return Err((
+                "session.audio.input.turn_detection",
+                "server_vad needs the Silero VAD model, which this server has not loaded".into(),
+            ));
+        }
+        if next != (self.encoding, self.rate) {
+            // Audio already buffered was in the old format.
+            self.clear();
+            self.total = 0;
+            self.buf_start_ms = 0;
+        }
+        (self.encoding, self.rate) = next;
+        if vad != self.vad {
+            self.item = None;
+            self.speculative = None;
+            self.silent_ms = 0;
+        }
+        self.vad = vad;
+        self.language = language;
+        self.prompt = prompt;
+        self.model = model;
+        self.configured = true;
+        Ok(())
+    }
+
+    fn options(&self) -> TranscribeOptions {
+        let mut o = self.defaults.clone();
+        o.language = self.language.clone();
+        o.initial_prompt = (!self.prompt.is_empty()).then(|| self.prompt.clone());
+        o
+    }
+
+    fn ms_to_samples(&self, ms: u64) -> usize {
+        (ms * self.rate as u64 / 1000) as usize
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.total * 1000 / self.rate as u64
+    }
+
+    async fn append(&mut self, v: &Value, eid: Option<&str>) -> Result<(), ()> {
+        if !self.configured {
+            return self
+                .error(
+                    eid,
+                    "invalid_request_error",
+                    invalid(
+                        "session_not_configured",
+                        "send session.update (session.type = transcription) before audio",
+                    ),
+                    None,
+                )
+                .await;
+        }
+        let Some(b64) = v.get("audio").and_then(Value::as_str) else {
+            return self
+                .error(
+                    eid,
+                    "invalid_request_error",
+                    invalid(
+                        "missing_audio",
+                        "input_audio_buffer.append needs `audio` (base64)",
+                    ),
+                    Some("audio"),
+                )
+                .await;
+        };
+        let bytes = match base64::engine::general_purpose::STANDARD.decode(b64) {
+            Ok(b) => b,
+            Err(e) => {
+                return self
+                    .error(
+                        eid,
+                        "invalid_request_error",
+                        invalid("invalid_base64", format!("`audio` is not base64: {e}")),
+                        Some("audio"),
+                    )
+                    .await
+            }
+        };
+        let samples: Vec<i16> = match self.encoding {
+            Encoding::Pcm16 => {
+                if bytes.len() % 2 != 0 {
+                    return self
+                        .error(
+                            eid,
+                            "invalid_request_error",
+                            invalid(
+                                "invalid_audio",
+                                "PCM16 audio must be a whole number of 2-byte samples",
+                            ),
+                            Some("audio"),
+                        )
+                        .await;
+                }
+                bytes
+                    .chunks_exact(2)
+                    .map(|c| i16::from_le_bytes([c[0], c[1]]))
+                    .collect()
+            }
+            Encoding::Mulaw => bytes.iter().map(|&b| mulaw(b)).collect(),
+            Encoding::Alaw => bytes.iter().map(|&b| alaw(b)).collect(),
+        };
+        let max = self.ms_to_samples((self.shared.max_audio_s * 1000.0) as u64);
+        if self.buf.len() + samples.len() > max {
+            return self
+                .error(
+                    eid,
+                    "invalid_request_error",
+                    invalid(
+                        "buffer_too_long",
+                        format!(
+                            "the input buffer holds at most {} s: commit or clear it",
+                            self.shared.max_audio_s
+                        ),
+                    ),
+                    Some("audio"),
+                )
+                .await;
+        }
+        self.total += samples.len() as u64;
+        self.buf.extend(samples.iter().copied());
+        if self.vad.is_some() {
+            self.detect(&samples).await?;
+        } else if self.item.is_none() && !self.buf.is_empty() {
+            self.item = Some(self.new_item(self.buf_start_ms));
+        }
+        self.maybe_partial();
+        Ok(())
+    }
+
+    fn new_item(&mut self, start_ms: u64) -> Item {
+        self.items += 1;
+        Item {
+            id: format!("item_{}_{}", &self.id[5..], self.items),
+            start_ms,
+            spoke_at: Instant::now(),
+            published: Vec::new(),
+            last_pass: Vec::new(),
+            last_partial_len: 0,
+            first_delta_sent: false,
+        }
+    }
+
+    /// Server VAD over newly appended audio: speech start and stop events, automatic commits.
+    async fn detect(&mut self, samples: &[i16]) -> Result<(), ()> {
+        let Some(vad) = self.vad else { return Ok(()) };
+        let Some(engine) = self.shared.engine.get().cloned() else {
+            return Ok(());
+        };
+        let Some(model) = engine.vad.as_deref() else {
+            return Ok(());
+        };
+        let x: Vec<f32> = samples.iter().map(|&s| s as f32 / 32768.0).collect();
+        let mut x16 = Vec::new();
+        if self.rate == 16_000 {
+            x16 = x;
+        } else {
+            if self.resampler.is_none() {
+                self.resampler = StreamResampler::new(self.rate, 16_000).ok();
+            }
+            if let Some(r) = self.resampler.as_mut() {
+                if r.push(&x, &mut x16).is_err() {
+                    return Ok(());
+                }
+            }
+        }
+        let probs = match self.silero.push(model, &x16) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(session = %self.id, error = %e, "VAD failed on live audio");
+                return Ok(());
+            }
+        };
+        let neg = (vad.threshold - 0.15).max(0.01);
+        for p in probs {
+            self.vad_frames += 1;
+            let t_ms = self.vad_frames * 32;
+            match &self.item {
+                None if p >= vad.threshold => {
+                    let start = t_ms
+                        .saturating_sub(32 + vad.prefix_padding_ms)
+                        .max(self.buf_start_ms);
+                    let item = self.new_item(start);
+                    let ev = json!({"type": "input_audio_buffer.speech_started", "audio_start_ms": start, "item_id": item.id});
+                    self.item = Some(item);
+                    self.silent_ms = 0;
+                    self.send(ev).await?;
+                }
+                None => {
+                    // Keep only the padding that may precede the next speech.
+                    let keep_from = t_ms.saturating_sub(vad.prefix_padding_ms + 64);
+                    self.trim_to(keep_from);
+                }
+                Some(_) => {
+                    self.silent_ms = if p < neg { self.silent_ms + 32 } else { 0 };
+                    if self.silent_ms == 0 {
+                        self.speculative = None; // speech goes on: that pass stops
+                    } else if self.silent_ms >= SPECULATE_MS && self.speculative.is_none() {
+                        self.speculate(t_ms.min(self.now_ms()));
+                    }
+                    if self.silent_ms >= vad.silence_duration_ms {
+                        // Speech ended where the silence began; the utterance's audio runs to
+                        // now (its trailing silence included, as an upload would have it).
+                        let end = t_ms.saturating_sub(self.silent_ms);
+                        let id = self.item.as_ref().map(|i| i.id.clone()).unwrap_or_default();
+                        self.send(json!({"type": "input_audio_buffer.speech_stopped", "audio_end_ms": end, "item_id": id})).await?;
+                        let audio_end = self
+                            .speculative
+                            .as_ref()
+                            .map_or(t_ms.min(self.now_ms()), |s| s.0);
+                        self.commit_item(audio_end).await?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Drop buffered audio before session time `ms`.
+    fn trim_to(&mut self, ms: u64) {
+        if ms <= self.buf_start_ms {
+            return;
+        }
+        let n = self
+            .ms_to_samples(ms - self.buf_start_ms)
+            .min(self.buf.len());
+        self.buf.drain(..n);
+        self.buf_start_ms += (n as u64 * 1000) / self.rate as u64;
+    }
+
+    /// The audio of session time [from, to) as a WAV file at the input rate (what an upload of
+    /// the same audio would be).
+    fn wav(&self, from_ms: u64, to_ms: Option<u64>) -> Vec<u8> {
+        let a = self
+            .ms_to_samples(from_ms.saturating_sub(self.buf_start_ms))
+            .min(self.buf.len());
+        let b = to_ms
+            .map(|t| self.ms_to_samples(t.saturating_sub(self.buf_start_ms)))
+            .unwrap_or(self.buf.len())
+            .min(self.buf.len())
+            .max(a);
+        let rate = self.rate;
+        let n = (b - a) as u32;
+        let mut w = Vec::with_capacity(44 + 2 * n as usize);
+        w.extend_from_slice(b"RIFF");
+        w.extend_from_slice(&(36 + 2 * n).to_le_bytes());
+        w.extend_from_slice(b"WAVEfmt ");
+        w.extend_from_slice(&16u32.to_le_bytes());
+        w.extend_from_slice(&1u16.to_le_bytes());
+        w.extend_from_slice(&1u16.to_le_bytes());
+        w.extend_from_slice(&rate.to_le_bytes());
+        w.extend_from_slice(&(rate * 2).to_le_bytes());
+        w.extend_from_slice(&2u16.to_le_bytes());
+        w.extend_from_slice(&16u16.to_le_bytes());
+        w.extend_from_slice(b"data");
+        w.extend_from_slice(&(2 * n).to_le_bytes());
+        for s in self.buf.range(a..b) {
+            w.extend_from_slice(&s.to_le_bytes());
+        }
+        w
+    }
+
+    /// Start a partial pass over the growing utterance when a second more of it has arrived and
+    /// none is running.
+    fn maybe_partial(&mut self) {
+        if self.partial.is_some() {
+            return;
+        }
+        let Some(item) = &self.item else { return };
+        let len = self.ms_to_samples(self.now_ms().saturating_sub(item.start_ms));
+        let first = (PARTIAL_EVERY_S * self.rate as f64) as usize;
+        let step = (PARTIAL_STEP_S * self.rate as f64) as usize;
+        if len < first || len < item.last_partial_len + step {
+            return;
+        }
+        let id = item.id.clone();
+        let wav = self.wav(item.start_ms, None);
+        if let Some(item) = self.item.as_mut() {
+            item.last_partial_len = len;
+        }
+        let shared = self.shared.clone();
+        let mut options = self.options();
+        options.temperatures = vec![0.0]; // a hint: greedy only, no fallback passes
+        self.partial = Some(
+            async move { (id, len, transcribe(&shared, wav, options, false).await) }.boxed_local(),
+        );
+    }
+
+    /// Local agreement: publish the words two passes in a row agree on, past those already sent.
+    async fn on_partial(&mut self, (id, _len, r): Partial) -> Result<(), ()> {
+        let Ok(t) = r else { return Ok(()) };
+        let words: Vec<String> = t.text.split_whitespace().map(String::from).collect();
+        let Some(item) = self.item.as_mut().filter(|i| i.id == id) else {
+            return Ok(());
+        };
+        // The last word of a pass sits at the edge of the audio heard so far (often cut off, or
+        // closed with a period the speaker has not reached): it is never agreed on.
+        let agreed = item
+            .last_pass
+            .iter()
+            .zip(&words)
+            .take_while(|(a, b)| a == b)
+            .count()
+            .min(words.len().saturating_sub(1))
+            .min(item.last_pass.len().saturating_sub(1));
+        item.last_pass = words.clone();
+        if agreed <= item.published.len() || words[..item.published.len()] != item.published[..] {
+            self.maybe_partial();
+            return Ok(());
+        }
+        let new = &words[item.published.len()..agreed];
+        let mut delta = new.join(" ");
+        if !item.published.is_empty() {
+            delta.insert(0, ' ');
+        }
+        item.published.extend(new.iter().cloned());
+        if !item.first_delta_sent {
+            item.first_delta_sent = true;
+            self.shared
+                .metrics
+                .realtime_first_delta_seconds
+                .observe(item.spoke_at.elapsed().as_secs_f64());
+        }
+        let ev = json!({"type": "conversation.item.input_audio_transcription.delta", "item_id": id, "content_index": 0, "delta": delta});
+        self.send(ev).await?;
+        self.maybe_partial();
+        Ok(())
+    }
+
+    async fn commit(&mut self, eid: Option<&str>) -> Result<(), ()> {
+        if self.vad.is_some() && self.item.is_none() {
+            return self
+                .error(
+                    eid,
+                    "invalid_request_error",
+                    invalid(
+                        "input_audio_buffer_commit_empty",
+                        "no speech in the buffer to commit",
+                    ),
+                    None,
+                )
+                .await;
+        }
+        let held_ms = self
+            .now_ms()
+            .saturating_sub(self.item.as_ref().map_or(self.buf_start_ms, |i| i.start_ms));
+        if held_ms < MIN_COMMIT_MS || self.buf.is_empty() {
+            let msg = format!("the buffer holds {held_ms} ms of audio; a commit needs at least {MIN_COMMIT_MS} ms");
+            return self
+                .error(
+                    eid,
+                    "invalid_request_error",
+                    invalid("input_audio_buffer_commit_empty", msg),
+                    None,
+                )
+                .await;
+        }
+        let now = self.now_ms();
+        self.commit_item(now).await
+    }
+
+    /// The final pass over the current item's audio up to `end_ms`, started before the commit.
+    fn speculate(&mut self, end_ms: u64) {
+        let Some(item) = &self.item else { return };
+        // Running on its own task from now on; dropping the handle (speech resumed) cancels it.
+        let (run, handle) = self
+            .final_pass(item.id.clone(), item.start_ms, end_ms)
+            .remote_handle();
+        actix_web::rt::spawn(run);
+        self.speculative = Some((end_ms, handle.boxed_local()));
+    }
+
+    fn final_pass(&self, id: String, start_ms: u64, end_ms: u64) -> LocalBoxFuture<'static, Done> {
+        let wav = self.wav(start_ms, Some(end_ms));
+        let shared = self.shared.clone();
+        let options = self.options();
+        async move {
+            let r = transcribe(&shared, wav, options, true).await;
+            (id, r)
+        }
+        .boxed_local()
+    }
+
+    /// `committed` for the current item, then its transcription (the whole utterance, like an
+    /// upload) in the background (or the one already started over the same audio).
+    async fn commit_item(&mut self, end_ms: u64) -> Result<(), ()> {
+        let item = match self.item.take() {
+            Some(i) => i,
+            None => self.new_item(self.buf_start_ms),
+        };
+        self.partial = None; // its job stops at its next model call unless shared
+        self.silent_ms = 0;
+        let pass = match self.speculative.take() {
+            Some((e, fut)) if e == end_ms => fut,
+            _ => self.final_pass(item.id.clone(), item.start_ms, end_ms),
+        };
+        let ev = json!({"type": "input_audio_buffer.committed", "item_id": item.id, "previous_item_id": self.last_item});
+        self.last_item = Some(item.id.clone());
+        self.trim_to(end_ms);
+        if self.vad.is_none() {
+            self.buf.clear();
+            self.buf_start_ms = self.now_ms();
+        }
+        self.committed
+            .insert(item.id, (item.published, Instant::now()));
+        self.finals.push(pass);
+        self.send(ev).await
+    }
+
+    async fn on_final(&mut self, (id, r): Done) -> Result<(), ()> {
+        let (published, committed_at) = self
+            .committed
+            .remove(&id)
+            .unwrap_or_else(|| (Vec::new(), Instant::now()));
+        let t = match r {
+            Ok(t) => t,
+            Err(e) => {
+                let ev = json!({"type": "conversation.item.input_audio_transcription.failed", "item_id": id, "content_index": 0,
+                    "error": {"type": "transcription_error", "code": e.code.unwrap_or("transcription_failed"), "message": e.message}});
+                return self.send(ev).await;
+            }
+        };
+        // The rest of the text after the words already sent (when they are its start).
+        let mut offset = Some(0usize);
+        let mut words = t.text.split_whitespace();
+        for w in &published {
+            offset = match (offset, words.next()) {
+                (Some(_), Some(fw)) if fw == w => {
+                    let start = fw.as_ptr() as usize - t.text.as_ptr() as usize;
+                    Some(start + fw.len())
+                }
+                _ => None,
+            };
+        }
+        if let Some(rest) = offset.and_then(|o| t.text.get(o..)) {
+            if !rest.trim().is_empty() {
+                let ev = json!({"type": "conversation.item.input_audio_transcription.delta", "item_id": id, "content_index": 0, "delta": rest});
+                self.send(ev).await?;
+            }
+        }
+        let secs = committed_at.elapsed().as_secs_f64();
+        self.shared.metrics.realtime_latency_seconds.observe(secs);
+        tracing::debug!(session = %self.id, item = %id, seconds = secs, "utterance transcribed");
+        let ev = json!({"type": "conversation.item.input_audio_transcription.completed", "item_id": id, "content_index": 0,
+            "transcript": t.text, "usage": {"type": "duration", "seconds": t.duration}});
+        self.send(ev).await
+    }
+
+    fn clear(&mut self) {
+        self.buf.clear();
+        self.buf_start_ms = self.now_ms();
+        self.item = None;
+        self.partial = None;
+        self.speculative = None;
+        self.silent_ms = 0;
+    }
+}
+
+/// A WAV through the shared queue and scheduler, like an upload; partial passes skip the cache.
+async fn transcribe(
+    shared: &Arc<Shared>,
+    wav: Vec<u8>,
+    options: TranscribeOptions,
+    cached: bool,
+) -> Result<Arc<Transcript>, ApiError> {
+    match worker::submit_with(shared, wav, options, cached).await? {
+        worker::Pending::Hit(t) => Ok(t),
+        worker::Pending::Job { mut rx, .. } => rx
+            .recv()
+            .await
+            .map_err(|_| ApiError::unavailable("the inference worker stopped", 5))?,
+    }
+}
+
+fn parse_format(f: &Value) -> Result<(Encoding, u32), (&'static str, String)> {
+    const P: &str = "session.audio.input.format";
+    let (kind, rate) = match f {
+        Value::String(s) => (s.as_str(), None),
+        Value::Object(o) => (
+            o.get("type").and_then(Value::as_str).unwrap_or("audio/pcm"),
+            o.get("rate").and_then(Value::as_u64),
+        ),
+        Value::Null => ("audio/pcm", None),
+        _ => {
+            return Err((
+                P,
+                "must be an object like {\"type\": \"audio/pcm\", \"rate\": 24000}".into(),
+            ))
+        }
+    };
+    match (kind, rate) {
+        ("audio/pcm" | "pcm16", None | Some(24_000)) => Ok((Encoding::Pcm16, 24_000)),
+        ("audio/pcm" | "pcm16", Some(16_000)) => Ok((Encoding::Pcm16, 16_000)),
+        ("audio/pcm" | "pcm16", Some(r)) => Err((
+            P,
+            format!("rate {r} is not supported: 24000 (or 16000, an extension)"),
+        )),
+        ("audio/pcmu" | "g711_ulaw", _) => Ok((Encoding::Mulaw, 8_000)),
+        ("audio/pcma" | "g711_alaw", _) => Ok((Encoding::Alaw, 8_000)),
+        (k, _) => Err((
+            P,
+            format!("unknown audio format `{k}` (audio/pcm, audio/pcmu, audio/pcma)"),
+        )),
+    }
+}
+
+fn parse_turn_detection(td: &Value) -> Result<Option<ServerVad>, (&'static str, String)> {
+    const P: &str = "session.audio.input.turn_detection";
+    if td.is_null() {
+        return Ok(None);
+    }
+    match td.get("type").and_then(Value::as_str) {
+        Some("server_vad") | None => {
+            let d = ServerVad::default();
+            let num = |k: &str| td.get(k).filter(|v| !v.is_null());
+            let threshold = match num("threshold") {
+                Some(v) => v
+                    .as_f64()
+                    .filter(|t| (0.0..=1.0).contains(t))
+                    .ok_or((P, "threshold must be between 0 and 1".to_string()))?
+                    as f32,
+                None => d.threshold,
+            };
+            let ms = |k: &str, dflt: u64| -> Result<u64, (&'static str, String)> {
+                match num(k) {
+                    Some(v) => v
+                        .as_u64()
+                        .filter(|&m| m <= 60_000)
+                        .ok_or((P, format!("{k} must be 0..60000 ms"))),
+                    None => Ok(dflt),
+                }
+            };
+            Ok(Some(ServerVad {
+                threshold,
+                prefix_padding_ms: ms("prefix_padding_ms", d.prefix_padding_ms)?,
+                silence_duration_ms: ms("silence_duration_ms", d.silence_duration_ms)?.max(32),
+            }))
+        }
+        Some(t) => Err((
+            P,
+            format!("turn detection `{t}` is not supported: server_vad or null"),
+        )),
+    }
+}
+
+/// G.711 µ-law to 16-bit linear.
+fn mulaw(b: u8) -> i16 {
+    let b = !b;
+    let t = (((b & 0x0f) as i16) << 3) + 0x84;
+    let t = t << ((b & 0x70) >> 4);
+    if b & 0x80 != 0 {
+        0x84 - t
+    } else {
+        t - 0x84
+    }
+}
+
+/// G.711 A-law to 16-bit linear.
+fn alaw(b: u8) -> i16 {
+    let b = b ^ 0x55;
+    let mut t = ((b & 0x0f) as i16) << 4;
+    let seg = (b & 0x70) >> 4;
+    match seg {
+        0 => t += 8,
+        1 => t += 0x108,
+        _ => {
+            t += 0x108;
+            t <<= seg - 1;
+        }
+    }
+    if b & 0x80 != 0 {
+        t
+    } else {
+        -t
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn g711_decodes_to_the_standard_values() {
+        assert_eq!(mulaw(0xff), 0);
+        assert_eq!(mulaw(0x00), -32124);
+        assert_eq!(mulaw(0x80), 32124);
+        assert_eq!(alaw(0xd5), 8);
+        assert_eq!(alaw(0x55), -8);
+        assert_eq!(alaw(0xaa), 32256);
+    }
+
+    #[test]
+    fn formats_and_turn_detection() {
+        assert_eq!(
+            parse_format(&json!({"type": "audio/pcm", "rate": 24000})).unwrap(),
+            (Encoding::Pcm16, 24_000)
+        );
+        assert_eq!(
+            parse_format(&json!({"type": "audio/pcm", "rate": 16000})).unwrap(),
+            (Encoding::Pcm16, 16_000)
+        );
+        assert_eq!(
+            parse_format(&json!({"type": "audio/pcmu"})).unwrap(),
+            (Encoding::Mulaw, 8_000)
+        );
+        assert_eq!(
+            parse_format(&json!("pcm16")).unwrap(),
+            (Encoding::Pcm16, 24_000)
+        );
+        assert!(parse_format(&json!({"type": "audio/pcm", "rate": 44100})).is_err());
+        assert!(parse_format(&json!({"type": "audio/opus"})).is_err());
+        assert_eq!(parse_turn_detection(&Value::Null).unwrap(), None);
+        let v = parse_turn_detection(&json!({"type": "server_vad", "silence_duration_ms": 800}))
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (v.threshold, v.prefix_padding_ms, v.silence_duration_ms),
+            (0.5, 300, 800)
+        );
+        assert!(parse_turn_detection(&json!({"type": "semantic_vad"})).is_err());
+        assert!(parse_turn_detection(&json!({"type": "server_vad", "threshold": 2})).is_err());
+    }
+}
