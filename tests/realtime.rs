@@ -41,3 +41,54 @@ fn official_openai_realtime_client_transcribes_live_audio() {
     assert!(m("whisperd_realtime_latency_seconds_count") >= 3.0);
     assert!(m("whisperd_realtime_first_delta_seconds_count") >= 1.0);
 }
+
+/// A session open when the server is told to stop: it hears why, still gets the transcript of
+/// the utterance it committed, then a 1001 close (all within the drain grace period).
+#[test]
+fn sigterm_finishes_committed_utterances_then_closes_sessions() {
+    let python = root().join(".venv/bin/python");
+    let mut s = Server::start(&[]);
+    let script = r#"
+import base64, json, os, signal, sys, wave
+import websockets.sync.client as wsc
+addr, pid, path = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+with wave.open(path) as w:
+    pcm = w.readframes(w.getnframes())
+with wsc.connect(f"ws://{addr}/v1/realtime?intent=transcription") as ws:
+    assert json.loads(ws.recv(timeout=30))["type"] == "session.created"
+    ws.send(json.dumps({"type": "session.update", "session": {"type": "transcription",
+        "audio": {"input": {"format": {"type": "audio/pcm", "rate": 16000}, "turn_detection": None}}}}))
+    assert json.loads(ws.recv(timeout=30))["type"] == "session.updated"
+    ws.send(json.dumps({"type": "input_audio_buffer.append", "audio": base64.b64encode(pcm).decode()}))
+    ws.send(json.dumps({"type": "input_audio_buffer.commit"}))
+    assert json.loads(ws.recv(timeout=30))["type"] == "input_audio_buffer.committed"
+    os.kill(pid, signal.SIGTERM)
+    seen = []
+    try:
+        while True:
+            seen.append(json.loads(ws.recv(timeout=60)))
+    except Exception as e:
+        code = getattr(getattr(e, "rcvd", None), "code", None)
+    types = [d["type"] for d in seen]
+    assert any(d["type"] == "error" and d["error"]["code"] == "server_shutting_down" for d in seen), seen
+    done = [d for d in seen if d["type"] == "conversation.item.input_audio_transcription.completed"]
+    assert done and "country" in done[0]["transcript"], seen
+    assert code == 1001, (code, types)
+print("drain ok")
+"#;
+    let out = std::process::Command::new(&python)
+        .args(["-c", script])
+        .arg(&s.addr)
+        .arg(s.pid().to_string())
+        .arg(shared().join("eval/jfk.wav"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("drain ok"),
+        "{}\n{}\nserver log:\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        s.log()
+    );
+    assert!(s.child.wait().unwrap().success());
+}

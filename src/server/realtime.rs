@@ -250,7 +250,13 @@ impl Conn {
         }
         let end = tokio::time::Instant::now() + limits.max_session;
         let mut idle = tokio::time::Instant::now() + limits.idle_timeout;
+        let shared = self.shared.clone();
         loop {
+            let draining = async {
+                while !shared.draining.load(std::sync::atomic::Ordering::SeqCst) {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            };
             let partial = async {
                 match self.partial.as_mut() {
                     Some(p) => p.await,
@@ -295,6 +301,7 @@ impl Conn {
                         return "client gone";
                     }
                 }
+                _ = draining => return self.drain().await,
                 _ = tokio::time::sleep_until(idle) => {
                     let _ = self.error(None, "invalid_request_error", invalid("idle_timeout", format!("no message for {} s: closing the session", limits.idle_timeout.as_secs())), None).await;
                     let _ = self.ws.close(Some(CloseReason { code: CloseCode::Normal, description: Some("idle timeout".into()) })).await;
@@ -307,6 +314,40 @@ impl Conn {
                 }
             }
         }
+    }
+
+    /// The server is shutting down (SIGTERM, within its grace period): say so, finish the
+    /// utterances already committed (their transcripts are sent), then close with 1001.
+    async fn drain(&mut self) -> &'static str {
+        let notice = invalid(
+            "server_shutting_down",
+            "the server is shutting down: committed audio is still transcribed; reconnect for more",
+        );
+        if self
+            .error(None, "server_error", notice, None)
+            .await
+            .is_err()
+        {
+            return "client gone";
+        }
+        self.partial = None;
+        if let Some(end) = self.speculative.as_ref().map(|s| s.0) {
+            // speech that had already gone quiet: commit it rather than lose it
+            if self.commit_item(end).await.is_err() {
+                return "client gone";
+            }
+        }
+        while let Some(done) = self.finals.next().await {
+            if self.on_final(done).await.is_err() {
+                return "client gone";
+            }
+        }
+        let reason = CloseReason {
+            code: CloseCode::Away,
+            description: Some("server shutting down".into()),
+        };
+        let _ = self.ws.clone().close(Some(reason)).await;
+        "server shutting down"
     }
 
     async fn send(&mut self, mut event: Value) -> Result<(), ()> {
