@@ -557,6 +557,9 @@ impl Conn {
             self.clear();
             self.total = 0;
             self.buf_start_ms = 0;
+            self.resampler = None;
+            self.silero = SileroStream::default();
+            self.vad_frames = 0;
         }
         (self.encoding, self.rate) = next;
         if vad != self.vad {
