@@ -8,8 +8,13 @@ mod common;
 use common::server::Server;
 use common::*;
 
+/// The two tests run one at a time: each starts a server, and partial text while speaking
+/// depends on the CPU the decoding gets.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 #[test]
 fn official_openai_realtime_client_transcribes_live_audio() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
     let python = root().join(".venv/bin/python");
     assert!(
         python.exists(),
@@ -46,6 +51,7 @@ fn official_openai_realtime_client_transcribes_live_audio() {
 /// the utterance it committed, then a 1001 close (all within the drain grace period).
 #[test]
 fn sigterm_finishes_committed_utterances_then_closes_sessions() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
     let python = root().join(".venv/bin/python");
     let mut s = Server::start(&[]);
     let script = r#"
