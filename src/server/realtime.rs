@@ -276,12 +276,12 @@ impl Conn {
                     let ok = match m {
                         None => return "client gone",
                         Some(Ok(AggregatedMessage::Text(t))) => self.on_text(&t).await,
-                        Some(Ok(AggregatedMessage::Binary(_))) => self.error(None, "invalid_request_error", invalid("binary_not_supported", "send events as JSON text messages, not binary"), None).await,
+                        Some(Ok(AggregatedMessage::Binary(_))) => self.error(None, invalid("binary_not_supported", "send events as JSON text messages, not binary"), None).await,
                         Some(Ok(AggregatedMessage::Ping(b))) => self.ws.pong(&b).await.map_err(|_| ()),
                         Some(Ok(AggregatedMessage::Pong(_))) => Ok(()),
                         Some(Ok(AggregatedMessage::Close(_))) => return "client closed",
                         Some(Err(e)) => {
-                            let _ = self.error(None, "invalid_request_error", invalid("protocol_error", format!("WebSocket protocol error: {e}")), None).await;
+                            let _ = self.error(None, invalid("protocol_error", format!("WebSocket protocol error: {e}")), None).await;
                             let _ = self.ws.close(Some(CloseReason { code: CloseCode::Protocol, description: Some("protocol error".into()) })).await;
                             return "protocol error";
                         }
@@ -303,12 +303,12 @@ impl Conn {
                 }
                 _ = draining => return self.drain().await,
                 _ = tokio::time::sleep_until(idle) => {
-                    let _ = self.error(None, "invalid_request_error", invalid("idle_timeout", format!("no message for {} s: closing the session", limits.idle_timeout.as_secs())), None).await;
+                    let _ = self.error(None, invalid("idle_timeout", format!("no message for {} s: closing the session", limits.idle_timeout.as_secs())), None).await;
                     let _ = self.ws.close(Some(CloseReason { code: CloseCode::Normal, description: Some("idle timeout".into()) })).await;
                     return "idle timeout";
                 }
                 _ = tokio::time::sleep_until(end) => {
-                    let _ = self.error(None, "invalid_request_error", invalid("session_expired", format!("sessions last at most {} s", limits.max_session.as_secs())), None).await;
+                    let _ = self.error(None, invalid("session_expired", format!("sessions last at most {} s", limits.max_session.as_secs())), None).await;
                     let _ = self.ws.close(Some(CloseReason { code: CloseCode::Normal, description: Some("session expired".into()) })).await;
                     return "session length limit";
                 }
@@ -324,7 +324,7 @@ impl Conn {
             "the server is shutting down: committed audio is still transcribed; reconnect for more",
         );
         if self
-            .error(None, "server_error", notice, None)
+            .error_of("server_error", None, notice, None)
             .await
             .is_err()
         {
@@ -356,11 +356,22 @@ impl Conn {
         self.ws.text(event.to_string()).await.map_err(|_| ())
     }
 
-    /// An `error` event; the session goes on.
+    /// An `error` event about the client's input (`invalid_request_error`); the session goes on.
     async fn error(
         &mut self,
         client_event: Option<&str>,
+        code_message: (&'static str, String),
+        param: Option<&str>,
+    ) -> Result<(), ()> {
+        self.error_of("invalid_request_error", client_event, code_message, param)
+            .await
+    }
+
+    /// An `error` event of type `kind`.
+    async fn error_of(
+        &mut self,
         kind: &'static str,
+        client_event: Option<&str>,
         (code, message): (&'static str, String),
         param: Option<&str>,
     ) -> Result<(), ()> {
@@ -378,7 +389,6 @@ impl Conn {
                 return self
                     .error(
                         None,
-                        "invalid_request_error",
                         invalid("invalid_event", "an event is a JSON object with a `type`"),
                         None,
                     )
@@ -388,7 +398,6 @@ impl Conn {
                 return self
                     .error(
                         None,
-                        "invalid_request_error",
                         invalid("invalid_json", format!("not JSON: {e}")),
                         None,
                     )
@@ -409,13 +418,8 @@ impl Conn {
                         self.send(updated).await
                     }
                     Err((param, msg)) => {
-                        self.error(
-                            eid,
-                            "invalid_request_error",
-                            invalid("invalid_value", msg),
-                            Some(param),
-                        )
-                        .await
+                        self.error(eid, invalid("invalid_value", msg), Some(param))
+                            .await
                     }
                 }
             }
@@ -428,18 +432,12 @@ impl Conn {
             }
             Some(other) => {
                 let msg = format!("unknown or unsupported event type `{other}` (transcription sessions take session.update and input_audio_buffer.append/commit/clear)");
-                self.error(
-                    eid,
-                    "invalid_request_error",
-                    invalid("unknown_event", msg),
-                    Some("type"),
-                )
-                .await
+                self.error(eid, invalid("unknown_event", msg), Some("type"))
+                    .await
             }
             None => {
                 self.error(
                     eid,
-                    "invalid_request_error",
                     invalid("missing_type", "the event has no `type`"),
                     Some("type"),
                 )
@@ -595,7 +593,6 @@ impl Conn {
             return self
                 .error(
                     eid,
-                    "invalid_request_error",
                     invalid(
                         "session_not_configured",
                         "send session.update (session.type = transcription) before audio",
@@ -608,7 +605,6 @@ impl Conn {
             return self
                 .error(
                     eid,
-                    "invalid_request_error",
                     invalid(
                         "missing_audio",
                         "input_audio_buffer.append needs `audio` (base64)",
@@ -623,7 +619,6 @@ impl Conn {
                 return self
                     .error(
                         eid,
-                        "invalid_request_error",
                         invalid("invalid_base64", format!("`audio` is not base64: {e}")),
                         Some("audio"),
                     )
@@ -636,7 +631,6 @@ impl Conn {
                     return self
                         .error(
                             eid,
-                            "invalid_request_error",
                             invalid(
                                 "invalid_audio",
                                 "PCM16 audio must be a whole number of 2-byte samples",
@@ -658,7 +652,6 @@ impl Conn {
             return self
                 .error(
                     eid,
-                    "invalid_request_error",
                     invalid(
                         "buffer_too_long",
                         format!(
@@ -885,7 +878,6 @@ impl Conn {
             return self
                 .error(
                     eid,
-                    "invalid_request_error",
                     invalid(
                         "input_audio_buffer_commit_empty",
                         "no speech in the buffer to commit",
@@ -900,12 +892,7 @@ impl Conn {
         if held_ms < MIN_COMMIT_MS || self.buf.is_empty() {
             let msg = format!("the buffer holds {held_ms} ms of audio; a commit needs at least {MIN_COMMIT_MS} ms");
             return self
-                .error(
-                    eid,
-                    "invalid_request_error",
-                    invalid("input_audio_buffer_commit_empty", msg),
-                    None,
-                )
+                .error(eid, invalid("input_audio_buffer_commit_empty", msg), None)
                 .await;
         }
         let now = self.now_ms();
