@@ -110,7 +110,7 @@ mod tests {
     }
 
     #[test]
-    fn key_covers_the_fallback_settings() {
+    fn key_covers_the_fallback_and_beam_settings() {
         let base = TranscribeOptions::default();
         let key = |o: &TranscribeOptions| cache_key("abc", "m", o);
         let variants = [
@@ -136,6 +136,27 @@ mod tests {
             },
             TranscribeOptions {
                 best_of: 1,
+                ..base.clone()
+            },
+            TranscribeOptions {
+                beam: crate::decode::BeamOptions {
+                    beam_size: base.beam.beam_size + 1,
+                    ..base.beam
+                },
+                ..base.clone()
+            },
+            TranscribeOptions {
+                beam: crate::decode::BeamOptions {
+                    patience: 2.0,
+                    ..base.beam
+                },
+                ..base.clone()
+            },
+            TranscribeOptions {
+                beam: crate::decode::BeamOptions {
+                    length_penalty: Some(0.6),
+                    ..base.beam
+                },
                 ..base.clone()
             },
         ];

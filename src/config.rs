@@ -41,6 +41,9 @@ pub struct Config {
     pub no_speech_threshold: f64,
     pub condition_on_previous_text: bool,
     pub best_of: usize,
+    pub beam_size: usize,
+    pub patience: f64,
+    pub length_penalty: String,
     pub vad: bool,
     pub vad_threshold: f64,
     pub vad_min_speech_duration_ms: u32,
@@ -88,6 +91,9 @@ impl Default for Config {
             no_speech_threshold: 0.6,
             condition_on_previous_text: true,
             best_of: 5,
+            beam_size: crate::decode::DEFAULT_BEAM_SIZE,
+            patience: 1.0,
+            length_penalty: "none".into(),
             vad: crate::vad::DEFAULT_ON,
             vad_threshold: v.threshold as f64,
             vad_min_speech_duration_ms: v.min_speech_duration_ms,
@@ -220,6 +226,18 @@ const DOCS: &[(&str, &str)] = &[
         "Samples drawn at each temperature above 0; the one with the best average log-probability is that temperature's attempt.",
     ),
     (
+        "beam_size",
+        "Beam search width at temperature 0 (1 = greedy, at most 16). A request's `beam_size` field overrides it; the OpenAI endpoints use this default.",
+    ),
+    (
+        "patience",
+        "Beam search: finished candidates collected before a window stops, as a multiple of beam_size.",
+    ),
+    (
+        "length_penalty",
+        "Beam search ranking: \"none\" divides a candidate's log-probability by its length (faster-whisper's default); a number a divides by ((5 + length) / 6)^a.",
+    ),
+    (
         "vad",
         "Silero VAD on /transcribe by default: only speech reaches the decoder, in chunks of at most 30 s, times mapped back to the recording. /v1 uses VAD only when a request sends chunking_strategy. Either way the energy gate (vad_gate_db) drops long near-silence.",
     ),
@@ -342,6 +360,9 @@ impl Config {
         if !matches!(self.log_format.as_str(), "text" | "json") {
             return bad("log_format must be text or json");
         }
+        if let Err(msg) = crate::decode::parse_length_penalty(&self.length_penalty) {
+            return Err(ConfigError::Invalid(format!("length_penalty: {msg}")));
+        }
         if let Err((name, msg)) = self.transcribe_defaults().check_fallback() {
             return Err(ConfigError::Invalid(format!("{name}: {msg}")));
         }
@@ -357,6 +378,13 @@ impl Config {
             no_speech_threshold: Some(self.no_speech_threshold as f32),
             condition_on_previous_text: self.condition_on_previous_text,
             best_of: self.best_of,
+            beam: crate::decode::BeamOptions {
+                beam_size: self.beam_size,
+                patience: self.patience as f32,
+                // Checked in `validate`; a bad value there never reaches a request.
+                length_penalty: crate::decode::parse_length_penalty(&self.length_penalty)
+                    .unwrap_or(None),
+            },
             vad: crate::vad::VadOptions {
                 enabled: self.vad,
                 ..self.vad_settings()

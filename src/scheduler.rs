@@ -4,8 +4,10 @@
 //! `ModelRunner`). A window's cross-attention setup and its start sequence have nothing to batch
 //! with and run on the transcription's own thread, overlapping the scheduler's work.
 //!
-//! - **Decoder (continuous batching):** every sequence that is decoding contributes one token to
-//!   one batched step ([`TextDecoder::step`](crate::model::TextDecoder::step)); sequences join
+//! - **Decoder (continuous batching):** every sequence that is decoding contributes one token per
+//!   lane to one batched step ([`TextDecoder::step`](crate::model::TextDecoder::step)): one lane
+//!   when greedy or sampling, `beam_size` lanes in a beam search (its beams share the window's
+//!   audio keys/values and the start sequence's cache, see `DecoderState::fork`); sequences join
 //!   after their start sequence and leave at end-of-text, between steps, each with its own KV
 //!   cache, position, options and stopping point (all of which stay in its own thread). A step
 //!   waits (at most `STEP_WAIT`) until every decoding sequence has sent its token.
@@ -117,6 +119,8 @@ const IDLE_FILL_WAIT: Duration = Duration::from_millis(5);
 type Reply<T> = Sender<Result<T, DecodeError>>;
 /// A decoder state comes back with the result of the call it travelled with.
 type StateReply<T> = Sender<(DecoderState, Result<T, DecodeError>)>;
+/// A sequence's lanes come back with their logits.
+type LanesReply = Sender<(Vec<DecoderState>, Result<Vec<Vec<f32>>, DecodeError>)>;
 
 enum Call {
     Encode {
@@ -125,10 +129,11 @@ enum Call {
     },
     /// A sequence's prefill is done: its steps follow.
     BeginSequence,
+    /// One token for each lane of a sequence (several for a beam search).
     Step {
-        state: DecoderState,
-        token: u32,
-        reply: StateReply<Vec<f32>>,
+        lanes: Vec<DecoderState>,
+        tokens: Vec<u32>,
+        reply: LanesReply,
     },
     EndSequence,
     /// A window's alignment pass (word timestamps): several run as one decoder batch.
@@ -214,14 +219,31 @@ impl ModelRunner for SchedulerHandle {
         Ok(logits)
     }
 
-    fn step(&self, state: &mut DecoderState, token: u32) -> Result<Vec<f32>, DecodeError> {
-        let taken = std::mem::replace(state, DecoderState::empty());
+    fn step(
+        &self,
+        lanes: &mut [DecoderState],
+        tokens: &[u32],
+    ) -> Result<Vec<Vec<f32>>, DecodeError> {
+        if lanes.is_empty() || lanes.len() != tokens.len() {
+            return Err(DecodeError::Candle(candle_core::Error::Msg(format!(
+                "a step needs one token per lane ({} for {})",
+                tokens.len(),
+                lanes.len()
+            ))));
+        }
+        // The lanes travel to the scheduler's thread and back (moved, not copied).
+        let taken: Vec<DecoderState> = lanes
+            .iter_mut()
+            .map(|l| std::mem::replace(l, DecoderState::empty()))
+            .collect();
         let (back, result) = self.call(|reply| Call::Step {
-            state: taken,
-            token,
+            lanes: taken,
+            tokens: tokens.to_vec(),
             reply,
         })?;
-        *state = back;
+        for (slot, lane) in lanes.iter_mut().zip(back) {
+            *slot = lane;
+        }
         result
     }
 
@@ -512,37 +534,39 @@ impl Loop {
     fn run_step(&mut self) {
         let n = self.steps.len().min(self.config.max_batch);
         let batch: Vec<_> = self.steps.drain(..n).collect();
-        self.observe("decoder", batch.iter().map(|q| q.since), n);
-        let mut states = Vec::with_capacity(n);
-        let mut tokens = Vec::with_capacity(n);
-        let mut replies = Vec::with_capacity(n);
+        let mut calls = Vec::with_capacity(n);
         for q in batch {
             if let Call::Step {
-                state,
-                token,
+                lanes,
+                tokens,
                 reply,
             } = q.call
             {
-                states.push(state);
-                tokens.push(token);
-                replies.push(reply);
+                calls.push((q.since, lanes, tokens, reply));
             }
         }
+        // Rows of the step: every lane of every sequence (a beam search brings several).
+        let rows: usize = calls.iter().map(|c| c.1.len()).sum();
+        self.observe("decoder", calls.iter().map(|c| c.0), rows);
+        let tokens: Vec<u32> = calls.iter().flat_map(|c| c.2.iter().copied()).collect();
         let result = guarded("decoder step", || {
-            let mut refs: Vec<&mut DecoderState> = states.iter_mut().collect();
+            let mut refs: Vec<&mut DecoderState> =
+                calls.iter_mut().flat_map(|c| c.1.iter_mut()).collect();
             let logits = self.model.decoder.step(&mut refs, &tokens)?;
             Ok(logits.to_vec2::<f32>()?)
         });
         match result {
             Ok(rows) => {
-                for ((state, reply), row) in states.into_iter().zip(replies).zip(rows) {
-                    let _ = reply.send((state, Ok(row)));
+                let mut rows = rows.into_iter();
+                for (_, lanes, _, reply) in calls {
+                    let mine: Vec<Vec<f32>> = rows.by_ref().take(lanes.len()).collect();
+                    let _ = reply.send((lanes, Ok(mine)));
                 }
             }
             Err(e) => {
-                tracing::error!(error = %e, sequences = n, "decoder step failed");
-                for (state, reply) in states.into_iter().zip(replies) {
-                    let _ = reply.send((state, Err(copy_err(&e))));
+                tracing::error!(error = %e, sequences = n, rows, "decoder step failed");
+                for (_, lanes, _, reply) in calls {
+                    let _ = reply.send((lanes, Err(copy_err(&e))));
                 }
             }
         }

@@ -62,6 +62,7 @@ fn greedy_tokens_with(e: &whisperd::Engine, mel: &Tensor) -> Vec<u32> {
         text_probs: false,
     };
     let rules = whisperd::decode::window::FallbackRules {
+        beam: Default::default(),
         compression_ratio_threshold: None,
         logprob_threshold: None,
         no_speech_threshold: None,

@@ -19,13 +19,14 @@ impl QueryAttention<'_> {
     }
 
     /// Self-attention over a cache of `(tokens, heads·dh)` keys and values; query row `row` sees
-    /// keys `0 ..= first + row` (causal).
+    /// keys `0 ..= first + row` (causal). The cache may be split (see [`CacheRows`]): the same
+    /// arithmetic, in the same order, as over the two parts laid end to end.
     pub fn cache_head(
         &self,
         row: usize,
         h: usize,
-        k: &[f32],
-        v: &[f32],
+        k: CacheRows,
+        v: CacheRows,
         first: usize,
         out: &mut [f32],
     ) {
@@ -39,8 +40,8 @@ impl QueryAttention<'_> {
         tier: Tier,
         row: usize,
         h: usize,
-        k: &[f32],
-        v: &[f32],
+        k: CacheRows,
+        v: CacheRows,
         first: usize,
         out: &mut [f32],
     ) {
@@ -92,6 +93,36 @@ impl QueryAttention<'_> {
             n_audio,
             out,
         );
+    }
+}
+
+/// A sequence's cached keys (or values), `(tokens, heads·dh)` row-major, in two parts: rows
+/// shared with other sequences (the start sequence every beam of a window has in common, held
+/// once), then the sequence's own rows. A plain cache is all `own`.
+#[derive(Debug, Clone, Copy)]
+pub struct CacheRows<'a> {
+    pub shared: &'a [f32],
+    pub own: &'a [f32],
+}
+
+impl<'a> CacheRows<'a> {
+    /// A cache that is all the sequence's own.
+    pub fn own(rows: &'a [f32]) -> Self {
+        Self {
+            shared: &[],
+            own: rows,
+        }
+    }
+
+    /// Row `j`'s `len` values from column `offset`.
+    #[inline(always)]
+    fn row(&self, j: usize, stride: usize, offset: usize, len: usize) -> &'a [f32] {
+        let n_shared = self.shared.len() / stride;
+        if j < n_shared {
+            &self.shared[j * stride + offset..][..len]
+        } else {
+            &self.own[(j - n_shared) * stride + offset..][..len]
+        }
     }
 }
 
@@ -239,16 +270,16 @@ unsafe fn cross_head_f16_avx2(q: &[f32], kt: &[u16], v: &[u16], n: usize, out: &
     }
 }
 
-kernel!(pub fn self_head / self_head_on(q: &[f32], k: &[f32], v: &[f32], keys: usize, stride: usize, offset: usize, out: &mut [f32]) {
+kernel!(pub fn self_head / self_head_on(q: &[f32], k: CacheRows, v: CacheRows, keys: usize, stride: usize, offset: usize, out: &mut [f32]) {
     let dh = q.len();
     let mut scores = Vec::with_capacity(keys);
     for j in 0..keys {
-        scores.push(dot(q, &k[j * stride + offset..][..dh]));
+        scores.push(dot(q, k.row(j, stride, offset, dh)));
     }
     softmax_in_place(&mut scores);
     out.fill(0.0);
     for (j, &p) in scores.iter().enumerate() {
-        let vj = &v[j * stride + offset..][..dh];
+        let vj = v.row(j, stride, offset, dh);
         for d in 0..dh {
             out[d] += p * vj[d];
         }
@@ -310,8 +341,9 @@ pub(crate) mod tests {
                     "{tier:?} audio row {row} head {h}: max diff {diff}"
                 );
                 // A cache of 40 tokens of (heads·dh), the query at position 30 + row.
-                qa.cache_head_on(tier, row, h, &kt, &v, 30, &mut a);
-                qa.cache_head_on(Tier::Portable, row, h, &kt, &v, 30, &mut b);
+                let (k, vv) = (CacheRows::own(&kt), CacheRows::own(&v));
+                qa.cache_head_on(tier, row, h, k, vv, 30, &mut a);
+                qa.cache_head_on(Tier::Portable, row, h, k, vv, 30, &mut b);
                 let diff = a
                     .iter()
                     .zip(&b)
@@ -321,6 +353,18 @@ pub(crate) mod tests {
                     diff < 1e-5,
                     "{tier:?} cache row {row} head {h}: max diff {diff}"
                 );
+                // The same cache split after 13 rows (a shared prefix): bit for bit the same.
+                fn split(x: &[f32], cut: usize) -> CacheRows<'_> {
+                    CacheRows {
+                        shared: &x[..cut],
+                        own: &x[cut..],
+                    }
+                }
+                let cut = 13 * heads * dh;
+                let mut c = vec![0f32; dh];
+                qa.cache_head_on(tier, row, h, split(&kt, cut), split(&v, cut), 30, &mut c);
+                qa.cache_head_on(tier, row, h, k, vv, 30, &mut a);
+                assert_eq!(a, c, "{tier:?} split cache row {row} head {h}");
             }
         }
     }

@@ -104,6 +104,17 @@ impl std::str::FromStr for Threshold {
     }
 }
 
+/// A length-penalty flag: a number, or `none` (divide by the length).
+#[derive(Clone, Copy, Debug)]
+pub struct LengthPenalty(pub Option<f32>);
+
+impl std::str::FromStr for LengthPenalty {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        whisperd::decode::parse_length_penalty(s).map(LengthPenalty)
+    }
+}
+
 /// Temperature fallback and the checks that trigger it, shared by `transcribe` and `batch`.
 #[derive(clap::Args)]
 pub struct DecodingArgs {
@@ -123,6 +134,15 @@ pub struct DecodingArgs {
     /// Samples drawn at each temperature above 0; the best-scoring one is that temperature's attempt.
     #[arg(long, default_value_t = 5)]
     pub best_of: usize,
+    /// Beam search width at temperature 0 (1 = greedy, at most 16).
+    #[arg(long, default_value_t = whisperd::decode::DEFAULT_BEAM_SIZE)]
+    pub beam_size: usize,
+    /// Beam search: finished candidates collected before a window stops, × beam size.
+    #[arg(long, default_value_t = 1.0)]
+    pub patience: f32,
+    /// Beam search ranking: `none` divides by the length; a number α by ((5 + length) / 6)^α.
+    #[arg(long, default_value = "none")]
+    pub length_penalty: LengthPenalty,
     /// Do not feed each window's text to the next as its prompt.
     #[arg(long)]
     pub no_condition_on_previous_text: bool,
@@ -209,6 +229,11 @@ impl DecodingArgs {
             logprob_threshold: self.logprob_threshold.0,
             no_speech_threshold: self.no_speech_threshold.0,
             best_of: self.best_of,
+            beam: whisperd::decode::BeamOptions {
+                beam_size: self.beam_size,
+                patience: self.patience,
+                length_penalty: self.length_penalty.0,
+            },
             condition_on_previous_text: !self.no_condition_on_previous_text,
             vad: whisperd::vad::VadOptions {
                 enabled: self.vad,

@@ -2,6 +2,7 @@
 //! decoding of one 30-s window with temperature fallback (`window`), and OpenAI's long-form
 //! seek loop over a whole file (`transcribe`).
 
+pub mod beam;
 pub mod filters;
 pub mod languages;
 mod runner;
@@ -10,6 +11,7 @@ pub mod tokens;
 mod transcribe;
 pub mod window;
 
+pub use beam::{parse_length_penalty, BeamOptions, MAX_BEAM_SIZE};
 pub use filters::SuppressTokens;
 pub use runner::{Cancellable, ModelRunner};
 pub use tokens::{SpecialTokens, WhisperTokenizer, TIME_PRECISION};
@@ -43,6 +45,9 @@ impl std::str::FromStr for Task {
     }
 }
 
+/// The beam width a transcription uses unless told otherwise (config, CLI and library alike).
+pub const DEFAULT_BEAM_SIZE: usize = 1;
+
 /// What the caller may choose for a whole transcription. Defaults are OpenAI's transcribe().
 #[derive(Debug, Clone, PartialEq)]
 pub struct TranscribeOptions {
@@ -66,6 +71,8 @@ pub struct TranscribeOptions {
     pub no_speech_threshold: Option<f32>,
     /// Samples drawn at each temperature above 0, the best-scoring one kept.
     pub best_of: usize,
+    /// Beam search at temperature 0 (`beam_size` 1: greedy).
+    pub beam: BeamOptions,
     /// Speech detection before decoding (the energy gate, and Silero VAD when enabled).
     pub vad: crate::vad::VadOptions,
     /// Word-level timings (`timing`): one extra decoder pass per window.
@@ -90,6 +97,10 @@ impl Default for TranscribeOptions {
             logprob_threshold: Some(-1.0),
             no_speech_threshold: Some(0.6),
             best_of: 5,
+            beam: BeamOptions {
+                beam_size: DEFAULT_BEAM_SIZE,
+                ..Default::default()
+            },
             vad: crate::vad::VadOptions::default(),
             word_timestamps: false,
             language_detection_only: false,
@@ -111,6 +122,7 @@ impl TranscribeOptions {
         if !(1..=20).contains(&self.best_of) {
             return Err(("best_of", "best_of must be between 1 and 20".into()));
         }
+        self.beam.check()?;
         for (name, v) in [
             (
                 "compression_ratio_threshold",

@@ -28,8 +28,14 @@ pub trait ModelRunner: Sync {
         rows: &[usize],
     ) -> Result<Vec<Vec<f32>>, DecodeError>;
 
-    /// Feed one token; returns the logits for the next.
-    fn step(&self, state: &mut DecoderState, token: u32) -> Result<Vec<f32>, DecodeError>;
+    /// Feed one token to each lane of the sequence (one lane when greedy or sampling; the beams
+    /// of a beam search, which share their window's audio and start sequence); returns each
+    /// lane's logits for its next token, in lane order.
+    fn step(
+        &self,
+        lanes: &mut [DecoderState],
+        tokens: &[u32],
+    ) -> Result<Vec<Vec<f32>>, DecodeError>;
 
     /// The sequence started by the last `prefill` takes no more steps (a batching runner stops
     /// waiting for it).
@@ -75,12 +81,13 @@ impl ModelRunner for Whisper {
             .collect()
     }
 
-    fn step(&self, state: &mut DecoderState, token: u32) -> Result<Vec<f32>, DecodeError> {
-        Ok(self
-            .decoder
-            .step(&mut [state], &[token])?
-            .squeeze(0)?
-            .to_vec1()?)
+    fn step(
+        &self,
+        lanes: &mut [DecoderState],
+        tokens: &[u32],
+    ) -> Result<Vec<Vec<f32>>, DecodeError> {
+        let mut refs: Vec<&mut DecoderState> = lanes.iter_mut().collect();
+        Ok(self.decoder.step(&mut refs, tokens)?.to_vec2()?)
     }
 
     fn align(
@@ -138,11 +145,15 @@ impl<F: Fn() -> bool + Sync> ModelRunner for Cancellable<'_, F> {
         }
         self.inner.prefill(state, tokens, rows)
     }
-    fn step(&self, state: &mut DecoderState, token: u32) -> Result<Vec<f32>, DecodeError> {
+    fn step(
+        &self,
+        lanes: &mut [DecoderState],
+        tokens: &[u32],
+    ) -> Result<Vec<Vec<f32>>, DecodeError> {
         if (self.cancelled)() {
             return Err(DecodeError::Cancelled);
         }
-        self.inner.step(state, token)
+        self.inner.step(lanes, tokens)
     }
     fn end_sequence(&self) {
         self.inner.end_sequence()

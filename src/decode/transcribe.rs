@@ -111,6 +111,7 @@ pub fn transcribe(
         logprob_threshold: o.logprob_threshold,
         no_speech_threshold: o.no_speech_threshold,
         best_of: o.best_of,
+        beam: o.beam,
     };
     let mut rng = new_rng();
 

@@ -1,8 +1,9 @@
-//! Decoding one 30-s window: start sequence, greedy (or sampled) token loop over the KV-cached
-//! decoder with the logit rules, and OpenAI's temperature fallback.
+//! Decoding one 30-s window: start sequence, greedy, sampled or beam-search token loop over the
+//! KV-cached decoder with the logit rules, and OpenAI's temperature fallback.
 
 use rand::{Rng, SeedableRng};
 
+use super::beam::{decode_beam, BeamOptions};
 use super::filters::{apply_timestamp_rules, log_softmax, log_sum_exp, suppress, SuppressTokens};
 use super::runner::{ModelRunner, SequenceGuard};
 use super::tokens::{TokenizerError, WhisperTokenizer};
@@ -10,7 +11,7 @@ use super::{compression_ratio, Task};
 use crate::model::DecoderState;
 
 /// At most this many tokens are sampled per window (n_text_ctx / 2).
-const SAMPLE_LEN: usize = 224;
+pub(super) const SAMPLE_LEN: usize = 224;
 /// The first timestamp is at most 1.0 s (50 steps of 0.02 s).
 const MAX_INITIAL_TIMESTAMP: usize = 50;
 
@@ -24,6 +25,8 @@ pub enum DecodeError {
     Cancelled,
     #[error("no temperature to decode at")]
     NoTemperature,
+    #[error("the model returned no logits for a decoder step")]
+    NoLogits,
 }
 
 /// Options fixed for one window.
@@ -93,6 +96,24 @@ pub fn initial_tokens(
     (t, sot_index)
 }
 
+/// The logit rules before a token is chosen, given the tokens `sampled` so far in the window:
+/// suppress-blank at the first step, the suppress list, the timestamp rules.
+pub(super) fn apply_rules(
+    logits: &mut [f32],
+    sampled: &[u32],
+    suppress_tokens: &SuppressTokens,
+    sp: &super::SpecialTokens,
+    timestamps: bool,
+) {
+    if sampled.is_empty() {
+        suppress(logits, &suppress_tokens.at_begin);
+    }
+    suppress(logits, &suppress_tokens.always);
+    if timestamps {
+        apply_timestamp_rules(logits, sampled, sp, Some(MAX_INITIAL_TIMESTAMP));
+    }
+}
+
 /// Decode one window at one temperature (0 = greedy). `state` holds this window's cross
 /// attention and is reset here, so fallbacks reuse it.
 #[allow(clippy::too_many_arguments)]
@@ -131,13 +152,7 @@ pub fn decode_at_temperature(
         } else {
             0.0
         };
-        if sampled.is_empty() {
-            suppress(&mut logits, &suppress_tokens.at_begin);
-        }
-        suppress(&mut logits, &suppress_tokens.always);
-        if o.timestamps {
-            apply_timestamp_rules(&mut logits, &sampled, sp, Some(MAX_INITIAL_TIMESTAMP));
-        }
+        apply_rules(&mut logits, &sampled, suppress_tokens, sp, o.timestamps);
         let next = if temperature <= 0.0 {
             argmax(&logits)
         } else {
@@ -162,7 +177,10 @@ pub fn decode_at_temperature(
         if start.len() + sampled.len() >= n_ctx {
             break;
         }
-        logits = runner.step(state, next)?;
+        logits = runner
+            .step(std::slice::from_mut(state), &[next])?
+            .pop()
+            .ok_or(DecodeError::NoLogits)?;
     }
 
     let text = tok.decode(&sampled)?.trim().to_string();
@@ -178,9 +196,12 @@ pub fn decode_at_temperature(
     })
 }
 
-/// Thresholds that decide whether a window is re-decoded at the next temperature.
+/// How a window is decoded at each temperature (beam search at 0, `best_of` samples above) and
+/// the thresholds that decide whether it is re-decoded at the next temperature.
 #[derive(Debug, Clone, Copy)]
 pub struct FallbackRules {
+    /// Beam search at temperature 0 (`beam_size` 1: greedy).
+    pub beam: BeamOptions,
     pub compression_ratio_threshold: Option<f32>,
     pub logprob_threshold: Option<f32>,
     pub no_speech_threshold: Option<f32>,
@@ -322,6 +343,9 @@ pub fn decode_window(
     rng: &mut rand::rngs::StdRng,
 ) -> Result<FallbackResult, DecodeError> {
     select_fallback(temperatures, rules, |t| {
+        if t <= 0.0 && rules.beam.beam_size > 1 {
+            return decode_beam(runner, tok, suppress_tokens, state, o, rules.beam);
+        }
         let samples = if t > 0.0 { rules.best_of.max(1) } else { 1 };
         let mut best = decode_at_temperature(runner, tok, suppress_tokens, state, o, t, rng)?;
         for _ in 1..samples {
@@ -387,6 +411,11 @@ mod tests {
     }
 
     const RULES: FallbackRules = FallbackRules {
+        beam: BeamOptions {
+            beam_size: 1,
+            patience: 1.0,
+            length_penalty: None,
+        },
         compression_ratio_threshold: Some(2.4),
         logprob_threshold: Some(-1.0),
         no_speech_threshold: Some(0.6),

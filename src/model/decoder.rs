@@ -2,9 +2,13 @@
 //! cross-attention keys/values are computed once per audio window (`prepare`).
 //! Shapes keep a batch dimension: several sequences decode together.
 
+use std::sync::Arc;
+
 use candle_core::{Module, Tensor};
 use candle_nn::{LayerNorm, Linear};
 use rayon::prelude::*;
+
+use whisperd_kernels::query::CacheRows;
 
 use super::linear::{Precision, Proj};
 use super::rowmatmul::{self, RowMatmul};
@@ -36,12 +40,24 @@ enum AudioKv {
 /// Per-window decoding state, plain memory so attention for one query row needs no tensor
 /// ops: per layer the keys and values of the tokens fed so far (`(tokens, d)`, appended to), the
 /// audio keys and values, and the next position.
+///
+/// Beam search runs several sequences (lanes) over one window: they share the audio keys/values
+/// and the start sequence's keys/values (`shared`, frozen by [`DecoderState::share_prefix`]), and
+/// each holds only the tokens it decoded itself, so [`DecoderState::fork`] copies those alone.
 pub struct DecoderState {
+    /// Per layer, the keys and values of a prefix held in common with other lanes.
+    shared: Option<Arc<SharedPrefix>>,
     self_k: Vec<Vec<f32>>,
     self_v: Vec<Vec<f32>>,
-    cross: Vec<AudioKv>,
+    cross: Arc<Vec<AudioKv>>,
     n_audio: usize,
     position: usize,
+}
+
+/// Keys and values of a prefix, per layer, read by every lane that forked from it.
+struct SharedPrefix {
+    k: Vec<Vec<f32>>,
+    v: Vec<Vec<f32>>,
 }
 
 impl DecoderState {
@@ -51,18 +67,67 @@ impl DecoderState {
     /// A state with no audio, to stand in while the real one is away (see the scheduler).
     pub fn empty() -> Self {
         Self {
+            shared: None,
             self_k: Vec::new(),
             self_v: Vec::new(),
-            cross: Vec::new(),
+            cross: Arc::new(Vec::new()),
             n_audio: 0,
             position: 0,
         }
     }
     /// Forget the tokens fed so far (keeps the window's cross-attention keys/values).
     pub fn reset(&mut self) {
+        self.shared = None;
         self.self_k.iter_mut().for_each(Vec::clear);
         self.self_v.iter_mut().for_each(Vec::clear);
         self.position = 0;
+    }
+    /// Freeze the tokens fed so far into a prefix that forks share instead of copying. The
+    /// attention arithmetic is unchanged (see `whisperd_kernels::query::CacheRows`).
+    pub fn share_prefix(&mut self) {
+        let mut k: Vec<Vec<f32>> = self.self_k.iter_mut().map(std::mem::take).collect();
+        let mut v: Vec<Vec<f32>> = self.self_v.iter_mut().map(std::mem::take).collect();
+        if let Some(old) = self.shared.take() {
+            // Already shared: the new prefix is the old one followed by the own tokens.
+            for (layer, (k, v)) in k.iter_mut().zip(&mut v).enumerate() {
+                let mut pk = old.k[layer].clone();
+                pk.append(k);
+                *k = pk;
+                let mut pv = old.v[layer].clone();
+                pv.append(v);
+                *v = pv;
+            }
+        }
+        self.shared = Some(Arc::new(SharedPrefix { k, v }));
+    }
+    /// Another lane at this one's position: the shared prefix and audio are shared, the tokens
+    /// this lane decoded itself are copied.
+    pub fn fork(&self) -> Self {
+        Self {
+            shared: self.shared.clone(),
+            self_k: self.self_k.clone(),
+            self_v: self.self_v.clone(),
+            cross: self.cross.clone(),
+            n_audio: self.n_audio,
+            position: self.position,
+        }
+    }
+    /// Layer `layer`'s cached keys and values (shared prefix, then own rows).
+    fn cache(&self, layer: usize) -> (CacheRows<'_>, CacheRows<'_>) {
+        let (sk, sv): (&[f32], &[f32]) = match &self.shared {
+            Some(p) => (&p.k[layer], &p.v[layer]),
+            None => (&[], &[]),
+        };
+        (
+            CacheRows {
+                shared: sk,
+                own: &self.self_k[layer],
+            },
+            CacheRows {
+                shared: sv,
+                own: &self.self_v[layer],
+            },
+        )
     }
 }
 
@@ -355,7 +420,7 @@ impl TextDecoder {
         let (kt_all, v_all) = self.cross_kv.compute(&audio.squeeze(0)?)?;
         // Per layer: its rows of Kᵀ as they are (heads one after another, `(heads, dh, t)`);
         // its columns of V regrouped per head `(heads, t, dh)`, heads in parallel.
-        let cross = (0..layers)
+        let cross: Vec<AudioKv> = (0..layers)
             .into_par_iter()
             .map(|i| {
                 let kt = &kt_all[i * d * t..][..d * t];
@@ -382,7 +447,8 @@ impl TextDecoder {
             self_v: (0..self.blocks.len())
                 .map(|_| Vec::with_capacity(cap))
                 .collect(),
-            cross,
+            shared: None,
+            cross: Arc::new(cross),
             n_audio: t,
             position: 0,
         })
@@ -490,7 +556,8 @@ impl TextDecoder {
                 st.self_v[i].extend_from_slice(&row[2 * d..]);
             }
             self.attend_each(states, &spans, &q, d, &mut att, |qa, st, row, h, out| {
-                qa.cache_head(row, h, &st.self_k[i], &st.self_v[i], st.position, out)
+                let (k, v) = st.cache(i);
+                qa.cache_head(row, h, k, v, st.position, out)
             });
             let y = Tensor::from_slice(&att, (n_rows, d), device)?;
             x = (x + block.self_out.forward_with(&y, rk)?)?;

@@ -378,6 +378,18 @@ fn parse_options(
                 .param("best_of")
         })?;
     }
+    // Beam search (not in OpenAI's API; accepted on every endpoint, as speaches does).
+    if let Some(b) = number(f, "beam_size")? {
+        o.beam.beam_size = b;
+    }
+    if let Some(p) = number(f, "patience")? {
+        o.beam.patience = p;
+    }
+    if let Some(l) = f.get("length_penalty").filter(|l| !l.trim().is_empty()) {
+        o.beam.length_penalty = crate::decode::parse_length_penalty(l).map_err(|e| {
+            ApiError::bad_request(format!("`length_penalty` {e}")).param("length_penalty")
+        })?;
+    }
     if let Some(v) = threshold(f, "compression_ratio_threshold")? {
         o.compression_ratio_threshold = v;
     }
@@ -800,10 +812,42 @@ mod tests {
             "condition_on_previous_text",
             "temperature",
             "best_of",
+            "beam_size",
+            "patience",
+            "length_penalty",
         ] {
             let e = parse_options(Api::Native, &fields(&[(name, "lots")]), &defaults).unwrap_err();
             let body = format!("{e:?}");
             assert!(body.contains(name), "{name}: {body}");
+        }
+    }
+
+    #[test]
+    fn beam_fields_on_every_endpoint() {
+        let defaults = TranscribeOptions::default();
+        let f = fields(&[
+            ("beam_size", "5"),
+            ("patience", "2"),
+            ("length_penalty", "0.6"),
+        ]);
+        for api in [
+            Api::Native,
+            Api::OpenAiTranscriptions,
+            Api::OpenAiTranslations,
+        ] {
+            let (o, _) = parse_options(api, &f, &defaults).unwrap();
+            assert_eq!(
+                (o.beam.beam_size, o.beam.patience, o.beam.length_penalty),
+                (5, 2.0, Some(0.6))
+            );
+        }
+        // Unset fields keep the configured default.
+        let (o, _) = parse_options(Api::OpenAiTranscriptions, &fields(&[]), &defaults).unwrap();
+        assert_eq!(o.beam, defaults.beam);
+        // Out-of-range values are caught where every option is checked (400 naming the field).
+        for (name, v) in [("beam_size", "0"), ("beam_size", "17"), ("patience", "0")] {
+            let (o, _) = parse_options(Api::Native, &fields(&[(name, v)]), &defaults).unwrap();
+            assert_eq!(o.check_fallback().unwrap_err().0, name);
         }
     }
 
