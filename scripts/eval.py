@@ -2,7 +2,7 @@
 """Accuracy and speed of whisperd next to faster-whisper (int8, same weights), in one run.
 
 usage: eval.py --bin target/release/whisperd --model models/whisper-tiny.en --shared ../shared [--speed]
-               [--keywords "Frank,Marie,…"] [--skip-peer]
+               [--keywords "Frank,Marie,…"] [--skip-peer] [--beam N]
 
 Transcribes every English file of ../shared/eval/manifest.jsonl with `whisperd transcribe` (one
 process, model loaded once, timestamps on as OpenAI's transcribe()), scores it with
@@ -30,8 +30,10 @@ def main():
     ap.add_argument("--precision", default="f32", help="whisperd --precision (f32 or q8)")
     ap.add_argument("--keywords", help="whisperd --keywords (comma-separated; the peer runs without)")
     ap.add_argument("--skip-peer", action="store_true", help="whisperd only")
+    ap.add_argument("--beam", type=int, default=1, help="beam size for both (whisperd --beam-size, peer --beam); 1 = greedy")
     a = ap.parse_args()
     extra = ["--keywords", a.keywords] if a.keywords else []
+    extra += ["--beam-size", str(a.beam)]
     manifest = os.path.join(a.shared, "eval/manifest.jsonl")
     rows = [json.loads(l) for l in open(manifest)]
     rows = [r for r in rows if r["lang"] == "en" and r["category"] in a.category.split(",")]
@@ -62,13 +64,13 @@ def main():
         if a.skip_peer:
             raise FileNotFoundError("--skip-peer")
         pr = run([sys.executable, os.path.join(a.shared, "scripts/peer_baseline.py"), manifest, a.model, peer_out,
-                  "--compute-type", "int8", "--threads", str(a.threads), "--category", a.category])
+                  "--compute-type", "int8", "--threads", str(a.threads), "--category", a.category, "--beam", str(a.beam)])
         summary = json.loads(pr.stdout.strip().splitlines()[-1])
         peer = (score(a.shared, peer_out, a.category), summary)
     except (subprocess.CalledProcessError, FileNotFoundError) as e:
         print(f"peer (faster-whisper) not run: {getattr(e, 'stderr', e)}", file=sys.stderr)
 
-    print(f"\n{len(rows)} English files, {audio:.0f} s of audio, {a.threads} threads, categories {a.category}")
+    print(f"\n{len(rows)} English files, {audio:.0f} s of audio, {a.threads} threads, categories {a.category}, beam {a.beam}")
     print(f"| system | WER | by category | speed (x real time) |")
     print(f"|---|---|---|---|")
     print(f"| whisperd {a.precision} | {ours['wer']:.2f}% | {ours['by_category']} | {ours_speed:.1f}x |")
@@ -81,7 +83,7 @@ def main():
     if a.speed:
         # Batch (decoding overlapped with inference) vs. transcribe over the same files.
         t0 = time.perf_counter()
-        run([a.bin, "batch", "--model", a.model, "--threads", str(a.threads), "--precision", a.precision, "--format", "json", "--output-dir", os.path.join(tmp, "batch"), *files])
+        run([a.bin, "batch", "--model", a.model, "--threads", str(a.threads), "--precision", a.precision, "--format", "json", "--beam-size", str(a.beam), "--output-dir", os.path.join(tmp, "batch"), *files])
         batch_wall = time.perf_counter() - t0
         print(f"\nwhisperd batch over the same files: {batch_wall:.1f} s wall incl. model load ({audio / batch_wall:.1f}x real time); "
               f"transcribe: {wall:.1f} s ({audio / wall:.1f}x)")
@@ -94,7 +96,7 @@ def main():
             dst.setparams(params)
             dst.writeframes(frames * 3)
         t0 = time.perf_counter()
-        r = subprocess.run(["/usr/bin/time", "-f", "%M", a.bin, "transcribe", "--model", a.model, "--threads", str(a.threads), "--precision", a.precision, long_file],
+        r = subprocess.run(["/usr/bin/time", "-f", "%M", a.bin, "transcribe", "--model", a.model, "--threads", str(a.threads), "--precision", a.precision, "--beam-size", str(a.beam), long_file],
                            text=True, capture_output=True, env={**os.environ, "RUST_LOG": "warn"})
         secs = time.perf_counter() - t0
         rss_mb = int(r.stderr.strip().splitlines()[-1]) / 1024

@@ -122,6 +122,42 @@ fn usage_errors_exit_2() {
 }
 
 #[test]
+fn beam_size_flag_decodes_with_beams_and_bad_values_exit_2() {
+    // Greedy hears "Paris face fell…"; beam 5 (as faster-whisper's beam 5) "Marie's face…".
+    let clip = shared().join("eval/librispeech/test-clean/237-134500-0027.flac");
+    let text = |beam: &str| {
+        let out = whisperd()
+            .args(["transcribe", "--format", "text", "--temperature", "0"])
+            .args(["--vad", "false", "--beam-size", beam])
+            .arg(&clip)
+            .output()
+            .unwrap();
+        assert_success(&out);
+        String::from_utf8(out.stdout).unwrap()
+    };
+    assert!(text("5").contains("Marie's face"));
+    assert!(text("1").contains("Paris face"));
+    for bad in [
+        ["--beam-size", "0"],
+        ["--beam-size", "x"],
+        ["--patience", "0"],
+    ] {
+        let out = whisperd()
+            .arg("transcribe")
+            .args(bad)
+            .arg(&clip)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{bad:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains(&bad[0][2..].replace('-', "_")) || err.contains(bad[0]),
+            "{bad:?}: {err}"
+        );
+    }
+}
+
+#[test]
 fn no_timestamps_and_prompt_flags() {
     let out = whisperd()
         .args([

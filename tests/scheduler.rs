@@ -104,3 +104,79 @@ fn english_eval_set_decodes_to_the_same_tokens_batched_and_alone() {
     }
     assert_eq!(metrics.active_sequences.get(), 0, "a sequence never ended");
 }
+
+#[test]
+fn mixed_beam_sizes_decode_the_same_batched_and_alone() {
+    // Beam search requests (their beams are lanes of one sequence) beside greedy ones: every
+    // request's tokens are the same as when it decodes alone.
+    let e = engine();
+    let mut entries: Vec<_> = manifest()
+        .into_iter()
+        .filter(|m| m.lang == "en" && m.category == "librispeech")
+        .collect();
+    entries.sort_by(|a, b| a.id.cmp(&b.id));
+    entries.truncate(12);
+    let beams = [5usize, 1, 3, 5, 1, 2];
+    let files: Vec<(String, Prepared, TranscribeOptions)> = entries
+        .into_iter()
+        .enumerate()
+        .map(|(i, m)| {
+            let pcm = Engine::load_audio(read(&format!("eval/{}", m.path))).expect("audio");
+            let mut o = TranscribeOptions::default();
+            o.beam.beam_size = beams[i % beams.len()];
+            // Fallback samples would also batch, but keep the run short: temperature 0 only.
+            o.temperatures = vec![0.0];
+            (m.id, e.prepare(&pcm, &o.vad).expect("prepare"), o)
+        })
+        .collect();
+    let run = |runner: Option<&scheduler::SchedulerHandle>, p: &Prepared, o: &TranscribeOptions| {
+        let t = match runner {
+            Some(r) => e.transcribe_prepared_with(r, p, o),
+            None => e.transcribe_prepared(p, o),
+        }
+        .expect("transcribe");
+        t.segments.into_iter().map(|s| s.tokens).collect::<Vec<_>>()
+    };
+    let alone: Vec<Vec<Vec<u32>>> = files.iter().map(|(_, p, o)| run(None, p, o)).collect();
+
+    let registry = prometheus::Registry::new();
+    let metrics = SchedulerMetrics::new(&registry).unwrap();
+    let handle = scheduler::start(
+        e.model.clone(),
+        SchedulerConfig {
+            max_batch: 8,
+            max_wait: Duration::from_millis(5),
+        },
+        Some(metrics.clone()),
+    )
+    .unwrap();
+    let next = AtomicUsize::new(0);
+    let batched: Mutex<Vec<Option<Vec<Vec<u32>>>>> = Mutex::new(vec![None; files.len()]);
+    std::thread::scope(|scope| {
+        for _ in 0..6 {
+            scope.spawn(|| loop {
+                let i = next.fetch_add(1, Ordering::SeqCst);
+                let Some((_, p, o)) = files.get(i) else { break };
+                let t = run(Some(&handle), p, o);
+                batched.lock().unwrap()[i] = Some(t);
+            });
+        }
+    });
+    let batched = batched.into_inner().unwrap();
+    for (i, (id, _, o)) in files.iter().enumerate() {
+        assert_eq!(
+            batched[i].as_ref(),
+            Some(&alone[i]),
+            "{id} (beam {}): batched tokens differ from decoding alone",
+            o.beam.beam_size
+        );
+    }
+    // Steps carried several sequences' lanes: far more rows than one beam-5 request alone.
+    let h = metrics.batch_size.with_label_values(&["decoder"]);
+    let mean = h.get_sample_sum() / h.get_sample_count().max(1) as f64;
+    eprintln!(
+        "decoder: {} steps, mean rows {mean:.2}",
+        h.get_sample_count()
+    );
+    assert!(mean > 5.0, "decoder steps averaged {mean} rows");
+}

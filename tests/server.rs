@@ -453,6 +453,21 @@ fn every_bad_input_gets_a_clear_4xx() {
         "not a recognised audio file",
         Some("file"),
     );
+    // Beam search settings out of range or not numbers, on both APIs.
+    for (path, field, value) in [
+        ("/transcribe", "beam_size", "0"),
+        ("/transcribe", "beam_size", "17"),
+        ("/v1/audio/transcriptions", "beam_size", "five"),
+        ("/v1/audio/transcriptions", "patience", "0"),
+        ("/transcribe", "length_penalty", "long"),
+    ] {
+        check(
+            s.post_form(path, Some(("file", &short)), &[(field, value)], &[]),
+            400,
+            field,
+            Some(field),
+        );
+    }
     // A 6-s WAV cut in half (jfk's declared 11 s is over this server's 8-s limit, which the
     // declared length now answers first with a 413).
     let six = wav_bytes(&noise(16_000 * 6, 0.1), 16_000);
@@ -794,4 +809,25 @@ fn short_requests_are_not_stuck_behind_a_long_file() {
         encoding > 0.0 && decoding > 0.0,
         "busy seconds: encoder {encoding}, decoder {decoding}"
     );
+}
+
+#[test]
+fn configured_beam_size_is_the_default_and_a_field_overrides_it() {
+    // WHISPERD_BEAM_SIZE=5: the OpenAI endpoint (which has no beam field of its own) decodes with
+    // five beams — "Marie's face…", faster-whisper's beam-5 text — and `beam_size=1` asks for
+    // greedy ("Paris face…").
+    let s = Server::start(&[("WHISPERD_BEAM_SIZE", "5")]);
+    let clip = read("eval/librispeech/test-clean/237-134500-0027.flac");
+    let text = |fields: &[(&str, &str)]| {
+        let r = s.post_form(
+            "/v1/audio/transcriptions",
+            Some(("file", &clip)),
+            fields,
+            &[],
+        );
+        assert_eq!(r.0, 200, "{}", String::from_utf8_lossy(&r.2));
+        json(&r)["text"].as_str().unwrap_or_default().to_string()
+    };
+    assert!(text(&[("model", "whisper-1")]).contains("Marie's face"));
+    assert!(text(&[("model", "whisper-1"), ("beam_size", "1")]).contains("Paris face"));
 }
