@@ -129,17 +129,147 @@ impl<'a> CacheRows<'a> {
 /// How audio keys/values are stored: f32, or fp16 bits (half the memory traffic per step).
 pub trait AudioValue: Sized {
     fn cross_head_on(tier: Tier, q: &[f32], kt: &[Self], v: &[Self], n: usize, out: &mut [f32]);
+    /// Several query rows against the same keys/values, `out` `(rows, dh)`: each row bit for
+    /// bit what [`AudioValue::cross_head_on`] gives it alone, the keys and values read once.
+    fn cross_rows_on(tier: Tier, qs: &[&[f32]], kt: &[Self], v: &[Self], n: usize, out: &mut [f32]);
 }
 
 impl AudioValue for f32 {
     fn cross_head_on(tier: Tier, q: &[f32], kt: &[f32], v: &[f32], n: usize, out: &mut [f32]) {
         cross_head_on(tier, q, kt, v, n, out)
     }
+    fn cross_rows_on(tier: Tier, qs: &[&[f32]], kt: &[f32], v: &[f32], n: usize, out: &mut [f32]) {
+        let dh = qs.first().map_or(0, |q| q.len());
+        assert!(kt.len() >= dh * n && v.len() >= dh * n && out.len() >= qs.len() * dh);
+        cross_rows_on(tier, qs, kt, v, n, out)
+    }
 }
 
 impl AudioValue for u16 {
     fn cross_head_on(tier: Tier, q: &[f32], kt: &[u16], v: &[u16], n: usize, out: &mut [f32]) {
         cross_head_f16_on(tier, q, kt, v, n, out)
+    }
+    fn cross_rows_on(tier: Tier, qs: &[&[f32]], kt: &[u16], v: &[u16], n: usize, out: &mut [f32]) {
+        cross_rows_f16_on(tier, qs, kt, v, n, out)
+    }
+}
+
+/// Cross-attention of several query rows (`qs`, each `dh` long, already scaled) over one head's
+/// audio keys (transposed, `(dh, n_audio)`) and values (`(n_audio, dh)`), writing `out`
+/// `(rows, dh)`. The rows of one window (a beam search's lanes, a start sequence) share its
+/// audio: read once for all of them instead of once per row, with each row's numbers exactly
+/// those of [`QueryAttention::audio_head`].
+pub fn audio_rows<T: AudioValue>(
+    qs: &[&[f32]],
+    kt: &[T],
+    v: &[T],
+    n_audio: usize,
+    out: &mut [f32],
+) {
+    audio_rows_on(Tier::best(), qs, kt, v, n_audio, out)
+}
+
+/// [`audio_rows`] on the kernels of `tier` (one of [`Tier::available`]).
+pub fn audio_rows_on<T: AudioValue>(
+    tier: Tier,
+    qs: &[&[f32]],
+    kt: &[T],
+    v: &[T],
+    n_audio: usize,
+    out: &mut [f32],
+) {
+    if let [q] = qs {
+        return T::cross_head_on(tier, q, kt, v, n_audio, out);
+    }
+    T::cross_rows_on(tier, qs, kt, v, n_audio, out)
+}
+
+/// [`AudioValue::cross_rows_on`] for fp16 keys/values: the AVX2 kernel's arithmetic row by row
+/// with the keys and values read once; where the single-row kernel is another one (AVX-512,
+/// portable) each row runs through it.
+fn cross_rows_f16_on(tier: Tier, qs: &[&[f32]], kt: &[u16], v: &[u16], n: usize, out: &mut [f32]) {
+    let dh = qs.first().map_or(0, |q| q.len());
+    assert!(
+        kt.len() >= dh * n
+            && v.len() >= dh * n
+            && out.len() >= qs.len() * dh
+            && qs.iter().all(|q| q.len() == dh)
+    );
+    #[cfg(target_arch = "x86_64")]
+    {
+        let single_is_avx512 = tier >= Tier::Avx512 && dh.is_multiple_of(16) && dh <= 128;
+        if !single_is_avx512 && tier >= Tier::Avx2 && dh.is_multiple_of(8) && dh <= 64 {
+            // SAFETY: the tier's features were detected (`Tier::available`); the lengths were
+            // checked above and the head size here.
+            return unsafe { cross_rows_f16_avx2(qs, kt, v, n, out) };
+        }
+    }
+    for (q, o) in qs.iter().zip(out.chunks_exact_mut(dh.max(1))) {
+        cross_head_f16_on(tier, q, kt, v, n, o);
+    }
+}
+
+/// `cross_head_f16_avx2` for several rows: per row the same instructions in the same order (so
+/// the same bits), each key and value row converted and loaded once for all of them.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn cross_rows_f16_avx2(qs: &[&[f32]], kt: &[u16], v: &[u16], n: usize, out: &mut [f32]) {
+    use std::arch::x86_64::*;
+    let dh = qs[0].len();
+    let rows = qs.len();
+    let load8 = |p: *const u16| _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i));
+    let n8 = n / 8 * 8;
+    let mut scores = vec![0f32; rows * n];
+    let mut d = 0;
+    while d < dh {
+        let pair = d + 1 < dh;
+        let (r0, r1) = (
+            kt.as_ptr().add(d * n),
+            kt.as_ptr().add((d + pair as usize) * n),
+        );
+        let mut j = 0;
+        while j < n8 {
+            let (k0, k1) = (load8(r0.add(j)), load8(r1.add(j)));
+            for (r, q) in qs.iter().enumerate() {
+                let (q0, q1) = (
+                    _mm256_set1_ps(q[d]),
+                    _mm256_set1_ps(if pair { q[d + 1] } else { 0.0 }),
+                );
+                let s = scores.as_mut_ptr().add(r * n + j);
+                let acc = _mm256_fmadd_ps(q0, k0, _mm256_loadu_ps(s));
+                _mm256_storeu_ps(s, _mm256_fmadd_ps(q1, k1, acc));
+            }
+            j += 8;
+        }
+        for (r, q) in qs.iter().enumerate() {
+            for (j, sc) in scores[r * n..][..n].iter_mut().enumerate().skip(n8) {
+                *sc += q[d] * half::f16::from_bits(*r0.add(j)).to_f32();
+                if pair {
+                    *sc += q[d + 1] * half::f16::from_bits(*r1.add(j)).to_f32();
+                }
+            }
+        }
+        d += 2;
+    }
+    for row in scores.chunks_exact_mut(n.max(1)) {
+        softmax_in_place(row);
+    }
+    let lanes = dh / 8;
+    let mut acc = vec![[_mm256_setzero_ps(); 8]; rows];
+    for j in 0..n {
+        let row = v.as_ptr().add(j * dh);
+        for c in 0..lanes {
+            let vv = load8(row.add(c * 8));
+            for (r, a) in acc.iter_mut().enumerate() {
+                let pv = _mm256_set1_ps(scores[r * n + j]);
+                a[c] = _mm256_fmadd_ps(pv, vv, a[c]);
+            }
+        }
+    }
+    for (r, a) in acc.iter().enumerate() {
+        for (c, x) in a.iter().enumerate().take(lanes) {
+            _mm256_storeu_ps(out.as_mut_ptr().add(r * dh + c * 8), *x);
+        }
     }
 }
 
@@ -277,11 +407,13 @@ kernel!(pub fn self_head / self_head_on(q: &[f32], k: CacheRows, v: CacheRows, k
         scores.push(dot(q, k.row(j, stride, offset, dh)));
     }
     softmax_in_place(&mut scores);
+    let out = &mut out[..dh];
     out.fill(0.0);
     for (j, &p) in scores.iter().enumerate() {
-        let vj = v.row(j, stride, offset, dh);
-        for d in 0..dh {
-            out[d] += p * vj[d];
+        // Zipped, not indexed: with bounds checks in the loop the compiler left half of each row
+        // to a scalar tail (half of this kernel's time).
+        for (o, &x) in out.iter_mut().zip(v.row(j, stride, offset, dh)) {
+            *o += p * x;
         }
     }
 });
@@ -305,6 +437,36 @@ kernel!(pub fn cross_head / cross_head_on(q: &[f32], kt: &[f32], v: &[f32], n: u
     }
 });
 
+kernel!(#[allow(dead_code)] fn cross_rows / cross_rows_on(qs: &[&[f32]], kt: &[f32], v: &[f32], n: usize, out: &mut [f32]) {
+    // Per row exactly `cross_head`'s operations in its order; the key row `d` (and value row
+    // `j`) is read once for every query row.
+    let rows = qs.len();
+    let dh = qs.first().map_or(0, |q| q.len());
+    let mut scores = vec![0f32; rows * n];
+    for d in 0..dh {
+        let krow = &kt[d * n..][..n];
+        for (r, q) in qs.iter().enumerate() {
+            let qd = q[d];
+            for (s, &kv) in scores[r * n..][..n].iter_mut().zip(krow) {
+                *s += qd * kv;
+            }
+        }
+    }
+    for row in scores.chunks_exact_mut(n.max(1)) {
+        softmax_in_place(row);
+    }
+    out[..rows * dh].fill(0.0);
+    for j in 0..n {
+        let vj = &v[j * dh..][..dh];
+        for r in 0..rows {
+            let p = scores[r * n + j];
+            for (o, &vv) in out[r * dh..][..dh].iter_mut().zip(vj) {
+                *o += p * vv;
+            }
+        }
+    }
+});
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
@@ -316,6 +478,35 @@ pub(crate) mod tests {
         for n in [37, 1500] {
             audio_attention_over_f16_matches_f32_on(tier, n);
         }
+        let (dh, n) = (64, 77);
+        let kt: Vec<u16> = crate::test_values(dh * n, 21)
+            .iter()
+            .map(|&x| half::f16::from_f32(x).to_bits())
+            .collect();
+        let v: Vec<u16> = crate::test_values(dh * n, 22)
+            .iter()
+            .map(|&x| half::f16::from_f32(x).to_bits())
+            .collect();
+        rows_equal_single_rows(tier, &kt, &v, dh, n);
+    }
+
+    /// Several rows at once give every row's single-row result, bit for bit, for 1 to 6 rows.
+    fn rows_equal_single_rows<T: AudioValue>(tier: Tier, kt: &[T], v: &[T], dh: usize, n: usize) {
+        let q = crate::test_values(6 * dh, 23);
+        for rows in 1..=6 {
+            let qs: Vec<&[f32]> = q.chunks_exact(dh).take(rows).collect();
+            let mut together = vec![0f32; rows * dh];
+            audio_rows_on(tier, &qs, kt, v, n, &mut together);
+            for (r, qr) in qs.iter().enumerate() {
+                let mut alone = vec![0f32; dh];
+                T::cross_head_on(tier, qr, kt, v, n, &mut alone);
+                assert_eq!(
+                    &together[r * dh..][..dh],
+                    &alone[..],
+                    "{tier:?}: row {r} of {rows}"
+                );
+            }
+        }
     }
 
     /// f32 audio keys/values and the causal self-attention over a cache, against the portable
@@ -325,6 +516,7 @@ pub(crate) mod tests {
         let q = crate::test_values(2 * heads * dh, 11);
         let kt = crate::test_values(heads * dh * n, 12);
         let v = crate::test_values(heads * dh * n, 13);
+        rows_equal_single_rows(tier, &kt[..dh * n], &v[..dh * n], dh, n);
         let qa = QueryAttention { q: &q, heads, dh };
         let (mut a, mut b) = (vec![0f32; dh], vec![0f32; dh]);
         for row in 0..2 {

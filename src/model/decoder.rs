@@ -8,7 +8,7 @@ use candle_core::{Module, Tensor};
 use candle_nn::{LayerNorm, Linear};
 use rayon::prelude::*;
 
-use whisperd_kernels::query::CacheRows;
+use whisperd_kernels::query::{audio_rows, CacheRows};
 
 use super::linear::{Precision, Proj};
 use super::rowmatmul::{self, RowMatmul};
@@ -571,17 +571,7 @@ impl TextDecoder {
             if let Some(cap) = capture.as_deref_mut() {
                 cap.record(i, &q, rows, &spans, states, self.n_head);
             }
-            self.attend_each(
-                states,
-                &spans,
-                &q,
-                d,
-                &mut att,
-                |qa, st, row, h, out| match &st.cross[i] {
-                    AudioKv::F32 { kt, v } => qa.audio_head(row, h, kt, v, st.n_audio, out),
-                    AudioKv::F16 { kt, v } => qa.audio_head(row, h, kt, v, st.n_audio, out),
-                },
-            );
+            self.attend_audio(states, &spans, &q, d, &mut att, i);
             let y = Tensor::from_slice(&att, (n_rows, d), device)?;
             x = (x + block.cross_out.forward_with(&y, rk)?)?;
 
@@ -720,6 +710,75 @@ impl TextDecoder {
         out.par_chunks_mut(dh)
             .enumerate()
             .for_each(|(task, o)| run(task, o));
+    }
+
+    /// Cross-attention of every row to its window's audio (layer `layer`). Consecutive rows
+    /// over the same audio — a beam search's lanes, a start sequence's tokens — form one group
+    /// (at most `AUDIO_GROUP` rows) that reads each head's keys and values once
+    /// (`whisperd_kernels::query::audio_rows`; each row's numbers are those it gets alone).
+    /// Every (group, head) is one task of one parallel region.
+    fn attend_audio(
+        &self,
+        states: &[&mut DecoderState],
+        spans: &[(usize, usize)],
+        q: &[f32],
+        d: usize,
+        out: &mut [f32],
+        layer: usize,
+    ) {
+        const AUDIO_GROUP: usize = 8;
+        let (heads, dh) = (self.n_head, d / self.n_head);
+        let mut seq_of = vec![0usize; out.len() / d];
+        for (seq, &(first, n)) in spans.iter().enumerate() {
+            seq_of[first..first + n].fill(seq);
+        }
+        let same_audio = |a: usize, b: usize| {
+            let (x, y) = (&states[seq_of[a]], &states[seq_of[b]]);
+            Arc::ptr_eq(&x.cross, &y.cross) && x.n_audio == y.n_audio
+        };
+        let mut groups: Vec<(usize, usize)> = Vec::new();
+        for r in 0..seq_of.len() {
+            match groups.last_mut() {
+                Some((first, n)) if *n < AUDIO_GROUP && same_audio(*first, r) => *n += 1,
+                _ => groups.push((r, 1)),
+            }
+        }
+        let results: Vec<Vec<f32>> = (0..groups.len() * heads)
+            .into_par_iter()
+            .map(|task| {
+                let ((first, n), h) = (groups[task / heads], task % heads);
+                let st = &states[seq_of[first]];
+                let qs: Vec<&[f32]> = (first..first + n)
+                    .map(|r| &q[r * d + h * dh..][..dh])
+                    .collect();
+                let mut o = vec![0f32; n * dh];
+                let t = st.n_audio;
+                let block = dh * t;
+                match &st.cross[layer] {
+                    AudioKv::F32 { kt, v } => audio_rows(
+                        &qs,
+                        &kt[h * block..][..block],
+                        &v[h * block..][..block],
+                        t,
+                        &mut o,
+                    ),
+                    AudioKv::F16 { kt, v } => audio_rows(
+                        &qs,
+                        &kt[h * block..][..block],
+                        &v[h * block..][..block],
+                        t,
+                        &mut o,
+                    ),
+                }
+                o
+            })
+            .collect();
+        for (task, o) in results.iter().enumerate() {
+            let ((first, n), h) = (groups[task / heads], task % heads);
+            for i in 0..n {
+                out[(first + i) * d + h * dh..][..dh].copy_from_slice(&o[i * dh..][..dh]);
+            }
+        }
     }
 
     /// Vocabulary logits `(rows, n_vocab)` for hidden states `(rows, d)` (the tied output projection).
