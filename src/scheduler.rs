@@ -74,7 +74,7 @@ impl SchedulerMetrics {
             batch_size: HistogramVec::new(
                 HistogramOpts::new(
                     "whisperd_batch_size",
-                    "Windows per encoder batch and sequences per decoder step",
+                    "Windows per encoder batch, rows per decoder step (a beam search's beams are a row each), sequences per alignment pass",
                 )
                 .buckets(vec![1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0, 24.0, 32.0]),
                 &["stage"],

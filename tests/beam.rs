@@ -143,3 +143,32 @@ fn wider_beams_and_patience_still_end_and_never_score_worse_than_greedy_on_jfk()
         );
     }
 }
+
+#[test]
+fn beam_five_on_the_multilingual_base_model_gives_faster_whispers_text() {
+    // The start sequence carries language and task tokens here; the clips are those where
+    // faster-whisper's beam 5 and greedy disagree on base.
+    let Some(dir) = common::base_model() else {
+        return;
+    };
+    let e = Engine::load(&dir).expect("load base");
+    let p = root().join("tests/data/beam5_faster_whisper_base.jsonl");
+    let text = std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+    let cases: Vec<Reference> = text
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).expect("reference line"))
+        .filter(|r: &Reference| r.greedy.text != r.beam5.text)
+        .collect();
+    assert!(cases.len() >= 5, "only {} differing clips", cases.len());
+    for r in &cases {
+        let o = TranscribeOptions {
+            language: Some("en".into()),
+            ..options(5)
+        };
+        let pcm = Engine::load_audio(read(&format!("eval/{}", r.path))).expect("audio");
+        let prepared = e.prepare(&pcm, &o.vad).expect("prepare");
+        let t = e.transcribe_prepared(&prepared, &o).expect("transcribe");
+        assert_eq!(t.text.trim(), r.beam5.text, "{}: base beam 5", r.id);
+    }
+}

@@ -155,6 +155,12 @@ pub fn decode_beam(
     o: &WindowOptions,
     beam: BeamOptions,
 ) -> Result<WindowResult, DecodeError> {
+    let _span = tracing::debug_span!(
+        "beam_search",
+        beam_size = beam.beam_size,
+        patience = beam.patience
+    )
+    .entered();
     let sp = &tok.specials;
     let model = runner.whisper();
     let n_ctx = model.decoder.n_ctx();
@@ -182,7 +188,9 @@ pub fn decode_beam(
     let max_steps = SAMPLE_LEN.min(n_ctx.saturating_sub(start.len() - 1)).max(1);
     let n_candidates = 2 * beam_size;
 
+    let mut steps = 0;
     for step in 0..max_steps {
+        steps = step + 1;
         let last_step = step + 1 == max_steps;
         // The `2 × beam_size` best continuations over all hypotheses: the union of each
         // hypothesis's own best ones holds them.
@@ -271,6 +279,7 @@ pub fn decode_beam(
             return Err(DecodeError::NoLogits);
         }
     }
+    let candidates = finished.len();
     // The finished hypothesis with the best length-penalised score; the first on a tie.
     let mut best: Option<(f32, Hypothesis)> = None;
     for h in finished {
@@ -280,6 +289,13 @@ pub fn decode_beam(
         }
     }
     let best = best.map(|(_, h)| h).unwrap_or_default();
+    tracing::debug!(
+        steps,
+        candidates,
+        tokens = best.tokens.len(),
+        sum_logprob = best.sum_logprob,
+        "beam search chose a hypothesis"
+    );
     let text = tok.decode(&best.tokens)?.trim().to_string();
     Ok(WindowResult {
         avg_logprob: best.sum_logprob / (best.tokens.len() + 1) as f32,
