@@ -22,6 +22,46 @@ fn tokens(e: &Engine, runner: Option<&scheduler::SchedulerHandle>, p: &Prepared)
     t.segments.into_iter().map(|s| s.tokens).collect()
 }
 
+/// A scheduler over the engine's model (batches of up to 8, 5-ms waits) and its metrics.
+fn start_scheduler(e: &Engine) -> (scheduler::SchedulerHandle, SchedulerMetrics) {
+    let registry = prometheus::Registry::new();
+    let metrics = SchedulerMetrics::new(&registry).unwrap();
+    let handle = scheduler::start(
+        e.model.clone(),
+        SchedulerConfig {
+            max_batch: 8,
+            max_wait: Duration::from_millis(5),
+        },
+        Some(metrics.clone()),
+    )
+    .unwrap();
+    (handle, metrics)
+}
+
+/// `work(i)` for every `i < n`, on `threads` threads at once (each takes the next index);
+/// the results in index order.
+fn in_parallel<T: Clone + Send>(
+    threads: usize,
+    n: usize,
+    work: impl Fn(usize) -> T + Sync,
+) -> Vec<Option<T>> {
+    let next = AtomicUsize::new(0);
+    let out: Mutex<Vec<Option<T>>> = Mutex::new(vec![None; n]);
+    std::thread::scope(|scope| {
+        for _ in 0..threads {
+            scope.spawn(|| loop {
+                let i = next.fetch_add(1, Ordering::SeqCst);
+                if i >= n {
+                    break;
+                }
+                let t = work(i);
+                out.lock().unwrap()[i] = Some(t);
+            });
+        }
+    });
+    out.into_inner().unwrap()
+}
+
 #[test]
 fn english_eval_set_decodes_to_the_same_tokens_batched_and_alone() {
     let e = engine();
@@ -47,31 +87,9 @@ fn english_eval_set_decodes_to_the_same_tokens_batched_and_alone() {
     eprintln!("alone: {:.1} s", t0.elapsed().as_secs_f64());
     let t0 = std::time::Instant::now();
 
-    let registry = prometheus::Registry::new();
-    let metrics = SchedulerMetrics::new(&registry).unwrap();
-    let handle = scheduler::start(
-        e.model.clone(),
-        SchedulerConfig {
-            max_batch: 8,
-            max_wait: Duration::from_millis(5),
-        },
-        Some(metrics.clone()),
-    )
-    .unwrap();
-    let next = AtomicUsize::new(0);
-    let batched: Mutex<Vec<Option<Vec<Vec<u32>>>>> = Mutex::new(vec![None; files.len()]);
-    std::thread::scope(|scope| {
-        for _ in 0..8 {
-            scope.spawn(|| loop {
-                let i = next.fetch_add(1, Ordering::SeqCst);
-                let Some((_, p)) = files.get(i) else { break };
-                let t = tokens(e, Some(&handle), p);
-                batched.lock().unwrap()[i] = Some(t);
-            });
-        }
-    });
+    let (handle, metrics) = start_scheduler(e);
+    let batched = in_parallel(8, files.len(), |i| tokens(e, Some(&handle), &files[i].1));
     eprintln!("batched: {:.1} s", t0.elapsed().as_secs_f64());
-    let batched = batched.into_inner().unwrap();
     for (i, (id, _)) in files.iter().enumerate() {
         assert_eq!(
             batched[i].as_ref(),
@@ -139,30 +157,10 @@ fn mixed_beam_sizes_decode_the_same_batched_and_alone() {
     };
     let alone: Vec<Vec<Vec<u32>>> = files.iter().map(|(_, p, o)| run(None, p, o)).collect();
 
-    let registry = prometheus::Registry::new();
-    let metrics = SchedulerMetrics::new(&registry).unwrap();
-    let handle = scheduler::start(
-        e.model.clone(),
-        SchedulerConfig {
-            max_batch: 8,
-            max_wait: Duration::from_millis(5),
-        },
-        Some(metrics.clone()),
-    )
-    .unwrap();
-    let next = AtomicUsize::new(0);
-    let batched: Mutex<Vec<Option<Vec<Vec<u32>>>>> = Mutex::new(vec![None; files.len()]);
-    std::thread::scope(|scope| {
-        for _ in 0..6 {
-            scope.spawn(|| loop {
-                let i = next.fetch_add(1, Ordering::SeqCst);
-                let Some((_, p, o)) = files.get(i) else { break };
-                let t = run(Some(&handle), p, o);
-                batched.lock().unwrap()[i] = Some(t);
-            });
-        }
+    let (handle, metrics) = start_scheduler(e);
+    let batched = in_parallel(6, files.len(), |i| {
+        run(Some(&handle), &files[i].1, &files[i].2)
     });
-    let batched = batched.into_inner().unwrap();
     for (i, (id, _, o)) in files.iter().enumerate() {
         assert_eq!(
             batched[i].as_ref(),

@@ -213,6 +213,15 @@ impl CrossKv {
     }
 }
 
+/// Each row's sequence, from the sequences' (first row, row count) spans.
+fn sequence_of_rows(spans: &[(usize, usize)], rows: usize) -> Vec<usize> {
+    let mut seq_of = vec![0usize; rows];
+    for (seq, &(first, n)) in spans.iter().enumerate() {
+        seq_of[first..first + n].fill(seq);
+    }
+    seq_of
+}
+
 /// f32 → fp16 bits (round to nearest), vectorized by `half` where the CPU has F16C.
 fn to_f16_bits(x: &[f32]) -> Vec<u16> {
     use half::slice::HalfFloatSliceExt;
@@ -692,10 +701,7 @@ impl TextDecoder {
         attend: impl Fn(&super::kernels::QueryAttention, &DecoderState, usize, usize, &mut [f32]) + Sync,
     ) {
         let (heads, dh) = (self.n_head, d / self.n_head);
-        let mut seq_of = vec![0usize; out.len() / d];
-        for (seq, &(first, n)) in spans.iter().enumerate() {
-            seq_of[first..first + n].fill(seq);
-        }
+        let seq_of = sequence_of_rows(spans, out.len() / d);
         let run = |task: usize, o: &mut [f32]| {
             let (row, h) = (task / heads, task % heads);
             let seq = seq_of[row];
@@ -728,10 +734,7 @@ impl TextDecoder {
     ) {
         const AUDIO_GROUP: usize = 8;
         let (heads, dh) = (self.n_head, d / self.n_head);
-        let mut seq_of = vec![0usize; out.len() / d];
-        for (seq, &(first, n)) in spans.iter().enumerate() {
-            seq_of[first..first + n].fill(seq);
-        }
+        let seq_of = sequence_of_rows(spans, out.len() / d);
         let same_audio = |a: usize, b: usize| {
             let (x, y) = (&states[seq_of[a]], &states[seq_of[b]]);
             Arc::ptr_eq(&x.cross, &y.cross) && x.n_audio == y.n_audio
