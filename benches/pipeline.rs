@@ -27,6 +27,8 @@ fn benches(c: &mut Criterion) {
     let mel = MelSpectrogram::new(80);
     let thirty_s: Vec<f32> = pcm
         .samples
+        .to_vec()
+        .unwrap()
         .iter()
         .cycle()
         .take(N_SAMPLES)
@@ -35,7 +37,10 @@ fn benches(c: &mut Criterion) {
     c.bench_function("mel_30s", |b| b.iter(|| mel.compute(&thirty_s, 0)));
 
     let window = Tensor::from_vec(
-        mel.compute(&thirty_s, 0).data,
+        mel.compute(&thirty_s, 0)
+            .unwrap()
+            .window(0, N_FRAMES)
+            .unwrap(),
         (1, 80, N_FRAMES),
         &Device::Cpu,
     )

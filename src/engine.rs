@@ -39,7 +39,7 @@ impl EngineError {
     /// Whether the caller's input (audio or options) is at fault, as opposed to the service.
     pub fn is_client_error(&self) -> bool {
         match self {
-            EngineError::Audio(AudioError::Internal(_)) => false,
+            EngineError::Audio(AudioError::Internal(_) | AudioError::Spill(_)) => false,
             EngineError::Audio(_) | EngineError::InvalidOption { .. } => true,
             _ => false,
         }
@@ -290,11 +290,10 @@ impl Engine {
         );
         tracing::debug!(regions = ?speech.regions, "speech regions (samples)");
         // OpenAI pads 30 s of zeros before the STFT; frames past the audio are zeros in the log domain.
-        let mel = if speech.is_whole() {
-            self.mel.compute(&pcm.samples, N_SAMPLES)
-        } else {
-            self.mel.compute(&speech.join(&pcm.samples), N_SAMPLES)
-        };
+        let mel = self
+            .mel
+            .compute_from(&speech.join(&pcm.samples), N_SAMPLES)
+            .map_err(AudioError::from)?;
         let chunk_ends = speech
             .chunk_ends(N_SAMPLES)
             .into_iter()
@@ -401,7 +400,9 @@ impl Engine {
             Vec::new()
         } else {
             let mel = candle_core::Tensor::from_vec(
-                p.mel.window(0, p.content_frames),
+                p.mel
+                    .window(0, p.content_frames)
+                    .map_err(AudioError::from)?,
                 (1, p.mel.n_mels, crate::mel::N_FRAMES),
                 &self.model.device,
             )

@@ -523,3 +523,24 @@ fn word_timestamps_and_subtitle_layout_in_transcribe_and_batch() {
         std::fs::read_to_string(find(dir.path(), "jfk.wav.vtt").expect("jfk.wav.vtt")).unwrap();
     assert!(vtt.contains("<u>fellow</u>"), "{vtt}");
 }
+
+#[test]
+fn long_audio_with_no_usable_temporary_directory_is_a_clear_per_file_error() {
+    // Six minutes is more than a request keeps in memory; the rest needs TMPDIR.
+    let dir = tempfile::tempdir().unwrap();
+    let long = dir.path().join("six-minutes.wav");
+    std::fs::write(&long, wav_bytes(&noise(360 * 16_000, 0.1), 16_000)).unwrap();
+    let out = whisperd()
+        .env("TMPDIR", dir.path().join("missing"))
+        .args(["transcribe", "--vad", "false"])
+        .arg(&long)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("six-minutes.wav")
+            && stderr.contains("temporary storage for long audio failed"),
+        "{stderr}"
+    );
+}

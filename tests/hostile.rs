@@ -278,7 +278,7 @@ fn forwarded_headers_do_not_bypass_the_rate_limit_and_one_key_cannot_fill_the_se
     // another key is not affected by alice's work.
     let long: Vec<u8> = {
         let jfk = whisperd::audio::load_pcm(read("eval/jfk.wav"), None).unwrap();
-        wav_bytes(&jfk.samples.repeat(4), 16_000)
+        wav_bytes(&jfk.samples.to_vec().unwrap().repeat(4), 16_000)
     };
     let addr = s.addr.clone();
     let (ct, body) = multipart(Some(("file", &long)), &[]);
@@ -395,4 +395,81 @@ fn sigterm_keeps_serving_through_the_grace_period_then_stops_accepting() {
     assert!(code.success(), "{}", s.log());
     assert!(t0.elapsed() >= Duration::from_secs(8));
     assert!(std::net::TcpStream::connect(&s.addr).is_err());
+}
+
+/// Ten minutes of tone bursts and pauses: longer than what a request keeps in memory
+/// (`SPILL_AFTER`) both as samples and as log-mel.
+fn ten_minutes() -> Vec<f32> {
+    (0..600 * 16_000)
+        .map(|i| {
+            let t = i as f32 / 16_000.0;
+            let on = (t as usize) % 7 < 4;
+            if on {
+                0.3 * (t * 440.0 * std::f32::consts::TAU).sin() * (1.0 + (t * 0.1).sin()) / 2.0
+            } else {
+                0.0
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn long_audio_goes_to_temporary_files_and_reads_back_exactly() {
+    use whisperd::mel::{MelSpectrogram, N_FRAMES, N_SAMPLES};
+    let e = engine();
+    let pcm = whisperd::Engine::load_audio(wav_bytes(&ten_minutes(), 16_000)).unwrap();
+    assert!(
+        pcm.samples.is_spilled(),
+        "ten minutes of samples stayed in memory"
+    );
+    let off = whisperd::vad::VadOptions {
+        enabled: false,
+        gate_db: None,
+        ..Default::default()
+    };
+    let p = e.prepare(&pcm, &off).unwrap();
+    assert!(
+        p.mel.is_spilled(),
+        "ten minutes of log-mel stayed in memory"
+    );
+    // The same log-mel as computed from the samples in memory, bit for bit, at the start, deep
+    // inside and at the end (the floor is the whole recording's).
+    let samples = pcm.samples.to_vec().unwrap();
+    let in_memory = MelSpectrogram::new(80)
+        .compute(&samples, N_SAMPLES)
+        .unwrap();
+    assert_eq!(p.mel.n_frames, in_memory.n_frames);
+    for start in [0, 31_234, p.content_frames - 100] {
+        assert!(
+            p.mel.window(start, N_FRAMES).unwrap() == in_memory.window(start, N_FRAMES).unwrap(),
+            "window at frame {start} differs"
+        );
+    }
+    // With the energy gate on, the joined audio (pauses of 3 s cut) is read through the map.
+    let gated = e
+        .prepare(
+            &pcm,
+            &whisperd::vad::VadOptions {
+                enabled: false,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    assert!(
+        !gated.speech.is_whole(),
+        "the gate cut nothing: {:?}",
+        gated.speech.regions.len()
+    );
+    let mut joined = Vec::new();
+    for r in &gated.speech.regions {
+        joined.extend_from_slice(&samples[r.clone()]);
+    }
+    let want = MelSpectrogram::new(80).compute(&joined, N_SAMPLES).unwrap();
+    assert_eq!(gated.mel.n_frames, want.n_frames);
+    let last = gated.content_frames.saturating_sub(N_FRAMES);
+    for start in [0, last / 2, last] {
+        assert!(
+            gated.mel.window(start, N_FRAMES).unwrap() == want.window(start, N_FRAMES).unwrap()
+        );
+    }
 }

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use common::server::*;
 use common::*;
-use whisperd::audio::Pcm;
+use whisperd::audio::{Pcm, SpillBuffer};
 use whisperd::vad::{self, SileroVad, VadOptions};
 use whisperd::TranscribeOptions;
 
@@ -141,6 +141,8 @@ fn jfk() -> Vec<f32> {
     whisperd::audio::load_pcm(read("eval/jfk.wav"), None)
         .unwrap()
         .samples
+        .to_vec()
+        .unwrap()
 }
 
 fn vad_on() -> TranscribeOptions {
@@ -170,7 +172,7 @@ fn speech_between_silence_and_noise_is_transcribed_once_each_at_its_time() {
     let t = engine()
         .transcribe_pcm(
             &Pcm {
-                samples: jfk_three_times(gap),
+                samples: SpillBuffer::from_vec(jfk_three_times(gap)).unwrap(),
             },
             &vad_on(),
         )
@@ -221,7 +223,7 @@ fn speech_between_silence_and_noise_is_transcribed_once_each_at_its_time() {
 #[test]
 fn silence_costs_nothing_and_says_nothing() {
     let silence = Pcm {
-        samples: vec![0.0; 600 * SR],
+        samples: SpillBuffer::from_vec(vec![0.0; 600 * SR]).unwrap(),
     };
     for o in [vad_on(), TranscribeOptions::default()] {
         let t0 = Instant::now();
@@ -281,7 +283,7 @@ fn noise_without_vad_gives_no_dots() {
     // With VAD off, Whisper writes " . ." over this noise: segments without a letter or digit
     // are dropped, and never prompt the next window.
     let x = Pcm {
-        samples: gaussian_noise(60 * SR, 0.0056),
+        samples: SpillBuffer::from_vec(gaussian_noise(60 * SR, 0.0056)).unwrap(),
     };
     let t = engine()
         .transcribe_pcm(&x, &TranscribeOptions::default())
@@ -300,7 +302,7 @@ fn noise_without_vad_gives_no_dots() {
 fn low_noise_gives_no_text_with_vad() {
     // -53 dBFS RMS white noise: above the gate, so Silero decides
     let x = Pcm {
-        samples: noise(120 * SR, 0.0037),
+        samples: SpillBuffer::from_vec(noise(120 * SR, 0.0037)).unwrap(),
     };
     let t = engine().transcribe_pcm(&x, &vad_on()).unwrap();
     assert_eq!(t.text, "", "{:?}", t.segments);

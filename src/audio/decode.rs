@@ -12,7 +12,8 @@ use symphonia::core::io::{MediaSourceStream, MediaSourceStreamOptions};
 use symphonia::core::meta::MetadataOptions;
 use symphonia::core::probe::Hint;
 
-use super::resample::StreamResampler;
+use super::resample::{StreamResampler, CHUNK};
+use super::spill::SpillBuffer;
 use super::{AudioError, SAMPLE_RATE};
 
 /// A stream may carry a few damaged packets (as real-world mp3s do); more than this many in a row
@@ -29,7 +30,7 @@ pub const MAX_SAMPLE_RATE: u32 = 768_000;
 /// and resample it to 16 kHz as packets arrive. With `max_s`, a container that declares more is
 /// refused before decoding, and decoding stops as soon as the audio passes the limit, so memory is
 /// bounded by the limit whatever the file claims or expands to.
-pub fn decode_to_16k<B>(bytes: B, max_s: Option<f64>) -> Result<Vec<f32>, AudioError>
+pub fn decode_to_16k<B>(bytes: B, max_s: Option<f64>) -> Result<SpillBuffer, AudioError>
 where
     B: AsRef<[u8]> + Send + Sync + 'static,
 {
@@ -211,7 +212,9 @@ pub(super) struct MonoSink {
     pub rate: u32,
     resampler: StreamResampler,
     mixed: Vec<f32>,
+    /// The resampler's latest output; all but its last `CHUNK` samples move on to `store`.
     out: Vec<f32>,
+    store: SpillBuffer,
     frames_in: u64,
     limit: Option<(u64, f64)>,
 }
@@ -224,6 +227,7 @@ impl MonoSink {
             resampler: StreamResampler::new(rate, SAMPLE_RATE)?,
             mixed: Vec::new(),
             out: Vec::new(),
+            store: SpillBuffer::new(),
             frames_in: 0,
             limit: max_s.map(|s| ((s * rate as f64).ceil() as u64, s)),
         })
@@ -256,13 +260,20 @@ impl MonoSink {
                 });
             }
         }
-        self.resampler.push(&self.mixed, &mut self.out)
+        self.resampler.push(&self.mixed, &mut self.out)?;
+        if self.out.len() >= 4 * CHUNK {
+            let ready = self.out.len() - CHUNK;
+            self.store.push(&self.out[..ready])?;
+            self.out.drain(..ready);
+        }
+        Ok(())
     }
 
     /// Flush the resampler: the whole signal at 16 kHz.
-    pub fn finish(mut self) -> Result<Vec<f32>, AudioError> {
+    pub fn finish(mut self) -> Result<SpillBuffer, AudioError> {
         self.resampler.finish(&mut self.out)?;
-        Ok(self.out)
+        self.store.push(&self.out)?;
+        Ok(self.store)
     }
 }
 

@@ -8,20 +8,30 @@ mod decode;
 #[cfg(feature = "opus")]
 mod opus;
 pub mod resample;
+pub mod spill;
 
 pub use decode::{MAX_SAMPLE_RATE, MIN_SAMPLE_RATE};
 pub use resample::{resample, StreamResampler};
+pub use spill::{Samples, SpillBuffer, SpillError};
 
 /// Whisper's input sample rate.
 pub const SAMPLE_RATE: u32 = 16_000;
 
-/// 16 kHz mono audio, ready for the log-mel front end.
-#[derive(Debug, Clone)]
+/// 16 kHz mono audio, ready for the log-mel front end. Long audio lives in a temporary file
+/// (see [`spill`]), so holding a `Pcm` costs at most [`spill::SPILL_AFTER`] values of memory.
+#[derive(Debug)]
 pub struct Pcm {
-    pub samples: Vec<f32>,
+    pub samples: SpillBuffer,
 }
 
 impl Pcm {
+    /// Samples already in memory (a test tone, a live stream's buffer).
+    pub fn from_samples(samples: Vec<f32>) -> Result<Self, AudioError> {
+        Ok(Self {
+            samples: SpillBuffer::from_vec(samples)?,
+        })
+    }
+
     pub fn duration_s(&self) -> f64 {
         self.samples.len() as f64 / SAMPLE_RATE as f64
     }
@@ -55,6 +65,8 @@ pub enum AudioError {
     TooLong { duration_s: f64, limit_s: f64 },
     #[error("resampling failed: {0}")]
     Internal(String),
+    #[error(transparent)]
+    Spill(#[from] SpillError),
 }
 
 /// Decode any supported container from memory and return 16 kHz mono samples. With `max_s`, audio

@@ -17,7 +17,7 @@ pub fn decode_opus_track(
     track_id: u32,
     params: &CodecParameters,
     max_s: Option<f64>,
-) -> Result<Vec<f32>, AudioError> {
+) -> Result<super::spill::SpillBuffer, AudioError> {
     let channels = params.channels.map(|c| c.count()).unwrap_or(1).clamp(1, 2);
     let layout = if channels == 2 {
         opus::Channels::Stereo

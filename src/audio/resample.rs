@@ -7,7 +7,8 @@ use rubato::{
 
 use super::AudioError;
 
-const CHUNK: usize = 4096;
+/// Input block handed to rubato; also how much of `push`'s output a caller keeps back for `finish`.
+pub const CHUNK: usize = 4096;
 
 fn internal(e: &dyn std::fmt::Display) -> AudioError {
     AudioError::Internal(e.to_string())
@@ -20,6 +21,7 @@ pub struct StreamResampler {
     ratio: f64,
     pending: Vec<f32>,
     frames_in: u64,
+    frames_out: u64,
 }
 
 impl StreamResampler {
@@ -42,6 +44,7 @@ impl StreamResampler {
             ratio,
             pending: Vec::with_capacity(CHUNK),
             frames_in: 0,
+            frames_out: 0,
         })
     }
 
@@ -61,6 +64,7 @@ impl StreamResampler {
                     .process(&[&self.pending], None)
                     .map_err(|e| internal(&e))?;
                 out.extend_from_slice(&frames[0]);
+                self.frames_out += frames[0].len() as u64;
                 self.pending.clear();
             }
         }
@@ -68,22 +72,23 @@ impl StreamResampler {
     }
 
     /// Process the last partial block and flush the filter's delay line, so the tail of the audio
-    /// is not lost. `out` (which holds this resampler's output and nothing else) ends up exactly
-    /// `round(frames_in × ratio)` samples long.
+    /// is not lost. All output, from `push` and from here, comes to exactly `round(frames_in ×
+    /// ratio)` samples (what `push` already appended to `out` may have been taken away since).
     pub fn finish(mut self, out: &mut Vec<f32>) -> Result<(), AudioError> {
         let Some(r) = self.inner.as_mut() else {
             return Ok(());
         };
         // rubato 0.16's SincFixedIn output is already aligned with its input (measured: trimming
         // `output_delay()` advanced a tone by exactly that many samples), so no delay is removed.
-        let expected = (self.frames_in as f64 * self.ratio).round() as usize;
+        let expected = (self.frames_in as f64 * self.ratio).round() as u64;
+        let before = out.len();
         if !self.pending.is_empty() {
             let frames = r
                 .process_partial(Some(&[&self.pending]), None)
                 .map_err(|e| internal(&e))?;
             out.extend_from_slice(&frames[0]);
         }
-        while out.len() < expected {
+        while self.frames_out + ((out.len() - before) as u64) < expected {
             let frames = r
                 .process_partial::<&[f32]>(None, None)
                 .map_err(|e| internal(&e))?;
@@ -92,7 +97,11 @@ impl StreamResampler {
             }
             out.extend_from_slice(&frames[0]);
         }
-        out.truncate(expected);
+        // The flush overshoots; the excess comes off the end of `out` (callers keep at least the
+        // last `CHUNK` samples of `push`'s output there until now, in case it reaches back).
+        let total = self.frames_out + (out.len() - before) as u64;
+        let excess = total.saturating_sub(expected) as usize;
+        out.truncate(out.len().saturating_sub(excess));
         Ok(())
     }
 }

@@ -11,7 +11,7 @@ use super::runner::ModelRunner;
 use super::tokens::WhisperTokenizer;
 use super::window::{initial_tokens, WindowOptions};
 use super::DecodeError;
-use crate::mel::Mel;
+use crate::mel::N_FRAMES;
 use crate::model::{AlignRequest, DecoderState};
 use crate::output::{Segment, Word};
 
@@ -394,23 +394,23 @@ const LEVEL_MEDIAN_STEPS: usize = 5;
 /// `MIN_PAUSE_S` whose level (mean mel power, per 20-ms step, the alignment's grid) is at the
 /// noise floor (see `PAUSE_OVER_FLOOR_DB`). Recordings whose speech is not well over their
 /// noise floor have no pauses here.
-pub fn pauses(mel: &Mel, seek: usize, n_frames: usize) -> Vec<(f64, f64)> {
-    let end = (seek + n_frames).min(mel.n_frames);
-    if end <= seek + 1 || mel.n_mels == 0 {
+pub fn pauses(window: &[f32], n_mels: usize, n_frames: usize) -> Vec<(f64, f64)> {
+    let end = n_frames.min(N_FRAMES);
+    if end <= 1 || n_mels == 0 || window.len() < n_mels * N_FRAMES {
         return Vec::new();
     }
     // A frame's level in dB (up to a constant): its mean power over the bins. Whisper's log-mel
     // is log10(power) / 4 (plus an offset), so one unit is 40 dB.
     let frame = |f: usize| -> f32 {
-        let at = |m: usize| mel.data[m * mel.n_frames + f] as f64;
-        let top = (0..mel.n_mels).map(at).fold(f64::NEG_INFINITY, f64::max);
-        let mean = (0..mel.n_mels)
+        let at = |m: usize| window[m * N_FRAMES + f] as f64;
+        let top = (0..n_mels).map(at).fold(f64::NEG_INFINITY, f64::max);
+        let mean = (0..n_mels)
             .map(|m| 10f64.powf(4.0 * (at(m) - top)))
             .sum::<f64>()
-            / mel.n_mels as f64;
+            / n_mels as f64;
         (40.0 * top + 10.0 * mean.log10()) as f32
     };
-    let steps: Vec<f32> = (seek..end)
+    let steps: Vec<f32> = (0..end)
         .step_by(2)
         .map(|f| {
             if f + 1 < end {
@@ -665,26 +665,25 @@ mod tests {
                 _ => loud,
             })
             .collect();
-        let mel = Mel {
-            n_mels,
-            n_frames: frames.len(),
-            data: (0..n_mels).flat_map(|_| frames.clone()).collect(),
+        // a window of `[n_mels][N_FRAMES]` from frame `seek`, each value through `f`
+        let window = |seek: usize, f: &dyn Fn(f32) -> f32| -> Vec<f32> {
+            let mut w = vec![0f32; n_mels * N_FRAMES];
+            for m in 0..n_mels {
+                for (i, &x) in frames[seek..].iter().enumerate() {
+                    w[m * N_FRAMES + i] = f(x);
+                }
+            }
+            w
         };
-        assert_eq!(pauses(&mel, 0, 200), vec![(0.5, 1.0)]);
+        assert_eq!(pauses(&window(0, &|x| x), n_mels, 200), vec![(0.5, 1.0)]);
         // Offsets are relative to the window's start.
-        assert_eq!(pauses(&mel, 40, 160), vec![(0.1, 0.6)]);
+        assert_eq!(pauses(&window(40, &|x| x), n_mels, 160), vec![(0.1, 0.6)]);
         // Pauses under steady noise 30 dB below the speech are found at the noise floor…
-        let noisy = Mel {
-            data: mel.data.iter().map(|&x| x.max(loud - 0.75)).collect(),
-            ..mel.clone()
-        };
-        assert_eq!(pauses(&noisy, 0, 200), vec![(0.5, 1.0)]);
+        let noisy = window(0, &|x| x.max(loud - 0.75));
+        assert_eq!(pauses(&noisy, n_mels, 200), vec![(0.5, 1.0)]);
         // …but not under noise 12 dB below it: too close to tell.
-        let noisy = Mel {
-            data: mel.data.iter().map(|&x| x.max(loud - 0.3)).collect(),
-            ..mel
-        };
-        assert!(pauses(&noisy, 0, 200).is_empty());
+        let noisy = window(0, &|x| x.max(loud - 0.3));
+        assert!(pauses(&noisy, n_mels, 200).is_empty());
     }
 
     #[test]

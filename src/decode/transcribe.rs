@@ -21,17 +21,8 @@ const INPUT_STRIDE: usize = 2;
 /// Mel frames per second.
 const FRAMES_PER_SECOND: f64 = 16_000.0 / HOP_LENGTH as f64;
 
-fn window_tensor(
-    model: &Whisper,
-    mel: &Mel,
-    seek: usize,
-    len: usize,
-) -> candle_core::Result<Tensor> {
-    Tensor::from_vec(
-        mel.window(seek, len),
-        (1, mel.n_mels, N_FRAMES),
-        &model.device,
-    )
+fn window_tensor(model: &Whisper, mel: &Mel, window: &[f32]) -> candle_core::Result<Tensor> {
+    Tensor::from_slice(window, (1, mel.n_mels, N_FRAMES), &model.device)
 }
 
 /// Most likely language (code, probability) from a window's audio features `(1, 1500, d)`,
@@ -150,7 +141,8 @@ pub fn transcribe(
             .map_or(content_frames, |e| e.min(content_frames));
         let segment_size = N_FRAMES.min(chunk_end - seek);
         let segment_duration = segment_size as f64 * HOP_LENGTH as f64 / 16_000.0;
-        let features = runner.encode(window_tensor(model, mel, seek, segment_size)?)?;
+        let mel_window = mel.window(seek, segment_size)?;
+        let features = runner.encode(window_tensor(model, mel, &mel_window)?)?;
         if language.is_none() {
             let (code, p) = detect_language(runner, tok, &features, &o.languages)?;
             tracing::info!(language = code, probability = p, "detected language");
@@ -268,7 +260,11 @@ pub fn transcribe(
                 time_offset,
                 last_speech,
                 sp.eot,
-                &timing::pauses(mel, window_seek, segment_size),
+                &timing::pauses(
+                    &mel_window,
+                    mel.n_mels,
+                    segment_size.min(mel.n_frames.saturating_sub(window_seek)),
+                ),
             );
             // Continue after the last word rather than the last timestamp token, as OpenAI and
             // faster-whisper do with word timestamps (unless the window ended on one timestamp).

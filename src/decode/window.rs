@@ -27,6 +27,8 @@ pub enum DecodeError {
     NoTemperature,
     #[error("the model returned no logits for a decoder step")]
     NoLogits,
+    #[error(transparent)]
+    Spill(#[from] crate::audio::SpillError),
 }
 
 /// Options fixed for one window.

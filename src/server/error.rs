@@ -124,6 +124,14 @@ impl From<EngineError> for ApiError {
                     "internal error while resampling audio",
                 )
             }
+            EngineError::Audio(AudioError::Spill(_)) => {
+                tracing::error!(error = %e, "audio pipeline failed");
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "server_error",
+                    "internal error while storing decoded audio",
+                )
+            }
             EngineError::Audio(ref a) => {
                 let code = match a {
                     AudioError::Empty => "empty_file",

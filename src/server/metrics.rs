@@ -39,6 +39,10 @@ pub struct Metrics {
     pub realtime_sessions_open: IntGauge,
     pub realtime_first_delta_seconds: Histogram,
     pub realtime_latency_seconds: Histogram,
+    /// Long audio's samples and log-mel moved to temporary files (`audio::spill`), counted there
+    /// and copied in at each scrape.
+    pub audio_spills: IntCounter,
+    pub audio_spilled_bytes: IntCounter,
 }
 
 impl Metrics {
@@ -189,6 +193,14 @@ impl Metrics {
                 .buckets(exponential_buckets(0.05, 2.0, 12)?),
             )?,
             registry,
+            audio_spills: IntCounter::new(
+                "whisperd_audio_spills_total",
+                "Buffers of long audio (decoded samples or log-mel) moved from memory to a temporary file",
+            )?,
+            audio_spilled_bytes: IntCounter::new(
+                "whisperd_audio_spilled_bytes_total",
+                "Bytes of long audio written to temporary files",
+            )?,
         };
         m.registry.register(Box::new(m.requests.clone()))?;
         m.registry.register(Box::new(m.request_seconds.clone()))?;
@@ -225,10 +237,18 @@ impl Metrics {
             .register(Box::new(m.realtime_latency_seconds.clone()))?;
         m.registry
             .register(Box::new(m.stream_first_text_seconds.clone()))?;
+        m.registry.register(Box::new(m.audio_spills.clone()))?;
+        m.registry
+            .register(Box::new(m.audio_spilled_bytes.clone()))?;
         Ok(m)
     }
 
     pub fn render(&self) -> String {
+        use crate::audio::spill::{SPILLED_BYTES, SPILLS};
+        use std::sync::atomic::Ordering::Relaxed;
+        let catch_up = |c: &IntCounter, total: u64| c.inc_by(total.saturating_sub(c.get()));
+        catch_up(&self.audio_spills, SPILLS.load(Relaxed));
+        catch_up(&self.audio_spilled_bytes, SPILLED_BYTES.load(Relaxed));
         let mut buf = Vec::new();
         if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut buf) {
             tracing::error!(error = %e, "cannot encode metrics");

@@ -229,7 +229,7 @@ pub fn start(shared: Arc<Shared>, cfg: InferenceConfig) {
             let warm = Instant::now();
             let tone: Vec<f32> = (0..16_000).map(|i| (i as f32 * 0.05).sin() * 0.1).collect();
             if let Err(e) =
-                engine.transcribe_pcm(&Pcm { samples: tone }, &TranscribeOptions::default())
+                Pcm::from_samples(tone).map_err(EngineError::from).and_then(|pcm| engine.transcribe_pcm(&pcm, &TranscribeOptions::default()))
             {
                 tracing::error!(error = %e, "warm-up inference failed; exiting");
                 std::process::exit(1);

@@ -3,6 +3,7 @@
 //! silence would otherwise be 112,500 sequential Silero frames and 120 decoder windows).
 
 use super::silero::FRAME;
+use crate::audio::spill::{for_each_block, Samples, SpillError};
 
 /// Frames this far below the recording's loudest frame may be near-silence (the gate then never
 /// cuts a quiet recording's speech: its own level sets the bar).
@@ -16,20 +17,18 @@ const MIN_RUN_FRAMES: usize = 32;
 /// One flag per 512-sample frame (as many frames as Silero sees: `len / 512 + 1`): whether the
 /// frame lies in a run of near-silence. A frame is quiet when its RMS level is below
 /// `min(gate_db, loudest frame − GATE_RELATIVE_DB)` dBFS, or below `GATE_FLOOR_DB`.
-pub fn quiet_frames(samples: &[f32], gate_db: f32) -> Vec<bool> {
+pub fn quiet_frames(samples: &dyn Samples, gate_db: f32) -> Result<Vec<bool>, SpillError> {
     let n_frames = samples.len() / FRAME + 1;
-    let level: Vec<f32> = (0..n_frames)
-        .map(|f| {
-            let s = samples
-                .get(f * FRAME..((f + 1) * FRAME).min(samples.len()))
-                .unwrap_or(&[]);
-            if s.is_empty() {
-                return f32::NEG_INFINITY;
-            }
+    let mut level: Vec<f32> = Vec::with_capacity(n_frames);
+    // Blocks of whole frames, so every frame but the last is whole.
+    for_each_block(samples, FRAME * 256, |_, block| {
+        level.extend(block.chunks(FRAME).map(|s| {
             let ms = s.iter().map(|&x| x * x).sum::<f32>() / s.len() as f32;
             10.0 * ms.log10()
-        })
-        .collect();
+        }))
+    })?;
+    // The frame past a recording that ends on a frame boundary holds nothing.
+    level.resize(n_frames, f32::NEG_INFINITY);
     let loudest = level.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let bar = gate_db.min(loudest - GATE_RELATIVE_DB);
     let quiet: Vec<bool> = level
@@ -51,7 +50,7 @@ pub fn quiet_frames(samples: &[f32], gate_db: f32) -> Vec<bool> {
             gated[start..f].fill(true);
         }
     }
-    gated
+    Ok(gated)
 }
 
 #[cfg(test)]
@@ -70,7 +69,7 @@ mod tests {
         x.extend(tone(sr, 0.3));
         x.extend(vec![0.0; 3 * sr]); // 3 s silence: gated
         x.extend(tone(sr, 0.3));
-        let q = quiet_frames(&x, -60.0);
+        let q = quiet_frames(&x, -60.0).unwrap();
         let at = |s: f64| q[(s * sr as f64) as usize / FRAME];
         assert!(!at(1.0) && !at(2.25) && !at(3.0));
         assert!(at(4.0) && at(5.5));
@@ -81,17 +80,18 @@ mod tests {
     fn quiet_recordings_keep_their_speech() {
         // a whole recording at -66 dBFS: below gate_db, but not 50 dB below its own loudest
         let x = tone(5 * 16_000, 0.0007);
-        assert!(quiet_frames(&x, -60.0).iter().all(|&g| !g));
+        assert!(quiet_frames(&x, -60.0).unwrap().iter().all(|&g| !g));
         // a -66 dBFS noise floor beside -11 dBFS speech is far below it: gated
         let mut y = tone(16_000, 0.4);
         y.extend(tone(3 * 16_000, 0.0007));
-        let q = quiet_frames(&y, -60.0);
+        let q = quiet_frames(&y, -60.0).unwrap();
         assert!(
             q[(2 * 16_000) / FRAME],
             "a noise floor 50+ dB down and under -60 dBFS is gated"
         );
         // all digital silence is gated whatever the bar
         assert!(quiet_frames(&vec![0.0; 3 * 16_000], -60.0)
+            .unwrap()
             .iter()
             .all(|&g| g));
     }

@@ -24,7 +24,7 @@ pub use gate::{quiet_frames, GATE_FLOOR_DB, GATE_RELATIVE_DB};
 pub use regions::speech_timestamps;
 pub use silero::{SileroVad, FRAME};
 
-use crate::audio::SAMPLE_RATE;
+use crate::audio::{Samples, SpillError, SAMPLE_RATE};
 
 /// Frames of each gated run that Silero still sees before speech resumes (0.5 s).
 const WARM_UP: usize = 16;
@@ -79,6 +79,8 @@ pub enum VadError {
     Model(String),
     #[error("VAD computation failed: {0}")]
     Compute(#[from] candle_core::Error),
+    #[error(transparent)]
+    Spill(#[from] crate::audio::SpillError),
 }
 
 /// Speech detection settings: faster-whisper's `VadOptions` (same names, same defaults) plus the
@@ -198,13 +200,9 @@ impl SpeechMap {
         self.regions.len() == 1 && self.regions[0] == (0..self.total)
     }
 
-    /// The kept audio, joined.
-    pub fn join(&self, samples: &[f32]) -> Vec<f32> {
-        let mut out = Vec::with_capacity(self.kept_samples());
-        for r in &self.regions {
-            out.extend_from_slice(&samples[r.start.min(samples.len())..r.end.min(samples.len())]);
-        }
-        out
+    /// The kept audio, joined, read from `samples` (the recording) as it is asked for.
+    pub fn join<'a>(&'a self, samples: &'a dyn Samples) -> Joined<'a> {
+        Joined { map: self, samples }
     }
 
     /// The region holding joined sample `s` (an `is_end` exactly on a seam: the earlier region),
@@ -292,16 +290,53 @@ impl SpeechMap {
     }
 }
 
+/// The kept regions of a recording, joined: what the decoder hears.
+pub struct Joined<'a> {
+    map: &'a SpeechMap,
+    samples: &'a dyn Samples,
+}
+
+impl Samples for Joined<'_> {
+    fn len(&self) -> usize {
+        self.map
+            .regions
+            .iter()
+            .map(|r| r.end.min(self.samples.len()).saturating_sub(r.start))
+            .sum()
+    }
+
+    fn read(&self, start: usize, out: &mut [f32]) -> Result<(), SpillError> {
+        let (mut at, mut done) = (0usize, 0usize);
+        for r in &self.map.regions {
+            let r = r.start..r.end.min(self.samples.len()).max(r.start);
+            let want = start + done;
+            if done < out.len() && want < at + r.len() {
+                let from = r.start + (want - at);
+                let n = (r.end - from).min(out.len() - done);
+                self.samples.read(from, &mut out[done..done + n])?;
+                done += n;
+            }
+            at += r.len();
+        }
+        if done < out.len() {
+            // past the joined end: the same error the sources give
+            let mut none = vec![0f32; out.len() - done];
+            return self.samples.read(self.samples.len(), &mut none);
+        }
+        Ok(())
+    }
+}
+
 /// The kept regions of `samples` under `o`: the gate always (unless `gate_db` is none), Silero
 /// when `o.enabled` (then `vad` must be given).
 pub fn analyze(
-    samples: &[f32],
+    samples: &dyn Samples,
     o: &VadOptions,
     vad: Option<&SileroVad>,
 ) -> Result<SpeechMap, VadError> {
     let total = samples.len();
     let quiet = match o.gate_db {
-        Some(db) => quiet_frames(samples, db),
+        Some(db) => quiet_frames(samples, db)?,
         None => vec![false; total / FRAME + 1],
     };
     let probs = match (o.enabled, vad) {
@@ -378,10 +413,17 @@ mod tests {
         assert_eq!(m.original_time(5.0, true), 13.0);
         assert!(SpeechMap::whole(5).is_whole());
         let x: Vec<f32> = (0..20 * S).map(|i| i as f32).collect();
-        let j = m.join(&x);
-        assert_eq!(j.len(), 4 * S);
+        let joined = m.join(&x);
+        assert_eq!(joined.len(), 4 * S);
+        let mut j = vec![0f32; 4 * S];
+        joined.read(0, &mut j).unwrap();
         assert_eq!(j[0], S as f32);
         assert_eq!(j[2 * S], (10 * S) as f32);
+        // a read across the seam, and one past the end
+        let mut two = [0f32; 2];
+        joined.read(2 * S - 1, &mut two).unwrap();
+        assert_eq!(two, [(3 * S - 1) as f32, (10 * S) as f32]);
+        assert!(joined.read(4 * S - 1, &mut two).is_err());
     }
 
     #[test]

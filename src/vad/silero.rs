@@ -19,6 +19,7 @@ use candle_core::{Device, Tensor};
 
 use super::onnx::{self, FloatTensor};
 use super::VadError;
+use crate::audio::spill::{ForwardReader, Samples};
 
 /// Samples per VAD frame at 16 kHz.
 pub const FRAME: usize = 512;
@@ -171,16 +172,17 @@ impl SileroVad {
     /// 10 s without speech ([`RESET_AFTER_QUIET`]).
     pub fn speech_probs(
         &self,
-        audio: &[f32],
+        audio: &dyn Samples,
         skip: impl Fn(usize) -> bool,
     ) -> Result<Vec<f32>, VadError> {
         let n_frames = audio.len() / FRAME + 1;
         let padded_len = n_frames * FRAME;
+        let reader = ForwardReader::new(audio, CONTEXT);
         let sample = |i: usize| -> f32 {
             if i >= padded_len - CONTEXT {
                 0.0
             } else {
-                audio.get(i).copied().unwrap_or(0.0)
+                reader.get(i)
             }
         };
         let mut probs = vec![0f32; n_frames];
@@ -198,6 +200,7 @@ impl SileroVad {
                 probs[f] = rec.step(self, gi, gap);
             }
         }
+        reader.finish()?;
         Ok(probs)
     }
 
