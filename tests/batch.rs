@@ -584,3 +584,86 @@ fn a_zero_sample_rate_wav_in_a_folder_fails_alone() {
     }
     assert!(d.path().join("out/good.wav.txt").exists());
 }
+
+#[test]
+fn shards_cover_a_backlog_exactly_once_and_resume() {
+    let d = tempfile::tempdir().unwrap();
+    let input = d.path().join("in");
+    // Twelve names (the listing is cheap: no model), three of them real audio to transcribe.
+    for i in 0..9 {
+        copy("eval/jfk.wav", &input.join(format!("list-only/{i}.wav")));
+    }
+    copy("eval/jfk.wav", &input.join("run/jfk.wav"));
+    copy(
+        "eval/librispeech/test-clean/237-134500-0000.flac",
+        &input.join("run/frank.flac"),
+    );
+    copy(
+        "eval/librispeech/test-clean/237-134500-0001.flac",
+        &input.join("run/frank-1.flac"),
+    );
+    let out = d.path().join("out");
+    let listed = |shard: &str| -> Vec<String> {
+        let o = batch(&["--list", "--shard", shard], &[&input], &out);
+        assert_success(&o);
+        String::from_utf8(o.stdout)
+            .unwrap()
+            .lines()
+            .map(str::to_string)
+            .collect()
+    };
+    let all = listed("0/1");
+    assert_eq!(all.len(), 12);
+    let mut union: Vec<String> = (0..3).flat_map(|i| listed(&format!("{i}/3"))).collect();
+    union.sort();
+    let mut want = all.clone();
+    want.sort();
+    assert_eq!(
+        union, want,
+        "three shards must list every input exactly once"
+    );
+    // A bad shard is a usage error before anything runs.
+    let o = batch(&["--shard", "3/3"], &[&input], &out);
+    assert_eq!(
+        o.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(String::from_utf8_lossy(&o.stderr).contains("must be below the count"));
+
+    // Two workers (here one after the other) on the real files, then a re-run of each: every
+    // file transcribed once, and the re-runs skip.
+    let run = input.join("run");
+    for shard in ["0/2", "1/2"] {
+        let o = batch(&["--format", "text", "--shard", shard], &[&run], &out);
+        assert_success(&o);
+    }
+    let mut texts: Vec<PathBuf> = all_files(&out)
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "txt"))
+        .collect();
+    texts.sort();
+    assert_eq!(texts.len(), 3, "{texts:?}");
+    for shard in ["0/2", "1/2"] {
+        let report = d.path().join(format!("report-{}.jsonl", &shard[..1]));
+        let o = batch(
+            &[
+                "--format",
+                "text",
+                "--shard",
+                shard,
+                "--report",
+                report.to_str().unwrap(),
+            ],
+            &[&run],
+            &out,
+        );
+        assert_success(&o);
+        let r = records(&report);
+        assert!(
+            r.iter().all(|x| x["status"] == "skipped"),
+            "a re-run of shard {shard} redid work: {r:?}"
+        );
+    }
+}

@@ -43,6 +43,71 @@ pub enum InputError {
     },
 }
 
+/// `--shard I/N`: one worker's share of a backlog that N workers (a Kubernetes Indexed Job's pods,
+/// or machines given the same inputs) split without talking to each other. An input belongs to
+/// shard `I` when a hash of the path its outputs take under the output directory is `I` modulo
+/// `N`: every worker computes the same split from the same input list, each file lands in exactly
+/// one shard, and a file keeps its shard when others are added to or removed from the backlog (so
+/// a re-run after the backlog grew resumes, as an unsharded run does). Shards are numbered from 0,
+/// as `JOB_COMPLETION_INDEX` is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shard {
+    pub index: u64,
+    pub count: u64,
+}
+
+impl std::str::FromStr for Shard {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (i, n) = s
+            .split_once('/')
+            .ok_or_else(|| format!("`{s}` is not I/N (e.g. 0/4: the first of four shards)"))?;
+        let index: u64 = i
+            .trim()
+            .parse()
+            .map_err(|_| format!("shard index `{i}` is not a whole number"))?;
+        let count: u64 = n
+            .trim()
+            .parse()
+            .map_err(|_| format!("shard count `{n}` is not a whole number"))?;
+        if count == 0 {
+            return Err("the shard count must be at least 1".into());
+        }
+        if index >= count {
+            return Err(format!(
+                "shard index {index} must be below the count {count} (shards are numbered from 0)"
+            ));
+        }
+        Ok(Self { index, count })
+    }
+}
+
+impl std::fmt::Display for Shard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.index, self.count)
+    }
+}
+
+impl Shard {
+    /// Whether the input whose outputs go to `relative` is this shard's.
+    pub fn takes(&self, relative: &Path) -> bool {
+        use sha2::{Digest, Sha256};
+        let h = Sha256::digest(relative.as_os_str().as_encoded_bytes());
+        let mut first = [0u8; 8];
+        first.copy_from_slice(&h[..8]);
+        u64::from_be_bytes(first) % self.count == self.index
+    }
+
+    /// This shard's inputs, in their order.
+    pub fn select(&self, inputs: Vec<InputFile>) -> Vec<InputFile> {
+        inputs
+            .into_iter()
+            .filter(|f| self.takes(&f.relative))
+            .collect()
+    }
+}
+
 /// The output names of every input must differ: `relative` + each of `suffixes` (e.g. `.srt`,
 /// `.whisperd.json`). Where two inputs' names collide, each of them that has a different
 /// `qualified` name takes it (repeated until nothing changes, so the result depends only on the
@@ -331,6 +396,56 @@ fn walk(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn shards_parse_and_split_a_backlog_disjointly_and_completely() {
+        let s: Shard = "1/4".parse().unwrap();
+        assert_eq!((s.index, s.count, s.to_string()), (1, 4, "1/4".to_string()));
+        for bad in ["4/4", "1/0", "1", "a/2", "1/b", "-1/3", ""] {
+            assert!(bad.parse::<Shard>().is_err(), "{bad} parsed");
+        }
+        let files: Vec<InputFile> = (0..1000)
+            .map(|i| {
+                let p = PathBuf::from(format!("calls/2026/{i:04}.opus"));
+                InputFile {
+                    path: p.clone(),
+                    relative: p.clone(),
+                    qualified: p,
+                }
+            })
+            .collect();
+        let shards: Vec<Vec<InputFile>> = (0..4)
+            .map(|i| Shard { index: i, count: 4 }.select(files.clone()))
+            .collect();
+        // every file in exactly one shard, and no shard far from a quarter
+        let mut seen: Vec<&PathBuf> = shards.iter().flatten().map(|f| &f.relative).collect();
+        seen.sort();
+        seen.dedup();
+        assert_eq!(seen.len(), 1000);
+        assert_eq!(shards.iter().map(Vec::len).sum::<usize>(), 1000);
+        assert!(
+            shards.iter().all(|s| (200..300).contains(&s.len())),
+            "{:?}",
+            shards.iter().map(Vec::len).collect::<Vec<_>>()
+        );
+        // a file keeps its shard when the backlog grows
+        let one = Shard { index: 2, count: 4 };
+        let more: Vec<InputFile> = files
+            .iter()
+            .cloned()
+            .chain((1000..1100).map(|i| {
+                let p = PathBuf::from(format!("calls/2027/{i}.opus"));
+                InputFile {
+                    path: p.clone(),
+                    relative: p.clone(),
+                    qualified: p,
+                }
+            }))
+            .collect();
+        let grown = one.select(more);
+        assert!(shards[2].iter().all(|f| grown.contains(f)));
+        assert!(Shard { index: 0, count: 1 }.select(files.clone()).len() == 1000);
+    }
 
     #[test]
     fn outputs_never_escape() {

@@ -22,7 +22,9 @@ use crate::decode::ModelRunner;
 use crate::engine::{Engine, EngineError, Prepared};
 use crate::output::{Format, Transcript};
 use crate::TranscribeOptions;
-pub use inputs::{assign_outputs, check_output_dir, expand, read_input, InputError, InputFile};
+pub use inputs::{
+    assign_outputs, check_output_dir, expand, read_input, InputError, InputFile, Shard,
+};
 
 pub struct BatchOptions {
     pub output_dir: PathBuf,

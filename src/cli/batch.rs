@@ -42,6 +42,14 @@ pub struct BatchArgs {
     /// Write one JSON line per input here.
     #[arg(long)]
     report: Option<PathBuf>,
+    /// Take only shard I of N (0 ≤ I < N) of the inputs: N workers given the same inputs and output
+    /// directory cover them exactly once between them (see README, "Operating at scale").
+    #[arg(long, env = "WHISPERD_SHARD", value_name = "I/N")]
+    shard: Option<batch::Shard>,
+    /// Print the inputs this run takes (after --shard), one per line: the input, a tab, and the
+    /// name its outputs take under the output directory; then exit without loading the model.
+    #[arg(long)]
+    list: bool,
     /// Inputs larger than this many MB (MiB) fail without being read.
     #[arg(long, default_value_t = 2048, value_parser = clap::value_parser!(u64).range(1..))]
     max_input_mb: u64,
@@ -67,9 +75,32 @@ pub fn run(args: BatchArgs) -> anyhow::Result<ExitCode> {
         eprintln!("error: {e}");
         return Ok(ExitCode::from(2));
     }
+    if let Some(shard) = args.shard {
+        let all = inputs.len();
+        inputs = shard.select(inputs);
+        tracing::info!(%shard, files = inputs.len(), of = all, "shard selected");
+        if !args.list {
+            eprintln!("shard {shard}: {} of {all} input files", inputs.len());
+        }
+    }
+    if args.list {
+        let mut out = std::io::stdout().lock();
+        for f in &inputs {
+            writeln!(out, "{}\t{}", f.path.display(), f.relative.display())?;
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     if let Err(e) = batch::check_output_dir(&args.output_dir) {
         eprintln!("error: {e}");
         return Ok(ExitCode::from(2));
+    }
+    if inputs.is_empty() {
+        // A small backlog split many ways: an empty shard has nothing to do, which is no failure
+        // (its report, if asked for, exists and is empty).
+        if let Some(p) = &args.report {
+            std::fs::File::create(p).with_context(|| format!("creating {}", p.display()))?;
+        }
+        return Ok(ExitCode::SUCCESS);
     }
     let transcribe = TranscribeOptions {
         language: args.common.language.clone(),
