@@ -10,6 +10,30 @@ use super::AudioError;
 /// Input block handed to rubato; also how much of `push`'s output a caller keeps back for `finish`.
 pub const CHUNK: usize = 4096;
 
+/// Sinc table points per input sample.
+const OVERSAMPLING: usize = 128;
+
+/// Cubic interpolation between the sinc table's points, except where every output sample falls on a
+/// table point: when the output's spacing, in input samples, is a multiple of 1/`OVERSAMPLING`
+/// (48, 96, 32, 24 or 8 kHz to 16 kHz). There the nearest point is the cubic's value (its weights
+/// are exactly 0, 1, 0, 0), bit for bit, at a quarter of the work.
+fn interpolation(from_hz: u32, to_hz: u32) -> SincInterpolationType {
+    fn gcd(a: u32, b: u32) -> u32 {
+        if b == 0 {
+            a
+        } else {
+            gcd(b, a % b)
+        }
+    }
+    // Output k sits at input position k · from/to; its fraction is a multiple of 1 / (to / g).
+    let steps = to_hz / gcd(from_hz, to_hz).max(1);
+    if steps > 0 && OVERSAMPLING % steps as usize == 0 {
+        SincInterpolationType::Nearest
+    } else {
+        SincInterpolationType::Cubic
+    }
+}
+
 fn internal(e: &dyn std::fmt::Display) -> AudioError {
     AudioError::Internal(e.to_string())
 }
@@ -26,6 +50,14 @@ pub struct StreamResampler {
 
 impl StreamResampler {
     pub fn new(from_hz: u32, to_hz: u32) -> Result<Self, AudioError> {
+        Self::with_interpolation(from_hz, to_hz, interpolation(from_hz, to_hz))
+    }
+
+    fn with_interpolation(
+        from_hz: u32,
+        to_hz: u32,
+        interpolation: SincInterpolationType,
+    ) -> Result<Self, AudioError> {
         let ratio = to_hz as f64 / from_hz as f64;
         let inner = if from_hz == to_hz {
             None
@@ -33,8 +65,8 @@ impl StreamResampler {
             let params = SincInterpolationParameters {
                 sinc_len: 128,
                 f_cutoff: 0.95,
-                interpolation: SincInterpolationType::Cubic,
-                oversampling_factor: 128,
+                interpolation,
+                oversampling_factor: OVERSAMPLING,
                 window: WindowFunction::BlackmanHarris2,
             };
             Some(SincFixedIn::<f32>::new(ratio, 1.0, params, CHUNK, 1).map_err(|e| internal(&e))?)
@@ -174,6 +206,30 @@ mod tests {
             (50_000f64 * 16_000.0 / 44_100.0).round() as usize
         );
         assert_eq!(out, whole);
+    }
+
+    #[test]
+    fn on_grid_rates_take_the_nearest_table_point_and_equal_the_cubic_bit_for_bit() {
+        let x: Vec<f32> = (0..96_000)
+            .map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5 + (i as f32 * 0.01).sin() * 0.3)
+            .collect();
+        for from in [48_000u32, 96_000, 32_000, 24_000, 8_000] {
+            assert!(matches!(interpolation(from, 16_000), SincInterpolationType::Nearest));
+            let run = |how| {
+                let mut r = StreamResampler::with_interpolation(from, 16_000, how).unwrap();
+                let mut out = Vec::new();
+                r.push(&x, &mut out).unwrap();
+                r.finish(&mut out).unwrap();
+                out
+            };
+            let (fast, cubic) = (run(SincInterpolationType::Nearest), run(SincInterpolationType::Cubic));
+            assert_eq!(fast.len(), cubic.len());
+            let differ = fast.iter().zip(&cubic).filter(|(a, b)| a.to_bits() != b.to_bits()).count();
+            assert_eq!(differ, 0, "{from} Hz: {differ} samples differ");
+        }
+        for from in [44_100u32, 22_050, 11_025] {
+            assert!(matches!(interpolation(from, 16_000), SincInterpolationType::Cubic));
+        }
     }
 
     #[test]
