@@ -8,7 +8,7 @@ CARGO ?= cargo
 BIN := target/release/whisperd
 
 .DEFAULT_GOAL := help
-.PHONY: help deps model model-base build build-cuda test bench eval run lint clean venv node-deps loadtest docker docker-cuda helm-package fuzz
+.PHONY: help deps model model-base build build-cuda test bench bench-matrix eval run lint clean venv node-deps loadtest docker docker-cuda helm-package fuzz
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-12s %s\n", $$1, $$2}'
@@ -54,12 +54,16 @@ eval: model model-base build venv ## WER on ../shared/eval (English) for whisper
 	$(VENV)/bin/python scripts/eval.py --bin $(BIN) --model $(MODEL) --shared $(SHARED)
 	$(VENV)/bin/python scripts/translate_eval.py --bin $(BIN) --model $(BASE_MODEL) --shared $(SHARED)
 
-bench: model build venv ## Criterion benches (mel, encoder, decoder steps incl. batched), then server throughput at 1/4/8/16 clients, fairness and RSS vs faster-whisper int8 (f32 and q8), then VAD on 1-h silence/noise and the eval set vs faster-whisper vad_filter
+bench: model build venv ## Criterion benches (mel, encoder, decoder steps incl. batched), then server throughput at 1/4/8/16 clients, fairness and RSS vs faster-whisper int8 (f32 and q8), then VAD on 1-h silence/noise and the eval set vs faster-whisper vad_filter, then peak RSS against audio length (10/40-min files, 8 concurrent 1-h uploads)
 	WHISPERD_BENCH_MODEL=$(MODEL) $(CARGO) bench --locked --bench pipeline
 	$(VENV)/bin/python scripts/bench_server.py --bin $(BIN) --model $(MODEL) --shared $(SHARED)
 	$(VENV)/bin/python scripts/bench_server.py --bin $(BIN) --model $(MODEL) --shared $(SHARED) --precision q8
 	$(VENV)/bin/python scripts/eval.py --bin $(BIN) --model $(MODEL) --shared $(SHARED) --speed
 	$(VENV)/bin/python scripts/vad_bench.py --bin $(BIN) --model $(MODEL) --shared $(SHARED)
+	$(VENV)/bin/python scripts/memory_bench.py --bin $(BIN) --model $(MODEL) --shared $(SHARED)
+
+bench-matrix: model model-base build venv ## tiny.en and base × f32/q8 × best/AVX2-forced tier: speed vs faster-whisper int8 in the same run, WER, peak RSS, load time (into benches/RESULTS.md)
+	$(VENV)/bin/python scripts/bench_matrix.py --bin $(BIN) --models $(MODEL),$(BASE_MODEL) --shared $(SHARED) --out benches/RESULTS.md
 
 lint: deps venv ## rustfmt, clippy (warnings are errors), hadolint, helm lint + render + Kubernetes schema checks
 	$(CARGO) fmt --all -- --check

@@ -26,7 +26,7 @@ pub enum Tier {
     /// Zen 4).
     Avx512Bf16,
     /// Intel AMX bf16 tiles, granted by the kernel (Sapphire Rapids and later); `WHISPERD_AMX=0`
-    /// leaves it out.
+    /// (or `WHISPERD_MAX_TIER`) leaves it out.
     Amx,
 }
 
@@ -45,14 +45,43 @@ impl Tier {
         *Tier::available().last().unwrap_or(&Tier::Portable)
     }
 
-    /// Every tier this CPU runs, narrowest first (detected once).
+    /// Every tier this CPU runs, narrowest first (detected once), up to the ceiling the
+    /// environment sets (see [`Tier::ceiling`]).
     pub fn available() -> &'static [Tier] {
         static TIERS: std::sync::OnceLock<Vec<Tier>> = std::sync::OnceLock::new();
         TIERS.get_or_init(|| {
-            let tiers: Vec<Tier> = Tier::ALL.into_iter().take_while(|t| detect(*t)).collect();
-            tracing::debug!(?tiers, "CPU kernel tiers");
+            let ceiling = Tier::ceiling(
+                std::env::var("WHISPERD_MAX_TIER").ok().as_deref(),
+                std::env::var("WHISPERD_AMX").ok().as_deref(),
+            );
+            let tiers: Vec<Tier> = Tier::ALL
+                .into_iter()
+                .take_while(|t| *t <= ceiling && detect(*t))
+                .collect();
+            tracing::debug!(?tiers, ?ceiling, "CPU kernel tiers");
             tiers
         })
+    }
+
+    /// The widest tier the kernels may use: `WHISPERD_MAX_TIER` (a tier's [`name`](Tier::name),
+    /// e.g. `avx2` to measure an AVX-512 machine as an AVX2-only one would run) and
+    /// `WHISPERD_AMX=0` (everything but AMX). Unknown names are ignored with a warning.
+    pub fn ceiling(max_tier: Option<&str>, amx: Option<&str>) -> Tier {
+        let mut ceiling = Tier::Amx;
+        if let Some(name) = max_tier.map(str::trim).filter(|n| !n.is_empty()) {
+            match Tier::ALL.into_iter().find(|t| t.name() == name.to_ascii_lowercase()) {
+                Some(t) => ceiling = t,
+                None => tracing::warn!(
+                    value = name,
+                    known = ?Tier::ALL.map(Tier::name),
+                    "WHISPERD_MAX_TIER is not a tier name; ignored"
+                ),
+            }
+        }
+        if amx.is_some_and(|v| v == "0" || v == "false") {
+            ceiling = ceiling.min(Tier::Avx512Bf16);
+        }
+        ceiling
     }
 
     /// Whether this CPU runs the kernels of `self`.
@@ -81,9 +110,7 @@ fn detect(tier: Tier) -> bool {
         Tier::Avx2 => has!("avx2") && has!("fma") && has!("f16c"),
         Tier::Avx512 => has!("avx512f") && has!("avx512dq"),
         Tier::Avx512Bf16 => has!("avx512bw") && has!("avx512vl") && has!("avx512bf16"),
-        Tier::Amx => {
-            !std::env::var("WHISPERD_AMX").is_ok_and(|v| v == "0" || v == "false") && amx_granted()
-        }
+        Tier::Amx => amx_granted(),
     }
 }
 
@@ -167,5 +194,17 @@ mod tests {
         assert_eq!(available, &Tier::ALL[..available.len()]);
         assert_eq!(available[0], Tier::Portable);
         assert_eq!(Tier::best(), *available.last().unwrap());
+    }
+
+    #[test]
+    fn the_environment_lowers_the_ceiling_and_nothing_raises_it() {
+        assert_eq!(Tier::ceiling(None, None), Tier::Amx);
+        assert_eq!(Tier::ceiling(Some("avx2"), None), Tier::Avx2);
+        assert_eq!(Tier::ceiling(Some(" AVX512 "), None), Tier::Avx512);
+        assert_eq!(Tier::ceiling(Some("portable"), Some("0")), Tier::Portable);
+        assert_eq!(Tier::ceiling(None, Some("0")), Tier::Avx512Bf16);
+        assert_eq!(Tier::ceiling(Some("amx"), Some("false")), Tier::Avx512Bf16);
+        assert_eq!(Tier::ceiling(Some("sse9"), None), Tier::Amx, "unknown names are ignored");
+        assert_eq!(Tier::ceiling(Some(""), Some("1")), Tier::Amx);
     }
 }
