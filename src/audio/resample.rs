@@ -27,7 +27,7 @@ fn interpolation(from_hz: u32, to_hz: u32) -> SincInterpolationType {
     }
     // Output k sits at input position k · from/to; its fraction is a multiple of 1 / (to / g).
     let steps = to_hz / gcd(from_hz, to_hz).max(1);
-    if steps > 0 && OVERSAMPLING % steps as usize == 0 {
+    if steps > 0 && OVERSAMPLING.is_multiple_of(steps as usize) {
         SincInterpolationType::Nearest
     } else {
         SincInterpolationType::Cubic
@@ -214,7 +214,10 @@ mod tests {
             .map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5 + (i as f32 * 0.01).sin() * 0.3)
             .collect();
         for from in [48_000u32, 96_000, 32_000, 24_000, 8_000] {
-            assert!(matches!(interpolation(from, 16_000), SincInterpolationType::Nearest));
+            assert!(matches!(
+                interpolation(from, 16_000),
+                SincInterpolationType::Nearest
+            ));
             let run = |how| {
                 let mut r = StreamResampler::with_interpolation(from, 16_000, how).unwrap();
                 let mut out = Vec::new();
@@ -222,13 +225,23 @@ mod tests {
                 r.finish(&mut out).unwrap();
                 out
             };
-            let (fast, cubic) = (run(SincInterpolationType::Nearest), run(SincInterpolationType::Cubic));
+            let (fast, cubic) = (
+                run(SincInterpolationType::Nearest),
+                run(SincInterpolationType::Cubic),
+            );
             assert_eq!(fast.len(), cubic.len());
-            let differ = fast.iter().zip(&cubic).filter(|(a, b)| a.to_bits() != b.to_bits()).count();
+            let differ = fast
+                .iter()
+                .zip(&cubic)
+                .filter(|(a, b)| a.to_bits() != b.to_bits())
+                .count();
             assert_eq!(differ, 0, "{from} Hz: {differ} samples differ");
         }
         for from in [44_100u32, 22_050, 11_025] {
-            assert!(matches!(interpolation(from, 16_000), SincInterpolationType::Cubic));
+            assert!(matches!(
+                interpolation(from, 16_000),
+                SincInterpolationType::Cubic
+            ));
         }
     }
 

@@ -116,21 +116,13 @@ impl From<EngineError> for ApiError {
             )
             .param("file")
             .code("unsupported_codec"),
-            EngineError::Audio(AudioError::Internal(_)) => {
+            EngineError::Audio(ref a @ (AudioError::Internal(_) | AudioError::Spill(_))) => {
                 tracing::error!(error = %e, "audio pipeline failed");
-                ApiError::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "server_error",
-                    "internal error while resampling audio",
-                )
-            }
-            EngineError::Audio(AudioError::Spill(_)) => {
-                tracing::error!(error = %e, "audio pipeline failed");
-                ApiError::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "server_error",
-                    "internal error while storing decoded audio",
-                )
+                let what = match a {
+                    AudioError::Spill(_) => "internal error while storing decoded audio",
+                    _ => "internal error while resampling audio",
+                };
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", what)
             }
             EngineError::Audio(ref a) => {
                 let code = match a {
