@@ -23,6 +23,8 @@ when the file has them). Long: run from `make bench-matrix`, never from tests.
 """
 import argparse, json, os, platform, subprocess, sys, tempfile, time
 
+from benchlib import write_between_markers
+
 
 def cpu_name():
     try:
@@ -141,17 +143,7 @@ def main():
     text = "\n".join(lines)
     print(text)
     if a.out:
-        # Between the markers of an existing file (benches/RESULTS.md keeps other sections), or
-        # the whole file.
-        start, end = "<!-- matrix:start -->", "<!-- matrix:end -->"
-        old = open(a.out).read() if os.path.exists(a.out) else ""
-        if start in old and end in old:
-            new = old[:old.index(start) + len(start)] + "\n" + text + "\n" + old[old.index(end):]
-        else:
-            new = f"{start}\n{text}\n{end}\n"
-        with open(a.out, "w") as f:
-            f.write(new)
-
+        write_between_markers(a.out, "matrix", text)
 
 if __name__ == "__main__":
     main()

@@ -18,15 +18,9 @@ samples, so neither the cache nor single flight can answer it):
 then runs ../shared/scripts/peer_baseline.py (faster-whisper int8, same threads) over the same short
 files for the peer's single-process throughput. Prints a markdown table.
 """
-import argparse, io, json, os, socket, subprocess, sys, tempfile, threading, time, wave, http.client
+import argparse, io, json, os, subprocess, sys, tempfile, threading, time, wave, http.client
 
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
+from benchlib import start_server
 
 
 def to_wav16(src, dst):
@@ -138,25 +132,11 @@ def main():
     jfk = clips[0]
     long_clip = wav(long_row)
 
-    port = free_port()
     env = dict(os.environ, WHISPERD_CACHE_ENTRIES="0", WHISPERD_QUEUE_SIZE="64",
                WHISPERD_THREADS=str(a.threads), WHISPERD_PRECISION=a.precision, RUST_LOG=os.environ.get("BENCH_RUST_LOG", "warn"))
     log = open(os.path.join(tmp, "server.log"), "w")
-    server = subprocess.Popen([a.bin, "serve", "--host", "127.0.0.1", "--port", str(port),
-                               "--model", a.model], env=env, stdout=log, stderr=log)
+    server, port = start_server(a.bin, a.model, env, log)
     try:
-        for _ in range(1200):
-            try:
-                c = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-                c.request("GET", "/ready"); ok = c.getresponse().status == 200; c.close()
-                if ok:
-                    break
-            except OSError:
-                pass
-            time.sleep(0.1)
-        else:
-            sys.exit("server never became ready; log in " + log.name)
-
         post(port, jfk.variant(unique()))  # warm-up
         alone = [post(port, jfk.variant(unique()))[1] for _ in range(5)]
         jfk_alone = pct(alone, 50)

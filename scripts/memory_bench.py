@@ -15,15 +15,9 @@ usage: memory_bench.py --bin target/release/whisperd --model models/whisper-tiny
    work). 0 clients skips this part.
 Prints a markdown table. Long measurements: run from `make bench`, never from tests.
 """
-import argparse, os, socket, subprocess, sys, tempfile, threading, time, http.client
+import argparse, os, subprocess, sys, tempfile, threading, time, http.client
 
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
+from benchlib import start_server
 
 
 def make_opus(chapter, minutes, dst):
@@ -87,24 +81,11 @@ def upload(port, data, results, i):
 def run_server(a, tmp):
     base = make_opus(a.chapter, a.server_minutes, os.path.join(tmp, f"{a.server_minutes:g}min.opus"))
     files = [tagged(base, i, os.path.join(tmp, f"server{i}.opus")) for i in range(a.server_clients)]
-    port = free_port()
     env = dict(os.environ, WHISPERD_CACHE_ENTRIES="0", WHISPERD_THREADS=str(a.threads),
                WHISPERD_PRECISION=a.precision, RUST_LOG=os.environ.get("BENCH_RUST_LOG", "warn"))
     log = open(os.path.join(tmp, "server.log"), "w")
-    server = subprocess.Popen([a.bin, "serve", "--host", "127.0.0.1", "--port", str(port),
-                               "--model", a.model], env=env, stdout=log, stderr=log)
+    server, port = start_server(a.bin, a.model, env, log)
     try:
-        for _ in range(1200):
-            try:
-                c = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-                c.request("GET", "/ready"); ok = c.getresponse().status == 200; c.close()
-                if ok:
-                    break
-            except OSError:
-                pass
-            time.sleep(0.1)
-        else:
-            sys.exit("server never became ready; log in " + log.name)
         idle = vm_hwm_mb(server.pid)
         results = [None] * len(files)
         threads = [threading.Thread(target=upload, args=(port, open(f, "rb").read(), results, i), daemon=True)
