@@ -69,7 +69,10 @@ impl Tier {
     pub fn ceiling(max_tier: Option<&str>, amx: Option<&str>) -> Tier {
         let mut ceiling = Tier::Amx;
         if let Some(name) = max_tier.map(str::trim).filter(|n| !n.is_empty()) {
-            match Tier::ALL.into_iter().find(|t| t.name() == name.to_ascii_lowercase()) {
+            match Tier::ALL
+                .into_iter()
+                .find(|t| t.name() == name.to_ascii_lowercase())
+            {
                 Some(t) => ceiling = t,
                 None => tracing::warn!(
                     value = name,
@@ -204,7 +207,11 @@ mod tests {
         assert_eq!(Tier::ceiling(Some("portable"), Some("0")), Tier::Portable);
         assert_eq!(Tier::ceiling(None, Some("0")), Tier::Avx512Bf16);
         assert_eq!(Tier::ceiling(Some("amx"), Some("false")), Tier::Avx512Bf16);
-        assert_eq!(Tier::ceiling(Some("sse9"), None), Tier::Amx, "unknown names are ignored");
+        assert_eq!(
+            Tier::ceiling(Some("sse9"), None),
+            Tier::Amx,
+            "unknown names are ignored"
+        );
         assert_eq!(Tier::ceiling(Some(""), Some("1")), Tier::Amx);
     }
 }
