@@ -14,20 +14,13 @@ pub const CHUNK: usize = 4096;
 const OVERSAMPLING: usize = 128;
 
 /// Cubic interpolation between the sinc table's points, except where every output sample falls on a
-/// table point: when the output's spacing, in input samples, is a multiple of 1/`OVERSAMPLING`
-/// (48, 96, 32, 24 or 8 kHz to 16 kHz). There the nearest point is the cubic's value (its weights
-/// are exactly 0, 1, 0, 0), bit for bit, at a quarter of the work.
+/// table point: when the output's spacing in input samples (`from / to`, as rubato computes it,
+/// `1 / (to / from)` in f64) is exactly a multiple of 1/`OVERSAMPLING` — 48, 96, 32, 24 or 8 kHz
+/// to 16 kHz. There the nearest point is the cubic's value (its weights are exactly 0, 1, 0, 0),
+/// bit for bit, at a quarter of the work. Rates whose spacing is not exact in binary keep the cubic.
 fn interpolation(from_hz: u32, to_hz: u32) -> SincInterpolationType {
-    fn gcd(a: u32, b: u32) -> u32 {
-        if b == 0 {
-            a
-        } else {
-            gcd(b, a % b)
-        }
-    }
-    // Output k sits at input position k · from/to; its fraction is a multiple of 1 / (to / g).
-    let steps = to_hz / gcd(from_hz, to_hz).max(1);
-    if steps > 0 && OVERSAMPLING.is_multiple_of(steps as usize) {
+    let spacing = 1.0 / (to_hz as f64 / from_hz as f64);
+    if (spacing * OVERSAMPLING as f64).fract() == 0.0 {
         SincInterpolationType::Nearest
     } else {
         SincInterpolationType::Cubic
@@ -237,7 +230,8 @@ mod tests {
                 .count();
             assert_eq!(differ, 0, "{from} Hz: {differ} samples differ");
         }
-        for from in [44_100u32, 22_050, 11_025] {
+        // 44.1 kHz is off the grid; 6125 Hz is on it in exact arithmetic but not in f64.
+        for from in [44_100u32, 22_050, 11_025, 6_125] {
             assert!(matches!(
                 interpolation(from, 16_000),
                 SincInterpolationType::Cubic

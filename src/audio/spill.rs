@@ -76,7 +76,7 @@ struct OnDisk {
 }
 
 /// See the module documentation.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct SpillBuffer {
     /// All values while in memory; once spilled, the values not yet written.
     tail: Vec<f32>,
@@ -84,6 +84,12 @@ pub struct SpillBuffer {
     len: usize,
     /// Spill after this many values (tests lower it).
     limit: usize,
+}
+
+impl Default for SpillBuffer {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl SpillBuffer {
@@ -242,10 +248,11 @@ pub struct ForwardReader<'a> {
 impl<'a> ForwardReader<'a> {
     const BLOCK: usize = 1 << 16;
 
+    /// `lookback` is kept below half a block, so a reload always covers the index asked for.
     pub fn new(src: &'a dyn Samples, lookback: usize) -> Self {
         Self {
             src,
-            lookback,
+            lookback: lookback.min(Self::BLOCK / 2),
             block: std::cell::RefCell::new((0, Vec::new())),
             error: std::cell::RefCell::new(None),
         }

@@ -246,9 +246,14 @@ impl Metrics {
     pub fn render(&self) -> String {
         use crate::audio::spill::{SPILLED_BYTES, SPILLS};
         use std::sync::atomic::Ordering::Relaxed;
-        let catch_up = |c: &IntCounter, total: u64| c.inc_by(total.saturating_sub(c.get()));
-        catch_up(&self.audio_spills, SPILLS.load(Relaxed));
-        catch_up(&self.audio_spilled_bytes, SPILLED_BYTES.load(Relaxed));
+        // One scrape at a time catches up, or two at once would both add the difference.
+        static CATCH_UP: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        {
+            let _one = CATCH_UP.lock().unwrap_or_else(|p| p.into_inner());
+            let catch_up = |c: &IntCounter, total: u64| c.inc_by(total.saturating_sub(c.get()));
+            catch_up(&self.audio_spills, SPILLS.load(Relaxed));
+            catch_up(&self.audio_spilled_bytes, SPILLED_BYTES.load(Relaxed));
+        }
         let mut buf = Vec::new();
         if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut buf) {
             tracing::error!(error = %e, "cannot encode metrics");
