@@ -21,21 +21,9 @@ The best (fastest) of --repeats is kept. Prints a markdown table with the CPU it
 writes it to --out when given (between `<!-- matrix:start -->` and `<!-- matrix:end -->`
 when the file has them). Long: run from `make bench-matrix`, never from tests.
 """
-import argparse, json, os, platform, subprocess, sys, tempfile, time
+import argparse, json, os, subprocess, sys, tempfile, time
 
-from benchlib import write_between_markers
-
-
-def cpu_name():
-    try:
-        with open("/proc/cpuinfo") as f:
-            info = f.read()
-    except OSError:
-        return platform.processor() or "unknown CPU"
-    name = next((l.split(":", 1)[1].strip() for l in info.splitlines() if l.startswith("model name")), "unknown CPU")
-    flags = next((l.split(":", 1)[1].split() for l in info.splitlines() if l.startswith("flags")), [])
-    isa = [f for f in ["avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile"] if f in flags]
-    return f"{name} ({', '.join(isa) or 'no AVX2'}), {os.cpu_count()} cores visible"
+from benchlib import cpu_name, fetched_models, write_between_markers
 
 
 def rss_of(cmd, env=None):
@@ -113,11 +101,7 @@ def main():
              f"best of {a.repeats}; {time.strftime('%Y-%m-%d')}", "",
              "| model | system | tier | speed (× real time) | vs peer | whole process (s) | vs peer | WER | peak RSS (MB) | load (s) |",
              "|---|---|---|---|---|---|---|---|---|---|"]
-    for model in [m for m in a.models.split(",") if m]:
-        if not os.path.isdir(model):
-            print(f"skipping {model}: not fetched (make model-base)", file=sys.stderr)
-            continue
-        name = os.path.basename(model.rstrip("/")).removeprefix("whisper-")
+    for model, name in fetched_models(a.models):
         configs = [(p, t) for p in a.precisions.split(",") for t in a.tiers.split(",")
                    if t == "best" or has_more_than_avx2]
         # warm the page cache for both systems once

@@ -1,6 +1,6 @@
 """What the bench scripts share: a free loopback port, a `whisperd serve` started and waited for,
 and a results file updated between markers (benches/RESULTS.md keeps several tables)."""
-import http.client, os, socket, subprocess, sys, time
+import http.client, os, platform, socket, subprocess, sys, time
 
 
 def free_port():
@@ -41,3 +41,25 @@ def write_between_markers(path, name, text):
         new = old + f"\n{start}\n{text}\n{end}\n"
     with open(path, "w") as f:
         f.write(new)
+
+
+def cpu_name():
+    try:
+        with open("/proc/cpuinfo") as f:
+            info = f.read()
+    except OSError:
+        return platform.processor() or "unknown CPU"
+    name = next((l.split(":", 1)[1].strip() for l in info.splitlines() if l.startswith("model name")), "unknown CPU")
+    flags = next((l.split(":", 1)[1].split() for l in info.splitlines() if l.startswith("flags")), [])
+    isa = [f for f in ["avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile"] if f in flags]
+    return f"{name} ({', '.join(isa) or 'no AVX2'}), {os.cpu_count()} cores visible"
+
+
+def fetched_models(spec):
+    """(directory, short name) for each comma-separated model directory that exists; the others
+    are skipped with a note (`make model-base` fetches base)."""
+    for model in [m for m in spec.split(",") if m]:
+        if not os.path.isdir(model):
+            print(f"skipping {model}: not fetched (make model / make model-base)", file=sys.stderr)
+            continue
+        yield model, os.path.basename(model.rstrip("/")).removeprefix("whisper-")

@@ -19,7 +19,7 @@ Prints a markdown table (milliseconds, median of --runs) and writes it to --out 
 """
 import argparse, json, os, statistics, subprocess, sys, time
 
-from benchlib import write_between_markers
+from benchlib import cpu_name, fetched_models, write_between_markers
 
 
 def median_ms(f, runs):
@@ -90,15 +90,10 @@ def main():
     ap.add_argument("--out")
     a = ap.parse_args()
     os.environ.setdefault("RAYON_NUM_THREADS", str(a.threads))
-    lines = [f"{a.threads} threads, median of {a.runs}, milliseconds; {time.strftime('%Y-%m-%d')}; CPU: "
-             + next((l.split(':', 1)[1].strip() for l in open('/proc/cpuinfo') if l.startswith('model name')), '?'), "",
+    lines = [f"{a.threads} threads, median of {a.runs}, milliseconds; {time.strftime('%Y-%m-%d')}; CPU: {cpu_name()}", "",
              "| model | stage | CTranslate2 int8 | whisperd f32 | ratio | whisperd q8 | ratio |",
              "|---|---|---|---|---|---|---|"]
-    for model in [m for m in a.models.split(",") if m]:
-        if not os.path.isdir(model):
-            print(f"skipping {model}: not fetched", file=sys.stderr)
-            continue
-        name = os.path.basename(model.rstrip("/")).removeprefix("whisper-")
+    for model, name in fetched_models(a.models):
         ct2 = ct2_stages(model, a.threads, a.runs)
         we = ours(os.path.abspath(model), a.runs)
         fmt = lambda v: "–" if v is None else (f"{v:.1f}" if v >= 1 else f"{v:.3f}")
