@@ -4,11 +4,10 @@ mod common;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
-use std::time::Duration;
 
-use common::{engine, manifest, read};
+use common::{engine, manifest, read, start_scheduler};
 use whisperd::engine::{Engine, Prepared};
-use whisperd::scheduler::{self, SchedulerConfig, SchedulerMetrics};
+use whisperd::scheduler;
 use whisperd::TranscribeOptions;
 
 /// Every segment's tokens, in order.
@@ -20,22 +19,6 @@ fn tokens(e: &Engine, runner: Option<&scheduler::SchedulerHandle>, p: &Prepared)
     }
     .expect("transcribe");
     t.segments.into_iter().map(|s| s.tokens).collect()
-}
-
-/// A scheduler over the engine's model (batches of up to 8, 5-ms waits) and its metrics.
-fn start_scheduler(e: &Engine) -> (scheduler::SchedulerHandle, SchedulerMetrics) {
-    let registry = prometheus::Registry::new();
-    let metrics = SchedulerMetrics::new(&registry).unwrap();
-    let handle = scheduler::start(
-        e.model.clone(),
-        SchedulerConfig {
-            max_batch: 8,
-            max_wait: Duration::from_millis(5),
-        },
-        Some(metrics.clone()),
-    )
-    .unwrap();
-    (handle, metrics)
 }
 
 /// `work(i)` for every `i < n`, on `threads` threads at once (each takes the next index);
@@ -87,7 +70,7 @@ fn english_eval_set_decodes_to_the_same_tokens_batched_and_alone() {
     eprintln!("alone: {:.1} s", t0.elapsed().as_secs_f64());
     let t0 = std::time::Instant::now();
 
-    let (handle, metrics) = start_scheduler(e);
+    let (handle, metrics) = start_scheduler(e, 5);
     let batched = in_parallel(8, files.len(), |i| tokens(e, Some(&handle), &files[i].1));
     eprintln!("batched: {:.1} s", t0.elapsed().as_secs_f64());
     for (i, (id, _)) in files.iter().enumerate() {
@@ -157,7 +140,7 @@ fn mixed_beam_sizes_decode_the_same_batched_and_alone() {
     };
     let alone: Vec<Vec<Vec<u32>>> = files.iter().map(|(_, p, o)| run(None, p, o)).collect();
 
-    let (handle, metrics) = start_scheduler(e);
+    let (handle, metrics) = start_scheduler(e, 5);
     let batched = in_parallel(6, files.len(), |i| {
         run(Some(&handle), &files[i].1, &files[i].2)
     });

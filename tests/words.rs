@@ -7,13 +7,10 @@
 
 mod common;
 
-use std::time::Duration;
-
-use common::{base_model, engine, read};
+use common::{base_model, engine, read, start_scheduler};
 use whisperd::audio::Pcm;
 use whisperd::engine::{Engine, Prepared};
 use whisperd::output::Word;
-use whisperd::scheduler::{self, SchedulerConfig, SchedulerMetrics};
 use whisperd::{TranscribeOptions, Transcript};
 
 fn word_options() -> TranscribeOptions {
@@ -271,17 +268,7 @@ fn alignment_batched_through_the_scheduler_equals_alone() {
         .iter()
         .map(|p| e.transcribe_prepared(p, &o).expect("alone"))
         .collect();
-    let registry = prometheus::Registry::new();
-    let metrics = SchedulerMetrics::new(&registry).unwrap();
-    let handle = scheduler::start(
-        e.model.clone(),
-        SchedulerConfig {
-            max_batch: 8,
-            max_wait: Duration::from_millis(50),
-        },
-        Some(metrics.clone()),
-    )
-    .unwrap();
+    let (handle, metrics) = start_scheduler(e, 50);
     let batched: Vec<Transcript> = std::thread::scope(|scope| {
         let hs: Vec<_> = files
             .iter()
@@ -354,17 +341,7 @@ fn alignment_passes_arriving_together_run_as_one_batch_with_the_numbers_of_alone
         .iter_mut()
         .map(|(st, req)| model.align(st, req.clone()).expect("alone"))
         .collect();
-    let registry = prometheus::Registry::new();
-    let metrics = SchedulerMetrics::new(&registry).unwrap();
-    let handle = scheduler::start(
-        model.clone(),
-        SchedulerConfig {
-            max_batch: 8,
-            max_wait: Duration::from_millis(200),
-        },
-        Some(metrics.clone()),
-    )
-    .unwrap();
+    let (handle, metrics) = start_scheduler(e, 200);
     // One sequence "decoding" meanwhile, so passes wait for company as on a busy server.
     let mut busy = model.decoder.prepare(&features[0]).unwrap();
     handle.prefill(&mut busy, &[sp.sot], &[0]).expect("prefill");

@@ -5,6 +5,7 @@
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
+use whisperd::scheduler::{self, SchedulerConfig, SchedulerHandle, SchedulerMetrics};
 use whisperd::Engine;
 
 pub fn root() -> PathBuf {
@@ -177,4 +178,21 @@ pub fn assert_success(out: &std::process::Output) {
         out.status.code(),
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// A scheduler over the engine's model (batches of up to 8, waiting `max_wait_ms` for more) and
+/// its metrics.
+pub fn start_scheduler(e: &Engine, max_wait_ms: u64) -> (SchedulerHandle, SchedulerMetrics) {
+    let registry = prometheus::Registry::new();
+    let metrics = SchedulerMetrics::new(&registry).unwrap();
+    let handle = scheduler::start(
+        e.model.clone(),
+        SchedulerConfig {
+            max_batch: 8,
+            max_wait: std::time::Duration::from_millis(max_wait_ms),
+        },
+        Some(metrics.clone()),
+    )
+    .unwrap();
+    (handle, metrics)
 }
