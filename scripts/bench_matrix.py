@@ -129,5 +129,6 @@ def main():
     if a.out:
         write_between_markers(a.out, "matrix", text)
 
+
 if __name__ == "__main__":
     main()

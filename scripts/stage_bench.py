@@ -109,5 +109,6 @@ def main():
     if a.out:
         write_between_markers(a.out, "stages", text)
 
+
 if __name__ == "__main__":
     main()
