@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The Debian packages whisperd needs, installed when missing: one list for `make` and `.ci/run`.
 #   scripts/system_deps.sh build   what `cargo build` needs (libopus for Opus, found with pkg-config)
-#   scripts/system_deps.sh test    the above, plus what the tests run (sox builds test audio)
+#   scripts/system_deps.sh test    the above, plus what the tests run (sox builds test audio,
+#                                  redis-server backs the multi-replica tests)
 # As root it runs apt-get; otherwise it stops at once and prints the exact command to run.
 set -euo pipefail
 what="${1:-build}"
@@ -11,6 +12,8 @@ command -v pkg-config >/dev/null 2>&1 || need+=(pkg-config)
 if ! pkg-config --exists opus 2>/dev/null; then need+=(libopus-dev); fi
 if [ "$what" = test ]; then
   command -v sox >/dev/null 2>&1 || need+=(sox)
+  # The Redis integration tests (tests/cluster.rs) run a real redis-server on loopback.
+  command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 fi
 [ ${#need[@]} -eq 0 ] && exit 0
 

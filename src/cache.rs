@@ -22,6 +22,43 @@ pub fn cache_key(audio_sha256: &str, model: &str, o: &TranscribeOptions) -> Stri
     format!("{audio_sha256}|{model}|{o:?}")
 }
 
+/// A transcript as bytes for Redis and the job store: JSON with the per-token fields that the API
+/// form leaves out (log-probabilities, text probabilities), gzip-compressed (transcripts are
+/// repetitive text and numbers: about 4× smaller).
+pub fn encode_transcript(t: &Transcript) -> Vec<u8> {
+    use std::io::Write;
+    let extras: Vec<(&[f32], &[f32])> = t
+        .segments
+        .iter()
+        .map(|s| (s.token_logprobs.as_slice(), s.text_probs.as_slice()))
+        .collect();
+    let json = serde_json::to_vec(&serde_json::json!({ "t": t, "x": extras })).unwrap_or_default();
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    let _ = gz.write_all(&json);
+    gz.finish().unwrap_or_default()
+}
+
+/// The inverse of [`encode_transcript`]; `None` for bytes it did not write.
+pub fn decode_transcript(bytes: &[u8]) -> Option<Transcript> {
+    use std::io::Read;
+    #[derive(serde::Deserialize)]
+    struct Stored {
+        t: Transcript,
+        x: Vec<(Vec<f32>, Vec<f32>)>,
+    }
+    let mut json = Vec::new();
+    flate2::read::GzDecoder::new(bytes)
+        .take(256 << 20)
+        .read_to_end(&mut json)
+        .ok()?;
+    let Stored { mut t, x } = serde_json::from_slice(&json).ok()?;
+    for (s, (lp, tp)) in t.segments.iter_mut().zip(x) {
+        s.token_logprobs = lp;
+        s.text_probs = tp;
+    }
+    Some(t)
+}
+
 struct Inner {
     lru: lru::LruCache<String, (Arc<Transcript>, usize)>,
     bytes: usize,
@@ -163,6 +200,35 @@ mod tests {
         for v in &variants {
             assert_ne!(key(v), key(&base), "{v:?}");
         }
+    }
+
+    #[test]
+    fn transcripts_round_trip_with_their_token_fields() {
+        let seg = crate::output::Segment {
+            id: 0,
+            seek: 0,
+            start: 0.0,
+            end: 1.5,
+            text: " hello hello hello".into(),
+            tokens: vec![1, 2, 3],
+            temperature: 0.0,
+            avg_logprob: -0.25,
+            compression_ratio: 1.2,
+            no_speech_prob: 0.01,
+            words: None,
+            token_logprobs: vec![-0.1, -0.2, -0.3],
+            text_probs: vec![0.9, 0.8, 0.7],
+        };
+        let mut t = (*t("hello hello hello")).clone();
+        t.segments = vec![seg; 20];
+        let bytes = encode_transcript(&t);
+        assert!(
+            bytes.len() < serde_json::to_vec(&t).unwrap().len() / 4,
+            "{}",
+            bytes.len()
+        );
+        assert_eq!(decode_transcript(&bytes), Some(t));
+        assert_eq!(decode_transcript(b"not gzip"), None);
     }
 
     #[test]

@@ -25,6 +25,17 @@ pub struct Config {
     pub max_audio_s: f64,
     pub cache_entries: usize,
     pub cache_mb: u64,
+    pub redis_url: String,
+    pub redis_timeout_ms: u64,
+    pub cache_ttl_s: u64,
+    pub jobs_db: String,
+    pub job_workers: usize,
+    pub max_queued_jobs: u64,
+    pub job_ttl_s: u64,
+    pub job_visibility_timeout_s: u64,
+    pub webhook_secret: String,
+    pub allow_private_urls: bool,
+    pub url_timeout_s: u64,
     pub api_keys: Vec<String>,
     pub api_keys_file: String,
     pub rate_limit_per_minute: u32,
@@ -75,6 +86,17 @@ impl Default for Config {
             max_audio_s: 7200.0,
             cache_entries: 1024,
             cache_mb: 64,
+            redis_url: String::new(),
+            redis_timeout_ms: 500,
+            cache_ttl_s: 7 * 86_400,
+            jobs_db: "data/jobs.sqlite".into(),
+            job_workers: 2,
+            max_queued_jobs: 1000,
+            job_ttl_s: 86_400,
+            job_visibility_timeout_s: 60,
+            webhook_secret: String::new(),
+            allow_private_urls: false,
+            url_timeout_s: 120,
             api_keys: Vec::new(),
             api_keys_file: String::new(),
             rate_limit_per_minute: 0,
@@ -164,6 +186,50 @@ const DOCS: &[(&str, &str)] = &[
         "Result cache: most transcripts kept (0 disables the cache).",
     ),
     ("cache_mb", "Result cache: most MiB of transcripts kept."),
+    (
+        "redis_url",
+        "Redis shared by replicas (redis://host:6379/0, rediss:// for TLS): second-level result cache, single flight across replicas, and the async job queue. Empty = this replica alone (jobs in jobs_db).",
+    ),
+    (
+        "redis_timeout_ms",
+        "Longest wait for a Redis call; beyond it (or with Redis down) requests go on as on a lone replica and Redis is retried with backoff.",
+    ),
+    (
+        "cache_ttl_s",
+        "How long a transcript stays in the Redis result cache.",
+    ),
+    (
+        "jobs_db",
+        "SQLite file holding async jobs when redis_url is empty (put it on a volume: queued and running jobs survive a restart).",
+    ),
+    (
+        "job_workers",
+        "Async jobs this replica runs at once (their windows batch with other requests); 0 = accept jobs but leave running them to other replicas.",
+    ),
+    (
+        "max_queued_jobs",
+        "Unfinished async jobs (with their audio) the store holds; beyond it POST /v1/jobs answers 429.",
+    ),
+    (
+        "job_ttl_s",
+        "How long a finished job and its result can be fetched.",
+    ),
+    (
+        "job_visibility_timeout_s",
+        "With Redis: a running job whose replica sent no heartbeat for this long (it died) is taken over by another replica.",
+    ),
+    (
+        "webhook_secret",
+        "Key for the HMAC-SHA256 signature (X-Whisperd-Signature) of webhook calls; jobs with webhook_url are refused while it is empty.",
+    ),
+    (
+        "allow_private_urls",
+        "Let audio URLs and webhook URLs reach loopback, private, link-local and metadata addresses (off: only public addresses, checked on the address actually connected to).",
+    ),
+    (
+        "url_timeout_s",
+        "Longest time to download audio from a URL (its size is bounded by max_upload_mb).",
+    ),
     (
         "api_keys",
         "Accepted API keys (Authorization: Bearer KEY); empty = no authentication.",
@@ -346,6 +412,17 @@ impl Config {
         }
         if self.max_upload_mb == 0 || self.max_audio_s.is_nan() || self.max_audio_s <= 0.0 {
             return bad("max_upload_mb and max_audio_s must be positive");
+        }
+        if self.redis_timeout_ms == 0 || self.url_timeout_s == 0 || self.job_ttl_s == 0 {
+            return bad("redis_timeout_ms, url_timeout_s and job_ttl_s must be positive");
+        }
+        if self.job_visibility_timeout_s < 3 {
+            return bad(
+                "job_visibility_timeout_s must be at least 3 (heartbeats go every third of it)",
+            );
+        }
+        if !self.redis_url.is_empty() && redis::Client::open(self.redis_url.as_str()).is_err() {
+            return bad("redis_url must look like redis://host:6379/0 (or rediss:// or unix://)");
         }
         if self.precision.parse::<crate::model::Precision>().is_err() {
             return bad("precision must be f32 or q8");

@@ -39,6 +39,8 @@ pub fn convert_to_safetensors(
 }
 pub mod batch;
 pub mod cache;
+pub mod cluster;
 pub mod config;
+pub mod jobs;
 pub mod net;
 pub mod server;

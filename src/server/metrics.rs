@@ -26,6 +26,10 @@ pub struct Metrics {
     pub model_load_seconds: Gauge,
     pub build_info: IntGaugeVec,
     pub scheduler: crate::scheduler::SchedulerMetrics,
+    /// Redis and the shared cache.
+    pub cluster: crate::cluster::ClusterMetrics,
+    /// Async jobs and webhooks.
+    pub async_jobs: crate::jobs::JobMetrics,
     /// Windows by how temperature fallback ended (`passed` at a temperature, or
     /// `best_of_failed`: every temperature failed, the best-scoring attempt was kept).
     pub fallbacks: IntCounterVec,
@@ -139,6 +143,8 @@ impl Metrics {
                 &["version", "model"],
             )?,
             scheduler: crate::scheduler::SchedulerMetrics::new(&registry)?,
+            cluster: crate::cluster::ClusterMetrics::new(&registry)?,
+            async_jobs: crate::jobs::JobMetrics::new(&registry)?,
             fallbacks: IntCounterVec::new(
                 Opts::new(
                     "whisperd_fallback_total",

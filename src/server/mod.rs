@@ -4,6 +4,7 @@
 mod auth;
 mod disconnect;
 mod error;
+mod jobs;
 mod metrics;
 mod realtime;
 mod routes;
@@ -37,6 +38,10 @@ pub struct AppState {
     max_upload_bytes: usize,
     /// Transcription options from the config, which request fields override.
     defaults: crate::TranscribeOptions,
+    /// Async jobs (`None` when the job store could not be opened).
+    jobs: Option<Arc<jobs::Jobs>>,
+    /// Bounds on audio fetched from a URL and on webhook calls.
+    urls: crate::net::fetch::Limits,
 }
 
 #[derive(Clone)]
@@ -220,11 +225,28 @@ async fn edge(
 pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let api_keys = cfg.all_api_keys()?;
     let metrics = metrics::Metrics::new()?;
+    let link = if cfg.redis_url.is_empty() {
+        None
+    } else {
+        let link = crate::cluster::RedisLink::new(
+            &cfg.redis_url,
+            Duration::from_millis(cfg.redis_timeout_ms),
+            metrics.cluster.clone(),
+        )
+        .map_err(anyhow::Error::msg)?;
+        tracing::info!(replica = %link.replica, "redis configured: shared result cache, cross-replica single flight, shared job queue");
+        Some(Arc::new(link))
+    };
+    let shared_cache = link.as_ref().filter(|_| cfg.cache_entries > 0).map(|l| {
+        crate::cluster::cache::SharedCache::new(l.clone(), Duration::from_secs(cfg.cache_ttl_s))
+    });
+    let async_jobs = open_job_store(&cfg, link.clone());
     let shared = worker::Shared::new(
         ResultCache::new(
             cfg.cache_entries,
             (cfg.cache_mb as usize).saturating_mul(1 << 20),
         ),
+        shared_cache,
         metrics,
         cfg.queue_size,
         Duration::from_secs(cfg.request_timeout_s),
@@ -260,7 +282,19 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             .map_err(anyhow::Error::msg)?,
         max_upload_bytes: (cfg.max_upload_mb as usize).saturating_mul(1 << 20),
         defaults: cfg.transcribe_defaults(),
+        jobs: async_jobs.clone(),
+        urls: crate::net::fetch::Limits {
+            allow_private: cfg.allow_private_urls,
+            timeout: Duration::from_secs(cfg.url_timeout_s),
+            max_bytes: (cfg.max_upload_mb as usize).saturating_mul(1 << 20),
+        },
     });
+    if let Some(j) = &async_jobs {
+        jobs::start(state.clone(), j.clone(), cfg.job_workers);
+    }
+    if cfg.allow_private_urls {
+        tracing::warn!("allow_private_urls = true: audio and webhook URLs may reach loopback, private and metadata addresses");
+    }
     if api_keys.is_empty() {
         tracing::warn!("no API keys configured: every endpoint is open");
     }
@@ -285,6 +319,10 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
                 web::post().to(routes::openai_translations),
             )
             .route("/v1/realtime", web::get().to(realtime::connect))
+            .route("/v1/jobs", web::post().to(jobs::create))
+            .route("/v1/jobs/{id}", web::get().to(jobs::get))
+            .route("/v1/jobs/{id}", web::delete().to(jobs::cancel))
+            .route("/v1/jobs/{id}/result", web::get().to(jobs::result))
             .default_service(web::to(|| async {
                 ApiError::new(
                     actix_web::http::StatusCode::NOT_FOUND,
@@ -324,6 +362,39 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     server.await?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The job store: Redis when configured, else the SQLite file `jobs_db`. A store that cannot be
+/// opened leaves the server up without jobs (their endpoints answer 503), with the reason logged.
+fn open_job_store(
+    cfg: &Config,
+    link: Option<Arc<crate::cluster::RedisLink>>,
+) -> Option<Arc<jobs::Jobs>> {
+    use crate::jobs::{redis_queue::RedisStore, sqlite::SqliteStore, Retention, Store};
+    let retention = Retention {
+        job_ttl_s: cfg.job_ttl_s,
+        max_queued_s: cfg.job_ttl_s.max(7 * 86_400),
+        max_queued_jobs: cfg.max_queued_jobs,
+        visibility_timeout_s: cfg.job_visibility_timeout_s,
+    };
+    let store = match link {
+        Some(link) => Store::Redis(RedisStore::new(link, retention)),
+        None => {
+            let worker = format!("pid-{}", std::process::id());
+            match SqliteStore::open(std::path::Path::new(&cfg.jobs_db), retention, worker) {
+                Ok(s) => Store::Sqlite(s),
+                Err(e) => {
+                    tracing::error!(error = %e, jobs_db = %cfg.jobs_db, "cannot open the job store: /v1/jobs answers 503; point jobs_db at a writable volume");
+                    return None;
+                }
+            }
+        }
+    };
+    Some(jobs::Jobs::new(
+        store,
+        cfg.webhook_secret.clone(),
+        Duration::from_secs(cfg.job_visibility_timeout_s),
+    ))
 }
 
 async fn wait_for_shutdown_signal() {

@@ -87,7 +87,7 @@ pub async fn model(
 
 /// Which API a request came in through: it decides defaults, allowed formats and body shapes.
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Api {
+pub(super) enum Api {
     Native,
     OpenAiTranscriptions,
     OpenAiTranslations,
@@ -278,7 +278,7 @@ fn chunking_strategy(
 /// `timestamp_granularities[]` (`segment`, `word`; repeated fields arrive comma-joined) and the
 /// subtitle layout fields (`max_line_width`, `max_line_count`, `max_words_per_line`,
 /// `highlight_words`, as openai-whisper's CLI names them).
-fn render_options(f: &HashMap<String, String>) -> Result<RenderOptions, ApiError> {
+pub(super) fn render_options(f: &HashMap<String, String>) -> Result<RenderOptions, ApiError> {
     const G: &str = "timestamp_granularities[]";
     let mut granularities = None;
     if let Some(g) = f
@@ -340,7 +340,7 @@ fn render_options(f: &HashMap<String, String>) -> Result<RenderOptions, ApiError
 }
 
 /// `defaults`: the server's configured options, which the fields override.
-fn parse_options(
+pub(super) fn parse_options(
     api: Api,
     f: &HashMap<String, String>,
     defaults: &TranscribeOptions,
@@ -538,7 +538,7 @@ fn stream_flavor(
 
 /// A request's fields (query parameters, then form fields over them) and its uploaded file
 /// (`None` when there is none), read within `UPLOAD_TIMEOUT`.
-async fn read_request(
+pub(super) async fn read_request(
     req: &HttpRequest,
     body: web::Payload,
     state: &AppState,
@@ -669,12 +669,25 @@ async fn handle_inner(
 
     // Query parameters first, form fields override them.
     let (fields, file) = read_request(&req, body, &state).await?;
-    let file = file.ok_or_else(|| {
-        ApiError::bad_request("no audio: send it in multipart field `file`")
-            .param("file")
-            .code("missing_file")
-    })?;
+    let url = fields.get("url").filter(|u| !u.trim().is_empty());
     let (options, format) = parse_options(api, &fields, &state.defaults)?;
+    let file = match (file, url) {
+        (Some(_), Some(_)) => {
+            return Err(
+                ApiError::bad_request("send the audio as `file` or as `url`, not both")
+                    .param("url"),
+            )
+        }
+        (Some(f), None) => f,
+        (None, Some(u)) => super::jobs::audio_from_url(&state, u).await?,
+        (None, None) => {
+            return Err(ApiError::bad_request(
+                "no audio: send it in multipart field `file` (or its `url`)",
+            )
+            .param("file")
+            .code("missing_file"))
+        }
+    };
     if file.is_empty() {
         return Err(
             ApiError::bad_request("the uploaded file is empty (0 bytes)")

@@ -71,6 +71,8 @@ impl Progress {
 struct Flight {
     tx: broadcast::Sender<JobResult>,
     progress: Arc<Progress>,
+    /// The cross-replica flight lock, while this replica runs the job for everyone.
+    lock: Option<crate::cluster::cache::FlightLock>,
 }
 
 /// Where a request's transcript will come from.
@@ -100,6 +102,8 @@ pub struct Shared {
     pub ready: AtomicBool,
     pub draining: AtomicBool,
     pub cache: ResultCache,
+    /// The Redis second level and cross-replica single flight (`redis_url`).
+    pub shared_cache: Option<Arc<crate::cluster::cache::SharedCache>>,
     pub metrics: Metrics,
     inflight: Mutex<HashMap<String, Flight>>,
     queue: OnceLock<SyncSender<Job>>,
@@ -129,6 +133,7 @@ impl CacheStatus {
 impl Shared {
     pub fn new(
         cache: ResultCache,
+        shared_cache: Option<Arc<crate::cluster::cache::SharedCache>>,
         metrics: Metrics,
         queue_size: usize,
         request_timeout: Duration,
@@ -142,6 +147,7 @@ impl Shared {
             ready: AtomicBool::new(false),
             draining: AtomicBool::new(false),
             cache,
+            shared_cache,
             metrics,
             inflight: Mutex::new(HashMap::new()),
             queue: OnceLock::new(),
@@ -158,18 +164,30 @@ impl Shared {
     /// Hand `result` to everyone waiting on `key` and forget the job. The key leaves the in-flight
     /// map before the result is sent, so a later identical request finds the cache instead.
     fn finish(&self, key: &str, result: JobResult) {
-        let tx = self
+        let (tx, lock) = self
             .inflight
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(key)
-            .map(|f| f.tx);
+            .map_or((None, None), |f| (Some(f.tx), f.lock));
         let cacheable = !key.starts_with(UNCACHED);
         if let (Ok(t), true) = (&result, cacheable) {
             self.cache.put(key.to_string(), t.clone());
             let (entries, bytes) = self.cache.usage();
             self.metrics.cache_entries.set(entries as i64);
             self.metrics.cache_bytes.set(bytes as i64);
+        }
+        // This replica ran the job under the cross-replica lock: publish the result (before the
+        // lock goes, so that waiting replicas find it), then let the lock go — on failure too,
+        // so that a waiting replica takes over at once.
+        if let (Some(lock), Some(sc)) = (lock, &self.shared_cache) {
+            let (sc2, key, t) = (sc.clone(), key.to_string(), result.as_ref().ok().cloned());
+            sc.link().spawn(async move {
+                if let Some(t) = t {
+                    sc2.put(&key, &t).await;
+                }
+                sc2.release(lock).await;
+            });
         }
         if let Some(tx) = tx {
             let _ = tx.send(result);
@@ -217,6 +235,22 @@ pub fn start(shared: Arc<Shared>, cfg: InferenceConfig) {
                     "vad = true but no Silero VAD model was found: run `make model` (or python3 models/fetch.py silero-vad), set vad_model, or set vad = false; exiting"
                 );
                 std::process::exit(1);
+            }
+            if let Some(sc) = &shared.shared_cache {
+                let vad_file = cfg.vad_model.clone().or_else(|| {
+                    crate::engine::vad_model_candidates(&cfg.model_dir)
+                        .into_iter()
+                        .find(|p| p.is_file())
+                });
+                let mut files = vec![cfg.model_dir.as_path()];
+                files.extend(vad_file.as_deref());
+                match crate::cluster::cache::model_identity(&files, &format!("{:?}", cfg.precision)) {
+                    Ok(id) => sc.set_identity(id),
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot hash the model files for the shared cache key; exiting");
+                        std::process::exit(1);
+                    }
+                }
             }
             let engine = Arc::new(engine);
             shared.metrics.model_load_seconds.set(engine.load_seconds);
@@ -383,6 +417,46 @@ fn run_job(shared: &Shared, engine: &Engine, runner: &crate::scheduler::Schedule
     shared.finish(&job.key, result);
 }
 
+/// Before running a job: the Redis cache, then the cross-replica flight lock. A transcript when
+/// another replica has (or produces) it; `None` when this replica should run the job — it then
+/// holds the lock (kept in the flight until `finish`), or Redis is unavailable.
+async fn across_replicas(
+    shared: &Shared,
+    sc: &crate::cluster::cache::SharedCache,
+    key: &str,
+    tx: &broadcast::Sender<JobResult>,
+    deadline: Instant,
+) -> Option<Transcript> {
+    use crate::cluster::cache::{Claim, Lookup, Waited};
+    match sc.get(key).await {
+        Lookup::Hit(t) => return Some(t),
+        Lookup::Unavailable => return None,
+        Lookup::Miss => {}
+    }
+    loop {
+        match sc.claim(key).await {
+            Claim::Unavailable => return None,
+            Claim::Mine(lock) => {
+                let mut inflight = shared.inflight.lock().unwrap_or_else(|p| p.into_inner());
+                if let Some(f) = inflight.get_mut(key) {
+                    f.lock = Some(lock);
+                }
+                return None;
+            }
+            Claim::Theirs => {
+                tracing::debug!(
+                    "another replica is running the same audio and options: waiting for its result"
+                );
+                match sc.wait(key, deadline, || tx.receiver_count() > 0).await {
+                    Waited::Result(t) => return Some(t),
+                    Waited::Vanished => continue,
+                    Waited::GaveUp => return None,
+                }
+            }
+        }
+    }
+}
+
 /// Removes a single-flight entry (answering its waiters) unless the job reached the queue.
 struct InflightGuard {
     shared: Arc<Shared>,
@@ -490,6 +564,7 @@ pub async fn submit_with(
                     Flight {
                         tx: tx.clone(),
                         progress: progress.clone(),
+                        lock: None,
                     },
                 );
                 (rx, progress, Some(tx))
@@ -522,6 +597,19 @@ async fn prepare_and_enqueue(shared: Arc<Shared>, engine: Arc<Engine>, job: NewJ
         key: key.clone(),
         armed: true,
     };
+    if !key.starts_with(UNCACHED) {
+        if let Some(sc) = shared.shared_cache.clone() {
+            let deadline = Instant::now() + shared.request_timeout;
+            if let Some(t) = across_replicas(&shared, &sc, &key, &tx, deadline).await {
+                guard.armed = false;
+                shared.finish(&key, Ok(Arc::new(t)));
+                return;
+            }
+            if tx.receiver_count() == 0 {
+                return; // everyone left while another replica ran it: the guard answers
+            }
+        }
+    }
     let max_audio_s = shared.max_audio_s;
     let vad = options.vad.clone();
     let prepared = actix_web::web::block(move || -> Result<Prepared, EngineError> {

@@ -144,6 +144,8 @@ pub fn noise(n: usize, amplitude: f32) -> Vec<f32> {
         })
         .collect()
 }
+pub mod http_stub;
+pub mod redis;
 pub mod server;
 
 /// Run `c` with a deadline, so that a hang fails the test instead of blocking the suite.

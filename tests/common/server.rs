@@ -11,6 +11,8 @@ pub struct Server {
     pub child: Child,
     pub addr: String,
     pub log: Arc<Mutex<String>>,
+    /// Its own job database (unless the test names one), removed with it.
+    _data: tempfile::TempDir,
 }
 
 impl Server {
@@ -22,6 +24,8 @@ impl Server {
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
+        let data = tempfile::tempdir().expect("temporary directory");
+        cmd.env("WHISPERD_JOBS_DB", data.path().join("jobs.sqlite"));
         for (k, v) in env {
             cmd.env(k, v);
         }
@@ -41,7 +45,12 @@ impl Server {
         let addr = rx
             .recv_timeout(Duration::from_secs(60))
             .expect("server did not report its address");
-        let s = Server { child, addr, log };
+        let s = Server {
+            child,
+            addr,
+            log,
+            _data: data,
+        };
         let t0 = Instant::now();
         while s.get("/ready").0 != 200 {
             assert!(
@@ -95,6 +104,52 @@ impl Server {
                 String::from_utf8_lossy(&self.get("/metrics").2)
             );
             std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Stop it at once (SIGKILL): nothing is flushed, no drain.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn post_json(
+        &self,
+        path: &str,
+        body: &serde_json::Value,
+        headers: &[(&str, &str)],
+    ) -> Response {
+        let mut h: Vec<(&str, &str)> = headers.to_vec();
+        h.push(("Content-Type", "application/json"));
+        request(&self.addr, "POST", path, &h, body.to_string().as_bytes())
+    }
+
+    pub fn delete(&self, path: &str, headers: &[(&str, &str)]) -> Response {
+        request(&self.addr, "DELETE", path, headers, &[])
+    }
+
+    /// Poll `GET /v1/jobs/{id}` until `done` says so; fail after `within` with the last answer.
+    pub fn wait_for_job(
+        &self,
+        id: &str,
+        headers: &[(&str, &str)],
+        within: Duration,
+        done: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let t0 = Instant::now();
+        loop {
+            let r = self.get_with(&format!("/v1/jobs/{id}"), headers);
+            let v: serde_json::Value = serde_json::from_slice(&r.2).unwrap_or_default();
+            if r.0 == 200 && done(&v) {
+                return v;
+            }
+            assert!(
+                t0.elapsed() < within,
+                "job {id} not there in {within:?}: {} {v}\n{}",
+                r.0,
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
         }
     }
 

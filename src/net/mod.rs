@@ -1,9 +1,14 @@
-//! Who the client is: the peer address, or — only when the peer is a trusted proxy — the address
-//! its `X-Forwarded-For` / `Forwarded` header names. Rate limits and logs key on this, so a
-//! client cannot pick its own identity by sending a header.
+//! The network edge. This file: who the client is — the peer address, or, only when the peer is a
+//! trusted proxy, the address its `X-Forwarded-For` / `Forwarded` header names. Rate limits and
+//! logs key on this, so a client cannot pick its own identity by sending a header.
+//! `ssrf`: which addresses a URL a client gives us may reach. `fetch`: bounded outgoing HTTP
+//! (audio from a URL, webhooks) that only ever connects to addresses `ssrf` allows.
 
 use std::net::IpAddr;
 use std::str::FromStr;
+
+pub mod fetch;
+pub mod ssrf;
 
 /// An address range from the config: a CIDR (`10.0.0.0/8`, `fd00::/8`) or a single address.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
