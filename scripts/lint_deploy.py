@@ -83,7 +83,9 @@ def main():
                     continue
                 for i, doc in enumerate(d for d in yaml.safe_load_all(text) if d):
                     kinds.append(doc["kind"])
-                    if doc["kind"] == "Deployment":
+                    if doc["kind"] == "Deployment" and doc["metadata"]["name"].endswith("-redis"):
+                        errors += check_redis(doc, label)
+                    elif doc["kind"] == "Deployment":
                         errors += check_deployment(doc, merged, label)
                     if doc["kind"] == "ConfigMap" and "config.toml" in doc.get("data", {}):
                         errors += check_config_toml(doc["data"]["config.toml"], label)
@@ -107,6 +109,25 @@ def main():
 
     print("deploy lint: " + ("ok" if errors == 0 else f"{errors} problem(s)"))
     sys.exit(1 if errors else 0)
+
+
+def check_redis(doc, label):
+    """The chart's internal Redis: hardened like the server, and never evicting (jobs live there)."""
+    errors = 0
+    spec = doc["spec"]["template"]["spec"]
+    c = spec["containers"][0]
+    sc = c.get("securityContext", {})
+    if sc.get("allowPrivilegeEscalation") is not False or sc.get("readOnlyRootFilesystem") is not True:
+        errors += fail(f"{label}: redis container must be read-only without privilege escalation")
+    if spec.get("securityContext", {}).get("runAsNonRoot") is not True:
+        errors += fail(f"{label}: redis pod must run as non-root")
+    args = c.get("args", [])
+    if "noeviction" not in args:
+        errors += fail(f"{label}: redis must not evict keys (queued jobs live there)")
+    labels = doc["spec"]["selector"]["matchLabels"]
+    if not labels.get("app.kubernetes.io/name", "").endswith("-redis"):
+        errors += fail(f"{label}: redis selector must not match the server's pods")
+    return errors
 
 
 def check_config_toml(text, label):

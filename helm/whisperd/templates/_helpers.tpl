@@ -22,3 +22,10 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 app.kubernetes.io/name: {{ include "whisperd.name" . }}
 app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end -}}
+
+{{- /* The internal Redis: a name of its own, so the server's selectors never match it. */ -}}
+{{- define "whisperd.redisSelectorLabels" -}}
+app.kubernetes.io/name: {{ include "whisperd.name" . }}-redis
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: redis
+{{- end -}}
