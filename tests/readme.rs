@@ -127,6 +127,9 @@ fn every_readme_example_runs() {
             "README python failed:\n{code}\n{}",
             String::from_utf8_lossy(&out.stderr)
         );
-        assert!(String::from_utf8_lossy(&out.stdout).contains("country"));
+        if code.contains(&s.addr) {
+            // A client example: it printed the transcript.
+            assert!(String::from_utf8_lossy(&out.stdout).contains("country"), "{code}");
+        }
     }
 }
