@@ -54,7 +54,7 @@ eval: model model-base build venv ## WER on ../shared/eval (English) for whisper
 	$(VENV)/bin/python scripts/eval.py --bin $(BIN) --model $(MODEL) --shared $(SHARED)
 	$(VENV)/bin/python scripts/translate_eval.py --bin $(BIN) --model $(BASE_MODEL) --shared $(SHARED)
 
-bench: model build venv ## Criterion benches (mel, encoder, decoder steps incl. batched), then each stage beside CTranslate2 int8 (tiny.en and base when fetched; into benches/RESULTS.md), then server throughput at 1/4/8/16 clients, fairness and RSS vs faster-whisper int8 (f32 and q8), then VAD on 1-h silence/noise and the eval set vs faster-whisper vad_filter, then peak RSS against audio length (10/40-min files, 8 concurrent 1-h uploads)
+bench: model build venv ## Criterion benches (mel, encoder, decoder steps incl. batched), then each stage beside CTranslate2 int8 (tiny.en and base when fetched; into benches/RESULTS.md), then server throughput at 1/4/8/16 clients, fairness and RSS vs faster-whisper int8 (f32 and q8), then VAD on 1-h silence/noise and the eval set vs faster-whisper vad_filter, then peak RSS against audio length (10/40-min files, 8 concurrent 1-h uploads), then async job throughput with 1 and 2 replicas sharing a loopback redis-server
 	WHISPERD_BENCH_MODEL=$(MODEL) $(CARGO) bench --locked --bench pipeline
 	$(VENV)/bin/python scripts/stage_bench.py --models $(MODEL),$(BASE_MODEL) --out benches/RESULTS.md
 	$(VENV)/bin/python scripts/bench_server.py --bin $(BIN) --model $(MODEL) --shared $(SHARED)
@@ -62,6 +62,7 @@ bench: model build venv ## Criterion benches (mel, encoder, decoder steps incl. 
 	$(VENV)/bin/python scripts/eval.py --bin $(BIN) --model $(MODEL) --shared $(SHARED) --speed
 	$(VENV)/bin/python scripts/vad_bench.py --bin $(BIN) --model $(MODEL) --shared $(SHARED)
 	$(VENV)/bin/python scripts/memory_bench.py --bin $(BIN) --model $(MODEL) --shared $(SHARED)
+	$(VENV)/bin/python scripts/jobs_bench.py --binary $(BIN) --model $(MODEL)
 
 bench-matrix: model model-base build venv ## tiny.en and base × f32/q8 × best/AVX2-forced tier: speed vs faster-whisper int8 in the same run, WER, peak RSS, load time (into benches/RESULTS.md)
 	$(VENV)/bin/python scripts/bench_matrix.py --bin $(BIN) --models $(MODEL),$(BASE_MODEL) --shared $(SHARED) --out benches/RESULTS.md

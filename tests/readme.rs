@@ -129,7 +129,10 @@ fn every_readme_example_runs() {
         );
         if code.contains(&s.addr) {
             // A client example: it printed the transcript.
-            assert!(String::from_utf8_lossy(&out.stdout).contains("country"), "{code}");
+            assert!(
+                String::from_utf8_lossy(&out.stdout).contains("country"),
+                "{code}"
+            );
         }
     }
 }
