@@ -220,10 +220,13 @@ impl SharedCache {
             match got {
                 None => return Waited::GaveUp,
                 Some((Some(bytes), _)) => {
-                    if let Some(t) = crate::cache::decode_transcript(&bytes) {
-                        m.shared_waits.with_label_values(&["result"]).inc();
-                        return Waited::Result(t);
-                    }
+                    return match crate::cache::decode_transcript(&bytes) {
+                        Some(t) => {
+                            m.shared_waits.with_label_values(&["result"]).inc();
+                            Waited::Result(t)
+                        }
+                        None => Waited::GaveUp, // unreadable (another version?): run it here
+                    };
                 }
                 Some((None, None)) => {
                     m.shared_waits.with_label_values(&["takeover"]).inc();

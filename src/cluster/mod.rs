@@ -210,8 +210,43 @@ impl RedisLink {
 
     /// Run one command; `None` when Redis is unavailable or answers with an error.
     pub async fn query<T: redis::FromRedisValue>(&self, op: &str, cmd: &redis::Cmd) -> Option<T> {
+        self.query_within(op, cmd, self.timeout).await
+    }
+
+    /// [`query`](Self::query) with its own time limit (commands that move large values).
+    pub async fn query_within<T: redis::FromRedisValue>(
+        &self,
+        op: &str,
+        cmd: &redis::Cmd,
+        limit: Duration,
+    ) -> Option<T> {
         let mut c = self.conn().await?;
-        match tokio::time::timeout(self.timeout, cmd.query_async::<T>(&mut c)).await {
+        let r = tokio::time::timeout(limit, cmd.query_async::<T>(&mut c)).await;
+        self.judge(op, r)
+    }
+
+    /// Run a pipeline (atomic when built with `.atomic()`) carrying about `bytes` of values:
+    /// its time limit grows with them (10 MB/s on top of `redis_timeout_ms`).
+    pub async fn pipe<T: redis::FromRedisValue>(
+        &self,
+        op: &str,
+        p: &redis::Pipeline,
+        bytes: usize,
+    ) -> Option<T> {
+        let mut c = self.conn().await?;
+        let limit = self.timeout + Duration::from_millis((bytes / 10_000) as u64);
+        let r = tokio::time::timeout(limit, p.query_async::<T>(&mut c)).await;
+        self.judge(op, r)
+    }
+
+    /// The outcome of one call: an outage (I/O, timeout) trips the backoff; an error answer
+    /// (out of memory, a bug) is counted and logged but keeps the connection.
+    fn judge<T>(
+        &self,
+        op: &str,
+        r: Result<redis::RedisResult<T>, tokio::time::error::Elapsed>,
+    ) -> Option<T> {
+        match r {
             Ok(Ok(v)) => {
                 self.succeeded();
                 Some(v)
@@ -226,28 +261,8 @@ impl RedisLink {
                 None
             }
             Ok(Err(e)) => {
-                // Redis answered, with an error: a bug or an unexpected server, not an outage.
                 self.metrics.redis_errors.with_label_values(&[op]).inc();
                 tracing::warn!(op, error = %e, "redis command failed");
-                None
-            }
-            Err(_) => {
-                self.failed(op, "timed out");
-                None
-            }
-        }
-    }
-
-    /// Run a pipeline (atomic when built with `.atomic()`).
-    pub async fn pipe<T: redis::FromRedisValue>(&self, op: &str, p: &redis::Pipeline) -> Option<T> {
-        let mut c = self.conn().await?;
-        match tokio::time::timeout(self.timeout, p.query_async::<T>(&mut c)).await {
-            Ok(Ok(v)) => {
-                self.succeeded();
-                Some(v)
-            }
-            Ok(Err(e)) => {
-                self.failed(op, &e.to_string());
                 None
             }
             Err(_) => {

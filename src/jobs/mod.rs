@@ -230,7 +230,8 @@ pub enum StoreError {
 pub struct Retention {
     /// Finished jobs (and their results) are kept this long.
     pub job_ttl_s: u64,
-    /// Jobs (with their audio) waiting or unfinished after this long are dropped.
+    /// SQLite: jobs (with their audio) still queued after this long are dropped. (Redis keeps
+    /// unfinished jobs without expiry; `max_queued_jobs` bounds them.)
     pub max_queued_s: u64,
     pub max_queued_jobs: u64,
     /// A claimed job whose replica sent no heartbeat for this long is taken by another.
@@ -300,10 +301,13 @@ impl Store {
         }
     }
 
-    /// Keep a claim from being taken by another replica while it runs.
-    pub async fn heartbeat(&self, claim: &Claim) {
-        if let Store::Redis(s) = self {
-            s.heartbeat(claim).await;
+    /// Keep a claim from being taken by another replica while it runs. `false` when it was
+    /// taken over anyway (this replica paused or lost Redis for longer than the visibility
+    /// timeout): the other replica now runs it too.
+    pub async fn heartbeat(&self, claim: &Claim) -> bool {
+        match self {
+            Store::Redis(s) => s.heartbeat(claim).await != Some(false),
+            Store::Sqlite(_) => true,
         }
     }
 

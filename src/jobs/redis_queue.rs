@@ -9,7 +9,12 @@
 //!   state changes are Lua scripts that check the status first (a cancelled or finished job is
 //!   never set back to running, a second result never replaces the first). Finished jobs expire
 //!   after `job_ttl_s`.
-//! - `whisperd:job:<id>:audio`: the upload, until the job finishes (expires with the job).
+//! - `whisperd:job:<id>:audio`: the upload, until the job finishes.
+//!
+//! Keys of unfinished jobs (and their audio) carry no expiry, so a Redis run with
+//! `maxmemory-policy volatile-lru` (the chart's) evicts cached transcripts, never queued work;
+//! finished jobs get their `job_ttl_s`. When Redis is full anyway, the finish script frees the
+//! audio before it writes anything.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -25,6 +30,16 @@ use crate::cluster::RedisLink;
 const STREAM: &str = "whisperd:jobs";
 const GROUP: &str = "workers";
 
+/// Renew this consumer's claim on an entry, only while it still holds it (another replica may
+/// have taken it over after a long pause): 1 when renewed. KEYS: stream. ARGV: group, entry, me.
+const HEARTBEAT_LUA: &str = "
+local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[2], ARGV[2], 1)
+if #p == 1 and p[1][2] == ARGV[3] then
+  redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[3], 0, ARGV[2], 'JUSTID')
+  return 1
+end
+return 0";
+
 const START_LUA: &str = "
 local s = redis.call('HGET', KEYS[1], 'status')
 if s == 'queued' or s == 'running' then
@@ -37,9 +52,9 @@ return redis.call('HGETALL', KEYS[1])";
 const FINISH_LUA: &str = "
 local s = redis.call('HGET', KEYS[1], 'status')
 if s == 'queued' or s == 'running' then
+  redis.call('DEL', KEYS[2])
   redis.call('HSET', KEYS[1], 'status', ARGV[1], 'finished_at', ARGV[2])
   if ARGV[4] ~= '' then redis.call('HSET', KEYS[1], ARGV[4], ARGV[5]) end
-  redis.call('DEL', KEYS[2])
   redis.call('EXPIRE', KEYS[1], ARGV[3])
   return 1
 end
@@ -61,6 +76,8 @@ pub struct RedisStore {
     link: Arc<RedisLink>,
     retention: Retention,
     group_ready: AtomicBool,
+    /// Where the next XAUTOCLAIM scan resumes (it looks at a few pending entries per call).
+    reclaim_cursor: std::sync::Mutex<String>,
 }
 
 impl RedisStore {
@@ -69,6 +86,7 @@ impl RedisStore {
             link,
             retention,
             group_ready: AtomicBool::new(false),
+            reclaim_cursor: std::sync::Mutex::new("0-0".into()),
         }
     }
 
@@ -113,7 +131,7 @@ impl RedisStore {
             return Err(StoreError::Full(waiting));
         }
         let request = serde_json::to_string(&job.request).unwrap_or_default();
-        let keep = self.retention.max_queued_s.max(1);
+        let bytes = audio.as_ref().map_or(0, Vec::len);
         let mut p = redis::pipe();
         p.atomic();
         let key = job_key(&job.id);
@@ -137,14 +155,8 @@ impl RedisStore {
                 .arg(serde_json::to_string(w).unwrap_or_default())
                 .ignore();
         }
-        p.cmd("EXPIRE").arg(&key).arg(keep).ignore();
         if let Some(audio) = audio {
-            p.cmd("SET")
-                .arg(audio_key(&job.id))
-                .arg(audio)
-                .arg("EX")
-                .arg(keep)
-                .ignore();
+            p.cmd("SET").arg(audio_key(&job.id)).arg(audio).ignore();
         }
         p.cmd("XADD")
             .arg(STREAM)
@@ -152,7 +164,7 @@ impl RedisStore {
             .arg("id")
             .arg(&job.id)
             .ignore();
-        let done: Option<()> = self.link.pipe("jobs_create", &p).await;
+        let done: Option<()> = self.link.pipe("jobs_create", &p, bytes).await;
         done.ok_or_else(down)
     }
 
@@ -166,8 +178,10 @@ impl RedisStore {
     }
 
     pub async fn audio(&self, id: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        // Up to max_upload_mb: give it time (10 MB/s for 25 MB is 2.5 s).
+        let limit = self.link.timeout() + std::time::Duration::from_secs(10);
         self.link
-            .query("jobs_audio", redis::cmd("GET").arg(audio_key(id)))
+            .query_within("jobs_audio", redis::cmd("GET").arg(audio_key(id)), limit)
             .await
             .ok_or_else(down)
     }
@@ -194,7 +208,12 @@ impl RedisStore {
         self.ensure_group().await?;
         let me = self.link.replica.clone();
         let idle_ms = self.retention.visibility_timeout_s.max(1) * 1000;
-        let stale: Value = self
+        let cursor = self
+            .reclaim_cursor
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let stale: Option<Value> = self
             .link
             .query(
                 "jobs_reclaim",
@@ -203,12 +222,24 @@ impl RedisStore {
                     .arg(GROUP)
                     .arg(&me)
                     .arg(idle_ms)
-                    .arg("0-0")
+                    .arg(&cursor)
                     .arg("COUNT")
                     .arg(1),
             )
-            .await
-            .ok_or_else(down)?;
+            .await;
+        let Some(stale) = stale else {
+            // NOGROUP after Redis lost its data, or an outage: make the group again next time.
+            self.group_ready.store(false, Ordering::Relaxed);
+            return Err(down());
+        };
+        if let Value::Array(parts) = &stale {
+            if let Some(Ok(next)) = parts.first().map(redis::from_redis_value_ref::<String>) {
+                *self
+                    .reclaim_cursor
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner()) = next;
+            }
+        }
         if let Some((entry, id)) = first_entry(&stale) {
             return Ok(Some(Claim {
                 id,
@@ -232,7 +263,7 @@ impl RedisStore {
                 }
             }
         }
-        let fresh: Value = self
+        let fresh: Option<Value> = self
             .link
             .query(
                 "jobs_read",
@@ -246,8 +277,11 @@ impl RedisStore {
                     .arg(STREAM)
                     .arg(">"),
             )
-            .await
-            .ok_or_else(down)?;
+            .await;
+        let Some(fresh) = fresh else {
+            self.group_ready.store(false, Ordering::Relaxed);
+            return Err(down());
+        };
         Ok(first_entry(&fresh).map(|(entry, id)| Claim {
             id,
             entry,
@@ -270,20 +304,22 @@ impl RedisStore {
         Ok(from_hash(&claim.id, &h))
     }
 
-    pub async fn heartbeat(&self, claim: &Claim) {
-        let _: Option<Value> = self
+    /// `Some(false)` when another replica has taken the job over.
+    pub async fn heartbeat(&self, claim: &Claim) -> Option<bool> {
+        let kept: Option<i64> = self
             .link
-            .query(
+            .eval(
                 "jobs_heartbeat",
-                redis::cmd("XCLAIM")
-                    .arg(STREAM)
-                    .arg(GROUP)
-                    .arg(&self.link.replica)
-                    .arg(0)
-                    .arg(&claim.entry)
-                    .arg("JUSTID"),
+                HEARTBEAT_LUA,
+                &[STREAM],
+                &[
+                    GROUP.as_bytes(),
+                    claim.entry.as_bytes(),
+                    self.link.replica.as_bytes(),
+                ],
             )
             .await;
+        kept.map(|k| k == 1)
     }
 
     pub async fn finish(&self, claim: &Claim, outcome: &Outcome) -> Result<(), StoreError> {
@@ -335,7 +371,7 @@ impl RedisStore {
             .arg(&claim.entry)
             .ignore();
         p.cmd("XDEL").arg(STREAM).arg(&claim.entry).ignore();
-        let done: Option<()> = self.link.pipe("jobs_ack", &p).await;
+        let done: Option<()> = self.link.pipe("jobs_ack", &p, 0).await;
         done.ok_or_else(down)
     }
 

@@ -51,6 +51,9 @@ fn v6_reason(ip: Ipv6Addr) -> Option<&'static str> {
     if s[0] == 0x64 && s[1] == 0xff9b && s[2..6] == [0, 0, 0, 0] {
         return v4_reason(embedded(s[6], s[7]));
     }
+    if s[0] == 0x64 && s[1] == 0xff9b && s[2] == 1 {
+        return Some("local-use NAT64 (64:ff9b:1::/48)");
+    }
     if s[0] == 0x2002 {
         return v4_reason(embedded(s[1], s[2]));
     }
@@ -103,6 +106,7 @@ mod tests {
             "::ffff:127.0.0.1",
             "::ffff:169.254.169.254",
             "64:ff9b::a9fe:a9fe", // NAT64 of 169.254.169.254
+            "64:ff9b:1::a00:1",   // local-use NAT64
             "2002:c0a8:0101::1",  // 6to4 of 192.168.1.1
             "::127.0.0.1",
         ] {

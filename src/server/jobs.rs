@@ -416,7 +416,7 @@ async fn runner(state: web::Data<AppState>, jobs: Arc<Jobs>) {
         match jobs.store.next().await {
             Ok(Some(claim)) => {
                 let span = tracing::info_span!("job", job_id = %claim.id);
-                process(&state, &jobs, claim).instrument(span).await
+                process(state.clone(), &jobs, claim).instrument(span).await
             }
             Ok(None) => {
                 let _ = actix_web::rt::time::timeout(IDLE_POLL, jobs.wake.notified()).await;
@@ -428,14 +428,17 @@ async fn runner(state: web::Data<AppState>, jobs: Arc<Jobs>) {
 
 /// Run a claimed job (or only deliver its webhook, when it is already finished), then
 /// acknowledge it. A heartbeat keeps the claim while this takes.
-async fn process(state: &AppState, jobs: &Arc<Jobs>, claim: Claim) {
+async fn process(state: web::Data<AppState>, jobs: &Arc<Jobs>, claim: Claim) {
     let m = state.shared.metrics.async_jobs.clone();
     let heartbeat = {
         let (jobs, claim) = (jobs.clone(), claim.clone());
         actix_web::rt::spawn(async move {
             loop {
                 actix_web::rt::time::sleep(jobs.visibility / 3).await;
-                jobs.store.heartbeat(&claim).await;
+                if !jobs.store.heartbeat(&claim).await {
+                    tracing::warn!(job_id = %claim.id, "another replica took this job over (this one paused or lost Redis past job_visibility_timeout_s); both may finish it, the first result is kept");
+                    return;
+                }
             }
         })
     };
@@ -448,8 +451,12 @@ async fn process(state: &AppState, jobs: &Arc<Jobs>, claim: Claim) {
             return;
         }
         Err(_) => {
+            // The store is unavailable: give the claim back (Redis: it stays pending and is
+            // taken again after the visibility timeout) and wait before the next one.
+            jobs.store.release(&claim).await;
             heartbeat.abort();
-            return; // Redis went away: the claim stays pending and is taken again later
+            actix_web::rt::time::sleep(Duration::from_secs(1)).await;
+            return;
         }
     };
     if claim.reclaimed {
@@ -471,12 +478,13 @@ async fn process(state: &AppState, jobs: &Arc<Jobs>, claim: Claim) {
                 ),
             }))
         } else {
-            run(state, jobs, &job).await
+            run(&state, jobs, &job).await
         };
         if let RunEnd::Later = end {
             tracing::warn!(job_id = %job.id, "job store unavailable mid-run: the job will run again");
             jobs.store.release(&claim).await;
             heartbeat.abort();
+            actix_web::rt::time::sleep(Duration::from_secs(1)).await;
             return;
         }
         if let RunEnd::Done(outcome) = end {
@@ -485,8 +493,11 @@ async fn process(state: &AppState, jobs: &Arc<Jobs>, claim: Claim) {
                 Outcome::Failed(_) => "failed",
             };
             if jobs.store.finish(&claim, &outcome).await.is_err() {
+                // Not recorded: give the claim back, the job runs again.
+                jobs.store.release(&claim).await;
                 heartbeat.abort();
-                return; // not recorded: the claim stays pending, the job runs again
+                actix_web::rt::time::sleep(Duration::from_secs(1)).await;
+                return;
             }
             m.finished.with_label_values(&[label]).inc();
             tracing::info!(job_id = %job.id, status = label, "job finished");
@@ -495,11 +506,16 @@ async fn process(state: &AppState, jobs: &Arc<Jobs>, claim: Claim) {
             tracing::info!(job_id = %job.id, "job cancelled while running");
         }
     }
-    if let Ok(Some(job)) = jobs.store.get(&claim.id).await {
-        deliver_webhook(state, jobs, &job).await;
-    }
-    let _ = jobs.store.ack(&claim).await;
-    heartbeat.abort();
+    // The webhook (retried for up to about 90 s) goes on beside the runner, which takes the next
+    // job; the claim is acknowledged, and its heartbeat stopped, only once it is settled.
+    let jobs = jobs.clone();
+    actix_web::rt::spawn(async move {
+        if let Ok(Some(job)) = jobs.store.get(&claim.id).await {
+            deliver_webhook(&state, &jobs, &job).await;
+        }
+        let _ = jobs.store.ack(&claim).await;
+        heartbeat.abort();
+    });
 }
 
 fn job_error(e: &ApiError) -> JobError {
@@ -547,26 +563,56 @@ async fn run(state: &AppState, jobs: &Jobs, job: &Job) -> RunEnd {
         }
         Err(e) => return failed(e),
     };
-    let pending = match worker::submit(&state.shared, audio, options).await {
-        Ok(p) => p,
-        Err(e) => return failed(e),
-    };
-    let mut rx = match pending {
-        worker::Pending::Hit(t) => return succeeded(&t),
-        worker::Pending::Job { rx, .. } => rx,
-    };
+    // A full inference queue (or one that made the job wait too long) is this replica being
+    // busy, not the job failing: try again while the job is still wanted, for up to 10 minutes.
+    let t0 = std::time::Instant::now();
+    loop {
+        let result = match worker::submit(&state.shared, audio.clone(), options.clone()).await {
+            Ok(worker::Pending::Hit(t)) => Ok(t),
+            Ok(worker::Pending::Job { rx, .. }) => match wait(jobs, &job.id, rx).await {
+                Some(r) => r,
+                None => return RunEnd::Cancelled,
+            },
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(t) => return succeeded(&t),
+            Err(e)
+                if e.status == actix_web::http::StatusCode::SERVICE_UNAVAILABLE
+                    && t0.elapsed() < Duration::from_secs(600) =>
+            {
+                tracing::info!(job_id = %job.id, error = %e.message, "inference busy: the job tries again");
+                let pause = Duration::from_secs(e.retry_after_s.unwrap_or(2).clamp(1, 10));
+                actix_web::rt::time::sleep(pause).await;
+                if cancelled(jobs, &job.id).await {
+                    return RunEnd::Cancelled;
+                }
+            }
+            Err(e) => return failed(e),
+        }
+    }
+}
+
+async fn cancelled(jobs: &Jobs, id: &str) -> bool {
+    matches!(jobs.store.get(id).await, Ok(Some(j)) if j.status == Status::Cancelled)
+}
+
+/// The job's transcript from the inference worker; `None` when the job is cancelled meanwhile
+/// (dropping `rx` then stops the inference, unless another request waits for the same result).
+async fn wait(
+    jobs: &Jobs,
+    id: &str,
+    mut rx: tokio::sync::broadcast::Receiver<worker::JobResult>,
+) -> Option<worker::JobResult> {
     loop {
         tokio::select! {
-            r = rx.recv() => return match r {
-                Ok(Ok(t)) => succeeded(&t),
-                Ok(Err(e)) => failed(e),
-                Err(_) => failed(ApiError::unavailable("the inference worker stopped", 5)),
-            },
+            r = rx.recv() => return Some(match r {
+                Ok(r) => r,
+                Err(_) => Err(ApiError::unavailable("the inference worker stopped", 5)),
+            }),
             _ = actix_web::rt::time::sleep(Duration::from_secs(1)) => {
-                if let Ok(Some(j)) = jobs.store.get(&job.id).await {
-                    if j.status == Status::Cancelled {
-                        return RunEnd::Cancelled; // dropping rx stops the inference unless others wait for it
-                    }
+                if cancelled(jobs, id).await {
+                    return None;
                 }
             }
         }
