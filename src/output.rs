@@ -4,7 +4,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::decode::{languages, Task};
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Segment {
     pub id: usize,
     /// Mel frame at which this segment's window started.
@@ -48,7 +48,7 @@ impl Segment {
 
 /// One word with its time in the recording and its confidence (the mean probability of its
 /// tokens). The text keeps its leading space and attached punctuation, as OpenAI returns it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Word {
     pub word: String,
     pub start: f64,
@@ -76,7 +76,7 @@ pub struct Transcript {
 }
 
 /// One candidate language and its probability.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct LanguageProbability {
     pub language: String,
     pub probability: f32,
@@ -84,12 +84,86 @@ pub struct LanguageProbability {
 
 /// Seconds of the recording that reached the decoder and seconds skipped as silence or non-speech
 /// (rendered as `speech` in json and verbose_json).
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SpeechStats {
     /// Whether Silero VAD chose the speech (otherwise only the energy gate cut silence).
     pub vad: bool,
     pub speech_duration: f64,
     pub skipped_duration: f64,
+}
+
+/// `response_format=json` on `/transcribe` (and a job's `result`).
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct TranscriptionJson<'a> {
+    pub text: &'a str,
+    /// Language code (`en`, `de`, …).
+    pub language: &'a str,
+    /// Seconds of audio.
+    pub duration: f64,
+    pub segments: &'a [Segment],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub speech: Option<SpeechStats>,
+}
+
+/// `response_format=verbose_json` (OpenAI's `CreateTranscriptionResponseVerboseJson`, plus
+/// `speech` when speech detection ran).
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct VerboseTranscription<'a> {
+    /// `transcribe` or `translate`.
+    pub task: &'static str,
+    /// The language's English name (`english`), as OpenAI gives it.
+    pub language: &'a str,
+    pub duration: f64,
+    pub text: &'a str,
+    /// Absent when `timestamp_granularities[]` asks for words only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub segments: Option<Vec<Segment>>,
+    /// With `timestamp_granularities[]=word` on the OpenAI endpoints.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub words: Option<Vec<TimedWord>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub speech: Option<SpeechStats>,
+    /// On `/v1/audio/transcriptions`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub usage: Option<Usage>,
+}
+
+/// A word and its time, in OpenAI's top-level `words`.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct TimedWord {
+    pub word: String,
+    pub start: f64,
+    pub end: f64,
+}
+
+/// What a transcription is billed by: seconds of audio (OpenAI's `TranscriptTextUsageDuration`).
+#[derive(Debug, Clone, Copy, Serialize, utoipa::ToSchema)]
+pub struct Usage {
+    /// Always `duration`.
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub seconds: f64,
+}
+
+impl Usage {
+    pub fn duration(seconds: f64) -> Self {
+        Self {
+            kind: "duration",
+            seconds,
+        }
+    }
+}
+
+/// `response_format=json` on the OpenAI endpoints.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct OpenAiTranscription<'a> {
+    pub text: &'a str,
+    /// With `include[]=logprobs`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub logprobs: Option<Vec<TokenLogprob>>,
+    /// On `/v1/audio/transcriptions`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub usage: Option<Usage>,
 }
 
 /// Milliseconds, as subtitles count them.
@@ -151,7 +225,7 @@ pub struct RenderOptions {
 }
 
 /// One text token with its log-probability, as OpenAI's `logprobs` lists them.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct TokenLogprob {
     pub token: String,
     pub logprob: f32,
@@ -245,22 +319,10 @@ impl Transcript {
     pub fn render_with(&self, format: Format, task: Task, opts: &RenderOptions) -> String {
         match format {
             Format::Text => format!("{}\n", self.text),
-            Format::Json => {
-                let mut v = serde_json::json!({
-                    "text": self.text,
-                    "language": self.language,
-                    "duration": self.duration,
-                    "segments": self.segments,
-                });
-                if let Some(sp) = self.speech {
-                    v["speech"] = serde_json::json!(sp);
-                }
-                v.to_string()
+            Format::Json => serde_json::to_string(&self.json()).unwrap_or_default(),
+            Format::VerboseJson => {
+                serde_json::to_string(&self.verbose(task, opts.granularities)).unwrap_or_default()
             }
-            Format::VerboseJson => match opts.granularities {
-                Some(g) => self.openai_verbose_json(task, g).to_string(),
-                None => self.verbose_json(task).to_string(),
-            },
             Format::Srt => self
                 .cues(&opts.subtitles)
                 .iter()
@@ -411,54 +473,64 @@ impl Transcript {
         out
     }
 
-    /// OpenAI's `verbose_json` for `timestamp_granularities[]`: `segments` when `segment` is
-    /// asked for (without per-segment words), top-level `words` (`word`, `start`, `end`) when
-    /// `word` is.
-    pub fn openai_verbose_json(&self, task: Task, g: Granularities) -> serde_json::Value {
-        let mut v = self.verbose_json(task);
-        if let Some(segs) = v.get_mut("segments").and_then(|s| s.as_array_mut()) {
-            for s in segs.iter_mut() {
-                if let Some(o) = s.as_object_mut() {
-                    o.remove("words");
-                }
-            }
-        }
-        if !g.segment {
-            if let Some(o) = v.as_object_mut() {
-                o.remove("segments");
-            }
-        }
-        if g.word {
-            let words: Vec<serde_json::Value> = self
-                .segments
-                .iter()
-                .flat_map(|s| s.words.iter().flatten())
-                .map(|w| serde_json::json!({"word": w.word.trim(), "start": w.start, "end": w.end}))
-                .collect();
-            v["words"] = serde_json::Value::Array(words);
-        }
-        v
-    }
-
     /// Every text token of the transcript with its log-probability (timestamps and other
     /// special tokens left out).
     pub fn logprobs(&self, tok: &crate::decode::WhisperTokenizer) -> Vec<TokenLogprob> {
         self.segments.iter().flat_map(|s| s.logprobs(tok)).collect()
     }
 
-    /// OpenAI's `verbose_json`: the language is its English name.
-    pub fn verbose_json(&self, task: Task) -> serde_json::Value {
-        let mut v = serde_json::json!({
-            "task": match task { Task::Transcribe => "transcribe", Task::Translate => "translate" },
-            "language": languages::name_of(&self.language).unwrap_or(&self.language),
-            "duration": self.duration,
-            "text": self.text,
-            "segments": self.segments,
-        });
-        if let Some(sp) = self.speech {
-            v["speech"] = serde_json::json!(sp);
+    /// `response_format=json` on `/transcribe`.
+    pub fn json(&self) -> TranscriptionJson<'_> {
+        TranscriptionJson {
+            text: &self.text,
+            language: &self.language,
+            duration: self.duration,
+            segments: &self.segments,
+            speech: self.speech,
         }
-        v
+    }
+
+    /// `verbose_json`: the language is its English name. With `timestamp_granularities[]`
+    /// (OpenAI's endpoints): `segments` when `segment` is asked for (without per-segment words),
+    /// top-level `words` (`word`, `start`, `end`) when `word` is.
+    pub fn verbose(&self, task: Task, g: Option<Granularities>) -> VerboseTranscription<'_> {
+        let segments = match g {
+            None => Some(self.segments.clone()),
+            Some(g) if g.segment => Some(
+                self.segments
+                    .iter()
+                    .map(|s| Segment {
+                        words: None,
+                        ..s.clone()
+                    })
+                    .collect(),
+            ),
+            Some(_) => None,
+        };
+        let words = g.filter(|g| g.word).map(|_| {
+            self.segments
+                .iter()
+                .flat_map(|s| s.words.iter().flatten())
+                .map(|w| TimedWord {
+                    word: w.word.trim().to_string(),
+                    start: w.start,
+                    end: w.end,
+                })
+                .collect()
+        });
+        VerboseTranscription {
+            task: match task {
+                Task::Transcribe => "transcribe",
+                Task::Translate => "translate",
+            },
+            language: languages::name_of(&self.language).unwrap_or(&self.language),
+            duration: self.duration,
+            text: &self.text,
+            segments,
+            words,
+            speech: self.speech,
+            usage: None,
+        }
     }
 }
 

@@ -197,10 +197,12 @@ impl Sse {
                     }
                     format!("data: {v}\n\n")
                 }
-                // through a Value, as the transcript's own rendering goes (same number text)
-                Flavor::Native { .. } => {
-                    format!("event: segment\ndata: {}\n\n", serde_json::json!(s))
-                }
+                // serialized directly, as the transcript's own rendering is (same number text:
+                // f32 fields in their shortest form)
+                Flavor::Native { .. } => format!(
+                    "event: segment\ndata: {}\n\n",
+                    serde_json::to_string(s).unwrap_or_default()
+                ),
             };
             if !self.texted {
                 self.texted = true;
