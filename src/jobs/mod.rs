@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 /// input must not take replica after replica down).
 pub const MAX_ATTEMPTS: u32 = 3;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Status {
     Queued,
@@ -74,7 +74,7 @@ pub struct JobRequest {
 }
 
 /// A failed job's error, as the API shows errors.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct JobError {
     pub status: u16,
     #[serde(rename = "type")]
@@ -85,7 +85,7 @@ pub struct JobError {
 }
 
 /// Where a job's webhook stands.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct WebhookState {
     pub url: String,
     /// The same on every attempt: receivers deduplicate on it.
@@ -158,30 +158,47 @@ impl Job {
     }
 
     /// The job as the API shows it; `result` is the rendered transcript, when there is one.
-    pub fn view(&self, result: Option<serde_json::Value>) -> serde_json::Value {
-        let mut v = serde_json::json!({
-            "id": self.id,
-            "object": "transcription.job",
-            "status": self.status.as_str(),
-            "created_at": self.created_at,
-            "started_at": self.started_at,
-            "finished_at": self.finished_at,
-            "attempts": self.attempts,
-        });
-        if let Some(url) = &self.request.url {
-            v["url"] = url.clone().into();
+    pub fn view(&self, result: Option<serde_json::Value>) -> JobView<'_> {
+        JobView {
+            id: &self.id,
+            object: "transcription.job",
+            status: self.status,
+            created_at: self.created_at,
+            started_at: self.started_at,
+            finished_at: self.finished_at,
+            attempts: self.attempts,
+            url: self.request.url.as_deref(),
+            result,
+            error: self.error.as_ref(),
+            webhook: self.webhook.as_ref(),
         }
-        if let Some(r) = result {
-            v["result"] = r;
-        }
-        if let Some(e) = &self.error {
-            v["error"] = serde_json::to_value(e).unwrap_or_default();
-        }
-        if let Some(w) = &self.webhook {
-            v["webhook"] = serde_json::to_value(w).unwrap_or_default();
-        }
-        v
     }
+}
+
+/// A job as `GET /v1/jobs/{id}` (and webhooks) show it.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct JobView<'a> {
+    /// `job_` and 128 random bits in hex.
+    pub id: &'a str,
+    /// `transcription.job`
+    pub object: &'static str,
+    pub status: Status,
+    /// Unix seconds.
+    pub created_at: f64,
+    pub started_at: Option<f64>,
+    pub finished_at: Option<f64>,
+    /// Runs started (more than 1 when a replica stopped mid-run and another took over).
+    pub attempts: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub url: Option<&'a str>,
+    /// Once succeeded: what `/transcribe` answers with `response_format=json`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<crate::output::TranscriptionJson>)]
+    pub result: Option<serde_json::Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<&'a JobError>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub webhook: Option<&'a WebhookState>,
 }
 
 /// 128 random bits from the thread's CSPRNG: unguessable, so an id is a capability.

@@ -8,6 +8,25 @@ use actix_web::{HttpResponse, ResponseError};
 use crate::audio::AudioError;
 use crate::engine::EngineError;
 
+/// Every error, on every endpoint (OpenAI's `ErrorResponse`).
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct ErrorResponse<'a> {
+    pub error: ErrorObject<'a>,
+}
+
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct ErrorObject<'a> {
+    /// What was wrong, for a person.
+    pub message: &'a str,
+    /// `invalid_request_error`, `rate_limit_error` or `server_error`.
+    #[serde(rename = "type")]
+    pub kind: &'a str,
+    /// The request field at fault, if one is.
+    pub param: Option<&'a str>,
+    /// A stable code for programs (`missing_file`, `url_not_allowed`, `job_not_found`, …).
+    pub code: Option<&'a str>,
+}
+
 #[derive(Debug, Clone)]
 pub struct ApiError {
     pub status: StatusCode,
@@ -97,9 +116,15 @@ impl ResponseError for ApiError {
 impl ApiError {
     /// The body: `{"error": {message, type, param, code}}` (also a stream's `error` event).
     pub fn body(&self) -> serde_json::Value {
-        serde_json::json!({
-            "error": { "message": self.message, "type": self.kind, "param": self.param, "code": self.code }
+        serde_json::to_value(ErrorResponse {
+            error: ErrorObject {
+                message: &self.message,
+                kind: self.kind,
+                param: self.param,
+                code: self.code,
+            },
         })
+        .unwrap_or_default()
     }
 }
 

@@ -173,6 +173,12 @@ async fn read_job_request(
 }
 
 /// `POST /v1/jobs`: queue a transcription; 202 with the job's id.
+#[utoipa::path(post, path = "/v1/jobs", tag = "jobs",
+    request_body(content(
+        (super::schema::JobForm = "multipart/form-data"),
+        (super::schema::JobForm = "application/json"),
+        (super::schema::JobForm = "application/x-www-form-urlencoded"))),
+    responses((status = 202, description = "Queued", body = crate::jobs::JobView), (status = 400, description = "A bad field (named in `param`)", body = super::error::ErrorResponse), (status = 401, description = "Missing or wrong API key", body = super::error::ErrorResponse), (status = 429, description = "Rate limit, or the job queue is full", body = super::error::ErrorResponse), (status = 503, description = "Job store unavailable", body = super::error::ErrorResponse)))]
 pub async fn create(
     req: HttpRequest,
     body: web::Payload,
@@ -180,6 +186,7 @@ pub async fn create(
 ) -> Result<HttpResponse, ApiError> {
     let jobs = jobs(&state)?;
     let (mut fields, file) = read_job_request(&req, body, &state).await?;
+    super::schema::check_fields(super::schema::Form::Job, &fields)?;
     let url = fields.remove("url").filter(|u| !u.trim().is_empty());
     let webhook_url = fields
         .remove("webhook_url")
@@ -258,6 +265,8 @@ fn transcript(job: &Job) -> Option<crate::output::Transcript> {
 }
 
 /// `GET /v1/jobs/{id}`: the job, with its result (as `/transcribe` answers) once succeeded.
+#[utoipa::path(get, path = "/v1/jobs/{id}", tag = "jobs", params(("id" = String, Path)),
+    responses((status = 200, body = crate::jobs::JobView), (status = 404, description = "No such job for this API key", body = super::error::ErrorResponse)))]
 pub async fn get(
     req: HttpRequest,
     id: web::Path<String>,
@@ -278,6 +287,12 @@ pub async fn get(
 }
 
 /// `GET /v1/jobs/{id}/result?response_format=…`: the transcript in any response format.
+#[utoipa::path(get, path = "/v1/jobs/{id}/result", tag = "jobs",
+    params(("id" = String, Path), ("response_format" = Option<String>, Query, description = "json, text, srt, vtt, verbose_json, tsv")),
+    responses(
+        (status = 200, content((super::schema::TranscriptionResponse = "application/json"), (String = "text/plain"), (String = "application/x-subrip"), (String = "text/vtt"), (String = "text/tab-separated-values"))),
+        (status = 404, body = super::error::ErrorResponse),
+        (status = 409, description = "Not succeeded (yet)", body = super::error::ErrorResponse)))]
 pub async fn result(
     req: HttpRequest,
     id: web::Path<String>,
@@ -321,6 +336,9 @@ pub async fn result(
 
 /// `DELETE /v1/jobs/{id}`: cancel a queued or running job (a running one stops at its next
 /// window); a finished job cannot be cancelled (409).
+#[utoipa::path(delete, path = "/v1/jobs/{id}", tag = "jobs", params(("id" = String, Path)),
+    responses((status = 200, body = crate::jobs::JobView), (status = 404, body = super::error::ErrorResponse),
+        (status = 409, description = "Already finished", body = super::error::ErrorResponse)))]
 pub async fn cancel(
     req: HttpRequest,
     id: web::Path<String>,

@@ -8,6 +8,7 @@ mod jobs;
 mod metrics;
 mod realtime;
 mod routes;
+mod schema;
 mod stream;
 mod upload;
 mod worker;
@@ -73,7 +74,7 @@ const MAX_QUERY_BYTES: usize = 8 * 1024;
 
 /// Endpoints that never need a key: probes and metrics scrapers.
 fn is_public(path: &str) -> bool {
-    matches!(path, "/health" | "/ready" | "/metrics")
+    matches!(path, "/health" | "/ready" | "/metrics" | "/openapi.json")
 }
 
 /// Request id, authentication, rate limit, panic catching, metrics and the access log.
@@ -306,6 +307,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             .route("/health", web::get().to(routes::health))
             .route("/ready", web::get().to(routes::ready))
             .route("/metrics", web::get().to(routes::metrics))
+            .route("/openapi.json", web::get().to(schema::openapi_json))
             .route("/v1/models", web::get().to(routes::models))
             .route("/v1/models/{model}", web::get().to(routes::model))
             .route("/detect-language", web::post().to(routes::detect_language))

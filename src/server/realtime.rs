@@ -136,6 +136,12 @@ struct Conn {
 
 /// The upgrade. Auth, rate limits and request ids ran in the edge middleware; the key may also
 /// come as the `openai-insecure-api-key.<key>` subprotocol (browsers cannot set headers).
+#[utoipa::path(get, path = "/v1/realtime", tag = "openai",
+    params(("intent" = Option<String>, Query, description = "transcription")),
+    responses(
+        (status = 101, description = "WebSocket upgrade: the transcription-session subset of OpenAI's Realtime API (events in OpenAI's published schema)"),
+        (status = 401, body = super::error::ErrorResponse),
+        (status = 429, description = "Too many sessions for this API key", body = super::error::ErrorResponse)))]
 pub async fn connect(
     req: HttpRequest,
     body: web::Payload,

@@ -17,10 +17,15 @@ use super::AppState;
 use crate::output::{Format, Granularities, RenderOptions, SubtitleOptions};
 use crate::{Task, TranscribeOptions};
 
+/// Liveness: the process answers.
+#[utoipa::path(get, path = "/health", tag = "service", responses((status = 200, body = super::schema::Health)))]
 pub async fn health() -> HttpResponse {
-    HttpResponse::Ok().json(serde_json::json!({ "status": "ok" }))
+    HttpResponse::Ok().json(super::schema::Health { status: "ok" })
 }
 
+/// Readiness: the model is loaded and warm, the server is not draining and its queue not full.
+#[utoipa::path(get, path = "/ready", tag = "service", responses(
+    (status = 200, body = super::schema::Ready), (status = 503, body = super::schema::Ready)))]
 pub async fn ready(state: web::Data<AppState>) -> HttpResponse {
     let s = &state.shared;
     let reason = if s.draining.load(Ordering::SeqCst) {
@@ -33,12 +38,19 @@ pub async fn ready(state: web::Data<AppState>) -> HttpResponse {
         None
     };
     match reason {
-        Some(r) => HttpResponse::ServiceUnavailable()
-            .json(serde_json::json!({ "ready": false, "reason": r })),
-        None => HttpResponse::Ok().json(serde_json::json!({ "ready": true, "reason": "ok" })),
+        Some(r) => HttpResponse::ServiceUnavailable().json(super::schema::Ready {
+            ready: false,
+            reason: r,
+        }),
+        None => HttpResponse::Ok().json(super::schema::Ready {
+            ready: true,
+            reason: "ok",
+        }),
     }
 }
 
+/// Prometheus metrics (text exposition format).
+#[utoipa::path(get, path = "/metrics", tag = "service", responses((status = 200, body = String, content_type = "text/plain")))]
 pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4; charset=utf-8")
@@ -47,7 +59,7 @@ pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
 
 /// The names a request's `model` may use: the loaded model's, and `whisper-1`, the name every
 /// OpenAI client sends (any name is accepted; these are the ones listed).
-fn model_objects(state: &AppState) -> Vec<serde_json::Value> {
+fn model_objects(state: &AppState) -> Vec<super::schema::ModelObject> {
     let created = state.shared.started_unix;
     state
         .shared
@@ -56,23 +68,36 @@ fn model_objects(state: &AppState) -> Vec<serde_json::Value> {
         .map(|e| {
             [e.model_name.as_str(), "whisper-1"]
                 .iter()
-                .map(|id| serde_json::json!({ "id": id, "object": "model", "created": created, "owned_by": "whisperd" }))
+                .map(|id| super::schema::ModelObject {
+                    id: id.to_string(),
+                    object: "model",
+                    created,
+                    owned_by: "whisperd",
+                })
                 .collect()
         })
         .unwrap_or_default()
 }
 
+/// The models a request's `model` may name (OpenAI's `ListModelsResponse`).
+#[utoipa::path(get, path = "/v1/models", tag = "openai", responses((status = 200, body = super::schema::ModelList)))]
 pub async fn models(state: web::Data<AppState>) -> HttpResponse {
-    HttpResponse::Ok().json(serde_json::json!({ "object": "list", "data": model_objects(&state) }))
+    HttpResponse::Ok().json(super::schema::ModelList {
+        object: "list",
+        data: model_objects(&state),
+    })
 }
 
+/// One model (OpenAI's `Model`).
+#[utoipa::path(get, path = "/v1/models/{model}", tag = "openai", params(("model" = String, Path)),
+    responses((status = 200, body = super::schema::ModelObject), (status = 404, body = super::error::ErrorResponse)))]
 pub async fn model(
     state: web::Data<AppState>,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     model_objects(&state)
         .into_iter()
-        .find(|m| m["id"] == id.as_str())
+        .find(|m| m.id == id.as_str())
         .map(|m| HttpResponse::Ok().json(m))
         .ok_or_else(|| {
             ApiError::new(
@@ -451,6 +476,18 @@ pub(super) fn parse_options(
     Ok((o, format))
 }
 
+/// Transcribe (or translate) an upload or a URL: whisperd's own API, with every option.
+#[utoipa::path(post, path = "/transcribe", tag = "transcription",
+    request_body(content = super::schema::TranscriptionForm, content_type = "multipart/form-data"),
+    responses(
+        (status = 200, description = "The transcript, in the shape `response_format` asks for", content(
+            (super::schema::TranscriptionResponse = "application/json"),
+            (String = "text/plain"),
+            (String = "application/x-subrip"),
+            (String = "text/vtt"),
+            (String = "text/tab-separated-values"),
+            (String = "text/event-stream"))),
+        (status = 400, description = "A bad field (named in `param`)", body = super::error::ErrorResponse), (status = 401, description = "Missing or wrong API key", body = super::error::ErrorResponse), (status = 413, description = "Upload or audio too long", body = super::error::ErrorResponse), (status = 429, description = "Rate or in-flight limit", body = super::error::ErrorResponse), (status = 503, description = "Loading, draining or busy (Retry-After)", body = super::error::ErrorResponse)))]
 pub async fn transcribe_native(
     req: HttpRequest,
     body: web::Payload,
@@ -459,6 +496,18 @@ pub async fn transcribe_native(
     handle(Api::Native, req, body, state).await
 }
 
+/// OpenAI's `createTranscription`.
+#[utoipa::path(post, path = "/v1/audio/transcriptions", tag = "openai",
+    request_body(content = super::schema::TranscriptionForm, content_type = "multipart/form-data"),
+    responses(
+        (status = 200, description = "The transcript, in the shape `response_format` asks for", content(
+            (super::schema::TranscriptionResponse = "application/json"),
+            (String = "text/plain"),
+            (String = "application/x-subrip"),
+            (String = "text/vtt"),
+            (String = "text/tab-separated-values"),
+            (String = "text/event-stream"))),
+        (status = 400, description = "A bad field (named in `param`)", body = super::error::ErrorResponse), (status = 401, description = "Missing or wrong API key", body = super::error::ErrorResponse), (status = 413, description = "Upload or audio too long", body = super::error::ErrorResponse), (status = 429, description = "Rate or in-flight limit", body = super::error::ErrorResponse), (status = 503, description = "Loading, draining or busy (Retry-After)", body = super::error::ErrorResponse)))]
 pub async fn openai_transcriptions(
     req: HttpRequest,
     body: web::Payload,
@@ -467,6 +516,18 @@ pub async fn openai_transcriptions(
     handle(Api::OpenAiTranscriptions, req, body, state).await
 }
 
+/// OpenAI's `createTranslation` (to English).
+#[utoipa::path(post, path = "/v1/audio/translations", tag = "openai",
+    request_body(content = super::schema::TranscriptionForm, content_type = "multipart/form-data"),
+    responses(
+        (status = 200, description = "The transcript, in the shape `response_format` asks for", content(
+            (super::schema::TranscriptionResponse = "application/json"),
+            (String = "text/plain"),
+            (String = "application/x-subrip"),
+            (String = "text/vtt"),
+            (String = "text/tab-separated-values"),
+            (String = "text/event-stream"))),
+        (status = 400, description = "A bad field (named in `param`)", body = super::error::ErrorResponse), (status = 401, description = "Missing or wrong API key", body = super::error::ErrorResponse), (status = 413, description = "Upload or audio too long", body = super::error::ErrorResponse), (status = 429, description = "Rate or in-flight limit", body = super::error::ErrorResponse), (status = 503, description = "Loading, draining or busy (Retry-After)", body = super::error::ErrorResponse)))]
 pub async fn openai_translations(
     req: HttpRequest,
     body: web::Payload,
@@ -572,6 +633,9 @@ pub(super) async fn read_request(
 
 /// `POST /detect-language`: the language of the first 30 s of speech, among `languages[]` when
 /// given, through the same queue, cache and single flight as transcriptions.
+#[utoipa::path(post, path = "/detect-language", tag = "transcription",
+    request_body(content = super::schema::DetectLanguageForm, content_type = "multipart/form-data"),
+    responses((status = 200, body = super::schema::DetectedLanguage), (status = 400, description = "A bad field (named in `param`)", body = super::error::ErrorResponse), (status = 401, description = "Missing or wrong API key", body = super::error::ErrorResponse), (status = 413, description = "Upload or audio too long", body = super::error::ErrorResponse), (status = 429, description = "Rate or in-flight limit", body = super::error::ErrorResponse), (status = 503, description = "Loading, draining or busy (Retry-After)", body = super::error::ErrorResponse)))]
 pub async fn detect_language(
     req: HttpRequest,
     body: web::Payload,
@@ -580,6 +644,7 @@ pub async fn detect_language(
     let shared: &Arc<Shared> = &state.shared;
     let _in_flight = admit(shared)?;
     let (fields, file) = read_request(&req, body, &state).await?;
+    super::schema::check_fields(super::schema::Form::DetectLanguage, &fields)?;
     let file = file.filter(|f| !f.is_empty()).ok_or_else(|| {
         ApiError::bad_request("no audio: send it in multipart field `file`")
             .param("file")
@@ -594,15 +659,20 @@ pub async fn detect_language(
     };
     let client = req.conn_data::<super::disconnect::ClientSocket>().copied();
     let (t, cache) = worker::transcribe(shared, file, options, client).await?;
-    let top: Vec<_> = t.language_probabilities.iter().flatten().take(5).collect();
-    let probability = top.first().map_or(0.0, |p| p.probability);
+    let top: Vec<_> = t
+        .language_probabilities
+        .iter()
+        .flatten()
+        .take(5)
+        .cloned()
+        .collect();
     Ok(HttpResponse::Ok()
         .insert_header(("X-Cache", cache.as_str()))
-        .json(serde_json::json!({
-            "language": t.language,
-            "probability": probability,
-            "top": top,
-        })))
+        .json(super::schema::DetectedLanguage {
+            language: t.language.clone(),
+            probability: top.first().map_or(0.0, |p| p.probability),
+            top,
+        }))
 }
 
 /// A request may start once the model is loaded; it counts as in flight until the guard drops.
@@ -669,6 +739,7 @@ async fn handle_inner(
 
     // Query parameters first, form fields override them.
     let (fields, file) = read_request(&req, body, &state).await?;
+    super::schema::check_fields(super::schema::Form::Transcription, &fields)?;
     let url = fields.get("url").filter(|u| !u.trim().is_empty());
     let (options, format) = parse_options(api, &fields, &state.defaults)?;
     let file = match (file, url) {

@@ -1,0 +1,318 @@
+//! whisperd's own API description: `GET /openapi.json`, an OpenAPI 3.1 document generated (by
+//! `utoipa`) from the handlers' `#[utoipa::path]` annotations and the types their bodies are
+//! made of. The request forms here are also the handlers' list of accepted fields: a field that
+//! is in no form is refused with 400 `unknown_parameter` (an ignored field is worse than an error).
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::OnceLock;
+
+use actix_web::HttpResponse;
+use serde::Serialize;
+use utoipa::{OpenApi, ToSchema};
+
+use super::error::ApiError;
+
+/// The form of `POST /transcribe`, `/v1/audio/transcriptions` and `/v1/audio/translations`
+/// (multipart; every field may also come in the query string). The OpenAI endpoints take the
+/// same fields; `task` is `/transcribe`'s only.
+#[allow(dead_code)] // a schema: the handlers read the form as text fields
+#[derive(Serialize, ToSchema)]
+pub struct TranscriptionForm {
+    /// The audio (any format ffmpeg-free decoding knows: wav, flac, mp3, ogg/opus, m4a/aac, …).
+    #[schema(content_media_type = "application/octet-stream")]
+    file: Option<Vec<u8>>,
+    /// Audio to fetch instead of `file` (http/https, public addresses only unless the operator
+    /// allows private ones).
+    url: Option<String>,
+    /// Accepted for OpenAI compatibility; the loaded model answers.
+    model: Option<String>,
+    /// ISO-639-1 language of the audio; detected when absent.
+    language: Option<String>,
+    /// `transcribe` or `translate` (to English) — `/transcribe` only.
+    task: Option<String>,
+    /// Text that precedes the audio (spelling, style).
+    prompt: Option<String>,
+    /// `json`, `text`, `srt`, `vtt`, `verbose_json`, `tsv`.
+    response_format: Option<String>,
+    /// Sampling temperature; 0 = the fallback ladder from the config.
+    temperature: Option<f64>,
+    /// `segment` and/or `word` (OpenAI endpoints, `verbose_json`).
+    #[serde(rename = "timestamp_granularities[]")]
+    timestamp_granularities: Option<Vec<String>>,
+    /// `logprobs` (OpenAI endpoints, `json`).
+    #[serde(rename = "include[]")]
+    include: Option<Vec<String>>,
+    /// Stream results as server-sent events.
+    stream: Option<bool>,
+    /// `auto` or a `server_vad` object: Silero VAD chunks the audio.
+    chunking_strategy: Option<String>,
+    /// Possible languages of the audio: detection picks among these.
+    #[serde(rename = "languages[]")]
+    languages: Option<Vec<String>>,
+    /// Words or phrases that guide the transcription (names, jargon).
+    #[serde(rename = "keywords[]")]
+    keywords: Option<Vec<String>>,
+    /// Beam search width at temperature 0 (1 = greedy).
+    beam_size: Option<u32>,
+    patience: Option<f64>,
+    /// `none` or a number.
+    length_penalty: Option<String>,
+    /// Samples per temperature above 0.
+    best_of: Option<u32>,
+    compression_ratio_threshold: Option<f64>,
+    logprob_threshold: Option<f64>,
+    no_speech_threshold: Option<f64>,
+    condition_on_previous_text: Option<bool>,
+    /// Segment timestamps (`false`: one segment per window, no times).
+    timestamps: Option<bool>,
+    /// Per-word times and probabilities.
+    word_timestamps: Option<bool>,
+    /// Subtitles: characters per line.
+    max_line_width: Option<u32>,
+    /// Subtitles: lines per cue.
+    max_line_count: Option<u32>,
+    /// Subtitles: words per line.
+    max_words_per_line: Option<u32>,
+    /// Subtitles: one cue per word, underlined.
+    highlight_words: Option<bool>,
+    /// Silero VAD on or off (`/transcribe`).
+    vad: Option<bool>,
+    vad_threshold: Option<f64>,
+    vad_neg_threshold: Option<f64>,
+    vad_min_speech_duration_ms: Option<u32>,
+    vad_max_speech_duration_s: Option<f64>,
+    vad_min_silence_duration_ms: Option<u32>,
+    vad_speech_pad_ms: Option<u32>,
+    /// dBFS, or `none`.
+    vad_gate_db: Option<String>,
+}
+
+/// The form of `POST /v1/jobs`: the transcription fields, plus where to send the outcome
+/// (multipart with `file`, or JSON / form-encoded with `url`).
+#[allow(dead_code)]
+#[derive(Serialize, ToSchema)]
+pub struct JobForm {
+    #[schema(inline)]
+    #[serde(flatten)]
+    transcription: TranscriptionForm,
+    /// POSTed the outcome, signed (`X-Whisperd-Signature`).
+    webhook_url: Option<String>,
+}
+
+/// The form of `POST /detect-language`.
+#[allow(dead_code)]
+#[derive(Serialize, ToSchema)]
+pub struct DetectLanguageForm {
+    #[schema(content_media_type = "application/octet-stream")]
+    file: Vec<u8>,
+    /// Languages to choose among.
+    #[serde(rename = "languages[]")]
+    languages: Option<Vec<String>>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Health {
+    /// `ok`
+    pub status: &'static str,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Ready {
+    pub ready: bool,
+    /// `ok`, or why not (`loading: …`, `draining: …`, `busy: …`).
+    pub reason: &'static str,
+}
+
+/// An OpenAI `Model` object.
+#[derive(Serialize, Clone, ToSchema)]
+pub struct ModelObject {
+    pub id: String,
+    /// `model`
+    pub object: &'static str,
+    pub created: u64,
+    pub owned_by: &'static str,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ModelList {
+    /// `list`
+    pub object: &'static str,
+    pub data: Vec<ModelObject>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct DetectedLanguage {
+    pub language: String,
+    pub probability: f32,
+    /// The five most likely, most likely first.
+    pub top: Vec<crate::output::LanguageProbability>,
+}
+
+/// `/transcribe` and the OpenAI endpoints answer `application/json` in one of these shapes,
+/// by `response_format` and endpoint.
+#[allow(dead_code)]
+#[derive(Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum TranscriptionResponse<'a> {
+    Json(crate::output::TranscriptionJson<'a>),
+    Verbose(crate::output::VerboseTranscription<'a>),
+    OpenAi(crate::output::OpenAiTranscription<'a>),
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "whisperd",
+        description = "Speech-to-text: Whisper in Rust. /transcribe is whisperd's own API; /v1 follows OpenAI's audio API; /v1/jobs are async jobs.",
+    ),
+    paths(
+        super::routes::health,
+        super::routes::ready,
+        super::routes::metrics,
+        openapi_json,
+        super::routes::models,
+        super::routes::model,
+        super::routes::transcribe_native,
+        super::routes::openai_transcriptions,
+        super::routes::openai_translations,
+        super::routes::detect_language,
+        super::realtime::connect,
+        super::jobs::create,
+        super::jobs::get,
+        super::jobs::result,
+        super::jobs::cancel,
+    ),
+    components(schemas(
+        TranscriptionForm,
+        JobForm,
+        DetectLanguageForm,
+        crate::output::TranscriptionJson,
+        crate::output::VerboseTranscription,
+        crate::output::OpenAiTranscription,
+        crate::jobs::JobView,
+        super::error::ErrorResponse,
+    ))
+)]
+pub struct ApiDoc;
+
+fn doc() -> &'static utoipa::openapi::OpenApi {
+    static DOC: OnceLock<utoipa::openapi::OpenApi> = OnceLock::new();
+    DOC.get_or_init(ApiDoc::openapi)
+}
+
+/// `GET /openapi.json`: this document.
+#[utoipa::path(get, path = "/openapi.json", tag = "service",
+    responses((status = 200, description = "OpenAPI 3.1 description of this API", content_type = "application/json")))]
+pub async fn openapi_json() -> HttpResponse {
+    HttpResponse::Ok().json(doc())
+}
+
+/// The property names of a component schema of the document (`[]` kept), through `allOf` parts
+/// and `$ref`s (a flattened form).
+fn fields_of(schema: &str) -> BTreeSet<String> {
+    fn collect(
+        doc: &serde_json::Value,
+        s: &serde_json::Value,
+        out: &mut BTreeSet<String>,
+        depth: u32,
+    ) {
+        if depth > 8 {
+            return;
+        }
+        if let Some(r) = s["$ref"]
+            .as_str()
+            .and_then(|r| r.strip_prefix("#/components/schemas/"))
+        {
+            collect(doc, &doc["components"]["schemas"][r], out, depth + 1);
+        }
+        if let Some(props) = s["properties"].as_object() {
+            out.extend(props.keys().cloned());
+        }
+        for part in s["allOf"].as_array().into_iter().flatten() {
+            collect(doc, part, out, depth + 1);
+        }
+    }
+    let v = serde_json::to_value(doc()).unwrap_or_default();
+    let mut out = BTreeSet::new();
+    collect(&v, &v["components"]["schemas"][schema], &mut out, 0);
+    out
+}
+
+/// Which form a route reads.
+#[derive(Clone, Copy)]
+pub enum Form {
+    Transcription,
+    Job,
+    DetectLanguage,
+}
+
+/// Refuse a field no form of this route has. List fields may come as `name[]` or `name`.
+pub fn check_fields(form: Form, fields: &HashMap<String, String>) -> Result<(), ApiError> {
+    static KNOWN: OnceLock<[BTreeSet<String>; 3]> = OnceLock::new();
+    let known = KNOWN.get_or_init(|| {
+        let t = fields_of("TranscriptionForm");
+        let mut j = t.clone();
+        j.extend(fields_of("JobForm"));
+        [t, j, fields_of("DetectLanguageForm")]
+    });
+    let known = &known[form as usize];
+    let mut unknown: Vec<&str> = fields
+        .keys()
+        .map(String::as_str)
+        .filter(|k| !known.contains(*k) && !known.contains(&format!("{k}[]")))
+        .collect();
+    if unknown.is_empty() {
+        return Ok(());
+    }
+    unknown.sort_unstable();
+    Err(ApiError::bad_request(format!(
+        "unknown parameter{} {}: see GET /openapi.json for the fields this endpoint takes",
+        if unknown.len() > 1 { "s" } else { "" },
+        unknown
+            .iter()
+            .map(|u| format!("`{u}`"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    ))
+    .code("unknown_parameter"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_forms_list_every_field_and_unknown_ones_are_refused() {
+        let f = |kv: &[(&str, &str)]| -> HashMap<String, String> {
+            kv.iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        let ok = f(&[
+            ("language", "en"),
+            ("timestamp_granularities[]", "word"),
+            ("languages", "en,de"),
+            ("keywords[]", "Kenobi"),
+            ("vad_gate_db", "none"),
+            ("response_format", "srt"),
+        ]);
+        assert!(check_fields(Form::Transcription, &ok).is_ok());
+        let e = check_fields(Form::Transcription, &f(&[("langauge", "en")])).unwrap_err();
+        assert!(e.message.contains("`langauge`") && e.code == Some("unknown_parameter"));
+        assert!(check_fields(Form::Transcription, &f(&[("webhook_url", "x")])).is_err());
+        assert!(check_fields(Form::Job, &f(&[("webhook_url", "x"), ("url", "y")])).is_ok());
+        assert!(check_fields(Form::DetectLanguage, &f(&[("languages[]", "en")])).is_ok());
+        assert!(check_fields(Form::DetectLanguage, &f(&[("prompt", "x")])).is_err());
+        let v = serde_json::to_value(doc()).unwrap();
+        assert_eq!(v["openapi"], "3.1.0");
+        for path in [
+            "/transcribe",
+            "/v1/audio/transcriptions",
+            "/v1/jobs",
+            "/v1/jobs/{id}/result",
+            "/health",
+        ] {
+            assert!(v["paths"][path].is_object(), "{path} undocumented");
+        }
+    }
+}
