@@ -246,7 +246,8 @@ pub enum Form {
     DetectLanguage,
 }
 
-/// Refuse a field no form of this route has. List fields may come as `name[]` or `name`.
+/// Refuse a field no form of this route has. List fields may come as `name[]` or `name`, object
+/// fields as `name[key]`.
 pub fn check_fields(form: Form, fields: &HashMap<String, String>) -> Result<(), ApiError> {
     static KNOWN: OnceLock<[BTreeSet<String>; 3]> = OnceLock::new();
     let known = KNOWN.get_or_init(|| {
@@ -259,7 +260,12 @@ pub fn check_fields(form: Form, fields: &HashMap<String, String>) -> Result<(), 
     let mut unknown: Vec<&str> = fields
         .keys()
         .map(String::as_str)
-        .filter(|k| !known.contains(*k) && !known.contains(&format!("{k}[]")))
+        .filter(|k| {
+            // `name[]` lists and `name[key]` objects (form encodings of chunking_strategy) count
+            // as `name`.
+            let base = k.split('[').next().unwrap_or(k);
+            !known.contains(*k) && !known.contains(base) && !known.contains(&format!("{base}[]"))
+        })
         .collect();
     if unknown.is_empty() {
         return Ok(());
@@ -295,6 +301,7 @@ mod tests {
             ("keywords[]", "Kenobi"),
             ("vad_gate_db", "none"),
             ("response_format", "srt"),
+            ("chunking_strategy[type]", "server_vad"),
         ]);
         assert!(check_fields(Form::Transcription, &ok).is_ok());
         let e = check_fields(Form::Transcription, &f(&[("langauge", "en")])).unwrap_err();
