@@ -25,8 +25,8 @@ model-base: ## Fetch the multilingual base model too (translation tests and eval
 deps: ## Install the Debian packages the build needs when missing (as root; otherwise print the command)
 	@bash scripts/system_deps.sh build
 
-build: deps ## Build the release binary
-	$(CARGO) build --release --locked
+build: deps ## Build the release binary (GET /info reports the commit it was built from)
+	WHISPERD_GIT_COMMIT=$$(git rev-parse --short HEAD 2>/dev/null || echo unknown) $(CARGO) build --release --locked
 
 run: model build ## Fetch the model if missing, build, and start the server
 	$(BIN) serve --model $(MODEL)

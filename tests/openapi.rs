@@ -39,6 +39,31 @@ fn every_route_is_documented_and_real_responses_match_the_document() {
         );
     }
 
+    // /info says what runs here.
+    let info = s.get("/info");
+    let i = json(&info);
+    assert_eq!(i["version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(i["model"]["name"], "whisper-tiny.en");
+    assert_eq!(i["model"]["multilingual"], false);
+    assert_eq!(i["model"]["dims"]["n_text_layer"], 4);
+    assert_eq!(
+        (
+            i["limits"]["max_upload_mb"].as_u64(),
+            i["limits"]["queue_size"].as_u64()
+        ),
+        (Some(25), Some(32))
+    );
+    assert_eq!(
+        (
+            i["features"]["cache"].as_str(),
+            i["features"]["jobs"].as_str(),
+            i["features"]["auth"].as_bool()
+        ),
+        (Some("memory"), Some("sqlite"), Some(false))
+    );
+    assert!(["portable", "avx2", "avx512", "avx512-bf16", "amx"]
+        .contains(&i["numerics"]["instruction_set"].as_str().unwrap()));
+
     let jfk = read("eval/jfk.wav");
     let post =
         |path: &str, fields: &[(&str, &str)]| s.post_form(path, Some(("file", &jfk)), fields, &[]);
@@ -48,6 +73,12 @@ fn every_route_is_documented_and_real_responses_match_the_document() {
             path: "/health",
             response: s.get("/health"),
             component: None,
+        },
+        Sample {
+            method: "get",
+            path: "/info",
+            response: info,
+            component: Some("Info"),
         },
         Sample {
             method: "get",
@@ -185,7 +216,7 @@ fn every_route_is_documented_and_real_responses_match_the_document() {
         response: s.delete(&format!("/v1/jobs/{id}"), &[]),
         component: Some("ErrorResponse"),
     });
-    let unknown = &samples[9].response;
+    let unknown = &samples[10].response;
     assert_eq!(
         (unknown.0, json(unknown)["error"]["code"].as_str()),
         (400, Some("unknown_parameter"))

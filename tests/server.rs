@@ -606,9 +606,10 @@ fn api_keys_and_rate_limit() {
         ("WHISPERD_API_KEYS_FILE", keys.to_str().unwrap()),
         ("WHISPERD_RATE_LIMIT_PER_MINUTE", "3"),
     ]);
-    for public in ["/health", "/ready", "/metrics"] {
+    for public in ["/health", "/ready", "/metrics", "/openapi.json", "/info"] {
         assert_eq!(s.get(public).0, 200, "{public}");
     }
+    assert_eq!(json(&s.get("/info"))["features"]["auth"], true);
     let r = s.get("/v1/models");
     assert_eq!(r.0, 401);
     assert_eq!(json(&r)["error"]["code"], "invalid_api_key");

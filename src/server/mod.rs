@@ -43,6 +43,16 @@ pub struct AppState {
     jobs: Option<Arc<jobs::Jobs>>,
     /// Bounds on audio fetched from a URL and on webhook calls.
     urls: crate::net::fetch::Limits,
+    /// Settings `/info` shows that live nowhere else at run time.
+    static_info: StaticInfo,
+}
+
+struct StaticInfo {
+    device: String,
+    precision: String,
+    batch_size: usize,
+    max_queued_jobs: u64,
+    cache_on: bool,
 }
 
 #[derive(Clone)]
@@ -74,7 +84,10 @@ const MAX_QUERY_BYTES: usize = 8 * 1024;
 
 /// Endpoints that never need a key: probes and metrics scrapers.
 fn is_public(path: &str) -> bool {
-    matches!(path, "/health" | "/ready" | "/metrics" | "/openapi.json")
+    matches!(
+        path,
+        "/health" | "/ready" | "/metrics" | "/openapi.json" | "/info"
+    )
 }
 
 /// Request id, authentication, rate limit, panic catching, metrics and the access log.
@@ -289,6 +302,13 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             timeout: Duration::from_secs(cfg.url_timeout_s),
             max_bytes: (cfg.max_upload_mb as usize).saturating_mul(1 << 20),
         },
+        static_info: StaticInfo {
+            device: cfg.device.clone(),
+            precision: cfg.precision.clone(),
+            batch_size: cfg.batch_size,
+            max_queued_jobs: cfg.max_queued_jobs,
+            cache_on: cfg.cache_entries > 0,
+        },
     });
     if let Some(j) = &async_jobs {
         jobs::start(state.clone(), j.clone(), cfg.job_workers);
@@ -308,6 +328,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             .route("/ready", web::get().to(routes::ready))
             .route("/metrics", web::get().to(routes::metrics))
             .route("/openapi.json", web::get().to(schema::openapi_json))
+            .route("/info", web::get().to(routes::info))
             .route("/v1/models", web::get().to(routes::models))
             .route("/v1/models/{model}", web::get().to(routes::model))
             .route("/detect-language", web::post().to(routes::detect_language))

@@ -49,6 +49,52 @@ pub async fn ready(state: web::Data<AppState>) -> HttpResponse {
     }
 }
 
+/// What this server is and runs: version, model, device, numerics, limits, features.
+#[utoipa::path(get, path = "/info", tag = "service", responses((status = 200, body = super::schema::Info)))]
+pub async fn info(state: web::Data<AppState>) -> HttpResponse {
+    use super::schema::{Features, Info, Limits, ModelInfo, Numerics};
+    let engine = state.shared.engine.get();
+    let model = engine.map(|e| ModelInfo {
+        name: e.model_name.clone(),
+        layout: serde_json::to_value(e.model.layout)
+            .ok()
+            .and_then(|v| v.as_str().map(String::from))
+            .unwrap_or_default(),
+        multilingual: e.is_multilingual(),
+        dims: serde_json::to_value(&e.model.dims).unwrap_or_default(),
+    });
+    let s = &state.static_info;
+    HttpResponse::Ok().json(Info {
+        version: env!("CARGO_PKG_VERSION"),
+        git_commit: option_env!("WHISPERD_GIT_COMMIT").unwrap_or("unknown"),
+        model,
+        device: s.device.clone(),
+        numerics: Numerics {
+            precision: s.precision.clone(),
+            instruction_set: whisperd_kernels::isa::Tier::best().name(),
+        },
+        limits: Limits {
+            max_upload_mb: (state.max_upload_bytes >> 20) as u64,
+            max_audio_s: state.shared.max_audio_s,
+            queue_size: state.shared.queue_size,
+            batch_size: s.batch_size,
+            request_timeout_s: state.shared.request_timeout.as_secs(),
+            max_queued_jobs: s.max_queued_jobs,
+        },
+        features: Features {
+            cache: match (s.cache_on, state.shared.shared_cache.is_some()) {
+                (false, _) => "off",
+                (true, true) => "memory+redis",
+                (true, false) => "memory",
+            },
+            jobs: state.jobs.as_ref().map_or("off", |j| j.store.kind()),
+            vad: engine.is_some_and(|e| e.vad.is_some()),
+            auth: !state.api_keys.is_empty(),
+            private_urls: state.urls.allow_private,
+        },
+    })
+}
+
 /// Prometheus metrics (text exposition format).
 #[utoipa::path(get, path = "/metrics", tag = "service", responses((status = 200, body = String, content_type = "text/plain")))]
 pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {

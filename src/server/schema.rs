@@ -148,6 +148,67 @@ pub struct DetectedLanguage {
     pub top: Vec<crate::output::LanguageProbability>,
 }
 
+/// `GET /info`: what this server is and runs (open, like `/health`).
+#[derive(Serialize, ToSchema)]
+pub struct Info {
+    pub version: &'static str,
+    /// The git commit built from (`unknown` outside `make build`).
+    pub git_commit: &'static str,
+    /// Absent while the model loads.
+    pub model: Option<ModelInfo>,
+    /// The configured device (`cpu`, `cuda`, `cuda:N`, `auto`).
+    pub device: String,
+    pub numerics: Numerics,
+    pub limits: Limits,
+    pub features: Features,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ModelInfo {
+    /// As `/v1/models` lists it.
+    pub name: String,
+    /// `ct2` (CTranslate2 model.bin) or `huggingface` (model.safetensors).
+    pub layout: String,
+    pub multilingual: bool,
+    /// Layers, heads, widths and vocabulary, read from the weights.
+    #[schema(value_type = Object)]
+    pub dims: serde_json::Value,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Numerics {
+    /// `f32` or `q8`.
+    pub precision: String,
+    /// The CPU kernels' instruction set: `portable`, `avx2`, `avx512`, `avx512-bf16`, `amx`.
+    pub instruction_set: &'static str,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Limits {
+    pub max_upload_mb: u64,
+    pub max_audio_s: f64,
+    /// Requests that may wait for inference.
+    pub queue_size: usize,
+    /// Transcriptions decoding at once (batched).
+    pub batch_size: usize,
+    pub request_timeout_s: u64,
+    pub max_queued_jobs: u64,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Features {
+    /// `off`, `memory`, or `memory+redis`.
+    pub cache: &'static str,
+    /// Where async jobs live: `sqlite`, `redis`, or `off` (store unavailable).
+    pub jobs: &'static str,
+    /// Silero VAD loaded.
+    pub vad: bool,
+    /// API keys required.
+    pub auth: bool,
+    /// Audio by URL may reach private addresses.
+    pub private_urls: bool,
+}
+
 /// `/transcribe` and the OpenAI endpoints answer `application/json` in one of these shapes,
 /// by `response_format` and endpoint.
 #[allow(dead_code)]
@@ -169,6 +230,7 @@ pub enum TranscriptionResponse<'a> {
         super::routes::health,
         super::routes::ready,
         super::routes::metrics,
+        super::routes::info,
         openapi_json,
         super::routes::models,
         super::routes::model,
