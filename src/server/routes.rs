@@ -525,15 +525,7 @@ pub(super) fn parse_options(
 /// Transcribe (or translate) an upload or a URL: whisperd's own API, with every option.
 #[utoipa::path(post, path = "/transcribe", tag = "transcription",
     request_body(content = super::schema::TranscriptionForm, content_type = "multipart/form-data"),
-    responses(
-        (status = 200, description = "The transcript, in the shape `response_format` asks for", content(
-            (super::schema::TranscriptionResponse = "application/json"),
-            (String = "text/plain"),
-            (String = "application/x-subrip"),
-            (String = "text/vtt"),
-            (String = "text/tab-separated-values"),
-            (String = "text/event-stream"))),
-        (status = 400, description = "A bad field (named in `param`)", body = super::error::ErrorResponse), (status = 401, description = "Missing or wrong API key", body = super::error::ErrorResponse), (status = 413, description = "Upload or audio too long", body = super::error::ErrorResponse), (status = 429, description = "Rate or in-flight limit", body = super::error::ErrorResponse), (status = 503, description = "Loading, draining or busy (Retry-After)", body = super::error::ErrorResponse)))]
+    responses(super::schema::TranscriptionAnswers))]
 pub async fn transcribe_native(
     req: HttpRequest,
     body: web::Payload,
@@ -545,15 +537,7 @@ pub async fn transcribe_native(
 /// OpenAI's `createTranscription`.
 #[utoipa::path(post, path = "/v1/audio/transcriptions", tag = "openai",
     request_body(content = super::schema::TranscriptionForm, content_type = "multipart/form-data"),
-    responses(
-        (status = 200, description = "The transcript, in the shape `response_format` asks for", content(
-            (super::schema::TranscriptionResponse = "application/json"),
-            (String = "text/plain"),
-            (String = "application/x-subrip"),
-            (String = "text/vtt"),
-            (String = "text/tab-separated-values"),
-            (String = "text/event-stream"))),
-        (status = 400, description = "A bad field (named in `param`)", body = super::error::ErrorResponse), (status = 401, description = "Missing or wrong API key", body = super::error::ErrorResponse), (status = 413, description = "Upload or audio too long", body = super::error::ErrorResponse), (status = 429, description = "Rate or in-flight limit", body = super::error::ErrorResponse), (status = 503, description = "Loading, draining or busy (Retry-After)", body = super::error::ErrorResponse)))]
+    responses(super::schema::TranscriptionAnswers))]
 pub async fn openai_transcriptions(
     req: HttpRequest,
     body: web::Payload,
@@ -565,15 +549,7 @@ pub async fn openai_transcriptions(
 /// OpenAI's `createTranslation` (to English).
 #[utoipa::path(post, path = "/v1/audio/translations", tag = "openai",
     request_body(content = super::schema::TranscriptionForm, content_type = "multipart/form-data"),
-    responses(
-        (status = 200, description = "The transcript, in the shape `response_format` asks for", content(
-            (super::schema::TranscriptionResponse = "application/json"),
-            (String = "text/plain"),
-            (String = "application/x-subrip"),
-            (String = "text/vtt"),
-            (String = "text/tab-separated-values"),
-            (String = "text/event-stream"))),
-        (status = 400, description = "A bad field (named in `param`)", body = super::error::ErrorResponse), (status = 401, description = "Missing or wrong API key", body = super::error::ErrorResponse), (status = 413, description = "Upload or audio too long", body = super::error::ErrorResponse), (status = 429, description = "Rate or in-flight limit", body = super::error::ErrorResponse), (status = 503, description = "Loading, draining or busy (Retry-After)", body = super::error::ErrorResponse)))]
+    responses(super::schema::TranscriptionAnswers))]
 pub async fn openai_translations(
     req: HttpRequest,
     body: web::Payload,

@@ -220,6 +220,54 @@ pub enum TranscriptionResponse<'a> {
     OpenAi(crate::output::OpenAiTranscription<'a>),
 }
 
+/// The answers of `/transcribe`, `/v1/audio/transcriptions` and `/v1/audio/translations`: one
+/// list, so that the three routes cannot drift apart.
+pub struct TranscriptionAnswers;
+
+/// Content types of the text formats (`text`, `srt`, `vtt`, `tsv`) and of a stream.
+const TEXT_TYPES: &[&str] = &[
+    "text/plain",
+    "application/x-subrip",
+    "text/vtt",
+    "text/tab-separated-values",
+    "text/event-stream",
+];
+
+const ERRORS: &[(u16, &str)] = &[
+    (400, "A bad field (named in `param`)"),
+    (401, "Missing or wrong API key"),
+    (413, "Upload or audio too long"),
+    (429, "Rate or in-flight limit"),
+    (503, "Loading, draining or busy (Retry-After)"),
+];
+
+impl utoipa::IntoResponses for TranscriptionAnswers {
+    fn responses() -> std::collections::BTreeMap<
+        String,
+        utoipa::openapi::RefOr<utoipa::openapi::response::Response>,
+    > {
+        use utoipa::openapi::schema::{ObjectBuilder, Ref, Type};
+        use utoipa::openapi::{Content, RefOr, ResponseBuilder};
+        let json = |name: &str| Content::new(Some(Ref::from_schema_name(name)));
+        let mut ok = ResponseBuilder::new()
+            .description("The transcript, in the shape `response_format` asks for")
+            .content("application/json", json("TranscriptionResponse"));
+        for ct in TEXT_TYPES {
+            let text = ObjectBuilder::new().schema_type(Type::String).build();
+            ok = ok.content(*ct, Content::new(Some(text)));
+        }
+        let mut answers = std::collections::BTreeMap::new();
+        answers.insert("200".to_string(), RefOr::T(ok.build()));
+        for (status, what) in ERRORS {
+            let r = ResponseBuilder::new()
+                .description(*what)
+                .content("application/json", json("ErrorResponse"));
+            answers.insert(status.to_string(), RefOr::T(r.build()));
+        }
+        answers
+    }
+}
+
 #[derive(OpenApi)]
 #[openapi(
     info(
@@ -248,6 +296,7 @@ pub enum TranscriptionResponse<'a> {
         TranscriptionForm,
         JobForm,
         DetectLanguageForm,
+        TranscriptionResponse,
         crate::output::TranscriptionJson,
         crate::output::VerboseTranscription,
         crate::output::OpenAiTranscription,
