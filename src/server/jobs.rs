@@ -257,6 +257,11 @@ pub async fn create(
         .json(job.view(None)))
 }
 
+/// A succeeded job's `result`: what `/transcribe` answers with `response_format=json`.
+fn result_json(job: &Job) -> Option<serde_json::Value> {
+    transcript(job).and_then(|t| serde_json::to_value(t.json()).ok())
+}
+
 /// The transcript of a succeeded job, decoded.
 fn transcript(job: &Job) -> Option<crate::output::Transcript> {
     job.result
@@ -273,16 +278,7 @@ pub async fn get(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let job = find(&state, &req, &id).await?;
-    let result = match transcript(&job) {
-        Some(t) => {
-            let fields: HashMap<String, String> = job.request.fields.clone().into_iter().collect();
-            let task = routes::parse_options(Api::Native, &fields, &state.defaults)
-                .map(|(o, _)| o.task)
-                .unwrap_or_default();
-            serde_json::from_str(&t.render(crate::output::Format::Json, task)).ok()
-        }
-        None => None,
-    };
+    let result = result_json(&job);
     Ok(HttpResponse::Ok().json(job.view(result)))
 }
 
@@ -647,12 +643,7 @@ async fn deliver_webhook(state: &AppState, jobs: &Jobs, job: &Job) {
         return;
     }
     let m = &state.shared.metrics.async_jobs;
-    let result = transcript(job).and_then(|t| {
-        serde_json::from_str::<serde_json::Value>(
-            &t.render(crate::output::Format::Json, Default::default()),
-        )
-        .ok()
-    });
+    let result = result_json(job);
     let body = serde_json::json!({
         "type": format!("job.{}", job.status.as_str()),
         "delivery_id": w.delivery_id,
