@@ -67,7 +67,8 @@ bench: model build venv ## Criterion benches (mel, encoder, decoder steps incl. 
 bench-matrix: model model-base build venv ## tiny.en and base × f32/q8 × best/AVX2-forced tier: speed vs faster-whisper int8 in the same run, WER, peak RSS, load time (into benches/RESULTS.md)
 	$(VENV)/bin/python scripts/bench_matrix.py --bin $(BIN) --models $(MODEL),$(BASE_MODEL) --shared $(SHARED) --out benches/RESULTS.md
 
-lint: deps venv ## rustfmt, clippy (warnings are errors), hadolint, helm lint + render + Kubernetes schema checks
+lint: venv ## rustfmt, clippy (warnings are errors), hadolint, helm lint + render + Kubernetes schema checks, promtool on the chart's alert rules
+	@bash scripts/system_deps.sh lint
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --locked --all-targets -- -D warnings
 	$(VENV)/bin/python scripts/lint_deploy.py

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The Debian packages whisperd needs, installed when missing: one list for `make` and `.ci/run`.
 #   scripts/system_deps.sh build   what `cargo build` needs (libopus for Opus, found with pkg-config)
-#   scripts/system_deps.sh test    the above, plus what the tests run (sox builds test audio,
-#                                  redis-server backs the multi-replica tests)
+#   scripts/system_deps.sh lint    the above, plus promtool (`prometheus`) for the chart's alert rules
+#   scripts/system_deps.sh test    all of the above, plus what the tests run (sox builds test audio,
+#                                  redis-server backs the multi-replica tests, chromium and
+#                                  chromium-driver drive the web page's browser test)
 # As root it runs apt-get; otherwise it stops at once and prints the exact command to run.
 set -euo pipefail
 what="${1:-build}"
@@ -10,7 +12,12 @@ what="${1:-build}"
 need=()
 command -v pkg-config >/dev/null 2>&1 || need+=(pkg-config)
 if ! pkg-config --exists opus 2>/dev/null; then need+=(libopus-dev); fi
+if [ "$what" = lint ] || [ "$what" = test ]; then
+  command -v promtool >/dev/null 2>&1 || need+=(prometheus)
+fi
 if [ "$what" = test ]; then
+  command -v chromium >/dev/null 2>&1 || need+=(chromium)
+  command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
   command -v sox >/dev/null 2>&1 || need+=(sox)
   # The Redis integration tests (tests/cluster.rs) run a real redis-server on loopback.
   command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
