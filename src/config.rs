@@ -236,7 +236,7 @@ const DOCS: &[(&str, &str)] = &[
     ),
     (
         "api_keys_file",
-        "File with one API key per line, added to api_keys.",
+        "File with one API key per line (# comments), added to api_keys; re-read within 2 s of a change and on SIGHUP. Setting it turns authentication on even while it lists no key.",
     ),
     (
         "rate_limit_per_minute",
@@ -483,30 +483,6 @@ impl Config {
             speech_pad_ms: self.vad_speech_pad_ms,
             gate_db: Some(self.vad_gate_db as f32).filter(|g| g.is_finite()),
         }
-    }
-
-    /// Keys from `api_keys` and `api_keys_file`.
-    pub fn all_api_keys(&self) -> Result<Vec<String>, ConfigError> {
-        let mut keys: Vec<String> = self
-            .api_keys
-            .iter()
-            .map(|k| k.trim().to_string())
-            .filter(|k| !k.is_empty())
-            .collect();
-        if !self.api_keys_file.is_empty() {
-            let text =
-                std::fs::read_to_string(&self.api_keys_file).map_err(|e| ConfigError::File {
-                    path: self.api_keys_file.clone(),
-                    msg: e.to_string(),
-                })?;
-            keys.extend(
-                text.lines()
-                    .map(str::trim)
-                    .filter(|l| !l.is_empty() && !l.starts_with('#'))
-                    .map(String::from),
-            );
-        }
-        Ok(keys)
     }
 
     /// The config as a commented TOML file (the format of `config/default.toml`).

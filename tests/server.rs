@@ -2,7 +2,7 @@
 
 mod common;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::server::*;
 use common::*;
@@ -648,6 +648,134 @@ fn api_keys_and_rate_limit() {
     let r = s.get_with("/v1/models", &[("Authorization", "Bearer k1")]);
     assert_eq!(r.0, 429);
     assert!(header(&r, "retry-after").is_some_and(|v| v.parse::<u64>().unwrap() >= 1));
+}
+
+/// The chart's Grafana dashboard and alert rules use only metrics `/metrics` really exports
+/// (`scripts/check_dashboard.py` parses every PromQL expression in them).
+#[test]
+fn dashboard_and_alerts_reference_exported_metrics() {
+    let s = Server::start(&[]);
+    let wav = read("eval/jfk.wav");
+    assert_eq!(
+        s.post_form("/transcribe", Some(("file", &wav)), &[], &[]).0,
+        200
+    );
+    assert_eq!(s.post_form("/transcribe", None, &[], &[]).0, 400);
+    let metrics = s.get("/metrics").2;
+    let mut child = std::process::Command::new(root().join(".venv/bin/python"))
+        .current_dir(root())
+        .args(["scripts/check_dashboard.py", "--metrics", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run scripts/check_dashboard.py (make venv)");
+    {
+        use std::io::Write;
+        child.stdin.take().unwrap().write_all(&metrics).unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && text.contains("dashboard ok"),
+        "{text}"
+    );
+}
+
+#[test]
+fn api_keys_file_is_reloaded_without_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("keys");
+    std::fs::write(&keys, "old-key\n").unwrap();
+    let s = Server::start(&[("WHISPERD_API_KEYS_FILE", keys.to_str().unwrap())]);
+    let models = |key: &str| {
+        s.get_with("/v1/models", &[("Authorization", &format!("Bearer {key}"))])
+            .0
+    };
+    assert_eq!(models("old-key"), 200);
+    assert_eq!(models("new-key"), 401);
+    assert_eq!(s.metric("whisperd_api_keys"), 1.0);
+
+    // A transcription admitted with the old key is under way when the key is removed.
+    // The chapter's first 90 s (16-bit mono, a 44-byte header): long enough to outlast the swap.
+    let chapter = read("eval/longform/librispeech-test-clean-237-134500-full-chapter.wav");
+    let samples: Vec<f32> = chapter[44..44 + 90 * 16_000 * 2]
+        .chunks_exact(2)
+        .map(|b| i16::from_le_bytes([b[0], b[1]]) as f32 / 32768.0)
+        .collect();
+    let long = wav_bytes(&samples, 16_000);
+    let (ct, body) = multipart(Some(("file", &long)), &[]);
+    let addr = s.addr.clone();
+    let in_flight = std::thread::spawn(move || {
+        request(
+            &addr,
+            "POST",
+            "/transcribe",
+            &[("Content-Type", &ct), ("Authorization", "Bearer old-key")],
+            &body,
+        )
+    });
+    s.wait_for_metric(
+        "whisperd_in_flight_requests",
+        1.0,
+        Duration::from_secs(30),
+        "the long request to start",
+    );
+
+    // Replaced the way an editor or a Kubernetes Secret update does: write a new file, rename.
+    let tmp = dir.path().join("keys.new");
+    std::fs::write(&tmp, "# rotated\nnew-key\n").unwrap();
+    std::fs::rename(&tmp, &keys).unwrap();
+    let t0 = Instant::now();
+    while models("new-key") != 200 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "the added key did not work within 10 s\n{}",
+            s.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(models("old-key"), 401, "a removed key keeps working");
+    assert!(
+        !in_flight.is_finished(),
+        "the request finished before the keys changed: the test proves nothing"
+    );
+    let r = in_flight.join().unwrap();
+    assert_eq!(
+        r.0,
+        200,
+        "the request in flight was dropped: {}",
+        String::from_utf8_lossy(&r.2)
+    );
+    assert!(s.metric("whisperd_api_key_reloads_total") >= 1.0);
+
+    // SIGHUP re-reads at once (the 2-s poll may not have come round yet).
+    std::fs::write(&keys, "third-key\n").unwrap();
+    let hup = std::process::Command::new("kill")
+        .args(["-HUP", &s.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(hup.success());
+    let t0 = Instant::now();
+    while models("third-key") != 200 {
+        assert!(t0.elapsed() < Duration::from_secs(10), "{}", s.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(models("new-key"), 401);
+    assert_eq!(s.get("/health").0, 200, "SIGHUP must not stop the server");
+
+    // A broken file keeps the keys in force, and says so.
+    std::fs::remove_file(&keys).unwrap();
+    let t0 = Instant::now();
+    while !s.log().contains("API keys file not reloaded") {
+        assert!(t0.elapsed() < Duration::from_secs(10), "{}", s.log());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(models("third-key"), 200);
 }
 
 #[test]

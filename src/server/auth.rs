@@ -1,10 +1,104 @@
-//! Optional API keys (constant-time comparison), a per-key (or per-IP) rate limit with bounded
-//! memory, and a per-key cap on requests in progress.
+//! Optional API keys (constant-time comparison; `api_keys_file` re-read when it changes or on
+//! SIGHUP), a per-key (or per-IP) rate limit with bounded memory, and a per-key cap on requests in
+//! progress.
 
 use std::collections::HashMap;
+use std::io::Read;
 use std::num::NonZeroUsize;
-use std::sync::{Arc, Mutex};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
+
+/// Largest keys file read (a key file is a few lines; a bigger one is a mistake, refused).
+const MAX_KEYS_FILE_BYTES: u64 = 1 << 20;
+
+/// The keys a request may carry: `api_keys` from the config (fixed for the process's life) plus
+/// the lines of `api_keys_file`, which [`ApiKeys::reload`] re-reads. Authentication is on when
+/// either is configured, even while the file lists no key (then every request is refused until
+/// one is added), so emptying the file can never open the service.
+pub struct ApiKeys {
+    fixed: Vec<String>,
+    file: Option<PathBuf>,
+    /// The keys in force and the file text they came from (`None` before the first read).
+    current: RwLock<(Arc<Vec<String>>, Option<String>)>,
+}
+
+/// Why the keys file could not be (re)read.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot read the API keys file {path}: {msg}")]
+pub struct KeysFileError {
+    pub path: String,
+    pub msg: String,
+}
+
+/// The keys in a keys file: one per line, blank lines and `#` comments skipped.
+pub fn parse_key_lines(text: &str) -> impl Iterator<Item = String> + '_ {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(String::from)
+}
+
+impl ApiKeys {
+    /// Keys from the config; the file (when set) must be readable now.
+    pub fn load(fixed: &[String], file: &str) -> Result<Self, KeysFileError> {
+        let fixed: Vec<String> = fixed
+            .iter()
+            .map(|k| k.trim().to_string())
+            .filter(|k| !k.is_empty())
+            .collect();
+        let file = (!file.is_empty()).then(|| PathBuf::from(file));
+        let keys = Self {
+            current: RwLock::new((Arc::new(fixed.clone()), None)),
+            fixed,
+            file,
+        };
+        keys.reload()?;
+        Ok(keys)
+    }
+
+    /// Whether requests need a key.
+    pub fn enabled(&self) -> bool {
+        !self.fixed.is_empty() || self.file.is_some()
+    }
+
+    /// The keys in force now.
+    pub fn snapshot(&self) -> Arc<Vec<String>> {
+        self.current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .0
+            .clone()
+    }
+
+    /// Re-read the keys file. `Ok(Some(n))`: its text changed and `n` keys are now in force;
+    /// `Ok(None)`: unchanged (or no file). On an error the keys in force stay as they were.
+    pub fn reload(&self) -> Result<Option<usize>, KeysFileError> {
+        let Some(path) = &self.file else {
+            return Ok(None);
+        };
+        let err = |msg: String| KeysFileError {
+            path: path.display().to_string(),
+            msg,
+        };
+        let mut text = String::new();
+        std::fs::File::open(path)
+            .and_then(|f| f.take(MAX_KEYS_FILE_BYTES + 1).read_to_string(&mut text))
+            .map_err(|e| err(e.to_string()))?;
+        if text.len() as u64 > MAX_KEYS_FILE_BYTES {
+            return Err(err(format!("larger than {MAX_KEYS_FILE_BYTES} bytes")));
+        }
+        let mut current = self.current.write().unwrap_or_else(|p| p.into_inner());
+        if current.1.as_deref() == Some(text.as_str()) {
+            return Ok(None);
+        }
+        let mut keys = self.fixed.clone();
+        keys.extend(parse_key_lines(&text));
+        let n = keys.len();
+        *current = (Arc::new(keys), Some(text));
+        Ok(Some(n))
+    }
+}
 
 /// Compare without an early exit, so response time does not reveal how much of a key matched.
 pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -148,6 +242,41 @@ impl Drop for InFlightPermit {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn keys_file_is_reread() {
+        let dir = std::env::temp_dir().join(format!("whisperd-keys-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("keys");
+        std::fs::write(&path, "# team a\nalpha\n\n  beta  \n").unwrap();
+        let keys = ApiKeys::load(&["fixed".into(), " ".into()], path.to_str().unwrap()).unwrap();
+        assert!(keys.enabled());
+        assert_eq!(*keys.snapshot(), ["fixed", "alpha", "beta"]);
+        assert_eq!(
+            keys.reload().unwrap(),
+            None,
+            "unchanged text is not a reload"
+        );
+        std::fs::write(&path, "beta\ngamma\n").unwrap();
+        assert_eq!(keys.reload().unwrap(), Some(3));
+        assert_eq!(*keys.snapshot(), ["fixed", "beta", "gamma"]);
+        // An unreadable file keeps the keys in force.
+        std::fs::remove_file(&path).unwrap();
+        assert!(keys.reload().is_err());
+        assert_eq!(keys.snapshot().len(), 3);
+        // An emptied file leaves authentication on, with only the fixed keys.
+        std::fs::write(&path, "").unwrap();
+        assert_eq!(keys.reload().unwrap(), Some(1));
+        assert!(keys.enabled());
+        let only_file = ApiKeys::load(&[], path.to_str().unwrap()).unwrap();
+        assert!(only_file.enabled() && only_file.snapshot().is_empty());
+        assert!(authorized(&only_file.snapshot(), Some("Bearer ")).is_none());
+        // Oversized files are refused.
+        std::fs::write(&path, vec![b'k'; MAX_KEYS_FILE_BYTES as usize + 1]).unwrap();
+        assert!(keys.reload().is_err());
+        assert!(!ApiKeys::load(&[], "").unwrap().enabled());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn keys_and_limits() {

@@ -47,6 +47,9 @@ pub struct Metrics {
     /// and copied in at each scrape.
     pub audio_spills: IntCounter,
     pub audio_spilled_bytes: IntCounter,
+    /// Keys in force, and re-reads of `api_keys_file` that changed them or failed.
+    pub api_keys: IntGauge,
+    pub api_key_reloads: IntCounterVec,
 }
 
 impl Metrics {
@@ -198,6 +201,17 @@ impl Metrics {
                 )
                 .buckets(exponential_buckets(0.05, 2.0, 12)?),
             )?,
+            api_keys: IntGauge::new(
+                "whisperd_api_keys",
+                "API keys in force (api_keys plus the lines of api_keys_file)",
+            )?,
+            api_key_reloads: IntCounterVec::new(
+                Opts::new(
+                    "whisperd_api_key_reloads_total",
+                    "Re-reads of api_keys_file by result: changed (new keys in force) or error (old keys kept)",
+                ),
+                &["result"],
+            )?,
             registry,
             audio_spills: IntCounter::new(
                 "whisperd_audio_spills_total",
@@ -246,6 +260,8 @@ impl Metrics {
         m.registry.register(Box::new(m.audio_spills.clone()))?;
         m.registry
             .register(Box::new(m.audio_spilled_bytes.clone()))?;
+        m.registry.register(Box::new(m.api_keys.clone()))?;
+        m.registry.register(Box::new(m.api_key_reloads.clone()))?;
         Ok(m)
     }
 

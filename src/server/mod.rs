@@ -29,7 +29,7 @@ use crate::config::Config;
 
 pub struct AppState {
     shared: Arc<worker::Shared>,
-    api_keys: Vec<String>,
+    api_keys: Arc<auth::ApiKeys>,
     limiter: auth::RateLimiter,
     in_flight: auth::InFlightLimiter,
     /// Realtime sessions open per client, and their limits.
@@ -126,7 +126,7 @@ async fn edge(
     let mut _permit: Option<auth::InFlightPermit> = None;
     if let Some(state) = &state {
         if !is_public(&path) && early.is_none() {
-            let client = if state.api_keys.is_empty() {
+            let client = if !state.api_keys.enabled() {
                 let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
                 match req.peer_addr() {
                     Some(peer) => format!(
@@ -143,13 +143,10 @@ async fn edge(
                 let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
                 // Browsers cannot set headers on a WebSocket: OpenAI's clients send the key as
                 // the `openai-insecure-api-key.<key>` subprotocol instead.
-                let key =
-                    auth::authorized(&state.api_keys, header("authorization")).or_else(|| {
-                        auth::authorized_subprotocol(
-                            &state.api_keys,
-                            header("sec-websocket-protocol"),
-                        )
-                    });
+                let keys = state.api_keys.snapshot();
+                let key = auth::authorized(&keys, header("authorization")).or_else(|| {
+                    auth::authorized_subprotocol(&keys, header("sec-websocket-protocol"))
+                });
                 match key {
                     Some(key) => format!("key:{}", crate::cache::audio_hash(key.as_bytes())),
                     None => {
@@ -237,8 +234,9 @@ async fn edge(
 
 /// Start the service and run until SIGTERM/SIGINT, then drain and return.
 pub async fn run(cfg: Config) -> anyhow::Result<()> {
-    let api_keys = cfg.all_api_keys()?;
+    let api_keys = Arc::new(auth::ApiKeys::load(&cfg.api_keys, &cfg.api_keys_file)?);
     let metrics = metrics::Metrics::new()?;
+    metrics.api_keys.set(api_keys.snapshot().len() as i64);
     let link = if cfg.redis_url.is_empty() {
         None
     } else {
@@ -316,8 +314,10 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     if cfg.allow_private_urls {
         tracing::warn!("allow_private_urls = true: audio and webhook URLs may reach loopback, private and metadata addresses");
     }
-    if api_keys.is_empty() {
+    if !api_keys.enabled() {
         tracing::warn!("no API keys configured: every endpoint is open");
+    } else if !cfg.api_keys_file.is_empty() {
+        actix_web::rt::spawn(watch_api_keys(api_keys.clone(), shared.clone()));
     }
     let server = HttpServer::new(move || {
         App::new()
@@ -418,6 +418,56 @@ fn open_job_store(
         cfg.webhook_secret.clone(),
         Duration::from_secs(cfg.job_visibility_timeout_s),
     ))
+}
+
+/// How often `api_keys_file` is checked for changes (SIGHUP checks at once).
+const KEYS_FILE_POLL: Duration = Duration::from_secs(2);
+
+/// Re-read `api_keys_file` every [`KEYS_FILE_POLL`] and on SIGHUP. Polling the content (not
+/// file events) also follows Kubernetes Secret volumes, which swap a symlink. Requests in
+/// flight keep the key they were admitted with; the next request sees the new set.
+async fn watch_api_keys(keys: Arc<auth::ApiKeys>, shared: Arc<worker::Shared>) {
+    #[cfg(unix)]
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    loop {
+        #[cfg(unix)]
+        let by_signal = match hup.as_mut() {
+            Some(h) => tokio::select! {
+                _ = h.recv() => true,
+                _ = actix_web::rt::time::sleep(KEYS_FILE_POLL) => false,
+            },
+            None => {
+                actix_web::rt::time::sleep(KEYS_FILE_POLL).await;
+                false
+            }
+        };
+        #[cfg(not(unix))]
+        let by_signal = {
+            actix_web::rt::time::sleep(KEYS_FILE_POLL).await;
+            false
+        };
+        let m = &shared.metrics;
+        match keys.reload() {
+            Ok(Some(n)) => {
+                m.api_keys.set(n as i64);
+                m.api_key_reloads.with_label_values(&["changed"]).inc();
+                if n == 0 {
+                    tracing::warn!("API keys file reloaded: it lists no key, every request needing a key is refused until one is added");
+                } else {
+                    tracing::info!(keys = n, by_signal, "API keys file reloaded");
+                }
+            }
+            Ok(None) => {
+                if by_signal {
+                    tracing::info!("SIGHUP: API keys file unchanged");
+                }
+            }
+            Err(e) => {
+                m.api_key_reloads.with_label_values(&["error"]).inc();
+                tracing::error!(error = %e, "API keys file not reloaded: the keys in force stay as they were; fix the file");
+            }
+        }
+    }
 }
 
 async fn wait_for_shutdown_signal() {

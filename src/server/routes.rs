@@ -89,7 +89,7 @@ pub async fn info(state: web::Data<AppState>) -> HttpResponse {
             },
             jobs: state.jobs.as_ref().map_or("off", |j| j.store.kind()),
             vad: engine.is_some_and(|e| e.vad.is_some()),
-            auth: !state.api_keys.is_empty(),
+            auth: state.api_keys.enabled(),
             private_urls: state.urls.allow_private,
         },
     })
