@@ -36,6 +36,7 @@ pub struct Config {
     pub webhook_secret: String,
     pub allow_private_urls: bool,
     pub url_timeout_s: u64,
+    pub ui: bool,
     pub api_keys: Vec<String>,
     pub api_keys_file: String,
     pub rate_limit_per_minute: u32,
@@ -97,6 +98,7 @@ impl Default for Config {
             webhook_secret: String::new(),
             allow_private_urls: false,
             url_timeout_s: 120,
+            ui: true,
             api_keys: Vec::new(),
             api_keys_file: String::new(),
             rate_limit_per_minute: 0,
@@ -229,6 +231,10 @@ const DOCS: &[(&str, &str)] = &[
     (
         "url_timeout_s",
         "Longest time to download audio from a URL (its size is bounded by max_upload_mb).",
+    ),
+    (
+        "ui",
+        "Serve the web page at / (upload or record, see the transcript, download subtitles); it uses the public API, so API keys still apply to what it does.",
     ),
     (
         "api_keys",

@@ -10,6 +10,7 @@ mod realtime;
 mod routes;
 mod schema;
 mod stream;
+mod ui;
 mod upload;
 mod worker;
 
@@ -53,6 +54,7 @@ struct StaticInfo {
     batch_size: usize,
     max_queued_jobs: u64,
     cache_on: bool,
+    ui: bool,
 }
 
 #[derive(Clone)]
@@ -82,12 +84,13 @@ fn new_request_id() -> String {
 /// Request lines over 64 KiB never reach this point: the HTTP parser refuses them with a bare 400.
 const MAX_QUERY_BYTES: usize = 8 * 1024;
 
-/// Endpoints that never need a key: probes and metrics scrapers.
+/// Endpoints that never need a key: probes, metrics scrapers, and the web page's own files (the
+/// page asks for the key and sends it with each API call).
 fn is_public(path: &str) -> bool {
     matches!(
         path,
         "/health" | "/ready" | "/metrics" | "/openapi.json" | "/info"
-    )
+    ) || ui::is_asset(path)
 }
 
 /// Request id, authentication, rate limit, panic catching, metrics and the access log.
@@ -306,6 +309,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             batch_size: cfg.batch_size,
             max_queued_jobs: cfg.max_queued_jobs,
             cache_on: cfg.cache_entries > 0,
+            ui: cfg.ui,
         },
     });
     if let Some(j) = &async_jobs {
@@ -319,6 +323,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     } else if !cfg.api_keys_file.is_empty() {
         actix_web::rt::spawn(watch_api_keys(api_keys.clone(), shared.clone()));
     }
+    let ui_on = cfg.ui;
     let server = HttpServer::new(move || {
         App::new()
             .app_data(state.clone())
@@ -346,6 +351,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             .route("/v1/jobs/{id}", web::get().to(jobs::get))
             .route("/v1/jobs/{id}", web::delete().to(jobs::cancel))
             .route("/v1/jobs/{id}/result", web::get().to(jobs::result))
+            .configure(|c| ui::routes(c, ui_on))
             .default_service(web::to(|| async {
                 ApiError::new(
                     actix_web::http::StatusCode::NOT_FOUND,

@@ -91,6 +91,7 @@ pub async fn info(state: web::Data<AppState>) -> HttpResponse {
             vad: engine.is_some_and(|e| e.vad.is_some()),
             auth: state.api_keys.enabled(),
             private_urls: state.urls.allow_private,
+            ui: s.ui,
         },
     })
 }

@@ -207,6 +207,8 @@ pub struct Features {
     pub auth: bool,
     /// Audio by URL may reach private addresses.
     pub private_urls: bool,
+    /// The web page at `/`.
+    pub ui: bool,
 }
 
 /// `/transcribe` and the OpenAI endpoints answer `application/json` in one of these shapes,
