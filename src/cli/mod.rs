@@ -261,21 +261,10 @@ struct ConvertArgs {
     dst: PathBuf,
 }
 
-/// Log to stderr at `level` (`RUST_LOG` overrides), as text or JSON lines.
+/// Log to stderr at `level` (`RUST_LOG` overrides), as text or JSON lines (no trace export:
+/// that is `serve`'s, see [`whisperd::telemetry`]).
 pub fn init_logging(format: &str, level: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        // symphonia logs every damaged packet at error level; the reason reaches the user through our own errors.
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("{level},symphonia_core=off,symphonia_bundle_mp3=off,symphonia_bundle_flac=off,symphonia_format_ogg=off,symphonia_format_isomp4=off,symphonia_format_riff=off,symphonia_codec_aac=off,symphonia_codec_vorbis=off")));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        // Colour codes only for a terminal: log files and collectors get plain text.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr);
-    if format == "json" {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
+    let _ = whisperd::telemetry::init(format, level, None);
 }
 
 /// Size the compute thread pool before any tensor code runs.

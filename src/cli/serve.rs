@@ -81,8 +81,14 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         print!("{}", cfg.to_commented_toml());
         return Ok(ExitCode::SUCCESS);
     }
-    super::init_logging(&cfg.log_format, &cfg.log_level);
+    let otlp = (!cfg.otlp_endpoint.is_empty()).then(|| whisperd::telemetry::OtlpSettings {
+        endpoint: cfg.otlp_endpoint.clone(),
+        sample_ratio: cfg.otlp_sample_ratio,
+    });
+    let telemetry = whisperd::telemetry::init(&cfg.log_format, &cfg.log_level, otlp.as_ref())?;
     super::set_threads((cfg.threads > 0).then_some(cfg.threads));
-    actix_web::rt::System::new().block_on(whisperd::server::run(cfg))?;
+    let result = actix_web::rt::System::new().block_on(whisperd::server::run(cfg));
+    telemetry.shutdown();
+    result?;
     Ok(ExitCode::SUCCESS)
 }

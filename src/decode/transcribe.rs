@@ -142,7 +142,8 @@ pub fn transcribe(
         let segment_size = N_FRAMES.min(chunk_end - seek);
         let segment_duration = segment_size as f64 * HOP_LENGTH as f64 / 16_000.0;
         let mel_window = mel.window(seek, segment_size)?;
-        let features = runner.encode(window_tensor(model, mel, &mel_window)?)?;
+        let features = tracing::debug_span!("encoder", frames = segment_size as i64)
+            .in_scope(|| runner.encode(window_tensor(model, mel, &mel_window)?))?;
         if language.is_none() {
             let (code, p) = detect_language(runner, tok, &features, &o.languages)?;
             tracing::info!(language = code, probability = p, "detected language");
@@ -161,19 +162,31 @@ pub fn transcribe(
             keywords: keywords.clone(),
             text_probs: o.word_timestamps,
         };
-        let mut state = runner.prepare(&features)?;
+        // Every decoder step of this window (and its fallback attempts) in one span, not one per token.
+        let decoder_span = tracing::debug_span!(
+            "decoder",
+            tokens = tracing::field::Empty,
+            temperature = tracing::field::Empty,
+            outcome = tracing::field::Empty
+        );
+        let mut state = decoder_span.in_scope(|| runner.prepare(&features))?;
         drop(features);
-        let chosen = decode_window(
-            runner,
-            tok,
-            suppress_tokens,
-            &mut state,
-            &wo,
-            &o.temperatures,
-            rules,
-            &mut rng,
-        )?;
+        let chosen = decoder_span.in_scope(|| {
+            decode_window(
+                runner,
+                tok,
+                suppress_tokens,
+                &mut state,
+                &wo,
+                &o.temperatures,
+                rules,
+                &mut rng,
+            )
+        })?;
         let r = chosen.result;
+        decoder_span.record("tokens", r.tokens.len() as i64);
+        decoder_span.record("temperature", f64::from(r.temperature));
+        decoder_span.record("outcome", chosen.outcome.as_str());
         fallbacks.push(WindowFallback {
             outcome: chosen.outcome,
             temperature: r.temperature,

@@ -202,10 +202,36 @@ async fn edge(
         }
     }
 
+    // One span per request (probes and scrapes excepted): the root of its trace, or a child of
+    // the caller's when it sent a W3C `traceparent`.
+    let span = if matches!(route.as_str(), "/health" | "/ready" | "/metrics") {
+        tracing::Span::none()
+    } else {
+        let span = tracing::info_span!(
+            "request",
+            otel.name = %format!("{method} {route}"),
+            otel.kind = "server",
+            request_id = %id,
+            http.request.method = %method,
+            http.route = %route,
+            http.response.status_code = tracing::field::Empty,
+            otel.status_code = tracing::field::Empty,
+        );
+        let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
+        crate::telemetry::continue_trace(&span, header("traceparent"), header("tracestate"));
+        span
+    };
+
     // (Handlers catch their own panics: the request cannot be cloned here, routing needs it unique.)
     let mut res = match early {
         Some(e) => req.into_response(e.error_response()),
-        None => next.call(req).await?.map_into_boxed_body(),
+        None => {
+            use tracing::Instrument;
+            next.call(req)
+                .instrument(span.clone())
+                .await?
+                .map_into_boxed_body()
+        }
     };
     if let Ok(v) = actix_web::http::header::HeaderValue::from_str(&id) {
         res.headers_mut().insert(
@@ -214,6 +240,10 @@ async fn edge(
         );
     }
     let status = res.status().as_u16();
+    span.record("http.response.status_code", i64::from(status));
+    if status >= 500 {
+        span.record("otel.status_code", "ERROR");
+    }
     let secs = t0.elapsed().as_secs_f64();
     if let Some(state) = &state {
         state

@@ -841,6 +841,7 @@ async fn handle_inner(
         render.granularities = None; // /transcribe keeps words on their segments
     }
     let usage = serde_json::json!({ "type": "duration", "seconds": transcript.duration });
+    let _render = tracing::info_span!("render", format = ?format).entered();
     let body = match (api, format) {
         (Api::Native, Format::Json) => transcript.render(Format::Json, task),
         (_, Format::Json) => {
@@ -863,6 +864,7 @@ async fn handle_inner(
         }
         (_, f) => transcript.render_with(f, task, &render),
     };
+    drop(_render);
     Ok(HttpResponse::Ok()
         .content_type(format.content_type())
         .insert_header(("X-Cache", cache.as_str()))

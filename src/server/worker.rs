@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
+use tracing::Instrument;
 
 use tokio::sync::broadcast;
 
@@ -94,6 +95,8 @@ pub struct Job {
     progress: Arc<Progress>,
     enqueued: Instant,
     deadline: Instant,
+    /// The request's span (its trace): inference on a transcription thread continues it.
+    span: tracing::Span,
 }
 
 /// Everything the HTTP side and the inference thread share.
@@ -353,8 +356,10 @@ fn run_job(shared: &Shared, engine: &Engine, runner: &crate::scheduler::Schedule
         );
         return;
     }
-    m.queue_wait_seconds
-        .observe(job.enqueued.elapsed().as_secs_f64());
+    let waited = job.enqueued.elapsed().as_secs_f64();
+    m.queue_wait_seconds.observe(waited);
+    let _span =
+        tracing::info_span!(parent: &job.span, "inference", queue_wait_s = waited).entered();
     let t0 = Instant::now();
     // Single flight: every waiter holds a receiver; when the last one leaves, the job stops at
     // its next window.
@@ -576,7 +581,9 @@ pub async fn submit_with(
         // requests waiting on the same key still get their answer.
         let shared = shared.clone();
         let job = (key, bytes, options, tx, progress.clone());
-        actix_web::rt::spawn(prepare_and_enqueue(shared, engine, job));
+        actix_web::rt::spawn(
+            prepare_and_enqueue(shared, engine, job).instrument(tracing::Span::current()),
+        );
     }
     Ok(Pending::Job { rx, progress })
 }
@@ -612,9 +619,12 @@ async fn prepare_and_enqueue(shared: Arc<Shared>, engine: Arc<Engine>, job: NewJ
     }
     let max_audio_s = shared.max_audio_s;
     let vad = options.vad.clone();
+    let parent = tracing::Span::current();
     let prepared = actix_web::web::block(move || -> Result<Prepared, EngineError> {
-        let pcm = Engine::load_audio_within(bytes, Some(max_audio_s))?;
-        engine.prepare(&pcm, &vad)
+        let pcm = tracing::info_span!(parent: &parent, "decode", bytes = bytes.len() as i64)
+            .in_scope(|| Engine::load_audio_within(bytes, Some(max_audio_s)))?;
+        tracing::info_span!(parent: &parent, "mel", audio_s = pcm.duration_s())
+            .in_scope(|| engine.prepare(&pcm, &vad))
     })
     .await;
     let prepared = match prepared {
@@ -642,6 +652,7 @@ async fn prepare_and_enqueue(shared: Arc<Shared>, engine: Arc<Engine>, job: NewJ
         progress,
         enqueued: now,
         deadline: now + shared.request_timeout,
+        span: tracing::Span::current(),
     };
     shared.metrics.queue_depth.inc();
     match queue.try_send(job) {
