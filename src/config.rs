@@ -11,6 +11,7 @@ pub struct Config {
     pub host: String,
     pub port: u16,
     pub model: String,
+    pub model_aliases: Vec<String>,
     pub device: String,
     pub precision: String,
     pub http_workers: usize,
@@ -75,6 +76,14 @@ impl Default for Config {
             host: "0.0.0.0".into(),
             port: 8080,
             model: "models/whisper-tiny.en".into(),
+            model_aliases: [
+                "whisper-1",
+                "gpt-4o-transcribe",
+                "gpt-4o-mini-transcribe",
+                "gpt-transcribe",
+            ]
+            .map(String::from)
+            .to_vec(),
             device: "cpu".into(),
             precision: "f32".into(),
             http_workers: 2,
@@ -141,6 +150,10 @@ const DOCS: &[(&str, &str)] = &[
     (
         "model",
         "Model directory (CTranslate2 model.bin or Hugging Face model.safetensors + config.json).",
+    ),
+    (
+        "model_aliases",
+        "Other names a request's `model` may use for the model (by default OpenAI's, so every OpenAI client works unchanged); any name but these and the model's own is answered 404 model_not_found.",
     ),
     (
         "device",

@@ -183,6 +183,7 @@ def checks():
                 ('{"type": "response.create"}', "unknown_event"),
                 ('{"type": "session.update", "session": {"type": "realtime"}}', "invalid_value"),
                 ('{"type": "session.update", "session": {"type": "transcription", "audio": {"input": {"format": {"type": "audio/pcm", "rate": 44100}}}}}', "invalid_value"),
+                ('{"type": "session.update", "session": {"type": "transcription", "audio": {"input": {"transcription": {"model": "no-such-model"}}}}}', "invalid_value"),
             ]:
                 ws.send(bad)
                 d = event()

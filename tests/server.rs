@@ -650,6 +650,61 @@ fn api_keys_and_rate_limit() {
     assert!(header(&r, "retry-after").is_some_and(|v| v.parse::<u64>().unwrap() >= 1));
 }
 
+/// `model` picks by name: the model's own or an alias (OpenAI's names by default); any other
+/// name is OpenAI's 404 `model_not_found`, on every route that takes a model.
+#[test]
+fn model_names_aliases_and_unknown_models() {
+    let s = Server::start(&[]);
+    let listed: Vec<String> = json(&s.get("/v1/models"))["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap().to_string())
+        .collect();
+    let own = listed[0].clone();
+    assert!(own.contains("tiny"), "{listed:?}");
+    for alias in [
+        "whisper-1",
+        "gpt-4o-transcribe",
+        "gpt-4o-mini-transcribe",
+        "gpt-transcribe",
+    ] {
+        assert!(listed.iter().any(|m| m == alias), "{alias}: {listed:?}");
+        assert_eq!(s.get(&format!("/v1/models/{alias}")).0, 200);
+    }
+    let wav = read("eval/jfk.wav");
+    for name in [own.as_str(), "gpt-4o-mini-transcribe", "whisper-1"] {
+        let r = s.post_form(
+            "/v1/audio/transcriptions",
+            Some(("file", &wav)),
+            &[("model", name)],
+            &[],
+        );
+        assert_eq!(r.0, 200, "{name}");
+    }
+    assert_eq!(
+        s.post_form("/transcribe", Some(("file", &wav)), &[], &[]).0,
+        200
+    );
+    for (path, fields) in [
+        (
+            "/v1/audio/transcriptions",
+            vec![("model", "gpt-5-transcribe")],
+        ),
+        ("/v1/audio/translations", vec![("model", "whisper-2")]),
+        ("/transcribe", vec![("model", "large-v3")]),
+        ("/detect-language", vec![("model", "large-v3")]),
+        ("/v1/jobs", vec![("model", "large-v3")]),
+    ] {
+        let r = s.post_form(path, Some(("file", &wav)), &fields, &[]);
+        assert_eq!(r.0, 404, "{path}: {}", String::from_utf8_lossy(&r.2));
+        let e = json(&r);
+        assert_eq!(e["error"]["code"], "model_not_found", "{path}");
+        assert_eq!(e["error"]["param"], "model", "{path}");
+    }
+    assert_eq!(s.get("/v1/models/large-v3").0, 404);
+}
+
 /// The chart's Grafana dashboard and alert rules use only metrics `/metrics` really exports
 /// (`scripts/check_dashboard.py` parses every PromQL expression in them).
 #[test]

@@ -232,6 +232,7 @@ pub async fn create(
         .param("stream"));
     }
     // The options are checked now (a bad one is a 400 here, not a failed job later).
+    routes::check_model(&state, &fields)?;
     routes::parse_options(Api::Native, &fields, &state.defaults)?;
     let job = Job::new(
         owner(&req),

@@ -40,6 +40,8 @@ pub struct AppState {
     max_upload_bytes: usize,
     /// Transcription options from the config, which request fields override.
     defaults: crate::TranscribeOptions,
+    /// Names a request's `model` may use beside the model's own.
+    model_aliases: Vec<String>,
     /// Async jobs (`None` when the job store could not be opened).
     jobs: Option<Arc<jobs::Jobs>>,
     /// Bounds on audio fetched from a URL and on webhook calls.
@@ -327,6 +329,12 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             .map_err(anyhow::Error::msg)?,
         max_upload_bytes: (cfg.max_upload_mb as usize).saturating_mul(1 << 20),
         defaults: cfg.transcribe_defaults(),
+        model_aliases: cfg
+            .model_aliases
+            .iter()
+            .map(|a| a.trim().to_string())
+            .filter(|a| !a.is_empty())
+            .collect(),
         jobs: async_jobs.clone(),
         urls: crate::net::fetch::Limits {
             allow_private: cfg.allow_private_urls,

@@ -111,6 +111,8 @@ struct Conn {
     encoding: Encoding,
     rate: u32,
     model: String,
+    /// The names `transcription.model` may use (the model's own and its aliases).
+    model_names: Vec<String>,
     language: Option<String>,
     prompt: String,
     vad: Option<ServerVad>,
@@ -197,10 +199,18 @@ pub async fn connect(
     let mut defaults = state.defaults.clone();
     // Like /v1 uploads: the committed audio is one block (no VAD chunking), the gate still on.
     defaults.vad.enabled = false;
+    let model_names = shared
+        .engine
+        .get()
+        .map(|e| e.model_name.clone())
+        .into_iter()
+        .chain(state.model_aliases.iter().cloned())
+        .collect();
     let conn = Conn {
         ws,
         shared: shared.clone(),
         defaults,
+        model_names,
         id: format!("sess_{:016x}", rand::random::<u64>()),
         events: 0,
         items: 0,
@@ -509,6 +519,15 @@ impl Conn {
                         "must be a string".to_string(),
                     ))?
                     .to_string();
+                if !self.model_names.contains(&model) {
+                    return Err((
+                        "session.audio.input.transcription.model",
+                        format!(
+                            "the model `{model}` does not exist here; use one of: {}",
+                            self.model_names.join(", ")
+                        ),
+                    ));
+                }
             }
             match tr.get("language") {
                 Some(Value::Null) => language = None,

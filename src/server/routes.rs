@@ -104,8 +104,8 @@ pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
         .body(state.shared.metrics.render())
 }
 
-/// The names a request's `model` may use: the loaded model's, and `whisper-1`, the name every
-/// OpenAI client sends (any name is accepted; these are the ones listed).
+/// The names a request's `model` may use: the loaded model's own, then `model_aliases` (by
+/// default OpenAI's names, so OpenAI clients work unchanged).
 fn model_objects(state: &AppState) -> Vec<super::schema::ModelObject> {
     let created = state.shared.started_unix;
     state
@@ -113,8 +113,8 @@ fn model_objects(state: &AppState) -> Vec<super::schema::ModelObject> {
         .engine
         .get()
         .map(|e| {
-            [e.model_name.as_str(), "whisper-1"]
-                .iter()
+            std::iter::once(&e.model_name)
+                .chain(&state.model_aliases)
                 .map(|id| super::schema::ModelObject {
                     id: id.to_string(),
                     object: "model",
@@ -146,15 +146,41 @@ pub async fn model(
         .into_iter()
         .find(|m| m.id == id.as_str())
         .map(|m| HttpResponse::Ok().json(m))
-        .ok_or_else(|| {
-            ApiError::new(
-                actix_web::http::StatusCode::NOT_FOUND,
-                "invalid_request_error",
-                format!("the model `{id}` does not exist"),
-            )
-            .param("model")
-            .code("model_not_found")
-        })
+        .ok_or_else(|| model_not_found(&id))
+}
+
+fn model_not_found(id: &str) -> ApiError {
+    ApiError::new(
+        actix_web::http::StatusCode::NOT_FOUND,
+        "invalid_request_error",
+        format!("the model `{id}` does not exist (GET /v1/models lists the names this server answers to)"),
+    )
+    .param("model")
+    .code("model_not_found")
+}
+
+/// A request's `model` (field or query; optional) must be the model's name or one of its
+/// aliases: an unknown name is a 404 `model_not_found`, as OpenAI answers it, rather than a
+/// silent answer from a model the caller did not ask for.
+pub(super) fn check_model(
+    state: &AppState,
+    fields: &HashMap<String, String>,
+) -> Result<(), ApiError> {
+    let Some(asked) = fields
+        .get("model")
+        .map(|m| m.trim())
+        .filter(|m| !m.is_empty())
+    else {
+        return Ok(());
+    };
+    let Some(engine) = state.shared.engine.get() else {
+        return Ok(()); // still loading: the request is answered 503 a step later
+    };
+    if asked == engine.model_name || state.model_aliases.iter().any(|a| a == asked) {
+        Ok(())
+    } else {
+        Err(model_not_found(asked))
+    }
 }
 
 /// Which API a request came in through: it decides defaults, allowed formats and body shapes.
@@ -668,6 +694,7 @@ pub async fn detect_language(
     let _in_flight = admit(shared)?;
     let (fields, file) = read_request(&req, body, &state).await?;
     super::schema::check_fields(super::schema::Form::DetectLanguage, &fields)?;
+    check_model(&state, &fields)?;
     let file = file.filter(|f| !f.is_empty()).ok_or_else(|| {
         ApiError::bad_request("no audio: send it in multipart field `file`")
             .param("file")
@@ -763,6 +790,7 @@ async fn handle_inner(
     // Query parameters first, form fields override them.
     let (fields, file) = read_request(&req, body, &state).await?;
     super::schema::check_fields(super::schema::Form::Transcription, &fields)?;
+    check_model(&state, &fields)?;
     let url = fields.get("url").filter(|u| !u.trim().is_empty());
     let (options, format) = parse_options(api, &fields, &state.defaults)?;
     let file = match (file, url) {

@@ -24,7 +24,8 @@ pub struct TranscriptionForm {
     /// Audio to fetch instead of `file` (http/https, public addresses only unless the operator
     /// allows private ones).
     url: Option<String>,
-    /// Accepted for OpenAI compatibility; the loaded model answers.
+    /// The model's name or an alias (`GET /v1/models`; OpenAI's names by default); another name
+    /// is 404 `model_not_found`.
     model: Option<String>,
     /// ISO-639-1 language of the audio; detected when absent.
     language: Option<String>,
@@ -105,6 +106,8 @@ pub struct JobForm {
 pub struct DetectLanguageForm {
     #[schema(content_media_type = "application/octet-stream")]
     file: Vec<u8>,
+    /// The model's name or an alias (`GET /v1/models`).
+    model: Option<String>,
     /// Languages to choose among.
     #[serde(rename = "languages[]")]
     languages: Option<Vec<String>>,
