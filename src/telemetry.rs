@@ -57,11 +57,11 @@ pub fn traces_url(endpoint: &str) -> Result<String, TelemetryError> {
     if !matches!(u.scheme(), "http" | "https") || u.host_str().is_none() {
         return Err(TelemetryError::Endpoint(endpoint.into()));
     }
-    Ok(if u.path() == "/" || u.path().is_empty() {
-        format!("{}/v1/traces", endpoint.trim_end_matches('/'))
-    } else {
-        endpoint.to_string()
-    })
+    let mut u = u;
+    if u.path() == "/" || u.path().is_empty() {
+        u.set_path("/v1/traces");
+    }
+    Ok(u.to_string())
 }
 
 /// Log to stderr at `level` (`RUST_LOG` overrides), as `text` or `json` lines; with `otlp`,
@@ -94,6 +94,19 @@ pub fn init(
     };
     // A second init (tests, or a library user with its own subscriber) keeps the first.
     let _ = tracing_subscriber::registry().with(layers).try_init();
+    if let Some(o) = otlp {
+        // Logged once the subscriber is up; without credentials a URL may carry.
+        let shown = url::Url::parse(&traces_url(&o.endpoint)?).map_or_else(
+            |_| String::new(),
+            |mut u| {
+                let _ = u.set_username("");
+                let _ = u.set_password(None);
+                u.set_query(None);
+                u.to_string()
+            },
+        );
+        tracing::info!(endpoint = %shown, sample_ratio = o.sample_ratio, "exporting traces over OTLP/HTTP");
+    }
     Ok(Telemetry { provider })
 }
 
@@ -152,7 +165,6 @@ fn otlp_layer(
         .with_tracer(tracer)
         .with_filter(filter)
         .boxed();
-    tracing::info!(endpoint = %url, sample_ratio = ratio, "exporting traces over OTLP/HTTP");
     Ok((layer, provider))
 }
 
@@ -240,6 +252,10 @@ mod tests {
         assert_eq!(
             traces_url("https://otel.example/custom/traces").unwrap(),
             "https://otel.example/custom/traces"
+        );
+        assert_eq!(
+            traces_url("http://c:4318/?tenant=a").unwrap(),
+            "http://c:4318/v1/traces?tenant=a"
         );
         assert!(traces_url("collector:4318").is_err());
         assert!(traces_url("ftp://collector").is_err());

@@ -98,3 +98,53 @@ print("drain ok")
     );
     assert!(s.child.wait().unwrap().success());
 }
+
+/// A session opened with a key that is then removed from `api_keys_file` is closed within
+/// seconds (an `invalid_api_key` error event, then close code 1008), not left open until its
+/// 30-minute limit.
+#[test]
+fn a_revoked_key_closes_its_open_session() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let python = root().join(".venv/bin/python");
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("keys");
+    std::fs::write(&keys, "doomed-key\nother-key\n").unwrap();
+    let s = Server::start(&[("WHISPERD_API_KEYS_FILE", keys.to_str().unwrap())]);
+    let script = r#"
+import json, os, sys, time
+import websockets.sync.client as wsc
+addr, keys = sys.argv[1], sys.argv[2]
+with wsc.connect(f"ws://{addr}/v1/realtime?intent=transcription",
+                 additional_headers={"Authorization": "Bearer doomed-key"}) as ws:
+    assert json.loads(ws.recv(timeout=30))["type"] == "session.created"
+    with open(keys + ".new", "w") as f:
+        f.write("other-key\n")
+    os.rename(keys + ".new", keys)
+    t0 = time.monotonic()
+    seen, code = [], None
+    try:
+        while True:
+            seen.append(json.loads(ws.recv(timeout=15)))
+    except Exception as e:
+        code = getattr(getattr(e, "rcvd", None), "code", None)
+    took = time.monotonic() - t0
+    assert any(d["type"] == "error" and d["error"]["code"] == "invalid_api_key" for d in seen), seen
+    assert code == 1008, (code, seen)
+    assert took < 10, took
+print("revoked ok")
+"#;
+    let out = std::process::Command::new(&python)
+        .args(["-c", script])
+        .arg(&s.addr)
+        .arg(&keys)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("revoked ok"),
+        "{}\n{}\nserver log:\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        s.log()
+    );
+    assert_eq!(s.metric("whisperd_realtime_sessions_open"), 0.0);
+}

@@ -821,6 +821,11 @@ fn api_keys_file_is_reloaded_without_a_restart() {
         std::thread::sleep(Duration::from_millis(100));
     }
     assert_eq!(models("new-key"), 401);
+    assert!(
+        s.log().contains("by_signal=true"),
+        "the reload came from the 2-s poll, not SIGHUP:\n{}",
+        s.log()
+    );
     assert_eq!(s.get("/health").0, 200, "SIGHUP must not stop the server");
 
     // A broken file keeps the keys in force, and says so.

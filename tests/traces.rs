@@ -173,6 +173,42 @@ fn a_transcription_exports_its_span_tree_over_otlp() {
         "too many spans for 11 s of audio: {names:?}"
     );
 
+    // A streamed request's span lasts until its last event: it encloses the transcription.
+    let streamed = "0af7651916cd43dd8448eb211c80319c";
+    let (ct, body) = multipart(
+        Some((
+            "file",
+            &read("eval/librispeech/test-clean/237-134500-0001.flac"),
+        )),
+        &[("stream", "true")],
+    );
+    let r = request(
+        &s.addr,
+        "POST",
+        "/transcribe",
+        &[
+            ("Content-Type", &ct),
+            ("traceparent", &format!("00-{streamed}-{caller}-01")),
+        ],
+        &body,
+    );
+    assert_eq!(r.0, 200);
+    assert!(String::from_utf8_lossy(&r.2).contains("event: transcript"));
+    let tree = wait_for_trace(&rx, streamed);
+    let end = |n: &str| {
+        tree.iter()
+            .find(|s| role(s) == n)
+            .and_then(|s| s["end_ns"].as_u64())
+            .unwrap_or_else(|| panic!("no {n} span in the streamed trace"))
+    };
+    assert!(
+        end("request") >= end("transcribe"),
+        "the streamed request's span ended before its transcription: {:?}",
+        tree.iter()
+            .map(|s| format!("{} {}..{}", role(s), s["start_ns"], s["end_ns"]))
+            .collect::<Vec<_>>()
+    );
+
     // Without a traceparent a request starts its own trace; probes are not traced.
     assert_eq!(s.get("/health").0, 200);
     assert_eq!(s.get("/v1/models").0, 200);

@@ -33,7 +33,9 @@ pub struct KeysFileError {
 
 /// The keys in a keys file: one per line, blank lines and `#` comments skipped.
 pub fn parse_key_lines(text: &str) -> impl Iterator<Item = String> + '_ {
-    text.lines()
+    // Editors on some systems start a UTF-8 file with a byte-order mark; it is not part of a key.
+    text.trim_start_matches('\u{feff}')
+        .lines()
         .map(str::trim)
         .filter(|l| !l.is_empty() && !l.starts_with('#'))
         .map(String::from)
@@ -93,7 +95,11 @@ impl ApiKeys {
             return Ok(None);
         }
         let mut keys = self.fixed.clone();
-        keys.extend(parse_key_lines(&text));
+        for k in parse_key_lines(&text) {
+            if !keys.contains(&k) {
+                keys.push(k);
+            }
+        }
         let n = keys.len();
         *current = (Arc::new(keys), Some(text));
         Ok(Some(n))
@@ -248,7 +254,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("whisperd-keys-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("keys");
-        std::fs::write(&path, "# team a\nalpha\n\n  beta  \n").unwrap();
+        std::fs::write(&path, "\u{feff}# team a\nalpha\n\n  beta  \nalpha\n").unwrap();
         let keys = ApiKeys::load(&["fixed".into(), " ".into()], path.to_str().unwrap()).unwrap();
         assert!(keys.enabled());
         assert_eq!(*keys.snapshot(), ["fixed", "alpha", "beta"]);

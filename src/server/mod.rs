@@ -208,6 +208,18 @@ async fn edge(
     // the caller's when it sent a W3C `traceparent`.
     let span = if matches!(route.as_str(), "/health" | "/ready" | "/metrics") {
         tracing::Span::none()
+    } else if early.is_some() {
+        // Refused before any work (bad key, rate limit): a caller's traceparent is not
+        // followed, so an anonymous client cannot force traces past otlp_sample_ratio.
+        tracing::info_span!(
+            "request",
+            otel.name = %format!("{method} {route}"),
+            otel.kind = "server",
+            request_id = %id,
+            http.route = %route,
+            http.response.status_code = tracing::field::Empty,
+            otel.status_code = tracing::field::Empty,
+        )
     } else {
         let span = tracing::info_span!(
             "request",

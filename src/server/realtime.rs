@@ -113,6 +113,9 @@ struct Conn {
     model: String,
     /// The names `transcription.model` may use (the model's own and its aliases).
     model_names: Vec<String>,
+    /// The key set and the SHA-256 of the key this session was opened with: a session whose key
+    /// is removed from `api_keys_file` is closed (checked every 2 s).
+    key: Option<(Arc<super::auth::ApiKeys>, String)>,
     language: Option<String>,
     prompt: String,
     vad: Option<ServerVad>,
@@ -199,25 +202,35 @@ pub async fn connect(
     let mut defaults = state.defaults.clone();
     // Like /v1 uploads: the committed audio is one block (no VAD chunking), the gate still on.
     defaults.vad.enabled = false;
-    let model_names = shared
+    let model_names: Vec<String> = shared
         .engine
         .get()
         .map(|e| e.model_name.clone())
         .into_iter()
         .chain(state.model_aliases.iter().cloned())
         .collect();
+    let key = client
+        .strip_prefix("key:")
+        .filter(|_| state.api_keys.enabled())
+        .map(|hash| (state.api_keys.clone(), hash.to_string()));
     let conn = Conn {
         ws,
         shared: shared.clone(),
         defaults,
+        model: model_names
+            .iter()
+            .find(|m| *m == "whisper-1")
+            .or(model_names.first())
+            .cloned()
+            .unwrap_or_default(),
         model_names,
+        key,
         id: format!("sess_{:016x}", rand::random::<u64>()),
         events: 0,
         items: 0,
         configured: false,
         encoding: Encoding::Pcm16,
         rate: 24_000,
-        model: "whisper-1".into(),
         language: None,
         prompt: String::new(),
         vad: None,
@@ -236,16 +249,21 @@ pub async fn connect(
         committed: std::collections::HashMap::new(),
     };
     let limits = state.realtime;
-    actix_web::rt::spawn(async move {
-        let _permit = permit;
-        shared.metrics.realtime_sessions_open.inc();
-        let t0 = Instant::now();
-        let id = conn.id.clone();
-        tracing::info!(session = %id, "realtime session opened");
-        let reason = conn.run(msgs, limits).await;
-        shared.metrics.realtime_sessions_open.dec();
-        tracing::info!(session = %id, seconds = t0.elapsed().as_secs_f64(), reason, "realtime session closed");
-    });
+    // The session's work (every pass over its audio) belongs to one trace, under the upgrade request.
+    let span = tracing::info_span!("realtime_session", session = %conn.id);
+    actix_web::rt::spawn(tracing::Instrument::instrument(
+        async move {
+            let _permit = permit;
+            shared.metrics.realtime_sessions_open.inc();
+            let t0 = Instant::now();
+            let id = conn.id.clone();
+            tracing::info!(session = %id, "realtime session opened");
+            let reason = conn.run(msgs, limits).await;
+            shared.metrics.realtime_sessions_open.dec();
+            tracing::info!(session = %id, seconds = t0.elapsed().as_secs_f64(), reason, "realtime session closed");
+        },
+        span,
+    ));
     Ok(response)
 }
 
@@ -271,6 +289,21 @@ impl Conn {
             let draining = async {
                 while !shared.draining.load(std::sync::atomic::Ordering::SeqCst) {
                     tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            };
+            let revoked = async {
+                match &self.key {
+                    Some((keys, hash)) => loop {
+                        tokio::time::sleep(Duration::from_secs(2)).await;
+                        let still = keys
+                            .snapshot()
+                            .iter()
+                            .any(|k| crate::cache::audio_hash(k.as_bytes()) == *hash);
+                        if !still {
+                            break;
+                        }
+                    },
+                    None => std::future::pending().await,
                 }
             };
             let partial = async {
@@ -318,6 +351,12 @@ impl Conn {
                     }
                 }
                 _ = draining => return self.drain().await,
+                _ = revoked => {
+                    tracing::warn!(session = %self.id, "the session's API key was removed: closing it");
+                    let _ = self.error(None, invalid("invalid_api_key", "this session's API key was revoked"), None).await;
+                    let _ = self.ws.close(Some(CloseReason { code: CloseCode::Policy, description: Some("API key revoked".into()) })).await;
+                    return "API key revoked";
+                }
                 _ = tokio::time::sleep_until(idle) => {
                     let _ = self.error(None, invalid("idle_timeout", format!("no message for {} s: closing the session", limits.idle_timeout.as_secs())), None).await;
                     let _ = self.ws.close(Some(CloseReason { code: CloseCode::Normal, description: Some("idle timeout".into()) })).await;
@@ -519,6 +558,7 @@ impl Conn {
                         "must be a string".to_string(),
                     ))?
                     .to_string();
+                model = model.trim().to_string();
                 if !self.model_names.contains(&model) {
                     return Err((
                         "session.audio.input.transcription.model",

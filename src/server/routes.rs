@@ -114,7 +114,7 @@ fn model_objects(state: &AppState) -> Vec<super::schema::ModelObject> {
         .get()
         .map(|e| {
             std::iter::once(&e.model_name)
-                .chain(&state.model_aliases)
+                .chain(state.model_aliases.iter().filter(|a| **a != e.model_name))
                 .map(|id| super::schema::ModelObject {
                     id: id.to_string(),
                     object: "model",

@@ -61,6 +61,10 @@ struct Sse {
     texted: bool,
     admitted: Instant,
     done: bool,
+    /// The request's span, entered while each event is produced: a span ends when it is last
+    /// exited, so a streamed request's trace covers the whole transcription, not just the moment
+    /// the headers went out.
+    span: tracing::Span,
 }
 
 /// The `text/event-stream` response for `pending`.
@@ -95,9 +99,11 @@ pub fn response(
         texted: false,
         admitted,
         done: false,
+        span: tracing::Span::current(),
     };
     let body = futures_util::stream::unfold(sse, |mut sse| async move {
-        let chunk = sse.next_chunk().await?;
+        let span = sse.span.clone();
+        let chunk = tracing::Instrument::instrument(sse.next_chunk(), span).await?;
         Some((Ok::<Bytes, Infallible>(chunk), sse))
     });
     HttpResponse::Ok()
