@@ -335,14 +335,24 @@ fn openai_fields_usage_logprobs_languages_keywords_models() {
     assert_eq!((r.0, header(&r, "x-cache")), (200, Some("miss")));
     let r = post("/transcribe", &[]);
     assert_eq!(header(&r, "x-cache"), Some("miss"));
-    // Models: whisper-1 is listed and can be fetched; an unknown one is a 404.
+    // Models: the model and its aliases (OpenAI's names) are listed and can be fetched; an
+    // unknown one is a 404.
     let ids: Vec<String> = json(&s.get("/v1/models"))["data"]
         .as_array()
         .unwrap()
         .iter()
         .map(|m| m["id"].as_str().unwrap().to_string())
         .collect();
-    assert_eq!(ids, vec!["whisper-tiny.en", "whisper-1"]);
+    assert_eq!(
+        ids,
+        vec![
+            "whisper-tiny.en",
+            "whisper-1",
+            "gpt-4o-transcribe",
+            "gpt-4o-mini-transcribe",
+            "gpt-transcribe"
+        ]
+    );
     let m = s.get("/v1/models/whisper-1");
     assert_eq!((m.0, json(&m)["object"].as_str()), (200, Some("model")));
     assert_eq!(s.get("/v1/models/gpt-9").0, 404);
