@@ -73,6 +73,36 @@ pub enum ModelError {
     },
     #[error("tensor computation failed: {0}")]
     Candle(#[from] candle_core::Error),
+    #[error("precision {precision:?} cannot run on {device}: {why}")]
+    Numerics {
+        precision: Precision,
+        device: String,
+        why: &'static str,
+    },
+}
+
+/// Refuse a precision the device cannot run, before any weight is converted: q8's quantized
+/// projections and integer/AMX encoder are CPU kernels, so on a GPU they would silently run on
+/// the host, copying activations back and forth every layer.
+pub fn check_numerics(precision: Precision, device: &Device) -> Result<(), ModelError> {
+    numerics_allowed(precision, device.is_cpu(), || {
+        format!("{:?}", device.location())
+    })
+}
+
+fn numerics_allowed(
+    precision: Precision,
+    on_cpu: bool,
+    device: impl FnOnce() -> String,
+) -> Result<(), ModelError> {
+    if precision == Precision::Q8 && !on_cpu {
+        return Err(ModelError::Numerics {
+            precision,
+            device: device(),
+            why: "q8 runs on the CPU only; use precision = f32 on a GPU",
+        });
+    }
+    Ok(())
 }
 
 /// A loaded Whisper model: encoder and decoder on one device.
@@ -101,6 +131,7 @@ impl Whisper {
         device: &Device,
         precision: Precision,
     ) -> Result<Self, ModelError> {
+        check_numerics(precision, device)?;
         let dims = w.dims()?;
         // q8 is the lossy, fast setting: its encoder runs in bf16 on AMX where the CPU has it,
         // else in integers (10-bit weights) on AVX2.
@@ -214,6 +245,17 @@ pub(crate) fn test_max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn q8_is_refused_off_the_cpu() {
+        assert!(check_numerics(Precision::Q8, &Device::Cpu).is_ok());
+        assert!(check_numerics(Precision::F32, &Device::Cpu).is_ok());
+        assert!(numerics_allowed(Precision::F32, false, || "Cuda".into()).is_ok());
+        let e = numerics_allowed(Precision::Q8, false, || "Cuda { gpu_id: 0 }".into())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("CPU only") && e.contains("Cuda"), "{e}");
+    }
 
     fn dims() -> ModelDims {
         ModelDims {
