@@ -208,18 +208,6 @@ async fn edge(
     // the caller's when it sent a W3C `traceparent`.
     let span = if matches!(route.as_str(), "/health" | "/ready" | "/metrics") {
         tracing::Span::none()
-    } else if early.is_some() {
-        // Refused before any work (bad key, rate limit): a caller's traceparent is not
-        // followed, so an anonymous client cannot force traces past otlp_sample_ratio.
-        tracing::info_span!(
-            "request",
-            otel.name = %format!("{method} {route}"),
-            otel.kind = "server",
-            request_id = %id,
-            http.route = %route,
-            http.response.status_code = tracing::field::Empty,
-            otel.status_code = tracing::field::Empty,
-        )
     } else {
         let span = tracing::info_span!(
             "request",
@@ -231,8 +219,12 @@ async fn edge(
             http.response.status_code = tracing::field::Empty,
             otel.status_code = tracing::field::Empty,
         );
-        let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
-        crate::telemetry::continue_trace(&span, header("traceparent"), header("tracestate"));
+        // A request refused before any work (bad key, rate limit) does not follow the caller's
+        // traceparent, so an anonymous client cannot force traces past otlp_sample_ratio.
+        if early.is_none() {
+            let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
+            crate::telemetry::continue_trace(&span, header("traceparent"), header("tracestate"));
+        }
         span
     };
 

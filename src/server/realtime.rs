@@ -202,13 +202,7 @@ pub async fn connect(
     let mut defaults = state.defaults.clone();
     // Like /v1 uploads: the committed audio is one block (no VAD chunking), the gate still on.
     defaults.vad.enabled = false;
-    let model_names: Vec<String> = shared
-        .engine
-        .get()
-        .map(|e| e.model_name.clone())
-        .into_iter()
-        .chain(state.model_aliases.iter().cloned())
-        .collect();
+    let model_names = super::routes::model_names(&state);
     let key = client
         .strip_prefix("key:")
         .filter(|_| state.api_keys.enabled())

@@ -105,9 +105,8 @@ pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
 }
 
 /// The names a request's `model` may use: the loaded model's own, then `model_aliases` (by
-/// default OpenAI's names, so OpenAI clients work unchanged).
-fn model_objects(state: &AppState) -> Vec<super::schema::ModelObject> {
-    let created = state.shared.started_unix;
+/// default OpenAI's names, so OpenAI clients work unchanged). Empty while the model loads.
+pub(super) fn model_names(state: &AppState) -> Vec<String> {
     state
         .shared
         .engine
@@ -115,15 +114,23 @@ fn model_objects(state: &AppState) -> Vec<super::schema::ModelObject> {
         .map(|e| {
             std::iter::once(&e.model_name)
                 .chain(state.model_aliases.iter().filter(|a| **a != e.model_name))
-                .map(|id| super::schema::ModelObject {
-                    id: id.to_string(),
-                    object: "model",
-                    created,
-                    owned_by: "whisperd",
-                })
+                .cloned()
                 .collect()
         })
         .unwrap_or_default()
+}
+
+fn model_objects(state: &AppState) -> Vec<super::schema::ModelObject> {
+    let created = state.shared.started_unix;
+    model_names(state)
+        .into_iter()
+        .map(|id| super::schema::ModelObject {
+            id,
+            object: "model",
+            created,
+            owned_by: "whisperd",
+        })
+        .collect()
 }
 
 /// The models a request's `model` may name (OpenAI's `ListModelsResponse`).
@@ -173,10 +180,9 @@ pub(super) fn check_model(
     else {
         return Ok(());
     };
-    let Some(engine) = state.shared.engine.get() else {
-        return Ok(()); // still loading: the request is answered 503 a step later
-    };
-    if asked == engine.model_name || state.model_aliases.iter().any(|a| a == asked) {
+    let names = model_names(state);
+    // Empty while the model loads: the request is answered 503 a step later.
+    if names.is_empty() || names.iter().any(|n| n == asked) {
         Ok(())
     } else {
         Err(model_not_found(asked))
