@@ -11,7 +11,10 @@ pub struct Config {
     pub host: String,
     pub port: u16,
     pub model: String,
+    pub models: Vec<String>,
     pub model_aliases: Vec<String>,
+    pub model_ttl_s: u64,
+    pub models_memory_mb: u64,
     pub device: String,
     pub precision: String,
     pub http_workers: usize,
@@ -76,6 +79,7 @@ impl Default for Config {
             host: "0.0.0.0".into(),
             port: 8080,
             model: "models/whisper-tiny.en".into(),
+            models: Vec::new(),
             model_aliases: [
                 "whisper-1",
                 "gpt-4o-transcribe",
@@ -84,6 +88,8 @@ impl Default for Config {
             ]
             .map(String::from)
             .to_vec(),
+            model_ttl_s: 0,
+            models_memory_mb: 0,
             device: "cpu".into(),
             precision: "f32".into(),
             http_workers: 2,
@@ -152,8 +158,20 @@ const DOCS: &[(&str, &str)] = &[
         "Model directory (CTranslate2 model.bin or Hugging Face model.safetensors + config.json).",
     ),
     (
+        "models",
+        "Several model directories served by one process (`serve` only), e.g. [\"models/whisper-tiny.en\", \"models/whisper-base\"]: a request's `model` picks one by its directory's name; the first is the default and loads at start, the others on first use. Empty: just `model`.",
+    ),
+    (
         "model_aliases",
-        "Other names a request's `model` may use for the model (by default OpenAI's, so every OpenAI client works unchanged); any name but these and the model's own is answered 404 model_not_found.",
+        "Other names a request's `model` may use for the default model (by default OpenAI's, so every OpenAI client works unchanged); any name but these and the models' own is answered 404 model_not_found.",
+    ),
+    (
+        "model_ttl_s",
+        "Unload a model no request has used for this many seconds (it loads again on its next request); 0 = keep models loaded.",
+    ),
+    (
+        "models_memory_mb",
+        "Memory budget for loaded models (each counted as about 3.4x its weight file, /info shows the figure): loading one past it first unloads the idle model used longest ago; when every loaded model is busy the request gets 503 with Retry-After. 0 = no budget.",
     ),
     (
         "device",
@@ -483,6 +501,22 @@ impl Config {
             return Err(ConfigError::Invalid(format!("{name}: {msg}")));
         }
         Ok(())
+    }
+
+    /// The model directories `serve` runs, the default first: `models`, or else `model`.
+    pub fn model_dirs(&self) -> Vec<std::path::PathBuf> {
+        let dirs: Vec<std::path::PathBuf> = self
+            .models
+            .iter()
+            .map(|m| m.trim())
+            .filter(|m| !m.is_empty())
+            .map(std::path::PathBuf::from)
+            .collect();
+        if dirs.is_empty() {
+            vec![self.model.clone().into()]
+        } else {
+            dirs
+        }
     }
 
     /// The transcription options a request starts from (its fields override them).

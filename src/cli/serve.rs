@@ -19,6 +19,16 @@ pub struct ServeArgs {
     /// Model directory.
     #[arg(long)]
     model: Option<String>,
+    /// Several model directories, comma-separated (the first is the default; a request's
+    /// `model` picks one by its directory name).
+    #[arg(long, value_delimiter = ',')]
+    models: Option<Vec<String>>,
+    /// Unload a model idle this many seconds (0 = never).
+    #[arg(long)]
+    model_ttl_s: Option<u64>,
+    /// Memory budget for loaded models in MB (0 = none).
+    #[arg(long)]
+    models_memory_mb: Option<u64>,
     /// Compute threads (0 = one per core).
     #[arg(long)]
     threads: Option<usize>,
@@ -52,6 +62,15 @@ pub fn effective_config(args: &ServeArgs) -> anyhow::Result<Config> {
     }
     if let Some(m) = &args.model {
         cfg.model = m.clone();
+    }
+    if let Some(m) = &args.models {
+        cfg.models = m.clone();
+    }
+    if let Some(t) = args.model_ttl_s {
+        cfg.model_ttl_s = t;
+    }
+    if let Some(m) = args.models_memory_mb {
+        cfg.models_memory_mb = m;
     }
     if let Some(d) = &args.device {
         cfg.device = d.clone();

@@ -232,7 +232,7 @@ pub async fn create(
         .param("stream"));
     }
     // The options are checked now (a bad one is a 400 here, not a failed job later).
-    routes::check_model(&state, &fields)?;
+    routes::pick_model(&state, &fields)?;
     routes::parse_options(Api::Native, &fields, &state.defaults)?;
     let job = Job::new(
         owner(&req),
@@ -561,6 +561,11 @@ async fn run(state: &AppState, jobs: &Jobs, job: &Job) -> RunEnd {
         Ok((o, _)) => o,
         Err(e) => return failed(e),
     };
+    // (Checked when the job was created; a model since dropped from the config fails it.)
+    let model = match routes::pick_model(state, &fields) {
+        Ok(m) => m,
+        Err(e) => return failed(e),
+    };
     let audio = match &job.request.url {
         Some(u) => audio_from_url(state, u).await,
         None => match jobs.store.audio(&job.id).await {
@@ -582,7 +587,8 @@ async fn run(state: &AppState, jobs: &Jobs, job: &Job) -> RunEnd {
     // busy, not the job failing: try again while the job is still wanted, for up to 10 minutes.
     let t0 = std::time::Instant::now();
     loop {
-        let result = match worker::submit(&state.shared, audio.clone(), options.clone()).await {
+        let submitted = worker::submit(&state.shared, model, audio.clone(), options.clone()).await;
+        let result = match submitted.map(|(p, _)| p) {
             Ok(worker::Pending::Hit(t)) => Ok(t),
             Ok(worker::Pending::Job { rx, .. }) => match wait(jobs, &job.id, rx).await {
                 Some(r) => r,

@@ -1,7 +1,7 @@
 //! Prometheus metrics of the service (`GET /metrics`).
 
 use prometheus::{
-    exponential_buckets, Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter,
+    exponential_buckets, Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter,
     IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
@@ -10,9 +10,9 @@ pub struct Metrics {
     pub requests: IntCounterVec,
     pub request_seconds: HistogramVec,
     pub queue_wait_seconds: Histogram,
-    pub inference_seconds: Histogram,
-    pub realtime_factor: Histogram,
-    pub audio_seconds: prometheus::Counter,
+    pub inference_seconds: HistogramVec,
+    pub realtime_factor: HistogramVec,
+    pub audio_seconds: prometheus::CounterVec,
     pub client_audio_seconds: prometheus::CounterVec,
     pub decoded_tokens: IntCounter,
     pub queue_depth: IntGauge,
@@ -23,8 +23,16 @@ pub struct Metrics {
     pub cache_coalesced: IntCounter,
     pub cache_entries: IntGauge,
     pub cache_bytes: IntGauge,
-    pub model_load_seconds: Gauge,
+    pub model_load_seconds: GaugeVec,
     pub build_info: IntGaugeVec,
+    /// Per model: in memory now (1/0), its memory estimate while loaded, loads by result,
+    /// unloads by reason (`idle`: model_ttl_s; `evicted`: room for another under
+    /// models_memory_mb), and loads refused because every loaded model was busy.
+    pub model_loaded: IntGaugeVec,
+    pub model_memory_bytes: IntGaugeVec,
+    pub model_loads: IntCounterVec,
+    pub model_unloads: IntCounterVec,
+    pub model_load_refused: IntCounterVec,
     pub scheduler: crate::scheduler::SchedulerMetrics,
     /// Redis and the shared cache.
     pub cluster: crate::cluster::ClusterMetrics,
@@ -79,20 +87,25 @@ impl Metrics {
                 )
                 .buckets(latency.clone()),
             )?,
-            inference_seconds: Histogram::with_opts(
-                HistogramOpts::new("whisperd_inference_seconds", "Model time per job")
+            inference_seconds: HistogramVec::new(
+                HistogramOpts::new("whisperd_inference_seconds", "Model time per job, by model")
                     .buckets(latency),
+                &["model"],
             )?,
-            realtime_factor: Histogram::with_opts(
+            realtime_factor: HistogramVec::new(
                 HistogramOpts::new(
                     "whisperd_realtime_factor",
-                    "Inference seconds per audio second",
+                    "Inference seconds per audio second, by model",
                 )
                 .buckets(exponential_buckets(0.005, 2.0, 12)?),
+                &["model"],
             )?,
-            audio_seconds: prometheus::Counter::new(
-                "whisperd_audio_seconds_total",
-                "Seconds of audio transcribed",
+            audio_seconds: prometheus::CounterVec::new(
+                Opts::new(
+                    "whisperd_audio_seconds_total",
+                    "Seconds of audio transcribed, by model",
+                ),
+                &["model"],
             )?,
             client_audio_seconds: prometheus::CounterVec::new(
                 Opts::new(
@@ -114,8 +127,11 @@ impl Metrics {
                 "Transcription requests being handled",
             )?,
             jobs: IntCounterVec::new(
-                Opts::new("whisperd_inference_jobs_total", "Inference jobs by result"),
-                &["result"],
+                Opts::new(
+                    "whisperd_inference_jobs_total",
+                    "Inference jobs by model and result",
+                ),
+                &["model", "result"],
             )?,
             cache_hits: IntCounter::new(
                 "whisperd_cache_hits_total",
@@ -137,9 +153,41 @@ impl Metrics {
                 "whisperd_cache_bytes",
                 "Approximate bytes held by the result cache",
             )?,
-            model_load_seconds: Gauge::new(
-                "whisperd_model_load_seconds",
-                "Seconds the model took to load",
+            model_load_seconds: GaugeVec::new(
+                Opts::new(
+                    "whisperd_model_load_seconds",
+                    "Seconds each model's last load took",
+                ),
+                &["model"],
+            )?,
+            model_loaded: IntGaugeVec::new(
+                Opts::new("whisperd_model_loaded", "1 while the model is in memory"),
+                &["model"],
+            )?,
+            model_memory_bytes: IntGaugeVec::new(
+                Opts::new(
+                    "whisperd_model_memory_bytes",
+                    "Memory the model is estimated to take while loaded (what models_memory_mb counts)",
+                ),
+                &["model"],
+            )?,
+            model_loads: IntCounterVec::new(
+                Opts::new("whisperd_model_loads_total", "Model loads by result (ok, error)"),
+                &["model", "result"],
+            )?,
+            model_unloads: IntCounterVec::new(
+                Opts::new(
+                    "whisperd_model_unloads_total",
+                    "Model unloads by reason (idle: model_ttl_s; evicted: room for another model under models_memory_mb)",
+                ),
+                &["model", "reason"],
+            )?,
+            model_load_refused: IntCounterVec::new(
+                Opts::new(
+                    "whisperd_model_load_refused_total",
+                    "Requests answered 503 because their model was not loaded and every loaded model was busy",
+                ),
+                &["model"],
             )?,
             build_info: IntGaugeVec::new(
                 Opts::new("whisperd_build_info", "Build and model information"),
@@ -243,6 +291,13 @@ impl Metrics {
         m.registry
             .register(Box::new(m.model_load_seconds.clone()))?;
         m.registry.register(Box::new(m.build_info.clone()))?;
+        m.registry.register(Box::new(m.model_loaded.clone()))?;
+        m.registry
+            .register(Box::new(m.model_memory_bytes.clone()))?;
+        m.registry.register(Box::new(m.model_loads.clone()))?;
+        m.registry.register(Box::new(m.model_unloads.clone()))?;
+        m.registry
+            .register(Box::new(m.model_load_refused.clone()))?;
         m.registry.register(Box::new(m.fallbacks.clone()))?;
         m.registry
             .register(Box::new(m.vad_speech_seconds.clone()))?;

@@ -6,6 +6,7 @@ mod disconnect;
 mod error;
 mod jobs;
 mod metrics;
+mod models;
 mod realtime;
 mod routes;
 mod schema;
@@ -40,8 +41,6 @@ pub struct AppState {
     max_upload_bytes: usize,
     /// Transcription options from the config, which request fields override.
     defaults: crate::TranscribeOptions,
-    /// Names a request's `model` may use beside the model's own.
-    model_aliases: Vec<String>,
     /// Async jobs (`None` when the job store could not be opened).
     jobs: Option<Arc<jobs::Jobs>>,
     /// Bounds on audio fetched from a URL and on webhook calls.
@@ -55,6 +54,8 @@ struct StaticInfo {
     precision: String,
     batch_size: usize,
     max_queued_jobs: u64,
+    models_memory_mb: u64,
+    model_ttl_s: u64,
     cache_on: bool,
     ui: bool,
 }
@@ -292,7 +293,9 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         crate::cluster::cache::SharedCache::new(l.clone(), Duration::from_secs(cfg.cache_ttl_s))
     });
     let async_jobs = open_job_store(&cfg, link.clone());
+    let models = open_models(&cfg)?;
     let shared = worker::Shared::new(
+        models,
         ResultCache::new(
             cfg.cache_entries,
             (cfg.cache_mb as usize).saturating_mul(1 << 20),
@@ -303,22 +306,13 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         Duration::from_secs(cfg.request_timeout_s),
         cfg.max_audio_s,
     );
-    let device = crate::engine::select_device(&cfg.device)?;
-    let precision = cfg.precision.parse().map_err(anyhow::Error::msg)?;
-    worker::start(
-        shared.clone(),
-        worker::InferenceConfig {
-            model_dir: cfg.model.clone().into(),
-            device,
-            precision,
-            vad_model: (!cfg.vad_model.is_empty()).then(|| cfg.vad_model.clone().into()),
-            vad_required: cfg.vad,
-            scheduler: crate::scheduler::SchedulerConfig {
-                max_batch: cfg.batch_size,
-                max_wait: Duration::from_millis(cfg.batch_wait_ms),
-            },
-        },
-    );
+    shared
+        .metrics
+        .build_info
+        .with_label_values(&[env!("CARGO_PKG_VERSION"), &shared.models.specs()[0].name])
+        .set(1);
+    models::load_default(shared.clone());
+    actix_web::rt::spawn(models::unload_idle(shared.clone()));
     let state = web::Data::new(AppState {
         shared: shared.clone(),
         api_keys: api_keys.clone(),
@@ -333,12 +327,6 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             .map_err(anyhow::Error::msg)?,
         max_upload_bytes: (cfg.max_upload_mb as usize).saturating_mul(1 << 20),
         defaults: cfg.transcribe_defaults(),
-        model_aliases: cfg
-            .model_aliases
-            .iter()
-            .map(|a| a.trim().to_string())
-            .filter(|a| !a.is_empty())
-            .collect(),
         jobs: async_jobs.clone(),
         urls: crate::net::fetch::Limits {
             allow_private: cfg.allow_private_urls,
@@ -350,6 +338,8 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             precision: cfg.precision.clone(),
             batch_size: cfg.batch_size,
             max_queued_jobs: cfg.max_queued_jobs,
+            models_memory_mb: cfg.models_memory_mb,
+            model_ttl_s: cfg.model_ttl_s,
             cache_on: cfg.cache_entries > 0,
             ui: cfg.ui,
         },
@@ -433,6 +423,44 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     server.await?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The configured models (checked now; the default loads once the server runs) and the one
+/// Silero VAD model they share. `vad = true` without a VAD model stops the start here.
+fn open_models(cfg: &Config) -> anyhow::Result<models::Models> {
+    let dirs = cfg.model_dirs();
+    let vad_file = if cfg.vad_model.is_empty() {
+        crate::engine::vad_model_candidates(&dirs[0])
+            .into_iter()
+            .find(|p| p.is_file())
+    } else {
+        Some(std::path::PathBuf::from(&cfg.vad_model))
+    };
+    if cfg.vad && vad_file.is_none() {
+        anyhow::bail!(
+            "vad = true but no Silero VAD model was found in {:?}: run `make model` (or python3 models/fetch.py silero-vad), set vad_model, or set vad = false",
+            crate::engine::vad_model_candidates(&dirs[0])
+        );
+    }
+    models::Models::new(
+        &dirs,
+        cfg.model_aliases
+            .iter()
+            .map(|a| a.trim().to_string())
+            .filter(|a| !a.is_empty())
+            .collect(),
+        models::LoadSettings {
+            device: crate::engine::select_device(&cfg.device)?,
+            precision: cfg.precision.parse().map_err(anyhow::Error::msg)?,
+            scheduler: crate::scheduler::SchedulerConfig {
+                max_batch: cfg.batch_size,
+                max_wait: Duration::from_millis(cfg.batch_wait_ms),
+            },
+            ttl: Duration::from_secs(cfg.model_ttl_s),
+            budget: cfg.models_memory_mb.saturating_mul(1 << 20),
+        },
+        vad_file,
+    )
 }
 
 /// The job store: Redis when configured, else the SQLite file `jobs_db`. A store that cannot be

@@ -111,7 +111,9 @@ struct Conn {
     encoding: Encoding,
     rate: u32,
     model: String,
-    /// The names `transcription.model` may use (the model's own and its aliases).
+    /// `model`'s index in `shared.models`.
+    model_index: usize,
+    /// The names `transcription.model` may use (the models' own and the aliases).
     model_names: Vec<String>,
     /// The key set and the SHA-256 of the key this session was opened with: a session whose key
     /// is removed from `api_keys_file` is closed (checked every 2 s).
@@ -202,7 +204,7 @@ pub async fn connect(
     let mut defaults = state.defaults.clone();
     // Like /v1 uploads: the committed audio is one block (no VAD chunking), the gate still on.
     defaults.vad.enabled = false;
-    let model_names = super::routes::model_names(&state);
+    let model_names = shared.models.names();
     let key = client
         .strip_prefix("key:")
         .filter(|_| state.api_keys.enabled())
@@ -217,6 +219,7 @@ pub async fn connect(
             .or(model_names.first())
             .cloned()
             .unwrap_or_default(),
+        model_index: 0,
         model_names,
         key,
         id: format!("sess_{:016x}", rand::random::<u64>()),
@@ -595,7 +598,9 @@ impl Conn {
             language: language.clone(),
             ..self.defaults.clone()
         };
-        if let Some(engine) = self.shared.engine.get() {
+        let model_index = self.shared.models.resolve(Some(&model)).unwrap_or(0);
+        // Checked here when the model is in memory; otherwise when it transcribes.
+        if let Some(engine) = self.shared.models.loaded_engine(model_index) {
             engine.check_options(&probe).map_err(|e| {
                 (
                     "session.audio.input.transcription.language",
@@ -603,7 +608,7 @@ impl Conn {
                 )
             })?;
         }
-        if vad.is_some() && self.shared.engine.get().is_some_and(|e| e.vad.is_none()) {
+        if vad.is_some() && self.shared.models.vad.is_none() {
             return Err((
                 "session.audio.input.turn_detection",
                 "server_vad needs the Silero VAD model, which this server has not loaded".into(),
@@ -628,6 +633,7 @@ impl Conn {
         self.language = language;
         self.prompt = prompt;
         self.model = model;
+        self.model_index = model_index;
         self.configured = true;
         Ok(())
     }
@@ -749,10 +755,7 @@ impl Conn {
     /// Server VAD over newly appended audio: speech start and stop events, automatic commits.
     async fn detect(&mut self, samples: &[i16]) -> Result<(), ()> {
         let Some(vad) = self.vad else { return Ok(()) };
-        let Some(engine) = self.shared.engine.get().cloned() else {
-            return Ok(());
-        };
-        let Some(model) = engine.vad.as_deref() else {
+        let Some(model) = self.shared.models.vad.clone() else {
             return Ok(());
         };
         let x: Vec<f32> = samples.iter().map(|&s| s as f32 / 32768.0).collect();
@@ -769,7 +772,7 @@ impl Conn {
                 }
             }
         }
-        let probs = match self.silero.push(model, &x16) {
+        let probs = match self.silero.push(&model, &x16) {
             Ok(p) => p,
             Err(e) => {
                 tracing::warn!(session = %self.id, error = %e, "VAD failed on live audio");
@@ -883,11 +886,15 @@ impl Conn {
         if let Some(item) = self.item.as_mut() {
             item.last_partial_len = len;
         }
-        let shared = self.shared.clone();
+        let (shared, model) = (self.shared.clone(), self.model_index);
         let mut options = self.options();
         options.temperatures = vec![0.0]; // a hint: greedy only, no fallback passes
         self.partial = Some(
-            async move { (id, len, transcribe(&shared, wav, options, false).await) }.boxed_local(),
+            async move {
+                let r = transcribe(&shared, model, wav, options, false).await;
+                (id, len, r)
+            }
+            .boxed_local(),
         );
     }
 
@@ -971,10 +978,10 @@ impl Conn {
 
     fn final_pass(&self, id: String, start_ms: u64, end_ms: u64) -> LocalBoxFuture<'static, Done> {
         let wav = self.wav(start_ms, Some(end_ms));
-        let shared = self.shared.clone();
+        let (shared, model) = (self.shared.clone(), self.model_index);
         let options = self.options();
         async move {
-            let r = transcribe(&shared, wav, options, true).await;
+            let r = transcribe(&shared, model, wav, options, true).await;
             (id, r)
         }
         .boxed_local()
@@ -1058,11 +1065,15 @@ impl Conn {
 /// A WAV through the shared queue and scheduler, like an upload; partial passes skip the cache.
 async fn transcribe(
     shared: &Arc<Shared>,
+    model: usize,
     wav: Vec<u8>,
     options: TranscribeOptions,
     cached: bool,
 ) -> Result<Arc<Transcript>, ApiError> {
-    match worker::submit_with(shared, wav, options, cached).await? {
+    match worker::submit_with(shared, model, wav, options, cached)
+        .await?
+        .0
+    {
         worker::Pending::Hit(t) => Ok(t),
         worker::Pending::Job { mut rx, .. } => rx
             .recv()

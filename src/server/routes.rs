@@ -49,25 +49,39 @@ pub async fn ready(state: web::Data<AppState>) -> HttpResponse {
     }
 }
 
-/// What this server is and runs: version, model, device, numerics, limits, features.
+/// What this server is and runs: version, models, device, numerics, limits, features.
 #[utoipa::path(get, path = "/info", tag = "service", responses((status = 200, body = super::schema::Info)))]
 pub async fn info(state: web::Data<AppState>) -> HttpResponse {
     use super::schema::{Features, Info, Limits, ModelInfo, Numerics};
-    let engine = state.shared.engine.get();
-    let model = engine.map(|e| ModelInfo {
-        name: e.model_name.clone(),
-        layout: serde_json::to_value(e.model.layout)
-            .ok()
-            .and_then(|v| v.as_str().map(String::from))
-            .unwrap_or_default(),
-        multilingual: e.is_multilingual(),
-        dims: serde_json::to_value(&e.model.dims).unwrap_or_default(),
-    });
+    let models: Vec<ModelInfo> = state
+        .shared
+        .models
+        .status()
+        .into_iter()
+        .map(|m| ModelInfo {
+            name: m.name,
+            state: m.state,
+            busy: m.busy,
+            memory_mb: m.memory >> 20,
+            layout: m.engine.as_ref().map(|e| {
+                serde_json::to_value(e.model.layout)
+                    .ok()
+                    .and_then(|v| v.as_str().map(String::from))
+                    .unwrap_or_default()
+            }),
+            multilingual: m.engine.as_ref().map(|e| e.is_multilingual()),
+            dims: m
+                .engine
+                .as_ref()
+                .and_then(|e| serde_json::to_value(&e.model.dims).ok()),
+        })
+        .collect();
     let s = &state.static_info;
     HttpResponse::Ok().json(Info {
         version: env!("CARGO_PKG_VERSION"),
         git_commit: option_env!("WHISPERD_GIT_COMMIT").unwrap_or("unknown"),
-        model,
+        model: models[0].clone(),
+        models,
         device: s.device.clone(),
         numerics: Numerics {
             precision: s.precision.clone(),
@@ -80,6 +94,8 @@ pub async fn info(state: web::Data<AppState>) -> HttpResponse {
             batch_size: s.batch_size,
             request_timeout_s: state.shared.request_timeout.as_secs(),
             max_queued_jobs: s.max_queued_jobs,
+            models_memory_mb: s.models_memory_mb,
+            model_ttl_s: s.model_ttl_s,
         },
         features: Features {
             cache: match (s.cache_on, state.shared.shared_cache.is_some()) {
@@ -88,7 +104,7 @@ pub async fn info(state: web::Data<AppState>) -> HttpResponse {
                 (true, false) => "memory",
             },
             jobs: state.jobs.as_ref().map_or("off", |j| j.store.kind()),
-            vad: engine.is_some_and(|e| e.vad.is_some()),
+            vad: state.shared.models.vad.is_some(),
             auth: state.api_keys.enabled(),
             private_urls: state.urls.allow_private,
             ui: s.ui,
@@ -104,25 +120,12 @@ pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
         .body(state.shared.metrics.render())
 }
 
-/// The names a request's `model` may use: the loaded model's own, then `model_aliases` (by
-/// default OpenAI's names, so OpenAI clients work unchanged). Empty while the model loads.
-pub(super) fn model_names(state: &AppState) -> Vec<String> {
-    state
-        .shared
-        .engine
-        .get()
-        .map(|e| {
-            std::iter::once(&e.model_name)
-                .chain(state.model_aliases.iter().filter(|a| **a != e.model_name))
-                .cloned()
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 fn model_objects(state: &AppState) -> Vec<super::schema::ModelObject> {
     let created = state.shared.started_unix;
-    model_names(state)
+    state
+        .shared
+        .models
+        .names()
         .into_iter()
         .map(|id| super::schema::ModelObject {
             id,
@@ -166,27 +169,19 @@ fn model_not_found(id: &str) -> ApiError {
     .code("model_not_found")
 }
 
-/// A request's `model` (field or query; optional) must be the model's name or one of its
-/// aliases: an unknown name is a 404 `model_not_found`, as OpenAI answers it, rather than a
-/// silent answer from a model the caller did not ask for.
-pub(super) fn check_model(
+/// The model a request's `model` (field or query; optional) names: one of the models' names or
+/// an alias of the default; none is the default. An unknown name is a 404 `model_not_found`, as
+/// OpenAI answers it, rather than a silent answer from a model the caller did not ask for.
+pub(super) fn pick_model(
     state: &AppState,
     fields: &HashMap<String, String>,
-) -> Result<(), ApiError> {
-    let Some(asked) = fields
-        .get("model")
-        .map(|m| m.trim())
-        .filter(|m| !m.is_empty())
-    else {
-        return Ok(());
-    };
-    let names = model_names(state);
-    // Empty while the model loads: the request is answered 503 a step later.
-    if names.is_empty() || names.iter().any(|n| n == asked) {
-        Ok(())
-    } else {
-        Err(model_not_found(asked))
-    }
+) -> Result<usize, ApiError> {
+    let asked = fields.get("model").map(String::as_str);
+    state
+        .shared
+        .models
+        .resolve(asked)
+        .ok_or_else(|| model_not_found(asked.unwrap_or_default().trim()))
 }
 
 /// Which API a request came in through: it decides defaults, allowed formats and body shapes.
@@ -700,7 +695,7 @@ pub async fn detect_language(
     let _in_flight = admit(shared)?;
     let (fields, file) = read_request(&req, body, &state).await?;
     super::schema::check_fields(super::schema::Form::DetectLanguage, &fields)?;
-    check_model(&state, &fields)?;
+    let model = pick_model(&state, &fields)?;
     let file = file.filter(|f| !f.is_empty()).ok_or_else(|| {
         ApiError::bad_request("no audio: send it in multipart field `file`")
             .param("file")
@@ -714,7 +709,7 @@ pub async fn detect_language(
         ..state.defaults.clone()
     };
     let client = req.conn_data::<super::disconnect::ClientSocket>().copied();
-    let (t, cache) = worker::transcribe(shared, file, options, client).await?;
+    let (t, cache, _) = worker::transcribe(shared, model, file, options, client).await?;
     let top: Vec<_> = t
         .language_probabilities
         .iter()
@@ -796,7 +791,7 @@ async fn handle_inner(
     // Query parameters first, form fields override them.
     let (fields, file) = read_request(&req, body, &state).await?;
     super::schema::check_fields(super::schema::Form::Transcription, &fields)?;
-    check_model(&state, &fields)?;
+    let model = pick_model(&state, &fields)?;
     let url = fields.get("url").filter(|u| !u.trim().is_empty());
     let (options, format) = parse_options(api, &fields, &state.defaults)?;
     let file = match (file, url) {
@@ -827,7 +822,8 @@ async fn handle_inner(
     let t0 = std::time::Instant::now();
     let client = req.conn_data::<super::disconnect::ClientSocket>().copied();
     if let Some(flavor) = stream_flavor(api, &fields, format, options.task)? {
-        let pending = accepted(worker::submit(shared, file, options).await?).await?;
+        let (pending, engine) = worker::submit(shared, model, file, options).await?;
+        let pending = accepted(pending).await?;
         tracing::info!(
             request_id = %super::request_id(&req),
             route = req.match_pattern().unwrap_or_default(),
@@ -836,13 +832,15 @@ async fn handle_inner(
         );
         return Ok(super::stream::response(
             shared.clone(),
+            engine,
             pending,
             flavor,
             client,
             t0,
         ));
     }
-    let (transcript, cache) = worker::transcribe(shared, file, options.clone(), client).await?;
+    let (transcript, cache, engine) =
+        worker::transcribe(shared, model, file, options.clone(), client).await?;
     let label = req
         .extensions()
         .get::<super::ClientLabel>()
@@ -854,9 +852,7 @@ async fn handle_inner(
             .with_label_values(&[&label])
             .inc_by(transcript.duration);
     }
-    let task = if api == Api::OpenAiTranslations
-        && !shared.engine.get().is_some_and(|e| e.is_multilingual())
-    {
+    let task = if api == Api::OpenAiTranslations && !engine.is_multilingual() {
         Task::Transcribe
     } else {
         options.task
@@ -864,6 +860,7 @@ async fn handle_inner(
     tracing::info!(
         request_id = %super::request_id(&req),
         route = req.match_pattern().unwrap_or_default(),
+        model = %engine.model_name,
         audio_s = transcript.duration,
         upload_bytes,
         seconds = t0.elapsed().as_secs_f64(),
@@ -881,8 +878,7 @@ async fn handle_inner(
         (_, Format::Json) => {
             let mut v = serde_json::json!({ "text": transcript.text });
             if render.logprobs {
-                let tok = shared.engine.get().map(|e| &e.tokenizer);
-                v["logprobs"] = serde_json::json!(tok.map(|t| transcript.logprobs(t)));
+                v["logprobs"] = serde_json::json!(transcript.logprobs(&engine.tokenizer));
             }
             if api == Api::OpenAiTranscriptions {
                 v["usage"] = usage;

@@ -157,8 +157,10 @@ pub struct Info {
     pub version: &'static str,
     /// The git commit built from (`unknown` outside `make build`).
     pub git_commit: &'static str,
-    /// Absent while the model loads.
-    pub model: Option<ModelInfo>,
+    /// The default model (what a request without `model` gets).
+    pub model: ModelInfo,
+    /// Every model this server answers for, the default first.
+    pub models: Vec<ModelInfo>,
     /// The configured device (`cpu`, `cuda`, `cuda:N`, `auto`).
     pub device: String,
     pub numerics: Numerics,
@@ -166,16 +168,23 @@ pub struct Info {
     pub features: Features,
 }
 
-#[derive(Serialize, ToSchema)]
+#[derive(Clone, Serialize, ToSchema)]
 pub struct ModelInfo {
-    /// As `/v1/models` lists it.
+    /// As `/v1/models` lists it (and a request's `model` names it).
     pub name: String,
-    /// `ct2` (CTranslate2 model.bin) or `huggingface` (model.safetensors).
-    pub layout: String,
-    pub multilingual: bool,
-    /// Layers, heads, widths and vocabulary, read from the weights.
+    /// `loaded`, `loading`, or `unloaded` (it loads on its next request).
+    pub state: &'static str,
+    /// Requests using it now.
+    pub busy: usize,
+    /// What it counts for under `models_memory_mb` (an estimate from its weight files).
+    pub memory_mb: u64,
+    /// `ct2` (CTranslate2 model.bin) or `huggingface` (model.safetensors); while loaded.
+    pub layout: Option<String>,
+    /// While loaded.
+    pub multilingual: Option<bool>,
+    /// Layers, heads, widths and vocabulary, read from the weights; while loaded.
     #[schema(value_type = Object)]
-    pub dims: serde_json::Value,
+    pub dims: Option<serde_json::Value>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -196,6 +205,10 @@ pub struct Limits {
     pub batch_size: usize,
     pub request_timeout_s: u64,
     pub max_queued_jobs: u64,
+    /// Memory budget for loaded models (0: none).
+    pub models_memory_mb: u64,
+    /// Idle seconds before a model unloads (0: never).
+    pub model_ttl_s: u64,
 }
 
 #[derive(Serialize, ToSchema)]

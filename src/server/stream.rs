@@ -65,11 +65,14 @@ struct Sse {
     /// exited, so a streamed request's trace covers the whole transcription, not just the moment
     /// the headers went out.
     span: tracing::Span,
+    /// The model transcribing (its tokenizer renders log-probabilities).
+    engine: Arc<crate::engine::Engine>,
 }
 
 /// The `text/event-stream` response for `pending`.
 pub fn response(
     shared: Arc<Shared>,
+    engine: Arc<crate::engine::Engine>,
     pending: Pending,
     flavor: Flavor,
     client: Option<ClientSocket>,
@@ -92,6 +95,7 @@ pub fn response(
     shared.metrics.streams_open.inc();
     let sse = Sse {
         shared,
+        engine,
         flavor,
         source,
         client,
@@ -197,9 +201,7 @@ impl Sse {
                     let mut v =
                         serde_json::json!({"type": "transcript.text.delta", "delta": delta});
                     if *logprobs {
-                        if let Some(e) = self.shared.engine.get() {
-                            v["logprobs"] = serde_json::json!(s.logprobs(&e.tokenizer));
-                        }
+                        v["logprobs"] = serde_json::json!(s.logprobs(&self.engine.tokenizer));
                     }
                     format!("data: {v}\n\n")
                 }
@@ -236,9 +238,7 @@ impl Sse {
                     "usage": token_usage(t),
                 });
                 if *logprobs {
-                    if let Some(e) = self.shared.engine.get() {
-                        v["logprobs"] = serde_json::json!(t.logprobs(&e.tokenizer));
-                    }
+                    v["logprobs"] = serde_json::json!(t.logprobs(&self.engine.tokenizer));
                 }
                 format!("data: {v}\n\n")
             }

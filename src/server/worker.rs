@@ -1,14 +1,14 @@
-//! The inference side of the server: `batch_size` transcription threads take jobs from a bounded
-//! queue and run the decoding loop, sending every model call to the scheduler
-//! (`crate::scheduler`), which batches them across requests; HTTP workers never run tensor code.
-//! Identical requests in flight share one job (single flight); finished results go into the shared
-//! result cache.
+//! The inference side of the server: for each loaded model (`super::models`), `batch_size`
+//! transcription threads take jobs from its bounded queue and run the decoding loop, sending every
+//! model call to that model's scheduler (`crate::scheduler`), which batches them across requests;
+//! HTTP workers never run tensor code. Identical requests in flight share one job (single flight);
+//! finished results go into the shared result cache.
 
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::mpsc::{Receiver, TrySendError};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tracing::Instrument;
 
@@ -16,7 +16,8 @@ use tokio::sync::broadcast;
 
 use super::error::ApiError;
 use super::metrics::Metrics;
-use crate::audio::{AudioError, Pcm};
+use super::models::{Lease, Models};
+use crate::audio::AudioError;
 use crate::cache::ResultCache;
 use crate::engine::{Engine, EngineError, Prepared};
 use crate::output::{Segment, Transcript};
@@ -97,11 +98,14 @@ pub struct Job {
     deadline: Instant,
     /// The request's span (its trace): inference on a transcription thread continues it.
     span: tracing::Span,
+    /// Keeps the model loaded (and counted busy) until the job is done.
+    _lease: Lease,
 }
 
 /// Everything the HTTP side and the inference thread share.
 pub struct Shared {
-    pub engine: OnceLock<Arc<Engine>>,
+    pub models: Models,
+    /// The default model is loaded and warm.
     pub ready: AtomicBool,
     pub draining: AtomicBool,
     pub cache: ResultCache,
@@ -109,7 +113,8 @@ pub struct Shared {
     pub shared_cache: Option<Arc<crate::cluster::cache::SharedCache>>,
     pub metrics: Metrics,
     inflight: Mutex<HashMap<String, Flight>>,
-    queue: OnceLock<SyncSender<Job>>,
+    /// Jobs waiting in every model's queue together; at most `queue_size`.
+    queued: AtomicUsize,
     pub queue_size: usize,
     pub request_timeout: Duration,
     pub max_audio_s: f64,
@@ -135,6 +140,7 @@ impl CacheStatus {
 
 impl Shared {
     pub fn new(
+        models: Models,
         cache: ResultCache,
         shared_cache: Option<Arc<crate::cluster::cache::SharedCache>>,
         metrics: Metrics,
@@ -146,14 +152,14 @@ impl Shared {
             started_unix: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),
-            engine: OnceLock::new(),
+            models,
             ready: AtomicBool::new(false),
             draining: AtomicBool::new(false),
             cache,
             shared_cache,
             metrics,
             inflight: Mutex::new(HashMap::new()),
-            queue: OnceLock::new(),
+            queued: AtomicUsize::new(0),
             queue_size,
             request_timeout,
             max_audio_s,
@@ -161,7 +167,26 @@ impl Shared {
     }
 
     pub fn queue_full(&self) -> bool {
-        self.metrics.queue_depth.get() as usize >= self.queue_size
+        self.queued.load(Ordering::SeqCst) >= self.queue_size
+    }
+
+    /// A place in the queue (every model's together), or `false` when `queue_size` are taken.
+    fn reserve_queue_place(&self) -> bool {
+        let taken = self
+            .queued
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                (n < self.queue_size).then_some(n + 1)
+            })
+            .is_ok();
+        if taken {
+            self.metrics.queue_depth.inc();
+        }
+        taken
+    }
+
+    fn release_queue_place(&self) {
+        self.queued.fetch_sub(1, Ordering::SeqCst);
+        self.metrics.queue_depth.dec();
     }
 
     /// Hand `result` to everyone waiting on `key` and forget the job. The key leaves the in-flight
@@ -198,123 +223,10 @@ impl Shared {
     }
 }
 
-/// How inference is scheduled (from the config).
-#[derive(Debug, Clone)]
-pub struct InferenceConfig {
-    pub model_dir: std::path::PathBuf,
-    pub device: candle_core::Device,
-    pub precision: crate::model::Precision,
-    /// A Silero VAD file other than the one beside the model directory.
-    pub vad_model: Option<std::path::PathBuf>,
-    /// VAD is on by default (`vad = true`): the model must be there, or the server does not start.
-    pub vad_required: bool,
-    pub scheduler: crate::scheduler::SchedulerConfig,
-}
-
-/// Load the model on a dedicated thread, warm it up, start the scheduler and the transcription
-/// threads, then serve jobs until the process ends.
-pub fn start(shared: Arc<Shared>, cfg: InferenceConfig) {
-    let (tx, rx) = sync_channel::<Job>(shared.queue_size);
-    let _ = shared.queue.set(tx);
-    let spawned = std::thread::Builder::new()
-        .name("model-loader".into())
-        .spawn(move || {
-            let mut engine = match Engine::load_with(&cfg.model_dir, &cfg.device, cfg.precision) {
-                Ok(e) => e,
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot load the model; exiting");
-                    std::process::exit(1);
-                }
-            };
-            if let Some(path) = &cfg.vad_model {
-                if let Err(e) = engine.load_vad(path) {
-                    tracing::error!(error = %e, "cannot load the VAD model (vad_model); exiting");
-                    std::process::exit(1);
-                }
-            }
-            if cfg.vad_required && engine.vad.is_none() {
-                tracing::error!(
-                    looked_in = ?crate::engine::vad_model_candidates(&cfg.model_dir),
-                    "vad = true but no Silero VAD model was found: run `make model` (or python3 models/fetch.py silero-vad), set vad_model, or set vad = false; exiting"
-                );
-                std::process::exit(1);
-            }
-            if let Some(sc) = &shared.shared_cache {
-                let vad_file = cfg.vad_model.clone().or_else(|| {
-                    crate::engine::vad_model_candidates(&cfg.model_dir)
-                        .into_iter()
-                        .find(|p| p.is_file())
-                });
-                let mut files = vec![cfg.model_dir.as_path()];
-                files.extend(vad_file.as_deref());
-                match crate::cluster::cache::model_identity(&files, &format!("{:?}", cfg.precision)) {
-                    Ok(id) => sc.set_identity(id),
-                    Err(e) => {
-                        tracing::error!(error = %e, "cannot hash the model files for the shared cache key; exiting");
-                        std::process::exit(1);
-                    }
-                }
-            }
-            let engine = Arc::new(engine);
-            shared.metrics.model_load_seconds.set(engine.load_seconds);
-            shared
-                .metrics
-                .build_info
-                .with_label_values(&[env!("CARGO_PKG_VERSION"), &engine.model_name])
-                .set(1);
-            // One inference before /ready says yes: first-call allocations and page faults happen here.
-            let warm = Instant::now();
-            let tone: Vec<f32> = (0..16_000).map(|i| (i as f32 * 0.05).sin() * 0.1).collect();
-            if let Err(e) =
-                Pcm::from_samples(tone).map_err(EngineError::from).and_then(|pcm| engine.transcribe_pcm(&pcm, &TranscribeOptions::default()))
-            {
-                tracing::error!(error = %e, "warm-up inference failed; exiting");
-                std::process::exit(1);
-            }
-            tracing::info!(
-                seconds = warm.elapsed().as_secs_f64(),
-                "warm-up inference done"
-            );
-            let handle = match crate::scheduler::start(
-                engine.model.clone(),
-                cfg.scheduler,
-                Some(shared.metrics.scheduler.clone()),
-            ) {
-                Ok(h) => h,
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot start the scheduler thread; exiting");
-                    std::process::exit(1);
-                }
-            };
-            let rx = Arc::new(Mutex::new(rx));
-            for i in 0..cfg.scheduler.max_batch.max(1) {
-                let (shared, engine, handle, rx) =
-                    (shared.clone(), engine.clone(), handle.clone(), rx.clone());
-                let spawned = std::thread::Builder::new()
-                    .name(format!("transcribe-{i}"))
-                    .spawn(move || serve_jobs(&shared, &engine, &handle, &rx));
-                if let Err(e) = spawned {
-                    tracing::error!(error = %e, "cannot start a transcription thread; exiting");
-                    std::process::exit(1);
-                }
-            }
-            let _ = shared.engine.set(engine);
-            shared.ready.store(true, Ordering::SeqCst);
-            tracing::info!(
-                batch_size = cfg.scheduler.max_batch,
-                batch_wait_ms = cfg.scheduler.max_wait.as_millis() as u64,
-                "ready"
-            );
-        });
-    if let Err(e) = spawned {
-        tracing::error!(error = %e, "cannot start the model loader thread; exiting");
-        std::process::exit(1);
-    }
-}
-
 /// One transcription thread: take the next job, run it through the scheduler, repeat.
-fn serve_jobs(
+pub(super) fn serve_jobs(
     shared: &Shared,
+    model: &str,
     engine: &Engine,
     handle: &crate::scheduler::SchedulerHandle,
     rx: &Mutex<Receiver<Job>>,
@@ -327,22 +239,28 @@ fn serve_jobs(
                 Err(_) => return,
             }
         };
-        run_job(shared, engine, handle, job);
+        run_job(shared, model, engine, handle, job);
     }
 }
 
-fn run_job(shared: &Shared, engine: &Engine, runner: &crate::scheduler::SchedulerHandle, job: Job) {
+fn run_job(
+    shared: &Shared,
+    model: &str,
+    engine: &Engine,
+    runner: &crate::scheduler::SchedulerHandle,
+    job: Job,
+) {
     let m = &shared.metrics;
-    m.queue_depth.dec();
+    shared.release_queue_place();
     if job.tx.receiver_count() == 0 {
         // Every client that wanted this result has disconnected: skip the work.
-        m.jobs.with_label_values(&["cancelled"]).inc();
+        m.jobs.with_label_values(&[model, "cancelled"]).inc();
         tracing::info!("dropping a queued job whose clients disconnected");
         shared.finish(&job.key, Err(ApiError::client_closed()));
         return;
     }
     if Instant::now() > job.deadline {
-        m.jobs.with_label_values(&["timeout"]).inc();
+        m.jobs.with_label_values(&[model, "timeout"]).inc();
         tracing::warn!(
             waited_s = job.enqueued.elapsed().as_secs_f64(),
             "job expired in the queue; raise queue capacity or add replicas"
@@ -359,7 +277,7 @@ fn run_job(shared: &Shared, engine: &Engine, runner: &crate::scheduler::Schedule
     let waited = job.enqueued.elapsed().as_secs_f64();
     m.queue_wait_seconds.observe(waited);
     let _span =
-        tracing::info_span!(parent: &job.span, "inference", queue_wait_s = waited).entered();
+        tracing::info_span!(parent: &job.span, "inference", model, queue_wait_s = waited).entered();
     let t0 = Instant::now();
     // Single flight: every waiter holds a receiver; when the last one leaves, the job stops at
     // its next window.
@@ -375,10 +293,16 @@ fn run_job(shared: &Shared, engine: &Engine, runner: &crate::scheduler::Schedule
     let secs = t0.elapsed().as_secs_f64();
     let result = match outcome {
         Ok(Ok(t)) => {
-            m.jobs.with_label_values(&["ok"]).inc();
-            m.inference_seconds.observe(secs);
-            m.audio_seconds.inc_by(t.duration);
-            m.realtime_factor.observe(secs / t.duration.max(1e-3));
+            m.jobs.with_label_values(&[model, "ok"]).inc();
+            m.inference_seconds
+                .with_label_values(&[model])
+                .observe(secs);
+            m.audio_seconds
+                .with_label_values(&[model])
+                .inc_by(t.duration);
+            m.realtime_factor
+                .with_label_values(&[model])
+                .observe(secs / t.duration.max(1e-3));
             m.decoded_tokens
                 .inc_by(t.segments.iter().map(|s| s.tokens.len() as u64).sum());
             if let Some(sp) = t.speech {
@@ -398,7 +322,7 @@ fn run_job(shared: &Shared, engine: &Engine, runner: &crate::scheduler::Schedule
             Ok(Arc::new(t))
         }
         Ok(Err(EngineError::Decode(crate::decode::DecodeError::Cancelled))) => {
-            m.jobs.with_label_values(&["cancelled"]).inc();
+            m.jobs.with_label_values(&[model, "cancelled"]).inc();
             tracing::info!(
                 seconds = secs,
                 "stopped a running job: every client waiting for it disconnected"
@@ -406,11 +330,11 @@ fn run_job(shared: &Shared, engine: &Engine, runner: &crate::scheduler::Schedule
             Err(ApiError::client_closed())
         }
         Ok(Err(e)) => {
-            m.jobs.with_label_values(&["error"]).inc();
+            m.jobs.with_label_values(&[model, "error"]).inc();
             Err(ApiError::from(e))
         }
         Err(_) => {
-            m.jobs.with_label_values(&["panic"]).inc();
+            m.jobs.with_label_values(&[model, "panic"]).inc();
             tracing::error!("inference panicked; the request gets a 500 and the worker continues");
             Err(ApiError::new(
                 actix_web::http::StatusCode::INTERNAL_SERVER_ERROR,
@@ -483,23 +407,26 @@ impl Drop for InflightGuard {
     }
 }
 
-/// Transcribe uploaded `bytes`: from the cache, by joining an identical request in flight, or by
-/// decoding (on the blocking pool) and queueing a job.
+/// Transcribe uploaded `bytes` with model `model` (an index of `shared.models`): from the cache,
+/// by joining an identical request in flight, or by decoding (on the blocking pool) and queueing
+/// a job. The engine comes back too, for what rendering needs of the model (its tokenizer).
 pub async fn transcribe(
     shared: &Arc<Shared>,
+    model: usize,
     bytes: Vec<u8>,
     options: TranscribeOptions,
     client: Option<super::disconnect::ClientSocket>,
-) -> Result<(Arc<Transcript>, CacheStatus), ApiError> {
-    let mut rx = match submit(shared, bytes, options).await? {
-        Pending::Hit(t) => return Ok((t, CacheStatus::Hit)),
+) -> Result<(Arc<Transcript>, CacheStatus, Arc<Engine>), ApiError> {
+    let (pending, engine) = submit(shared, model, bytes, options).await?;
+    let mut rx = match pending {
+        Pending::Hit(t) => return Ok((t, CacheStatus::Hit, engine)),
         Pending::Job { rx, .. } => rx,
     };
     // Wait for the result, or stop waiting when the client hangs up (actix does not cancel a
     // handler on disconnect); with no one left waiting, the worker skips the job.
     tokio::select! {
         r = rx.recv() => match r {
-            Ok(r) => r.map(|t| (t, CacheStatus::Miss)),
+            Ok(r) => r.map(|t| (t, CacheStatus::Miss, engine)),
             Err(_) => Err(ApiError::unavailable("the inference worker stopped", 5)),
         },
         _ = super::disconnect::closed(client) => {
@@ -514,10 +441,11 @@ pub async fn transcribe(
 /// the job wanted; when every holder has dropped it, the job stops at its next window.
 pub async fn submit(
     shared: &Arc<Shared>,
+    model: usize,
     bytes: Vec<u8>,
     options: TranscribeOptions,
-) -> Result<Pending, ApiError> {
-    submit_with(shared, bytes, options, true).await
+) -> Result<(Pending, Arc<Engine>), ApiError> {
+    submit_with(shared, model, bytes, options, true).await
 }
 
 /// Keys of jobs whose results stay out of the cache (and that no other request joins).
@@ -527,15 +455,13 @@ const UNCACHED: &str = "uncached:";
 /// not shared (realtime sessions' partial passes over a growing utterance).
 pub async fn submit_with(
     shared: &Arc<Shared>,
+    model: usize,
     bytes: Vec<u8>,
     options: TranscribeOptions,
     cached: bool,
-) -> Result<Pending, ApiError> {
-    let engine = shared
-        .engine
-        .get()
-        .cloned()
-        .ok_or_else(|| ApiError::unavailable("the model is still loading", 5))?;
+) -> Result<(Pending, Arc<Engine>), ApiError> {
+    let lease = super::models::acquire(shared, model).await?;
+    let engine = lease.engine.clone();
     let options = engine.check_options(&options)?;
     let (bytes, hash) = actix_web::web::block(move || {
         let h = crate::cache::audio_hash(&bytes);
@@ -543,13 +469,13 @@ pub async fn submit_with(
     })
     .await
     .map_err(|_| ApiError::unavailable("server is shutting down", 1))?;
-    let mut key = crate::cache::cache_key(&hash, &engine.model_name, &options);
+    let mut key = crate::cache::cache_key(&hash, &lease.cache_name, &options);
     tracing::debug!(audio_hash = %hash, "upload hashed");
     if !cached {
         key = format!("{UNCACHED}{:016x}:{key}", rand::random::<u64>());
     } else if let Some(t) = shared.cache.get(&key) {
         shared.metrics.cache_hits.inc();
-        return Ok(Pending::Hit(t));
+        return Ok((Pending::Hit(t), engine));
     } else {
         shared.metrics.cache_misses.inc();
     }
@@ -582,10 +508,10 @@ pub async fn submit_with(
         let shared = shared.clone();
         let job = (key, bytes, options, tx, progress.clone());
         actix_web::rt::spawn(
-            prepare_and_enqueue(shared, engine, job).instrument(tracing::Span::current()),
+            prepare_and_enqueue(shared, lease, job).instrument(tracing::Span::current()),
         );
     }
-    Ok(Pending::Job { rx, progress })
+    Ok((Pending::Job { rx, progress }, engine))
 }
 
 type NewJob = (
@@ -596,7 +522,8 @@ type NewJob = (
     Arc<Progress>,
 );
 
-async fn prepare_and_enqueue(shared: Arc<Shared>, engine: Arc<Engine>, job: NewJob) {
+async fn prepare_and_enqueue(shared: Arc<Shared>, lease: Lease, job: NewJob) {
+    let engine = lease.engine.clone();
     let (key, bytes, options, tx, progress) = job;
     let accepted = progress.accepted.clone();
     let mut guard = InflightGuard {
@@ -632,7 +559,11 @@ async fn prepare_and_enqueue(shared: Arc<Shared>, engine: Arc<Engine>, job: NewJ
         Ok(Err(e)) => {
             if matches!(e, EngineError::Audio(AudioError::DecoderPanic(_))) {
                 // Contained and answered as invalid audio, but counted: a decoder library bug.
-                shared.metrics.jobs.with_label_values(&["panic"]).inc();
+                shared
+                    .metrics
+                    .jobs
+                    .with_label_values(&[&lease.name, "panic"])
+                    .inc();
             }
             guard.armed = false;
             shared.finish(&key, Err(ApiError::from(e)));
@@ -640,9 +571,28 @@ async fn prepare_and_enqueue(shared: Arc<Shared>, engine: Arc<Engine>, job: NewJ
         }
         Err(_) => return, // blocking pool gone: shutting down; the guard answers the waiters
     };
-    let Some(queue) = shared.queue.get() else {
+    if !shared.reserve_queue_place() {
+        shared
+            .metrics
+            .jobs
+            .with_label_values(&[&lease.name, "rejected"])
+            .inc();
+        tracing::warn!(
+            queue_size = shared.queue_size,
+            "inference queue full: answering 503; add replicas or raise queue_size"
+        );
+        guard.armed = false;
+        shared.finish(
+            &key,
+            Err(ApiError::unavailable(
+                "the server is busy: inference queue full",
+                2,
+            )),
+        );
         return;
-    };
+    }
+    let queue = lease.queue();
+    let model = lease.name.clone();
     let now = Instant::now();
     let job = Job {
         key: key.clone(),
@@ -653,16 +603,21 @@ async fn prepare_and_enqueue(shared: Arc<Shared>, engine: Arc<Engine>, job: NewJ
         enqueued: now,
         deadline: now + shared.request_timeout,
         span: tracing::Span::current(),
+        _lease: lease,
     };
-    shared.metrics.queue_depth.inc();
     match queue.try_send(job) {
         Ok(()) => {
             guard.armed = false;
             accepted.send_replace(true);
         }
+        // (Each model's channel holds queue_size: with a place reserved it has room.)
         Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
-            shared.metrics.queue_depth.dec();
-            shared.metrics.jobs.with_label_values(&["rejected"]).inc();
+            shared.release_queue_place();
+            shared
+                .metrics
+                .jobs
+                .with_label_values(&[&model, "rejected"])
+                .inc();
             tracing::warn!(
                 queue_size = shared.queue_size,
                 "inference queue full: answering 503; add replicas or raise queue_size"

@@ -165,17 +165,37 @@ impl Drop for Server {
     }
 }
 
-/// A metric's value (summed over its label sets) from the /metrics of the server at `addr`.
+/// A metric's value from the /metrics of the server at `addr`, summed over the series whose
+/// labels include every `label="value"` pair `name` gives (`m{result="ok"}` counts the series
+/// `m{model="x",result="ok"}` too).
 pub fn metric(addr: &str, name: &str) -> f64 {
     let text = String::from_utf8(request(addr, "GET", "/metrics", &[], &[]).2).unwrap();
+    let (base, want) = match name.split_once('{') {
+        Some((b, rest)) => (b, labels(rest.trim_end_matches('}'))),
+        None => (name, Vec::new()),
+    };
     text.lines()
         .filter(|l| !l.starts_with('#'))
-        .filter(|l| {
-            l.split(['{', ' ']).next() == Some(name.split('{').next().unwrap())
-                && (!name.contains('{') || l.starts_with(name))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let (n, have) = match series.split_once('{') {
+                Some((n, rest)) => (n, labels(rest.trim_end_matches('}'))),
+                None => (series, Vec::new()),
+            };
+            (n == base && want.iter().all(|w| have.contains(w)))
+                .then(|| value.parse::<f64>().ok())?
         })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
+}
+
+/// `a="x",b="y"` as pairs (values in these tests hold no commas or quotes).
+fn labels(s: &str) -> Vec<(String, String)> {
+    s.split(',')
+        .filter_map(|kv| {
+            let (k, v) = kv.split_once('=')?;
+            Some((k.trim().to_string(), v.trim().trim_matches('"').to_string()))
+        })
+        .collect()
 }
 
 /// (status, headers lower-cased, body)
