@@ -334,6 +334,20 @@ def steps(page, args, base, audio, downloads):
             raise Failure(f"the API key was not kept across a reload (field holds {kept!r})")
         file_input = page.el("file-input")
 
+    # ---- 1b. several models: the picker, and the language choices follow the model ----
+    if args.model:
+        page.wait(lambda: page.el("model-field").is_displayed(), 10, "the model picker")
+        picker = Select(page.el("model"))
+        names = [o.get_attribute("value") for o in picker.options]
+        if args.model not in names or len(names) < 2:
+            raise Failure(f"the model picker offers {names}, expected {args.model} among several")
+        if not page.el("language").get_attribute("disabled"):
+            raise Failure("the default (English-only) model leaves the language choice open")
+        picker.select_by_value(args.model)
+        page.wait(lambda: not page.el("language").get_attribute("disabled"), 5,
+                  f"the language choice to open for {args.model}")
+        log(f"model picker: {names}; chose {args.model}")
+
     # ---- 2. upload and transcribe (word timestamps on) ----
     wts = page.el("word-ts")
     if not wts.is_selected():
@@ -410,6 +424,9 @@ def steps(page, args, base, audio, downloads):
     d.execute_script("window.scrollTo(0, 0)")
 
     # ---- 5. record from the (fake) microphone ----
+    if args.model:
+        # back to the default model: the recording goes to the other one
+        Select(page.el("model")).select_by_index(0)
     if not page.el("record-btn").is_enabled():
         raise Failure(f"the Record button is disabled: {page.text('mic-hint')!r}")
     page.click("record-btn")
@@ -438,6 +455,7 @@ def main():
     ap.add_argument("--audio", required=True)
     ap.add_argument("--out", required=True)
     ap.add_argument("--api-key")
+    ap.add_argument("--model", help="with several models on the server: pick this one in the page for the upload")
     args = ap.parse_args()
     t0 = time.monotonic()
     try:

@@ -422,7 +422,7 @@ fn start_loading(
     let spawned = std::thread::Builder::new()
         .name(format!("load-{name}"))
         .spawn(move || {
-            let outcome = load(&shared, index);
+            let outcome = load(&shared, index, false);
             let mut slots = shared.models.lock();
             let report = match outcome {
                 Ok(loaded) => {
@@ -450,7 +450,10 @@ fn start_loading(
 }
 
 /// Load model `index` on this thread and warm it up; start its scheduler and threads.
-fn load(shared: &Arc<Shared>, index: usize) -> Result<Arc<Loaded>, String> {
+/// `warm_up`: one inference before the model takes requests (first-call allocations happen
+/// there) — for the default model before `/ready`; a model loaded on demand goes straight to the
+/// request waiting for it, which would wait for the warm-up too.
+fn load(shared: &Arc<Shared>, index: usize, warm_up: bool) -> Result<Arc<Loaded>, String> {
     let models = &shared.models;
     let spec = &models.specs[index];
     let s = &models.settings;
@@ -472,13 +475,14 @@ fn load(shared: &Arc<Shared>, index: usize) -> Result<Arc<Loaded>, String> {
             format!("{}|{id}", spec.name)
         }
     };
-    // One inference before the model takes requests: first-call allocations happen here.
     let warm = Instant::now();
-    let tone: Vec<f32> = (0..16_000).map(|i| (i as f32 * 0.05).sin() * 0.1).collect();
-    Pcm::from_samples(tone)
-        .map_err(EngineError::from)
-        .and_then(|pcm| engine.transcribe_pcm(&pcm, &TranscribeOptions::default()))
-        .map_err(|e| format!("warm-up inference failed: {e}"))?;
+    if warm_up {
+        let tone: Vec<f32> = (0..16_000).map(|i| (i as f32 * 0.05).sin() * 0.1).collect();
+        Pcm::from_samples(tone)
+            .map_err(EngineError::from)
+            .and_then(|pcm| engine.transcribe_pcm(&pcm, &TranscribeOptions::default()))
+            .map_err(|e| format!("warm-up inference failed: {e}"))?;
+    }
     let engine = Arc::new(engine);
     let handle = crate::scheduler::start(
         engine.model.clone(),
@@ -532,7 +536,7 @@ pub fn load_default(shared: Arc<Shared>) {
     shared.models.lock()[0] = Slot::Loading { done: rx };
     let spawned = std::thread::Builder::new()
         .name("model-loader".into())
-        .spawn(move || match load(&shared, 0) {
+        .spawn(move || match load(&shared, 0, true) {
             Ok(l) => {
                 shared.models.lock()[0] = Slot::Loaded(l);
                 shared.ready.store(true, Ordering::SeqCst);

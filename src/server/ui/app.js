@@ -11,6 +11,7 @@
     recordBtn: $('record-btn'), stopBtn: $('stop-btn'), recTime: $('rec-time'),
     recLevel: $('rec-level'), micHint: $('mic-hint'),
     sourceInfo: $('source-info'), player: $('player'),
+    model: $('model'), modelField: $('model-field'),
     language: $('language'), task: $('task'), wordTs: $('word-ts'), vad: $('vad'),
     apiKey: $('api-key'), apiKeyShow: $('api-key-show'), apiKeyClear: $('api-key-clear'),
     apiKeyHint: $('api-key-hint'),
@@ -154,6 +155,7 @@
 
   function saveOptions() {
     store.set(OPTS_STORE, JSON.stringify({
+      model: el.modelField.hidden ? undefined : el.model.value,
       language: el.language.disabled ? undefined : el.language.value,
       task: el.task.value,
       wordTimestamps: el.wordTs.checked,
@@ -195,14 +197,23 @@
     if (info.features && info.features.auth) parts.push('API key required');
     el.serverInfo.textContent = parts.filter(Boolean).join(' · ');
 
-    if (info.model && info.model.multilingual === false) {
-      fillLanguages(true);
-      el.language.disabled = true;
-      el.task.value = 'transcribe';
-      const tr = el.task.querySelector('option[value="translate"]');
-      tr.disabled = true;
-      tr.textContent = 'Translate to English (needs a multilingual model)';
+    // Several models: a picker (by the names requests use); one model: nothing to choose.
+    const models = Array.isArray(info.models) ? info.models : [];
+    if (models.length > 1) {
+      el.model.textContent = '';
+      models.forEach((m, i) => {
+        const o = document.createElement('option');
+        o.value = m.name;
+        const notes = [i === 0 ? 'default' : '', m.multilingual === false ? 'English-only' : '',
+          m.state === 'unloaded' ? 'loads on first use' : ''].filter(Boolean);
+        o.textContent = notes.length ? `${m.name} (${notes.join(', ')})` : m.name;
+        el.model.appendChild(o);
+      });
+      const saved = loadOptions().model;
+      if (models.some((m) => m.name === saved)) el.model.value = saved;
+      el.modelField.hidden = false;
     }
+    applyModel();
     if (info.features && info.features.vad === false) {
       el.vad.checked = false;
       el.vad.disabled = true;
@@ -213,6 +224,27 @@
       el.apiKey.placeholder = 'required by this server';
     } else if (info.features) {
       el.apiKeyHint.textContent = 'This server does not ask for one. Kept in this browser only.';
+    }
+  }
+
+  /** Language and task choices for the chosen model: an English-only one transcribes English. */
+  function applyModel() {
+    const info = state.info || {};
+    const models = Array.isArray(info.models) ? info.models : [];
+    const m = (!el.modelField.hidden && models.find((x) => x.name === el.model.value)) || info.model;
+    const englishOnly = !!m && m.multilingual === false;
+    const tr = el.task.querySelector('option[value="translate"]');
+    if (englishOnly) {
+      fillLanguages(true);
+      el.language.disabled = true;
+      el.task.value = 'transcribe';
+      tr.disabled = true;
+      tr.textContent = 'Translate to English (needs a multilingual model)';
+    } else if (el.language.disabled) {
+      el.language.disabled = false;
+      fillLanguages(false);
+      tr.disabled = false;
+      tr.textContent = 'Translate to English';
     }
   }
 
@@ -267,6 +299,7 @@
   function formData(stream) {
     const fd = new FormData();
     fd.append('file', state.source.blob, state.source.name);
+    if (!el.modelField.hidden) fd.append('model', el.model.value);
     const lang = el.language.value;
     if (lang) fd.append('language', lang);
     fd.append('task', el.task.value);
@@ -912,6 +945,7 @@
   el.copyBtn.addEventListener('click', copyText);
   el.recordBtn.addEventListener('click', startRecording);
   el.stopBtn.addEventListener('click', stopRecording);
+  el.model.addEventListener('change', () => { applyModel(); saveOptions(); });
   [el.language, el.task, el.wordTs, el.vad, el.format].forEach((x) => x.addEventListener('change', saveOptions));
   $('api-key-form').addEventListener('submit', (e) => e.preventDefault()); // Enter in the key field
   el.apiKey.addEventListener('input', () => {
