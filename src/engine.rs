@@ -97,6 +97,24 @@ impl Engine {
         device: &Device,
         precision: Precision,
     ) -> Result<Self, EngineError> {
+        let vad = match vad_model_candidates(dir).into_iter().find(|p| p.is_file()) {
+            Some(p) => Some(std::sync::Arc::new(SileroVad::load(&p)?)),
+            None => {
+                tracing::info!(looked_in = ?vad_model_candidates(dir), "no Silero VAD model found: VAD unavailable (run `make model`), the energy gate still runs");
+                None
+            }
+        };
+        Self::load_with_vad(dir, device, precision, vad)
+    }
+
+    /// [`Engine::load_with`] with the VAD model given (one the caller already holds, or none)
+    /// instead of looked for beside the model.
+    pub fn load_with_vad(
+        dir: &Path,
+        device: &Device,
+        precision: Precision,
+        vad: Option<std::sync::Arc<SileroVad>>,
+    ) -> Result<Self, EngineError> {
         let t0 = Instant::now();
         let model = Whisper::load(dir, device, precision)?;
         let tok_path = dir.join("tokenizer.json");
@@ -113,13 +131,6 @@ impl Engine {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_else(|| "whisper".into());
-        let vad = match vad_model_candidates(dir).into_iter().find(|p| p.is_file()) {
-            Some(p) => Some(std::sync::Arc::new(SileroVad::load(&p)?)),
-            None => {
-                tracing::info!(looked_in = ?vad_model_candidates(dir), "no Silero VAD model found: VAD unavailable (run `make model`), the energy gate still runs");
-                None
-            }
-        };
         let load_seconds = t0.elapsed().as_secs_f64();
         tracing::info!(model = %dir.display(), ?precision, layout = ?model.layout, dims = ?model.dims, vad = vad.is_some(), load_seconds, "model loaded");
         Ok(Self {

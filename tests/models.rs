@@ -249,3 +249,36 @@ fn idle_models_unload_after_the_ttl_and_load_again() {
         2.0
     );
 }
+
+#[test]
+fn a_model_that_cannot_load_answers_500_each_time_and_the_others_keep_working() {
+    let dir = tempfile::tempdir().unwrap();
+    let broken = dir.path().join("whisper-broken");
+    std::fs::create_dir_all(&broken).unwrap();
+    std::fs::write(broken.join("model.bin"), vec![7u8; 4096]).unwrap();
+    std::fs::copy(
+        model_dir().join("tokenizer.json"),
+        broken.join("tokenizer.json"),
+    )
+    .unwrap();
+    let models = format!("{},{}", model_dir().display(), broken.display());
+    let s = Server::start(&[("WHISPERD_MODELS", &models)]);
+    let jfk = read("eval/jfk.wav");
+    for _ in 0..2 {
+        let r = transcribe(&s, &jfk, "whisper-broken");
+        let v = json(&r);
+        assert_eq!(r.0, 500, "{v}");
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("could not be loaded")),
+            "{v}"
+        );
+        assert_eq!(model_info(&s, "whisper-broken")["state"], "unloaded");
+    }
+    assert_eq!(
+        s.metric("whisperd_model_loads_total{model=\"whisper-broken\",result=\"error\"}"),
+        2.0
+    );
+    assert!(text(&transcribe(&s, &jfk, TINY)).contains("ask not"));
+}

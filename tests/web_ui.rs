@@ -66,7 +66,9 @@ fn the_page_transcribes_an_upload_and_a_recording_in_a_real_browser() {
         // The picker's choice reached the server: the upload ran on base, the recording on tiny.en.
         for m in ["whisper-base", "whisper-tiny.en"] {
             assert!(
-                s.metric(&format!("whisperd_inference_jobs_total{{model=\"{m}\",result=\"ok\"}}")) >= 1.0,
+                s.metric(&format!(
+                    "whisperd_inference_jobs_total{{model=\"{m}\",result=\"ok\"}}"
+                )) >= 1.0,
                 "no job ran on {m}:\n{}",
                 s.log()
             );

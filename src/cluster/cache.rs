@@ -12,7 +12,7 @@
 
 use std::io::Read;
 use std::path::Path;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
@@ -70,31 +70,21 @@ impl Drop for FlightLock {
 pub struct SharedCache {
     link: Arc<RedisLink>,
     ttl: Duration,
-    /// Weights hash, precision, tier, version: set once the model is loaded.
-    identity: OnceLock<String>,
 }
 
 impl SharedCache {
     pub fn new(link: Arc<RedisLink>, ttl: Duration) -> Arc<Self> {
-        Arc::new(Self {
-            link,
-            ttl,
-            identity: OnceLock::new(),
-        })
+        Arc::new(Self { link, ttl })
     }
 
     pub fn link(&self) -> &Arc<RedisLink> {
         &self.link
     }
 
-    pub fn set_identity(&self, identity: String) {
-        tracing::info!(identity = %identity, "shared result cache keyed by this model identity");
-        let _ = self.identity.set(identity);
-    }
-
+    /// Keys name the model with its [`model_identity`] (the server puts it there), so replicas
+    /// share results only when their weights, precision, tier and version agree.
     fn hashed(&self, key: &str) -> String {
-        let id = self.identity.get().map_or("", String::as_str);
-        hex::encode(Sha256::digest(format!("{id}\n{key}")))
+        hex::encode(Sha256::digest(key))
     }
 
     fn result_key(&self, key: &str) -> String {

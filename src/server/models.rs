@@ -284,8 +284,11 @@ pub async fn acquire(shared: &Arc<Shared>, index: usize) -> Result<Lease, ApiErr
                 Slot::Unloaded => {
                     make_room(shared, &mut slots, index)?;
                     let (tx, rx) = watch::channel(None);
+                    if let Err(e) = start_loading(shared.clone(), index, tx) {
+                        tracing::error!(model = %spec.name, error = %e, "cannot start a model loader thread");
+                        return Err(ApiError::unavailable("cannot start loading the model", 5));
+                    }
                     slots[index] = Slot::Loading { done: rx.clone() };
-                    start_loading(shared.clone(), index, tx);
                     rx
                 }
             }
@@ -412,17 +415,22 @@ pub async fn unload_idle(shared: Arc<Shared>) {
     }
 }
 
+/// Load model `index` on a thread of its own; the slot becomes `Loaded` or (on failure, a
+/// panic included) `Unloaded` again, and `done` tells the waiters. The caller marks the slot
+/// `Loading` once the thread runs.
 fn start_loading(
     shared: Arc<Shared>,
     index: usize,
     done: watch::Sender<Option<Result<(), String>>>,
-) {
+) -> std::io::Result<()> {
     let name = shared.models.specs[index].name.clone();
-    let after = shared.clone();
-    let spawned = std::thread::Builder::new()
+    std::thread::Builder::new()
         .name(format!("load-{name}"))
         .spawn(move || {
-            let outcome = load(&shared, index, false);
+            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                load(&shared, index, false)
+            }))
+            .unwrap_or_else(|_| Err("the loader panicked".to_string()));
             let mut slots = shared.models.lock();
             let report = match outcome {
                 Ok(loaded) => {
@@ -442,14 +450,10 @@ fn start_loading(
             };
             drop(slots);
             done.send_replace(Some(report));
-        });
-    if let Err(e) = spawned {
-        tracing::error!(model = %after.models.specs[index].name, error = %e, "cannot start a model loader thread");
-        after.models.lock()[index] = Slot::Unloaded;
-    }
+        })
+        .map(|_| ())
 }
 
-/// Load model `index` on this thread and warm it up; start its scheduler and threads.
 /// `warm_up`: one inference before the model takes requests (first-call allocations happen
 /// there) — for the default model before `/ready`; a model loaded on demand goes straight to the
 /// request waiting for it, which would wait for the warm-up too.
@@ -458,10 +462,9 @@ fn load(shared: &Arc<Shared>, index: usize, warm_up: bool) -> Result<Arc<Loaded>
     let spec = &models.specs[index];
     let s = &models.settings;
     let _span = tracing::info_span!("model_load", model = %spec.name).entered();
-    let mut engine =
-        Engine::load_with(&spec.dir, &s.device, s.precision).map_err(|e| e.to_string())?;
     // One VAD model for the server, whichever Whisper model runs.
-    engine.vad = models.vad.clone();
+    let engine = Engine::load_with_vad(&spec.dir, &s.device, s.precision, models.vad.clone())
+        .map_err(|e| e.to_string())?;
     let cache_name = match &shared.shared_cache {
         None => spec.name.clone(),
         Some(_) => {

@@ -183,7 +183,7 @@ pub struct ModelInfo {
     /// While loaded.
     pub multilingual: Option<bool>,
     /// Layers, heads, widths and vocabulary, read from the weights; while loaded.
-    #[schema(value_type = Object)]
+    #[schema(value_type = Option<Object>)]
     pub dims: Option<serde_json::Value>,
 }
 

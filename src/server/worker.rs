@@ -98,8 +98,9 @@ pub struct Job {
     deadline: Instant,
     /// The request's span (its trace): inference on a transcription thread continues it.
     span: tracing::Span,
-    /// Keeps the model loaded (and counted busy) until the job is done.
-    _lease: Lease,
+    /// Keeps the model loaded (and counted busy) until the job is done; let go before the
+    /// result goes out, so a client that asks another model next finds this one idle.
+    lease: Option<Lease>,
 }
 
 /// Everything the HTTP side and the inference thread share.
@@ -248,7 +249,7 @@ fn run_job(
     model: &str,
     engine: &Engine,
     runner: &crate::scheduler::SchedulerHandle,
-    job: Job,
+    mut job: Job,
 ) {
     let m = &shared.metrics;
     shared.release_queue_place();
@@ -256,6 +257,7 @@ fn run_job(
         // Every client that wanted this result has disconnected: skip the work.
         m.jobs.with_label_values(&[model, "cancelled"]).inc();
         tracing::info!("dropping a queued job whose clients disconnected");
+        job.lease = None;
         shared.finish(&job.key, Err(ApiError::client_closed()));
         return;
     }
@@ -265,6 +267,7 @@ fn run_job(
             waited_s = job.enqueued.elapsed().as_secs_f64(),
             "job expired in the queue; raise queue capacity or add replicas"
         );
+        job.lease = None;
         shared.finish(
             &job.key,
             Err(ApiError::unavailable(
@@ -343,6 +346,7 @@ fn run_job(
             ))
         }
     };
+    job.lease = None;
     shared.finish(&job.key, result);
 }
 
@@ -603,7 +607,7 @@ async fn prepare_and_enqueue(shared: Arc<Shared>, lease: Lease, job: NewJob) {
         enqueued: now,
         deadline: now + shared.request_timeout,
         span: tracing::Span::current(),
-        _lease: lease,
+        lease: Some(lease),
     };
     match queue.try_send(job) {
         Ok(()) => {
