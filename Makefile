@@ -8,7 +8,7 @@ CARGO ?= cargo
 BIN := target/release/whisperd
 
 .DEFAULT_GOAL := help
-.PHONY: help deps model model-base build build-cuda test bench bench-matrix eval run lint clean venv node-deps loadtest docker docker-cuda helm-package fuzz
+.PHONY: help deps model model-base model-ge2e build build-cuda test bench bench-matrix eval run lint clean venv node-deps loadtest docker docker-cuda helm-package fuzz
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-12s %s\n", $$1, $$2}'
@@ -22,6 +22,9 @@ model: ## Fetch Whisper tiny.en and the Silero VAD model into models/ when missi
 model-base: ## Fetch the multilingual base model too (translation tests and eval; ~145 MB)
 	@$(PY) models/fetch.py base
 
+model-ge2e: ## Fetch the GE2E speaker encoder (PyPI Resemblyzer 0.1.4, SHA-256 checked, converted to safetensors; 17 MB)
+	@$(PY) models/fetch.py ge2e
+
 deps: ## Install the Debian packages the build needs when missing (as root; otherwise print the command)
 	@bash scripts/system_deps.sh build
 
@@ -31,7 +34,7 @@ build: deps ## Build the release binary (GET /info reports the commit it was bui
 run: model build ## Fetch the model if missing, build, and start the server
 	$(BIN) serve --model $(MODEL)
 
-test: model model-base venv node-deps ## Run every test (unit, integration, CLI, server, OpenAI Python and Node clients)
+test: model model-base model-ge2e venv node-deps ## Run every test (unit, integration, CLI, server, OpenAI Python and Node clients)
 	@bash scripts/system_deps.sh test
 	$(CARGO) test --locked
 

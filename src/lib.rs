@@ -2,11 +2,13 @@
 //!
 //! Pipeline, one module per stage: `audio` (bytes → 16 kHz mono) → `mel` (log-mel) → `model`
 //! (encoder, KV-cached decoder) → `decode` (tokens, rules, long-form loop) → `output` (formats).
-//! `vad` (energy gate, Silero VAD) decides which audio reaches the decoder at all.
+//! `vad` (energy gate, Silero VAD) decides which audio reaches the decoder at all; `diarize`
+//! tells speakers apart (GE2E voice embeddings).
 //! `engine` ties them together behind one call; the CLI and the server are thin layers over it.
 
 pub mod audio;
 pub mod decode;
+pub mod diarize;
 pub mod engine;
 pub mod mel;
 pub mod model;
