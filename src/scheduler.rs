@@ -50,11 +50,16 @@ pub struct SchedulerConfig {
     pub max_wait: Duration,
 }
 
+/// The one default of each setting: `serve` (`batch_size`, `batch_wait_ms`), `batch` and tests
+/// all start from here.
+pub const DEFAULT_MAX_BATCH: usize = 8;
+pub const DEFAULT_MAX_WAIT_MS: u64 = 20;
+
 impl Default for SchedulerConfig {
     fn default() -> Self {
         Self {
-            max_batch: 8,
-            max_wait: Duration::from_millis(200),
+            max_batch: DEFAULT_MAX_BATCH,
+            max_wait: Duration::from_millis(DEFAULT_MAX_WAIT_MS),
         }
     }
 }

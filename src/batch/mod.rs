@@ -196,7 +196,7 @@ pub fn run(
     let scheduler = if batch > 1 {
         let config = crate::scheduler::SchedulerConfig {
             max_batch: batch,
-            max_wait: std::time::Duration::from_millis(50),
+            ..Default::default()
         };
         match crate::scheduler::start(engine.model.clone(), config, None) {
             Ok(h) => Some(h),
