@@ -57,22 +57,28 @@ impl Mel {
     }
 }
 
-/// Precomputed window, filterbank and FFT plan; cheap to share between threads.
-pub struct MelSpectrogram {
-    n_mels: usize,
+/// One STFT frame's mel powers: a periodic Hann window of `N_FFT`, the FFT, a Slaney
+/// filterbank. Whisper's log-mel and the speaker encoder's mel frames both use it.
+pub struct MelFrames {
     window: Vec<f64>,
     /// Per mel bin: first FFT bin and the non-zero weights from there (the filters are sparse).
     filters: Vec<(usize, Vec<f64>)>,
     fft: Arc<dyn Fft<f64>>,
 }
 
-impl MelSpectrogram {
+/// Buffers one thread reuses frame after frame.
+pub struct FrameWork {
+    buf: Vec<Complex<f64>>,
+    scratch: Vec<Complex<f64>>,
+    power: Vec<f64>,
+}
+
+impl MelFrames {
     pub fn new(n_mels: usize) -> Self {
         let window = (0..N_FFT)
             .map(|i| 0.5 - 0.5 * (2.0 * std::f64::consts::PI * i as f64 / N_FFT as f64).cos())
             .collect();
-        let dense = mel_filterbank(n_mels, N_FFT, 16_000);
-        let filters = dense
+        let filters = mel_filterbank(n_mels, N_FFT, 16_000)
             .iter()
             .map(|row| {
                 let first = row.iter().position(|&w| w != 0.0).unwrap_or(0);
@@ -80,12 +86,60 @@ impl MelSpectrogram {
                 (first, row[first..last].to_vec())
             })
             .collect();
-        let fft = FftPlanner::new().plan_fft_forward(N_FFT);
         Self {
-            n_mels,
             window,
             filters,
-            fft,
+            fft: FftPlanner::new().plan_fft_forward(N_FFT),
+        }
+    }
+
+    pub fn work(&self) -> FrameWork {
+        FrameWork {
+            buf: vec![Complex::new(0.0, 0.0); N_FFT],
+            scratch: vec![Complex::new(0.0, 0.0); self.fft.get_inplace_scratch_len()],
+            power: vec![0f64; N_FFT / 2 + 1],
+        }
+    }
+
+    /// The mel powers of the frame whose `i`-th sample is `sample(i)` (`i < N_FFT`), one per
+    /// bin, handed to `emit` in bin order.
+    pub fn powers(
+        &self,
+        sample: impl Fn(usize) -> f64,
+        work: &mut FrameWork,
+        mut emit: impl FnMut(f64),
+    ) {
+        for (i, c) in work.buf.iter_mut().enumerate() {
+            *c = Complex::new(sample(i) * self.window[i], 0.0);
+        }
+        self.fft
+            .process_with_scratch(&mut work.buf, &mut work.scratch);
+        for (p, c) in work.power.iter_mut().zip(work.buf.iter()) {
+            *p = c.norm_sqr();
+        }
+        for (first, weights) in &self.filters {
+            emit(
+                weights
+                    .iter()
+                    .zip(&work.power[*first..])
+                    .map(|(w, p)| w * p)
+                    .sum(),
+            );
+        }
+    }
+}
+
+/// Whisper's log-mel front end; cheap to share between threads.
+pub struct MelSpectrogram {
+    n_mels: usize,
+    frames: MelFrames,
+}
+
+impl MelSpectrogram {
+    pub fn new(n_mels: usize) -> Self {
+        Self {
+            n_mels,
+            frames: MelFrames::new(n_mels),
         }
     }
 
@@ -124,13 +178,10 @@ impl MelSpectrogram {
         };
         // torch.stft gives 1 + n/hop frames; Whisper drops the last.
         let n_frames = (padded_len - N_FFT) / HOP_LENGTH + 1 - 1;
-        let n_bins = N_FFT / 2 + 1;
         let mut log = SpillBuffer::new();
         let mut values = Vec::with_capacity(BLOCK_FRAMES.min(n_frames) * self.n_mels);
         let mut loaded: Vec<f32> = Vec::new();
-        let mut buf = vec![Complex::new(0.0, 0.0); N_FFT];
-        let mut scratch = vec![Complex::new(0.0, 0.0); self.fft.get_inplace_scratch_len()];
-        let mut power = vec![0f64; n_bins];
+        let mut work = self.frames.work();
         let mut max_log = f32::NEG_INFINITY;
         for f0 in (0..n_frames).step_by(BLOCK_FRAMES) {
             let f1 = (f0 + BLOCK_FRAMES).min(n_frames);
@@ -159,23 +210,15 @@ impl MelSpectrogram {
             values.clear();
             for f in f0..f1 {
                 let start = (f * HOP_LENGTH) as isize - half as isize;
-                for (i, c) in buf.iter_mut().enumerate() {
-                    *c = Complex::new(at(start + i as isize) * self.window[i], 0.0);
-                }
-                self.fft.process_with_scratch(&mut buf, &mut scratch);
-                for (p, c) in power.iter_mut().zip(buf.iter()) {
-                    *p = c.norm_sqr();
-                }
-                for (first, weights) in &self.filters {
-                    let e: f64 = weights
-                        .iter()
-                        .zip(&power[*first..])
-                        .map(|(w, p)| w * p)
-                        .sum();
-                    let v = e.max(1e-10).log10() as f32;
-                    max_log = max_log.max(v);
-                    values.push(v);
-                }
+                self.frames.powers(
+                    |i| at(start + i as isize),
+                    &mut work,
+                    |e| {
+                        let v = e.max(1e-10).log10() as f32;
+                        max_log = max_log.max(v);
+                        values.push(v);
+                    },
+                );
             }
             log.push(&values)?;
         }
@@ -277,12 +320,13 @@ mod tests {
         let mut buf: Vec<Complex<f64>> = (0..N_FFT)
             .map(|i| {
                 let j = (f * HOP_LENGTH + i) as isize - (N_FFT / 2) as isize;
-                Complex::new(sample(j) * mel.window[i], 0.0)
+                Complex::new(sample(j) * mel.frames.window[i], 0.0)
             })
             .collect();
-        mel.fft.process(&mut buf);
+        mel.frames.fft.process(&mut buf);
         let power: Vec<f64> = buf.iter().map(|c| c.norm_sqr()).collect();
-        mel.filters
+        mel.frames
+            .filters
             .iter()
             .map(|(first, w)| {
                 let e: f64 = w.iter().zip(&power[*first..]).map(|(w, p)| w * p).sum();

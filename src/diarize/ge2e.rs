@@ -8,17 +8,15 @@
 //! every frame of every window, and each time step one product over the batch.
 
 use std::path::Path;
-use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor, D};
-use rustfft::{num_complex::Complex, Fft, FftPlanner};
 
 pub const SAMPLE_RATE: usize = 16_000;
 /// Samples in one window (1.6 s), as Resemblyzer's partial utterances.
 pub const WINDOW_SAMPLES: usize = 25_600;
 pub const N_MELS: usize = 40;
-const N_FFT: usize = 400;
-const HOP: usize = 160;
+const N_FFT: usize = crate::mel::N_FFT;
+const HOP: usize = crate::mel::HOP_LENGTH;
 pub const EMBEDDING: usize = 256;
 const HIDDEN: usize = 256;
 const LAYERS: usize = 3;
@@ -37,9 +35,7 @@ pub enum SpeakerError {
 /// `melspectrogram(y, sr=16000, n_fft=400, hop_length=160, n_mels=40)`: centred frames with
 /// zero padding, periodic Hann window, power 2, Slaney mel filters, no log.
 pub struct SpeakerMel {
-    window: Vec<f64>,
-    filters: Vec<(usize, Vec<f64>)>,
-    fft: Arc<dyn Fft<f64>>,
+    frames: crate::mel::MelFrames,
 }
 
 impl Default for SpeakerMel {
@@ -50,21 +46,8 @@ impl Default for SpeakerMel {
 
 impl SpeakerMel {
     pub fn new() -> Self {
-        let window = (0..N_FFT)
-            .map(|i| 0.5 - 0.5 * (2.0 * std::f64::consts::PI * i as f64 / N_FFT as f64).cos())
-            .collect();
-        let filters = crate::mel::mel_filterbank(N_MELS, N_FFT, SAMPLE_RATE)
-            .into_iter()
-            .map(|row| {
-                let first = row.iter().position(|&w| w != 0.0).unwrap_or(0);
-                let last = row.iter().rposition(|&w| w != 0.0).map_or(first, |l| l + 1);
-                (first, row[first..last].to_vec())
-            })
-            .collect();
         Self {
-            window,
-            filters,
-            fft: FftPlanner::new().plan_fft_forward(N_FFT),
+            frames: crate::mel::MelFrames::new(N_MELS),
         }
     }
 
@@ -74,32 +57,18 @@ impl SpeakerMel {
         let n = samples.len();
         let n_frames = 1 + n / HOP;
         let mut out = Vec::with_capacity(n_frames * N_MELS);
-        let mut buf = vec![Complex::new(0.0, 0.0); N_FFT];
-        let mut scratch = vec![Complex::new(0.0, 0.0); self.fft.get_inplace_scratch_len()];
-        let mut power = vec![0f64; N_FFT / 2 + 1];
+        let mut work = self.frames.work();
         for f in 0..n_frames {
             let start = (f * HOP) as isize - half;
-            for (i, c) in buf.iter_mut().enumerate() {
+            let at = |i: usize| {
                 let j = start + i as isize;
-                let x = if j >= 0 && (j as usize) < n {
+                if j >= 0 && (j as usize) < n {
                     samples[j as usize] as f64
                 } else {
                     0.0
-                };
-                *c = Complex::new(x * self.window[i], 0.0);
-            }
-            self.fft.process_with_scratch(&mut buf, &mut scratch);
-            for (p, c) in power.iter_mut().zip(buf.iter()) {
-                *p = c.norm_sqr();
-            }
-            for (first, weights) in &self.filters {
-                let e: f64 = weights
-                    .iter()
-                    .zip(&power[*first..])
-                    .map(|(w, p)| w * p)
-                    .sum();
-                out.push(e as f32);
-            }
+                }
+            };
+            self.frames.powers(at, &mut work, |e| out.push(e as f32));
         }
         out
     }

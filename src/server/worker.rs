@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::mpsc::{Receiver, TrySendError};
+use std::sync::mpsc::Receiver;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tracing::Instrument;
@@ -575,65 +575,47 @@ async fn prepare_and_enqueue(shared: Arc<Shared>, lease: Lease, job: NewJob) {
         }
         Err(_) => return, // blocking pool gone: shutting down; the guard answers the waiters
     };
-    if !shared.reserve_queue_place() {
-        shared
-            .metrics
-            .jobs
-            .with_label_values(&[&lease.name, "rejected"])
-            .inc();
-        tracing::warn!(
-            queue_size = shared.queue_size,
-            "inference queue full: answering 503; add replicas or raise queue_size"
-        );
-        guard.armed = false;
-        shared.finish(
-            &key,
-            Err(ApiError::unavailable(
-                "the server is busy: inference queue full",
-                2,
-            )),
-        );
+    let model = lease.name.clone();
+    let queued = shared.reserve_queue_place() && {
+        let queue = lease.queue();
+        let now = Instant::now();
+        let job = Job {
+            key: key.clone(),
+            prepared,
+            options,
+            tx,
+            progress,
+            enqueued: now,
+            deadline: now + shared.request_timeout,
+            span: tracing::Span::current(),
+            lease: Some(lease),
+        };
+        // (Each model's channel holds queue_size: with a place reserved it has room.)
+        let sent = queue.try_send(job).is_ok();
+        if !sent {
+            shared.release_queue_place();
+        }
+        sent
+    };
+    guard.armed = false;
+    if queued {
+        accepted.send_replace(true);
         return;
     }
-    let queue = lease.queue();
-    let model = lease.name.clone();
-    let now = Instant::now();
-    let job = Job {
-        key: key.clone(),
-        prepared,
-        options,
-        tx,
-        progress,
-        enqueued: now,
-        deadline: now + shared.request_timeout,
-        span: tracing::Span::current(),
-        lease: Some(lease),
-    };
-    match queue.try_send(job) {
-        Ok(()) => {
-            guard.armed = false;
-            accepted.send_replace(true);
-        }
-        // (Each model's channel holds queue_size: with a place reserved it has room.)
-        Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
-            shared.release_queue_place();
-            shared
-                .metrics
-                .jobs
-                .with_label_values(&[&model, "rejected"])
-                .inc();
-            tracing::warn!(
-                queue_size = shared.queue_size,
-                "inference queue full: answering 503; add replicas or raise queue_size"
-            );
-            guard.armed = false;
-            shared.finish(
-                &key,
-                Err(ApiError::unavailable(
-                    "the server is busy: inference queue full",
-                    2,
-                )),
-            );
-        }
-    }
+    shared
+        .metrics
+        .jobs
+        .with_label_values(&[&model, "rejected"])
+        .inc();
+    tracing::warn!(
+        queue_size = shared.queue_size,
+        "inference queue full: answering 503; add replicas or raise queue_size"
+    );
+    shared.finish(
+        &key,
+        Err(ApiError::unavailable(
+            "the server is busy: inference queue full",
+            2,
+        )),
+    );
 }
