@@ -571,7 +571,9 @@ mod tests {
     }
 
     fn models(names: &[&str], aliases: &[&str], budget: u64) -> anyhow::Result<Models> {
-        let root = tempfile::tempdir().unwrap().keep();
+        // (Models::new reads the directories only while it runs.)
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
         let dirs: Vec<PathBuf> = names
             .iter()
             .map(|n| {
