@@ -109,3 +109,53 @@ fn embeddings_match_resemblyzer() {
     let alone = enc.embed(&refs[1..2]).unwrap();
     assert!(cosine(&alone[0], &got[1]) > 0.99999);
 }
+
+/// Windows inside each reference turn of mix01 (two voices), clustered into two speakers:
+/// the encoder and the clustering together tell the voices apart.
+#[test]
+fn two_voices_cluster_apart() {
+    let Some(enc) = encoder() else { return };
+    let audio = whisperd::audio::load_pcm(read("eval/diarization/mix01.flac"), None).unwrap();
+    let samples = audio.samples.to_vec().unwrap();
+    let rttm = String::from_utf8(read("eval/diarization/mix01.rttm")).unwrap();
+    let (mut windows, mut truth) = (Vec::new(), Vec::new());
+    let mut names: Vec<String> = Vec::new();
+    for line in rttm.lines() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        let (start, dur): (f64, f64) = (f[3].parse().unwrap(), f[4].parse().unwrap());
+        let who = match names.iter().position(|n| n == f[7]) {
+            Some(i) => i,
+            None => {
+                names.push(f[7].to_string());
+                names.len() - 1
+            }
+        };
+        let mut t = start;
+        while t + 1.6 <= start + dur {
+            let s = (t * 16_000.0) as usize;
+            windows.push(samples[s..s + 25_600].to_vec());
+            truth.push(who);
+            t += 0.8;
+        }
+    }
+    let refs: Vec<&[f32]> = windows.iter().map(Vec::as_slice).collect();
+    let emb = enc.embed(&refs).unwrap();
+    let labels = whisperd::diarize::cluster(
+        &emb,
+        &whisperd::diarize::ClusterOptions {
+            threshold: 0.5,
+            num_speakers: Some(2),
+            min_speakers: 1,
+            max_speakers: 32,
+        },
+    );
+    // labels and truth are both numbered by first appearance
+    let right = labels.iter().zip(&truth).filter(|(l, t)| l == t).count();
+    let share = right as f64 / labels.len() as f64;
+    eprintln!(
+        "{} windows, {:.1} % labelled right",
+        labels.len(),
+        100.0 * share
+    );
+    assert!(share >= 0.95, "{share}");
+}
