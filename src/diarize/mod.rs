@@ -1,10 +1,12 @@
 //! Who spoke when. `ge2e`: the speaker encoder (voice embeddings of 1.6-s windows);
 //! `cluster`: embeddings grouped into speakers (average-linkage agglomerative, cut at a
-//! threshold or a given count). Windowing over speech, smoothing and assigning speakers to
-//! segments build on them.
+//! threshold or a given count); `turns`: where the windows go over speech, labels smoothed
+//! into speaker turns, and the speaker of a stretch of time (a segment, a word).
 
 pub mod cluster;
 pub mod ge2e;
+pub mod turns;
 
 pub use cluster::{cluster, ClusterOptions};
 pub use ge2e::{cosine, SpeakerEncoder, SpeakerError, SpeakerMel};
+pub use turns::{speaker_of, turns, window_starts, Turn};
