@@ -155,7 +155,7 @@ mod tests {
         assert!(w.contains(&645), "centred on the short region: {w:?}");
         assert!(w.contains(&840), "kept inside the recording: {w:?}");
         assert!(w.windows(2).all(|p| p[0] < p[1]));
-        assert!(window_starts(&[5..5], 1000, 160, 80).is_empty());
+        assert!(window_starts(std::slice::from_ref(&(5..5)), 1000, 160, 80).is_empty());
     }
 
     #[test]
