@@ -157,7 +157,9 @@ impl SpeakerEncoder {
         }
         let mut x = Tensor::from_slice(mels, (windows * frames, N_MELS), &self.device)?;
         let mut h = Tensor::zeros((windows, HIDDEN), DType::F32, &self.device)?;
-        for layer in &self.layers {
+        for (l, layer) in self.layers.iter().enumerate() {
+            // The last layer's outputs are not needed, only its final state.
+            let last = l + 1 == self.layers.len();
             // Every frame's input projection at once: (windows·frames, 4·HIDDEN).
             let pre = x
                 .matmul(&layer.w_ih_t)?
@@ -165,7 +167,7 @@ impl SpeakerEncoder {
                 .reshape((windows, frames, 4 * HIDDEN))?;
             h = Tensor::zeros((windows, HIDDEN), DType::F32, &self.device)?;
             let mut c = Tensor::zeros((windows, HIDDEN), DType::F32, &self.device)?;
-            let mut outputs = Vec::with_capacity(frames);
+            let mut outputs = Vec::with_capacity(if last { 0 } else { frames });
             for t in 0..frames {
                 let gates = (pre.narrow(1, t, 1)?.squeeze(1)? + h.matmul(&layer.w_hh_t)?)?;
                 let i = candle_nn::ops::sigmoid(&gates.narrow(1, 0, HIDDEN)?)?;
@@ -174,9 +176,13 @@ impl SpeakerEncoder {
                 let o = candle_nn::ops::sigmoid(&gates.narrow(1, 3 * HIDDEN, HIDDEN)?)?;
                 c = ((f * &c)? + (i * g)?)?;
                 h = (o * c.tanh()?)?;
-                outputs.push(h.clone());
+                if !last {
+                    outputs.push(h.clone());
+                }
             }
-            x = Tensor::stack(&outputs, 1)?.reshape((windows * frames, HIDDEN))?;
+            if !last {
+                x = Tensor::stack(&outputs, 1)?.reshape((windows * frames, HIDDEN))?;
+            }
         }
         let e = h
             .matmul(&self.linear_t)?
