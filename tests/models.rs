@@ -79,12 +79,7 @@ fn two_models_answer_by_name_and_batch_apart() {
         ("WHISPERD_MODELS", &models),
         ("WHISPERD_CACHE_ENTRIES", "0"),
     ]);
-    let ids: Vec<String> = json(&s.get("/v1/models"))["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["id"].as_str().unwrap().to_string())
-        .collect();
+    let ids = s.model_ids();
     assert_eq!(&ids[..3], [TINY, BASE, "whisper-1"], "{ids:?}");
     // The default loads at start, the other on first use.
     let info = json(&s.get("/info"));

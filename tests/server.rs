@@ -337,12 +337,7 @@ fn openai_fields_usage_logprobs_languages_keywords_models() {
     assert_eq!(header(&r, "x-cache"), Some("miss"));
     // Models: the model and its aliases (OpenAI's names) are listed and can be fetched; an
     // unknown one is a 404.
-    let ids: Vec<String> = json(&s.get("/v1/models"))["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["id"].as_str().unwrap().to_string())
-        .collect();
+    let ids = s.model_ids();
     assert_eq!(
         ids,
         vec![

@@ -89,6 +89,18 @@ impl Server {
         request(&self.addr, "POST", path, &h, &body)
     }
 
+    /// The ids `GET /v1/models` lists, in its order.
+    pub fn model_ids(&self) -> Vec<String> {
+        json(&self.get("/v1/models"))["data"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|m| m["id"].as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     /// A metric's value (summed over its label sets) from /metrics.
     pub fn metric(&self, name: &str) -> f64 {
         metric(&self.addr, name)
