@@ -143,6 +143,7 @@ mod tests {
             fallbacks: vec![],
             speech: None,
             language_probabilities: None,
+            speakers: None,
         })
     }
 
@@ -216,6 +217,7 @@ mod tests {
             compression_ratio: 1.2,
             no_speech_prob: 0.01,
             words: None,
+            speaker: None,
             token_logprobs: vec![-0.1, -0.2, -0.3],
             text_probs: vec![0.9, 0.8, 0.7],
         };

@@ -450,6 +450,7 @@ impl Engine {
                     )
                     .collect(),
             ),
+            speakers: None,
         })
     }
 }

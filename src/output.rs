@@ -20,6 +20,9 @@ pub struct Segment {
     /// Word timings, when word timestamps were asked for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub words: Option<Vec<Word>>,
+    /// Who speaks (`SPEAKER_00`, … or a known speaker's name), when diarization was asked for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub speaker: Option<String>,
     /// The log-probability of each of `tokens` (OpenAI's `include[]=logprobs`; not serialized).
     #[serde(skip)]
     pub token_logprobs: Vec<f32>,
@@ -73,6 +76,9 @@ pub struct Transcript {
     /// Language identification only: every candidate language, most likely first.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub language_probabilities: Option<Vec<LanguageProbability>>,
+    /// Diarization: each speaker's talk time, in order of first appearance.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub speakers: Option<Vec<crate::diarize::SpeakerSummary>>,
 }
 
 /// One candidate language and its probability.
@@ -501,6 +507,7 @@ impl Transcript {
                     .iter()
                     .map(|s| Segment {
                         words: None,
+                        speaker: None,
                         ..s.clone()
                     })
                     .collect(),
@@ -556,6 +563,7 @@ mod tests {
                     compression_ratio: 1.0,
                     no_speech_prob: 0.01,
                     words: None,
+                    speaker: None,
                     token_logprobs: vec![],
                     text_probs: vec![],
                 },
@@ -571,6 +579,7 @@ mod tests {
                     compression_ratio: 1.0,
                     no_speech_prob: 0.01,
                     words: None,
+                    speaker: None,
                     token_logprobs: vec![],
                     text_probs: vec![],
                 },
@@ -578,6 +587,7 @@ mod tests {
             fallbacks: vec![],
             speech: None,
             language_probabilities: None,
+            speakers: None,
         }
     }
 

@@ -51,6 +51,11 @@ const KERNELS: &[Kernel] = &[
         check: crate::elementwise::tests::log_sum_exp_f64,
     },
     Kernel {
+        name: "lstm_cell",
+        versions: WRITTEN_ONCE,
+        check: crate::elementwise::tests::lstm_cell_f64,
+    },
+    Kernel {
         name: "exp_to_bf16",
         versions: &[Tier::Portable, Tier::Avx512Bf16],
         check: crate::elementwise::tests::exp_to_bf16_softmax,

@@ -338,6 +338,7 @@ pub fn transcribe(
         fallbacks,
         speech: None,
         language_probabilities: None,
+        speakers: None,
     })
 }
 
@@ -370,5 +371,6 @@ fn new_segment(
         compression_ratio: r.compression_ratio,
         no_speech_prob: r.no_speech_prob,
         words: None,
+        speaker: None,
     })
 }

@@ -5,11 +5,14 @@
 //! embedding, close (cosine) for the same speaker.
 //!
 //! Many windows run as one batch: each LSTM layer's input projection is one matrix product over
-//! every frame of every window, and each time step one product over the batch.
+//! every frame of every window, each time step one product over the batch (the `gemm` crate,
+//! accumulating into the gates) and one fused, vectorized cell update
+//! (`whisperd_kernels::elementwise::lstm_cell`): candle's separate sigmoid/tanh/mul ops spent
+//! most of the time allocating and in scalar libm.
 
 use std::path::Path;
 
-use candle_core::{DType, Device, Tensor, D};
+use candle_core::{DType, Device, Tensor};
 
 pub const SAMPLE_RATE: usize = 16_000;
 /// Samples in one window (1.6 s), as Resemblyzer's partial utterances.
@@ -29,6 +32,8 @@ pub enum SpeakerError {
     Model { path: String, message: String },
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
+    #[error("speaker encoder input: {0}")]
+    Shape(String),
 }
 
 /// Mel frames of 1-D audio, frame-major (`[frames][N_MELS]`), computed as librosa's
@@ -53,17 +58,42 @@ impl SpeakerMel {
 
     /// `1 + len / 160` frames (161 for a 1.6-s window).
     pub fn frames(&self, samples: &[f32]) -> Vec<f32> {
-        let half = N_FFT as isize / 2;
+        self.frames_in(samples, 0, samples.len(), 0..1 + samples.len() / HOP)
+    }
+
+    /// Frames `range` of a whole recording (frame `f` centred on sample `160·f`, zeros past
+    /// either end), reading only the samples they need.
+    pub fn frames_of(
+        &self,
+        samples: &dyn crate::audio::Samples,
+        range: std::ops::Range<usize>,
+    ) -> Result<Vec<f32>, crate::audio::SpillError> {
         let n = samples.len();
-        let n_frames = 1 + n / HOP;
-        let mut out = Vec::with_capacity(n_frames * N_MELS);
+        let first = (range.start * HOP).saturating_sub(N_FFT / 2).min(n);
+        let last = (range.end * HOP + N_FFT / 2).min(n).max(first);
+        let mut buf = vec![0f32; last - first];
+        samples.read(first, &mut buf)?;
+        Ok(self.frames_in(&buf, first, n, range))
+    }
+
+    /// Frames `range` of a recording `total` samples long of which `part` starts at `offset`
+    /// (and holds every sample those frames touch).
+    fn frames_in(
+        &self,
+        part: &[f32],
+        offset: usize,
+        total: usize,
+        range: std::ops::Range<usize>,
+    ) -> Vec<f32> {
+        let half = N_FFT as isize / 2;
+        let mut out = Vec::with_capacity(range.len() * N_MELS);
         let mut work = self.frames.work();
-        for f in 0..n_frames {
+        for f in range {
             let start = (f * HOP) as isize - half;
             let at = |i: usize| {
                 let j = start + i as isize;
-                if j >= 0 && (j as usize) < n {
-                    samples[j as usize] as f64
+                if j >= 0 && (j as usize) < total {
+                    part.get(j as usize - offset).map_or(0.0, |&v| v as f64)
                 } else {
                     0.0
                 }
@@ -75,27 +105,66 @@ impl SpeakerMel {
 }
 
 struct LstmLayer {
-    /// `(input, 4 * HIDDEN)`, gates in PyTorch's order: input, forget, cell, output.
-    w_ih_t: Tensor,
-    /// `(HIDDEN, 4 * HIDDEN)`.
-    w_hh_t: Tensor,
-    /// `b_ih + b_hh`, `(4 * HIDDEN,)`.
-    bias: Tensor,
+    /// `[input][4·HIDDEN]`, gates in PyTorch's order: input, forget, cell, output.
+    w_ih_t: Vec<f32>,
+    /// `[HIDDEN][4·HIDDEN]`.
+    w_hh_t: Vec<f32>,
+    /// `b_ih + b_hh`, `[4·HIDDEN]`.
+    bias: Vec<f32>,
+    input: usize,
 }
 
 pub struct SpeakerEncoder {
     layers: Vec<LstmLayer>,
-    /// `(HIDDEN, EMBEDDING)`.
-    linear_t: Tensor,
-    linear_b: Tensor,
+    /// `[EMBEDDING][HIDDEN]` (PyTorch's layout: one row per output).
+    linear: Vec<f32>,
+    linear_b: Vec<f32>,
     mel: SpeakerMel,
-    device: Device,
+}
+
+/// `dst[m×n] += a[m×k] · b[k×n]`, all row-major and contiguous.
+fn matmul_add(dst: &mut [f32], a: &[f32], b: &[f32], m: usize, k: usize, n: usize) {
+    assert!(dst.len() >= m * n && a.len() >= m * k && b.len() >= k * n);
+    if m == 0 || n == 0 || k == 0 {
+        return;
+    }
+    let threads = rayon::current_num_threads();
+    let par = if threads > 1 && m * n * k >= 1 << 20 {
+        gemm::Parallelism::Rayon(threads)
+    } else {
+        gemm::Parallelism::None
+    };
+    // SAFETY: the three buffers hold at least m×n, m×k and k×n values (asserted above), the
+    // strides describe contiguous row-major matrices of those shapes, and `dst` does not alias
+    // `a` or `b` (a `&mut` and two `&` borrows).
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            true,
+            a.as_ptr(),
+            1,
+            k as isize,
+            b.as_ptr(),
+            1,
+            n as isize,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            par,
+        );
+    }
 }
 
 impl SpeakerEncoder {
-    /// Load `ge2e.safetensors` (see the module's header) onto the CPU.
+    /// Load `ge2e.safetensors` (see the module's header).
     pub fn load(path: &Path) -> Result<Self, SpeakerError> {
-        let device = Device::Cpu;
         let bad = |message: String| SpeakerError::Model {
             path: path.display().to_string(),
             message,
@@ -103,7 +172,7 @@ impl SpeakerEncoder {
         if !path.is_file() {
             return Err(bad("not found".into()));
         }
-        let tensors = candle_core::safetensors::load(path, &device)
+        let tensors = candle_core::safetensors::load(path, &Device::Cpu)
             .map_err(|e| bad(format!("unreadable: {e}")))?;
         let get = |name: &str, shape: &[usize]| -> Result<Tensor, SpeakerError> {
             let t = tensors
@@ -117,6 +186,8 @@ impl SpeakerEncoder {
             }
             Ok(t.to_dtype(DType::F32)?)
         };
+        let flat =
+            |t: Tensor| -> Result<Vec<f32>, SpeakerError> { Ok(t.flatten_all()?.to_vec1()?) };
         let mut layers = Vec::with_capacity(LAYERS);
         for l in 0..LAYERS {
             let input = if l == 0 { N_MELS } else { HIDDEN };
@@ -125,18 +196,17 @@ impl SpeakerEncoder {
             let b_ih = get(&format!("lstm.bias_ih_l{l}"), &[4 * HIDDEN])?;
             let b_hh = get(&format!("lstm.bias_hh_l{l}"), &[4 * HIDDEN])?;
             layers.push(LstmLayer {
-                w_ih_t: w_ih.t()?.contiguous()?,
-                w_hh_t: w_hh.t()?.contiguous()?,
-                bias: (b_ih + b_hh)?,
+                w_ih_t: flat(w_ih.t()?.contiguous()?)?,
+                w_hh_t: flat(w_hh.t()?.contiguous()?)?,
+                bias: flat((b_ih + b_hh)?)?,
+                input,
             });
         }
-        let linear = get("linear.weight", &[EMBEDDING, HIDDEN])?;
         Ok(Self {
             layers,
-            linear_t: linear.t()?.contiguous()?,
-            linear_b: get("linear.bias", &[EMBEDDING])?,
+            linear: flat(get("linear.weight", &[EMBEDDING, HIDDEN])?)?,
+            linear_b: flat(get("linear.bias", &[EMBEDDING])?)?,
             mel: SpeakerMel::new(),
-            device,
         })
     }
 
@@ -152,49 +222,79 @@ impl SpeakerEncoder {
         windows: usize,
         frames: usize,
     ) -> Result<Vec<Vec<f32>>, SpeakerError> {
-        if windows == 0 {
-            return Ok(Vec::new());
+        if windows == 0 || frames == 0 {
+            return Ok(vec![vec![0.0; EMBEDDING]; windows]);
         }
-        let mut x = Tensor::from_slice(mels, (windows * frames, N_MELS), &self.device)?;
-        let mut h = Tensor::zeros((windows, HIDDEN), DType::F32, &self.device)?;
+        if mels.len() != windows * frames * N_MELS {
+            return Err(SpeakerError::Shape(format!(
+                "{} mel values for {windows} windows of {frames} frames",
+                mels.len()
+            )));
+        }
+        let g4 = 4 * HIDDEN;
+        let mut x: Vec<f32> = mels.to_vec();
+        let mut h = vec![0f32; windows * HIDDEN];
+        let mut c = vec![0f32; windows * HIDDEN];
+        let mut gates = vec![0f32; windows * g4];
         for (l, layer) in self.layers.iter().enumerate() {
             // The last layer's outputs are not needed, only its final state.
             let last = l + 1 == self.layers.len();
-            // Every frame's input projection at once: (windows·frames, 4·HIDDEN).
-            let pre = x
-                .matmul(&layer.w_ih_t)?
-                .broadcast_add(&layer.bias)?
-                .reshape((windows, frames, 4 * HIDDEN))?;
-            h = Tensor::zeros((windows, HIDDEN), DType::F32, &self.device)?;
-            let mut c = Tensor::zeros((windows, HIDDEN), DType::F32, &self.device)?;
-            let mut outputs = Vec::with_capacity(if last { 0 } else { frames });
+            // Every frame's input projection at once: `[window][frame][4·HIDDEN]`.
+            let mut pre: Vec<f32> = layer
+                .bias
+                .iter()
+                .copied()
+                .cycle()
+                .take(windows * frames * g4)
+                .collect();
+            matmul_add(
+                &mut pre,
+                &x,
+                &layer.w_ih_t,
+                windows * frames,
+                layer.input,
+                g4,
+            );
+            h.fill(0.0);
+            c.fill(0.0);
+            let mut outputs = if last {
+                Vec::new()
+            } else {
+                vec![0f32; windows * frames * HIDDEN]
+            };
             for t in 0..frames {
-                let gates = (pre.narrow(1, t, 1)?.squeeze(1)? + h.matmul(&layer.w_hh_t)?)?;
-                let i = candle_nn::ops::sigmoid(&gates.narrow(1, 0, HIDDEN)?)?;
-                let f = candle_nn::ops::sigmoid(&gates.narrow(1, HIDDEN, HIDDEN)?)?;
-                let g = gates.narrow(1, 2 * HIDDEN, HIDDEN)?.tanh()?;
-                let o = candle_nn::ops::sigmoid(&gates.narrow(1, 3 * HIDDEN, HIDDEN)?)?;
-                c = ((f * &c)? + (i * g)?)?;
-                h = (o * c.tanh()?)?;
+                for w in 0..windows {
+                    gates[w * g4..(w + 1) * g4]
+                        .copy_from_slice(&pre[(w * frames + t) * g4..][..g4]);
+                }
+                matmul_add(&mut gates, &h, &layer.w_hh_t, windows, HIDDEN, g4);
+                whisperd_kernels::elementwise::lstm_cell(&gates, &mut c, &mut h, HIDDEN);
                 if !last {
-                    outputs.push(h.clone());
+                    for w in 0..windows {
+                        outputs[(w * frames + t) * HIDDEN..][..HIDDEN]
+                            .copy_from_slice(&h[w * HIDDEN..(w + 1) * HIDDEN]);
+                    }
                 }
             }
             if !last {
-                x = Tensor::stack(&outputs, 1)?.reshape((windows * frames, HIDDEN))?;
+                x = outputs;
             }
         }
-        let e = h
-            .matmul(&self.linear_t)?
-            .broadcast_add(&self.linear_b)?
-            .relu()?;
-        let norm = e
-            .sqr()?
-            .sum_keepdim(D::Minus1)?
-            .sqrt()?
-            .clamp(1e-12, f64::MAX)?;
-        let e = e.broadcast_div(&norm)?;
-        Ok(e.to_vec2::<f32>()?)
+        Ok(h.chunks_exact(HIDDEN)
+            .map(|state| {
+                let mut e: Vec<f32> = self
+                    .linear
+                    .chunks_exact(HIDDEN)
+                    .zip(&self.linear_b)
+                    .map(|(row, b)| {
+                        (row.iter().zip(state).map(|(w, s)| w * s).sum::<f32>() + b).max(0.0)
+                    })
+                    .collect();
+                let norm = e.iter().map(|v| v * v).sum::<f32>().sqrt().max(1e-12);
+                e.iter_mut().for_each(|v| *v /= norm);
+                e
+            })
+            .collect())
     }
 
     /// Embeddings of windows of samples (each [`WINDOW_SAMPLES`] long; shorter ones are
@@ -224,6 +324,19 @@ pub fn cosine(a: &[f32], b: &[f32]) -> f32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn frames_of_a_range_equal_the_same_frames_of_the_whole() {
+        let m = SpeakerMel::new();
+        let x: Vec<f32> = (0..16_123)
+            .map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5)
+            .collect();
+        let whole = m.frames(&x);
+        let s: &[f32] = &x;
+        assert_eq!(m.frames_of(&s, 0..whole.len() / N_MELS).unwrap(), whole);
+        let part = m.frames_of(&s, 37..90).unwrap();
+        assert_eq!(part, whole[37 * N_MELS..90 * N_MELS]);
+    }
 
     #[test]
     fn a_window_has_161_frames_of_40_mels_and_silence_is_zero() {

@@ -5,8 +5,13 @@
 
 pub mod cluster;
 pub mod ge2e;
+pub mod pipeline;
 pub mod turns;
 
 pub use cluster::{cluster, ClusterOptions};
 pub use ge2e::{cosine, SpeakerEncoder, SpeakerError, SpeakerMel};
+pub use pipeline::{
+    assign, speaker_label, summarise, Diarization, DiarizeError, DiarizeOptions, Diarizer,
+    SpeakerFeatures, SpeakerSummary, MAX_SPEAKERS,
+};
 pub use turns::{speaker_of, turns, window_starts, Turn};

@@ -291,6 +291,7 @@ mod tests {
             fallbacks: vec![],
             speech: None,
             language_probabilities: None,
+            speakers: None,
         };
         let u = token_usage(&t);
         assert_eq!(u["input_tokens"], 100);

@@ -1,0 +1,660 @@
+//! The diarization pipeline, from a recording to speaker turns:
+//!
+//! 1. **Speech** — its own fine-grained regions (Silero VAD when loaded, else the energy gate),
+//!    splitting at pauses of 150 ms so that a window rarely straddles two speakers' turns;
+//!    transcription's VAD keeps 2-s pauses, too coarse for this.
+//! 2. **Features** — GE2E mel frames computed once per stretch of speech (plus half a window
+//!    each side), not once per overlapping window.
+//! 3. **Embeddings** — 1.6-s windows every [`HOP_FRAMES`] inside the speech, in batches.
+//! 4. **Clustering** — average linkage over cosine distance, cut at [`DEFAULT_THRESHOLD`]
+//!    (calibrated on `../shared/eval/diarization/calib/`) or at the count asked for.
+//! 5. **Turns** — labels smoothed into turns, clipped to the speech.
+//!
+//! [`assign`] then labels a transcript's segments (and words, splitting a segment where its
+//! words change speaker) and summarises each speaker's talk time.
+
+use std::ops::Range;
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+
+use super::ge2e::{SpeakerEncoder, SpeakerError, N_MELS};
+use super::{cluster, speaker_of, turns, window_starts, ClusterOptions, Turn};
+use crate::audio::Samples;
+use crate::output::{Segment, Transcript};
+use crate::vad::{self, SileroVad, VadOptions};
+
+/// Mel frames per second (10-ms hop).
+const FRAME_RATE: usize = 100;
+const FRAME: usize = super::ge2e::SAMPLE_RATE / FRAME_RATE;
+/// Frames in one embedding window (1.6 s, Resemblyzer's partial utterance).
+pub const WINDOW_FRAMES: usize = 160;
+/// Frames between window starts (0.4 s).
+pub const HOP_FRAMES: usize = 40;
+/// Windows embedded in one batch (bounds the LSTM's working memory to ~25 MB).
+const BATCH: usize = 48;
+/// The most speakers a request may ask for or the clustering may find.
+pub const MAX_SPEAKERS: usize = 32;
+/// Clusters whose average cosine distance is below this are one speaker. Calibrated on the
+/// calibration conversations (24 voices not in the dev set): see `scripts/diarize_eval.py`.
+pub const DEFAULT_THRESHOLD: f32 = 0.40;
+/// A flip of fewer windows than this between two runs of one speaker is smoothed away.
+const MIN_RUN: usize = 2;
+/// Turns of one speaker closer than this (seconds) join.
+const MAX_GAP_S: f64 = 0.5;
+
+/// Speech detection for diarization: faster-whisper's settings, with short pauses ending a region.
+const SPEECH: VadOptions = VadOptions {
+    enabled: true,
+    threshold: 0.5,
+    neg_threshold: None,
+    min_speech_duration_ms: 100,
+    max_speech_duration_s: f32::INFINITY,
+    min_silence_duration_ms: 150,
+    speech_pad_ms: 30,
+    gate_db: Some(-60.0),
+};
+
+/// What a request asks of diarization (`diarize=true` with these).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct DiarizeOptions {
+    /// Exactly this many speakers.
+    pub num_speakers: Option<usize>,
+    /// At least / at most this many (the automatic count is kept within them).
+    pub min_speakers: Option<usize>,
+    pub max_speakers: Option<usize>,
+}
+
+impl DiarizeOptions {
+    /// The error names the bad parameter.
+    pub fn check(&self) -> Result<(), (&'static str, String)> {
+        for (name, v) in [
+            ("num_speakers", self.num_speakers),
+            ("min_speakers", self.min_speakers),
+            ("max_speakers", self.max_speakers),
+        ] {
+            if let Some(v) = v {
+                if !(1..=MAX_SPEAKERS).contains(&v) {
+                    return Err((name, format!("must be between 1 and {MAX_SPEAKERS}")));
+                }
+            }
+        }
+        if let (Some(lo), Some(hi)) = (self.min_speakers, self.max_speakers) {
+            if lo > hi {
+                return Err(("min_speakers", "must not be above max_speakers".into()));
+            }
+        }
+        if let Some(n) = self.num_speakers {
+            if self.min_speakers.is_some_and(|lo| n < lo)
+                || self.max_speakers.is_some_and(|hi| n > hi)
+            {
+                return Err((
+                    "num_speakers",
+                    "must lie within min_speakers..max_speakers".into(),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn cluster_options(&self, threshold: f32) -> ClusterOptions {
+        ClusterOptions {
+            threshold,
+            num_speakers: self.num_speakers,
+            min_speakers: self.min_speakers.unwrap_or(1),
+            max_speakers: self.max_speakers.unwrap_or(MAX_SPEAKERS),
+        }
+    }
+}
+
+/// GE2E mel frames of a recording's speech: computed once, windows are slices of it.
+pub struct SpeakerFeatures {
+    /// Stretches of frames: (first frame, `[frame][N_MELS]` values).
+    spans: Vec<(usize, Vec<f32>)>,
+    /// Speech, in frames.
+    regions: Vec<Range<usize>>,
+    total_frames: usize,
+}
+
+impl SpeakerFeatures {
+    pub fn speech_seconds(&self) -> f64 {
+        self.regions.iter().map(|r| r.len()).sum::<usize>() as f64 / FRAME_RATE as f64
+    }
+
+    /// The `WINDOW_FRAMES` frames from `start`, zeros where no span holds them.
+    fn window(&self, start: usize, out: &mut Vec<f32>) {
+        let at = out.len();
+        out.resize(at + WINDOW_FRAMES * N_MELS, 0.0);
+        let dst = &mut out[at..];
+        for (first, v) in &self.spans {
+            let len = v.len() / N_MELS;
+            let (a, b) = (start.max(*first), (start + WINDOW_FRAMES).min(first + len));
+            if a < b {
+                dst[(a - start) * N_MELS..(b - start) * N_MELS]
+                    .copy_from_slice(&v[(a - first) * N_MELS..(b - first) * N_MELS]);
+            }
+        }
+    }
+}
+
+/// Who spoke when.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Diarization {
+    /// Speaker turns over the speech, in order; speakers numbered by first appearance.
+    pub turns: Vec<Turn>,
+    pub speakers: usize,
+    /// Embedding windows, and the seconds spent embedding them and in the whole pipeline.
+    pub windows: usize,
+    pub embed_seconds: f64,
+    pub seconds: f64,
+}
+
+/// The speaker encoder with the pipeline's settings.
+pub struct Diarizer {
+    encoder: SpeakerEncoder,
+    pub threshold: f32,
+}
+
+impl Diarizer {
+    pub fn new(encoder: SpeakerEncoder) -> Self {
+        Self {
+            encoder,
+            threshold: DEFAULT_THRESHOLD,
+        }
+    }
+
+    pub fn load(path: &std::path::Path) -> Result<Self, SpeakerError> {
+        Ok(Self::new(SpeakerEncoder::load(path)?))
+    }
+
+    pub fn encoder(&self) -> &SpeakerEncoder {
+        &self.encoder
+    }
+
+    /// Steps 1–2: speech regions and their mel frames (reads `samples`, which may spill to disk).
+    pub fn features(
+        &self,
+        samples: &dyn Samples,
+        vad: Option<&SileroVad>,
+    ) -> Result<SpeakerFeatures, DiarizeError> {
+        let o = VadOptions {
+            enabled: vad.is_some(),
+            ..SPEECH
+        };
+        let speech = vad::analyze(samples, &o, vad)?;
+        let total = samples.len();
+        let total_frames = total / FRAME + 1;
+        let regions: Vec<Range<usize>> = speech
+            .regions
+            .iter()
+            .map(|r| r.start / FRAME..r.end.div_ceil(FRAME).min(total_frames))
+            .filter(|r| !r.is_empty())
+            .collect();
+        // Frames each region needs: half a window either side (a short region's window is
+        // centred on it), stretches that touch merged.
+        let half = WINDOW_FRAMES / 2 + 1;
+        let mut stretches: Vec<Range<usize>> = Vec::new();
+        for r in &regions {
+            let s = r.start.saturating_sub(half);
+            let e = (r.end + half).min(total_frames);
+            match stretches.last_mut() {
+                Some(l) if s <= l.end => l.end = l.end.max(e),
+                _ => stretches.push(s..e),
+            }
+        }
+        let mel = self.encoder.mel();
+        let mut spans = Vec::with_capacity(stretches.len());
+        for s in stretches {
+            spans.push((s.start, mel.frames_of(samples, s.clone())?));
+        }
+        Ok(SpeakerFeatures {
+            spans,
+            regions,
+            total_frames,
+        })
+    }
+
+    /// Steps 3–5.
+    pub fn diarize(
+        &self,
+        f: &SpeakerFeatures,
+        o: &DiarizeOptions,
+    ) -> Result<Diarization, DiarizeError> {
+        let t0 = Instant::now();
+        let e = self.embed(f)?;
+        let mut d = self.decide(f, &e, o, self.threshold);
+        d.seconds = t0.elapsed().as_secs_f64();
+        Ok(d)
+    }
+
+    /// Step 3: a voice embedding per window over the speech.
+    pub fn embed(&self, f: &SpeakerFeatures) -> Result<Embedded, DiarizeError> {
+        let t0 = Instant::now();
+        let starts = window_starts(&f.regions, f.total_frames, WINDOW_FRAMES, HOP_FRAMES);
+        let mut embeddings = Vec::with_capacity(starts.len());
+        let mut mels = Vec::with_capacity(BATCH * WINDOW_FRAMES * N_MELS);
+        for batch in starts.chunks(BATCH) {
+            mels.clear();
+            for &s in batch {
+                f.window(s, &mut mels);
+            }
+            embeddings.extend(self.encoder.embed_mels(&mels, batch.len(), WINDOW_FRAMES)?);
+        }
+        Ok(Embedded {
+            starts,
+            embeddings,
+            seconds: t0.elapsed().as_secs_f64(),
+        })
+    }
+
+    /// Steps 4–5 at a given threshold.
+    pub fn decide(
+        &self,
+        f: &SpeakerFeatures,
+        e: &Embedded,
+        o: &DiarizeOptions,
+        threshold: f32,
+    ) -> Diarization {
+        let labels = cluster(&e.embeddings, &o.cluster_options(threshold));
+        let raw = turns(
+            &e.starts,
+            &labels,
+            FRAME_RATE,
+            WINDOW_FRAMES,
+            HOP_FRAMES,
+            MIN_RUN,
+            MAX_GAP_S,
+        );
+        let speech: Vec<(f64, f64)> = f
+            .regions
+            .iter()
+            .map(|r| {
+                (
+                    r.start as f64 / FRAME_RATE as f64,
+                    r.end as f64 / FRAME_RATE as f64,
+                )
+            })
+            .collect();
+        let (turns, speakers) = renumber(clip_to_speech(&raw, &speech));
+        Diarization {
+            turns,
+            speakers,
+            windows: e.starts.len(),
+            embed_seconds: e.seconds,
+            seconds: e.seconds,
+        }
+    }
+}
+
+/// The windows of a recording (start frames) and their embeddings.
+pub struct Embedded {
+    pub starts: Vec<usize>,
+    pub embeddings: Vec<Vec<f32>>,
+    pub seconds: f64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DiarizeError {
+    #[error(transparent)]
+    Model(#[from] SpeakerError),
+    #[error("speech detection for diarization: {0}")]
+    Vad(#[from] crate::vad::VadError),
+    #[error("reading the audio for diarization: {0}")]
+    Audio(#[from] crate::audio::SpillError),
+    #[error("diarization stopped: {0}")]
+    Failed(String),
+}
+
+/// Turns cut to the speech: each region takes the turns overlapping it, and any part of it no
+/// turn covers goes to the nearest turn's speaker; neighbours of one speaker join.
+fn clip_to_speech(raw: &[Turn], speech: &[(f64, f64)]) -> Vec<Turn> {
+    let mut out: Vec<Turn> = Vec::new();
+    let mut push = |t: Turn| {
+        if t.end <= t.start {
+            return;
+        }
+        match out.last_mut() {
+            Some(l) if l.speaker == t.speaker && t.start - l.end < 1e-9 => l.end = t.end,
+            _ => out.push(t),
+        }
+    };
+    for &(a, b) in speech {
+        let mut at = a;
+        for t in raw.iter().filter(|t| t.end > a && t.start < b) {
+            let (s, e) = (t.start.max(a), t.end.min(b));
+            if s > at {
+                if let Some(speaker) = speaker_of(raw, at, s, true) {
+                    push(Turn {
+                        start: at,
+                        end: s,
+                        speaker,
+                    });
+                }
+            }
+            let s = s.max(at);
+            if e > s {
+                push(Turn {
+                    start: s,
+                    end: e,
+                    speaker: t.speaker,
+                });
+                at = e;
+            }
+        }
+        if at < b {
+            if let Some(speaker) = speaker_of(raw, at, b, true) {
+                push(Turn {
+                    start: at,
+                    end: b,
+                    speaker,
+                });
+            }
+        }
+    }
+    out
+}
+
+/// Speakers renumbered by first appearance after smoothing and clipping (a cluster may have lost
+/// every turn); the count of those left.
+fn renumber(mut turns: Vec<Turn>) -> (Vec<Turn>, usize) {
+    let mut seen: Vec<usize> = Vec::new();
+    for t in &mut turns {
+        t.speaker = match seen.iter().position(|&s| s == t.speaker) {
+            Some(i) => i,
+            None => {
+                seen.push(t.speaker);
+                seen.len() - 1
+            }
+        };
+    }
+    (turns, seen.len())
+}
+
+/// The label of speaker `i` in transcripts: `SPEAKER_00`, `SPEAKER_01`, …
+pub fn speaker_label(i: usize) -> String {
+    format!("SPEAKER_{i:02}")
+}
+
+/// One speaker's share of a diarized transcript.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct SpeakerSummary {
+    /// `SPEAKER_00`, … (or a name given by `known_speaker_names`).
+    pub speaker: String,
+    /// Seconds of the transcript's segments this speaker has.
+    pub talk_time: f64,
+    pub segments: usize,
+}
+
+/// Labels `t`'s segments with speakers: each word (when there are word timings) takes the speaker
+/// who talks most during it, and a segment whose words change speaker splits there; without words
+/// a segment takes the speaker who talks most during it. Fills `t.speakers`.
+pub fn assign(t: &mut Transcript, d: &Diarization) {
+    let mut out: Vec<Segment> = Vec::with_capacity(t.segments.len());
+    for seg in std::mem::take(&mut t.segments) {
+        let whole = speaker_of(&d.turns, seg.start, seg.end, true);
+        match &seg.words {
+            Some(words) if !words.is_empty() => {
+                let labels: Vec<Option<usize>> = words
+                    .iter()
+                    .map(|w| speaker_of(&d.turns, w.start, w.end, true))
+                    .collect();
+                split_by_speaker(seg, &labels, &mut out);
+            }
+            _ => {
+                let mut seg = seg;
+                seg.speaker = whole.map(speaker_label);
+                out.push(seg);
+            }
+        }
+    }
+    for (i, s) in out.iter_mut().enumerate() {
+        s.id = i;
+    }
+    t.segments = out;
+    t.speakers = Some(summarise(&t.segments));
+}
+
+/// Talk time and segment count per speaker, in order of first appearance.
+pub fn summarise(segments: &[Segment]) -> Vec<SpeakerSummary> {
+    let mut out: Vec<SpeakerSummary> = Vec::new();
+    for s in segments {
+        let Some(name) = &s.speaker else { continue };
+        let i = match out.iter().position(|x| &x.speaker == name) {
+            Some(i) => i,
+            None => {
+                out.push(SpeakerSummary {
+                    speaker: name.clone(),
+                    talk_time: 0.0,
+                    segments: 0,
+                });
+                out.len() - 1
+            }
+        };
+        out[i].talk_time += (s.end - s.start).max(0.0);
+        out[i].segments += 1;
+    }
+    for s in &mut out {
+        s.talk_time = (s.talk_time * 1000.0).round() / 1000.0;
+    }
+    out
+}
+
+/// `seg` cut where its words' speakers change (a single word between two of one speaker's
+/// takes theirs). The pieces keep the segment's decoding statistics; tokens are divided
+/// between them in proportion to their words, so that together they are the segment's.
+fn split_by_speaker(seg: Segment, labels: &[Option<usize>], out: &mut Vec<Segment>) {
+    let Some(words) = seg.words.clone() else {
+        return;
+    };
+    let n = words.len();
+    let mut labels = labels.to_vec();
+    for i in 1..n.saturating_sub(1) {
+        if labels[i - 1] == labels[i + 1] && labels[i] != labels[i - 1] {
+            labels[i] = labels[i - 1];
+        }
+    }
+    // runs of one speaker: (first word, end word)
+    let mut runs: Vec<(usize, usize)> = Vec::new();
+    for i in 0..n {
+        match runs.last_mut() {
+            Some((s, e)) if labels[*s] == labels[i] => *e = i + 1,
+            _ => runs.push((i, i + 1)),
+        }
+    }
+    if runs.len() <= 1 {
+        let mut seg = seg;
+        seg.speaker = labels.first().copied().flatten().map(speaker_label);
+        out.push(seg);
+        return;
+    }
+    let tokens = seg.tokens.len();
+    let mut token_at = 0;
+    for (k, &(a, b)) in runs.iter().enumerate() {
+        let last = k + 1 == runs.len();
+        let token_end = if last {
+            tokens
+        } else {
+            (tokens * b / n).max(token_at)
+        };
+        let mut piece = seg.clone();
+        piece.words = Some(words[a..b].to_vec());
+        piece.text = words[a..b].iter().map(|w| w.word.as_str()).collect();
+        piece.start = if k == 0 { seg.start } else { words[a].start };
+        piece.end = if last { seg.end } else { words[b - 1].end };
+        piece.tokens = seg.tokens[token_at..token_end].to_vec();
+        piece.token_logprobs = slice_or_empty(&seg.token_logprobs, token_at, token_end);
+        piece.text_probs = slice_or_empty(&seg.text_probs, token_at, token_end);
+        piece.speaker = labels[a].map(speaker_label);
+        token_at = token_end;
+        out.push(piece);
+    }
+}
+
+fn slice_or_empty(v: &[f32], a: usize, b: usize) -> Vec<f32> {
+    v.get(a..b).map(<[f32]>::to_vec).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn turn(start: f64, end: f64, speaker: usize) -> Turn {
+        Turn {
+            start,
+            end,
+            speaker,
+        }
+    }
+
+    #[test]
+    fn options_outside_1_to_32_or_crossed_are_refused_by_name() {
+        let ok = DiarizeOptions {
+            num_speakers: Some(2),
+            min_speakers: Some(1),
+            max_speakers: Some(3),
+        };
+        assert!(ok.check().is_ok());
+        let bad = |o: DiarizeOptions| o.check().unwrap_err().0;
+        assert_eq!(
+            bad(DiarizeOptions {
+                num_speakers: Some(0),
+                ..Default::default()
+            }),
+            "num_speakers"
+        );
+        assert_eq!(
+            bad(DiarizeOptions {
+                max_speakers: Some(33),
+                ..Default::default()
+            }),
+            "max_speakers"
+        );
+        assert_eq!(
+            bad(DiarizeOptions {
+                min_speakers: Some(3),
+                max_speakers: Some(2),
+                ..Default::default()
+            }),
+            "min_speakers"
+        );
+        assert_eq!(
+            bad(DiarizeOptions {
+                num_speakers: Some(4),
+                max_speakers: Some(3),
+                ..Default::default()
+            }),
+            "num_speakers"
+        );
+    }
+
+    #[test]
+    fn turns_are_cut_to_speech_and_gaps_inside_speech_go_to_the_nearest() {
+        let raw = vec![turn(0.0, 2.0, 0), turn(2.0, 5.0, 1)];
+        let speech = vec![(0.5, 1.0), (1.5, 2.5), (4.8, 6.0)];
+        let got = clip_to_speech(&raw, &speech);
+        assert_eq!(
+            got,
+            vec![
+                turn(0.5, 1.0, 0),
+                turn(1.5, 2.0, 0),
+                turn(2.0, 2.5, 1),
+                // 5.0..6.0 is covered by no turn: the nearest (speaker 1) takes it
+                turn(4.8, 6.0, 1),
+            ]
+        );
+        let (t, n) = renumber(vec![
+            turn(0.0, 1.0, 3),
+            turn(1.0, 2.0, 1),
+            turn(2.0, 3.0, 3),
+        ]);
+        assert_eq!(n, 2);
+        assert_eq!(
+            t.iter().map(|t| t.speaker).collect::<Vec<_>>(),
+            vec![0, 1, 0]
+        );
+    }
+
+    fn segment(start: f64, end: f64, words: Option<Vec<(&str, f64, f64)>>) -> Segment {
+        Segment {
+            id: 0,
+            seek: 0,
+            start,
+            end,
+            text: String::new(),
+            tokens: (0..8).collect(),
+            temperature: 0.0,
+            avg_logprob: -0.1,
+            compression_ratio: 1.0,
+            no_speech_prob: 0.0,
+            words: words.map(|w| {
+                w.into_iter()
+                    .map(|(word, start, end)| crate::output::Word {
+                        word: word.into(),
+                        start,
+                        end,
+                        probability: 0.9,
+                    })
+                    .collect()
+            }),
+            speaker: None,
+            token_logprobs: vec![-0.1; 8],
+            text_probs: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn segments_take_the_majority_speaker_and_split_where_their_words_change() {
+        let d = Diarization {
+            turns: vec![turn(0.0, 3.0, 0), turn(3.0, 6.0, 1)],
+            speakers: 2,
+            windows: 0,
+            embed_seconds: 0.0,
+            seconds: 0.0,
+        };
+        let mut t = Transcript {
+            text: String::new(),
+            language: "en".into(),
+            duration: 6.0,
+            segments: vec![
+                segment(0.0, 2.5, None),
+                segment(
+                    2.5,
+                    6.0,
+                    Some(vec![
+                        (" so", 2.5, 2.8),
+                        (" yes.", 2.8, 2.95),
+                        (" No", 3.1, 3.4),
+                        (" way", 3.4, 3.6),
+                        (" I", 3.6, 3.7),
+                        (" think.", 3.7, 6.0),
+                    ]),
+                ),
+            ],
+            fallbacks: Vec::new(),
+            speech: None,
+            language_probabilities: None,
+            speakers: None,
+        };
+        assign(&mut t, &d);
+        let got: Vec<(usize, &str, Option<&str>, usize)> = t
+            .segments
+            .iter()
+            .map(|s| (s.id, s.text.as_str(), s.speaker.as_deref(), s.tokens.len()))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (0, "", Some("SPEAKER_00"), 8),
+                (1, " so yes.", Some("SPEAKER_00"), 2),
+                (2, " No way I think.", Some("SPEAKER_01"), 6),
+            ]
+        );
+        assert_eq!(t.segments[1].end, 2.95);
+        assert_eq!(t.segments[2].start, 3.1);
+        let s = t.speakers.unwrap();
+        assert_eq!(s[0].speaker, "SPEAKER_00");
+        assert_eq!(s[0].segments, 2);
+        assert!((s[0].talk_time - 2.95).abs() < 1e-9);
+        assert!((s[1].talk_time - 2.9).abs() < 1e-9);
+    }
+}
