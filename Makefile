@@ -54,9 +54,10 @@ tests/node/node_modules/.ok: tests/node/package.json tests/node/package-lock.jso
 	cd tests/node && npm ci --no-audit --no-fund
 	touch $@
 
-eval: model model-base build venv ## WER on ../shared/eval (English) for whisperd and faster-whisper int8, same files; then translation of every non-English clip (base) vs faster-whisper float32
+eval: model model-base model-ge2e build venv ## WER on ../shared/eval (English) for whisperd and faster-whisper int8, same files; then translation of every non-English clip (base) vs faster-whisper float32; then diarization DER on the six dev conversations and its cost
 	$(VENV)/bin/python scripts/eval.py --bin $(BIN) --model $(MODEL) --shared $(SHARED)
 	$(VENV)/bin/python scripts/translate_eval.py --bin $(BIN) --model $(BASE_MODEL) --shared $(SHARED)
+	$(VENV)/bin/python scripts/diarize_eval.py --bin $(BIN) --model $(MODEL) --shared $(SHARED)
 
 bench: model build venv ## Criterion benches (mel, encoder, decoder steps incl. batched), then each stage beside CTranslate2 int8 (tiny.en and base when fetched; into benches/RESULTS.md), then server throughput at 1/4/8/16 clients, fairness and RSS vs faster-whisper int8 (f32 and q8), then VAD on 1-h silence/noise and the eval set vs faster-whisper vad_filter, then peak RSS against audio length (10/40-min files, 8 concurrent 1-h uploads), then async job throughput with 1 and 2 replicas sharing a loopback redis-server
 	WHISPERD_BENCH_MODEL=$(MODEL) $(CARGO) bench --locked --bench pipeline

@@ -144,6 +144,7 @@ mod tests {
             speech: None,
             language_probabilities: None,
             speakers: None,
+            diarized: None,
         })
     }
 

@@ -70,6 +70,8 @@ pub struct Config {
     pub vad_speech_pad_ms: u32,
     pub vad_gate_db: f64,
     pub vad_model: String,
+    pub diarize: bool,
+    pub speaker_model: String,
 }
 
 impl Default for Config {
@@ -145,6 +147,8 @@ impl Default for Config {
             vad_speech_pad_ms: v.speech_pad_ms,
             vad_gate_db: v.gate_db.map_or(f64::NEG_INFINITY, f64::from),
             vad_model: String::new(),
+            diarize: false,
+            speaker_model: String::new(),
         }
     }
 }
@@ -384,6 +388,14 @@ const DOCS: &[(&str, &str)] = &[
         "vad_model",
         "Silero VAD v6 ONNX file; empty = silero-vad/silero_vad_v6.onnx beside the model directory (where `make model` puts it), else models/silero-vad/ under the working directory.",
     ),
+    (
+        "diarize",
+        "Label every transcript's segments with speakers (who spoke when) unless a request sends diarize=false; requests turn it on with diarize=true, a speaker count, or response_format=rttm/diarized_json.",
+    ),
+    (
+        "speaker_model",
+        "GE2E speaker-encoder file for diarization; empty = ge2e/ge2e.safetensors beside the model directory (where `make model-ge2e` puts it), else models/ge2e/ under the working directory. Without one, diarization requests get 400.",
+    ),
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -539,6 +551,7 @@ impl Config {
                 enabled: self.vad,
                 ..self.vad_settings()
             },
+            diarize: self.diarize.then(Default::default),
             ..Default::default()
         }
     }

@@ -11,6 +11,7 @@ use crate::decode::{
     self, languages, DecodeError, ModelRunner, SuppressTokens, Task, TranscribeOptions,
     WhisperTokenizer,
 };
+use crate::diarize::Diarizer;
 use crate::mel::{MelSpectrogram, N_SAMPLES};
 use crate::model::{ModelError, Precision, Whisper};
 use crate::output::{Segment, Transcript};
@@ -33,6 +34,8 @@ pub enum EngineError {
     Decode(#[from] DecodeError),
     #[error(transparent)]
     Vad(#[from] crate::vad::VadError),
+    #[error(transparent)]
+    Diarize(#[from] crate::diarize::DiarizeError),
 }
 
 impl EngineError {
@@ -61,6 +64,39 @@ pub struct Engine {
     pub load_seconds: f64,
     /// Silero VAD, when its model file was found (`vad_model_candidates`) or given.
     pub vad: Option<std::sync::Arc<SileroVad>>,
+    /// The speaker encoder for diarization, when its model file was found
+    /// (`diarizer_model_candidates`) or given.
+    pub diarizer: Option<std::sync::Arc<Diarizer>>,
+}
+
+/// Where the speaker model (`make model-ge2e`) is looked for: beside the Whisper model's
+/// directory, then in `models/ge2e/` under the working directory.
+pub fn diarizer_model_candidates(model_dir: &Path) -> Vec<PathBuf> {
+    let rel = Path::new(crate::diarize::MODEL_DIR).join(crate::diarize::MODEL_FILE);
+    let mut c = Vec::new();
+    if let Some(parent) = model_dir.parent() {
+        c.push(parent.join(&rel));
+    }
+    c.push(Path::new("models").join(rel));
+    c
+}
+
+/// The speaker model found among `diarizer_model_candidates`; `None` (logged) when there is none.
+pub fn find_diarizer(model_dir: &Path) -> Result<Option<std::sync::Arc<Diarizer>>, EngineError> {
+    match diarizer_model_candidates(model_dir)
+        .into_iter()
+        .find(|p| p.is_file())
+    {
+        Some(p) => {
+            let d = Diarizer::load(&p).map_err(crate::diarize::DiarizeError::from)?;
+            tracing::info!(speaker_model = %p.display(), "speaker model loaded: diarization available");
+            Ok(Some(std::sync::Arc::new(d)))
+        }
+        None => {
+            tracing::info!(looked_in = ?diarizer_model_candidates(model_dir), "no speaker model found: diarization unavailable (run `make model-ge2e`)");
+            Ok(None)
+        }
+    }
 }
 
 /// Where the VAD model is looked for when none is configured: beside the Whisper model's
@@ -104,7 +140,9 @@ impl Engine {
                 None
             }
         };
-        Self::load_with_vad(dir, device, precision, vad)
+        let mut engine = Self::load_with_vad(dir, device, precision, vad)?;
+        engine.diarizer = find_diarizer(dir)?;
+        Ok(engine)
     }
 
     /// [`Engine::load_with`] with the VAD model given (one the caller already holds, or none)
@@ -142,6 +180,7 @@ impl Engine {
             model_name,
             load_seconds,
             vad,
+            diarizer: None,
         })
     }
 
@@ -238,6 +277,16 @@ impl Engine {
         o.check_fallback()
             .map_err(|(param, message)| EngineError::InvalidOption { param, message })?;
         self.check_vad(&o.vad)?;
+        if let Some(d) = &o.diarize {
+            d.check()
+                .map_err(|(param, message)| EngineError::InvalidOption { param, message })?;
+            if self.diarizer.is_none() {
+                return Err(EngineError::InvalidOption {
+                    param: "diarize",
+                    message: "this server has no speaker model (ge2e.safetensors; `make model-ge2e` fetches it)".into(),
+                });
+            }
+        }
         Ok(o)
     }
 
@@ -271,7 +320,7 @@ impl Engine {
         o: &TranscribeOptions,
     ) -> Result<Transcript, EngineError> {
         let pcm = Self::load_audio(bytes)?;
-        let prepared = self.prepare(&pcm, &o.vad)?;
+        let prepared = self.prepare_for(&pcm, o)?;
         drop(pcm); // long recordings: the samples are not needed once the log-mel exists
         self.transcribe_prepared(&prepared, o)
     }
@@ -281,7 +330,26 @@ impl Engine {
         pcm: &Pcm,
         o: &TranscribeOptions,
     ) -> Result<Transcript, EngineError> {
-        self.transcribe_prepared(&self.prepare(pcm, &o.vad)?, o)
+        self.transcribe_prepared(&self.prepare_for(pcm, o)?, o)
+    }
+
+    /// [`prepare`](Self::prepare) with everything `o` asks for before decoding: with
+    /// `o.diarize`, the speaker features are computed here and the embedding and clustering
+    /// start on a thread of their own, so they run while the recording is transcribed.
+    pub fn prepare_for(&self, pcm: &Pcm, o: &TranscribeOptions) -> Result<Prepared, EngineError> {
+        let mut p = self.prepare(pcm, &o.vad)?;
+        if let (Some(opts), false) = (o.diarize, o.language_detection_only) {
+            let diarizer = self.diarizer.clone().ok_or(EngineError::InvalidOption {
+                param: "diarize",
+                message: "this server has no speaker model (`make model-ge2e` fetches it)".into(),
+            })?;
+            opts.check()
+                .map_err(|(param, message)| EngineError::InvalidOption { param, message })?;
+            let features = tracing::info_span!("speaker_features")
+                .in_scope(|| diarizer.features(&pcm.samples, self.vad.as_deref()))?;
+            p.diarization = Some(crate::diarize::Diarizing::start(diarizer, features, opts)?);
+        }
+        Ok(p)
     }
 
     /// Speech detection and the log-mel of what is kept: CPU work that does not need the Whisper
@@ -316,6 +384,7 @@ impl Engine {
             content_frames: speech.kept_samples() / crate::mel::HOP_LENGTH,
             duration_s: pcm.duration_s(),
             speech,
+            diarization: None,
         })
     }
 
@@ -383,6 +452,23 @@ impl Engine {
             speech_duration: p.speech.speech_seconds(),
             skipped_duration: p.speech.skipped_seconds(),
         });
+        if let Some(d) = &p.diarization {
+            let waited = Instant::now();
+            let d = d.wait()?;
+            crate::diarize::assign(&mut t, &d);
+            tracing::info!(
+                speakers = d.speakers,
+                windows = d.windows,
+                diarize_seconds = d.seconds,
+                waited_s = waited.elapsed().as_secs_f64(),
+                "diarized"
+            );
+            t.diarized = Some(crate::diarize::DiarizeRun {
+                seconds: d.seconds,
+                windows: d.windows,
+                speakers: d.speakers,
+            });
+        }
         let secs = t0.elapsed().as_secs_f64();
         tracing::debug!(
             seconds = secs,
@@ -451,6 +537,7 @@ impl Engine {
                     .collect(),
             ),
             speakers: None,
+            diarized: None,
         })
     }
 }
@@ -463,6 +550,8 @@ pub struct Prepared {
     pub chunk_ends: Vec<usize>,
     pub duration_s: f64,
     pub speech: SpeechMap,
+    /// Diarization running beside the transcription (`TranscribeOptions::diarize`).
+    pub diarization: Option<crate::diarize::Diarizing>,
 }
 
 impl Prepared {

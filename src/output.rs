@@ -57,6 +57,9 @@ pub struct Word {
     pub start: f64,
     pub end: f64,
     pub probability: f32,
+    /// Who says it, when diarization was asked for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub speaker: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -79,6 +82,9 @@ pub struct Transcript {
     /// Diarization: each speaker's talk time, in order of first appearance.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub speakers: Option<Vec<crate::diarize::SpeakerSummary>>,
+    /// What diarization took (for metrics; not serialized).
+    #[serde(skip)]
+    pub diarized: Option<crate::diarize::DiarizeRun>,
 }
 
 /// One candidate language and its probability.
@@ -109,6 +115,9 @@ pub struct TranscriptionJson<'a> {
     pub segments: &'a [Segment],
     #[serde(skip_serializing_if = "Option::is_none")]
     pub speech: Option<SpeechStats>,
+    /// With diarization: each speaker's talk time, in order of first appearance.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub speakers: Option<&'a [crate::diarize::SpeakerSummary]>,
 }
 
 /// `response_format=verbose_json` (OpenAI's `CreateTranscriptionResponseVerboseJson`, plus
@@ -129,6 +138,9 @@ pub struct VerboseTranscription<'a> {
     pub words: Option<Vec<TimedWord>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub speech: Option<SpeechStats>,
+    /// With diarization: each speaker's talk time, in order of first appearance.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub speakers: Option<&'a [crate::diarize::SpeakerSummary]>,
     /// On `/v1/audio/transcriptions`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub usage: Option<Usage>,
@@ -221,13 +233,42 @@ pub struct Granularities {
 }
 
 /// How a transcript is written out, beyond its format.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct RenderOptions {
     pub subtitles: SubtitleOptions,
+    /// The recording's name in RTTM lines (`audio` when unset).
+    pub file_id: Option<String>,
     /// `Some`: OpenAI's verbose_json shape for these granularities.
     pub granularities: Option<Granularities>,
     /// OpenAI's `include[]=logprobs` (json only).
     pub logprobs: bool,
+}
+
+/// `response_format=diarized_json` (OpenAI's `CreateTranscriptionResponseDiarizedJson`).
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct DiarizedTranscription<'a> {
+    /// Always `transcribe`.
+    pub task: &'static str,
+    pub duration: f64,
+    pub text: &'a str,
+    pub segments: Vec<DiarizedSegment>,
+    /// On `/v1/audio/transcriptions`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub usage: Option<Usage>,
+}
+
+/// OpenAI's `TranscriptionDiarizedSegment`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct DiarizedSegment {
+    /// Always `transcript.text.segment`.
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub id: String,
+    pub start: f64,
+    pub end: f64,
+    pub text: String,
+    /// `A`, `B`, … in order of first appearance, or a name from `known_speaker_names[]`.
+    pub speaker: String,
 }
 
 /// One text token with its log-probability, as OpenAI's `logprobs` lists them.
@@ -244,6 +285,8 @@ pub struct Cue {
     pub start_ms: u64,
     pub end_ms: u64,
     pub text: String,
+    /// With diarization: who speaks the cue.
+    pub speaker: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -255,17 +298,28 @@ pub enum Format {
     Srt,
     Vtt,
     Tsv,
+    /// Speaker turns as RTTM lines (diarization turns on).
+    Rttm,
+    /// OpenAI's diarized transcription object (diarization turns on).
+    DiarizedJson,
 }
 
 impl Format {
-    pub const ALL: [Format; 6] = [
+    pub const ALL: [Format; 8] = [
         Format::Text,
         Format::Json,
         Format::VerboseJson,
         Format::Srt,
         Format::Vtt,
         Format::Tsv,
+        Format::Rttm,
+        Format::DiarizedJson,
     ];
+
+    /// Formats made of speaker labels: asking for one turns diarization on.
+    pub fn needs_speakers(self) -> bool {
+        matches!(self, Format::Rttm | Format::DiarizedJson)
+    }
 
     /// File extension used by the CLI and batch (`jfk.wav.srt`).
     pub fn extension(self) -> &'static str {
@@ -276,12 +330,15 @@ impl Format {
             Format::Srt => "srt",
             Format::Vtt => "vtt",
             Format::Tsv => "tsv",
+            Format::Rttm => "rttm",
+            Format::DiarizedJson => "diarized.json",
         }
     }
 
     pub fn content_type(self) -> &'static str {
         match self {
-            Format::Json | Format::VerboseJson => "application/json",
+            Format::Json | Format::VerboseJson | Format::DiarizedJson => "application/json",
+            Format::Rttm => "text/plain; charset=utf-8",
             Format::Vtt => "text/vtt; charset=utf-8",
             Format::Srt => "application/x-subrip; charset=utf-8",
             Format::Tsv => "text/tab-separated-values; charset=utf-8",
@@ -300,7 +357,9 @@ impl std::str::FromStr for Format {
             "srt" => Ok(Format::Srt),
             "vtt" => Ok(Format::Vtt),
             "tsv" => Ok(Format::Tsv),
-            other => Err(format!("unknown format `{other}` (expected one of text, json, verbose_json, srt, vtt, tsv)")),
+            "rttm" => Ok(Format::Rttm),
+            "diarized_json" | "diarized-json" => Ok(Format::DiarizedJson),
+            other => Err(format!("unknown format `{other}` (expected one of text, json, verbose_json, srt, vtt, tsv, rttm, diarized_json)")),
         }
     }
 }
@@ -323,7 +382,9 @@ impl Transcript {
 
     /// As [`render`](Self::render), with subtitle layout and OpenAI's timestamp granularities.
     pub fn render_with(&self, format: Format, task: Task, opts: &RenderOptions) -> String {
+        let diarized = self.speakers.is_some();
         match format {
+            Format::Text if diarized => self.speaker_paragraphs(),
             Format::Text => format!("{}\n", self.text),
             Format::Json => serde_json::to_string(&self.json()).unwrap_or_default(),
             Format::VerboseJson => {
@@ -334,8 +395,12 @@ impl Transcript {
                 .iter()
                 .enumerate()
                 .map(|(i, c)| {
+                    let who = c
+                        .speaker
+                        .as_deref()
+                        .map_or(String::new(), |s| format!("[{s}] "));
                     format!(
-                        "{}\n{} --> {}\n{}\n\n",
+                        "{}\n{} --> {}\n{who}{}\n\n",
                         i + 1,
                         timestamp_ms(c.start_ms, ','),
                         timestamp_ms(c.end_ms, ','),
@@ -346,8 +411,12 @@ impl Transcript {
             Format::Vtt => {
                 let mut out = String::from("WEBVTT\n\n");
                 for c in self.cues(&opts.subtitles) {
+                    // A WebVTT voice span; `>` and `&` cannot appear in its annotation.
+                    let who = c.speaker.as_deref().map_or(String::new(), |s| {
+                        format!("<v {}>", s.replace(['>', '&', '\n'], " "))
+                    });
                     out.push_str(&format!(
-                        "{} --> {}\n{}\n\n",
+                        "{} --> {}\n{who}{}\n\n",
                         timestamp_ms(c.start_ms, '.'),
                         timestamp_ms(c.end_ms, '.'),
                         c.text
@@ -356,11 +425,20 @@ impl Transcript {
                 out
             }
             Format::Tsv => {
-                let mut out = String::from("start\tend\ttext\n");
+                let mut out = String::from(if diarized {
+                    "start\tend\tspeaker\ttext\n"
+                } else {
+                    "start\tend\ttext\n"
+                });
                 for s in &self.segments {
                     let text = s.text.trim().replace('\t', " ");
+                    let who = if diarized {
+                        format!("{}\t", s.speaker.as_deref().unwrap_or(""))
+                    } else {
+                        String::new()
+                    };
                     out.push_str(&format!(
-                        "{}\t{}\t{}\n",
+                        "{}\t{}\t{who}{}\n",
                         (s.start * 1000.0).round() as u64,
                         (s.end * 1000.0).round() as u64,
                         text
@@ -368,6 +446,77 @@ impl Transcript {
                 }
                 out
             }
+            Format::Rttm => {
+                let file = opts
+                    .file_id
+                    .as_deref()
+                    .map(|f| f.replace(char::is_whitespace, "_"))
+                    .filter(|f| !f.is_empty())
+                    .unwrap_or_else(|| "audio".into());
+                self.segments
+                    .iter()
+                    .filter_map(|s| {
+                        let who = s.speaker.as_deref()?.replace(char::is_whitespace, "_");
+                        Some(format!(
+                            "SPEAKER {file} 1 {:.3} {:.3} <NA> <NA> {who} <NA> <NA>\n",
+                            s.start,
+                            (s.end - s.start).max(0.0)
+                        ))
+                    })
+                    .collect()
+            }
+            Format::DiarizedJson => {
+                serde_json::to_string(&self.diarized_json()).unwrap_or_default()
+            }
+        }
+    }
+
+    /// Text with one paragraph per speaker turn: `SPEAKER_00: …`.
+    fn speaker_paragraphs(&self) -> String {
+        let mut out = String::new();
+        let mut current: Option<&str> = None;
+        for s in &self.segments {
+            let who = s.speaker.as_deref().unwrap_or("UNKNOWN");
+            let text = s.text.trim();
+            if current != Some(who) {
+                if current.is_some() {
+                    out.push_str("\n\n");
+                }
+                out.push_str(who);
+                out.push(':');
+                current = Some(who);
+            }
+            if !text.is_empty() {
+                out.push(' ');
+                out.push_str(text);
+            }
+        }
+        out.push('\n');
+        out
+    }
+
+    /// OpenAI's `diarized_json`: speakers `A`, `B`, … (known speakers keep their names).
+    pub fn diarized_json(&self) -> DiarizedTranscription<'_> {
+        DiarizedTranscription {
+            task: "transcribe",
+            duration: self.duration,
+            text: &self.text,
+            segments: self
+                .segments
+                .iter()
+                .map(|s| DiarizedSegment {
+                    kind: "transcript.text.segment",
+                    id: format!("seg_{:03}", s.id),
+                    start: s.start,
+                    end: s.end,
+                    text: s.text.trim().to_string(),
+                    speaker: s
+                        .speaker
+                        .as_deref()
+                        .map_or_else(|| "A".to_string(), crate::diarize::letter_label),
+                })
+                .collect(),
+            usage: None,
         }
     }
 
@@ -383,6 +532,7 @@ impl Transcript {
                     start_ms: to_ms(s.start),
                     end_ms: to_ms(s.end),
                     text: s.text.trim().replace("-->", "->"),
+                    speaker: s.speaker.clone(),
                 })
                 .collect();
         }
@@ -393,11 +543,13 @@ impl Transcript {
             };
             let text: String = sub.iter().map(|w| w.word.as_str()).collect();
             let (start, end) = (to_ms(first.start), to_ms(last.end));
+            let speaker = first.speaker.clone();
             if !o.highlight_words {
                 cues.push(Cue {
                     start_ms: start,
                     end_ms: end,
                     text,
+                    speaker,
                 });
                 continue;
             }
@@ -409,6 +561,7 @@ impl Transcript {
                         start_ms: prev,
                         end_ms: ws,
                         text: text.clone(),
+                        speaker: speaker.clone(),
                     });
                 }
                 let highlighted: String = sub
@@ -427,6 +580,7 @@ impl Transcript {
                     start_ms: ws,
                     end_ms: we,
                     text: highlighted,
+                    speaker: speaker.clone(),
                 });
                 prev = we;
             }
@@ -451,7 +605,8 @@ impl Transcript {
                     let len = w.word.chars().count();
                     let long_pause = !preserve_segments && w.start - last > 3.0;
                     let has_room = line_len + len <= max_width;
-                    let seg_break = i == 0 && !sub.is_empty() && preserve_segments;
+                    let seg_break = i == 0 && !sub.is_empty() && preserve_segments
+                        || sub.last().is_some_and(|l: &Word| l.speaker != w.speaker);
                     if line_len > 0 && has_room && !long_pause && !seg_break {
                         line_len += len;
                     } else {
@@ -493,6 +648,7 @@ impl Transcript {
             duration: self.duration,
             segments: &self.segments,
             speech: self.speech,
+            speakers: self.speakers.as_deref(),
         }
     }
 
@@ -507,7 +663,6 @@ impl Transcript {
                     .iter()
                     .map(|s| Segment {
                         words: None,
-                        speaker: None,
                         ..s.clone()
                     })
                     .collect(),
@@ -536,6 +691,7 @@ impl Transcript {
             segments,
             words,
             speech: self.speech,
+            speakers: self.speakers.as_deref(),
             usage: None,
         }
     }
@@ -588,6 +744,7 @@ mod tests {
             speech: None,
             language_probabilities: None,
             speakers: None,
+            diarized: None,
         }
     }
 
@@ -606,6 +763,54 @@ mod tests {
             tsv.lines().nth(2),
             Some("3661250\t3662000\tGeneral Kenobi.")
         );
+    }
+
+    fn diarized() -> Transcript {
+        let mut t = sample();
+        t.segments[0].speaker = Some("SPEAKER_00".into());
+        t.segments[1].speaker = Some("SPEAKER_01".into());
+        t.speakers = Some(crate::diarize::summarise(&t.segments));
+        t
+    }
+
+    #[test]
+    fn every_format_shows_the_speakers() {
+        let t = diarized();
+        let render = |f: Format| t.render(f, Task::Transcribe);
+        assert!(render(Format::Srt).contains("00:00:01,500\n[SPEAKER_00] Hello there.\n"));
+        assert!(render(Format::Vtt).contains("00:00:01.500\n<v SPEAKER_00>Hello there.\n"));
+        let tsv = render(Format::Tsv);
+        assert_eq!(tsv.lines().next(), Some("start\tend\tspeaker\ttext"));
+        assert_eq!(
+            tsv.lines().nth(2),
+            Some("3661250\t3662000\tSPEAKER_01\tGeneral Kenobi.")
+        );
+        assert_eq!(
+            render(Format::Text),
+            "SPEAKER_00: Hello there.\n\nSPEAKER_01: General Kenobi.\n"
+        );
+        let o = RenderOptions {
+            file_id: Some("call 7".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            t.render_with(Format::Rttm, Task::Transcribe, &o),
+            "SPEAKER call_7 1 0.000 1.500 <NA> <NA> SPEAKER_00 <NA> <NA>\n\
+             SPEAKER call_7 1 3661.250 0.750 <NA> <NA> SPEAKER_01 <NA> <NA>\n"
+        );
+        let d: serde_json::Value = serde_json::from_str(&render(Format::DiarizedJson)).unwrap();
+        assert_eq!(d["segments"][1]["speaker"], "B");
+        assert_eq!(d["segments"][1]["type"], "transcript.text.segment");
+        assert_eq!(d["segments"][1]["text"], "General Kenobi.");
+        let v: serde_json::Value = serde_json::from_str(&render(Format::VerboseJson)).unwrap();
+        assert_eq!(v["speakers"][1]["speaker"], "SPEAKER_01");
+        assert_eq!(v["segments"][0]["speaker"], "SPEAKER_00");
+        // Undiarized transcripts render as before.
+        assert!(!sample()
+            .render(Format::Json, Task::Transcribe)
+            .contains("speaker"));
+        assert_eq!(crate::diarize::letter_label("SPEAKER_27"), "AB");
+        assert_eq!(crate::diarize::letter_label("agent"), "agent");
     }
 
     #[test]

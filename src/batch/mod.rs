@@ -146,7 +146,7 @@ fn prep(engine: &Engine, o: &BatchOptions, input: &InputFile) -> Prepped {
             outputs: output_paths(o, input),
         };
     }
-    match Engine::load_audio(bytes).and_then(|pcm| engine.prepare(&pcm, &o.transcribe.vad)) {
+    match Engine::load_audio(bytes).and_then(|pcm| engine.prepare_for(&pcm, &o.transcribe)) {
         Ok(prepared) => Prepped::Ready { prepared, sha },
         Err(e) => Prepped::Failed {
             sha: Some(sha),
@@ -379,6 +379,10 @@ fn write_outputs(
     for (f, p) in o.formats.iter().zip(&paths) {
         let render = crate::output::RenderOptions {
             subtitles: o.subtitles,
+            file_id: input
+                .path
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned()),
             ..Default::default()
         };
         write_atomic(p, t.render_with(*f, o.transcribe.task, &render).as_bytes())

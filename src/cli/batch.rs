@@ -105,6 +105,9 @@ pub fn run(args: BatchArgs) -> anyhow::Result<ExitCode> {
     let transcribe = TranscribeOptions {
         language: args.common.language.clone(),
         task: args.common.task,
+        diarize: args
+            .decoding
+            .diarize(args.format.iter().any(|f| f.needs_speakers())),
         ..args.decoding.options()
     };
     let engine = args.common.load_engine_for(&transcribe)?;

@@ -195,6 +195,19 @@ pub struct DecodingArgs {
     /// srt/vtt: one cue per word with the word underlined (turns word timestamps on).
     #[arg(long)]
     pub highlight_words: bool,
+    /// Who spoke when: segments (and words) get `speaker` (SPEAKER_00, … in order of first
+    /// appearance); srt/vtt/tsv/text show it. Needs the speaker model (`make model-ge2e`).
+    #[arg(long)]
+    pub diarize: bool,
+    /// Diarization: exactly this many speakers (turns --diarize on).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=32))]
+    pub num_speakers: Option<u64>,
+    /// Diarization: at least this many speakers (turns --diarize on).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=32))]
+    pub min_speakers: Option<u64>,
+    /// Diarization: at most this many speakers (turns --diarize on).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=32))]
+    pub max_speakers: Option<u64>,
 }
 
 /// The library's VAD defaults (faster-whisper's), for the flags above.
@@ -218,9 +231,21 @@ impl DecodingArgs {
         }
     }
 
+    /// Diarization as the flags ask (`None`: off); `format` may ask for it too (rttm).
+    pub fn diarize(&self, format_needs_it: bool) -> Option<whisperd::diarize::DiarizeOptions> {
+        let o = whisperd::diarize::DiarizeOptions {
+            num_speakers: self.num_speakers.map(|n| n as usize),
+            min_speakers: self.min_speakers.map(|n| n as usize),
+            max_speakers: self.max_speakers.map(|n| n as usize),
+        };
+        let on = self.diarize || format_needs_it || o != Default::default();
+        on.then_some(o)
+    }
+
     /// Default options with these flags applied.
     pub fn options(&self) -> whisperd::TranscribeOptions {
         whisperd::TranscribeOptions {
+            diarize: self.diarize(false),
             word_timestamps: self.word_timestamps || self.subtitles().needs_words(),
             languages: self.languages.clone(),
             keywords: self.keywords.clone(),

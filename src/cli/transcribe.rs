@@ -81,6 +81,7 @@ pub fn run(args: TranscribeArgs) -> anyhow::Result<ExitCode> {
         task: args.common.task,
         timestamps: !args.no_timestamps,
         initial_prompt: args.prompt.clone(),
+        diarize: args.decoding.diarize(args.format.needs_speakers()),
         ..args.decoding.options()
     };
     let engine = args.common.load_engine_for(&options)?;
@@ -92,6 +93,7 @@ pub fn run(args: TranscribeArgs) -> anyhow::Result<ExitCode> {
         let output = outputs.as_ref().map(|o| o[i].as_path());
         let render = whisperd::output::RenderOptions {
             subtitles: args.decoding.subtitles(),
+            file_id: file.file_stem().map(|s| s.to_string_lossy().into_owned()),
             ..Default::default()
         };
         match transcribe_one(&engine, file, limit, &options, args.format, &render, output) {

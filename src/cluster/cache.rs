@@ -30,7 +30,7 @@ const REFRESH_LUA: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] then return 
 const UNLOCK_LUA: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) else return 0 end";
 
 pub enum Lookup {
-    Hit(Transcript),
+    Hit(Box<Transcript>),
     Miss,
     Unavailable,
 }
@@ -47,7 +47,7 @@ pub enum Claim {
 
 /// How waiting for another replica ended.
 pub enum Waited {
-    Result(Transcript),
+    Result(Box<Transcript>),
     /// The lock is gone and no result came: try to take it.
     Vanished,
     /// Redis went away, the deadline passed, or nobody wants the result any more.
@@ -113,7 +113,7 @@ impl SharedCache {
             Some(Some(bytes)) => match crate::cache::decode_transcript(&bytes) {
                 Some(t) => {
                     m.shared_cache.with_label_values(&["hit"]).inc();
-                    Lookup::Hit(t)
+                    Lookup::Hit(Box::new(t))
                 }
                 None => {
                     tracing::warn!("unreadable entry in the Redis result cache: ignored");
@@ -213,7 +213,7 @@ impl SharedCache {
                     return match crate::cache::decode_transcript(&bytes) {
                         Some(t) => {
                             m.shared_waits.with_label_values(&["result"]).inc();
-                            Waited::Result(t)
+                            Waited::Result(Box::new(t))
                         }
                         None => Waited::GaveUp, // unreadable (another version?): run it here
                     };

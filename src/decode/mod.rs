@@ -80,6 +80,8 @@ pub struct TranscribeOptions {
     /// Only identify the language (from the first 30 s of speech): no text, and the
     /// transcript's `language_probabilities` filled in.
     pub language_detection_only: bool,
+    /// Who spoke when: segments (and words) labelled with speakers.
+    pub diarize: Option<crate::diarize::DiarizeOptions>,
 }
 
 impl Default for TranscribeOptions {
@@ -104,6 +106,7 @@ impl Default for TranscribeOptions {
             vad: crate::vad::VadOptions::default(),
             word_timestamps: false,
             language_detection_only: false,
+            diarize: None,
         }
     }
 }

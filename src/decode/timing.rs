@@ -550,6 +550,7 @@ pub fn add_word_timestamps(
                     start: round2(time_offset + t.start),
                     end: round2(time_offset + t.end),
                     probability: t.probability,
+                    speaker: None,
                 });
             }
             saved += t.tokens.len();

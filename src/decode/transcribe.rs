@@ -339,6 +339,7 @@ pub fn transcribe(
         speech: None,
         language_probabilities: None,
         speakers: None,
+        diarized: None,
     })
 }
 

@@ -11,7 +11,8 @@ pub mod turns;
 pub use cluster::{cluster, ClusterOptions};
 pub use ge2e::{cosine, SpeakerEncoder, SpeakerError, SpeakerMel};
 pub use pipeline::{
-    assign, speaker_label, summarise, Diarization, DiarizeError, DiarizeOptions, Diarizer,
-    SpeakerFeatures, SpeakerSummary, MAX_SPEAKERS,
+    assign, letter_label, speaker_label, summarise, Diarization, DiarizeError, DiarizeOptions,
+    DiarizeRun, Diarizer, Diarizing, SpeakerFeatures, SpeakerSummary, MAX_SPEAKERS, MODEL_DIR,
+    MODEL_FILE,
 };
 pub use turns::{speaker_of, turns, window_starts, Turn};

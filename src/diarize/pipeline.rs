@@ -107,6 +107,65 @@ impl DiarizeOptions {
     }
 }
 
+/// Where `make model-ge2e` puts the speaker model, under `models/`.
+pub const MODEL_DIR: &str = "ge2e";
+pub const MODEL_FILE: &str = "ge2e.safetensors";
+
+/// What a diarization run took, for metrics and logs.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DiarizeRun {
+    pub seconds: f64,
+    pub windows: usize,
+    pub speakers: usize,
+}
+
+/// Diarization running on a thread of its own beside the transcription; [`wait`](Self::wait)
+/// for its turns.
+pub struct Diarizing {
+    rx: std::sync::Mutex<std::sync::mpsc::Receiver<Result<Diarization, DiarizeError>>>,
+}
+
+impl Diarizing {
+    /// Embed and cluster `features` on a new thread (it continues the caller's span).
+    pub fn start(
+        diarizer: std::sync::Arc<Diarizer>,
+        features: SpeakerFeatures,
+        o: DiarizeOptions,
+    ) -> Result<Self, DiarizeError> {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let span = tracing::info_span!("diarize", speech_s = features.speech_seconds());
+        std::thread::Builder::new()
+            .name("diarize".into())
+            .spawn(move || {
+                let _g = span.enter();
+                let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    diarizer.diarize(&features, &o)
+                }))
+                .unwrap_or_else(|_| {
+                    Err(DiarizeError::Failed(
+                        "the diarization thread panicked".into(),
+                    ))
+                });
+                let _ = tx.send(r);
+            })
+            .map_err(|e| DiarizeError::Failed(format!("cannot start a thread: {e}")))?;
+        Ok(Self {
+            rx: std::sync::Mutex::new(rx),
+        })
+    }
+
+    /// The result (blocks until it is there). A second call gets an error.
+    pub fn wait(&self) -> Result<Diarization, DiarizeError> {
+        let rx = self
+            .rx
+            .lock()
+            .map_err(|_| DiarizeError::Failed("poisoned".into()))?;
+        rx.recv().map_err(|_| {
+            DiarizeError::Failed("the diarization thread ended without a result".into())
+        })?
+    }
+}
+
 /// GE2E mel frames of a recording's speech: computed once, windows are slices of it.
 pub struct SpeakerFeatures {
     /// Stretches of frames: (first frame, `[frame][N_MELS]` values).
@@ -375,6 +434,23 @@ pub fn speaker_label(i: usize) -> String {
     format!("SPEAKER_{i:02}")
 }
 
+/// OpenAI's label for a speaker: `SPEAKER_00` → `A`, … `SPEAKER_25` → `Z`, then `AA`, `AB`, …;
+/// any other label (a known speaker's name) unchanged.
+pub fn letter_label(label: &str) -> String {
+    let Some(i) = label
+        .strip_prefix("SPEAKER_")
+        .and_then(|n| n.parse::<usize>().ok())
+    else {
+        return label.to_string();
+    };
+    let letter = |k: usize| char::from(b'A' + (k % 26) as u8);
+    if i < 26 {
+        letter(i).to_string()
+    } else {
+        format!("{}{}", letter(i / 26 - 1), letter(i))
+    }
+}
+
 /// One speaker's share of a diarized transcript.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SpeakerSummary {
@@ -443,7 +519,7 @@ pub fn summarise(segments: &[Segment]) -> Vec<SpeakerSummary> {
 /// takes theirs). The pieces keep the segment's decoding statistics; tokens are divided
 /// between them in proportion to their words, so that together they are the segment's.
 fn split_by_speaker(seg: Segment, labels: &[Option<usize>], out: &mut Vec<Segment>) {
-    let Some(words) = seg.words.clone() else {
+    let Some(mut words) = seg.words.clone() else {
         return;
     };
     let n = words.len();
@@ -452,6 +528,9 @@ fn split_by_speaker(seg: Segment, labels: &[Option<usize>], out: &mut Vec<Segmen
         if labels[i - 1] == labels[i + 1] && labels[i] != labels[i - 1] {
             labels[i] = labels[i - 1];
         }
+    }
+    for (w, l) in words.iter_mut().zip(&labels) {
+        w.speaker = l.map(speaker_label);
     }
     // runs of one speaker: (first word, end word)
     let mut runs: Vec<(usize, usize)> = Vec::new();
@@ -464,6 +543,7 @@ fn split_by_speaker(seg: Segment, labels: &[Option<usize>], out: &mut Vec<Segmen
     if runs.len() <= 1 {
         let mut seg = seg;
         seg.speaker = labels.first().copied().flatten().map(speaker_label);
+        seg.words = Some(words);
         out.push(seg);
         return;
     }
@@ -593,6 +673,7 @@ mod tests {
                         start,
                         end,
                         probability: 0.9,
+                        speaker: None,
                     })
                     .collect()
             }),
@@ -634,6 +715,7 @@ mod tests {
             speech: None,
             language_probabilities: None,
             speakers: None,
+            diarized: None,
         };
         assign(&mut t, &d);
         let got: Vec<(usize, &str, Option<&str>, usize)> = t

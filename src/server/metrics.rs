@@ -43,6 +43,10 @@ pub struct Metrics {
     pub fallbacks: IntCounterVec,
     pub vad_speech_seconds: prometheus::CounterVec,
     pub vad_skipped_seconds: prometheus::CounterVec,
+    /// Diarization: seconds per recording (embedding + clustering), speakers found, windows.
+    pub diarize_seconds: Histogram,
+    pub diarize_speakers: Histogram,
+    pub diarize_windows: IntCounter,
     /// Streamed responses (SSE) open now, and the time from request to the first text.
     pub streams_open: IntGauge,
     pub stream_first_text_seconds: Histogram,
@@ -89,7 +93,7 @@ impl Metrics {
             )?,
             inference_seconds: HistogramVec::new(
                 HistogramOpts::new("whisperd_inference_seconds", "Model time per job, by model")
-                    .buckets(latency),
+                    .buckets(latency.clone()),
                 &["model"],
             )?,
             realtime_factor: HistogramVec::new(
@@ -220,6 +224,25 @@ impl Metrics {
                 ),
                 &["detector"],
             )?,
+            diarize_seconds: Histogram::with_opts(
+                HistogramOpts::new(
+                    "whisperd_diarization_seconds",
+                    "Seconds diarization took per recording (speaker embeddings and clustering; \
+                     it runs beside the transcription)",
+                )
+                .buckets(latency.clone()),
+            )?,
+            diarize_speakers: Histogram::with_opts(
+                HistogramOpts::new(
+                    "whisperd_diarization_speakers",
+                    "Speakers found per diarized recording",
+                )
+                .buckets(vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0, 12.0, 16.0, 32.0]),
+            )?,
+            diarize_windows: IntCounter::new(
+                "whisperd_diarization_windows_total",
+                "Speaker-embedding windows (1.6 s) computed",
+            )?,
             streams_open: IntGauge::new(
                 "whisperd_streams_open",
                 "Streamed (server-sent events) transcription responses open now",
@@ -303,6 +326,9 @@ impl Metrics {
             .register(Box::new(m.vad_speech_seconds.clone()))?;
         m.registry
             .register(Box::new(m.vad_skipped_seconds.clone()))?;
+        m.registry.register(Box::new(m.diarize_seconds.clone()))?;
+        m.registry.register(Box::new(m.diarize_speakers.clone()))?;
+        m.registry.register(Box::new(m.diarize_windows.clone()))?;
         m.registry.register(Box::new(m.streams_open.clone()))?;
         m.registry
             .register(Box::new(m.realtime_sessions_open.clone()))?;

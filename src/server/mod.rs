@@ -442,6 +442,19 @@ fn open_models(cfg: &Config) -> anyhow::Result<models::Models> {
             crate::engine::vad_model_candidates(&dirs[0])
         );
     }
+    let speaker_file = if cfg.speaker_model.is_empty() {
+        crate::engine::diarizer_model_candidates(&dirs[0])
+            .into_iter()
+            .find(|p| p.is_file())
+    } else {
+        Some(std::path::PathBuf::from(&cfg.speaker_model))
+    };
+    if cfg.diarize && speaker_file.is_none() {
+        anyhow::bail!(
+            "diarize = true but no speaker model was found in {:?}: run `make model-ge2e` (or python3 models/fetch.py ge2e), set speaker_model, or set diarize = false",
+            crate::engine::diarizer_model_candidates(&dirs[0])
+        );
+    }
     models::Models::new(
         &dirs,
         cfg.model_aliases
@@ -460,6 +473,7 @@ fn open_models(cfg: &Config) -> anyhow::Result<models::Models> {
             budget: cfg.models_memory_mb.saturating_mul(1 << 20),
         },
         vad_file,
+        speaker_file,
     )
 }
 

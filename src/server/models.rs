@@ -138,6 +138,9 @@ pub struct Models {
     /// Silero VAD, one for every model (`vad_model`, or found beside the default model).
     pub vad: Option<Arc<SileroVad>>,
     vad_file: Option<PathBuf>,
+    /// The speaker model for diarization, one for every model (found beside the default model
+    /// or in `models/ge2e/`).
+    pub diarizer: Option<Arc<crate::diarize::Diarizer>>,
     slots: Mutex<Vec<Slot>>,
 }
 
@@ -149,6 +152,7 @@ impl Models {
         aliases: Vec<String>,
         settings: LoadSettings,
         vad_file: Option<PathBuf>,
+        speaker_file: Option<PathBuf>,
     ) -> anyhow::Result<Self> {
         let mut specs: Vec<ModelSpec> = Vec::new();
         for dir in dirs {
@@ -190,6 +194,21 @@ impl Models {
             })?)),
             None => None,
         };
+        let diarizer = match &speaker_file {
+            Some(p) => {
+                let d = crate::diarize::Diarizer::load(p).map_err(|e| {
+                    anyhow::anyhow!("cannot load the speaker model {}: {e}", p.display())
+                })?;
+                tracing::info!(speaker_model = %p.display(), "speaker model loaded: diarization available");
+                Some(Arc::new(d))
+            }
+            None => {
+                tracing::info!(
+                    "no speaker model: diarization requests get 400 (run `make model-ge2e`)"
+                );
+                None
+            }
+        };
         Ok(Self {
             slots: Mutex::new(specs.iter().map(|_| Slot::Unloaded).collect()),
             specs,
@@ -197,6 +216,7 @@ impl Models {
             settings,
             vad,
             vad_file,
+            diarizer,
         })
     }
 
@@ -463,8 +483,9 @@ fn load(shared: &Arc<Shared>, index: usize, warm_up: bool) -> Result<Arc<Loaded>
     let s = &models.settings;
     let _span = tracing::info_span!("model_load", model = %spec.name).entered();
     // One VAD model for the server, whichever Whisper model runs.
-    let engine = Engine::load_with_vad(&spec.dir, &s.device, s.precision, models.vad.clone())
+    let mut engine = Engine::load_with_vad(&spec.dir, &s.device, s.precision, models.vad.clone())
         .map_err(|e| e.to_string())?;
+    engine.diarizer = models.diarizer.clone();
     let cache_name = match &shared.shared_cache {
         None => spec.name.clone(),
         Some(_) => {
@@ -595,6 +616,7 @@ mod tests {
                 budget,
             },
             None,
+            None,
         )
     }
 
@@ -629,6 +651,7 @@ mod tests {
                 ttl: Duration::ZERO,
                 budget: 0,
             },
+            None,
             None,
         )
         .err()

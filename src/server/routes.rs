@@ -433,6 +433,7 @@ pub(super) fn render_options(f: &HashMap<String, String>) -> Result<RenderOption
         .map_err(|(param, message)| ApiError::bad_request(message).param(param))?;
     Ok(RenderOptions {
         subtitles,
+        file_id: None,
         granularities,
         logprobs,
     })
@@ -522,25 +523,8 @@ pub(super) fn parse_options(
     if render.granularities.is_some_and(|g| g.word) || render.subtitles.needs_words() {
         o.word_timestamps = true;
     }
-    let format = match f
-        .get("response_format")
-        .map(|s| s.trim())
-        .filter(|s| !s.is_empty())
-    {
-        None => Format::Json,
-        Some(s) => {
-            let fmt: Format = s
-                .parse()
-                .map_err(|e: String| ApiError::bad_request(e).param("response_format"))?;
-            if api != Api::Native && fmt == Format::Tsv {
-                return Err(ApiError::bad_request(
-                    "response_format must be one of json, text, srt, verbose_json, vtt",
-                )
-                .param("response_format"));
-            }
-            fmt
-        }
-    };
+    let format = response_format(api, f)?;
+    diarize_fields(f, format, &mut o)?;
     if render.logprobs && format != Format::Json {
         return Err(
             ApiError::bad_request("include[]=logprobs needs response_format=json")
@@ -548,6 +532,65 @@ pub(super) fn parse_options(
         );
     }
     Ok((o, format))
+}
+
+/// `diarize`, `num_speakers`, `min_speakers`, `max_speakers` (any count, or a format made of
+/// speaker labels, turns diarization on; `diarize=false` with one of those is refused).
+fn diarize_fields(
+    f: &HashMap<String, String>,
+    format: Format,
+    o: &mut TranscribeOptions,
+) -> Result<(), ApiError> {
+    let asked = match f.get("diarize").filter(|d| !d.trim().is_empty()) {
+        Some(d) => Some(parse_bool("diarize", d)?),
+        None => None,
+    };
+    let counts = crate::diarize::DiarizeOptions {
+        num_speakers: number(f, "num_speakers")?,
+        min_speakers: number(f, "min_speakers")?,
+        max_speakers: number(f, "max_speakers")?,
+    };
+    let wants_counts = counts != crate::diarize::DiarizeOptions::default();
+    let on = asked.unwrap_or(o.diarize.is_some()) || format.needs_speakers() || wants_counts;
+    if asked == Some(false) && (format.needs_speakers() || wants_counts) {
+        return Err(ApiError::bad_request(
+            "diarize=false, but the speaker counts or response_format ask for speakers",
+        )
+        .param("diarize"));
+    }
+    if !on {
+        o.diarize = None;
+        return Ok(());
+    }
+    counts
+        .check()
+        .map_err(|(param, message)| ApiError::bad_request(message).param(param))?;
+    o.diarize = Some(counts);
+    Ok(())
+}
+
+fn response_format(api: Api, f: &HashMap<String, String>) -> Result<Format, ApiError> {
+    Ok(
+        match f
+            .get("response_format")
+            .map(|s| s.trim())
+            .filter(|s| !s.is_empty())
+        {
+            None => Format::Json,
+            Some(s) => {
+                let fmt: Format = s
+                    .parse()
+                    .map_err(|e: String| ApiError::bad_request(e).param("response_format"))?;
+                if api != Api::Native && matches!(fmt, Format::Tsv | Format::Rttm) {
+                    return Err(ApiError::bad_request(
+                    "response_format must be one of json, text, srt, verbose_json, vtt, diarized_json",
+                )
+                .param("response_format"));
+                }
+                fmt
+            }
+        },
+    )
 }
 
 /// Transcribe (or translate) an upload or a URL: whisperd's own API, with every option.
@@ -884,6 +927,11 @@ async fn handle_inner(
                 v["usage"] = usage;
             }
             v.to_string()
+        }
+        (Api::OpenAiTranscriptions, Format::DiarizedJson) => {
+            let mut d = transcript.diarized_json();
+            d.usage = Some(crate::output::Usage::duration(transcript.duration));
+            serde_json::to_string(&d).unwrap_or_default()
         }
         (Api::OpenAiTranscriptions, Format::VerboseJson) => {
             let mut v: serde_json::Value =

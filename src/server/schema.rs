@@ -33,7 +33,8 @@ pub struct TranscriptionForm {
     task: Option<String>,
     /// Text that precedes the audio (spelling, style).
     prompt: Option<String>,
-    /// `json`, `text`, `srt`, `vtt`, `verbose_json`, `tsv`.
+    /// `json`, `text`, `srt`, `vtt`, `verbose_json`, `tsv` (`/transcribe`), `rttm`
+    /// (`/transcribe`), `diarized_json` (the last two turn diarization on).
     response_format: Option<String>,
     /// Sampling temperature; 0 = the fallback ladder from the config.
     temperature: Option<f64>,
@@ -86,6 +87,14 @@ pub struct TranscriptionForm {
     vad_speech_pad_ms: Option<u32>,
     /// dBFS, or `none`.
     vad_gate_db: Option<String>,
+    /// Who spoke when: segments (and words) carry `speaker`, the answer a `speakers` summary.
+    diarize: Option<bool>,
+    /// Exactly this many speakers (1–32; implies `diarize`).
+    num_speakers: Option<u32>,
+    /// At least this many speakers (1–32; implies `diarize`).
+    min_speakers: Option<u32>,
+    /// At most this many speakers (1–32; implies `diarize`).
+    max_speakers: Option<u32>,
 }
 
 /// The form of `POST /v1/jobs`: the transcription fields, plus where to send the outcome

@@ -292,6 +292,7 @@ mod tests {
             speech: None,
             language_probabilities: None,
             speakers: None,
+            diarized: None,
         };
         let u = token_usage(&t);
         assert_eq!(u["input_tokens"], 100);

@@ -317,6 +317,11 @@ fn run_job(
                     .with_label_values(&[detector])
                     .inc_by(sp.skipped_duration);
             }
+            if let Some(d) = t.diarized {
+                m.diarize_seconds.observe(d.seconds);
+                m.diarize_speakers.observe(d.speakers as f64);
+                m.diarize_windows.inc_by(d.windows as u64);
+            }
             for w in &t.fallbacks {
                 m.fallbacks
                     .with_label_values(&[w.outcome.as_str(), &format!("{:.1}", w.temperature)])
@@ -362,7 +367,7 @@ async fn across_replicas(
 ) -> Option<Transcript> {
     use crate::cluster::cache::{Claim, Lookup, Waited};
     match sc.get(key).await {
-        Lookup::Hit(t) => return Some(t),
+        Lookup::Hit(t) => return Some(*t),
         Lookup::Unavailable => return None,
         Lookup::Miss => {}
     }
@@ -381,7 +386,7 @@ async fn across_replicas(
                     "another replica is running the same audio and options: waiting for its result"
                 );
                 match sc.wait(key, deadline, || tx.receiver_count() > 0).await {
-                    Waited::Result(t) => return Some(t),
+                    Waited::Result(t) => return Some(*t),
                     Waited::Vanished => continue,
                     Waited::GaveUp => return None,
                 }
@@ -549,13 +554,13 @@ async fn prepare_and_enqueue(shared: Arc<Shared>, lease: Lease, job: NewJob) {
         }
     }
     let max_audio_s = shared.max_audio_s;
-    let vad = options.vad.clone();
+    let prepare_options = options.clone();
     let parent = tracing::Span::current();
     let prepared = actix_web::web::block(move || -> Result<Prepared, EngineError> {
         let pcm = tracing::info_span!(parent: &parent, "decode", bytes = bytes.len() as i64)
             .in_scope(|| Engine::load_audio_within(bytes, Some(max_audio_s)))?;
         tracing::info_span!(parent: &parent, "mel", audio_s = pcm.duration_s())
-            .in_scope(|| engine.prepare(&pcm, &vad))
+            .in_scope(|| engine.prepare_for(&pcm, &prepare_options))
     })
     .await;
     let prepared = match prepared {
