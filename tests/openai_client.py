@@ -128,6 +128,17 @@ def _():
     check(body_json(r).get("usage") == DURATION_USAGE, f"usage: {body_json(r).get('usage')!r}")
 
 
+@case("diarized_json")
+def _():
+    r, _t = transcribe(response_format="diarized_json")
+    body = body_json(r)
+    validate(body, "CreateTranscriptionResponseDiarizedJson")
+    check(body["segments"] and all(s["speaker"] == "A" for s in body["segments"]),
+          f"one voice, speaker A: {body['segments']!r}")
+    check("your country" in body["text"], f"diarized text: {body['text']!r}")
+    check(body.get("usage") == DURATION_USAGE, f"usage: {body.get('usage')!r}")
+
+
 @case("text")
 def _():
     _r, text = transcribe(response_format="text")
