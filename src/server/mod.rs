@@ -425,36 +425,43 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// An auxiliary model file: the configured path, else the first of `candidates` that exists;
+/// none found while `required` stops the start with `missing` (`{looked}`: the candidates).
+fn model_file(
+    configured: &str,
+    candidates: Vec<std::path::PathBuf>,
+    required: bool,
+    missing: &str,
+) -> anyhow::Result<Option<std::path::PathBuf>> {
+    if !configured.is_empty() {
+        return Ok(Some(configured.into()));
+    }
+    let found = candidates.iter().find(|p| p.is_file()).cloned();
+    if required && found.is_none() {
+        anyhow::bail!(
+            "{}",
+            missing.replace("{looked}", &format!("{candidates:?}"))
+        );
+    }
+    Ok(found)
+}
+
 /// The configured models (checked now; the default loads once the server runs) and the one
 /// Silero VAD model they share. `vad = true` without a VAD model stops the start here.
 fn open_models(cfg: &Config) -> anyhow::Result<models::Models> {
     let dirs = cfg.model_dirs();
-    let vad_file = if cfg.vad_model.is_empty() {
-        crate::engine::vad_model_candidates(&dirs[0])
-            .into_iter()
-            .find(|p| p.is_file())
-    } else {
-        Some(std::path::PathBuf::from(&cfg.vad_model))
-    };
-    if cfg.vad && vad_file.is_none() {
-        anyhow::bail!(
-            "vad = true but no Silero VAD model was found in {:?}: run `make model` (or python3 models/fetch.py silero-vad), set vad_model, or set vad = false",
-            crate::engine::vad_model_candidates(&dirs[0])
-        );
-    }
-    let speaker_file = if cfg.speaker_model.is_empty() {
-        crate::engine::diarizer_model_candidates(&dirs[0])
-            .into_iter()
-            .find(|p| p.is_file())
-    } else {
-        Some(std::path::PathBuf::from(&cfg.speaker_model))
-    };
-    if cfg.diarize && speaker_file.is_none() {
-        anyhow::bail!(
-            "diarize = true but no speaker model was found in {:?}: run `make model-ge2e` (or python3 models/fetch.py ge2e), set speaker_model, or set diarize = false",
-            crate::engine::diarizer_model_candidates(&dirs[0])
-        );
-    }
+    let vad_file = model_file(
+        &cfg.vad_model,
+        crate::engine::vad_model_candidates(&dirs[0]),
+        cfg.vad,
+        "vad = true but no Silero VAD model was found in {looked}: run `make model` (or python3 models/fetch.py silero-vad), set vad_model, or set vad = false",
+    )?;
+    let speaker_file = model_file(
+        &cfg.speaker_model,
+        crate::engine::diarizer_model_candidates(&dirs[0]),
+        cfg.diarize,
+        "diarize = true but no speaker model was found in {looked}: run `make model-ge2e` (or python3 models/fetch.py ge2e), set speaker_model, or set diarize = false",
+    )?;
     models::Models::new(
         &dirs,
         cfg.model_aliases
