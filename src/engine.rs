@@ -338,7 +338,7 @@ impl Engine {
     /// start on a thread of their own, so they run while the recording is transcribed.
     pub fn prepare_for(&self, pcm: &Pcm, o: &TranscribeOptions) -> Result<Prepared, EngineError> {
         let mut p = self.prepare(pcm, &o.vad)?;
-        if let (Some(opts), false) = (o.diarize, o.language_detection_only) {
+        if let (Some(opts), false) = (o.diarize.clone(), o.language_detection_only) {
             let diarizer = self.diarizer.clone().ok_or(EngineError::InvalidOption {
                 param: "diarize",
                 message: "this server has no speaker model (`make model-ge2e` fetches it)".into(),

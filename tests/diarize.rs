@@ -187,3 +187,123 @@ fn the_server_labels_speakers_on_both_apis_and_names_bad_values() {
     assert!(s.metric("whisperd_diarization_speakers_sum") >= 6.0);
     assert!(s.metric("whisperd_diarization_windows_total") > 100.0);
 }
+
+#[test]
+fn known_speakers_are_named_by_their_reference_clips() {
+    if !speaker_model_or_skip() {
+        return;
+    }
+    use base64::Engine as _;
+    let set = shared().join("eval/diarization");
+    let audio = std::fs::read(set.join("mix04.flac")).unwrap();
+    let samples = whisperd::audio::load_pcm(audio.clone(), None)
+        .unwrap()
+        .samples
+        .to_vec()
+        .unwrap();
+    // The reference turns: (start, end, speaker).
+    let turns: Vec<(f64, f64, String)> = std::fs::read_to_string(set.join("mix04.rttm"))
+        .unwrap()
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let (s, d) = (
+                f.get(3)?.parse::<f64>().ok()?,
+                f.get(4)?.parse::<f64>().ok()?,
+            );
+            Some((s, s + d, f.get(7)?.to_string()))
+        })
+        .collect();
+    let mut voices: Vec<&str> = Vec::new();
+    for t in &turns {
+        if !voices.contains(&t.2.as_str()) {
+            voices.push(&t.2);
+        }
+    }
+    // 6 s from the first long turn of each of the first two voices.
+    let clip = |who: &str| {
+        let t = turns
+            .iter()
+            .find(|t| t.2 == who && t.1 - t.0 > 7.0)
+            .expect("a turn of 7 s or more");
+        let a = ((t.0 + 0.5) * 16_000.0) as usize;
+        let wav = wav_bytes(&samples[a..a + 6 * 16_000], 16_000);
+        format!(
+            "data:audio/wav;base64,{}",
+            base64::engine::general_purpose::STANDARD.encode(wav)
+        )
+    };
+    let (ra, rb) = (clip(voices[0]), clip(voices[1]));
+    let s = Server::start(&[]);
+    let post = |fields: &[(&str, &str)]| {
+        s.post_form(
+            "/v1/audio/transcriptions",
+            Some(("file", &audio)),
+            fields,
+            &[],
+        )
+    };
+    for (fields, param) in [
+        (
+            vec![("known_speaker_names[]", "alice")],
+            "known_speaker_references",
+        ),
+        (
+            vec![
+                ("known_speaker_names[]", "alice"),
+                ("known_speaker_references[]", "data:audio/wav;base64,@@@"),
+            ],
+            "known_speaker_references",
+        ),
+        (
+            vec![
+                ("known_speaker_names[]", "alice"),
+                ("known_speaker_references[]", "data:audio/wav;base64,AAAA"),
+            ],
+            "known_speaker_references",
+        ),
+    ] {
+        let r = post(&fields);
+        assert_eq!(r.0, 400, "{}", String::from_utf8_lossy(&r.2));
+        assert_eq!(json(&r)["error"]["param"], param, "{}", json(&r));
+    }
+    let r = post(&[
+        ("model", "whisper-1"),
+        ("response_format", "diarized_json"),
+        ("known_speaker_names[]", "alice"),
+        ("known_speaker_names[]", "bob"),
+        ("known_speaker_references[]", &ra),
+        ("known_speaker_references[]", &rb),
+    ]);
+    assert_eq!(r.0, 200, "{}", String::from_utf8_lossy(&r.2));
+    let v = json(&r);
+    // Each segment's speaker against the reference voice at its midpoint.
+    let (mut right, mut all) = (0, 0);
+    let mut others: Vec<String> = Vec::new();
+    for seg in v["segments"].as_array().unwrap() {
+        let mid = (seg["start"].as_f64().unwrap() + seg["end"].as_f64().unwrap()) / 2.0;
+        let Some(t) = turns.iter().find(|t| t.0 <= mid && mid < t.1) else {
+            continue;
+        };
+        let who = seg["speaker"].as_str().unwrap().to_string();
+        let want = if t.2 == voices[0] {
+            "alice"
+        } else if t.2 == voices[1] {
+            "bob"
+        } else {
+            assert!(who != "alice" && who != "bob", "{seg}");
+            others.push(who);
+            continue;
+        };
+        all += 1;
+        right += usize::from(who == want);
+    }
+    assert!(
+        all > 10 && right * 10 >= all * 9,
+        "{right}/{all} named right: {v}"
+    );
+    assert!(
+        !others.is_empty() && others.iter().all(|o| o.len() == 1),
+        "the third voice gets a letter: {others:?}"
+    );
+}

@@ -237,6 +237,7 @@ impl DecodingArgs {
             num_speakers: self.num_speakers.map(|n| n as usize),
             min_speakers: self.min_speakers.map(|n| n as usize),
             max_speakers: self.max_speakers.map(|n| n as usize),
+            known: Vec::new(),
         };
         let on = self.diarize || format_needs_it || o != Default::default();
         on.then_some(o)

@@ -18,6 +18,8 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
+use super::ge2e::EMBEDDING;
+
 use super::ge2e::{SpeakerEncoder, SpeakerError, N_MELS};
 use super::{cluster, speaker_of, turns, window_starts, ClusterOptions, Turn};
 use crate::audio::Samples;
@@ -55,19 +57,68 @@ const SPEECH: VadOptions = VadOptions {
     gate_db: Some(-60.0),
 };
 
+/// The most known speakers a request may name (OpenAI's limit).
+pub const MAX_KNOWN_SPEAKERS: usize = 4;
+/// A found speaker takes a known speaker's name when the cosine similarity of its mean voice
+/// embedding and the reference's is at least this (the clustering threshold's complement).
+const KNOWN_MIN_SIMILARITY: f32 = 1.0 - DEFAULT_THRESHOLD;
+
 /// What a request asks of diarization (`diarize=true` with these).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct DiarizeOptions {
     /// Exactly this many speakers.
     pub num_speakers: Option<usize>,
     /// At least / at most this many (the automatic count is kept within them).
     pub min_speakers: Option<usize>,
     pub max_speakers: Option<usize>,
+    /// Voices to label by name (`known_speaker_names[]` with `known_speaker_references[]`).
+    pub known: Vec<KnownSpeaker>,
+}
+
+/// A speaker to recognise: a name and the voice embedding of a reference clip.
+#[derive(Clone, PartialEq)]
+pub struct KnownSpeaker {
+    pub name: String,
+    pub embedding: Vec<f32>,
+}
+
+impl std::fmt::Debug for KnownSpeaker {
+    /// The name and a fingerprint of the embedding: enough for the result cache's key (which is
+    /// the options' `Debug` form) without 256 numbers in it.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for v in &self.embedding {
+            for b in v.to_le_bytes() {
+                h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+            }
+        }
+        write!(f, "KnownSpeaker({:?}, {h:016x})", self.name)
+    }
 }
 
 impl DiarizeOptions {
     /// The error names the bad parameter.
     pub fn check(&self) -> Result<(), (&'static str, String)> {
+        if self.known.len() > MAX_KNOWN_SPEAKERS {
+            return Err((
+                "known_speaker_names",
+                format!("at most {MAX_KNOWN_SPEAKERS} known speakers"),
+            ));
+        }
+        for (i, k) in self.known.iter().enumerate() {
+            if k.name.trim().is_empty() || k.name.chars().count() > 64 {
+                return Err((
+                    "known_speaker_names",
+                    "names must be 1 to 64 characters".into(),
+                ));
+            }
+            if self.known[..i].iter().any(|o| o.name == k.name) {
+                return Err((
+                    "known_speaker_names",
+                    format!("`{}` is given twice", k.name),
+                ));
+            }
+        }
         for (name, v) in [
             ("num_speakers", self.num_speakers),
             ("min_speakers", self.min_speakers),
@@ -202,6 +253,8 @@ pub struct Diarization {
     /// Speaker turns over the speech, in order; speakers numbered by first appearance.
     pub turns: Vec<Turn>,
     pub speakers: usize,
+    /// Per speaker: the known speaker's name it was matched to, if any.
+    pub names: Vec<Option<String>>,
     /// Embedding windows, and the seconds spent embedding them and in the whole pipeline.
     pub windows: usize,
     pub embed_seconds: f64,
@@ -212,6 +265,17 @@ pub struct Diarization {
 pub struct Diarizer {
     encoder: SpeakerEncoder,
     pub threshold: f32,
+}
+
+impl Diarization {
+    /// Speaker `i`'s label: a known speaker's name, else `SPEAKER_0i`.
+    pub fn label(&self, i: usize) -> String {
+        self.names
+            .get(i)
+            .cloned()
+            .flatten()
+            .unwrap_or_else(|| speaker_label(i))
+    }
 }
 
 impl Diarizer {
@@ -315,6 +379,7 @@ impl Diarizer {
         threshold: f32,
     ) -> Diarization {
         let labels = cluster(&e.embeddings, &o.cluster_options(threshold));
+        let cluster_names = match_known(&e.embeddings, &labels, &o.known);
         let raw = turns(
             &e.starts,
             &labels,
@@ -334,10 +399,14 @@ impl Diarizer {
                 )
             })
             .collect();
-        let (turns, speakers) = renumber(clip_to_speech(&raw, &speech));
+        let (turns, order) = renumber(clip_to_speech(&raw, &speech));
         Diarization {
             turns,
-            speakers,
+            speakers: order.len(),
+            names: order
+                .iter()
+                .map(|&c| cluster_names.get(c).cloned().flatten())
+                .collect(),
             windows: e.starts.len(),
             embed_seconds: e.seconds,
             seconds: e.seconds,
@@ -413,9 +482,68 @@ fn clip_to_speech(raw: &[Turn], speech: &[(f64, f64)]) -> Vec<Turn> {
     out
 }
 
+/// The reference's voice: the mean of its windows' embeddings, normalised.
+pub fn mean_embedding(e: &Embedded) -> Option<Vec<f32>> {
+    if e.embeddings.is_empty() {
+        return None;
+    }
+    let mut m = vec![0f32; EMBEDDING];
+    for v in &e.embeddings {
+        for (a, b) in m.iter_mut().zip(v) {
+            *a += b;
+        }
+    }
+    let norm = m.iter().map(|v| v * v).sum::<f32>().sqrt().max(1e-12);
+    m.iter_mut().for_each(|v| *v /= norm);
+    Some(m)
+}
+
+/// Per cluster label: the known speaker it is, if any. Each known speaker names at most one
+/// cluster: the most similar pairs are taken first, down to `KNOWN_MIN_SIMILARITY`.
+fn match_known(
+    embeddings: &[Vec<f32>],
+    labels: &[usize],
+    known: &[KnownSpeaker],
+) -> Vec<Option<String>> {
+    let n = labels.iter().copied().max().map_or(0, |m| m + 1);
+    let mut names = vec![None; n];
+    if known.is_empty() {
+        return names;
+    }
+    let centroids: Vec<Vec<f32>> = (0..n)
+        .map(|c| {
+            let mut m = vec![0f32; EMBEDDING];
+            for (v, _) in embeddings.iter().zip(labels).filter(|(_, &l)| l == c) {
+                for (a, b) in m.iter_mut().zip(v) {
+                    *a += b;
+                }
+            }
+            m
+        })
+        .collect();
+    let mut pairs: Vec<(f32, usize, usize)> = Vec::new();
+    for (c, centroid) in centroids.iter().enumerate() {
+        for (k, ks) in known.iter().enumerate() {
+            let sim = super::cosine(centroid, &ks.embedding);
+            if sim >= KNOWN_MIN_SIMILARITY {
+                pairs.push((sim, c, k));
+            }
+        }
+    }
+    pairs.sort_by(|a, b| b.0.total_cmp(&a.0));
+    let mut used = vec![false; known.len()];
+    for (_, c, k) in pairs {
+        if names[c].is_none() && !used[k] {
+            names[c] = Some(known[k].name.clone());
+            used[k] = true;
+        }
+    }
+    names
+}
+
 /// Speakers renumbered by first appearance after smoothing and clipping (a cluster may have lost
-/// every turn); the count of those left.
-fn renumber(mut turns: Vec<Turn>) -> (Vec<Turn>, usize) {
+/// every turn); the old labels of those left, in their new order.
+fn renumber(mut turns: Vec<Turn>) -> (Vec<Turn>, Vec<usize>) {
     let mut seen: Vec<usize> = Vec::new();
     for t in &mut turns {
         t.speaker = match seen.iter().position(|&s| s == t.speaker) {
@@ -426,7 +554,7 @@ fn renumber(mut turns: Vec<Turn>) -> (Vec<Turn>, usize) {
             }
         };
     }
-    (turns, seen.len())
+    (turns, seen)
 }
 
 /// The label of speaker `i` in transcripts: `SPEAKER_00`, `SPEAKER_01`, …
@@ -474,11 +602,11 @@ pub fn assign(t: &mut Transcript, d: &Diarization) {
                     .iter()
                     .map(|w| speaker_of(&d.turns, w.start, w.end, true))
                     .collect();
-                split_by_speaker(seg, &labels, &mut out);
+                split_by_speaker(seg, &labels, d, &mut out);
             }
             _ => {
                 let mut seg = seg;
-                seg.speaker = whole.map(speaker_label);
+                seg.speaker = whole.map(|i| d.label(i));
                 out.push(seg);
             }
         }
@@ -518,7 +646,12 @@ pub fn summarise(segments: &[Segment]) -> Vec<SpeakerSummary> {
 /// `seg` cut where its words' speakers change (a single word between two of one speaker's
 /// takes theirs). The pieces keep the segment's decoding statistics; tokens are divided
 /// between them in proportion to their words, so that together they are the segment's.
-fn split_by_speaker(seg: Segment, labels: &[Option<usize>], out: &mut Vec<Segment>) {
+fn split_by_speaker(
+    seg: Segment,
+    labels: &[Option<usize>],
+    d: &Diarization,
+    out: &mut Vec<Segment>,
+) {
     let Some(mut words) = seg.words.clone() else {
         return;
     };
@@ -530,7 +663,7 @@ fn split_by_speaker(seg: Segment, labels: &[Option<usize>], out: &mut Vec<Segmen
         }
     }
     for (w, l) in words.iter_mut().zip(&labels) {
-        w.speaker = l.map(speaker_label);
+        w.speaker = l.map(|i| d.label(i));
     }
     // runs of one speaker: (first word, end word)
     let mut runs: Vec<(usize, usize)> = Vec::new();
@@ -542,7 +675,7 @@ fn split_by_speaker(seg: Segment, labels: &[Option<usize>], out: &mut Vec<Segmen
     }
     if runs.len() <= 1 {
         let mut seg = seg;
-        seg.speaker = labels.first().copied().flatten().map(speaker_label);
+        seg.speaker = labels.first().copied().flatten().map(|i| d.label(i));
         seg.words = Some(words);
         out.push(seg);
         return;
@@ -564,7 +697,7 @@ fn split_by_speaker(seg: Segment, labels: &[Option<usize>], out: &mut Vec<Segmen
         piece.tokens = seg.tokens[token_at..token_end].to_vec();
         piece.token_logprobs = slice_or_empty(&seg.token_logprobs, token_at, token_end);
         piece.text_probs = slice_or_empty(&seg.text_probs, token_at, token_end);
-        piece.speaker = labels[a].map(speaker_label);
+        piece.speaker = labels[a].map(|i| d.label(i));
         token_at = token_end;
         out.push(piece);
     }
@@ -592,8 +725,23 @@ mod tests {
             num_speakers: Some(2),
             min_speakers: Some(1),
             max_speakers: Some(3),
+            known: Vec::new(),
         };
         assert!(ok.check().is_ok());
+        let named = |names: &[&str]| DiarizeOptions {
+            known: names
+                .iter()
+                .map(|n| KnownSpeaker {
+                    name: n.to_string(),
+                    embedding: vec![1.0; EMBEDDING],
+                })
+                .collect(),
+            ..Default::default()
+        };
+        assert!(named(&["ann", "bob"]).check().is_ok());
+        for names in [&["ann", "ann"][..], &["a", "b", "c", "d", "e"], &[" "]] {
+            assert_eq!(named(names).check().unwrap_err().0, "known_speaker_names");
+        }
         let bad = |o: DiarizeOptions| o.check().unwrap_err().0;
         assert_eq!(
             bad(DiarizeOptions {
@@ -647,10 +795,45 @@ mod tests {
             turn(1.0, 2.0, 1),
             turn(2.0, 3.0, 3),
         ]);
-        assert_eq!(n, 2);
+        assert_eq!(n, vec![3, 1]);
         assert_eq!(
             t.iter().map(|t| t.speaker).collect::<Vec<_>>(),
             vec![0, 1, 0]
+        );
+    }
+
+    #[test]
+    fn known_speakers_name_the_most_similar_cluster_once_and_only_when_close() {
+        let unit = |i: usize| {
+            let mut v = vec![0f32; EMBEDDING];
+            v[i] = 1.0;
+            v
+        };
+        let emb = vec![unit(0), unit(0), unit(1), unit(2)];
+        let labels = vec![0, 0, 1, 2];
+        let known = vec![
+            KnownSpeaker {
+                name: "ann".into(),
+                embedding: unit(1),
+            },
+            KnownSpeaker {
+                name: "ann's twin".into(),
+                embedding: unit(1),
+            },
+            KnownSpeaker {
+                name: "nobody".into(),
+                embedding: unit(9),
+            },
+        ];
+        assert_eq!(
+            match_known(&emb, &labels, &known),
+            vec![None, Some("ann".to_string()), None]
+        );
+        // The cache key sees each reference without printing it whole.
+        let d = format!("{:?}", known[0]);
+        assert!(
+            d.starts_with("KnownSpeaker(\"ann\", ") && d.len() < 50,
+            "{d}"
         );
     }
 
@@ -688,6 +871,7 @@ mod tests {
         let d = Diarization {
             turns: vec![turn(0.0, 3.0, 0), turn(3.0, 6.0, 1)],
             speakers: 2,
+            names: vec![None, Some("bob".into())],
             windows: 0,
             embed_seconds: 0.0,
             seconds: 0.0,
@@ -728,7 +912,7 @@ mod tests {
             vec![
                 (0, "", Some("SPEAKER_00"), 8),
                 (1, " so yes.", Some("SPEAKER_00"), 2),
-                (2, " No way I think.", Some("SPEAKER_01"), 6),
+                (2, " No way I think.", Some("bob"), 6),
             ]
         );
         assert_eq!(t.segments[1].end, 2.95);
@@ -738,5 +922,10 @@ mod tests {
         assert_eq!(s[0].segments, 2);
         assert!((s[0].talk_time - 2.95).abs() < 1e-9);
         assert!((s[1].talk_time - 2.9).abs() < 1e-9);
+        assert_eq!(s[1].speaker, "bob");
+        assert_eq!(
+            t.segments[2].words.as_ref().unwrap()[0].speaker.as_deref(),
+            Some("bob")
+        );
     }
 }

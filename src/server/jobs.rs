@@ -234,6 +234,12 @@ pub async fn create(
     // The options are checked now (a bad one is a 400 here, not a failed job later).
     routes::pick_model(&state, &fields)?;
     routes::parse_options(Api::Native, &fields, &state.defaults)?;
+    if fields.keys().any(|k| k.starts_with("known_speaker_")) {
+        return Err(ApiError::bad_request(
+            "known speakers are for /transcribe and /v1/audio/transcriptions, not jobs",
+        )
+        .param("known_speaker_names"));
+    }
     let job = Job::new(
         owner(&req),
         JobRequest {

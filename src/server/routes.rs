@@ -549,6 +549,7 @@ fn diarize_fields(
         num_speakers: number(f, "num_speakers")?,
         min_speakers: number(f, "min_speakers")?,
         max_speakers: number(f, "max_speakers")?,
+        known: Vec::new(),
     };
     let wants_counts = counts != crate::diarize::DiarizeOptions::default();
     let on = asked.unwrap_or(o.diarize.is_some()) || format.needs_speakers() || wants_counts;
@@ -567,6 +568,125 @@ fn diarize_fields(
         .map_err(|(param, message)| ApiError::bad_request(message).param(param))?;
     o.diarize = Some(counts);
     Ok(())
+}
+
+/// Longest known speaker reference clip, in seconds.
+const MAX_REFERENCE_S: f64 = 30.0;
+
+/// `known_speaker_names[]` with `known_speaker_references[]` (data URLs of short clips): each
+/// clip's voice, so that found speakers take these names. Turns diarization on.
+async fn known_speakers(
+    state: &AppState,
+    f: &HashMap<String, String>,
+    o: &mut TranscribeOptions,
+) -> Result<(), ApiError> {
+    const REFS: &str = "known_speaker_references";
+    let names = list_field(f, "known_speaker_names");
+    let refs = data_urls(
+        f.get("known_speaker_references[]")
+            .or_else(|| f.get(REFS))
+            .map_or("", String::as_str),
+    );
+    if names.is_empty() && refs.is_empty() {
+        return Ok(());
+    }
+    if names.len() != refs.len() {
+        return Err(ApiError::bad_request(format!(
+            "one reference clip per name: {} names, {} clips",
+            names.len(),
+            refs.len()
+        ))
+        .param(REFS));
+    }
+    if names.len() > crate::diarize::pipeline::MAX_KNOWN_SPEAKERS {
+        return Err(ApiError::bad_request(format!(
+            "at most {} known speakers",
+            crate::diarize::pipeline::MAX_KNOWN_SPEAKERS
+        ))
+        .param("known_speaker_names"));
+    }
+    if f.get("diarize")
+        .is_some_and(|d| parse_bool("diarize", d).ok() == Some(false))
+    {
+        return Err(
+            ApiError::bad_request("diarize=false, but known speakers were given").param("diarize"),
+        );
+    }
+    let Some(diarizer) = state.shared.models.diarizer.clone() else {
+        return Err(ApiError::bad_request(
+            "this server has no speaker model (ge2e.safetensors; `make model-ge2e` fetches it)",
+        )
+        .param("diarize"));
+    };
+    let mut clips = Vec::with_capacity(refs.len());
+    for (i, r) in refs.iter().enumerate() {
+        clips.push(
+            decode_data_url(r)
+                .map_err(|m| ApiError::bad_request(format!("{REFS}[{i}]: {m}")).param(REFS))?,
+        );
+    }
+    let vad = state.shared.models.vad.clone();
+    let known = web::block(move || {
+        clips
+            .into_iter()
+            .zip(names)
+            .enumerate()
+            .map(|(i, (bytes, name))| {
+                let bad = |m: String| {
+                    ApiError::bad_request(format!("{REFS}[{i}] ({name}): {m}")).param(REFS)
+                };
+                let pcm = crate::Engine::load_audio_within(bytes, Some(MAX_REFERENCE_S))
+                    .map_err(|e| bad(format!("undecodable reference clip: {e}")))?;
+                if pcm.duration_s() < 1.0 {
+                    return Err(bad("the clip is shorter than 1 s".into()));
+                }
+                let features = diarizer
+                    .features(&pcm.samples, vad.as_deref())
+                    .map_err(|e| bad(e.to_string()))?;
+                let embedded = diarizer.embed(&features).map_err(|e| bad(e.to_string()))?;
+                let embedding = crate::diarize::pipeline::mean_embedding(&embedded)
+                    .ok_or_else(|| bad("no speech in the clip".into()))?;
+                Ok(crate::diarize::pipeline::KnownSpeaker { name, embedding })
+            })
+            .collect::<Result<Vec<_>, ApiError>>()
+    })
+    .await
+    .map_err(|_| ApiError::unavailable("the server is shutting down", 5))??;
+    o.diarize.get_or_insert_with(Default::default).known = known;
+    Ok(())
+}
+
+/// Data URLs from a form field whose repeats were joined by commas (a data URL has one comma,
+/// after its header; base64 has none).
+fn data_urls(joined: &str) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for part in joined.split(',') {
+        let part = part.trim();
+        match out.last_mut() {
+            Some(last) if !part.starts_with("data:") => {
+                last.push(',');
+                last.push_str(part);
+            }
+            _ if part.is_empty() => {}
+            _ => out.push(part.to_string()),
+        }
+    }
+    out
+}
+
+/// The bytes of a `data:<type>;base64,<payload>` URL.
+fn decode_data_url(url: &str) -> Result<Vec<u8>, String> {
+    use base64::Engine as _;
+    let (header, payload) = url
+        .strip_prefix("data:")
+        .and_then(|rest| rest.split_once(','))
+        .ok_or("expected a data URL (data:audio/wav;base64,…)")?;
+    if !header.ends_with(";base64") {
+        return Err("expected a base64 data URL (data:<type>;base64,…)".into());
+    }
+    base64::engine::general_purpose::STANDARD
+        .decode(payload.trim())
+        .map_err(|e| format!("bad base64: {e}"))
 }
 
 fn response_format(api: Api, f: &HashMap<String, String>) -> Result<Format, ApiError> {
@@ -836,7 +956,8 @@ async fn handle_inner(
     super::schema::check_fields(super::schema::Form::Transcription, &fields)?;
     let model = pick_model(&state, &fields)?;
     let url = fields.get("url").filter(|u| !u.trim().is_empty());
-    let (options, format) = parse_options(api, &fields, &state.defaults)?;
+    let (mut options, format) = parse_options(api, &fields, &state.defaults)?;
+    known_speakers(&state, &fields, &mut options).await?;
     let file = match (file, url) {
         (Some(_), Some(_)) => {
             return Err(

@@ -95,6 +95,12 @@ pub struct TranscriptionForm {
     min_speakers: Option<u32>,
     /// At most this many speakers (1–32; implies `diarize`).
     max_speakers: Option<u32>,
+    /// Names for the voices of `known_speaker_references[]` (up to 4; implies `diarize`).
+    #[serde(rename = "known_speaker_names[]")]
+    known_speaker_names: Option<Vec<String>>,
+    /// One short clip (1–30 s) per name, as a data URL (`data:audio/wav;base64,…`).
+    #[serde(rename = "known_speaker_references[]")]
+    known_speaker_references: Option<Vec<String>>,
 }
 
 /// The form of `POST /v1/jobs`: the transcription fields, plus where to send the outcome

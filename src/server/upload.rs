@@ -10,6 +10,8 @@ use super::error::ApiError;
 
 /// Largest non-file form field (prompt, language, …).
 const MAX_FIELD_BYTES: usize = 64 * 1024;
+/// Largest `known_speaker_references[]` field (a data URL of up to 30 s of audio).
+const MAX_REFERENCE_BYTES: usize = 4 * 1024 * 1024;
 
 pub struct Upload {
     pub file: Option<Vec<u8>>,
@@ -104,12 +106,24 @@ pub async fn read_form(
             }
             upload.file = Some(buf);
         } else {
+            // Known speakers' reference clips are data URLs of a few seconds of audio.
+            let limit = if name.starts_with("known_speaker_references") {
+                MAX_REFERENCE_BYTES
+            } else {
+                MAX_FIELD_BYTES
+            };
             let mut buf = Vec::new();
             while let Some(chunk) = field.try_next().await.map_err(malformed)? {
-                if buf.len() + chunk.len() > MAX_FIELD_BYTES {
-                    return Err(ApiError::bad_request(format!(
-                        "form field `{name}` is over 64 KiB"
-                    )));
+                if buf.len() + chunk.len() > limit {
+                    let e = ApiError::bad_request(format!(
+                        "form field `{name}` is over {} KiB",
+                        limit / 1024
+                    ));
+                    return Err(if limit == MAX_FIELD_BYTES {
+                        e
+                    } else {
+                        e.param("known_speaker_references")
+                    });
                 }
                 buf.extend_from_slice(&chunk);
             }
