@@ -349,7 +349,7 @@ fn a_client_that_leaves_is_a_499_and_its_running_job_stops() {
     );
     // Stopped within a few windows, not after the whole 200 s; recorded as 499, not 503.
     assert!(t1.elapsed() < Duration::from_secs(10));
-    assert!(s.log().contains("stopped a running job"), "{}", s.log());
+    s.wait_for_log("stopped a running job", Duration::from_secs(5));
     assert_eq!(s.metric("whisperd_audio_seconds_total"), 0.0);
     assert_eq!(
         s.metric("whisperd_http_requests_total{route=\"/transcribe\",status=\"499\"}"),

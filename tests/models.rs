@@ -233,7 +233,7 @@ fn idle_models_unload_after_the_ttl_and_load_again() {
             "whisperd_model_unloads_total{{model=\"{BASE}\",reason=\"idle\"}}"
         )) >= 1.0
     );
-    assert!(s.log().contains("model unloaded"), "{}", s.log());
+    s.wait_for_log("model unloaded", Duration::from_secs(5));
     // Still ready, and the next request loads the model again.
     assert_eq!(s.get("/ready").0, 200);
     assert!(text(&transcribe(&s, &jfk, TINY)).contains("ask not"));

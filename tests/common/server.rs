@@ -67,6 +67,21 @@ impl Server {
         self.log.lock().unwrap().clone()
     }
 
+    /// Wait until the server's log contains `needle`; after `within`, fail with the log. The log
+    /// is read from a pipe by another thread, so a line written just before a metric moved can
+    /// reach us a moment after the metric does.
+    pub fn wait_for_log(&self, needle: &str, within: Duration) {
+        let t0 = Instant::now();
+        while !self.log().contains(needle) {
+            assert!(
+                t0.elapsed() < within,
+                "the log never said {needle:?}:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     pub fn get(&self, path: &str) -> Response {
         request(&self.addr, "GET", path, &[], &[])
     }
