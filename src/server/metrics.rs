@@ -55,6 +55,8 @@ pub struct Metrics {
     pub realtime_sessions_open: IntGauge,
     pub realtime_first_delta_seconds: Histogram,
     pub realtime_latency_seconds: Histogram,
+    /// Utterances whose final transcript did not start with the partial text already sent.
+    pub realtime_partial_mismatches: IntCounter,
     /// Long audio's samples and log-mel moved to temporary files (`audio::spill`), counted there
     /// and copied in at each scrape.
     pub audio_spills: IntCounter,
@@ -272,6 +274,10 @@ impl Metrics {
                 )
                 .buckets(exponential_buckets(0.05, 2.0, 12)?),
             )?,
+            realtime_partial_mismatches: IntCounter::new(
+                "whisperd_realtime_partial_mismatches_total",
+                "Realtime: utterances whose final transcript does not start with the partial text already sent as deltas",
+            )?,
             api_keys: IntGauge::new(
                 "whisperd_api_keys",
                 "API keys in force (api_keys plus the lines of api_keys_file)",
@@ -336,6 +342,8 @@ impl Metrics {
             .register(Box::new(m.realtime_first_delta_seconds.clone()))?;
         m.registry
             .register(Box::new(m.realtime_latency_seconds.clone()))?;
+        m.registry
+            .register(Box::new(m.realtime_partial_mismatches.clone()))?;
         m.registry
             .register(Box::new(m.stream_first_text_seconds.clone()))?;
         m.registry.register(Box::new(m.audio_spills.clone()))?;

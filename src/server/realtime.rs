@@ -13,7 +13,8 @@
 //!   starts at `threshold`, ends after `silence_duration_ms` below it, `prefix_padding_ms` of
 //!   audio kept before the start).
 //! - While an utterance grows, it is re-decoded about once a second; only words that two passes
-//!   in a row agree on are sent as deltas (local agreement), so sent text never changes. The
+//!   in a row agree on, and that end a second or more before the edge of the audio heard, are
+//!   sent as deltas (local agreement, [`agree`]), so sent text never changes. The
 //!   committed audio is transcribed like an upload of the same audio (same queue, scheduler
 //!   batches and options), and `completed` carries that text.
 //! - Everything malformed gets an `error` event and the session goes on; nothing closes the socket
@@ -50,6 +51,10 @@ const MIN_COMMIT_MS: u64 = 100;
 const SPECULATE_MS: u64 = 160;
 /// A partial pass needs this much new audio since the last one.
 const PARTIAL_STEP_S: f64 = 0.5;
+/// A word is settled, and may go out as a delta, once the pass that agrees on it heard this much
+/// audio after its end: near the edge of what was heard the model completes half-spoken words
+/// with guesses, and two passes a half-second apart can make the same wrong guess.
+const SETTLED_S: f64 = 1.0;
 
 /// Limits of realtime sessions (config `realtime_*`).
 #[derive(Debug, Clone, Copy)]
@@ -89,8 +94,8 @@ struct Item {
     /// Session time (ms) where its audio starts.
     start_ms: u64,
     spoke_at: Instant,
-    /// Words published as deltas, and the last partial pass's words.
-    published: Vec<String>,
+    /// The text sent as deltas so far (their concatenation), and the last partial pass's words.
+    sent: String,
     last_pass: Vec<String>,
     /// Audio length (input samples) of the last partial pass.
     last_partial_len: usize,
@@ -137,8 +142,8 @@ struct Conn {
     /// Server VAD: the final pass started early over [item start, end ms) during a silence.
     speculative: Option<(u64, LocalBoxFuture<'static, Done>)>,
     finals: FuturesUnordered<LocalBoxFuture<'static, Done>>,
-    /// Committed items still decoding: the words already sent as deltas, and when committed.
-    committed: std::collections::HashMap<String, (Vec<String>, Instant)>,
+    /// Committed items still decoding: the text already sent as deltas, and when committed.
+    committed: std::collections::HashMap<String, (String, Instant)>,
 }
 
 /// The upgrade. Auth, rate limits and request ids ran in the edge middleware; the key may also
@@ -745,7 +750,7 @@ impl Conn {
             id: format!("item_{}_{}", &self.id[5..], self.items),
             start_ms,
             spoke_at: Instant::now(),
-            published: Vec::new(),
+            sent: String::new(),
             last_pass: Vec::new(),
             last_partial_len: 0,
             first_delta_sent: false,
@@ -889,6 +894,7 @@ impl Conn {
         let (shared, model) = (self.shared.clone(), self.model_index);
         let mut options = self.options();
         options.temperatures = vec![0.0]; // a hint: greedy only, no fallback passes
+        options.word_timestamps = true; // to know which words are settled
         self.partial = Some(
             async move {
                 let r = transcribe(&shared, model, wav, options, false).await;
@@ -898,34 +904,21 @@ impl Conn {
         );
     }
 
-    /// Local agreement: publish the words two passes in a row agree on, past those already sent.
-    async fn on_partial(&mut self, (id, _len, r): Partial) -> Result<(), ()> {
+    /// Local agreement over each partial pass (see [`agree`]).
+    async fn on_partial(&mut self, (id, len, r): Partial) -> Result<(), ()> {
         let Ok(t) = r else { return Ok(()) };
-        let words: Vec<String> = t.text.split_whitespace().map(String::from).collect();
+        let heard_s = len as f64 / self.rate.max(1) as f64;
         let Some(item) = self.item.as_mut().filter(|i| i.id == id) else {
             return Ok(());
         };
-        // The last word of a pass sits at the edge of the audio heard so far (often cut off, or
-        // closed with a period the speaker has not reached): it is never agreed on.
-        let agreed = item
-            .last_pass
-            .iter()
-            .zip(&words)
-            .take_while(|(a, b)| a == b)
-            .count()
-            .min(words.len().saturating_sub(1))
-            .min(item.last_pass.len().saturating_sub(1));
-        item.last_pass = words.clone();
-        if agreed <= item.published.len() || words[..item.published.len()] != item.published[..] {
+        let words: Vec<String> = t.text.split_whitespace().map(String::from).collect();
+        let delta = agree(&item.sent, &item.last_pass, &t, heard_s);
+        item.last_pass = words;
+        let Some(delta) = delta else {
             self.maybe_partial();
             return Ok(());
-        }
-        let new = &words[item.published.len()..agreed];
-        let mut delta = new.join(" ");
-        if !item.published.is_empty() {
-            delta.insert(0, ' ');
-        }
-        item.published.extend(new.iter().cloned());
+        };
+        item.sent.push_str(&delta);
         if !item.first_delta_sent {
             item.first_delta_sent = true;
             self.shared
@@ -1007,17 +1000,16 @@ impl Conn {
             self.buf.clear();
             self.buf_start_ms = self.now_ms();
         }
-        self.committed
-            .insert(item.id, (item.published, Instant::now()));
+        self.committed.insert(item.id, (item.sent, Instant::now()));
         self.finals.push(pass);
         self.send(ev).await
     }
 
     async fn on_final(&mut self, (id, r): Done) -> Result<(), ()> {
-        let (published, committed_at) = self
+        let (sent, committed_at) = self
             .committed
             .remove(&id)
-            .unwrap_or_else(|| (Vec::new(), Instant::now()));
+            .unwrap_or_else(|| (String::new(), Instant::now()));
         let t = match r {
             Ok(t) => t,
             Err(e) => {
@@ -1026,22 +1018,17 @@ impl Conn {
                 return self.send(ev).await;
             }
         };
-        // The rest of the text after the words already sent (when they are its start).
-        let mut offset = Some(0usize);
-        let mut words = t.text.split_whitespace();
-        for w in &published {
-            offset = match (offset, words.next()) {
-                (Some(_), Some(fw)) if fw == w => {
-                    let start = fw.as_ptr() as usize - t.text.as_ptr() as usize;
-                    Some(start + fw.len())
-                }
-                _ => None,
-            };
-        }
-        if let Some(rest) = offset.and_then(|o| t.text.get(o..)) {
-            if !rest.trim().is_empty() {
+        // The rest of the text after what was already sent (when that is its start).
+        match t.text.strip_prefix(sent.as_str()) {
+            Some(rest) if !rest.trim().is_empty() => {
                 let ev = json!({"type": "conversation.item.input_audio_transcription.delta", "item_id": id, "content_index": 0, "delta": rest});
                 self.send(ev).await?;
+            }
+            Some(_) => {}
+            None => {
+                self.shared.metrics.realtime_partial_mismatches.inc();
+                tracing::warn!(session = %self.id, item = %id, sent = %sent, transcript = %t.text,
+                    "the final transcript does not start with the partial text already sent");
             }
         }
         let secs = committed_at.elapsed().as_secs_f64();
@@ -1060,6 +1047,47 @@ impl Conn {
         self.speculative = None;
         self.silent_ms = 0;
     }
+}
+
+/// Local agreement: the text to send after `sent`, given the previous partial pass's words and
+/// this pass (`t`, over `heard_s` seconds of the utterance). Sent are the words both passes
+/// agree on, except the newer pass's last word and any word it places less than `SETTLED_S`
+/// before the end of what it heard, and less a closing punctuation mark on the last of them
+/// (the speaker's next words may turn a period into a comma, or drop it): that mark goes out
+/// with the words after it. `None` when nothing new is agreed on, or when the agreed text does
+/// not extend what was sent.
+fn agree(sent: &str, last_pass: &[String], t: &Transcript, heard_s: f64) -> Option<String> {
+    let agreed = last_pass
+        .iter()
+        .zip(t.text.split_whitespace())
+        .take_while(|(a, b)| a.as_str() == *b)
+        .count()
+        .min(t.text.split_whitespace().count().saturating_sub(1))
+        .min(last_pass.len().saturating_sub(1))
+        .min(settled_words(t, heard_s - SETTLED_S));
+    let end = match agreed.checked_sub(1) {
+        Some(last) => t.text.split_whitespace().nth(last).map_or(0, |w| {
+            w.as_ptr() as usize - t.text.as_ptr() as usize + w.len()
+        }),
+        None => 0,
+    };
+    t.text
+        .get(..end)?
+        .trim_end_matches(|c| crate::decode::timing::APPEND_PUNCTUATIONS.contains(c))
+        .strip_prefix(sent)
+        .filter(|d| !d.trim().is_empty())
+        .map(str::to_string)
+}
+
+/// How many of the transcript's words (split at whitespace, as its text) end by `until_s`,
+/// counted from the start until the first that does not.
+fn settled_words(t: &Transcript, until_s: f64) -> usize {
+    t.segments
+        .iter()
+        .flat_map(|s| s.words.iter().flatten())
+        .take_while(|w| w.end <= until_s)
+        .map(|w| w.word.split_whitespace().count())
+        .sum()
 }
 
 /// A WAV through the shared queue and scheduler, like an upload; partial passes skip the cache.
@@ -1188,6 +1216,80 @@ fn alaw(b: u8) -> i16 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A partial pass's transcript: words (each with its leading space) ending at the times given.
+    fn pass(words: &[(&str, f64)]) -> Transcript {
+        let text: String = words.iter().map(|w| w.0).collect();
+        let words: Vec<Value> = words
+            .iter()
+            .map(|(w, end)| json!({"word": w, "start": end - 0.3, "end": end, "probability": 0.9}))
+            .collect();
+        serde_json::from_value(
+            json!({"text": text.trim(), "language": "en", "duration": 30.0,
+            "segments": [{"id": 0, "seek": 0, "start": 0.0, "end": 30.0, "text": text, "tokens": [],
+                "temperature": 0.0, "avg_logprob": -0.1, "compression_ratio": 1.0,
+                "no_speech_prob": 0.0, "words": words}]}),
+        )
+        .unwrap()
+    }
+
+    fn split(t: &Transcript) -> Vec<String> {
+        t.text.split_whitespace().map(String::from).collect()
+    }
+
+    #[test]
+    fn agreement_waits_for_words_to_settle_and_for_their_punctuation() {
+        // Two passes that agree on a guess at the edge of the audio (heard to 3.0 s, then
+        // 3.4 s): only words a second clear of the edge go out.
+        let a = pass(&[
+            (" ask", 1.0),
+            (" not", 1.4),
+            (" what", 2.5),
+            (" you", 2.7),
+            (" are", 2.9),
+        ]);
+        let b = pass(&[
+            (" ask", 1.0),
+            (" not", 1.4),
+            (" what", 2.5),
+            (" you", 2.7),
+            (" are", 3.0),
+            (" going", 3.3),
+        ]);
+        assert_eq!(agree("", &split(&a), &b, 3.4).as_deref(), Some("ask not"));
+        // Without the settling rule the guess would have gone out.
+        assert_eq!(
+            agree("", &split(&a), &b, 99.0).as_deref(),
+            Some("ask not what you")
+        );
+        // A closing period is held back until the next word is agreed on: the final decode
+        // may drop it ("country And so"), and the deltas must still join into it.
+        let c = pass(&[
+            (" your", 1.0),
+            (" country.", 1.5),
+            (" And", 4.0),
+            (" so", 4.2),
+        ]);
+        let d = pass(&[
+            (" your", 1.0),
+            (" country.", 1.5),
+            (" And", 4.0),
+            (" so", 4.2),
+            (" my", 4.5),
+        ]);
+        assert_eq!(
+            agree("", &split(&c), &d, 4.0).as_deref(),
+            Some("your country")
+        );
+        assert_eq!(
+            agree("your country", &split(&c), &d, 5.3).as_deref(),
+            Some(". And")
+        );
+        // Nothing new, or text that does not extend what was sent: nothing.
+        assert_eq!(agree("your country", &split(&c), &d, 4.0), None);
+        assert_eq!(agree("our country", &split(&c), &d, 5.3), None);
+        assert_eq!(agree("", &[], &d, 9.0), None);
+    }
 
     #[test]
     fn g711_decodes_to_the_standard_values() {
