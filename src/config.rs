@@ -15,8 +15,8 @@ pub struct Config {
     pub model_aliases: Vec<String>,
     pub model_ttl_s: u64,
     pub models_memory_mb: u64,
-    pub device: String,
-    pub precision: String,
+    pub device: crate::engine::DeviceSpec,
+    pub precision: crate::model::Precision,
     pub http_workers: usize,
     pub threads: usize,
     pub batch_size: usize,
@@ -72,6 +72,7 @@ pub struct Config {
     pub vad_model: String,
     pub diarize: bool,
     pub speaker_model: String,
+    pub channels: crate::audio::Channels,
 }
 
 impl Default for Config {
@@ -92,8 +93,8 @@ impl Default for Config {
             .to_vec(),
             model_ttl_s: 0,
             models_memory_mb: 0,
-            device: "cpu".into(),
-            precision: "f32".into(),
+            device: crate::engine::DeviceSpec::Cpu,
+            precision: crate::model::Precision::F32,
             http_workers: 2,
             threads: 0,
             batch_size: crate::scheduler::DEFAULT_MAX_BATCH,
@@ -149,6 +150,7 @@ impl Default for Config {
             vad_model: String::new(),
             diarize: false,
             speaker_model: String::new(),
+            channels: crate::audio::Channels::Mix,
         }
     }
 }
@@ -396,6 +398,10 @@ const DOCS: &[(&str, &str)] = &[
         "speaker_model",
         "GE2E speaker-encoder file for diarization; empty = ge2e/ge2e.safetensors beside the model directory (where `make model-ge2e` puts it), else models/ge2e/ under the working directory. Without one, diarization requests get 400.",
     ),
+    (
+        "channels",
+        "How a recording's channels are transcribed unless a request sends channels=: mix (averaged into one signal) or split (each channel alone, segments labelled CHANNEL_0, CHANNEL_1, … on one timeline: call recordings with each party on its own channel; at most 8 channels). Does not combine with diarize = true.",
+    ),
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -465,6 +471,11 @@ impl Config {
         if self.queue_size == 0 {
             return bad("queue_size must be at least 1");
         }
+        if self.diarize && self.channels == crate::audio::Channels::Split {
+            return bad(
+                "diarize = true and channels = \"split\" both label speakers: turn one off",
+            );
+        }
         if self.batch_size == 0 || self.batch_size > 256 {
             return bad("batch_size must be between 1 and 256");
         }
@@ -493,8 +504,10 @@ impl Config {
         if !self.redis_url.is_empty() && redis::Client::open(self.redis_url.as_str()).is_err() {
             return bad("redis_url must look like redis://host:6379/0 (or rediss:// or unix://)");
         }
-        if self.precision.parse::<crate::model::Precision>().is_err() {
-            return bad("precision must be f32 or q8");
+        if self.precision == crate::model::Precision::Q8
+            && matches!(self.device, crate::engine::DeviceSpec::Cuda(_))
+        {
+            return bad("precision = \"q8\" runs on the CPU only: use precision = \"f32\" with device = \"cuda\"");
         }
         for p in &self.trusted_proxies {
             if p.parse::<crate::net::IpNet>().is_err() {
@@ -552,6 +565,7 @@ impl Config {
                 ..self.vad_settings()
             },
             diarize: self.diarize.then(Default::default),
+            channels: self.channels,
             ..Default::default()
         }
     }
@@ -660,6 +674,40 @@ mod tests {
         let e =
             Config::load(None, |k| (k == "WHISPERD_PORT").then(|| "http".to_string())).unwrap_err();
         assert!(e.to_string().contains("WHISPERD_PORT"));
+    }
+
+    /// Device and precision are the CLI's types: parsed once, case-insensitive, and a pair that
+    /// cannot run is refused before anything loads.
+    #[test]
+    fn device_and_precision_are_typed() {
+        use crate::engine::DeviceSpec;
+        use crate::model::Precision;
+        let env = |k: &str| match k {
+            "WHISPERD_PRECISION" => Some("Q8".to_string()),
+            "WHISPERD_DEVICE" => Some("auto".to_string()),
+            _ => None,
+        };
+        let c = Config::load(None, env).unwrap();
+        assert_eq!((c.precision, c.device), (Precision::Q8, DeviceSpec::Auto));
+        let e = Config::load(None, |k| {
+            (k == "WHISPERD_DEVICE").then(|| "tpu".to_string())
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("`device`") && e.contains("tpu"), "{e}");
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("c.toml");
+        std::fs::write(&f, "device = \"cuda:1\"\nprecision = \"int8\"\n").unwrap();
+        let e = Config::load(Some(&f), |_| None).unwrap_err().to_string();
+        assert!(e.contains("CPU only"), "{e}");
+        std::fs::write(&f, "device = \"CUDA:1\"\n").unwrap();
+        let c = Config::load(Some(&f), |_| None).unwrap();
+        assert_eq!(c.device, DeviceSpec::Cuda(1));
+        assert!(
+            c.to_commented_toml().contains("device = \"cuda:1\""),
+            "{}",
+            c.to_commented_toml()
+        );
     }
 
     #[test]

@@ -87,6 +87,68 @@ pub struct Transcript {
     pub diarized: Option<crate::diarize::DiarizeRun>,
 }
 
+/// `channels=split`: one transcript per channel (in channel order) merged on one timeline. Each
+/// segment and word is labelled `CHANNEL_<n>`; segments are ordered by start (a tie by channel)
+/// and numbered again; the text follows that order; `speakers` sums each channel's talk time.
+/// The language is the first channel's that has text.
+pub fn merge_channels(parts: Vec<Transcript>) -> Transcript {
+    let language = parts
+        .iter()
+        .find(|t| !t.segments.is_empty())
+        .or(parts.first())
+        .map_or_else(|| "en".to_string(), |t| t.language.clone());
+    let duration = parts.iter().map(|t| t.duration).fold(0.0, f64::max);
+    let mut speech: Option<SpeechStats> = None;
+    let mut segments = Vec::new();
+    let mut fallbacks = Vec::new();
+    for (c, t) in parts.into_iter().enumerate() {
+        let label = format!("CHANNEL_{c}");
+        if let Some(s) = t.speech {
+            let sum = speech.get_or_insert(SpeechStats {
+                vad: s.vad,
+                speech_duration: 0.0,
+                skipped_duration: 0.0,
+            });
+            sum.speech_duration += s.speech_duration;
+            sum.skipped_duration += s.skipped_duration;
+        }
+        fallbacks.extend(t.fallbacks);
+        for mut seg in t.segments {
+            seg.speaker = Some(label.clone());
+            for w in seg.words.iter_mut().flatten() {
+                w.speaker = Some(label.clone());
+            }
+            segments.push((c, seg));
+        }
+    }
+    segments.sort_by(|(ca, a), (cb, b)| a.start.total_cmp(&b.start).then(ca.cmp(cb)));
+    let segments: Vec<Segment> = segments
+        .into_iter()
+        .enumerate()
+        .map(|(i, (_, mut s))| {
+            s.id = i;
+            s
+        })
+        .collect();
+    let text = segments
+        .iter()
+        .map(|s| s.text.as_str())
+        .collect::<String>()
+        .trim()
+        .to_string();
+    Transcript {
+        text,
+        language,
+        duration,
+        speakers: Some(crate::diarize::summarise(&segments)),
+        segments,
+        fallbacks,
+        speech,
+        language_probabilities: None,
+        diarized: None,
+    }
+}
+
 /// One candidate language and its probability.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct LanguageProbability {
@@ -771,6 +833,56 @@ mod tests {
         t.segments[1].speaker = Some("SPEAKER_01".into());
         t.speakers = Some(crate::diarize::summarise(&t.segments));
         t
+    }
+
+    #[test]
+    fn split_channels_merge_on_one_timeline() {
+        // Channel 0 speaks at 0 s and 3661 s, channel 1 between them.
+        let a = sample();
+        let mut b = sample();
+        b.segments.truncate(1);
+        b.segments[0].start = 2.0;
+        b.segments[0].end = 4.0;
+        b.segments[0].text = " Hi.".into();
+        b.segments[0].words = Some(vec![Word {
+            word: " Hi.".into(),
+            start: 2.0,
+            end: 2.5,
+            probability: 0.9,
+            speaker: None,
+        }]);
+        b.duration = 10.0;
+        let t = merge_channels(vec![a, b]);
+        let who: Vec<(usize, &str, f64)> = t
+            .segments
+            .iter()
+            .map(|s| (s.id, s.speaker.as_deref().unwrap(), s.start))
+            .collect();
+        assert_eq!(
+            who,
+            [
+                (0, "CHANNEL_0", 0.0),
+                (1, "CHANNEL_1", 2.0),
+                (2, "CHANNEL_0", 3661.25)
+            ]
+        );
+        assert_eq!(t.text, "Hello there. Hi. General Kenobi.");
+        assert_eq!(t.duration, 3725.5);
+        assert_eq!(
+            t.segments[1].words.as_ref().unwrap()[0].speaker.as_deref(),
+            Some("CHANNEL_1")
+        );
+        let talk: Vec<(&str, f64)> = t
+            .speakers
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|s| (s.speaker.as_str(), s.talk_time))
+            .collect();
+        assert_eq!(talk, [("CHANNEL_0", 2.25), ("CHANNEL_1", 2.0)]);
+        assert!(t
+            .render(Format::Srt, Task::Transcribe)
+            .contains("[CHANNEL_1] Hi."));
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! Container and codec decoding with symphonia, from bytes in memory, mixed down to mono.
+//! Container and codec decoding with symphonia, from bytes in memory, mixed down to mono (or, with
+//! `split`, one signal per channel).
 
 use std::io::{Cursor, Read, Seek, SeekFrom};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -27,10 +28,15 @@ pub const MIN_SAMPLE_RATE: u32 = 1_000;
 pub const MAX_SAMPLE_RATE: u32 = 768_000;
 
 /// Decode the first audio track of any container symphonia knows (and Ogg/Opus), mix it to mono
-/// and resample it to 16 kHz as packets arrive. With `max_s`, a container that declares more is
+/// (or with `split` keep each channel apart: one signal per channel, at most
+/// [`MAX_SPLIT_CHANNELS`]) and resample it to 16 kHz as packets arrive. With `max_s`, a container that declares more is
 /// refused before decoding, and decoding stops as soon as the audio passes the limit, so memory is
 /// bounded by the limit whatever the file claims or expands to.
-pub fn decode_to_16k<B>(bytes: B, max_s: Option<f64>) -> Result<SpillBuffer, AudioError>
+pub fn decode_to_16k<B>(
+    bytes: B,
+    max_s: Option<f64>,
+    split: bool,
+) -> Result<Vec<SpillBuffer>, AudioError>
 where
     B: AsRef<[u8]> + Send + Sync + 'static,
 {
@@ -108,13 +114,13 @@ where
 
     #[cfg(feature = "opus")]
     if params.codec == symphonia::core::codecs::CODEC_TYPE_OPUS {
-        return super::opus::decode_opus_track(format.as_mut(), track_id, &params, max_s);
+        return super::opus::decode_opus_track(format.as_mut(), track_id, &params, max_s, split);
     }
 
     let mut decoder = symphonia::default::get_codecs()
         .make(&params, &DecoderOptions::default())
         .map_err(|_| AudioError::UnsupportedCodec(codec_name(params.codec)))?;
-    let mut sink: Option<MonoSink> = None;
+    let mut sink: Option<Sink> = None;
     let mut buf: Option<SampleBuffer<f32>> = None;
     let mut bad_in_a_row = 0usize;
     let mut bad_packets = 0usize;
@@ -149,7 +155,7 @@ where
                             s.rate, spec.rate
                         )))
                     }
-                    None => sink.insert(MonoSink::new(spec.rate, max_s)?),
+                    None => sink.insert(Sink::new(spec.rate, max_s, split)?),
                 };
                 let channels = spec.channels.count().max(1);
                 let needed = decoded.capacity() as u64;
@@ -206,28 +212,64 @@ fn check_rate(rate: u32) -> Result<(), AudioError> {
     }
 }
 
-/// Where decoded audio goes: mixed to mono, checked for non-finite values, counted against the
-/// length limit and resampled to 16 kHz as it arrives.
-pub(super) struct MonoSink {
+/// `split` keeps at most this many channels apart (a call recording has two; more is a
+/// multitrack file, and each channel is a whole transcription).
+pub const MAX_SPLIT_CHANNELS: usize = 8;
+
+/// Where decoded audio goes: checked for non-finite values, counted against the length limit,
+/// mixed to mono (or kept per channel with `split`) and resampled to 16 kHz as it arrives.
+pub(super) struct Sink {
     pub rate: u32,
-    resampler: StreamResampler,
+    split: bool,
+    /// One lane for the mono mix, or one per channel once the first packet says how many.
+    lanes: Vec<Lane>,
     mixed: Vec<f32>,
-    /// The resampler's latest output; all but its last `CHUNK` samples move on to `store`.
-    out: Vec<f32>,
-    store: SpillBuffer,
     frames_in: u64,
     limit: Option<(u64, f64)>,
 }
 
-impl MonoSink {
-    pub fn new(rate: u32, max_s: Option<f64>) -> Result<Self, AudioError> {
+/// One 16-kHz signal being built.
+struct Lane {
+    resampler: StreamResampler,
+    /// The resampler's latest output; all but its last `CHUNK` samples move on to `store`.
+    out: Vec<f32>,
+    store: SpillBuffer,
+}
+
+impl Lane {
+    fn new(rate: u32) -> Result<Self, AudioError> {
+        Ok(Self {
+            resampler: StreamResampler::new(rate, SAMPLE_RATE)?,
+            out: Vec::new(),
+            store: SpillBuffer::new(),
+        })
+    }
+
+    fn push(&mut self, mono: &[f32]) -> Result<(), AudioError> {
+        self.resampler.push(mono, &mut self.out)?;
+        if self.out.len() >= 4 * CHUNK {
+            let ready = self.out.len() - CHUNK;
+            self.store.push(&self.out[..ready])?;
+            self.out.drain(..ready);
+        }
+        Ok(())
+    }
+
+    fn finish(mut self) -> Result<SpillBuffer, AudioError> {
+        self.resampler.finish(&mut self.out)?;
+        self.store.push(&self.out)?;
+        Ok(self.store)
+    }
+}
+
+impl Sink {
+    pub fn new(rate: u32, max_s: Option<f64>, split: bool) -> Result<Self, AudioError> {
         check_rate(rate)?;
         Ok(Self {
             rate,
-            resampler: StreamResampler::new(rate, SAMPLE_RATE)?,
+            split,
+            lanes: Vec::new(),
             mixed: Vec::new(),
-            out: Vec::new(),
-            store: SpillBuffer::new(),
             frames_in: 0,
             limit: max_s.map(|s| ((s * rate as f64).ceil() as u64, s)),
         })
@@ -238,20 +280,37 @@ impl MonoSink {
         self.frames_in
     }
 
-    /// Mix one packet's interleaved frames to mono and pass them on.
+    /// Mix one packet's interleaved frames to mono (or take each channel apart) and pass them on.
     pub fn push_interleaved(
         &mut self,
         interleaved: &[f32],
         channels: usize,
     ) -> Result<(), AudioError> {
+        let channels = channels.max(1);
         if let Some(i) = interleaved.iter().position(|x| !x.is_finite()) {
             return Err(AudioError::NonFinite {
-                at_s: (self.frames_in + (i / channels.max(1)) as u64) as f64 / self.rate as f64,
+                at_s: (self.frames_in + (i / channels) as u64) as f64 / self.rate as f64,
             });
         }
-        self.mixed.clear();
-        mix_into(&mut self.mixed, interleaved, channels);
-        self.frames_in += self.mixed.len() as u64;
+        let lanes = if self.split { channels } else { 1 };
+        if self.lanes.is_empty() {
+            if lanes > MAX_SPLIT_CHANNELS {
+                return Err(AudioError::TooManyChannels {
+                    channels,
+                    max: MAX_SPLIT_CHANNELS,
+                });
+            }
+            for _ in 0..lanes {
+                self.lanes.push(Lane::new(self.rate)?);
+            }
+        } else if self.lanes.len() != lanes {
+            return Err(AudioError::Corrupt(format!(
+                "the channel count changes mid-stream ({}, then {channels})",
+                self.lanes.len()
+            )));
+        }
+        let frames = interleaved.len() / channels;
+        self.frames_in += frames as u64;
         if let Some((max_frames, limit_s)) = self.limit {
             if self.frames_in > max_frames {
                 return Err(AudioError::TooLong {
@@ -260,20 +319,22 @@ impl MonoSink {
                 });
             }
         }
-        self.resampler.push(&self.mixed, &mut self.out)?;
-        if self.out.len() >= 4 * CHUNK {
-            let ready = self.out.len() - CHUNK;
-            self.store.push(&self.out[..ready])?;
-            self.out.drain(..ready);
+        for (c, lane) in self.lanes.iter_mut().enumerate() {
+            self.mixed.clear();
+            if self.split {
+                self.mixed
+                    .extend(interleaved.iter().skip(c).step_by(channels).copied());
+            } else {
+                mix_into(&mut self.mixed, interleaved, channels);
+            }
+            lane.push(&self.mixed)?;
         }
         Ok(())
     }
 
-    /// Flush the resampler: the whole signal at 16 kHz.
-    pub fn finish(mut self) -> Result<SpillBuffer, AudioError> {
-        self.resampler.finish(&mut self.out)?;
-        self.store.push(&self.out)?;
-        Ok(self.store)
+    /// Flush the resamplers: the whole signal (or each channel's) at 16 kHz.
+    pub fn finish(self) -> Result<Vec<SpillBuffer>, AudioError> {
+        self.lanes.into_iter().map(Lane::finish).collect()
     }
 }
 

@@ -10,9 +10,50 @@ mod opus;
 pub mod resample;
 pub mod spill;
 
-pub use decode::{MAX_SAMPLE_RATE, MIN_SAMPLE_RATE};
+pub use decode::{MAX_SAMPLE_RATE, MAX_SPLIT_CHANNELS, MIN_SAMPLE_RATE};
 pub use resample::{resample, StreamResampler};
 pub use spill::{Samples, SpillBuffer, SpillError};
+
+/// How a recording's channels become the speech that is transcribed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Channels {
+    /// Averaged into one signal.
+    #[default]
+    #[serde(alias = "mono")]
+    Mix,
+    /// Each channel transcribed alone (a call recording with each party on its own channel),
+    /// its segments labelled `CHANNEL_<n>` (from 0) and merged on one timeline.
+    Split,
+}
+
+impl Channels {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Channels::Mix => "mix",
+            Channels::Split => "split",
+        }
+    }
+}
+
+impl std::str::FromStr for Channels {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "mix" | "mono" => Ok(Channels::Mix),
+            "split" => Ok(Channels::Split),
+            other => Err(format!(
+                "unknown channels `{other}` (expected mix or split)"
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for Channels {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
 
 /// Whisper's input sample rate.
 pub const SAMPLE_RATE: u32 = 16_000;
@@ -63,6 +104,8 @@ pub enum AudioError {
     NoSamples,
     #[error("audio is at least {duration_s:.1} s long, over the limit of {limit_s:.1} s")]
     TooLong { duration_s: f64, limit_s: f64 },
+    #[error("channels=split takes at most {max} channels; the audio has {channels}")]
+    TooManyChannels { channels: usize, max: usize },
     #[error("resampling failed: {0}")]
     Internal(String),
     #[error(transparent)]
@@ -77,10 +120,27 @@ pub fn load_pcm<B>(bytes: B, max_s: Option<f64>) -> Result<Pcm, AudioError>
 where
     B: AsRef<[u8]> + Send + Sync + 'static,
 {
+    let mut one = load(bytes, max_s, false)?;
+    one.pop().ok_or(AudioError::NoSamples)
+}
+
+/// As [`load_pcm`], one signal per channel of the file (at most [`MAX_SPLIT_CHANNELS`]), in
+/// channel order: for recordings that put each party of a call on its own channel.
+pub fn load_channels<B>(bytes: B, max_s: Option<f64>) -> Result<Vec<Pcm>, AudioError>
+where
+    B: AsRef<[u8]> + Send + Sync + 'static,
+{
+    load(bytes, max_s, true)
+}
+
+fn load<B>(bytes: B, max_s: Option<f64>, split: bool) -> Result<Vec<Pcm>, AudioError>
+where
+    B: AsRef<[u8]> + Send + Sync + 'static,
+{
     let decoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        decode::decode_to_16k(bytes, max_s)
+        decode::decode_to_16k(bytes, max_s, split)
     }));
-    let samples = match decoded {
+    let signals = match decoded {
         Ok(r) => r?,
         Err(panic) => {
             let what = panic
@@ -92,8 +152,85 @@ where
             return Err(AudioError::DecoderPanic(what));
         }
     };
-    if samples.is_empty() {
+    if signals.is_empty() || signals.iter().any(|s| s.is_empty()) {
         return Err(AudioError::NoSamples);
     }
-    Ok(Pcm { samples })
+    Ok(signals.into_iter().map(|samples| Pcm { samples }).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A 16-bit WAV at 16 kHz, channels interleaved.
+    fn wav(channels: &[Vec<f32>]) -> Vec<u8> {
+        let (n, ch) = (channels[0].len(), channels.len() as u16);
+        let mut b = b"RIFF".to_vec();
+        b.extend_from_slice(&(36 + (n * 2 * ch as usize) as u32).to_le_bytes());
+        b.extend_from_slice(b"WAVEfmt ");
+        for v in [
+            16u32.to_le_bytes().as_slice(),
+            &1u16.to_le_bytes(),
+            &ch.to_le_bytes(),
+        ] {
+            b.extend_from_slice(v);
+        }
+        b.extend_from_slice(&16_000u32.to_le_bytes());
+        b.extend_from_slice(&(32_000 * ch as u32).to_le_bytes());
+        b.extend_from_slice(&(2 * ch).to_le_bytes());
+        b.extend_from_slice(&16u16.to_le_bytes());
+        b.extend_from_slice(b"data");
+        b.extend_from_slice(&((n * 2 * ch as usize) as u32).to_le_bytes());
+        for i in 0..n {
+            for c in channels {
+                b.extend_from_slice(&((c[i] * 32767.0) as i16).to_le_bytes());
+            }
+        }
+        b
+    }
+
+    fn rms(p: &Pcm) -> f32 {
+        let v = p.samples.to_vec().unwrap();
+        (v.iter().map(|x| x * x).sum::<f32>() / v.len() as f32).sqrt()
+    }
+
+    #[test]
+    fn split_keeps_each_channel_apart_and_mix_averages_them() {
+        let tone: Vec<f32> = (0..16_000)
+            .map(|i| 0.5 * (i as f32 * 440.0 * std::f32::consts::TAU / 16_000.0).sin())
+            .collect();
+        let bytes = wav(&[tone.clone(), vec![0.0; tone.len()], tone]);
+        let split = load_channels(bytes.clone(), None).unwrap();
+        assert_eq!(split.len(), 3);
+        let (a, b, c) = (rms(&split[0]), rms(&split[1]), rms(&split[2]));
+        assert!((a - 0.354).abs() < 0.01, "{a}");
+        assert!(b < 1e-6, "{b}");
+        assert!((c - a).abs() < 1e-6);
+        assert!(split.iter().all(|p| p.samples.len() == 16_000));
+        let mixed = load_pcm(bytes, None).unwrap();
+        assert!(
+            (rms(&mixed) - a * 2.0 / 3.0).abs() < 0.01,
+            "{}",
+            rms(&mixed)
+        );
+    }
+
+    #[test]
+    fn split_refuses_more_channels_than_it_takes() {
+        let bytes = wav(&vec![vec![0.1; 1600]; MAX_SPLIT_CHANNELS + 1]);
+        match load_channels(bytes.clone(), None) {
+            Err(AudioError::TooManyChannels {
+                channels: 9,
+                max: 8,
+            }) => {}
+            other => panic!("{other:?}"),
+        }
+        assert!(load_pcm(bytes, None).is_ok());
+        assert_eq!("split".parse::<Channels>(), Ok(Channels::Split));
+        assert_eq!(" Mono ".parse::<Channels>(), Ok(Channels::Mix));
+        assert!("left"
+            .parse::<Channels>()
+            .unwrap_err()
+            .contains("mix or split"));
+    }
 }

@@ -4,7 +4,7 @@ use symphonia::core::codecs::CodecParameters;
 use symphonia::core::errors::Error as SymError;
 use symphonia::core::formats::FormatReader;
 
-use super::decode::{check_truncation, MonoSink};
+use super::decode::{check_truncation, Sink};
 use super::AudioError;
 
 /// libopus always decodes at 48 kHz here; the resampler brings it to 16 kHz.
@@ -17,7 +17,8 @@ pub fn decode_opus_track(
     track_id: u32,
     params: &CodecParameters,
     max_s: Option<f64>,
-) -> Result<super::spill::SpillBuffer, AudioError> {
+    split: bool,
+) -> Result<Vec<super::spill::SpillBuffer>, AudioError> {
     let channels = params.channels.map(|c| c.count()).unwrap_or(1).clamp(1, 2);
     let layout = if channels == 2 {
         opus::Channels::Stereo
@@ -27,7 +28,7 @@ pub fn decode_opus_track(
     let mut decoder = opus::Decoder::new(OPUS_RATE, layout)
         .map_err(|e| AudioError::Corrupt(format!("opus decoder: {e}")))?;
     let mut pcm = vec![0f32; MAX_FRAME * channels];
-    let mut sink = MonoSink::new(OPUS_RATE, max_s)?;
+    let mut sink = Sink::new(OPUS_RATE, max_s, split)?;
     // Opus streams start with encoder pre-skip samples (delay) that are not part of the audio.
     let pre_skip = params.delay.unwrap_or(0) as usize;
     let mut to_skip = pre_skip;

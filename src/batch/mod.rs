@@ -72,9 +72,18 @@ struct Sidecar {
 
 /// What a prep thread hands to the model thread.
 enum Prepped {
-    Skip { sha: String, outputs: Vec<PathBuf> },
-    Ready { sha: String, prepared: Prepared },
-    Failed { sha: Option<String>, error: String },
+    Skip {
+        sha: String,
+        outputs: Vec<PathBuf>,
+    },
+    Ready {
+        sha: String,
+        prepared: Box<Prepared>,
+    },
+    Failed {
+        sha: Option<String>,
+        error: String,
+    },
 }
 
 /// What `output_paths` and `sidecar_path` append to an input's relative path, for
@@ -146,8 +155,11 @@ fn prep(engine: &Engine, o: &BatchOptions, input: &InputFile) -> Prepped {
             outputs: output_paths(o, input),
         };
     }
-    match Engine::load_audio(bytes).and_then(|pcm| engine.prepare_for(&pcm, &o.transcribe)) {
-        Ok(prepared) => Prepped::Ready { prepared, sha },
+    match engine.prepare_bytes(bytes, None, &o.transcribe) {
+        Ok(prepared) => Prepped::Ready {
+            prepared: Box::new(prepared),
+            sha,
+        },
         Err(e) => Prepped::Failed {
             sha: Some(sha),
             error: e.to_string(),

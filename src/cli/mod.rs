@@ -55,7 +55,7 @@ pub struct ModelArgs {
     pub precision: whisperd::model::Precision,
     /// cpu, cuda, cuda:N or auto (CUDA needs a `--features cuda` build).
     #[arg(long, env = "WHISPERD_DEVICE", default_value = "cpu")]
-    pub device: String,
+    pub device: whisperd::engine::DeviceSpec,
     /// Silero VAD v6 ONNX file (default: silero-vad/silero_vad_v6.onnx beside the model directory).
     #[arg(long, env = "WHISPERD_VAD_MODEL")]
     pub vad_model: Option<PathBuf>,
@@ -66,7 +66,7 @@ impl ModelArgs {
     pub fn load_engine(&self) -> anyhow::Result<whisperd::Engine> {
         use anyhow::Context;
         set_threads(self.threads);
-        let device = whisperd::engine::select_device(&self.device)?;
+        let device = whisperd::engine::select_device(self.device)?;
         let mut engine = whisperd::Engine::load_with(&self.model, &device, self.precision)
             .with_context(|| format!("loading model {}", self.model.display()))?;
         if let Some(p) = &self.vad_model {
@@ -208,6 +208,11 @@ pub struct DecodingArgs {
     /// Diarization: at most this many speakers (turns --diarize on).
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..=32))]
     pub max_speakers: Option<u64>,
+    /// mix: the channels averaged into one signal; split: each channel transcribed alone, its
+    /// segments labelled CHANNEL_0, CHANNEL_1, … on one timeline (call recordings with each
+    /// party on its own channel; at most 8; not with --diarize).
+    #[arg(long, default_value = "mix", value_parser = |s: &str| s.parse::<whisperd::audio::Channels>())]
+    pub channels: whisperd::audio::Channels,
 }
 
 /// The library's VAD defaults (faster-whisper's), for the flags above.
@@ -239,7 +244,10 @@ impl DecodingArgs {
             max_speakers: self.max_speakers.map(|n| n as usize),
             known: Vec::new(),
         };
-        let on = self.diarize || format_needs_it || o != Default::default();
+        // With split channels the channels are the speakers: a format made of speaker labels
+        // (rttm) needs no diarization.
+        let split = self.channels == whisperd::audio::Channels::Split;
+        let on = self.diarize || (format_needs_it && !split) || o != Default::default();
         on.then_some(o)
     }
 
@@ -247,6 +255,7 @@ impl DecodingArgs {
     pub fn options(&self) -> whisperd::TranscribeOptions {
         whisperd::TranscribeOptions {
             diarize: self.diarize(false),
+            channels: self.channels,
             word_timestamps: self.word_timestamps || self.subtitles().needs_words(),
             languages: self.languages.clone(),
             keywords: self.keywords.clone(),

@@ -34,10 +34,10 @@ pub struct ServeArgs {
     threads: Option<usize>,
     /// cpu, cuda, cuda:N or auto.
     #[arg(long)]
-    device: Option<String>,
+    device: Option<whisperd::engine::DeviceSpec>,
     /// f32 or q8.
     #[arg(long)]
-    precision: Option<String>,
+    precision: Option<whisperd::model::Precision>,
     /// Requests that may wait for inference.
     #[arg(long)]
     queue_size: Option<usize>,
@@ -72,11 +72,11 @@ pub fn effective_config(args: &ServeArgs) -> anyhow::Result<Config> {
     if let Some(m) = args.models_memory_mb {
         cfg.models_memory_mb = m;
     }
-    if let Some(d) = &args.device {
-        cfg.device = d.clone();
+    if let Some(d) = args.device {
+        cfg.device = d;
     }
-    if let Some(p) = &args.precision {
-        cfg.precision = p.clone();
+    if let Some(p) = args.precision {
+        cfg.precision = p;
     }
     if let Some(t) = args.threads {
         cfg.threads = t;

@@ -82,6 +82,8 @@ pub struct TranscribeOptions {
     pub language_detection_only: bool,
     /// Who spoke when: segments (and words) labelled with speakers.
     pub diarize: Option<crate::diarize::DiarizeOptions>,
+    /// The recording's channels mixed, or each transcribed alone (`channels=split`).
+    pub channels: crate::audio::Channels,
 }
 
 impl Default for TranscribeOptions {
@@ -107,6 +109,7 @@ impl Default for TranscribeOptions {
             word_timestamps: false,
             language_detection_only: false,
             diarize: None,
+            channels: crate::audio::Channels::Mix,
         }
     }
 }

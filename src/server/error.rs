@@ -134,6 +134,11 @@ impl From<EngineError> for ApiError {
             EngineError::Audio(AudioError::TooLong { .. }) => {
                 ApiError::too_large(e.to_string()).param("file")
             }
+            EngineError::Audio(AudioError::TooManyChannels { .. }) => {
+                ApiError::bad_request(e.to_string())
+                    .param("channels")
+                    .code("too_many_channels")
+            }
             EngineError::Audio(AudioError::UnsupportedCodec(_)) => ApiError::new(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 "invalid_request_error",

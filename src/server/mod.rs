@@ -334,8 +334,8 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             max_bytes: (cfg.max_upload_mb as usize).saturating_mul(1 << 20),
         },
         static_info: StaticInfo {
-            device: cfg.device.clone(),
-            precision: cfg.precision.clone(),
+            device: cfg.device.to_string(),
+            precision: cfg.precision.as_str().to_string(),
             batch_size: cfg.batch_size,
             max_queued_jobs: cfg.max_queued_jobs,
             models_memory_mb: cfg.models_memory_mb,
@@ -470,8 +470,8 @@ fn open_models(cfg: &Config) -> anyhow::Result<models::Models> {
             .filter(|a| !a.is_empty())
             .collect(),
         models::LoadSettings {
-            device: crate::engine::select_device(&cfg.device)?,
-            precision: cfg.precision.parse().map_err(anyhow::Error::msg)?,
+            device: crate::engine::select_device(cfg.device)?,
+            precision: cfg.precision,
             scheduler: crate::scheduler::SchedulerConfig {
                 max_batch: cfg.batch_size,
                 max_wait: Duration::from_millis(cfg.batch_wait_ms),

@@ -535,12 +535,18 @@ pub(super) fn parse_options(
 }
 
 /// `diarize`, `num_speakers`, `min_speakers`, `max_speakers` (any count, or a format made of
-/// speaker labels, turns diarization on; `diarize=false` with one of those is refused).
+/// speaker labels, turns diarization on; `diarize=false` with one of those is refused), and
+/// `channels` (`split`: speakers are the channels, so diarization stays off).
 fn diarize_fields(
     f: &HashMap<String, String>,
     format: Format,
     o: &mut TranscribeOptions,
 ) -> Result<(), ApiError> {
+    if let Some(c) = f.get("channels").filter(|c| !c.trim().is_empty()) {
+        o.channels = c
+            .parse()
+            .map_err(|e: String| ApiError::bad_request(e).param("channels"))?;
+    }
     let asked = match f.get("diarize").filter(|d| !d.trim().is_empty()) {
         Some(d) => Some(parse_bool("diarize", d)?),
         None => None,
@@ -552,6 +558,12 @@ fn diarize_fields(
         known: Vec::new(),
     };
     let wants_counts = counts != crate::diarize::DiarizeOptions::default();
+    if o.channels == crate::audio::Channels::Split && asked != Some(true) && !wants_counts {
+        // The channels are the speakers: a configured `diarize` or a format of speaker labels
+        // asks for nothing more. (Asked for outright, the engine's option check refuses it.)
+        o.diarize = None;
+        return Ok(());
+    }
     let on = asked.unwrap_or(o.diarize.is_some()) || format.needs_speakers() || wants_counts;
     if asked == Some(false) && (format.needs_speakers() || wants_counts) {
         return Err(ApiError::bad_request(

@@ -101,6 +101,10 @@ pub struct TranscriptionForm {
     /// One short clip (1–30 s) per name, as a data URL (`data:audio/wav;base64,…`).
     #[serde(rename = "known_speaker_references[]")]
     known_speaker_references: Option<Vec<String>>,
+    /// `mix` (the channels averaged) or `split`: each channel transcribed alone, segments
+    /// labelled `CHANNEL_0`, `CHANNEL_1`, … on one timeline (call recordings; at most 8
+    /// channels; not with `diarize`). Default from the config.
+    channels: Option<String>,
 }
 
 /// The form of `POST /v1/jobs`: the transcription fields, plus where to send the outcome

@@ -557,10 +557,7 @@ async fn prepare_and_enqueue(shared: Arc<Shared>, lease: Lease, job: NewJob) {
     let prepare_options = options.clone();
     let parent = tracing::Span::current();
     let prepared = actix_web::web::block(move || -> Result<Prepared, EngineError> {
-        let pcm = tracing::info_span!(parent: &parent, "decode", bytes = bytes.len() as i64)
-            .in_scope(|| Engine::load_audio_within(bytes, Some(max_audio_s)))?;
-        tracing::info_span!(parent: &parent, "mel", audio_s = pcm.duration_s())
-            .in_scope(|| engine.prepare_for(&pcm, &prepare_options))
+        parent.in_scope(|| engine.prepare_bytes(bytes, Some(max_audio_s), &prepare_options))
     })
     .await;
     let prepared = match prepared {

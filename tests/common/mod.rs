@@ -112,22 +112,31 @@ pub fn wer(reference: &str, hyp: &str) -> f64 {
 
 /// A 16-bit mono WAV file of `samples` at `rate`.
 pub fn wav_bytes(samples: &[f32], rate: u32) -> Vec<u8> {
-    let data_len = (samples.len() * 2) as u32;
+    multichannel_wav(&[samples], rate)
+}
+
+/// A 16-bit WAV file with one channel per signal (the shortest sets the length), at `rate`.
+pub fn multichannel_wav(channels: &[&[f32]], rate: u32) -> Vec<u8> {
+    let n = channels.iter().map(|c| c.len()).min().unwrap_or(0);
+    let ch = channels.len() as u16;
+    let data_len = (n * 2 * ch as usize) as u32;
     let mut b = Vec::with_capacity(44 + data_len as usize);
     b.extend_from_slice(b"RIFF");
     b.extend_from_slice(&(36 + data_len).to_le_bytes());
     b.extend_from_slice(b"WAVEfmt ");
     b.extend_from_slice(&16u32.to_le_bytes());
     b.extend_from_slice(&1u16.to_le_bytes());
-    b.extend_from_slice(&1u16.to_le_bytes());
+    b.extend_from_slice(&ch.to_le_bytes());
     b.extend_from_slice(&rate.to_le_bytes());
-    b.extend_from_slice(&(rate * 2).to_le_bytes());
-    b.extend_from_slice(&2u16.to_le_bytes());
+    b.extend_from_slice(&(rate * 2 * ch as u32).to_le_bytes());
+    b.extend_from_slice(&(2 * ch).to_le_bytes());
     b.extend_from_slice(&16u16.to_le_bytes());
     b.extend_from_slice(b"data");
     b.extend_from_slice(&data_len.to_le_bytes());
-    for s in samples {
-        b.extend_from_slice(&((s.clamp(-1.0, 1.0) * 32767.0) as i16).to_le_bytes());
+    for i in 0..n {
+        for c in channels {
+            b.extend_from_slice(&((c[i].clamp(-1.0, 1.0) * 32767.0) as i16).to_le_bytes());
+        }
     }
     b
 }
