@@ -154,17 +154,30 @@ impl Engine {
         vad: Option<std::sync::Arc<SileroVad>>,
     ) -> Result<Self, EngineError> {
         let t0 = Instant::now();
-        let model = Whisper::load(dir, device, precision)?;
-        let tok_path = dir.join("tokenizer.json");
-        if !tok_path.exists() {
-            return Err(ModelError::MissingFile {
-                path: tok_path,
-                what: "tokenizer.json",
+        // The tokenizer (~60 ms of JSON for base) is read beside the weights.
+        let load_tokenizer = || -> Result<_, EngineError> {
+            let tok_path = dir.join("tokenizer.json");
+            if !tok_path.exists() {
+                return Err(ModelError::MissingFile {
+                    path: tok_path,
+                    what: "tokenizer.json",
+                }
+                .into());
             }
-            .into());
-        }
-        let tokenizer = WhisperTokenizer::load(&tok_path)?;
-        let suppress = load_suppress_tokens(dir, &tokenizer)?;
+            let tokenizer = WhisperTokenizer::load(&tok_path)?;
+            let suppress = load_suppress_tokens(dir, &tokenizer)?;
+            Ok((tokenizer, suppress))
+        };
+        let (model, tok) = std::thread::scope(|s| {
+            let tok = s.spawn(load_tokenizer);
+            let model = Whisper::load(dir, device, precision);
+            (model, tok.join())
+        });
+        let model = model?;
+        let (tokenizer, suppress) = match tok {
+            Ok(r) => r?,
+            Err(panic) => std::panic::resume_unwind(panic),
+        };
         let model_name = dir
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
@@ -277,6 +290,12 @@ impl Engine {
         o.check_fallback()
             .map_err(|(param, message)| EngineError::InvalidOption { param, message })?;
         self.check_vad(&o.vad)?;
+        if o.diarize.is_some() && o.channels == crate::audio::Channels::Split {
+            return Err(EngineError::InvalidOption {
+                param: "channels",
+                message: "channels=split labels speakers by channel; it does not combine with diarize or speaker counts".into(),
+            });
+        }
         if let Some(d) = &o.diarize {
             d.check()
                 .map_err(|(param, message)| EngineError::InvalidOption { param, message })?;
@@ -319,10 +338,39 @@ impl Engine {
         bytes: Vec<u8>,
         o: &TranscribeOptions,
     ) -> Result<Transcript, EngineError> {
-        let pcm = Self::load_audio(bytes)?;
-        let prepared = self.prepare_for(&pcm, o)?;
-        drop(pcm); // long recordings: the samples are not needed once the log-mel exists
+        let prepared = self.prepare_bytes(bytes, None, o)?;
         self.transcribe_prepared(&prepared, o)
+    }
+
+    /// Decode uploaded bytes (refusing audio longer than `max_s`) and prepare them as `o` asks:
+    /// the mono mix, or with `channels=split` each channel alone. The samples are dropped once
+    /// the log-mel exists.
+    pub fn prepare_bytes(
+        &self,
+        bytes: Vec<u8>,
+        max_s: Option<f64>,
+        o: &TranscribeOptions,
+    ) -> Result<Prepared, EngineError> {
+        let split = o.channels == crate::audio::Channels::Split && !o.language_detection_only;
+        let decode = tracing::info_span!("decode", bytes = bytes.len() as i64, split);
+        if !split {
+            let pcm = decode.in_scope(|| Self::load_audio_within(bytes, max_s))?;
+            return tracing::info_span!("mel", audio_s = pcm.duration_s())
+                .in_scope(|| self.prepare_for(&pcm, o));
+        }
+        // Bad options (diarize with split) are refused before the decoding work.
+        self.check_options(o)?;
+        let channels = decode.in_scope(|| audio::load_channels(bytes, max_s))?;
+        tracing::info!(channels = channels.len(), "channels split");
+        // Each channel's samples are dropped once its log-mel exists.
+        let mut parts = channels.into_iter().map(|pcm| {
+            tracing::info_span!("mel", audio_s = pcm.duration_s())
+                .in_scope(|| self.prepare(&pcm, &o.vad))
+        });
+        let mut first = parts.next().ok_or(AudioError::NoSamples)??;
+        first.more_channels = parts.collect::<Result<_, _>>()?;
+        first.split = true;
+        Ok(first)
     }
 
     pub fn transcribe_pcm(
@@ -385,6 +433,8 @@ impl Engine {
             duration_s: pcm.duration_s(),
             speech,
             diarization: None,
+            split: false,
+            more_channels: Vec::new(),
         })
     }
 
@@ -420,6 +470,43 @@ impl Engine {
         if o.language_detection_only {
             return self.detect_language_prepared(runner, p, &o);
         }
+        if p.split {
+            return self.transcribe_channels(runner, p, &o, on_segment);
+        }
+        self.transcribe_checked(runner, p, &o, on_segment)
+    }
+
+    /// `channels=split`: each channel transcribed alone, its segments (and words) labelled
+    /// `CHANNEL_<n>`, all merged on one timeline. Segments reach `on_segment` once every channel
+    /// is done, in time order.
+    fn transcribe_channels(
+        &self,
+        runner: &dyn ModelRunner,
+        p: &Prepared,
+        o: &TranscribeOptions,
+        on_segment: &mut dyn FnMut(&Segment),
+    ) -> Result<Transcript, EngineError> {
+        let parts = std::iter::once(p).chain(&p.more_channels);
+        let mut done = Vec::with_capacity(1 + p.more_channels.len());
+        for (c, part) in parts.enumerate() {
+            let _g = tracing::info_span!("channel", channel = c).entered();
+            done.push(self.transcribe_checked(runner, part, o, &mut |_| {})?);
+        }
+        let t = crate::output::merge_channels(done);
+        for s in &t.segments {
+            on_segment(s);
+        }
+        Ok(t)
+    }
+
+    /// [`transcribe_streaming`](Self::transcribe_streaming) of one signal, `o` already checked.
+    fn transcribe_checked(
+        &self,
+        runner: &dyn ModelRunner,
+        p: &Prepared,
+        o: &TranscribeOptions,
+        on_segment: &mut dyn FnMut(&Segment),
+    ) -> Result<Transcript, EngineError> {
         let span = tracing::info_span!("transcribe", audio_s = p.duration_s);
         let _g = span.enter();
         let t0 = Instant::now();
@@ -430,7 +517,7 @@ impl Engine {
             &p.mel,
             p.content_frames,
             &p.chunk_ends,
-            &o,
+            o,
             &mut |s| {
                 if p.speech.is_whole() {
                     on_segment(s);
@@ -552,6 +639,9 @@ pub struct Prepared {
     pub speech: SpeechMap,
     /// Diarization running beside the transcription (`TranscribeOptions::diarize`).
     pub diarization: Option<crate::diarize::Diarizing>,
+    /// `channels=split`: this is channel 0, prepared alone, and `more_channels` the others.
+    pub split: bool,
+    pub more_channels: Vec<Prepared>,
 }
 
 impl Prepared {
@@ -560,34 +650,81 @@ impl Prepared {
     }
 }
 
-/// `cpu`, `cuda` / `cuda:N`, or `auto` (the first GPU when the build has CUDA and one is present).
-pub fn select_device(spec: &str) -> Result<Device, EngineError> {
+/// Where the model runs, as configured: `cpu`, `cuda` / `cuda:N`, or `auto` (the first GPU when
+/// the build has CUDA and one is present). One type for the CLI, the config file and `/info`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum DeviceSpec {
+    #[default]
+    Cpu,
+    Auto,
+    /// The GPU with this ordinal.
+    Cuda(usize),
+}
+
+impl std::str::FromStr for DeviceSpec {
+    type Err = String;
+    fn from_str(spec: &str) -> Result<Self, String> {
+        let s = spec.trim().to_ascii_lowercase();
+        match s.as_str() {
+            "cpu" => Ok(DeviceSpec::Cpu),
+            "auto" => Ok(DeviceSpec::Auto),
+            "cuda" => Ok(DeviceSpec::Cuda(0)),
+            _ => s
+                .strip_prefix("cuda:")
+                .and_then(|n| n.parse().ok())
+                .map(DeviceSpec::Cuda)
+                .ok_or_else(|| {
+                    format!("unknown device `{spec}` (expected cpu, cuda, cuda:N or auto)")
+                }),
+        }
+    }
+}
+
+impl std::fmt::Display for DeviceSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DeviceSpec::Cpu => f.write_str("cpu"),
+            DeviceSpec::Auto => f.write_str("auto"),
+            DeviceSpec::Cuda(n) => write!(f, "cuda:{n}"),
+        }
+    }
+}
+
+impl TryFrom<String> for DeviceSpec {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        s.parse()
+    }
+}
+
+impl From<DeviceSpec> for String {
+    fn from(d: DeviceSpec) -> String {
+        d.to_string()
+    }
+}
+
+/// The device `spec` names, or why it cannot be had in this build or on this machine.
+pub fn select_device(spec: DeviceSpec) -> Result<Device, EngineError> {
     let bad = |message: String| EngineError::InvalidOption {
         param: "device",
         message,
     };
-    match spec.trim().to_ascii_lowercase().as_str() {
-        "cpu" => Ok(Device::Cpu),
-        "auto" => Ok(if candle_core::utils::cuda_is_available() {
+    match spec {
+        DeviceSpec::Cpu => Ok(Device::Cpu),
+        DeviceSpec::Auto => Ok(if candle_core::utils::cuda_is_available() {
             Device::new_cuda(0).unwrap_or(Device::Cpu)
         } else {
             Device::Cpu
         }),
-        s if s == "cuda" || s.starts_with("cuda:") => {
+        DeviceSpec::Cuda(ordinal) => {
             if !candle_core::utils::cuda_is_available() {
                 return Err(bad(format!(
                     "`{spec}`: this build has no CUDA support (build with `make build-cuda`)"
                 )));
             }
-            let ordinal = s
-                .strip_prefix("cuda:")
-                .map_or(Ok(0), |n| n.parse::<usize>())
-                .map_err(|_| bad(format!("`{spec}`: expected cuda:N")))?;
             Device::new_cuda(ordinal).map_err(|e| bad(format!("`{spec}`: {e}")))
         }
-        _ => Err(bad(format!(
-            "unknown device `{spec}` (expected cpu, cuda, cuda:N or auto)"
-        ))),
     }
 }
 
@@ -664,4 +801,29 @@ pub fn write_generation_config(
         dst.join("generation_config.json"),
         serde_json::to_string_pretty(&v)?,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn device_specs_parse_and_print_one_way() {
+        for (text, spec, shown) in [
+            ("cpu", DeviceSpec::Cpu, "cpu"),
+            (" Auto ", DeviceSpec::Auto, "auto"),
+            ("cuda", DeviceSpec::Cuda(0), "cuda:0"),
+            ("CUDA:3", DeviceSpec::Cuda(3), "cuda:3"),
+        ] {
+            let parsed: DeviceSpec = text.parse().unwrap();
+            assert_eq!(parsed, spec);
+            assert_eq!(parsed.to_string(), shown);
+            assert_eq!(shown.parse::<DeviceSpec>().unwrap(), spec);
+        }
+        for bad in ["gpu", "cuda:", "cuda:x", "cuda:-1", ""] {
+            let e = bad.parse::<DeviceSpec>().unwrap_err();
+            assert!(e.contains("expected cpu, cuda, cuda:N or auto"), "{e}");
+        }
+        assert!(matches!(select_device(DeviceSpec::Cpu), Ok(Device::Cpu)));
+    }
 }

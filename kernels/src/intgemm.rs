@@ -64,15 +64,24 @@ impl IntLinear {
         let out_pad = out.next_multiple_of(GROUP);
         let mut w = vec![0i16; out_pad * k];
         let mut w_scale = vec![0f32; out_pad];
-        let mut row = vec![0i16; inp];
-        for (c, src) in weight.chunks_exact(inp).enumerate() {
-            w_scale[c] = quantize(Tier::best(), src, &mut row, W_MAX);
-            let (group, lane) = (c / GROUP, c % GROUP);
-            let panel = &mut w[group * GROUP * k..][..GROUP * k];
-            for (i, &q) in row.iter().enumerate() {
-                panel[(i / 2) * 2 * GROUP + lane * 2 + i % 2] = q;
-            }
-        }
+        // Each panel of GROUP output rows is its own (model load, in parallel).
+        let tier = Tier::best();
+        w.par_chunks_mut(GROUP * k)
+            .zip(w_scale.par_chunks_mut(GROUP))
+            .enumerate()
+            .for_each(|(group, (panel, scales))| {
+                let mut row = vec![0i16; inp];
+                for (lane, scale) in scales.iter_mut().enumerate() {
+                    let c = group * GROUP + lane;
+                    let Some(src) = weight.get(c * inp..(c + 1) * inp) else {
+                        break; // padding rows stay zero
+                    };
+                    *scale = quantize(tier, src, &mut row, W_MAX);
+                    for (i, &q) in row.iter().enumerate() {
+                        panel[(i / 2) * 2 * GROUP + lane * 2 + i % 2] = q;
+                    }
+                }
+            });
         bias.resize(out_pad, 0.0);
         let a_max = (i32::MAX as i64 / (k as i64 * W_MAX as i64)).min(A_MAX as i64) as i32;
         Self {

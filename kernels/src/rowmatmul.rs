@@ -71,23 +71,63 @@ impl RowMatmul {
         }
     }
 
-    /// Symmetric int8 per group of [`Q8_GROUP`] inputs (`inp` must be a multiple of it).
+    /// fp16 weights (`(out, inp)` row-major, as bit patterns) kept as they are: what
+    /// [`RowMatmul::new`] keeps for weights fp16 holds exactly, without an f32 copy first.
+    pub fn from_f16_bits(bits: Vec<u16>, out: usize, inp: usize, bias: Option<Vec<f32>>) -> Self {
+        debug_assert_eq!(bits.len(), out * inp);
+        Self {
+            out,
+            inp,
+            weights: Storage::F16(bits),
+            bias,
+        }
+    }
+
+    /// Symmetric int8 per group of [`Q8_GROUP`] inputs (`inp` must be a multiple of it);
+    /// groups are quantized in parallel (model load).
     pub fn quantized(weight: &[f32], out: usize, inp: usize, bias: Option<Vec<f32>>) -> Self {
+        debug_assert_eq!(weight.len(), out * inp);
+        Self::quantized_with(out, inp, bias, |i, g| {
+            g.copy_from_slice(&weight[i * Q8_GROUP..][..Q8_GROUP])
+        })
+    }
+
+    /// [`RowMatmul::quantized`] of fp16 weights (bit patterns), converted a group at a time:
+    /// the same int8 values as from their f32 copy, without making one.
+    pub fn quantized_f16_bits(
+        bits: &[u16],
+        out: usize,
+        inp: usize,
+        bias: Option<Vec<f32>>,
+    ) -> Self {
+        debug_assert_eq!(bits.len(), out * inp);
+        Self::quantized_with(out, inp, bias, |i, g| {
+            for (d, &h) in g.iter_mut().zip(&bits[i * Q8_GROUP..][..Q8_GROUP]) {
+                *d = half::f16::from_bits(h).to_f32();
+            }
+        })
+    }
+
+    /// Quantize group `i` after `group(i, buf)` fills `buf` with its f32 values.
+    fn quantized_with(
+        out: usize,
+        inp: usize,
+        bias: Option<Vec<f32>>,
+        group: impl Fn(usize, &mut [f32; Q8_GROUP]) + Sync,
+    ) -> Self {
         debug_assert_eq!(inp % Q8_GROUP, 0);
         let mut q = vec![0i8; out * inp];
         let mut scales = vec![0f32; out * inp / Q8_GROUP];
-        for ((g, dst), scale) in weight
-            .chunks(Q8_GROUP)
-            .zip(q.chunks_mut(Q8_GROUP))
-            .zip(scales.iter_mut())
-        {
-            let amax = g.iter().fold(0f32, |m, v| m.max(v.abs()));
-            *scale = amax / 127.0;
-            let inv = if amax > 0.0 { 127.0 / amax } else { 0.0 };
-            for (d, &v) in dst.iter_mut().zip(g) {
-                *d = (v * inv).round().clamp(-127.0, 127.0) as i8;
-            }
-        }
+        let tier = Tier::best();
+        q.par_chunks_mut(Q8_GROUP)
+            .zip(scales.par_iter_mut())
+            .enumerate()
+            .with_min_len(1024)
+            .for_each(|(i, (dst, scale))| {
+                let mut g = [0f32; Q8_GROUP];
+                group(i, &mut g);
+                *scale = quantize_group(tier, &g, dst);
+            });
         Self {
             out,
             inp,
@@ -95,6 +135,42 @@ impl RowMatmul {
             bias,
         }
     }
+}
+
+/// fp16 bit patterns to f32 (exact), with `half`'s vectorized slice conversion.
+pub fn f16_bits_to_f32(bits: &[u16]) -> Vec<f32> {
+    use half::slice::{HalfBitsSliceExt, HalfFloatSliceExt};
+    let mut out = vec![0f32; bits.len()];
+    bits.reinterpret_cast::<half::f16>()
+        .convert_to_f32_slice(&mut out);
+    out
+}
+
+/// One group of weights to int8 (`dst`), returning its scale.
+fn quantize_group(tier: Tier, g: &[f32; Q8_GROUP], dst: &mut [i8]) -> f32 {
+    #[inline(always)]
+    fn body(g: &[f32; Q8_GROUP], dst: &mut [i8]) -> f32 {
+        let amax = g.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let inv = if amax > 0.0 { 127.0 / amax } else { 0.0 };
+        for (d, &v) in dst.iter_mut().zip(g) {
+            *d = (v * inv).round().clamp(-127.0, 127.0) as i8;
+        }
+        amax / 127.0
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        // Vectorized rounding needs SSE4.1 (the baseline build calls libm per value).
+        #[target_feature(enable = "avx2")]
+        unsafe fn avx2(g: &[f32; Q8_GROUP], dst: &mut [i8]) -> f32 {
+            body(g, dst)
+        }
+        if tier >= Tier::Avx2 {
+            // SAFETY: `tier` is available (Tier::best), so the CPU has AVX2.
+            return unsafe { avx2(g, dst) };
+        }
+    }
+    let _ = tier;
+    body(g, dst)
 }
 
 impl RowMatmul {
@@ -132,6 +208,20 @@ impl RowMatmul {
     /// Whether the weights are held as fp16 (exactly).
     pub fn is_f16(&self) -> bool {
         matches!(self.weights, Storage::F16(_))
+    }
+
+    /// The whole weight matrix in f32 when it is held as fp16 (each value exact), for a GEMM
+    /// over many rows; `None` otherwise.
+    pub fn f16_weights_as_f32(&self) -> Option<Vec<f32>> {
+        match &self.weights {
+            Storage::F16(bits) => Some(f16_bits_to_f32(bits)),
+            _ => None,
+        }
+    }
+
+    /// The bias, as given.
+    pub fn bias(&self) -> Option<&[f32]> {
+        self.bias.as_deref()
     }
 
     /// `x` is `(rows, inp)` row-major; returns `(rows, out)`.
@@ -778,6 +868,38 @@ pub(crate) mod tests {
                 assert_eq!(got, all[..rows * out], "{tier:?}, {rows} rows");
             }
         }
+    }
+
+    /// Weights that fp16 holds exactly give the same matrix from their bits as from f32, and
+    /// the same int8 blocks either way (the loader builds from the file's fp16 directly).
+    #[test]
+    fn fp16_bits_build_what_their_f32_copy_builds() {
+        let (out, inp, rows) = (70, 96, 3);
+        let w16: Vec<half::f16> = (0..out * inp)
+            .map(|i| half::f16::from_f32(((i * 37 % 101) as f32 - 50.0) / 64.0))
+            .collect();
+        let bits: Vec<u16> = w16.iter().map(|h| h.to_bits()).collect();
+        let w32: Vec<f32> = w16.iter().map(|h| h.to_f32()).collect();
+        let b: Vec<f32> = (0..out).map(|i| i as f32 / 10.0).collect();
+        let x: Vec<f32> = (0..rows * inp).map(|i| (i % 13) as f32 / 7.0).collect();
+        let a = RowMatmul::new(&w32, out, inp, Some(b.clone()));
+        let c = RowMatmul::from_f16_bits(bits.clone(), out, inp, Some(b.clone()));
+        assert!(a.is_f16() && c.is_f16());
+        assert_eq!(a.forward(&x, rows), c.forward(&x, rows));
+        assert_eq!(a.rows(&[0, 69]), c.rows(&[0, 69]));
+        assert_eq!(c.f16_weights_as_f32().as_deref(), Some(&w32[..]));
+        assert_eq!(c.bias(), Some(&b[..]));
+        let not_f16 = RowMatmul::new(&[0.1, 0.2], 1, 2, None);
+        assert!(not_f16.f16_weights_as_f32().is_none());
+        let qa = RowMatmul::quantized(&w32, out, inp, Some(b.clone()));
+        let qc = RowMatmul::quantized_f16_bits(&bits, out, inp, Some(b));
+        match (&qa.weights, &qc.weights) {
+            (Storage::Q8 { q: q1, scales: s1 }, Storage::Q8 { q: q2, scales: s2 }) => {
+                assert_eq!((q1, s1), (q2, s2));
+            }
+            _ => panic!("not int8"),
+        }
+        assert_eq!(qa.forward(&x, rows), qc.forward(&x, rows));
     }
 
     #[test]

@@ -3,59 +3,77 @@
 //! projections split apart.
 
 use std::collections::HashMap;
+use std::io::Read;
 use std::path::Path;
 
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device, Tensor};
 use half::{bf16, f16};
 
 use super::weights::{Layout, Weights};
 use super::ModelError;
 
-/// One variable as stored: shape, dtype code and raw bytes.
-struct RawVar<'a> {
+/// One variable as read: its shape, and floats as a tensor in their stored type (fp32, fp16,
+/// bf16), anything else (int8 weights, integer scalars) as its dtype code and raw bytes.
+struct RawVar {
     dims: Vec<usize>,
-    dtype: u8,
-    data: &'a [u8],
+    value: Value,
 }
 
-struct Reader<'a> {
-    buf: &'a [u8],
-    pos: usize,
+enum Value {
+    Float(Tensor),
+    Raw { dtype: u8, data: Vec<u8> },
 }
 
-impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
-        let end = self
-            .pos
-            .checked_add(n)
-            .filter(|&e| e <= self.buf.len())
-            .ok_or_else(|| {
-                format!(
-                    "file ends at byte {} while {} more bytes were expected (truncated download?)",
-                    self.buf.len(),
-                    n
-                )
-            })?;
-        let s = &self.buf[self.pos..end];
-        self.pos = end;
-        Ok(s)
+/// The file read front to back (no map of it: a mapped file counts in the process's memory
+/// while its pages are read, beside the tensors made from them).
+struct Reader<R> {
+    r: R,
+    pos: u64,
+}
+
+impl<R: Read> Reader<R> {
+    /// The next `n` bytes into `buf` (replacing what it held). A short file is an error, found
+    /// without allocating the `n` bytes a damaged header may claim.
+    fn take_into(&mut self, n: usize, buf: &mut Vec<u8>) -> Result<(), String> {
+        buf.clear();
+        let got = (&mut self.r)
+            .take(n as u64)
+            .read_to_end(buf)
+            .map_err(|e| format!("cannot read at byte {}: {e}", self.pos))?;
+        self.pos += got as u64;
+        if got < n {
+            return Err(format!(
+                "file ends at byte {} while {} more bytes were expected (truncated download?)",
+                self.pos,
+                n - got
+            ));
+        }
+        Ok(())
+    }
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], String> {
+        let mut b = Vec::with_capacity(N);
+        self.take_into(N, &mut b)?;
+        let mut a = [0u8; N];
+        a.copy_from_slice(&b);
+        Ok(a)
     }
     fn u8(&mut self) -> Result<u8, String> {
-        Ok(self.take(1)?[0])
+        Ok(self.array::<1>()?[0])
     }
     fn u16(&mut self) -> Result<u16, String> {
-        let b = self.take(2)?;
-        Ok(u16::from_le_bytes([b[0], b[1]]))
+        Ok(u16::from_le_bytes(self.array()?))
     }
     fn u32(&mut self) -> Result<u32, String> {
-        let b = self.take(4)?;
-        Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        Ok(u32::from_le_bytes(self.array()?))
     }
     fn string(&mut self) -> Result<String, String> {
         let n = self.u16()? as usize;
-        let b = self.take(n)?;
-        let b = b.strip_suffix(&[0]).unwrap_or(b);
-        String::from_utf8(b.to_vec()).map_err(|_| "a name is not UTF-8".to_string())
+        let mut b = Vec::with_capacity(n);
+        self.take_into(n, &mut b)?;
+        if b.last() == Some(&0) {
+            b.pop();
+        }
+        String::from_utf8(b).map_err(|_| "a name is not UTF-8".to_string())
     }
 }
 
@@ -68,12 +86,13 @@ fn elem_size(dtype: u8) -> Option<usize> {
     }
 }
 
-/// Parse the variable table; data slices borrow from `buf`.
 /// Variables by name, and aliases (alias → target).
-type Parsed<'a> = (HashMap<String, RawVar<'a>>, HashMap<String, String>);
+type Parsed = (HashMap<String, RawVar>, HashMap<String, String>);
 
-fn parse(buf: &[u8]) -> Result<Parsed<'_>, String> {
-    let mut r = Reader { buf, pos: 0 };
+/// Read the variable table and every variable: each float variable becomes a tensor as it is
+/// read, through one reused buffer, so reading holds the weights once.
+fn parse(r: impl Read, device: &Device) -> Result<Parsed, String> {
+    let mut r = Reader { r, pos: 0 };
     let version = r.u32()?;
     if !(5..=6).contains(&version) {
         return Err(format!(
@@ -87,6 +106,7 @@ fn parse(buf: &[u8]) -> Result<Parsed<'_>, String> {
     let _revision = r.u32()?;
     let n = r.u32()? as usize;
     let mut vars = HashMap::new();
+    let mut buf = Vec::new();
     for _ in 0..n {
         let name = r.string()?;
         let rank = r.u8()? as usize;
@@ -95,16 +115,32 @@ fn parse(buf: &[u8]) -> Result<Parsed<'_>, String> {
             .collect::<Result<Vec<_>, _>>()?;
         let dtype = r.u8()?;
         let n_bytes = r.u32()? as usize;
-        let data = r.take(n_bytes)?;
         let size =
             elem_size(dtype).ok_or_else(|| format!("`{name}` has unknown dtype code {dtype}"))?;
-        let count: usize = dims.iter().product();
-        if count * size != n_bytes {
+        let count = dims.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
+        if count.and_then(|c| c.checked_mul(size)) != Some(n_bytes) {
             return Err(format!(
                 "`{name}`: {n_bytes} bytes do not hold shape {dims:?}"
             ));
         }
-        vars.insert(name, RawVar { dims, dtype, data });
+        r.take_into(n_bytes, &mut buf)?;
+        let float = match dtype {
+            0 => Some(DType::F32),
+            4 => Some(DType::F16),
+            5 => Some(DType::BF16),
+            _ => None,
+        };
+        let value = match float {
+            Some(dt) => Value::Float(
+                Tensor::from_raw_buffer(&buf, dt, &dims, device)
+                    .map_err(|e| format!("`{name}`: {e}"))?,
+            ),
+            None => Value::Raw {
+                dtype,
+                data: std::mem::take(&mut buf),
+            },
+        };
+        vars.insert(name, RawVar { dims, value });
     }
     let mut aliases = HashMap::new();
     if let Ok(n_alias) = r.u32() {
@@ -117,9 +153,19 @@ fn parse(buf: &[u8]) -> Result<Parsed<'_>, String> {
     Ok((vars, aliases))
 }
 
-fn to_f32(v: &RawVar) -> Vec<f32> {
-    let d = v.data;
-    match v.dtype {
+/// A variable's values as f32.
+fn values_f32(v: &RawVar) -> Result<Vec<f32>, String> {
+    match &v.value {
+        Value::Float(t) => t
+            .to_dtype(DType::F32)
+            .and_then(|t| t.flatten_all()?.to_vec1::<f32>())
+            .map_err(|e| e.to_string()),
+        Value::Raw { dtype, data } => Ok(to_f32(*dtype, data)),
+    }
+}
+
+fn to_f32(dtype: u8, d: &[u8]) -> Vec<f32> {
+    match dtype {
         0 => d
             .chunks_exact(4)
             .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
@@ -155,18 +201,12 @@ fn dequantize_rows(data: &mut [f32], scales: &[f32]) {
 fn scalar(vars: &HashMap<String, RawVar>, name: &str) -> Option<usize> {
     vars.get(name)
         .filter(|v| v.dims.is_empty())
-        .and_then(|v| to_f32(v).first().map(|&x| x as usize))
+        .and_then(|v| values_f32(v).ok()?.first().map(|&x| x as usize))
 }
 
-/// Load `model.bin` into Hugging Face-named f32 tensors.
+/// Load `model.bin` into Hugging Face-named tensors: floats as stored, int8 dequantized to f32.
 pub fn load(path: &Path, device: &Device) -> Result<Weights, ModelError> {
     let file = std::fs::File::open(path).map_err(|source| ModelError::Io {
-        path: path.into(),
-        source,
-    })?;
-    // SAFETY: the map is read-only and dropped before this function returns; a concurrent writer
-    // could at worst give wrong weights, which the shape checks then report.
-    let mmap = unsafe { memmap2::Mmap::map(&file) }.map_err(|source| ModelError::Io {
         path: path.into(),
         source,
     })?;
@@ -174,7 +214,7 @@ pub fn load(path: &Path, device: &Device) -> Result<Weights, ModelError> {
         path: path.into(),
         msg,
     };
-    let (vars, aliases) = parse(&mmap).map_err(fmt)?;
+    let (vars, aliases) = parse(std::io::BufReader::new(file), device).map_err(fmt)?;
 
     let resolve = |name: &str| -> Option<&RawVar> {
         vars.get(name)
@@ -186,14 +226,19 @@ pub fn load(path: &Path, device: &Device) -> Result<Weights, ModelError> {
             path: path.into(),
             name: name.into(),
         })?;
-        let mut data = to_f32(v);
-        if v.dtype == 1 {
+        // Floats stay as stored (converted to f32 when the network takes them).
+        let (dtype, raw) = match &v.value {
+            Value::Float(t) => return Ok(t.clone()),
+            Value::Raw { dtype, data } => (*dtype, data),
+        };
+        let mut data = to_f32(dtype, raw);
+        if dtype == 1 {
             let scale_name = format!("{name}_scale");
             let s = resolve(&scale_name).ok_or_else(|| ModelError::MissingTensor {
                 path: path.into(),
                 name: scale_name.clone(),
             })?;
-            let scales = to_f32(s);
+            let scales = values_f32(s).map_err(fmt)?;
             let rows = v.dims.first().copied().unwrap_or(1);
             if scales.len() != rows || rows == 0 {
                 return Err(fmt(format!(
@@ -332,13 +377,13 @@ pub fn load(path: &Path, device: &Device) -> Result<Weights, ModelError> {
         tensor("decoder/embeddings/weight")?,
     );
 
-    Ok(Weights {
-        layout: Layout::Ct2,
-        path: path.to_path_buf(),
-        tensors: t,
-        encoder_heads: scalar(&vars, "encoder/num_heads"),
-        decoder_heads: scalar(&vars, "decoder/num_heads"),
-    })
+    Ok(Weights::new(
+        Layout::Ct2,
+        path.to_path_buf(),
+        t,
+        scalar(&vars, "encoder/num_heads"),
+        scalar(&vars, "decoder/num_heads"),
+    ))
 }
 
 #[cfg(test)]
@@ -382,12 +427,12 @@ pub(crate) mod tests {
             ("w/weight", vec![2, 2], 1, q),
             ("w/weight_scale", vec![2], 0, scale),
         ]);
-        let (vars, _) = parse(&buf).unwrap();
+        let (vars, _) = parse(&buf[..], &Device::Cpu).unwrap();
         let v = &vars["w/weight"];
         assert_eq!(v.dims, vec![2, 2]);
-        let mut w = to_f32(v);
+        let mut w = values_f32(v).unwrap();
         assert_eq!(w, vec![10.0, -20.0, 30.0, 40.0]);
-        dequantize_rows(&mut w, &to_f32(&vars["w/weight_scale"]));
+        dequantize_rows(&mut w, &values_f32(&vars["w/weight_scale"]).unwrap());
         assert_eq!(w, vec![5.0, -10.0, 3.0, 4.0]);
     }
 
@@ -396,7 +441,7 @@ pub(crate) mod tests {
         let data: Vec<u8> = vec![0; 16];
         let mut buf = write_ct2(&[("w/weight", vec![2, 2], 0, data)]);
         buf.truncate(buf.len() - 10);
-        let err = parse(&buf).err().unwrap();
+        let err = parse(&buf[..], &Device::Cpu).err().unwrap();
         assert!(err.contains("truncated"), "{err}");
     }
 }

@@ -384,7 +384,8 @@ impl TextDecoder {
                 })
             })
             .collect::<Result<Vec<_>, ModelError>>()?;
-        let embed_tokens = w.get_shaped("decoder.embed_tokens.weight", &[dims.n_vocab, d])?;
+        // As stored (fp16 in published models): the row kernels keep fp16 as it is.
+        let embed_tokens = w.take_stored("decoder.embed_tokens.weight", &[dims.n_vocab, d])?;
         let device = embed_tokens.device().clone();
         let embed = rowmatmul::from_tensors(&embed_tokens, None)?;
         let logits_q8 = match precision {
@@ -399,11 +400,15 @@ impl TextDecoder {
         Ok(Self {
             cross_kv: CrossKv::new(w, dims.n_text_layer, d, amx)?,
             // The f32 tensor (80 MB for tiny) is kept only where RowMatmul cannot run.
-            embed_device: (!device.is_cpu()).then_some(embed_tokens),
+            embed_device: if device.is_cpu() {
+                None
+            } else {
+                Some(embed_tokens.to_dtype(candle_core::DType::F32)?)
+            },
             embed,
             logits_q8,
             device,
-            positions: w.get_shaped("decoder.embed_positions.weight", &[dims.n_text_ctx, d])?,
+            positions: w.take("decoder.embed_positions.weight", &[dims.n_text_ctx, d])?,
             blocks,
             ln: layer_norm(w, "decoder.layer_norm", d)?,
             n_head: dims.n_text_head,
@@ -477,7 +482,7 @@ impl TextDecoder {
         let tokens = tokens.flatten_all()?.to_vec1::<u32>()?;
         let mut states = [state];
         let rows: Vec<(usize, u32)> = tokens.iter().map(|&t| (0, t)).collect();
-        let x = self.run(&mut states, &rows, None)?;
+        let x = self.run(&mut states, &rows, false, None)?;
         x.reshape((1, n, ()))
     }
 
@@ -499,19 +504,23 @@ impl TextDecoder {
             );
         }
         let rows: Vec<(usize, u32)> = tokens.iter().copied().enumerate().collect();
-        self.logits(&self.run(states, &rows, None)?)
+        self.logits(&self.run(states, &rows, true, None)?)
     }
 
     /// The decoder over `rows` of (sequence, token): consecutive rows of one sequence are
     /// consecutive positions. Returns the final hidden states `(rows, d)`.
+    /// `row_kernel`: every projection on the row kernel, whatever the row count — decoder steps
+    /// (one row per sequence, however many sequences are batched) and the alignment pass, so
+    /// that batched equals alone and no step converts weights for a GEMM; a prompt's prefill
+    /// takes the GEMM beyond 32 rows.
     fn run(
         &self,
         states: &mut [&mut DecoderState],
         rows: &[(usize, u32)],
+        row_kernel: bool,
         mut capture: Option<&mut AlignCapture>,
     ) -> candle_core::Result<Tensor> {
-        // The alignment pass keeps every projection on the row kernel (batched equals alone).
-        let rk = capture.is_some();
+        let rk = row_kernel;
         let device = &self.device;
         // Each row's position; each sequence's first row and row count.
         let mut positions = Vec::with_capacity(rows.len());
@@ -645,7 +654,7 @@ impl TextDecoder {
                 })
                 .collect(),
         };
-        let hidden = self.run(states, &rows, Some(&mut cap))?;
+        let hidden = self.run(states, &rows, true, Some(&mut cap))?;
         let picked: Vec<u32> = reqs
             .iter()
             .zip(&first_row)

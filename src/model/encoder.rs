@@ -16,15 +16,15 @@ pub(super) fn linear(
     out: usize,
     inp: usize,
 ) -> Result<Linear, ModelError> {
-    let weight = w.get_shaped(&format!("{name}.weight"), &[out, inp])?;
+    let weight = w.take(&format!("{name}.weight"), &[out, inp])?;
     let bias = w.bias_or_zeros(&format!("{name}.bias"), out, weight.device())?;
     Ok(Linear::new(weight, Some(bias)))
 }
 
 pub(super) fn layer_norm(w: &Weights, name: &str, n: usize) -> Result<LayerNorm, ModelError> {
     Ok(LayerNorm::new(
-        w.get_shaped(&format!("{name}.weight"), &[n])?,
-        w.get_shaped(&format!("{name}.bias"), &[n])?,
+        w.take(&format!("{name}.weight"), &[n])?,
+        w.take(&format!("{name}.bias"), &[n])?,
         LN_EPS,
     ))
 }
@@ -161,8 +161,8 @@ impl Conv {
         stride: usize,
         math: EncoderMath,
     ) -> Result<Self, ModelError> {
-        let weight = w.get_shaped(&format!("encoder.{name}.weight"), &[cout, cin, 3])?;
-        let bias = w.get_shaped(&format!("encoder.{name}.bias"), &[cout])?;
+        let weight = w.take(&format!("encoder.{name}.weight"), &[cout, cin, 3])?;
+        let bias = w.take(&format!("encoder.{name}.bias"), &[cout])?;
         Ok(Self::from_tensors(&weight, bias, stride, math)?)
     }
 
@@ -274,7 +274,7 @@ impl AudioEncoder {
         Ok(Self {
             conv1: Conv::new(w, "conv1", d, dims.n_mels, 1, math)?,
             conv2: Conv::new(w, "conv2", d, d, 2, math)?,
-            positions: w.get_shaped("encoder.embed_positions.weight", &[dims.n_audio_ctx, d])?,
+            positions: w.take("encoder.embed_positions.weight", &[dims.n_audio_ctx, d])?,
             blocks,
             ln_post: layer_norm(w, "encoder.layer_norm", d)?,
         })

@@ -31,15 +31,15 @@ pub fn load(dir: &Path, device: &Device) -> Result<Weights, ModelError> {
         if name == "proj_out.weight" {
             continue; // tied to decoder.embed_tokens
         }
-        tensors.insert(name, t.to_dtype(DType::F32)?);
+        tensors.insert(name, t);
     }
-    let w = Weights {
-        layout: Layout::HuggingFace,
-        path: st.clone(),
+    let w = Weights::new(
+        Layout::HuggingFace,
+        st.clone(),
         tensors,
-        encoder_heads: Some(cfg.encoder_attention_heads),
-        decoder_heads: Some(cfg.decoder_attention_heads),
-    };
+        Some(cfg.encoder_attention_heads),
+        Some(cfg.decoder_attention_heads),
+    );
     // The config must describe these weights, or heads/layers would be silently wrong.
     let dims = w.dims()?;
     let checks = [
@@ -68,7 +68,7 @@ pub fn save(weights: &Weights, dims: &ModelDims, dst: &Path) -> Result<(), Model
         source,
     })?;
     let mut out = HashMap::new();
-    for (name, t) in &weights.tensors {
+    for (name, t) in weights.stored() {
         out.insert(format!("model.{name}"), t.to_dtype(DType::F16)?);
     }
     let st = dst.join("model.safetensors");

@@ -121,13 +121,14 @@ impl Whisper {
     /// Load from a directory in either layout (detected by which weight file is present).
     pub fn load(dir: &Path, device: &Device, precision: Precision) -> Result<Self, ModelError> {
         let weights = Weights::load_dir(dir, device)?;
-        let mut model = Self::from_weights(&weights, device, precision)?;
+        let mut model = Self::from_weights(weights, device, precision)?;
         model.alignment_heads = alignment_heads(dir, &model.dims)?;
         Ok(model)
     }
 
+    /// Build the network from `w`, which it consumes tensor by tensor (see [`Weights::take`]).
     pub fn from_weights(
-        w: &Weights,
+        w: Weights,
         device: &Device,
         precision: Precision,
     ) -> Result<Self, ModelError> {
@@ -146,8 +147,8 @@ impl Whisper {
         };
         let amx = math == EncoderMath::AmxBf16;
         tracing::info!(?precision, encoder = ?math, "model numerics");
-        let encoder = AudioEncoder::new(w, &dims, math)?;
-        let decoder = TextDecoder::new(w, &dims, precision, amx)?;
+        let encoder = AudioEncoder::new(&w, &dims, math)?;
+        let decoder = TextDecoder::new(&w, &dims, precision, amx)?;
         Ok(Self {
             alignment_heads: default_alignment_heads(&dims),
             dims,
