@@ -6,6 +6,11 @@
 //! of i16 and adds neighbours into 8 i32 per instruction: twice the multiplies of an 8-lane f32
 //! FMA, on the same two pipes.
 //!
+//! On CPUs with AVX-512 VNNI (the `Avx512Bf16` tier and above: Intel Cooper Lake, Sapphire
+//! Rapids, AMD Zen 4) `vpdpwssd` does the multiply, the pair sum and the accumulation in one
+//! instruction, and the 32 vector registers hold a larger tile (6 rows × 32 columns): the same
+//! packed weights and the same exact integer sums, so the same output bit for bit.
+//!
 //! Numerics: weights are quantized per output row to 10 bits (±511, one f32 scale per row; int8
 //! cost +0.3 WER points on the eval set's long-form file, 10 bits none), held as i16. Each input
 //! row is quantized on the fly with its own scale to as many bits as keep every sum over the
@@ -24,14 +29,27 @@ const GROUP: usize = 8;
 const W_MAX: i32 = 511;
 /// Largest activation magnitude (14 bits), where the inner dimension allows it.
 const A_MAX: i32 = 8191;
-/// The register tile: 5 rows × 2 groups (16 columns) is 10 accumulators, plus 2 weight vectors
-/// and 1 broadcast, within AVX2's 16 registers (4 × 3 spilled one; 5 × 2 took ~6 % less time
-/// in the encoder's projections on Zen 3).
+/// The AVX2 register tile: 5 rows × 2 groups (16 columns) is 10 accumulators, plus 2 weight
+/// vectors and 1 broadcast, within AVX2's 16 registers (4 × 3 spilled one; 5 × 2 took ~6 %
+/// less time in the encoder's projections on Zen 3).
 const MR: usize = 5;
 const VR: usize = 2;
-/// Rows per task (a multiple of MR): a task's rows (50 × 1536 × 2 B = 154 KB at tiny's widest)
-/// stay in a core's L2 while every 16-column weight panel passes over them.
-const ROW_BLOCK: usize = 50;
+/// The VNNI register tile: 6 rows × 4 groups (32 columns) is 24 accumulators, plus 4 weight
+/// vectors and 1 broadcast, within AVX-512's 32 registers.
+const VNNI_MR: usize = 6;
+const VNNI_VR: usize = 4;
+/// Register tiles of rows per task: a task's rows (50 × 1536 × 2 B = 154 KB at tiny's widest)
+/// stay in a core's L2 while every weight panel passes over them.
+const TILES_PER_TASK: usize = 10;
+
+/// The register tile (rows, groups of [`GROUP`] columns) of `tier`'s kernel.
+fn tile_shape(tier: Tier) -> (usize, usize) {
+    if cfg!(target_arch = "x86_64") && tier >= Tier::Avx512Bf16 {
+        (VNNI_MR, VNNI_VR)
+    } else {
+        (MR, VR)
+    }
+}
 
 /// Whether this CPU runs these kernels.
 pub fn available() -> bool {
@@ -139,20 +157,23 @@ impl IntLinear {
             .collect();
         // SAFETY: the chunks cover `rows * k` elements and `zeroed` initialized each one.
         unsafe { a.set_len(rows * k) };
-        crate::par::par_filled(rows * n, ROW_BLOCK * n, |block, y| {
-            let r0 = block * ROW_BLOCK;
+        let row_block = tile_shape(tier).0 * TILES_PER_TASK;
+        crate::par::par_filled(rows * n, row_block * n, |block, y| {
+            let r0 = block * row_block;
             let nrows = y.len() / n;
             self.row_block(tier, &a[r0 * k..][..nrows * k], &a_scale[r0..][..nrows], y);
         })
     }
 
-    /// One task: `nrows` quantized rows → their output rows `y`. Panels outer: one 16-column
-    /// panel of weights stays in L1 (k ≤ 384) or L2 while all the task's rows pass over it.
+    /// One task: `nrows` quantized rows → their output rows `y`. Panels outer: one panel of
+    /// weights (a register tile's columns) stays in L1 or L2 while all the task's rows pass
+    /// over it.
     fn row_block(&self, tier: Tier, a: &[i16], a_scale: &[f32], y: &mut [f32]) {
         let (n, k) = (self.out, self.k);
         let nrows = a_scale.len();
-        for c in (0..n).step_by(VR * GROUP) {
-            let cols = (n - c).min(VR * GROUP);
+        let (mr_max, vr) = tile_shape(tier);
+        for c in (0..n).step_by(vr * GROUP) {
+            let cols = (n - c).min(vr * GROUP);
             let groups = cols.div_ceil(GROUP);
             let panel = Panel {
                 w: &self.w[c * k..][..groups * GROUP * k],
@@ -160,8 +181,8 @@ impl IntLinear {
                 bias: &self.bias[c..][..groups * GROUP],
                 cols,
             };
-            for r in (0..nrows).step_by(MR) {
-                let mr = (nrows - r).min(MR);
+            for r in (0..nrows).step_by(mr_max) {
+                let mr = (nrows - r).min(mr_max);
                 let out = &mut y[r * n + c..][..(mr - 1) * n + cols];
                 panel.tile(tier, &a[r * k..][..mr * k], k, &a_scale[r..][..mr], out, n);
             }
@@ -169,7 +190,7 @@ impl IntLinear {
     }
 }
 
-/// Up to [`VR`] packed groups of weight columns, with their scales and biases.
+/// Up to a register tile's packed groups of weight columns, with their scales and biases.
 struct Panel<'a> {
     w: &'a [i16],
     w_scale: &'a [f32],
@@ -180,11 +201,43 @@ struct Panel<'a> {
 
 impl Panel<'_> {
     /// `out[i][j] = (Σₖ a[i][k]·w[j][k]) · (a_scale[i] · w_scale[j]) + bias[j]` for the
-    /// `a.len() / k` (≤ [`MR`]) rows of `a` and the panel's columns; `out` rows at stride `ldo`.
+    /// `a.len() / k` (≤ the tier's tile) rows of `a` and the panel's columns; `out` rows at
+    /// stride `ldo`.
     fn tile(&self, tier: Tier, a: &[i16], k: usize, a_scale: &[f32], out: &mut [f32], ldo: usize) {
         let (mr, groups) = (a.len() / k, self.w.len() / (GROUP * k));
-        assert!(mr <= MR && groups <= VR && k.is_multiple_of(LANES) && a_scale.len() == mr);
+        let (mr_max, vr) = tile_shape(tier);
+        assert!(mr <= mr_max && groups <= vr && k.is_multiple_of(LANES) && a_scale.len() == mr);
         assert!(out.len() > (mr - 1) * ldo && out.len() - (mr - 1) * ldo >= self.cols);
+        #[cfg(target_arch = "x86_64")]
+        if tier >= Tier::Avx512Bf16 {
+            let args = (
+                a.as_ptr(),
+                self.w.as_ptr(),
+                k,
+                a_scale.as_ptr(),
+                self.w_scale.as_ptr(),
+                self.bias.as_ptr(),
+                out.as_mut_ptr(),
+                ldo,
+                self.cols,
+            );
+            macro_rules! shapes {
+                ($(($r:literal, $g:literal))*) => {
+                    match (mr, groups) {
+                        // SAFETY: AVX-512 F/VL/VNNI are in every tier from `Avx512Bf16`
+                        // (`isa::detect`); the slices hold the rows, groups and columns the
+                        // kernel reads and writes (asserted above).
+                        $(($r, $g) => return unsafe { x86::vnni_tile::<$r, $g>(args) },)*
+                        _ => {}
+                    }
+                };
+            }
+            shapes!(
+                (6, 4)(6, 3)(6, 2)(6, 1)(5, 4)(5, 3)(5, 2)(5, 1)(4, 4)(4, 3)(4, 2)(4, 1)(3, 4)(
+                    3, 3
+                )(3, 2)(3, 1)(2, 4)(2, 3)(2, 2)(2, 1)(1, 4)(1, 3)(1, 2)(1, 1)
+            );
+        }
         #[cfg(target_arch = "x86_64")]
         if tier >= Tier::Avx2 {
             let args = (
@@ -202,16 +255,16 @@ impl Panel<'_> {
             // the rows, groups and columns the kernel reads and writes (asserted above).
             unsafe {
                 match (mr, groups) {
-                    (5, 2) => return avx2::tile::<5, 2>(args),
-                    (5, 1) => return avx2::tile::<5, 1>(args),
-                    (4, 2) => return avx2::tile::<4, 2>(args),
-                    (4, 1) => return avx2::tile::<4, 1>(args),
-                    (3, 2) => return avx2::tile::<3, 2>(args),
-                    (3, 1) => return avx2::tile::<3, 1>(args),
-                    (2, 2) => return avx2::tile::<2, 2>(args),
-                    (2, 1) => return avx2::tile::<2, 1>(args),
-                    (1, 2) => return avx2::tile::<1, 2>(args),
-                    (1, 1) => return avx2::tile::<1, 1>(args),
+                    (5, 2) => return x86::avx2_tile::<5, 2>(args),
+                    (5, 1) => return x86::avx2_tile::<5, 1>(args),
+                    (4, 2) => return x86::avx2_tile::<4, 2>(args),
+                    (4, 1) => return x86::avx2_tile::<4, 1>(args),
+                    (3, 2) => return x86::avx2_tile::<3, 2>(args),
+                    (3, 1) => return x86::avx2_tile::<3, 1>(args),
+                    (2, 2) => return x86::avx2_tile::<2, 2>(args),
+                    (2, 1) => return x86::avx2_tile::<2, 1>(args),
+                    (1, 2) => return x86::avx2_tile::<1, 2>(args),
+                    (1, 1) => return x86::avx2_tile::<1, 1>(args),
                     _ => {}
                 }
             }
@@ -269,7 +322,7 @@ pub(crate) fn quantize(tier: Tier, src: &[f32], dst: &mut [i16], max: i32) -> f3
 }
 
 #[cfg(target_arch = "x86_64")]
-mod avx2 {
+mod x86 {
     use std::arch::x86_64::*;
 
     /// a, w, k, a_scale, w_scale, bias, out, ldo, cols (see [`super::Panel::tile`]).
@@ -285,52 +338,72 @@ mod avx2 {
         usize,
     );
 
-    /// Per pair of inputs: `G` weight vectors (8 columns × 2 inputs each), and for each of the
-    /// `R` rows its two activations broadcast as one i32, multiplied and pair-summed by
-    /// `vpmaddwd` into that row's 8-column accumulators.
-    ///
-    /// # Safety
-    /// AVX2 present; `a` points to `R` rows of `k` (a multiple of 16) i16, `w` to `G` packed
-    /// groups, `w_scale` and `bias` to `8·G` values, `out` to `R` rows (stride `ldo`) with room
-    /// for `cols` ≤ `8·G` values each.
-    #[target_feature(enable = "avx2")]
-    #[allow(clippy::needless_range_loop)]
-    pub(super) unsafe fn tile<const R: usize, const G: usize>(args: TileArgs) {
-        let (a, w, k, a_scale, w_scale, bias, out, ldo, cols) = args;
-        let mut acc: [[__m256i; G]; R] = std::mem::zeroed();
-        let mut wv: [__m256i; G] = std::mem::zeroed();
-        let group = k * super::GROUP;
-        for p in 0..k / 2 {
-            for g in 0..G {
-                wv[g] = _mm256_loadu_si256(w.add(g * group + p * 16) as *const __m256i);
-            }
-            for r in 0..R {
-                let pair = (a.add(r * k + 2 * p) as *const i32).read_unaligned();
-                let av = _mm256_set1_epi32(pair);
-                for g in 0..G {
-                    acc[r][g] = _mm256_add_epi32(acc[r][g], _mm256_madd_epi16(av, wv[g]));
+    /// One register tile's kernel for the CPU features `$feat`; `$step` adds the pair products
+    /// of the broadcast activations `$a` and weights `$w` into the accumulator `$acc`.
+    macro_rules! tile_fn {
+        ($name:ident, $feat:literal, |$acc:ident, $a:ident, $w:ident| $step:expr) => {
+            /// Per pair of inputs: `G` weight vectors (8 columns × 2 inputs each), and for each
+            /// of the `R` rows its two activations broadcast as one i32, multiplied and
+            /// pair-summed into that row's 8-column accumulators; then scale and bias.
+            ///
+            /// # Safety
+            /// The CPU has the features enabled here; `a` points to `R` rows of `k` (a multiple
+            /// of 16) i16, `w` to `G` packed groups, `w_scale` and `bias` to `8·G` values, `out`
+            /// to `R` rows (stride `ldo`) with room for `cols` ≤ `8·G` values each.
+            #[target_feature(enable = $feat)]
+            #[allow(clippy::needless_range_loop)]
+            pub(super) unsafe fn $name<const R: usize, const G: usize>(args: TileArgs) {
+                let (a, w, k, a_scale, w_scale, bias, out, ldo, cols) = args;
+                let mut acc: [[__m256i; G]; R] = std::mem::zeroed();
+                let mut wv: [__m256i; G] = std::mem::zeroed();
+                let group = k * super::GROUP;
+                for p in 0..k / 2 {
+                    for g in 0..G {
+                        wv[g] = _mm256_loadu_si256(w.add(g * group + p * 16) as *const __m256i);
+                    }
+                    for r in 0..R {
+                        let pair = (a.add(r * k + 2 * p) as *const i32).read_unaligned();
+                        let av = _mm256_set1_epi32(pair);
+                        for g in 0..G {
+                            let ($acc, $a, $w) = (acc[r][g], av, wv[g]);
+                            acc[r][g] = $step;
+                        }
+                    }
+                }
+                for r in 0..R {
+                    let sa = _mm256_set1_ps(*a_scale.add(r));
+                    for g in 0..G {
+                        let scale = _mm256_mul_ps(sa, _mm256_loadu_ps(w_scale.add(8 * g)));
+                        let y = _mm256_add_ps(
+                            _mm256_mul_ps(_mm256_cvtepi32_ps(acc[r][g]), scale),
+                            _mm256_loadu_ps(bias.add(8 * g)),
+                        );
+                        let dst = out.add(r * ldo + 8 * g);
+                        if cols >= 8 * (g + 1) {
+                            _mm256_storeu_ps(dst, y);
+                        } else if cols > 8 * g {
+                            let mut tmp = [0f32; 8];
+                            _mm256_storeu_ps(tmp.as_mut_ptr(), y);
+                            std::ptr::copy_nonoverlapping(tmp.as_ptr(), dst, cols - 8 * g);
+                        }
+                    }
                 }
             }
-        }
-        for r in 0..R {
-            let sa = _mm256_set1_ps(*a_scale.add(r));
-            for g in 0..G {
-                let scale = _mm256_mul_ps(sa, _mm256_loadu_ps(w_scale.add(8 * g)));
-                let y = _mm256_add_ps(
-                    _mm256_mul_ps(_mm256_cvtepi32_ps(acc[r][g]), scale),
-                    _mm256_loadu_ps(bias.add(8 * g)),
-                );
-                let dst = out.add(r * ldo + 8 * g);
-                if cols >= 8 * (g + 1) {
-                    _mm256_storeu_ps(dst, y);
-                } else if cols > 8 * g {
-                    let mut tmp = [0f32; 8];
-                    _mm256_storeu_ps(tmp.as_mut_ptr(), y);
-                    std::ptr::copy_nonoverlapping(tmp.as_ptr(), dst, cols - 8 * g);
-                }
-            }
-        }
+        };
     }
+
+    // `vpmaddwd` then `vpaddd`: 16 registers hold a 5 × 2 tile.
+    tile_fn!(avx2_tile, "avx2", |acc, a, w| _mm256_add_epi32(
+        acc,
+        _mm256_madd_epi16(a, w)
+    ));
+    // `vpdpwssd` (the same sums, wrapping like `vpaddd`; no pair can reach 2·(-32768)²): one
+    // instruction, and 32 registers hold a 6 × 4 tile.
+    tile_fn!(
+        vnni_tile,
+        "avx2,avx512f,avx512vl,avx512vnni",
+        |acc, a, w| _mm256_dpwssd_epi32(acc, a, w)
+    );
 }
 
 #[cfg(test)]

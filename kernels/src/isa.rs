@@ -22,8 +22,8 @@ pub enum Tier {
     Avx2,
     /// 16 f32 lanes (Intel Skylake-SP and later, AMD Zen 4 and later).
     Avx512,
-    /// AVX-512 with bf16 conversion (BW, VL, BF16: Intel Cooper Lake / Sapphire Rapids, AMD
-    /// Zen 4).
+    /// AVX-512 with bf16 conversion and VNNI (BW, VL, BF16, VNNI: Intel Cooper Lake /
+    /// Sapphire Rapids, AMD Zen 4).
     Avx512Bf16,
     /// Intel AMX bf16 tiles, granted by the kernel (Sapphire Rapids and later); `WHISPERD_AMX=0`
     /// (or `WHISPERD_MAX_TIER`) leaves it out.
@@ -112,7 +112,9 @@ fn detect(tier: Tier) -> bool {
         Tier::Portable => true,
         Tier::Avx2 => has!("avx2") && has!("fma") && has!("f16c"),
         Tier::Avx512 => has!("avx512f") && has!("avx512dq"),
-        Tier::Avx512Bf16 => has!("avx512bw") && has!("avx512vl") && has!("avx512bf16"),
+        Tier::Avx512Bf16 => {
+            has!("avx512bw") && has!("avx512vl") && has!("avx512bf16") && has!("avx512vnni")
+        }
         Tier::Amx => amx_granted(),
     }
 }
