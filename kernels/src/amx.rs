@@ -12,6 +12,12 @@
 //! AMX reads (pairs of consecutive k interleaved per column, "VNNI" order). The product is
 //! computed in 32 × 32 blocks held in four accumulator tiles.
 //! `WHISPERD_AMX=0` turns it off (for comparisons).
+//!
+//! CPUs with AVX-512 BF16 but no AMX (AMD Zen 4, Intel Cooper Lake) multiply the same operands,
+//! in the same layout, with `vdpbf16ps` (16 columns × one pair of k per instruction): the q8
+//! encoder's attention runs here on them ([`attention_on`]), so every bf16 tier computes it
+//! alike. Its projections stay on the integer kernels there (`intgemm`: 10-bit weights, more
+//! exact than bf16's 8-bit mantissa).
 
 use rayon::prelude::*;
 
@@ -212,9 +218,40 @@ impl PackedB {
     }
 }
 
+/// Whether this CPU multiplies bf16 operands ([`Tier::Avx512Bf16`] and up: AMX tiles where
+/// granted, else AVX-512 BF16).
+pub fn bf16_available() -> bool {
+    Tier::best() >= Tier::Avx512Bf16
+}
+
+/// One 32-row block of `A · B` on `tier`'s kernel.
+///
+/// # Safety
+/// `tier` is available and at least [`Tier::Avx512Bf16`]; `rows` points to 32 writable rows of
+/// `b.n_pad` values (block `mb` of the output); they need not be initialized.
+unsafe fn block_row_on(tier: Tier, a: &Bf16Rows, mb: usize, b: &PackedB, rows: *mut f32) {
+    assert_eq!(a.k_pad, b.k_pad, "inner dimensions differ");
+    if tier >= Tier::Amx {
+        return imp::block_row(a, mb, b, rows);
+    }
+    #[cfg(target_arch = "x86_64")]
+    if tier >= Tier::Avx512Bf16 {
+        return avx512::block_row(a, mb, b, rows);
+    }
+    unreachable!("bf16 products need Avx512Bf16 or Amx, not {tier:?}")
+}
+
 /// `A · B` as `(m, n_pad)` f32, row stride `n_pad` (columns ≥ n are zero: padding).
 /// The caller checks [`available`] first.
 pub fn matmul_padded(a: &Bf16Rows, b: &PackedB) -> Vec<f32> {
+    matmul_padded_on(Tier::best(), a, b)
+}
+
+fn matmul_padded_on(tier: Tier, a: &Bf16Rows, b: &PackedB) -> Vec<f32> {
+    assert!(
+        tier >= Tier::Avx512Bf16 && tier.is_available(),
+        "bf16 products need Avx512Bf16 or Amx, not {tier:?}"
+    );
     assert_eq!(a.k_pad, b.k_pad, "inner dimensions differ");
     let n_pad = b.n_pad;
     let len = a.m_pad * n_pad;
@@ -225,9 +262,9 @@ pub fn matmul_padded(a: &Bf16Rows, b: &PackedB) -> Vec<f32> {
         .par_chunks_mut(BLOCK * n_pad)
         .enumerate()
         .for_each(|(mb, rows)| {
-            // SAFETY: `available()` was true (the caller's contract), so tiles are permitted;
-            // `rows` is block `mb` of `c`: 32 rows of `n_pad` (sizes set above).
-            unsafe { imp::block_row(a, mb, b, rows.as_mut_ptr().cast()) }
+            // SAFETY: `tier` is available (asserted above); `rows` is block `mb` of `c`: 32
+            // rows of `n_pad` (sizes set above).
+            unsafe { block_row_on(tier, a, mb, b, rows.as_mut_ptr().cast()) }
         });
     // SAFETY: `block_row` stored all 32 × n_pad values of every block, so all `len` are set.
     unsafe { c.set_len(len) };
@@ -237,7 +274,11 @@ pub fn matmul_padded(a: &Bf16Rows, b: &PackedB) -> Vec<f32> {
 
 /// `A · B` as `(m, n)` (drops padding columns when n is not a multiple of 32).
 pub fn matmul(a: &Bf16Rows, b: &PackedB) -> Vec<f32> {
-    let c = matmul_padded(a, b);
+    matmul_on(Tier::best(), a, b)
+}
+
+fn matmul_on(tier: Tier, a: &Bf16Rows, b: &PackedB) -> Vec<f32> {
+    let c = matmul_padded_on(tier, a, b);
     if b.n == b.n_pad {
         return c;
     }
@@ -333,6 +374,63 @@ mod imp {
     }
 }
 
+/// The same products with AVX-512 BF16 dot products, on the AMX operand layout: a packed
+/// column group (16 columns) is `k_pad / 2` rows of 16 bf16 pairs, contiguous, each row one
+/// `vdpbf16ps` operand against a broadcast pair of `A`'s row.
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use super::{Bf16Rows, PackedB, BLOCK};
+    use std::arch::x86_64::*;
+
+    /// Register tile: 8 rows × 2 groups of 16 columns (one 32-column block): 16 accumulators,
+    /// 2 column vectors and a broadcast of AVX-512's 32 registers.
+    const R: usize = 8;
+    const C: usize = 2;
+
+    /// One 32-row block of `C` (`rows`, stride `n_pad`), as [`super::imp::block_row`].
+    ///
+    /// # Safety
+    /// The CPU has AVX-512 F and BF16; `rows` points to 32 writable rows of `b.n_pad` values.
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    #[allow(clippy::needless_range_loop)]
+    pub unsafe fn block_row(a: &Bf16Rows, mb: usize, b: &PackedB, rows: *mut f32) {
+        let pairs = a.k_pad / 2;
+        // u16 per packed group of 16 columns.
+        let group = a.k_pad * 16;
+        for nb in 0..b.n_pad / BLOCK {
+            let cols = b.tiles.as_ptr().add(2 * nb * group);
+            for r0 in (0..BLOCK).step_by(R) {
+                // Pairs of bf16 of the tile's rows (every block row exists: `m_pad` rows).
+                let a_pairs = a.data.as_ptr().add((mb * BLOCK + r0) * a.k_pad) as *const i32;
+                let mut acc = [[_mm512_setzero_ps(); C]; R];
+                for p in 0..pairs {
+                    let mut bv = [_mm512_setzero_si512(); C];
+                    for c in 0..C {
+                        bv[c] = _mm512_loadu_si512(cols.add(c * group + p * 32).cast());
+                    }
+                    for r in 0..R {
+                        let av: __m512bh = std::mem::transmute(_mm512_set1_epi32(
+                            a_pairs.add(r * pairs + p).read_unaligned(),
+                        ));
+                        for c in 0..C {
+                            let bh: __m512bh = std::mem::transmute(bv[c]);
+                            acc[r][c] = _mm512_dpbf16_ps(acc[r][c], av, bh);
+                        }
+                    }
+                }
+                for r in 0..R {
+                    for c in 0..C {
+                        _mm512_storeu_ps(
+                            rows.add((r0 + r) * b.n_pad + nb * BLOCK + c * 16),
+                            acc[r][c],
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
 #[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
 mod imp {
     use super::{Bf16Rows, PackedB};
@@ -359,10 +457,27 @@ pub fn linear(x: &[f32], m: usize, weight: &PackedB, bias: &[f32]) -> Vec<f32> {
     y
 }
 
-/// Multi-head self-attention of the encoder on AMX: `qkv` is the fused `(b, t, 3·d)` q/k/v
+/// Multi-head self-attention of the encoder in bf16: `qkv` is the fused `(b, t, 3·d)` q/k/v
 /// projection (q already scaled), `y` the `(b, t, d)` output with heads side by side; `heads`
-/// divides `d`. The caller checks [`available`] first.
+/// divides `d`. The caller checks [`bf16_available`] first.
 pub fn attention(qkv: &[f32], b: usize, t: usize, d: usize, heads: usize, y: &mut [f32]) {
+    attention_on(Tier::best(), qkv, b, t, d, heads, y)
+}
+
+/// [`attention`] on `tier`'s products (AMX tiles or AVX-512 BF16).
+pub fn attention_on(
+    tier: Tier,
+    qkv: &[f32],
+    b: usize,
+    t: usize,
+    d: usize,
+    heads: usize,
+    y: &mut [f32],
+) {
+    assert!(
+        tier >= Tier::Avx512Bf16 && tier.is_available(),
+        "bf16 attention needs Avx512Bf16 or Amx, not {tier:?}"
+    );
     assert!(
         heads > 0 && d.is_multiple_of(heads),
         "{d} values do not split into {heads} heads"
@@ -399,11 +514,13 @@ pub fn attention(qkv: &[f32], b: usize, t: usize, d: usize, heads: usize, y: &mu
                     let (q, keys, values) = &packed[h];
                     let rows = BLOCK.min(t - mb * BLOCK);
                     scores.resize(BLOCK * keys.n_pad, 0.0);
-                    // SAFETY: the caller checked `available()`; `scores` is one 32-row block of q·kᵀ.
-                    unsafe { imp::block_row(q, mb, keys, scores.as_mut_ptr()) };
+                    // SAFETY: `tier` is available (asserted above); `scores` is one 32-row
+                    // block of q·kᵀ.
+                    unsafe { block_row_on(tier, q, mb, keys, scores.as_mut_ptr()) };
                     let stride = probs.stride();
                     let mut inv_sums = [0f32; BLOCK];
-                    crate::elementwise::exp_to_bf16(
+                    crate::elementwise::exp_to_bf16_on(
+                        tier,
                         scores,
                         keys.n_pad,
                         t,
@@ -415,7 +532,7 @@ pub fn attention(qkv: &[f32], b: usize, t: usize, d: usize, heads: usize, y: &mu
                     // values: their outputs are computed and dropped.
                     let mut out = vec![0f32; BLOCK * values.n_pad];
                     // SAFETY: as above; `out` is one 32-row block of e·v.
-                    unsafe { imp::block_row(probs, 0, values, out.as_mut_ptr()) };
+                    unsafe { block_row_on(tier, probs, 0, values, out.as_mut_ptr()) };
                     out.truncate(rows * values.n_pad);
                     // The softmax's normalization, applied to the product (see `exp_to_bf16`).
                     for (row, inv) in out.chunks_mut(values.n_pad).zip(inv_sums) {
@@ -442,15 +559,15 @@ pub(crate) mod tests {
 
     /// Both operand layouts and shapes that are not multiples of 32, against f64 on the same
     /// bf16-rounded inputs (so the only difference is f32 accumulation order).
-    /// (harness: runs only on [`Tier::Amx`])
+    /// (harness: AMX tiles and AVX-512 BF16)
     pub(crate) fn tiles(tier: Tier) {
-        assert_eq!(tier, Tier::Amx, "AMX tiles have no other version");
         let r = |v: f32| f32::from_bits((bf16(v) as u32) << 16);
         // Odd k and n that are not multiples of 16 exercise the packing's padding.
         for (m, k, n) in [(1500, 64, 1500), (37, 384, 1152), (5, 50, 17), (33, 51, 20)] {
             let a = rand_vec(m * k, 1);
             let w = rand_vec(n * k, 2);
-            let got_rows = matmul(
+            let got_rows = matmul_on(
+                tier,
                 &Bf16Rows::new(&a, m, k, k),
                 &PackedB::from_rows(&w, n, k, k),
             );
@@ -461,7 +578,8 @@ pub(crate) mod tests {
                     wt[i * n + j] = w[j * k + i];
                 }
             }
-            let got_cols = matmul(
+            let got_cols = matmul_on(
+                tier,
                 &Bf16Rows::new(&a, m, k, k),
                 &PackedB::from_cols(&wt, k, n, n),
             );

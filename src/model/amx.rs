@@ -1,8 +1,8 @@
-//! candle glue for the AMX bf16 kernels (`whisperd_kernels::amx`, the encoder under
-//! `--precision q8` where the CPU has AMX): a linear layer and the encoder's self-attention as
-//! candle ops. `WHISPERD_AMX=0` turns AMX off (for comparisons).
+//! candle glue for the bf16 kernels (`whisperd_kernels::amx`, the encoder under
+//! `--precision q8`): a linear layer (where the CPU has AMX) and the encoder's self-attention
+//! (AMX, or AVX-512 BF16) as candle ops. `WHISPERD_AMX=0` turns AMX off (for comparisons).
 
-pub use whisperd_kernels::amx::{available, matmul, Bf16Rows, PackedB};
+pub use whisperd_kernels::amx::{available, bf16_available, matmul, Bf16Rows, PackedB};
 
 /// A linear layer `y = x·Wᵀ + b` on AMX, as a candle op over `(…, inp)` f32 inputs.
 pub struct Linear {
@@ -91,8 +91,8 @@ impl candle_core::CustomOp1 for Attention {
         if d3 % 3 != 0 || self.heads == 0 || d % self.heads != 0 {
             candle_core::bail!("{d3} values per position do not split into q, k, v heads");
         }
-        if !available() {
-            candle_core::bail!("AMX attention needs AMX-BF16 tiles");
+        if !bf16_available() {
+            candle_core::bail!("bf16 attention needs AVX-512 BF16 or AMX-BF16");
         }
         let mut y = vec![0f32; b * t * d];
         whisperd_kernels::amx::attention(qkv, b, t, d, self.heads, &mut y);

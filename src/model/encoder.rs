@@ -63,7 +63,8 @@ pub enum EncoderMath {
     F32,
     /// bf16 on Intel AMX tiles (see `amx`).
     AmxBf16,
-    /// 10-bit integer weights, 16-bit integer arithmetic on AVX2 (see `intgemm`).
+    /// 10-bit integer weights, 16-bit integer arithmetic on AVX2 or AVX-512 VNNI (see
+    /// `intgemm`); the self-attention in bf16 where the CPU has AVX-512 BF16 (as AMX's is).
     Int8Avx2,
 }
 
@@ -102,7 +103,14 @@ struct SelfAttention {
 
 impl SelfAttention {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        if let Proj::Amx(_) = self.qkv {
+        // Lossy projections (q8) take the bf16 attention where the CPU multiplies bf16: AMX's
+        // tiles, or AVX-512 BF16 beside the integer projections.
+        let bf16 = match self.qkv {
+            Proj::Amx(_) => true,
+            Proj::Int(_) => x.device().is_cpu() && super::amx::bf16_available(),
+            Proj::F32(_) => false,
+        };
+        if bf16 {
             let qkv = self.qkv.forward(x)?;
             let y = qkv.apply_op1_no_bwd(&super::amx::Attention { heads: self.n_head })?;
             return self.out.forward(&y);
