@@ -196,3 +196,89 @@ fn language_detection_and_possible_languages() {
         }
     ));
 }
+
+use whisperd::decode::{DecodeError, ModelRunner};
+use whisperd::model::{AlignOutput, AlignRequest, DecoderState, Whisper};
+
+/// Counts the network calls a transcription makes, passing them on to the model.
+struct Counting<'a> {
+    model: &'a Whisper,
+    encodes: std::sync::atomic::AtomicUsize,
+    prepares: std::sync::atomic::AtomicUsize,
+}
+
+impl ModelRunner for Counting<'_> {
+    fn whisper(&self) -> &Whisper {
+        self.model
+    }
+    fn encode(&self, mel: candle_core::Tensor) -> Result<candle_core::Tensor, DecodeError> {
+        self.encodes
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        <Whisper as ModelRunner>::encode(self.model, mel)
+    }
+    fn prepare(&self, features: &candle_core::Tensor) -> Result<DecoderState, DecodeError> {
+        self.prepares
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        <Whisper as ModelRunner>::prepare(self.model, features)
+    }
+    fn prefill(
+        &self,
+        state: &mut DecoderState,
+        tokens: &[u32],
+        rows: &[usize],
+    ) -> Result<Vec<Vec<f32>>, DecodeError> {
+        <Whisper as ModelRunner>::prefill(self.model, state, tokens, rows)
+    }
+    fn step(
+        &self,
+        lanes: &mut [DecoderState],
+        tokens: &[u32],
+    ) -> Result<Vec<Vec<f32>>, DecodeError> {
+        <Whisper as ModelRunner>::step(self.model, lanes, tokens)
+    }
+    fn align(
+        &self,
+        state: &mut DecoderState,
+        req: AlignRequest,
+    ) -> Result<AlignOutput, DecodeError> {
+        <Whisper as ModelRunner>::align(self.model, state, req)
+    }
+}
+
+/// Detecting the language reads the first window's audio keys and values that decoding then
+/// uses: computed once per window (they cost ~9 GFLOP a window on base), not again for the
+/// detection; the transcript is the same as with the language given.
+#[test]
+fn language_detection_reuses_the_windows_audio_keys_and_values() {
+    let Some(dir) = base_model() else { return };
+    let engine = Engine::load(&dir).expect("load the base model");
+    let es = read("eval/multilingual/es/picovoice-leopard-test_es.wav");
+    let prepared = engine
+        .prepare_bytes(es, None, &TranscribeOptions::default())
+        .expect("prepare");
+    let counting = Counting {
+        model: &engine.model,
+        encodes: Default::default(),
+        prepares: Default::default(),
+    };
+    let detected = engine
+        .transcribe_prepared_with(&counting, &prepared, &TranscribeOptions::default())
+        .expect("transcribe");
+    assert_eq!(detected.language, "es");
+    let (encodes, prepares) = (
+        counting.encodes.into_inner(),
+        counting.prepares.into_inner(),
+    );
+    assert!(encodes >= 1);
+    assert_eq!(prepares, encodes, "one cross-attention setup per window");
+    let given = engine
+        .transcribe_prepared(
+            &prepared,
+            &TranscribeOptions {
+                language: Some("es".into()),
+                ..Default::default()
+            },
+        )
+        .expect("transcribe");
+    assert_eq!(detected.text, given.text);
+}

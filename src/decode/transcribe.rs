@@ -13,7 +13,7 @@ use super::window::{
 };
 use super::{DecodeError, TranscribeOptions};
 use crate::mel::{Mel, HOP_LENGTH, N_FRAMES};
-use crate::model::Whisper;
+use crate::model::{DecoderState, Whisper};
 use crate::output::{Segment, Transcript};
 
 /// Mel frames per timestamp step (3000 frames / 1500 encoder positions).
@@ -48,8 +48,20 @@ pub fn language_probabilities(
     allowed: &[String],
 ) -> Result<Vec<(&'static str, f32)>, DecodeError> {
     let mut state = runner.prepare(features)?;
+    language_probabilities_in(runner, tok, &mut state, allowed)
+}
+
+/// As [`language_probabilities`], over a window's prepared decoding state (its audio keys and
+/// values computed once for detection and decoding alike); the state's tokens are reset.
+fn language_probabilities_in(
+    runner: &dyn ModelRunner,
+    tok: &WhisperTokenizer,
+    state: &mut DecoderState,
+    allowed: &[String],
+) -> Result<Vec<(&'static str, f32)>, DecodeError> {
+    state.reset();
     let logits = runner
-        .prefill(&mut state, &[tok.specials.sot], &[0])?
+        .prefill(state, &[tok.specials.sot], &[0])?
         .pop()
         .unwrap_or_default();
     drop(SequenceGuard(runner));
@@ -144,8 +156,22 @@ pub fn transcribe(
         let mel_window = mel.window(seek, segment_size)?;
         let features = tracing::debug_span!("encoder", frames = segment_size as i64)
             .in_scope(|| runner.encode(window_tensor(model, mel, &mel_window)?))?;
+        // Every decoder step of this window (and its fallback attempts) in one span, not one per token.
+        let decoder_span = tracing::debug_span!(
+            "decoder",
+            tokens = tracing::field::Empty,
+            temperature = tracing::field::Empty,
+            outcome = tracing::field::Empty
+        );
+        // The window's audio keys and values, computed once: language detection (first window
+        // only) and decoding both read them.
+        let mut state = decoder_span.in_scope(|| runner.prepare(&features))?;
+        drop(features);
         if language.is_none() {
-            let (code, p) = detect_language(runner, tok, &features, &o.languages)?;
+            let (code, p) = language_probabilities_in(runner, tok, &mut state, &o.languages)?
+                .first()
+                .copied()
+                .unwrap_or(("en", 0.0));
             tracing::info!(language = code, probability = p, "detected language");
             language = Some(code.to_string());
         }
@@ -162,15 +188,6 @@ pub fn transcribe(
             keywords: keywords.clone(),
             text_probs: o.word_timestamps,
         };
-        // Every decoder step of this window (and its fallback attempts) in one span, not one per token.
-        let decoder_span = tracing::debug_span!(
-            "decoder",
-            tokens = tracing::field::Empty,
-            temperature = tracing::field::Empty,
-            outcome = tracing::field::Empty
-        );
-        let mut state = decoder_span.in_scope(|| runner.prepare(&features))?;
-        drop(features);
         let chosen = decoder_span.in_scope(|| {
             decode_window(
                 runner,
