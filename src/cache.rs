@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use sha2::{Digest, Sha256};
 
 use crate::decode::TranscribeOptions;
-use crate::output::Transcript;
+use crate::transcript::Transcript;
 
 /// SHA-256 of the audio bytes, hex.
 pub fn audio_hash(bytes: &[u8]) -> String {
@@ -206,7 +206,7 @@ mod tests {
 
     #[test]
     fn transcripts_round_trip_with_their_token_fields() {
-        let seg = crate::output::Segment {
+        let seg = crate::transcript::Segment {
             id: 0,
             seek: 0,
             start: 0.0,

@@ -14,7 +14,7 @@ use crate::decode::{
 use crate::diarize::Diarizer;
 use crate::mel::{MelSpectrogram, N_SAMPLES};
 use crate::model::{ModelError, Precision, Whisper};
-use crate::output::{Segment, Transcript};
+use crate::transcript::{Segment, Transcript};
 use crate::vad::{self, SileroVad, SpeechMap, VadOptions};
 
 #[derive(Debug, thiserror::Error)]
@@ -492,7 +492,7 @@ impl Engine {
             let _g = tracing::info_span!("channel", channel = c).entered();
             done.push(self.transcribe_checked(runner, part, o, &mut |_| {})?);
         }
-        let t = crate::output::merge_channels(done);
+        let t = crate::transcript::merge_channels(done);
         for s in &t.segments {
             on_segment(s);
         }
@@ -534,7 +534,7 @@ impl Engine {
             }
         }
         t.duration = p.duration_s;
-        t.speech = Some(crate::output::SpeechStats {
+        t.speech = Some(crate::transcript::SpeechStats {
             vad: p.speech.vad,
             speech_duration: p.speech.speech_seconds(),
             skipped_duration: p.speech.skipped_seconds(),
@@ -607,7 +607,7 @@ impl Engine {
             duration: p.duration_s,
             segments: Vec::new(),
             fallbacks: Vec::new(),
-            speech: Some(crate::output::SpeechStats {
+            speech: Some(crate::transcript::SpeechStats {
                 vad: p.speech.vad,
                 speech_duration: p.speech.speech_seconds(),
                 skipped_duration: p.speech.skipped_seconds(),
@@ -616,7 +616,7 @@ impl Engine {
                 probs
                     .into_iter()
                     .map(
-                        |(language, probability)| crate::output::LanguageProbability {
+                        |(language, probability)| crate::transcript::LanguageProbability {
                             language,
                             probability,
                         },

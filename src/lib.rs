@@ -14,11 +14,13 @@ pub mod mel;
 pub mod model;
 pub mod output;
 pub mod scheduler;
+pub mod transcript;
 pub mod vad;
 
 pub use decode::{Task, TranscribeOptions};
 pub use engine::{Engine, EngineError};
-pub use output::{Format, Segment, Transcript};
+pub use output::Format;
+pub use transcript::{Segment, Transcript};
 
 /// Convert a model directory to the Hugging Face layout (`whisperd convert --to safetensors`).
 pub fn convert_to_safetensors(

@@ -47,7 +47,7 @@ fn options(beam_size: usize) -> TranscribeOptions {
     }
 }
 
-fn transcribe(path: &str, o: &TranscribeOptions) -> whisperd::output::Transcript {
+fn transcribe(path: &str, o: &TranscribeOptions) -> whisperd::transcript::Transcript {
     let e = engine();
     let pcm = Engine::load_audio(read(&format!("eval/{path}"))).expect("audio");
     let p = e.prepare(&pcm, &o.vad).expect("prepare");
@@ -131,7 +131,7 @@ fn wider_beams_and_patience_still_end_and_never_score_worse_than_greedy_on_jfk()
             "{o:?}: {}",
             t.text
         );
-        let avg = |t: &whisperd::output::Transcript| {
+        let avg = |t: &whisperd::transcript::Transcript| {
             t.segments.iter().map(|s| s.avg_logprob).sum::<f32>() / t.segments.len() as f32
         };
         assert!(

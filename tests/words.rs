@@ -10,7 +10,7 @@ mod common;
 use common::{base_model, engine, read, start_scheduler};
 use whisperd::audio::Pcm;
 use whisperd::engine::{Engine, Prepared};
-use whisperd::output::Word;
+use whisperd::transcript::Word;
 use whisperd::{TranscribeOptions, Transcript};
 
 fn word_options() -> TranscribeOptions {

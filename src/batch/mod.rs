@@ -20,7 +20,8 @@ use serde::{Deserialize, Serialize};
 use crate::cache::{audio_hash, cache_key, ResultCache};
 use crate::decode::ModelRunner;
 use crate::engine::{Engine, EngineError, Prepared};
-use crate::output::{Format, Transcript};
+use crate::output::Format;
+use crate::transcript::Transcript;
 use crate::TranscribeOptions;
 pub use inputs::{
     assign_outputs, check_output_dir, expand, read_input, InputError, InputFile, Shard,

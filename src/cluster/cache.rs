@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use sha2::{Digest, Sha256};
 
 use super::RedisLink;
-use crate::output::Transcript;
+use crate::transcript::Transcript;
 
 /// How long a flight lock lives without a refresh: a holder that died frees it within this.
 const LOCK_TTL: Duration = Duration::from_secs(10);

@@ -13,7 +13,7 @@ use super::window::{initial_tokens, WindowOptions};
 use super::DecodeError;
 use crate::mel::N_FRAMES;
 use crate::model::{AlignRequest, DecoderState};
-use crate::output::{Segment, Word};
+use crate::transcript::{Segment, Word};
 
 /// Audio positions per second of the encoder output (two mel frames each).
 const TOKENS_PER_SECOND: f64 = 50.0;

@@ -14,7 +14,7 @@ use super::window::{
 use super::{DecodeError, TranscribeOptions};
 use crate::mel::{Mel, HOP_LENGTH, N_FRAMES};
 use crate::model::{DecoderState, Whisper};
-use crate::output::{Segment, Transcript};
+use crate::transcript::{Segment, Transcript};
 
 /// Mel frames per timestamp step (3000 frames / 1500 encoder positions).
 const INPUT_STRIDE: usize = 2;

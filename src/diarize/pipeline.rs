@@ -23,7 +23,7 @@ use super::ge2e::EMBEDDING;
 use super::ge2e::{SpeakerEncoder, SpeakerError, N_MELS};
 use super::{cluster, speaker_of, turns, window_starts, ClusterOptions, Turn};
 use crate::audio::Samples;
-use crate::output::{Segment, Transcript};
+use crate::transcript::{Segment, Transcript};
 use crate::vad::{self, SileroVad, VadOptions};
 
 /// Mel frames per second (10-ms hop).
@@ -851,7 +851,7 @@ mod tests {
             no_speech_prob: 0.0,
             words: words.map(|w| {
                 w.into_iter()
-                    .map(|(word, start, end)| crate::output::Word {
+                    .map(|(word, start, end)| crate::transcript::Word {
                         word: word.into(),
                         start,
                         end,

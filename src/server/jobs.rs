@@ -270,7 +270,7 @@ fn result_json(job: &Job) -> Option<serde_json::Value> {
 }
 
 /// The transcript of a succeeded job, decoded.
-fn transcript(job: &Job) -> Option<crate::output::Transcript> {
+fn transcript(job: &Job) -> Option<crate::transcript::Transcript> {
     job.result
         .as_deref()
         .and_then(crate::cache::decode_transcript)
@@ -560,7 +560,7 @@ enum RunEnd {
 async fn run(state: &AppState, jobs: &Jobs, job: &Job) -> RunEnd {
     let fields: HashMap<String, String> = job.request.fields.clone().into_iter().collect();
     let failed = |e: ApiError| RunEnd::Done(Outcome::Failed(job_error(&e)));
-    let succeeded = |t: &crate::output::Transcript| {
+    let succeeded = |t: &crate::transcript::Transcript| {
         RunEnd::Done(Outcome::Succeeded(crate::cache::encode_transcript(t)))
     };
     let options = match routes::parse_options(Api::Native, &fields, &state.defaults) {

@@ -36,7 +36,7 @@ use super::error::ApiError;
 use super::worker::{self, Shared};
 use super::AppState;
 use crate::audio::resample::StreamResampler;
-use crate::output::Transcript;
+use crate::transcript::Transcript;
 use crate::vad::silero::SileroStream;
 use crate::TranscribeOptions;
 

@@ -167,7 +167,7 @@ pub struct DetectedLanguage {
     pub language: String,
     pub probability: f32,
     /// The five most likely, most likely first.
-    pub top: Vec<crate::output::LanguageProbability>,
+    pub top: Vec<crate::transcript::LanguageProbability>,
 }
 
 /// `GET /info`: what this server is and runs (open, like `/health`).

@@ -23,7 +23,8 @@ use super::disconnect::ClientSocket;
 use super::error::ApiError;
 use super::worker::{Pending, Progress, Shared};
 use crate::decode::Task;
-use crate::output::{Format, RenderOptions, Segment, Transcript};
+use crate::output::{Format, RenderOptions};
+use crate::transcript::{Segment, Transcript};
 
 /// A comment line sent while no text is ready, so proxies keep the connection and a closed
 /// client is noticed.

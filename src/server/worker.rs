@@ -20,7 +20,7 @@ use super::models::{Lease, Models};
 use crate::audio::AudioError;
 use crate::cache::ResultCache;
 use crate::engine::{Engine, EngineError, Prepared};
-use crate::output::{Segment, Transcript};
+use crate::transcript::{Segment, Transcript};
 use crate::TranscribeOptions;
 
 pub type JobResult = Result<Arc<Transcript>, ApiError>;

@@ -256,7 +256,7 @@ impl SpeechMap {
     }
 
     /// A segment (and its words) from the joined audio's timeline to the recording's.
-    pub fn map_segment(&self, s: &mut crate::output::Segment) {
+    pub fn map_segment(&self, s: &mut crate::transcript::Segment) {
         (s.start, s.end) = self.original_span(s.start, s.end);
         for w in s.words.iter_mut().flatten() {
             (w.start, w.end) = self.original_span(w.start, w.end);
