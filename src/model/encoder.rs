@@ -6,7 +6,7 @@ use candle_nn::{LayerNorm, Linear};
 use rayon::prelude::*;
 
 use super::weights::Weights;
-use super::{ModelDims, ModelError};
+use super::{AttentionMath, ModelDims, ModelError, Numerics};
 
 const LN_EPS: f64 = 1e-5;
 
@@ -99,23 +99,17 @@ struct SelfAttention {
     qkv: Proj,
     out: Proj,
     n_head: usize,
+    math: AttentionMath,
 }
 
 impl SelfAttention {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        // Lossy projections (q8) take the bf16 attention where the CPU multiplies bf16: AMX's
-        // tiles, or AVX-512 BF16 beside the integer projections.
-        let bf16 = match self.qkv {
-            Proj::Amx(_) => true,
-            Proj::Int(_) => x.device().is_cpu() && super::amx::bf16_available(),
-            Proj::F32(_) => false,
-        };
-        if bf16 {
+        if self.math == AttentionMath::Bf16 {
             let qkv = self.qkv.forward(x)?;
             let y = qkv.apply_op1_no_bwd(&super::amx::Attention { heads: self.n_head })?;
             return self.out.forward(&y);
         }
-        if x.device().is_cpu() && super::attention::available() {
+        if self.math == AttentionMath::F32Fused && x.device().is_cpu() {
             let qkv = self.qkv.forward(x)?.contiguous()?;
             let y = qkv.apply_op1_no_bwd(&super::attention::Attention { heads: self.n_head })?;
             return self.out.forward(&y);
@@ -258,7 +252,8 @@ pub struct AudioEncoder {
 
 impl AudioEncoder {
     /// `math`: how the convolutions' and blocks' projections compute (the caller decides).
-    pub fn new(w: &Weights, dims: &ModelDims, math: EncoderMath) -> Result<Self, ModelError> {
+    pub fn new(w: &Weights, dims: &ModelDims, numerics: Numerics) -> Result<Self, ModelError> {
+        let math = numerics.encoder;
         let d = dims.n_audio_state;
         let blocks = (0..dims.n_audio_layer)
             .map(|i| {
@@ -272,6 +267,7 @@ impl AudioEncoder {
                         )?,
                         out: Proj::new(linear(w, &format!("{p}.self_attn.out_proj"), d, d)?, math)?,
                         n_head: dims.n_audio_head,
+                        math: numerics.attention,
                     },
                     mlp_ln: layer_norm(w, &format!("{p}.final_layer_norm"), d)?,
                     fc1: Proj::new(linear(w, &format!("{p}.fc1"), 4 * d, d)?, math)?,

@@ -105,8 +105,67 @@ fn numerics_allowed(
     Ok(())
 }
 
+/// How the network computes, chosen once at load from the precision, the device and what the
+/// CPU has (see [`Numerics::choose`]), logged once as `model numerics`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Numerics {
+    pub precision: Precision,
+    /// The encoder's 1500-row projections (and the decoder's cross-attention keys/values).
+    pub encoder: EncoderMath,
+    /// The encoder's self-attention.
+    pub attention: AttentionMath,
+    /// The widest tier of whisperd's own kernels in use.
+    pub tier: whisperd_kernels::isa::Tier,
+}
+
+/// How the encoder's self-attention computes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttentionMath {
+    /// bf16 products with f32 sums (AMX tiles or AVX-512 BF16): q8 only, lossy like its
+    /// projections.
+    Bf16,
+    /// f32, fused per head and block of queries (AVX2 and up).
+    F32Fused,
+    /// f32 in candle ops (a CPU without AVX2, or a GPU).
+    F32,
+}
+
+impl Numerics {
+    /// The numerics for `precision` on `device`, or the reason that pair cannot run. q8 is the
+    /// lossy, fast setting: its encoder runs in bf16 on AMX where the CPU has it, else in
+    /// integers (10-bit weights) on AVX2 or VNNI with the attention in bf16 where the CPU has
+    /// AVX-512 BF16.
+    pub fn choose(precision: Precision, device: &Device) -> Result<Self, ModelError> {
+        check_numerics(precision, device)?;
+        let cpu = device.is_cpu();
+        let encoder = if precision != Precision::Q8 || !cpu {
+            EncoderMath::F32
+        } else if amx::available() {
+            EncoderMath::AmxBf16
+        } else if intgemm::available() {
+            EncoderMath::Int8Avx2
+        } else {
+            EncoderMath::F32
+        };
+        let attention = match encoder {
+            EncoderMath::AmxBf16 => AttentionMath::Bf16,
+            EncoderMath::Int8Avx2 if amx::bf16_available() => AttentionMath::Bf16,
+            _ if cpu && attention::available() => AttentionMath::F32Fused,
+            _ => AttentionMath::F32,
+        };
+        Ok(Self {
+            precision,
+            encoder,
+            attention,
+            tier: whisperd_kernels::isa::Tier::best(),
+        })
+    }
+}
+
 /// A loaded Whisper model: encoder and decoder on one device.
 pub struct Whisper {
+    /// How it computes (chosen once at load).
+    pub numerics: Numerics,
     pub dims: ModelDims,
     pub encoder: AudioEncoder,
     pub decoder: TextDecoder,
@@ -132,24 +191,20 @@ impl Whisper {
         device: &Device,
         precision: Precision,
     ) -> Result<Self, ModelError> {
-        check_numerics(precision, device)?;
+        let numerics = Numerics::choose(precision, device)?;
         let dims = w.dims()?;
-        // q8 is the lossy, fast setting: its encoder runs in bf16 on AMX where the CPU has it,
-        // else in integers (10-bit weights) on AVX2.
-        let math = if precision != Precision::Q8 || !device.is_cpu() {
-            EncoderMath::F32
-        } else if amx::available() {
-            EncoderMath::AmxBf16
-        } else if intgemm::available() {
-            EncoderMath::Int8Avx2
-        } else {
-            EncoderMath::F32
-        };
-        let amx = math == EncoderMath::AmxBf16;
-        tracing::info!(?precision, encoder = ?math, "model numerics");
-        let encoder = AudioEncoder::new(&w, &dims, math)?;
+        tracing::info!(
+            ?precision,
+            encoder = ?numerics.encoder,
+            attention = ?numerics.attention,
+            tier = numerics.tier.name(),
+            "model numerics"
+        );
+        let encoder = AudioEncoder::new(&w, &dims, numerics)?;
+        let amx = numerics.encoder == EncoderMath::AmxBf16;
         let decoder = TextDecoder::new(&w, &dims, precision, amx)?;
         Ok(Self {
+            numerics,
             alignment_heads: default_alignment_heads(&dims),
             dims,
             encoder,
@@ -256,6 +311,31 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("CPU only") && e.contains("Cuda"), "{e}");
+    }
+
+    /// One value says how the model computes: f32 is never lossy; q8 takes the fastest lossy
+    /// path this CPU has, with the attention in bf16 wherever the CPU multiplies bf16.
+    #[test]
+    fn numerics_follow_precision_and_cpu() {
+        let f = Numerics::choose(Precision::F32, &Device::Cpu).unwrap();
+        assert_eq!(f.encoder, EncoderMath::F32);
+        assert_ne!(f.attention, AttentionMath::Bf16);
+        assert_eq!(
+            f.attention == AttentionMath::F32Fused,
+            attention::available()
+        );
+        let q = Numerics::choose(Precision::Q8, &Device::Cpu).unwrap();
+        let want = if amx::available() {
+            (EncoderMath::AmxBf16, AttentionMath::Bf16)
+        } else if intgemm::available() && amx::bf16_available() {
+            (EncoderMath::Int8Avx2, AttentionMath::Bf16)
+        } else if intgemm::available() {
+            (EncoderMath::Int8Avx2, AttentionMath::F32Fused)
+        } else {
+            (EncoderMath::F32, AttentionMath::F32)
+        };
+        assert_eq!((q.encoder, q.attention), want);
+        assert_eq!(q.tier, whisperd_kernels::isa::Tier::best());
     }
 
     fn dims() -> ModelDims {
