@@ -209,36 +209,6 @@ impl Panel<'_> {
         assert!(mr <= mr_max && groups <= vr && k.is_multiple_of(LANES) && a_scale.len() == mr);
         assert!(out.len() > (mr - 1) * ldo && out.len() - (mr - 1) * ldo >= self.cols);
         #[cfg(target_arch = "x86_64")]
-        if tier >= Tier::Avx512Bf16 {
-            let args = (
-                a.as_ptr(),
-                self.w.as_ptr(),
-                k,
-                a_scale.as_ptr(),
-                self.w_scale.as_ptr(),
-                self.bias.as_ptr(),
-                out.as_mut_ptr(),
-                ldo,
-                self.cols,
-            );
-            macro_rules! shapes {
-                ($(($r:literal, $g:literal))*) => {
-                    match (mr, groups) {
-                        // SAFETY: AVX-512 F/VL/VNNI are in every tier from `Avx512Bf16`
-                        // (`isa::detect`); the slices hold the rows, groups and columns the
-                        // kernel reads and writes (asserted above).
-                        $(($r, $g) => return unsafe { x86::vnni_tile::<$r, $g>(args) },)*
-                        _ => {}
-                    }
-                };
-            }
-            shapes!(
-                (6, 4)(6, 3)(6, 2)(6, 1)(5, 4)(5, 3)(5, 2)(5, 1)(4, 4)(4, 3)(4, 2)(4, 1)(3, 4)(
-                    3, 3
-                )(3, 2)(3, 1)(2, 4)(2, 3)(2, 2)(2, 1)(1, 4)(1, 3)(1, 2)(1, 1)
-            );
-        }
-        #[cfg(target_arch = "x86_64")]
         if tier >= Tier::Avx2 {
             let args = (
                 a.as_ptr(),
@@ -251,22 +221,26 @@ impl Panel<'_> {
                 ldo,
                 self.cols,
             );
-            // SAFETY: AVX2 is in every tier from `Avx2` (`Tier::available`); the slices hold
-            // the rows, groups and columns the kernel reads and writes (asserted above).
-            unsafe {
-                match (mr, groups) {
-                    (5, 2) => return x86::avx2_tile::<5, 2>(args),
-                    (5, 1) => return x86::avx2_tile::<5, 1>(args),
-                    (4, 2) => return x86::avx2_tile::<4, 2>(args),
-                    (4, 1) => return x86::avx2_tile::<4, 1>(args),
-                    (3, 2) => return x86::avx2_tile::<3, 2>(args),
-                    (3, 1) => return x86::avx2_tile::<3, 1>(args),
-                    (2, 2) => return x86::avx2_tile::<2, 2>(args),
-                    (2, 1) => return x86::avx2_tile::<2, 1>(args),
-                    (1, 2) => return x86::avx2_tile::<1, 2>(args),
-                    (1, 1) => return x86::avx2_tile::<1, 1>(args),
-                    _ => {}
-                }
+            // One arm per tile shape the row blocks can leave (rows × groups).
+            macro_rules! shapes {
+                ($kernel:ident: $($r:literal x $g:literal),*) => {
+                    match (mr, groups) {
+                        // SAFETY: the kernel's features are in `tier` (`isa::detect`: AVX2 from
+                        // `Avx2`, AVX-512 F/VL/VNNI from `Avx512Bf16`), which is available (the
+                        // caller's contract); the slices hold the rows, groups and columns the
+                        // kernel reads and writes (asserted above).
+                        $(($r, $g) => return unsafe { x86::$kernel::<$r, $g>(args) },)*
+                        _ => {}
+                    }
+                };
+            }
+            if tier >= Tier::Avx512Bf16 {
+                shapes!(vnni_tile: 6 x 4, 6 x 3, 6 x 2, 6 x 1, 5 x 4, 5 x 3, 5 x 2, 5 x 1,
+                    4 x 4, 4 x 3, 4 x 2, 4 x 1, 3 x 4, 3 x 3, 3 x 2, 3 x 1, 2 x 4, 2 x 3, 2 x 2,
+                    2 x 1, 1 x 4, 1 x 3, 1 x 2, 1 x 1);
+            } else {
+                shapes!(avx2_tile: 5 x 2, 5 x 1, 4 x 2, 4 x 1, 3 x 2, 3 x 1, 2 x 2, 2 x 1, 1 x 2,
+                    1 x 1);
             }
         }
         let _ = tier;
