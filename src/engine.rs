@@ -515,8 +515,11 @@ impl Engine {
             &self.tokenizer,
             &self.suppress,
             &p.mel,
-            p.content_frames,
-            &p.chunk_ends,
+            decode::Content {
+                frames: p.content_frames,
+                chunk_ends: &p.chunk_ends,
+                speech_only: p.speech.vad,
+            },
             o,
             &mut |s| {
                 if p.speech.is_whole() {

@@ -155,6 +155,30 @@ fn vad_on() -> TranscribeOptions {
     }
 }
 
+/// tiny.en ends the first window of this conversation after its first sentence, with 25 s of
+/// three other voices still in it (faster-whisper float32 with its VAD does the same). OpenAI's
+/// loop would then seek past the whole window and drop them; over VAD speech decoding resumes
+/// where the model stopped.
+#[test]
+fn a_window_the_model_ends_early_is_resumed_over_vad_speech() {
+    let pcm = whisperd::audio::load_pcm(read("eval/diarization/mix05.flac"), None).unwrap();
+    let t = engine().transcribe_pcm(&pcm, &vad_on()).unwrap();
+    let spans: Vec<(f64, f64)> = t.segments.iter().map(|s| (s.start, s.end)).collect();
+    // The second voice speaks from 6.1 s to 24.3 s, the third from 25.0 s.
+    assert!(
+        t.segments.iter().any(|s| s.start > 5.0 && s.start < 12.0),
+        "{spans:?}: {}",
+        t.text
+    );
+    let gap = spans[..spans.len().min(8)]
+        .windows(2)
+        .map(|w| w[1].0 - w[0].1)
+        .fold(0.0f64, f64::max);
+    assert!(gap < 3.0, "longest gap {gap:.1} s: {spans:?}");
+    assert!(t.text.contains("Egypt"), "{}", t.text);
+    assert!(t.fallbacks.iter().any(|w| w.resumed_early_end));
+}
+
 /// jfk + `gap` s of digital silence + jfk + `gap` s of white noise at -40 dBFS RMS + jfk.
 fn jfk_three_times(gap: usize) -> Vec<f32> {
     let j = jfk();
@@ -414,6 +438,8 @@ fn server_vad_settings_and_metrics() {
         (400, "vad_threshold".into())
     );
     assert!(s.metric("whisperd_vad_speech_seconds_total{detector=\"silero\"}") > 20.0);
+    let metrics = String::from_utf8(s.get("/metrics").2).unwrap();
+    assert!(metrics.contains("whisperd_window_early_end_resumes_total"));
     assert!(s.metric("whisperd_vad_skipped_seconds_total{detector=\"gate\"}") > 15.0);
     assert!(s.log().contains("speech detected"));
 }

@@ -15,7 +15,7 @@ pub use beam::{parse_length_penalty, BeamOptions, MAX_BEAM_SIZE};
 pub use filters::SuppressTokens;
 pub use runner::{Cancellable, ModelRunner};
 pub use tokens::{SpecialTokens, WhisperTokenizer, TIME_PRECISION};
-pub use transcribe::{detect_language, language_probabilities, transcribe};
+pub use transcribe::{detect_language, language_probabilities, transcribe, Content};
 pub use window::{
     decode_window, initial_tokens, select_fallback, DecodeError, FallbackOutcome, FallbackResult,
     FallbackRules, WindowFallback, WindowOptions, WindowResult,

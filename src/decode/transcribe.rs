@@ -20,6 +20,32 @@ use crate::transcript::{Segment, Transcript};
 const INPUT_STRIDE: usize = 2;
 /// Mel frames per second.
 const FRAMES_PER_SECOND: f64 = 16_000.0 / HOP_LENGTH as f64;
+/// Speech left in a window after the point where the model ended it for the window not to be
+/// given up (see [`early_end_resume`]), in mel frames: 3 s. Inside a chunk of VAD speech a silence
+/// lasts at most `min_silence_duration_ms` (2 s by default) plus padding, so 3 s of joined audio
+/// always hold speech.
+const EARLY_END_RESUME_FRAMES: usize = 300;
+
+/// What of a log-mel holds audio to decode.
+#[derive(Debug, Clone, Copy)]
+pub struct Content<'a> {
+    /// Frames that hold audio (the rest is the 30 s of zero padding).
+    pub frames: usize,
+    /// No window crosses one of these (frames; empty: windows run on to `frames`).
+    pub chunk_ends: &'a [usize],
+    /// The audio is speech as voice activity detection found it, joined: no long silence is left.
+    pub speech_only: bool,
+}
+
+/// Where the next window starts when the model ended this one at `end` (frames from its start,
+/// its last timestamp) while `size` frames of it hold audio. OpenAI's loop trusts such an ending
+/// and moves on by the whole window; small models sometimes end a window after its first
+/// sentence with twenty more seconds of speech in it, which are then never transcribed. When the
+/// audio is VAD speech, what follows `end` is speech, so decoding resumes at `end` (as after a
+/// complete timestamp pair) unless less than [`EARLY_END_RESUME_FRAMES`] remain.
+fn early_end_resume(c: &Content, end: usize, size: usize) -> Option<usize> {
+    (c.speech_only && end > 0 && size.saturating_sub(end) >= EARLY_END_RESUME_FRAMES).then_some(end)
+}
 
 fn window_tensor(model: &Whisper, mel: &Mel, window: &[f32]) -> candle_core::Result<Tensor> {
     Tensor::from_slice(window, (1, mel.n_mels, N_FRAMES), &model.device)
@@ -90,21 +116,20 @@ fn language_probabilities_in(
     Ok(out)
 }
 
-/// Transcribe a whole log-mel (computed with 30 s of zero padding at the end, as OpenAI does).
-/// `content_frames` is the number of frames that hold audio; no window crosses one of
-/// `chunk_ends` (frames; empty: windows run on to `content_frames`). `on_segment` sees each
-/// segment as soon as its window is decoded (streaming).
+/// Transcribe a whole log-mel (computed with 30 s of zero padding at the end, as OpenAI does),
+/// the part of it that `content` says holds audio. `on_segment` sees each segment as soon as its
+/// window is decoded (streaming).
 #[allow(clippy::too_many_arguments)]
 pub fn transcribe(
     runner: &dyn ModelRunner,
     tok: &WhisperTokenizer,
     suppress_tokens: &SuppressTokens,
     mel: &Mel,
-    content_frames: usize,
-    chunk_ends: &[usize],
+    content: Content,
     o: &TranscribeOptions,
     on_segment: &mut dyn FnMut(&Segment),
 ) -> Result<Transcript, DecodeError> {
+    let (content_frames, chunk_ends) = (content.frames, content.chunk_ends);
     let model = runner.whisper();
     let sp = tok.specials.clone();
     let multilingual = model.dims.is_multilingual();
@@ -207,6 +232,7 @@ pub fn transcribe(
         fallbacks.push(WindowFallback {
             outcome: chosen.outcome,
             temperature: r.temperature,
+            resumed_early_end: false,
         });
 
         // A window that is silence: no_speech_prob high and the text unlikely.
@@ -223,6 +249,8 @@ pub fn transcribe(
         }
 
         let mut current: Vec<Segment> = Vec::new();
+        // Set where the model ended the window early and decoding resumes at that point.
+        let mut resumed: Option<usize> = None;
         let tokens = &r.tokens;
         let is_ts: Vec<bool> = tokens.iter().map(|&t| t >= sp.timestamp_begin).collect();
         let single_timestamp_ending =
@@ -245,7 +273,9 @@ pub fn transcribe(
                 last_slice = cur;
             }
             if single_timestamp_ending {
-                seek += segment_size;
+                let end = ts_pos(tokens[tokens.len() - 1]) as usize * INPUT_STRIDE;
+                resumed = early_end_resume(&content, end, segment_size);
+                seek += resumed.unwrap_or(segment_size);
             } else {
                 let last_ts = ts_pos(tokens[last_slice - 1]) as usize;
                 seek += last_ts * INPUT_STRIDE;
@@ -255,6 +285,10 @@ pub fn transcribe(
             if let Some(&last) = tokens.iter().rev().find(|&&t| t >= sp.timestamp_begin) {
                 if last != sp.timestamp_begin {
                     dur = ts_pos(last) * TIME_PRECISION;
+                    if single_timestamp_ending {
+                        let end = ts_pos(last) as usize * INPUT_STRIDE;
+                        resumed = early_end_resume(&content, end, segment_size);
+                    }
                 }
             }
             current.push(new_segment(
@@ -265,7 +299,17 @@ pub fn transcribe(
                 0..tokens.len(),
                 &r,
             )?);
-            seek += segment_size;
+            seek += resumed.unwrap_or(segment_size);
+        }
+        if let Some(end) = resumed {
+            tracing::debug!(
+                ended_s = end as f64 / FRAMES_PER_SECOND,
+                left_s = (segment_size - end) as f64 / FRAMES_PER_SECOND,
+                "the model ended the window with speech left in it: resuming at its last timestamp"
+            );
+            if let Some(w) = fallbacks.last_mut() {
+                w.resumed_early_end = true;
+            }
         }
 
         if o.word_timestamps {
@@ -391,4 +435,31 @@ fn new_segment(
         words: None,
         speaker: None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_window_ended_early_resumes_only_over_vad_speech_with_enough_left() {
+        let vad = Content {
+            frames: 10_000,
+            chunk_ends: &[],
+            speech_only: true,
+        };
+        let raw = Content {
+            speech_only: false,
+            ..vad
+        };
+        // Ended after 5 s of a full window: 25 s of speech follow.
+        assert_eq!(early_end_resume(&vad, 500, N_FRAMES), Some(500));
+        // Without VAD the rest may be silence: OpenAI's rule, the whole window.
+        assert_eq!(early_end_resume(&raw, 500, N_FRAMES), None);
+        // Less than 3 s left, an ending at 0 (no progress) or past the audio: the whole window.
+        assert_eq!(early_end_resume(&vad, 2_750, N_FRAMES), None);
+        assert_eq!(early_end_resume(&vad, 2_700, N_FRAMES), Some(2_700));
+        assert_eq!(early_end_resume(&vad, 0, N_FRAMES), None);
+        assert_eq!(early_end_resume(&vad, 900, 800), None);
+    }
 }

@@ -236,6 +236,9 @@ impl FallbackOutcome {
 pub struct WindowFallback {
     pub outcome: FallbackOutcome,
     pub temperature: f32,
+    /// The model ended the window with speech left in it and the next window resumed where it
+    /// ended (rather than after the whole window, as OpenAI's loop does).
+    pub resumed_early_end: bool,
 }
 
 /// A window's kept result, how fallback chose it, and the last temperature tried (which, as in

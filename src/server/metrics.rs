@@ -41,6 +41,8 @@ pub struct Metrics {
     /// Windows by how temperature fallback ended (`passed` at a temperature, or
     /// `best_of_failed`: every temperature failed, the best-scoring attempt was kept).
     pub fallbacks: IntCounterVec,
+    /// Windows the model ended early with VAD speech left in them, decoding resuming there.
+    pub early_end_resumes: IntCounter,
     pub vad_speech_seconds: prometheus::CounterVec,
     pub vad_skipped_seconds: prometheus::CounterVec,
     /// Diarization: seconds per recording (embedding + clustering), speakers found, windows.
@@ -210,6 +212,11 @@ impl Metrics {
                 ),
                 &["outcome", "temperature"],
             )?,
+            early_end_resumes: IntCounter::new(
+                "whisperd_window_early_end_resumes_total",
+                "Windows the model ended after a sentence with more VAD speech in them: decoding \
+                 resumed where it ended instead of skipping the rest of the window",
+            )?,
             vad_speech_seconds: prometheus::CounterVec::new(
                 Opts::new(
                     "whisperd_vad_speech_seconds_total",
@@ -328,6 +335,7 @@ impl Metrics {
         m.registry
             .register(Box::new(m.model_load_refused.clone()))?;
         m.registry.register(Box::new(m.fallbacks.clone()))?;
+        m.registry.register(Box::new(m.early_end_resumes.clone()))?;
         m.registry
             .register(Box::new(m.vad_speech_seconds.clone()))?;
         m.registry

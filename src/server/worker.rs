@@ -326,6 +326,9 @@ fn run_job(
                 m.fallbacks
                     .with_label_values(&[w.outcome.as_str(), &format!("{:.1}", w.temperature)])
                     .inc();
+                if w.resumed_early_end {
+                    m.early_end_resumes.inc();
+                }
             }
             Ok(Arc::new(t))
         }
