@@ -1,5 +1,5 @@
 //! Speaker diarization (issue #25) through the real binary and the real server: DER of the
-//! transcript's own segments on two conversations of the dev set (`../shared/scripts/der.py`,
+//! transcript's own segments on three conversations of the dev set (`../shared/scripts/der.py`,
 //! 0.25-s collar; the whole set is `make eval`), the speaker count, the OpenAI `diarized_json`
 //! shape, and 400s naming the bad parameter.
 
@@ -53,12 +53,12 @@ fn der(ids: &[&str], dir: &std::path::Path) -> serde_json::Value {
 }
 
 #[test]
-fn the_cli_diarizes_two_dev_conversations_with_the_right_speaker_counts() {
+fn the_cli_diarizes_three_dev_conversations_with_the_right_speaker_counts() {
     if !speaker_model_or_skip() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let ids = ["mix01", "mix04"];
+    let ids = ["mix01", "mix04", "mix05"];
     for id in ids {
         let out = output_within(
             Command::new(env!("CARGO_BIN_EXE_whisperd"))
@@ -88,10 +88,12 @@ fn the_cli_diarizes_two_dev_conversations_with_the_right_speaker_counts() {
     }
     let r = der(&ids, dir.path());
     eprintln!("{r}");
-    assert_eq!(r["speaker_count_correct"], 2, "{r}");
+    assert_eq!(r["speaker_count_correct"], 3, "{r}");
     for f in r["per_file"].as_array().unwrap() {
-        // Measured 8.9 % and 1.0 % (tiny.en, VAD on); confusion is what diarization controls.
-        assert!(f["der"].as_f64().unwrap() < 15.0, "{f}");
+        // Measured 4.4, 1.0 and 1.9 % (tiny.en, VAD on). mix01 was 8.9 % before one speaker's
+        // pauses counted as their turn, mix05 21.7 % before a window the model ended early
+        // was resumed (25 s of speech went untranscribed); confusion is the clustering's part.
+        assert!(f["der"].as_f64().unwrap() < 7.0, "{f}");
         assert!(f["confusion"].as_f64().unwrap() < 3.0, "{f}");
     }
 }

@@ -611,11 +611,36 @@ pub fn assign(t: &mut Transcript, d: &Diarization) {
             }
         }
     }
+    bridge_pauses(&mut out, TURN_PAUSE_S);
     for (i, s) in out.iter_mut().enumerate() {
         s.id = i;
     }
     t.segments = out;
     t.speakers = Some(summarise(&t.segments));
+}
+
+/// A pause shorter than this between two segments of one speaker is part of that speaker's
+/// turn: the pause that does not end speech for voice activity detection by default
+/// (`min_silence_duration_ms`).
+const TURN_PAUSE_S: f64 = crate::vad::VadOptions::DEFAULT.min_silence_duration_ms as f64 / 1000.0;
+
+/// A speaker's turn runs from their first word to their last, pauses included, as diarization
+/// references and other services' utterances count it: a segment followed, after a pause
+/// shorter than `max_pause_s`, by another of the same speaker ends where that one starts.
+/// Segments of different speakers, and the words' own timings, are left as they are.
+fn bridge_pauses(segments: &mut [Segment], max_pause_s: f64) {
+    for i in 1..segments.len() {
+        let (a, b) = segments.split_at_mut(i);
+        let (prev, next) = (&mut a[i - 1], &b[0]);
+        let pause = next.start - prev.end;
+        if prev.speaker.is_some()
+            && prev.speaker == next.speaker
+            && pause > 0.0
+            && pause < max_pause_s
+        {
+            prev.end = next.start;
+        }
+    }
 }
 
 /// Talk time and segment count per speaker, in order of first appearance.
@@ -927,5 +952,27 @@ mod tests {
             t.segments[2].words.as_ref().unwrap()[0].speaker.as_deref(),
             Some("bob")
         );
+    }
+
+    #[test]
+    fn a_pause_shorter_than_the_vads_silence_stays_in_its_speakers_turn() {
+        let mut segs = vec![
+            segment(0.0, 2.0, None),
+            segment(2.9, 4.0, None),
+            segment(4.5, 5.0, None),
+            segment(7.5, 8.0, None),
+            segment(8.0, 9.0, None),
+        ];
+        for (s, who) in segs.iter_mut().zip(["A", "A", "B", "B", "B"]) {
+            s.speaker = Some(who.into());
+        }
+        bridge_pauses(&mut segs, TURN_PAUSE_S);
+        let spans: Vec<(f64, f64)> = segs.iter().map(|s| (s.start, s.end)).collect();
+        // A's 0.9-s pause is bridged; the change of speaker and B's 2.5-s pause are not.
+        assert_eq!(
+            spans,
+            vec![(0.0, 2.9), (2.9, 4.0), (4.5, 5.0), (7.5, 8.0), (8.0, 9.0)]
+        );
+        assert_eq!(TURN_PAUSE_S, 2.0);
     }
 }
