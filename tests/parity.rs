@@ -168,7 +168,7 @@ fn q8_gives_reference_tokens_and_features_close_to_f32() {
     let rel = norm(&diff) / norm(&exact);
     eprintln!(
         "q8 encoder (AMX: {}) relative L2 difference vs f32: {rel:e}",
-        whisperd::model::amx::available()
+        whisperd::model::bf16::amx_available()
     );
     assert!(rel < 2e-2, "relative difference {rel}");
 }

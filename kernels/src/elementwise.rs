@@ -109,7 +109,7 @@ fn exp_to_bf16_portable(
         for (d, &v) in out[r * out_stride..][..n].iter_mut().zip(row) {
             let e = exp(v - max);
             sum += e;
-            *d = crate::amx::bf16(e);
+            *d = crate::bf16::bf16(e);
         }
         *inv = 1.0 / sum;
     }

@@ -63,7 +63,7 @@ const KERNELS: &[Kernel] = &[
     Kernel {
         name: "f32 -> bf16 rows",
         versions: &[Tier::Portable, Tier::Avx512Bf16],
-        check: crate::amx::tests::row_conversion,
+        check: crate::bf16::tests::row_conversion,
     },
     Kernel {
         name: "fused attention f32",
@@ -71,9 +71,9 @@ const KERNELS: &[Kernel] = &[
         check: fused_attention,
     },
     Kernel {
-        name: "bf16 matmul (amx.rs)",
+        name: "bf16 matmul (bf16.rs)",
         versions: &[Tier::Avx512Bf16, Tier::Amx],
-        check: crate::amx::tests::tiles,
+        check: crate::bf16::tests::tiles,
     },
     Kernel {
         name: "bf16 attention",
@@ -139,7 +139,7 @@ fn fused_attention(tier: Tier) {
 
 fn amx_attention(tier: Tier) {
     let diff = attention_diff(|qkv, b, t, d, heads, y| {
-        crate::amx::attention_on(tier, qkv, b, t, d, heads, y)
+        crate::bf16::attention_on(tier, qkv, b, t, d, heads, y)
     });
     // bf16 scores and weights move the averages by ~1e-2.
     assert!(diff < 3e-2, "max diff {diff}");

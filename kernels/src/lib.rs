@@ -1,5 +1,5 @@
 //! whisperd's CPU kernels: the decoder's row matmuls (`rowmatmul`), the encoder's integer GEMM
-//! (`intgemm`) and AMX bf16 tiles (`amx`), the fused encoder attention (`attention`), the
+//! (`intgemm`) and bf16 products on AMX tiles or AVX-512 BF16 (`bf16`), the fused encoder attention (`attention`), the
 //! decoder's attention over its caches (`query`), and exp / softmax / GELU (`elementwise`).
 //!
 //! Slices in, slices out: no candle types. The candle glue (custom ops, tensor wrappers) is in
@@ -7,8 +7,8 @@
 
 #[macro_use]
 pub mod isa;
-pub mod amx;
 pub mod attention;
+pub mod bf16;
 pub mod elementwise;
 pub mod intgemm;
 pub mod par;

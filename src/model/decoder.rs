@@ -142,9 +142,9 @@ enum CrossKv {
         v: Linear,
     },
     Amx {
-        wk: super::amx::Bf16Rows,
+        wk: super::bf16::Bf16Rows,
         bk: Vec<f32>,
-        v: super::amx::Linear,
+        v: super::bf16::Linear,
     },
 }
 
@@ -178,9 +178,9 @@ impl CrossKv {
         Ok(if amx {
             let n = wk.dim(0)?;
             CrossKv::Amx {
-                wk: super::amx::Bf16Rows::new(&wk.flatten_all()?.to_vec1::<f32>()?, n, d, d),
+                wk: super::bf16::Bf16Rows::new(&wk.flatten_all()?.to_vec1::<f32>()?, n, d, d),
                 bk: bk.to_vec1::<f32>()?,
-                v: super::amx::Linear::new(&v)?,
+                v: super::bf16::Linear::new(&v)?,
             }
         } else {
             CrossKv::F32 {
@@ -202,7 +202,7 @@ impl CrossKv {
             CrossKv::Amx { wk, bk, v } => {
                 let (t, d) = audio.dims2()?;
                 let x = audio.flatten_all()?.to_vec1::<f32>()?;
-                let mut kt = super::amx::matmul(wk, &super::amx::PackedB::from_rows(&x, t, d, d));
+                let mut kt = super::bf16::matmul(wk, &super::bf16::PackedB::from_rows(&x, t, d, d));
                 kt.par_chunks_mut(t)
                     .zip(bk)
                     .for_each(|(row, b)| row.iter_mut().for_each(|x| *x += b));

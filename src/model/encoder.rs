@@ -72,7 +72,7 @@ pub enum EncoderMath {
 /// keys/values), as [`EncoderMath`] says.
 pub(super) enum Proj {
     F32(Linear),
-    Amx(super::amx::Linear),
+    Amx(super::bf16::Linear),
     Int(super::intgemm::IntLinear),
 }
 
@@ -80,7 +80,7 @@ impl Proj {
     pub(super) fn new(l: Linear, math: EncoderMath) -> candle_core::Result<Self> {
         Ok(match math {
             EncoderMath::F32 => Proj::F32(l),
-            EncoderMath::AmxBf16 => Proj::Amx(super::amx::Linear::new(&l)?),
+            EncoderMath::AmxBf16 => Proj::Amx(super::bf16::Linear::new(&l)?),
             EncoderMath::Int8Avx2 => Proj::Int(super::intgemm::IntLinear::new(&l)?),
         })
     }
@@ -106,7 +106,7 @@ impl SelfAttention {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         if self.math == AttentionMath::Bf16 {
             let qkv = self.qkv.forward(x)?;
-            let y = qkv.apply_op1_no_bwd(&super::amx::Attention { heads: self.n_head })?;
+            let y = qkv.apply_op1_no_bwd(&super::bf16::Attention { heads: self.n_head })?;
             return self.out.forward(&y);
         }
         if self.math == AttentionMath::F32Fused && x.device().is_cpu() {
@@ -348,7 +348,7 @@ mod tests {
                 .transpose(1, 2)
                 .unwrap();
             let mut modes = vec![EncoderMath::F32];
-            if super::super::amx::available() {
+            if super::super::bf16::amx_available() {
                 modes.push(EncoderMath::AmxBf16);
             }
             if super::super::intgemm::available() {

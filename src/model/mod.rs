@@ -4,8 +4,8 @@
 //! Both layouts are read into one map of Hugging Face-named tensors (`weights::Weights`); the
 //! network is built from that map, so a layout is only a reader.
 
-pub mod amx;
 mod attention;
+pub mod bf16;
 mod ct2;
 mod decoder;
 mod encoder;
@@ -140,7 +140,7 @@ impl Numerics {
         let cpu = device.is_cpu();
         let encoder = if precision != Precision::Q8 || !cpu {
             EncoderMath::F32
-        } else if amx::available() {
+        } else if bf16::amx_available() {
             EncoderMath::AmxBf16
         } else if intgemm::available() {
             EncoderMath::Int8Avx2
@@ -149,7 +149,7 @@ impl Numerics {
         };
         let attention = match encoder {
             EncoderMath::AmxBf16 => AttentionMath::Bf16,
-            EncoderMath::Int8Avx2 if amx::bf16_available() => AttentionMath::Bf16,
+            EncoderMath::Int8Avx2 if bf16::bf16_available() => AttentionMath::Bf16,
             _ if cpu && attention::available() => AttentionMath::F32Fused,
             _ => AttentionMath::F32,
         };
@@ -325,9 +325,9 @@ mod tests {
             attention::available()
         );
         let q = Numerics::choose(Precision::Q8, &Device::Cpu).unwrap();
-        let want = if amx::available() {
+        let want = if bf16::amx_available() {
             (EncoderMath::AmxBf16, AttentionMath::Bf16)
-        } else if intgemm::available() && amx::bf16_available() {
+        } else if intgemm::available() && bf16::bf16_available() {
             (EncoderMath::Int8Avx2, AttentionMath::Bf16)
         } else if intgemm::available() {
             (EncoderMath::Int8Avx2, AttentionMath::F32Fused)

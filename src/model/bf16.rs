@@ -1,8 +1,8 @@
-//! candle glue for the bf16 kernels (`whisperd_kernels::amx`, the encoder under
+//! candle glue for the bf16 kernels (`whisperd_kernels::bf16`, the encoder under
 //! `--precision q8`): a linear layer (where the CPU has AMX) and the encoder's self-attention
 //! (AMX, or AVX-512 BF16) as candle ops. `WHISPERD_AMX=0` turns AMX off (for comparisons).
 
-pub use whisperd_kernels::amx::{available, bf16_available, matmul, Bf16Rows, PackedB};
+pub use whisperd_kernels::bf16::{amx_available, bf16_available, matmul, Bf16Rows, PackedB};
 
 /// A linear layer `y = x·Wᵀ + b` on AMX, as a candle op over `(…, inp)` f32 inputs.
 pub struct Linear {
@@ -58,7 +58,7 @@ impl candle_core::CustomOp1 for Linear {
             candle_core::bail!("linear expects {} inputs, got {k}", self.weight.k());
         }
         let m = x.len() / k.max(1);
-        let y = whisperd_kernels::amx::linear(x, m, &self.weight, &self.bias);
+        let y = whisperd_kernels::bf16::linear(x, m, &self.weight, &self.bias);
         let mut dims = l.dims().to_vec();
         if let Some(d) = dims.last_mut() {
             *d = self.weight.n();
@@ -95,7 +95,7 @@ impl candle_core::CustomOp1 for Attention {
             candle_core::bail!("bf16 attention needs AVX-512 BF16 or AMX-BF16");
         }
         let mut y = vec![0f32; b * t * d];
-        whisperd_kernels::amx::attention(qkv, b, t, d, self.heads, &mut y);
+        whisperd_kernels::bf16::attention(qkv, b, t, d, self.heads, &mut y);
         Ok((candle_core::CpuStorage::F32(y), (b, t, d).into()))
     }
 }

@@ -1,4 +1,4 @@
-//! bf16 matrix multiply on Intel AMX tiles, for the encoder under `--precision q8`.
+//! bf16 products, for the encoder under `--precision q8`: on Intel AMX tiles, or with AVX-512 BF16.
 //!
 //! One encoder window is ~37 GFLOP of 1500-row matmuls; in f32 (candle's AVX-512 GEMM) that is
 //! ~190 ms on two cores and the floor of every request's latency. AMX multiplies 16×32 bf16 by
@@ -28,7 +28,7 @@ const BLOCK: usize = 32;
 const TILE_U16: usize = 512;
 
 /// Whether AMX-BF16 is usable in this process ([`Tier::Amx`], detected and requested once).
-pub fn available() -> bool {
+pub fn amx_available() -> bool {
     Tier::Amx.is_available()
 }
 
