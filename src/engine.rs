@@ -53,6 +53,25 @@ impl EngineError {
 pub const MAX_KEYWORDS: usize = 100;
 pub const MAX_KEYWORD_CHARS: usize = 1000;
 
+/// Transcription options checked and normalised against one engine's model
+/// ([`Engine::check_options`]): the form the entry points below a front end take, so that a
+/// request's options are validated once, where it arrives. Read through `Deref`.
+#[derive(Debug, Clone)]
+pub struct CheckedOptions(TranscribeOptions);
+
+impl std::ops::Deref for CheckedOptions {
+    type Target = TranscribeOptions;
+    fn deref(&self) -> &TranscribeOptions {
+        &self.0
+    }
+}
+
+impl CheckedOptions {
+    pub fn into_inner(self) -> TranscribeOptions {
+        self.0
+    }
+}
+
 pub struct Engine {
     pub model: std::sync::Arc<Whisper>,
     pub tokenizer: WhisperTokenizer,
@@ -210,7 +229,9 @@ impl Engine {
 
     /// Check and normalise options against this model: a known language, translate only where the
     /// model can. An English-only model asked to translate transcribes (English out either way).
-    pub fn check_options(&self, o: &TranscribeOptions) -> Result<TranscribeOptions, EngineError> {
+    /// Front ends call this once, where a request arrives; the entry points that take
+    /// [`CheckedOptions`] check nothing again.
+    pub fn check_options(&self, o: &TranscribeOptions) -> Result<CheckedOptions, EngineError> {
         let mut o = o.clone();
         if let Some(lang) = o.language.as_deref().filter(|l| !l.trim().is_empty()) {
             let code = languages::normalize(lang).ok_or_else(|| EngineError::InvalidOption {
@@ -306,7 +327,7 @@ impl Engine {
                 });
             }
         }
-        Ok(o)
+        Ok(CheckedOptions(o))
     }
 
     fn check_vad(&self, v: &VadOptions) -> Result<(), EngineError> {
@@ -333,13 +354,15 @@ impl Engine {
         Ok(audio::load_pcm(bytes, max_s)?)
     }
 
+    /// Decode, prepare and transcribe uploaded bytes, `o` checked once.
     pub fn transcribe_bytes(
         &self,
         bytes: Vec<u8>,
         o: &TranscribeOptions,
     ) -> Result<Transcript, EngineError> {
-        let prepared = self.prepare_bytes(bytes, None, o)?;
-        self.transcribe_prepared(&prepared, o)
+        let o = self.check_options(o)?;
+        let prepared = self.prepare_bytes(bytes, None, &o)?;
+        self.transcribe_streaming(&*self.model, &prepared, &o, &mut |_| {})
     }
 
     /// Decode uploaded bytes (refusing audio longer than `max_s`) and prepare them as `o` asks:
@@ -349,7 +372,7 @@ impl Engine {
         &self,
         bytes: Vec<u8>,
         max_s: Option<f64>,
-        o: &TranscribeOptions,
+        o: &CheckedOptions,
     ) -> Result<Prepared, EngineError> {
         let split = o.channels == crate::audio::Channels::Split && !o.language_detection_only;
         let decode = tracing::info_span!("decode", bytes = bytes.len() as i64, split);
@@ -358,14 +381,12 @@ impl Engine {
             return tracing::info_span!("mel", audio_s = pcm.duration_s())
                 .in_scope(|| self.prepare_for(&pcm, o));
         }
-        // Bad options (diarize with split) are refused before the decoding work.
-        self.check_options(o)?;
         let channels = decode.in_scope(|| audio::load_channels(bytes, max_s))?;
         tracing::info!(channels = channels.len(), "channels split");
         // Each channel's samples are dropped once its log-mel exists.
         let mut parts = channels.into_iter().map(|pcm| {
             tracing::info_span!("mel", audio_s = pcm.duration_s())
-                .in_scope(|| self.prepare(&pcm, &o.vad))
+                .in_scope(|| self.prepare_checked(&pcm, &o.vad))
         });
         let mut first = parts.next().ok_or(AudioError::NoSamples)??;
         first.more_channels = parts.collect::<Result<_, _>>()?;
@@ -373,26 +394,28 @@ impl Engine {
         Ok(first)
     }
 
+    /// Prepare and transcribe decoded audio, `o` checked once.
     pub fn transcribe_pcm(
         &self,
         pcm: &Pcm,
         o: &TranscribeOptions,
     ) -> Result<Transcript, EngineError> {
-        self.transcribe_prepared(&self.prepare_for(pcm, o)?, o)
+        let o = self.check_options(o)?;
+        let prepared = self.prepare_for(pcm, &o)?;
+        self.transcribe_streaming(&*self.model, &prepared, &o, &mut |_| {})
     }
 
     /// [`prepare`](Self::prepare) with everything `o` asks for before decoding: with
     /// `o.diarize`, the speaker features are computed here and the embedding and clustering
     /// start on a thread of their own, so they run while the recording is transcribed.
-    pub fn prepare_for(&self, pcm: &Pcm, o: &TranscribeOptions) -> Result<Prepared, EngineError> {
-        let mut p = self.prepare(pcm, &o.vad)?;
+    pub fn prepare_for(&self, pcm: &Pcm, o: &CheckedOptions) -> Result<Prepared, EngineError> {
+        let mut p = self.prepare_checked(pcm, &o.vad)?;
         if let (Some(opts), false) = (o.diarize.clone(), o.language_detection_only) {
+            // `check_options` refused diarization without a speaker model.
             let diarizer = self.diarizer.clone().ok_or(EngineError::InvalidOption {
                 param: "diarize",
                 message: "this server has no speaker model (`make model-ge2e` fetches it)".into(),
             })?;
-            opts.check()
-                .map_err(|(param, message)| EngineError::InvalidOption { param, message })?;
             let features = tracing::info_span!("speaker_features")
                 .in_scope(|| diarizer.features(&pcm.samples, self.vad.as_deref()))?;
             p.diarization = Some(crate::diarize::Diarizing::start(diarizer, features, opts)?);
@@ -404,6 +427,11 @@ impl Engine {
     /// model, so front ends run it outside the inference worker.
     pub fn prepare(&self, pcm: &Pcm, v: &VadOptions) -> Result<Prepared, EngineError> {
         self.check_vad(v)?;
+        self.prepare_checked(pcm, v)
+    }
+
+    /// [`prepare`](Self::prepare) with `v` already checked.
+    fn prepare_checked(&self, pcm: &Pcm, v: &VadOptions) -> Result<Prepared, EngineError> {
         let t0 = Instant::now();
         let speech = vad::analyze(&pcm.samples, v, self.vad.as_deref())?;
         let vad_seconds = t0.elapsed().as_secs_f64();
@@ -441,7 +469,7 @@ impl Engine {
     pub fn transcribe_prepared(
         &self,
         p: &Prepared,
-        o: &TranscribeOptions,
+        o: &CheckedOptions,
     ) -> Result<Transcript, EngineError> {
         self.transcribe_prepared_with(&*self.model, p, o)
     }
@@ -452,7 +480,7 @@ impl Engine {
         &self,
         runner: &dyn ModelRunner,
         p: &Prepared,
-        o: &TranscribeOptions,
+        o: &CheckedOptions,
     ) -> Result<Transcript, EngineError> {
         self.transcribe_streaming(runner, p, o, &mut |_| {})
     }
@@ -463,17 +491,16 @@ impl Engine {
         &self,
         runner: &dyn ModelRunner,
         p: &Prepared,
-        o: &TranscribeOptions,
+        o: &CheckedOptions,
         on_segment: &mut dyn FnMut(&Segment),
     ) -> Result<Transcript, EngineError> {
-        let o = self.check_options(o)?;
         if o.language_detection_only {
-            return self.detect_language_prepared(runner, p, &o);
+            return self.detect_language_prepared(runner, p, o);
         }
         if p.split {
-            return self.transcribe_channels(runner, p, &o, on_segment);
+            return self.transcribe_channels(runner, p, o, on_segment);
         }
-        self.transcribe_checked(runner, p, &o, on_segment)
+        self.transcribe_checked(runner, p, o, on_segment)
     }
 
     /// `channels=split`: each channel transcribed alone, its segments (and words) labelled

@@ -18,7 +18,7 @@ pub mod transcript;
 pub mod vad;
 
 pub use decode::{Task, TranscribeOptions};
-pub use engine::{Engine, EngineError};
+pub use engine::{CheckedOptions, Engine, EngineError};
 pub use output::Format;
 pub use transcript::{Segment, Transcript};
 

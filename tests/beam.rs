@@ -51,7 +51,8 @@ fn transcribe(path: &str, o: &TranscribeOptions) -> whisperd::transcript::Transc
     let e = engine();
     let pcm = Engine::load_audio(read(&format!("eval/{path}"))).expect("audio");
     let p = e.prepare(&pcm, &o.vad).expect("prepare");
-    e.transcribe_prepared(&p, o).expect("transcribe")
+    e.transcribe_prepared(&p, &e.check_options(o).expect("options"))
+        .expect("transcribe")
 }
 
 #[test]
@@ -168,6 +169,7 @@ fn beam_five_on_the_multilingual_base_model_gives_faster_whispers_text() {
         };
         let pcm = Engine::load_audio(read(&format!("eval/{}", r.path))).expect("audio");
         let prepared = e.prepare(&pcm, &o.vad).expect("prepare");
+        let o = e.check_options(&o).expect("options");
         let t = e.transcribe_prepared(&prepared, &o).expect("transcribe");
         assert_eq!(t.text.trim(), r.beam5.text, "{}: base beam 5", r.id);
     }

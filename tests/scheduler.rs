@@ -12,7 +12,9 @@ use whisperd::TranscribeOptions;
 
 /// Every segment's tokens, in order.
 fn tokens(e: &Engine, runner: Option<&scheduler::SchedulerHandle>, p: &Prepared) -> Vec<Vec<u32>> {
-    let o = TranscribeOptions::default();
+    let o = e
+        .check_options(&TranscribeOptions::default())
+        .expect("options");
     let t = match runner {
         Some(r) => e.transcribe_prepared_with(r, p, &o),
         None => e.transcribe_prepared(p, &o),
@@ -131,6 +133,7 @@ fn mixed_beam_sizes_decode_the_same_batched_and_alone() {
         })
         .collect();
     let run = |runner: Option<&scheduler::SchedulerHandle>, p: &Prepared, o: &TranscribeOptions| {
+        let o = &e.check_options(o).expect("options");
         let t = match runner {
             Some(r) => e.transcribe_prepared_with(r, p, o),
             None => e.transcribe_prepared(p, o),

@@ -253,16 +253,17 @@ fn language_detection_reuses_the_windows_audio_keys_and_values() {
     let Some(dir) = base_model() else { return };
     let engine = Engine::load(&dir).expect("load the base model");
     let es = read("eval/multilingual/es/picovoice-leopard-test_es.wav");
-    let prepared = engine
-        .prepare_bytes(es, None, &TranscribeOptions::default())
-        .expect("prepare");
+    let detect = engine
+        .check_options(&TranscribeOptions::default())
+        .expect("options");
+    let prepared = engine.prepare_bytes(es, None, &detect).expect("prepare");
     let counting = Counting {
         model: &engine.model,
         encodes: Default::default(),
         prepares: Default::default(),
     };
     let detected = engine
-        .transcribe_prepared_with(&counting, &prepared, &TranscribeOptions::default())
+        .transcribe_prepared_with(&counting, &prepared, &detect)
         .expect("transcribe");
     assert_eq!(detected.language, "es");
     let (encodes, prepares) = (
@@ -274,10 +275,12 @@ fn language_detection_reuses_the_windows_audio_keys_and_values() {
     let given = engine
         .transcribe_prepared(
             &prepared,
-            &TranscribeOptions {
-                language: Some("es".into()),
-                ..Default::default()
-            },
+            &engine
+                .check_options(&TranscribeOptions {
+                    language: Some("es".into()),
+                    ..Default::default()
+                })
+                .expect("options"),
         )
         .expect("transcribe");
     assert_eq!(detected.text, given.text);

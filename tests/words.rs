@@ -263,7 +263,7 @@ fn alignment_batched_through_the_scheduler_equals_alone() {
         e.prepare(&pcm, &word_options().vad).expect("prepare")
     })
     .collect();
-    let o = word_options();
+    let o = e.check_options(&word_options()).expect("options");
     let alone: Vec<Transcript> = files
         .iter()
         .map(|p| e.transcribe_prepared(p, &o).expect("alone"))
@@ -310,7 +310,7 @@ fn alignment_passes_arriving_together_run_as_one_batch_with_the_numbers_of_alone
         let pcm = Engine::load_audio(read(c)).expect("audio");
         let p = e.prepare(&pcm, &word_options().vad).expect("prepare");
         let t = e
-            .transcribe_prepared(&p, &word_options())
+            .transcribe_prepared(&p, &e.check_options(&word_options()).expect("options"))
             .expect("transcribe");
         let mut tokens = vec![sp.sot, sp.no_timestamps];
         tokens.extend(

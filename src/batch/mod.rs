@@ -22,7 +22,6 @@ use crate::decode::ModelRunner;
 use crate::engine::{Engine, EngineError, Prepared};
 use crate::output::Format;
 use crate::transcript::Transcript;
-use crate::TranscribeOptions;
 pub use inputs::{
     assign_outputs, check_output_dir, expand, read_input, InputError, InputFile, Shard,
 };
@@ -37,7 +36,7 @@ pub struct BatchOptions {
     pub fail_fast: bool,
     /// Inputs larger than this (bytes) fail without being read.
     pub max_input_bytes: u64,
-    pub transcribe: TranscribeOptions,
+    pub transcribe: crate::CheckedOptions,
     /// srt/vtt layout from word timings.
     pub subtitles: crate::output::SubtitleOptions,
 }

@@ -111,7 +111,8 @@ pub fn run(args: BatchArgs) -> anyhow::Result<ExitCode> {
         ..args.decoding.options()
     };
     let engine = args.common.load_engine_for(&transcribe)?;
-    engine.check_options(&transcribe)?;
+    // Checked once here; every file's transcription takes the checked options.
+    let transcribe = engine.check_options(&transcribe)?;
     let mut report = match &args.report {
         Some(p) => {
             Some(std::fs::File::create(p).with_context(|| format!("creating {}", p.display()))?)

@@ -85,8 +85,8 @@ pub fn run(args: TranscribeArgs) -> anyhow::Result<ExitCode> {
         ..args.decoding.options()
     };
     let engine = args.common.load_engine_for(&options)?;
-    // Reject bad options once, before any file is read.
-    engine.check_options(&options)?;
+    // Checked once, before any file is read; every file is transcribed with the checked options.
+    let options = engine.check_options(&options)?;
     let limit = args.max_input_mb.saturating_mul(batch::inputs::MB);
     let mut failed = 0usize;
     for (i, file) in args.files.iter().enumerate() {
@@ -119,7 +119,7 @@ fn transcribe_one(
     engine: &Engine,
     file: &Path,
     limit: u64,
-    o: &TranscribeOptions,
+    o: &whisperd::CheckedOptions,
     format: Format,
     render: &whisperd::output::RenderOptions,
     output: Option<&Path>,
@@ -130,7 +130,7 @@ fn transcribe_one(
         batch::read_input(file, limit)?
     };
     let t0 = std::time::Instant::now();
-    let transcript = engine.transcribe_bytes(bytes, o)?;
+    let transcript = engine.transcribe_prepared(&engine.prepare_bytes(bytes, None, o)?, o)?;
     let secs = t0.elapsed().as_secs_f64();
     tracing::info!(file = %file.display(), audio_s = transcript.duration, seconds = secs, speed = transcript.duration / secs.max(1e-9), "transcribed");
     let rendered = transcript.render_with(format, o.task, render);

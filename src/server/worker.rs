@@ -91,7 +91,7 @@ pub enum Pending {
 pub struct Job {
     key: String,
     prepared: Prepared,
-    options: TranscribeOptions,
+    options: crate::CheckedOptions,
     tx: broadcast::Sender<JobResult>,
     progress: Arc<Progress>,
     enqueued: Instant,
@@ -529,7 +529,7 @@ pub async fn submit_with(
 type NewJob = (
     String,
     Vec<u8>,
-    TranscribeOptions,
+    crate::CheckedOptions,
     broadcast::Sender<JobResult>,
     Arc<Progress>,
 );
