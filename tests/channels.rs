@@ -6,7 +6,7 @@ mod common;
 
 use std::process::Command;
 
-use common::server::{json, Server};
+use common::server::{json, speaker_names, Server};
 use common::*;
 
 /// Left: jfk (0–11 s), then quiet. Right: quiet, then a LibriSpeech speaker from 11.5 s
@@ -88,12 +88,7 @@ fn the_server_splits_a_call_by_channel_and_names_bad_values() {
     assert_eq!(r.0, 200, "{}", String::from_utf8_lossy(&r.2));
     let v = json(&r);
     check_call(&v);
-    let names: Vec<&str> = v["speakers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x["speaker"].as_str().unwrap())
-        .collect();
+    let names = speaker_names(&v);
     assert_eq!(names, ["CHANNEL_0", "CHANNEL_1"], "{v}");
     let text = v["text"].as_str().unwrap();
     assert!(

@@ -7,7 +7,7 @@ mod common;
 
 use std::process::Command;
 
-use common::server::{json, Server};
+use common::server::{json, speaker_names, Server};
 use common::*;
 
 fn speaker_model_or_skip() -> bool {
@@ -166,12 +166,7 @@ fn the_server_labels_speakers_on_both_apis_and_names_bad_values() {
     );
     assert_eq!(r.0, 200, "{}", String::from_utf8_lossy(&r.2));
     let v = json(&r);
-    let names: Vec<&str> = v["speakers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x["speaker"].as_str().unwrap())
-        .collect();
+    let names = speaker_names(&v);
     assert_eq!(names, ["SPEAKER_00", "SPEAKER_01", "SPEAKER_02"], "{v}");
     // The same request is a cache hit; RTTM is another rendering of it.
     let r = post(

@@ -237,6 +237,16 @@ pub fn json(r: &Response) -> serde_json::Value {
         .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&r.2)))
 }
 
+/// The `speakers[].speaker` names of a diarized (or channel-split) verbose_json answer, in order.
+pub fn speaker_names(v: &serde_json::Value) -> Vec<&str> {
+    v["speakers"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no speakers: {v}"))
+        .iter()
+        .map(|x| x["speaker"].as_str().unwrap_or_default())
+        .collect()
+}
+
 pub fn multipart(file: Option<(&str, &[u8])>, fields: &[(&str, &str)]) -> (String, Vec<u8>) {
     let boundary = "whisperdtestboundary7MA4YWxkTrZu0gW";
     let mut body = Vec::new();
