@@ -66,12 +66,6 @@ impl std::ops::Deref for CheckedOptions {
     }
 }
 
-impl CheckedOptions {
-    pub fn into_inner(self) -> TranscribeOptions {
-        self.0
-    }
-}
-
 pub struct Engine {
     pub model: std::sync::Arc<Whisper>,
     pub tokenizer: WhisperTokenizer,

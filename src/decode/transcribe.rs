@@ -249,16 +249,22 @@ pub fn transcribe(
         }
 
         let mut current: Vec<Segment> = Vec::new();
-        // Set where the model ended the window early and decoding resumes at that point.
-        let mut resumed: Option<usize> = None;
         let tokens = &r.tokens;
         let is_ts: Vec<bool> = tokens.iter().map(|&t| t >= sp.timestamp_begin).collect();
         let single_timestamp_ending =
             is_ts.len() >= 2 && !is_ts[is_ts.len() - 2] && is_ts[is_ts.len() - 1];
+        let ts_pos = |t: u32| (t - sp.timestamp_begin) as f64;
+        // Where the model ended the window early and decoding resumes (the window's last token is
+        // then the timestamp it ended at).
+        let resumed = match tokens.last() {
+            Some(&last) if single_timestamp_ending => {
+                early_end_resume(&content, ts_pos(last) as usize * INPUT_STRIDE, segment_size)
+            }
+            _ => None,
+        };
         let consecutive: Vec<usize> = (1..is_ts.len())
             .filter(|&i| is_ts[i - 1] && is_ts[i])
             .collect();
-        let ts_pos = |t: u32| (t - sp.timestamp_begin) as f64;
         if !consecutive.is_empty() {
             let mut slices = consecutive.clone();
             if single_timestamp_ending {
@@ -273,8 +279,6 @@ pub fn transcribe(
                 last_slice = cur;
             }
             if single_timestamp_ending {
-                let end = ts_pos(tokens[tokens.len() - 1]) as usize * INPUT_STRIDE;
-                resumed = early_end_resume(&content, end, segment_size);
                 seek += resumed.unwrap_or(segment_size);
             } else {
                 let last_ts = ts_pos(tokens[last_slice - 1]) as usize;
@@ -285,10 +289,6 @@ pub fn transcribe(
             if let Some(&last) = tokens.iter().rev().find(|&&t| t >= sp.timestamp_begin) {
                 if last != sp.timestamp_begin {
                     dur = ts_pos(last) * TIME_PRECISION;
-                    if single_timestamp_ending {
-                        let end = ts_pos(last) as usize * INPUT_STRIDE;
-                        resumed = early_end_resume(&content, end, segment_size);
-                    }
                 }
             }
             current.push(new_segment(
