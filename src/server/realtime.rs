@@ -16,7 +16,8 @@
 //!   in a row agree on, and that end a second or more before the edge of the audio heard, are
 //!   sent as deltas (local agreement, [`agree`]), so sent text never changes. The
 //!   committed audio is transcribed like an upload of the same audio (same queue, scheduler
-//!   batches and options), and `completed` carries that text.
+//!   batches and options), and `completed` carries that text; a last delta carries the rest of
+//!   it after the words already sent ([`continuation`]).
 //! - Everything malformed gets an `error` event and the session goes on; nothing closes the socket
 //!   without a reason.
 
@@ -1018,13 +1019,19 @@ impl Conn {
                 return self.send(ev).await;
             }
         };
-        // The rest of the text after what was already sent (when that is its start).
-        match t.text.strip_prefix(sent.as_str()) {
-            Some(rest) if !rest.trim().is_empty() => {
-                let ev = json!({"type": "conversation.item.input_audio_transcription.delta", "item_id": id, "content_index": 0, "delta": rest});
-                self.send(ev).await?;
+        // The rest of the text after what was already sent (when that is its start, up to case
+        // and punctuation: then the deltas joined are the transcript up to those).
+        match continuation(&sent, &t.text) {
+            Some(rest) => {
+                if !sent.is_empty() && !t.text.starts_with(sent.as_str()) {
+                    tracing::debug!(session = %self.id, item = %id, sent = %sent, transcript = %t.text,
+                        "the final transcript differs from the sent partial text in case or punctuation only");
+                }
+                if !rest.trim().is_empty() {
+                    let ev = json!({"type": "conversation.item.input_audio_transcription.delta", "item_id": id, "content_index": 0, "delta": rest});
+                    self.send(ev).await?;
+                }
             }
-            Some(_) => {}
             None => {
                 self.shared.metrics.realtime_partial_mismatches.inc();
                 tracing::warn!(session = %self.id, item = %id, sent = %sent, transcript = %t.text,
@@ -1077,6 +1084,35 @@ fn agree(sent: &str, last_pass: &[String], t: &Transcript, heard_s: f64) -> Opti
         .strip_prefix(sent)
         .filter(|d| !d.trim().is_empty())
         .map(str::to_string)
+}
+
+/// What of the final transcript `text` follows the partial text already `sent`: the rest after
+/// `sent` when `text` starts with it, or else, when `text`'s first words are `sent`'s up to case
+/// and punctuation (the final decode of a longer utterance may drop a period the partial passes
+/// agreed on, "country. And so" → "country And so"), the text after the last of those words'
+/// letters. `None` when the words themselves differ.
+fn continuation<'a>(sent: &str, text: &'a str) -> Option<&'a str> {
+    if let Some(rest) = text.strip_prefix(sent) {
+        return Some(rest);
+    }
+    let bare = |w: &str| -> String {
+        w.chars()
+            .filter(|c| c.is_alphanumeric())
+            .flat_map(char::to_lowercase)
+            .collect()
+    };
+    let said: Vec<String> = sent.split_whitespace().map(bare).collect();
+    let mut words = text.split_whitespace();
+    let mut end = 0;
+    for s in &said {
+        let w = words.next()?;
+        if bare(w) != *s {
+            return None;
+        }
+        let core = w.trim_end_matches(|c: char| !c.is_alphanumeric());
+        end = w.as_ptr() as usize - text.as_ptr() as usize + core.len();
+    }
+    text.get(end..)
 }
 
 /// How many of the transcript's words (split at whitespace, as its text) end by `until_s`,
@@ -1289,6 +1325,23 @@ mod tests {
         assert_eq!(agree("your country", &split(&c), &d, 4.0), None);
         assert_eq!(agree("our country", &split(&c), &d, 5.3), None);
         assert_eq!(agree("", &[], &d, 9.0), None);
+    }
+
+    #[test]
+    fn the_final_text_continues_what_was_sent_up_to_case_and_punctuation() {
+        let fin = "And so my fellow Americans ask not What your country And so, my fellow";
+        assert_eq!(
+            continuation("And so my fellow", fin),
+            Some(" Americans ask not What your country And so, my fellow")
+        );
+        // The partial passes agreed on a period and a lower-case word the final pass drops.
+        let sent = "And so my fellow Americans ask not what your country. And so";
+        assert_eq!(continuation(sent, fin), Some(", my fellow"));
+        assert_eq!(continuation("", fin), Some(fin));
+        // Different words, or more sent than the final has: no continuation.
+        assert_eq!(continuation("And so my friend", fin), None);
+        assert_eq!(continuation("my fellow", fin), None);
+        assert_eq!(continuation(&format!("{fin} Americans"), fin), None);
     }
 
     #[test]
