@@ -69,6 +69,17 @@ pub struct ResultCache {
     max_bytes: usize,
 }
 
+/// The one default of each result-cache setting: `serve` (`cache_entries`, `cache_mb`) and
+/// `batch` start from here.
+pub const DEFAULT_CACHE_ENTRIES: usize = 1024;
+pub const DEFAULT_CACHE_MB: u64 = 64;
+
+impl Default for ResultCache {
+    fn default() -> Self {
+        Self::new(DEFAULT_CACHE_ENTRIES, (DEFAULT_CACHE_MB << 20) as usize)
+    }
+}
+
 impl ResultCache {
     /// `max_entries == 0` disables caching.
     pub fn new(max_entries: usize, max_bytes: usize) -> Self {

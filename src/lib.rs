@@ -41,6 +41,7 @@ pub fn convert_to_safetensors(
         .map_err(io)?;
     Ok(())
 }
+pub mod admission;
 pub mod batch;
 pub mod cache;
 pub mod cluster;

@@ -12,11 +12,12 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{channel, sync_channel};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
+use crate::admission::Flights;
 use crate::cache::{audio_hash, cache_key, ResultCache};
 use crate::decode::ModelRunner;
 use crate::engine::{Engine, EngineError, Prepared};
@@ -167,19 +168,11 @@ fn prep(engine: &Engine, o: &BatchOptions, input: &InputFile) -> Prepped {
     }
 }
 
-/// A transcription in progress, for identical inputs that arrive meanwhile.
-#[derive(Default)]
-struct Claim {
-    owner: String,
-    result: Mutex<Option<Result<Arc<Transcript>, String>>>,
-    done: Condvar,
-}
-
-/// What the transcription threads share: finished transcripts, those in progress, and which
-/// input first had each content.
+/// What the transcription threads share: finished transcripts, those in progress (each with
+/// the input that runs it), and which input first had each content.
 struct Shared {
     cache: ResultCache,
-    claims: Mutex<HashMap<String, Arc<Claim>>>,
+    inflight: Flights<Result<Arc<Transcript>, String>, String>,
     first_with_hash: Mutex<HashMap<String, String>>,
 }
 
@@ -198,8 +191,8 @@ pub fn run(
 ) -> Vec<Record> {
     let next = AtomicUsize::new(0);
     let shared = Shared {
-        cache: ResultCache::new(256, 64 << 20),
-        claims: Mutex::new(HashMap::new()),
+        cache: ResultCache::default(),
+        inflight: Flights::default(),
         first_with_hash: Mutex::new(HashMap::new()),
     };
     let mut records = Vec::with_capacity(inputs.len());
@@ -258,7 +251,7 @@ pub fn run(
                 if stop.load(Ordering::SeqCst) {
                     break; // what is not started yet, a re-run picks up
                 }
-                let Ok((i, p, prep_s)) = lock(rx).recv() else {
+                let Some((i, p, prep_s)) = crate::admission::next_job(rx) else {
                     break;
                 };
                 if stop.load(Ordering::SeqCst) {
@@ -328,21 +321,10 @@ fn finish(
         Ok(t)
     } else {
         // Single flight: the first input with this content transcribes it, the rest wait.
-        let (claim, owner) = {
-            let mut claims = lock(&shared.claims);
-            match claims.get(&key) {
-                Some(c) => (c.clone(), false),
-                None => {
-                    let c = Arc::new(Claim {
-                        owner: rec.path.clone(),
-                        ..Default::default()
-                    });
-                    claims.insert(key.clone(), c.clone());
-                    (c, true)
-                }
-            }
-        };
-        if owner {
+        let joined = shared
+            .inflight
+            .join(&key, || rec.path.clone(), String::clone);
+        if joined.leader.is_some() {
             let r: Result<Arc<Transcript>, String> = engine
                 .transcribe_prepared_with(runner, &prepared, &o.transcribe)
                 .map(Arc::new)
@@ -353,18 +335,17 @@ fn finish(
                     .entry(sha.clone())
                     .or_insert_with(|| rec.path.clone());
             }
-            *lock(&claim.result) = Some(r.clone());
-            claim.done.notify_all();
-            lock(&shared.claims).remove(&key);
+            if let Some((tx, _)) = shared.inflight.take(&key) {
+                let _ = tx.send(r.clone());
+            }
             r
         } else {
-            let mut slot = lock(&claim.result);
-            while slot.is_none() {
-                slot = claim.done.wait(slot).unwrap_or_else(|p| p.into_inner());
-            }
-            let r = slot.clone().unwrap_or_else(|| Err("lost result".into()));
+            let mut rx = joined.rx;
+            let r = rx
+                .blocking_recv()
+                .unwrap_or_else(|_| Err("the identical input's transcription stopped".into()));
             if r.is_ok() {
-                rec.duplicate_of = Some(claim.owner.clone());
+                rec.duplicate_of = Some(joined.view);
             }
             r
         }

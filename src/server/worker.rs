@@ -4,7 +4,6 @@
 //! HTTP workers never run tensor code. Identical requests in flight share one job (single flight);
 //! finished results go into the shared result cache.
 
-use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::Receiver;
@@ -69,9 +68,8 @@ impl Progress {
     }
 }
 
-/// A job in flight: its result for every waiter, and its segments so far.
+/// What the server keeps with a job in flight (`crate::admission`): its segments so far.
 struct Flight {
-    tx: broadcast::Sender<JobResult>,
     progress: Arc<Progress>,
     /// The cross-replica flight lock, while this replica runs the job for everyone.
     lock: Option<crate::cluster::cache::FlightLock>,
@@ -113,7 +111,7 @@ pub struct Shared {
     /// The Redis second level and cross-replica single flight (`redis_url`).
     pub shared_cache: Option<Arc<crate::cluster::cache::SharedCache>>,
     pub metrics: Metrics,
-    inflight: Mutex<HashMap<String, Flight>>,
+    inflight: crate::admission::Flights<JobResult, Flight>,
     /// Jobs waiting in every model's queue together; at most `queue_size`.
     queued: AtomicUsize,
     pub queue_size: usize,
@@ -159,7 +157,7 @@ impl Shared {
             cache,
             shared_cache,
             metrics,
-            inflight: Mutex::new(HashMap::new()),
+            inflight: Default::default(),
             queued: AtomicUsize::new(0),
             queue_size,
             request_timeout,
@@ -195,10 +193,8 @@ impl Shared {
     fn finish(&self, key: &str, result: JobResult) {
         let (tx, lock) = self
             .inflight
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(key)
-            .map_or((None, None), |f| (Some(f.tx), f.lock));
+            .take(key)
+            .map_or((None, None), |(tx, f)| (Some(tx), f.lock));
         let cacheable = !key.starts_with(UNCACHED);
         if let (Ok(t), true) = (&result, cacheable) {
             self.cache.put(key.to_string(), t.clone());
@@ -232,14 +228,7 @@ pub(super) fn serve_jobs(
     handle: &crate::scheduler::SchedulerHandle,
     rx: &Mutex<Receiver<Job>>,
 ) {
-    loop {
-        let job = {
-            let rx = rx.lock().unwrap_or_else(|p| p.into_inner());
-            match rx.recv() {
-                Ok(j) => j,
-                Err(_) => return,
-            }
-        };
+    while let Some(job) = crate::admission::next_job(rx) {
         run_job(shared, model, engine, handle, job);
     }
 }
@@ -378,10 +367,7 @@ async fn across_replicas(
         match sc.claim(key).await {
             Claim::Unavailable => return None,
             Claim::Mine(lock) => {
-                let mut inflight = shared.inflight.lock().unwrap_or_else(|p| p.into_inner());
-                if let Some(f) = inflight.get_mut(key) {
-                    f.lock = Some(lock);
-                }
+                shared.inflight.update(key, |f| f.lock = Some(lock));
                 return None;
             }
             Claim::Theirs => {
@@ -492,29 +478,22 @@ pub async fn submit_with(
         shared.metrics.cache_misses.inc();
     }
 
-    let (rx, progress, leader_tx) = {
-        let mut inflight = shared.inflight.lock().unwrap_or_else(|p| p.into_inner());
-        match inflight.get(&key) {
-            Some(f) => {
-                shared.metrics.cache_coalesced.inc();
-                (f.tx.subscribe(), f.progress.clone(), None)
-            }
-            None => {
-                let (tx, rx) = broadcast::channel(1);
-                let progress = Progress::new();
-                inflight.insert(
-                    key.clone(),
-                    Flight {
-                        tx: tx.clone(),
-                        progress: progress.clone(),
-                        lock: None,
-                    },
-                );
-                (rx, progress, Some(tx))
-            }
-        }
-    };
-    if let Some(tx) = leader_tx {
+    let crate::admission::Joined {
+        rx,
+        view: progress,
+        leader,
+    } = shared.inflight.join(
+        &key,
+        || Flight {
+            progress: Progress::new(),
+            lock: None,
+        },
+        |f| f.progress.clone(),
+    );
+    if leader.is_none() {
+        shared.metrics.cache_coalesced.inc();
+    }
+    if let Some(tx) = leader {
         // Decoding and queueing run in their own task: if this client goes away, identical
         // requests waiting on the same key still get their answer.
         let shared = shared.clone();
