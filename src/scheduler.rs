@@ -190,8 +190,12 @@ impl SchedulerHandle {
 }
 
 impl ModelRunner for SchedulerHandle {
-    fn whisper(&self) -> &Whisper {
-        &self.model
+    fn dims(&self) -> &crate::model::ModelDims {
+        &self.model.dims
+    }
+
+    fn device(&self) -> &candle_core::Device {
+        &self.model.device
     }
 
     fn encode(&self, mel: Tensor) -> Result<Tensor, DecodeError> {

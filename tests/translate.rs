@@ -208,8 +208,11 @@ struct Counting<'a> {
 }
 
 impl ModelRunner for Counting<'_> {
-    fn whisper(&self) -> &Whisper {
-        self.model
+    fn dims(&self) -> &whisperd::model::ModelDims {
+        &self.model.dims
+    }
+    fn device(&self) -> &candle_core::Device {
+        &self.model.device
     }
     fn encode(&self, mel: candle_core::Tensor) -> Result<candle_core::Tensor, DecodeError> {
         self.encodes

@@ -162,12 +162,12 @@ pub fn decode_beam(
     )
     .entered();
     let sp = &tok.specials;
-    let model = runner.whisper();
-    let n_ctx = model.decoder.n_ctx();
+    let dims = runner.dims();
+    let n_ctx = dims.n_text_ctx;
     let beam_size = beam.beam_size.max(1);
     let max_candidates = beam.max_candidates();
     state.reset();
-    let (start, sot_index) = initial_tokens(tok, model.dims.is_multilingual(), o, n_ctx);
+    let (start, sot_index) = initial_tokens(tok, dims.is_multilingual(), o, n_ctx);
 
     let mut rows = runner.prefill(state, &start, &[sot_index, start.len() - 1])?;
     let _sequence = SequenceGuard(runner);

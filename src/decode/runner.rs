@@ -3,14 +3,18 @@
 //! (`crate::scheduler`) answers them in batches shared with other requests. Both give the same
 //! numbers, so a transcript does not depend on how it was scheduled.
 
-use candle_core::Tensor;
+use candle_core::{Device, Tensor};
 
 use super::DecodeError;
-use crate::model::{AlignOutput, AlignRequest, DecoderState, Whisper};
+use crate::model::{AlignOutput, AlignRequest, DecoderState, ModelDims, Whisper};
 
 pub trait ModelRunner: Sync {
-    /// The model the operations run on (for its dimensions and device).
-    fn whisper(&self) -> &Whisper;
+    /// The dimensions of the model the operations run on (its context lengths, whether it is
+    /// multilingual).
+    fn dims(&self) -> &ModelDims;
+
+    /// Where the operations' input tensors (log-mel windows) are made.
+    fn device(&self) -> &Device;
 
     /// One log-mel window `(1, n_mels, 3000)` → audio features `(1, 1500, d)`.
     fn encode(&self, mel: Tensor) -> Result<Tensor, DecodeError>;
@@ -51,8 +55,12 @@ pub trait ModelRunner: Sync {
 }
 
 impl ModelRunner for Whisper {
-    fn whisper(&self) -> &Whisper {
-        self
+    fn dims(&self) -> &ModelDims {
+        &self.dims
+    }
+
+    fn device(&self) -> &Device {
+        &self.device
     }
 
     fn encode(&self, mel: Tensor) -> Result<Tensor, DecodeError> {
@@ -122,8 +130,11 @@ pub struct Cancellable<'a, F: Fn() -> bool + Sync> {
 }
 
 impl<F: Fn() -> bool + Sync> ModelRunner for Cancellable<'_, F> {
-    fn whisper(&self) -> &Whisper {
-        self.inner.whisper()
+    fn dims(&self) -> &ModelDims {
+        self.inner.dims()
+    }
+    fn device(&self) -> &Device {
+        self.inner.device()
     }
     fn encode(&self, mel: Tensor) -> Result<Tensor, DecodeError> {
         if (self.cancelled)() {

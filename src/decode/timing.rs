@@ -56,7 +56,7 @@ pub fn find_alignment(
     if text_tokens.is_empty() {
         return Ok(Vec::new());
     }
-    let model = runner.whisper();
+    let dims = runner.dims();
     let sp = &tok.specials;
     // The start sequence without prompt, ending in `notimestamps`, then the text and `eot`.
     let wo = WindowOptions {
@@ -67,16 +67,11 @@ pub fn find_alignment(
         keywords: Vec::new(),
         text_probs: false,
     };
-    let (mut tokens, _) = initial_tokens(
-        tok,
-        model.dims.is_multilingual(),
-        &wo,
-        model.decoder.n_ctx(),
-    );
+    let (mut tokens, _) = initial_tokens(tok, dims.is_multilingual(), &wo, dims.n_text_ctx);
     let sot_len = tokens.len() - 1; // OpenAI's `sot_sequence` excludes `notimestamps`
     tokens.extend_from_slice(text_tokens);
     tokens.push(sp.eot);
-    if tokens.len() > model.decoder.n_ctx() {
+    if tokens.len() > dims.n_text_ctx {
         return Ok(Vec::new());
     }
     // The tokens' probabilities come from decoding (`probs`), so the pass needs no vocabulary

@@ -13,7 +13,7 @@ use super::window::{
 };
 use super::{DecodeError, TranscribeOptions};
 use crate::mel::{Mel, HOP_LENGTH, N_FRAMES};
-use crate::model::{DecoderState, Whisper};
+use crate::model::DecoderState;
 use crate::transcript::{Segment, Transcript};
 
 /// Mel frames per timestamp step (3000 frames / 1500 encoder positions).
@@ -47,8 +47,12 @@ fn early_end_resume(c: &Content, end: usize, size: usize) -> Option<usize> {
     (c.speech_only && end > 0 && size.saturating_sub(end) >= EARLY_END_RESUME_FRAMES).then_some(end)
 }
 
-fn window_tensor(model: &Whisper, mel: &Mel, window: &[f32]) -> candle_core::Result<Tensor> {
-    Tensor::from_slice(window, (1, mel.n_mels, N_FRAMES), &model.device)
+fn window_tensor(
+    runner: &dyn ModelRunner,
+    mel: &Mel,
+    window: &[f32],
+) -> candle_core::Result<Tensor> {
+    Tensor::from_slice(window, (1, mel.n_mels, N_FRAMES), runner.device())
 }
 
 /// Most likely language (code, probability) from a window's audio features `(1, 1500, d)`,
@@ -130,9 +134,9 @@ pub fn transcribe(
     on_segment: &mut dyn FnMut(&Segment),
 ) -> Result<Transcript, DecodeError> {
     let (content_frames, chunk_ends) = (content.frames, content.chunk_ends);
-    let model = runner.whisper();
+    let dims = runner.dims();
     let sp = tok.specials.clone();
-    let multilingual = model.dims.is_multilingual();
+    let multilingual = dims.is_multilingual();
     let duration = content_frames as f64 * HOP_LENGTH as f64 / 16_000.0;
     let rules = FallbackRules {
         compression_ratio_threshold: o.compression_ratio_threshold,
@@ -180,7 +184,7 @@ pub fn transcribe(
         let segment_duration = segment_size as f64 * HOP_LENGTH as f64 / 16_000.0;
         let mel_window = mel.window(seek, segment_size)?;
         let features = tracing::debug_span!("encoder", frames = segment_size as i64)
-            .in_scope(|| runner.encode(window_tensor(model, mel, &mel_window)?))?;
+            .in_scope(|| runner.encode(window_tensor(runner, mel, &mel_window)?))?;
         // Every decoder step of this window (and its fallback attempts) in one span, not one per token.
         let decoder_span = tracing::debug_span!(
             "decoder",

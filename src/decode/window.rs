@@ -129,10 +129,10 @@ pub fn decode_at_temperature(
     rng: &mut rand::rngs::StdRng,
 ) -> Result<WindowResult, DecodeError> {
     let sp = &tok.specials;
-    let model = runner.whisper();
-    let n_ctx = model.decoder.n_ctx();
+    let dims = runner.dims();
+    let n_ctx = dims.n_text_ctx;
     state.reset();
-    let (start, sot_index) = initial_tokens(tok, model.dims.is_multilingual(), o, n_ctx);
+    let (start, sot_index) = initial_tokens(tok, dims.is_multilingual(), o, n_ctx);
 
     let mut rows = runner.prefill(state, &start, &[sot_index, start.len() - 1])?;
     let _sequence = SequenceGuard(runner);
