@@ -1,7 +1,8 @@
 //! The boundary between decoding (tokens, rules, the long-form loop) and the network. Decoding
-//! only asks for these four operations; `Whisper` answers them at once, and the scheduler's handle
-//! (`crate::scheduler`) answers them in batches shared with other requests. Both give the same
-//! numbers, so a transcript does not depend on how it was scheduled.
+//! only asks for the model's dimensions and device and for these operations (encode, prepare,
+//! prefill, step, align), never for the model itself; `Whisper` answers them at once, and the
+//! scheduler's handle (`crate::scheduler`) answers them in batches shared with other requests.
+//! Both give the same numbers, so a transcript does not depend on how it was scheduled.
 
 use candle_core::{Device, Tensor};
 
