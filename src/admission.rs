@@ -92,6 +92,16 @@ impl<T: Clone, X> Flights<T, X> {
         self.lock().remove(key).map(|f| (f.tx, f.extra))
     }
 
+    /// For the leader of `key`: ends the flight when dropped unless [`Lead::finish`] did, so
+    /// that if the leader panics its waiters' channel closes instead of waiting forever.
+    pub fn lead<'a>(&'a self, key: &'a str) -> Lead<'a, T, X> {
+        Lead {
+            flights: self,
+            key,
+            done: false,
+        }
+    }
+
     /// Flights now.
     pub fn len(&self) -> usize {
         self.lock().len()
@@ -99,6 +109,31 @@ impl<T: Clone, X> Flights<T, X> {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+/// See [`Flights::lead`].
+pub struct Lead<'a, T: Clone, X> {
+    flights: &'a Flights<T, X>,
+    key: &'a str,
+    done: bool,
+}
+
+impl<T: Clone, X> Lead<'_, T, X> {
+    /// End the flight and send `result` to its waiters (after storing it in the result cache).
+    pub fn finish(mut self, result: T) {
+        self.done = true;
+        if let Some((tx, _)) = self.flights.take(self.key) {
+            let _ = tx.send(result);
+        }
+    }
+}
+
+impl<T: Clone, X> Drop for Lead<'_, T, X> {
+    fn drop(&mut self) {
+        if !self.done {
+            self.flights.take(self.key);
+        }
     }
 }
 
@@ -148,5 +183,22 @@ mod tests {
         drop(lead);
         drop(flights.take("k"));
         assert!(wait.blocking_recv().is_err());
+    }
+
+    #[test]
+    fn a_lead_dropped_unfinished_closes_its_waiters_channel_and_finish_answers_them() {
+        let flights: Flights<u32, ()> = Flights::default();
+        let first = flights.join("k", || (), |_| ());
+        let mut wait = flights.join("k", || (), |_| ()).rx;
+        let lead = flights.lead("k");
+        drop(first.leader); // the leader's own sender goes with it (as in a panic)
+        drop(lead);
+        assert!(wait.blocking_recv().is_err());
+        assert!(flights.is_empty());
+        let first = flights.join("k", || (), |_| ());
+        let mut wait = flights.join("k", || (), |_| ()).rx;
+        flights.lead("k").finish(3);
+        assert_eq!(wait.blocking_recv(), Ok(3));
+        drop(first);
     }
 }

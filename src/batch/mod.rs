@@ -325,6 +325,7 @@ fn finish(
             .inflight
             .join(&key, || rec.path.clone(), String::clone);
         if joined.leader.is_some() {
+            let lead = shared.inflight.lead(&key);
             let r: Result<Arc<Transcript>, String> = engine
                 .transcribe_prepared_with(runner, &prepared, &o.transcribe)
                 .map(Arc::new)
@@ -335,9 +336,7 @@ fn finish(
                     .entry(sha.clone())
                     .or_insert_with(|| rec.path.clone());
             }
-            if let Some((tx, _)) = shared.inflight.take(&key) {
-                let _ = tx.send(r.clone());
-            }
+            lead.finish(r.clone());
             r
         } else {
             let mut rx = joined.rx;
