@@ -13,7 +13,7 @@ use crate::decode::{
 };
 use crate::diarize::Diarizer;
 use crate::mel::{MelSpectrogram, N_SAMPLES};
-use crate::model::{ModelError, Precision, Whisper};
+use crate::model::{ModelError, Numerics, Precision, Whisper};
 use crate::transcript::{Segment, Transcript};
 use crate::vad::{self, SileroVad, SpeechMap, VadOptions};
 
@@ -166,6 +166,19 @@ impl Engine {
         precision: Precision,
         vad: Option<std::sync::Arc<SileroVad>>,
     ) -> Result<Self, EngineError> {
+        let numerics = Numerics::choose(precision, device)?;
+        Self::load_numerics(dir, device, numerics, vad)
+    }
+
+    /// [`Engine::load_with_vad`] with the model's numerics given (see
+    /// [`Numerics::with_decoder`]; the tests run the device decoder on the CPU this way).
+    pub fn load_numerics(
+        dir: &Path,
+        device: &Device,
+        numerics: Numerics,
+        vad: Option<std::sync::Arc<SileroVad>>,
+    ) -> Result<Self, EngineError> {
+        let precision = numerics.precision;
         let t0 = Instant::now();
         // The tokenizer (~60 ms of JSON for base) is read beside the weights.
         let load_tokenizer = || -> Result<_, EngineError> {
@@ -183,7 +196,7 @@ impl Engine {
         };
         let (model, tok) = std::thread::scope(|s| {
             let tok = s.spawn(load_tokenizer);
-            let model = Whisper::load(dir, device, precision);
+            let model = Whisper::load_with(dir, device, numerics);
             (model, tok.join())
         });
         let model = model?;

@@ -229,3 +229,65 @@ fn computed_suppress_list_matches_the_model_config() {
     let computed = whisperd::engine::computed_suppress_tokens(&e.tokenizer).unwrap();
     assert_eq!(computed, e.suppress);
 }
+
+/// The decoder's device backend (candle ops end to end, the GPU's path) run on candle's CPU
+/// device gives the host backend's transcript of jfk token for token: greedy with timestamps,
+/// beam 5 (forked lanes), and word timestamps (the alignment pass) within 20 ms.
+#[test]
+fn device_decoder_on_the_cpu_matches_the_host_decoder() {
+    use whisperd::model::{DecoderPath, Numerics, Precision};
+    let numerics = Numerics::choose(Precision::F32, &Device::Cpu)
+        .unwrap()
+        .with_decoder(DecoderPath::Device, &Device::Cpu)
+        .unwrap();
+    let device = whisperd::Engine::load_numerics(&model_dir(), &Device::Cpu, numerics, None)
+        .expect("tiny.en with the device decoder");
+    assert_eq!(device.model.decoder.path(), DecoderPath::Device);
+    assert_eq!(engine().model.decoder.path(), DecoderPath::Host);
+    // The device decoder is f32 only.
+    let q8 = Numerics::choose(Precision::Q8, &Device::Cpu).unwrap();
+    let e = q8
+        .with_decoder(DecoderPath::Device, &Device::Cpu)
+        .unwrap_err();
+    assert!(e.to_string().contains("f32 only"), "{e}");
+
+    let pcm = jfk_pcm();
+    let tokens = |t: &whisperd::Transcript| -> Vec<u32> {
+        t.segments.iter().flat_map(|s| s.tokens.clone()).collect()
+    };
+    let greedy = whisperd::TranscribeOptions::default();
+    let mut beam = whisperd::TranscribeOptions::default();
+    beam.beam.beam_size = 5;
+    let words = whisperd::TranscribeOptions {
+        word_timestamps: true,
+        ..Default::default()
+    };
+    for (what, o) in [("greedy", &greedy), ("beam 5", &beam), ("words", &words)] {
+        let host = engine().transcribe_pcm(&pcm, o).unwrap();
+        let dev = device.transcribe_pcm(&pcm, o).unwrap();
+        assert_eq!(tokens(&dev), tokens(&host), "{what}");
+        assert_eq!(dev.text, host.text, "{what}");
+        let w = |t: &whisperd::Transcript| -> Vec<whisperd::transcript::Word> {
+            t.segments
+                .iter()
+                .flat_map(|s| s.words.clone().unwrap_or_default())
+                .collect()
+        };
+        let (hw, dw) = (w(&host), w(&dev));
+        assert_eq!(hw.len(), dw.len(), "{what}");
+        for (h, d) in hw.iter().zip(&dw) {
+            assert_eq!(h.word, d.word);
+            assert!(
+                (h.start - d.start).abs() <= 0.02 && (h.end - d.end).abs() <= 0.02,
+                "{what}: {h:?} vs {d:?}"
+            );
+            assert!(
+                (h.probability - d.probability).abs() < 1e-2,
+                "{h:?} vs {d:?}"
+            );
+        }
+        if what == "words" {
+            assert!(!dw.is_empty(), "word timestamps came back empty");
+        }
+    }
+}

@@ -3,6 +3,9 @@
 //! prefill, step, align), never for the model itself; `Whisper` answers them at once, and the
 //! scheduler's handle (`crate::scheduler`) answers them in batches shared with other requests.
 //! Both give the same numbers, so a transcript does not depend on how it was scheduled.
+//! The per-sequence state these operations hand around, `DecoderState`, belongs to the decoder
+//! backend the model was loaded with (`crate::model::decoder`: host kernels or candle-device
+//! ops); decoding forks, reorders and resets it without knowing which.
 
 use candle_core::{Device, Tensor};
 

@@ -70,7 +70,7 @@ impl Proj {
             Precision::F32 => {
                 let rows = rowmatmul::from_tensors(l.weight(), l.bias())?;
                 Proj::F32 {
-                    dense: (!rows.is_f16() || !l.weight().device().is_cpu()).then_some(l),
+                    dense: (!rows.is_f16()).then_some(l),
                     rows,
                 }
             }

@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
 
-pub use decoder::{AlignOutput, AlignRequest, DecoderState, TextDecoder};
+pub use decoder::{AlignOutput, AlignRequest, DecoderPath, DecoderState, TextDecoder};
 pub use encoder::{AudioEncoder, EncoderMath};
 pub use hf::save as save_hf;
 pub use linear::Precision;
@@ -116,6 +116,8 @@ pub struct Numerics {
     pub attention: AttentionMath,
     /// The widest tier of whisperd's own kernels in use.
     pub tier: whisperd_kernels::isa::Tier,
+    /// Which decoder backend runs: the host kernels on the CPU, candle ops elsewhere.
+    pub decoder: DecoderPath,
 }
 
 /// How the encoder's self-attention computes.
@@ -158,7 +160,38 @@ impl Numerics {
             encoder,
             attention,
             tier: whisperd_kernels::isa::Tier::best(),
+            decoder: if cpu {
+                DecoderPath::Host
+            } else {
+                DecoderPath::Device
+            },
         })
+    }
+
+    /// These numerics with the decoder on `path`, or why that cannot run: the device backend
+    /// is f32 only, and the host backend reads host memory. (Tests run the device backend on
+    /// candle's CPU device to compare it with the host's.)
+    pub fn with_decoder(self, path: DecoderPath, device: &Device) -> Result<Self, ModelError> {
+        let why = match path {
+            DecoderPath::Device if self.precision == Precision::Q8 => {
+                Some("the device decoder is f32 only; q8 runs on the host kernels")
+            }
+            DecoderPath::Host if !device.is_cpu() => {
+                Some("the host decoder reads host memory; a GPU takes the device decoder")
+            }
+            _ => None,
+        };
+        match why {
+            Some(why) => Err(ModelError::Numerics {
+                precision: self.precision,
+                device: format!("{:?}", device.location()),
+                why,
+            }),
+            None => Ok(Self {
+                decoder: path,
+                ..self
+            }),
+        }
     }
 }
 
@@ -179,8 +212,13 @@ pub struct Whisper {
 impl Whisper {
     /// Load from a directory in either layout (detected by which weight file is present).
     pub fn load(dir: &Path, device: &Device, precision: Precision) -> Result<Self, ModelError> {
+        Self::load_with(dir, device, Numerics::choose(precision, device)?)
+    }
+
+    /// [`Whisper::load`] with the numerics given (see [`Numerics::with_decoder`]).
+    pub fn load_with(dir: &Path, device: &Device, numerics: Numerics) -> Result<Self, ModelError> {
         let weights = Weights::load_dir(dir, device)?;
-        let mut model = Self::from_weights(weights, device, precision)?;
+        let mut model = Self::from_weights_with(weights, device, numerics)?;
         model.alignment_heads = alignment_heads(dir, &model.dims)?;
         Ok(model)
     }
@@ -191,18 +229,29 @@ impl Whisper {
         device: &Device,
         precision: Precision,
     ) -> Result<Self, ModelError> {
-        let numerics = Numerics::choose(precision, device)?;
+        Self::from_weights_with(w, device, Numerics::choose(precision, device)?)
+    }
+
+    /// [`Whisper::from_weights`] with the numerics given.
+    pub fn from_weights_with(
+        w: Weights,
+        device: &Device,
+        numerics: Numerics,
+    ) -> Result<Self, ModelError> {
+        check_numerics(numerics.precision, device)?;
+        let numerics = numerics.with_decoder(numerics.decoder, device)?;
         let dims = w.dims()?;
         tracing::info!(
-            ?precision,
+            precision = ?numerics.precision,
             encoder = ?numerics.encoder,
             attention = ?numerics.attention,
+            decoder = ?numerics.decoder,
             tier = numerics.tier.name(),
             "model numerics"
         );
         let encoder = AudioEncoder::new(&w, &dims, numerics)?;
         let amx = numerics.encoder == EncoderMath::AmxBf16;
-        let decoder = TextDecoder::new(&w, &dims, precision, amx)?;
+        let decoder = TextDecoder::new(&w, &dims, numerics.precision, numerics.decoder, amx)?;
         Ok(Self {
             numerics,
             alignment_heads: default_alignment_heads(&dims),

@@ -1,5 +1,5 @@
-//! Whisper's text decoder with a key/value cache: each step feeds only the new tokens, and the
-//! cross-attention keys/values are computed once per audio window (`prepare`).
+//! The host backend: whisperd's CPU kernels over plain-memory caches. Each step feeds only the
+//! new tokens; the cross-attention keys/values are computed once per audio window (`prepare`).
 //! Shapes keep a batch dimension: several sequences decode together.
 
 use std::sync::Arc;
@@ -10,12 +10,14 @@ use rayon::prelude::*;
 
 use whisperd_kernels::query::{audio_rows, CacheRows};
 
-use super::linear::{Precision, Proj};
-use super::rowmatmul::{self, RowMatmul};
+use crate::model::linear::{Precision, Proj};
+use crate::model::rowmatmul::{self, RowMatmul};
 
-use super::encoder::{fused_qkv, layer_norm, linear};
-use super::weights::Weights;
-use super::{ModelDims, ModelError};
+use crate::model::encoder::{fused_qkv, layer_norm, linear};
+use crate::model::weights::Weights;
+use crate::model::{ModelDims, ModelError};
+
+use super::{row_spans, AlignCapture, DecoderBackend, SequenceState};
 
 struct DecoderBlock {
     self_ln: LayerNorm,
@@ -42,9 +44,9 @@ enum AudioKv {
 /// audio keys and values, and the next position.
 ///
 /// Beam search runs several sequences (lanes) over one window: they share the audio keys/values
-/// and the start sequence's keys/values (`shared`, frozen by [`DecoderState::share_prefix`]), and
-/// each holds only the tokens it decoded itself, so [`DecoderState::fork`] copies those alone.
-pub struct DecoderState {
+/// and the start sequence's keys/values (`shared`, frozen by [`HostState::share_prefix`]), and
+/// each holds only the tokens it decoded itself, so [`HostState::fork`] copies those alone.
+pub struct HostState {
     /// Per layer, the keys and values of a prefix held in common with other lanes.
     shared: Option<Arc<SharedPrefix>>,
     self_k: Vec<Vec<f32>>,
@@ -60,10 +62,7 @@ struct SharedPrefix {
     v: Vec<Vec<f32>>,
 }
 
-impl DecoderState {
-    pub fn position(&self) -> usize {
-        self.position
-    }
+impl HostState {
     /// A state with no audio, to stand in while the real one is away (see the scheduler).
     pub fn empty() -> Self {
         Self {
@@ -73,43 +72,6 @@ impl DecoderState {
             cross: Arc::new(Vec::new()),
             n_audio: 0,
             position: 0,
-        }
-    }
-    /// Forget the tokens fed so far (keeps the window's cross-attention keys/values).
-    pub fn reset(&mut self) {
-        self.shared = None;
-        self.self_k.iter_mut().for_each(Vec::clear);
-        self.self_v.iter_mut().for_each(Vec::clear);
-        self.position = 0;
-    }
-    /// Freeze the tokens fed so far into a prefix that forks share instead of copying. The
-    /// attention arithmetic is unchanged (see `whisperd_kernels::query::CacheRows`).
-    pub fn share_prefix(&mut self) {
-        let mut k: Vec<Vec<f32>> = self.self_k.iter_mut().map(std::mem::take).collect();
-        let mut v: Vec<Vec<f32>> = self.self_v.iter_mut().map(std::mem::take).collect();
-        if let Some(old) = self.shared.take() {
-            // Already shared: the new prefix is the old one followed by the own tokens.
-            for (layer, (k, v)) in k.iter_mut().zip(&mut v).enumerate() {
-                let mut pk = old.k[layer].clone();
-                pk.append(k);
-                *k = pk;
-                let mut pv = old.v[layer].clone();
-                pv.append(v);
-                *v = pv;
-            }
-        }
-        self.shared = Some(Arc::new(SharedPrefix { k, v }));
-    }
-    /// Another lane at this one's position: the shared prefix and audio are shared, the tokens
-    /// this lane decoded itself are copied.
-    pub fn fork(&self) -> Self {
-        Self {
-            shared: self.shared.clone(),
-            self_k: self.self_k.clone(),
-            self_v: self.self_v.clone(),
-            cross: self.cross.clone(),
-            n_audio: self.n_audio,
-            position: self.position,
         }
     }
     /// Layer `layer`'s cached keys and values (shared prefix, then own rows).
@@ -131,6 +93,52 @@ impl DecoderState {
     }
 }
 
+impl SequenceState for HostState {
+    fn position(&self) -> usize {
+        self.position
+    }
+    fn n_audio(&self) -> usize {
+        self.n_audio
+    }
+    /// Forget the tokens fed so far (keeps the window's cross-attention keys/values).
+    fn reset(&mut self) {
+        self.shared = None;
+        self.self_k.iter_mut().for_each(Vec::clear);
+        self.self_v.iter_mut().for_each(Vec::clear);
+        self.position = 0;
+    }
+    /// Freeze the tokens fed so far into a prefix that forks share instead of copying. The
+    /// attention arithmetic is unchanged (see `whisperd_kernels::query::CacheRows`).
+    fn share_prefix(&mut self) {
+        let mut k: Vec<Vec<f32>> = self.self_k.iter_mut().map(std::mem::take).collect();
+        let mut v: Vec<Vec<f32>> = self.self_v.iter_mut().map(std::mem::take).collect();
+        if let Some(old) = self.shared.take() {
+            // Already shared: the new prefix is the old one followed by the own tokens.
+            for (layer, (k, v)) in k.iter_mut().zip(&mut v).enumerate() {
+                let mut pk = old.k[layer].clone();
+                pk.append(k);
+                *k = pk;
+                let mut pv = old.v[layer].clone();
+                pv.append(v);
+                *v = pv;
+            }
+        }
+        self.shared = Some(Arc::new(SharedPrefix { k, v }));
+    }
+    /// Another lane at this one's position: the shared prefix and audio are shared, the tokens
+    /// this lane decoded itself are copied.
+    fn fork(&self) -> Self {
+        Self {
+            shared: self.shared.clone(),
+            self_k: self.self_k.clone(),
+            self_v: self.self_v.clone(),
+            cross: self.cross.clone(),
+            n_audio: self.n_audio,
+            position: self.position,
+        }
+    }
+}
+
 /// The audio keys and values of every layer, computed in two matmuls per window (all layers'
 /// weights stacked): keys already transposed, `Kᵀ = W_k·audioᵀ` `(layers·d, t)`, the layout
 /// attention reads; values `audio·W_vᵀ` `(t, layers·d)`. f32, or bf16 on AMX like the encoder.
@@ -142,9 +150,9 @@ enum CrossKv {
         v: Linear,
     },
     Amx {
-        wk: super::bf16::Bf16Rows,
+        wk: crate::model::bf16::Bf16Rows,
         bk: Vec<f32>,
-        v: super::bf16::Linear,
+        v: crate::model::bf16::Linear,
     },
 }
 
@@ -178,9 +186,14 @@ impl CrossKv {
         Ok(if amx {
             let n = wk.dim(0)?;
             CrossKv::Amx {
-                wk: super::bf16::Bf16Rows::new(&wk.flatten_all()?.to_vec1::<f32>()?, n, d, d),
+                wk: crate::model::bf16::Bf16Rows::new(
+                    &wk.flatten_all()?.to_vec1::<f32>()?,
+                    n,
+                    d,
+                    d,
+                ),
                 bk: bk.to_vec1::<f32>()?,
-                v: super::bf16::Linear::new(&v)?,
+                v: crate::model::bf16::Linear::new(&v)?,
             }
         } else {
             CrossKv::F32 {
@@ -202,7 +215,10 @@ impl CrossKv {
             CrossKv::Amx { wk, bk, v } => {
                 let (t, d) = audio.dims2()?;
                 let x = audio.flatten_all()?.to_vec1::<f32>()?;
-                let mut kt = super::bf16::matmul(wk, &super::bf16::PackedB::from_rows(&x, t, d, d));
+                let mut kt = crate::model::bf16::matmul(
+                    wk,
+                    &crate::model::bf16::PackedB::from_rows(&x, t, d, d),
+                );
                 kt.par_chunks_mut(t)
                     .zip(bk)
                     .for_each(|(row, b)| row.iter_mut().for_each(|x| *x += b));
@@ -231,101 +247,68 @@ fn to_f16_bits(x: &[f32]) -> Vec<u16> {
     bits.to_vec()
 }
 
-/// One sequence's alignment pass (word timestamps): `tokens` fed from position 0 against the
-/// window's audio; the cross-attention weights are read over the first `n_frames` audio positions
-/// (the window's audio, not its padding); `targets` are the (row, token) pairs whose probability
-/// is wanted, a softmax over the first `vocab_limit` logits of that row (the text tokens).
-#[derive(Debug, Clone)]
-pub struct AlignRequest {
-    pub tokens: Vec<u32>,
-    pub n_frames: usize,
-    pub targets: Vec<(usize, u32)>,
-    pub vocab_limit: usize,
-}
-
-/// What an alignment pass returns for one sequence.
-#[derive(Debug, Clone, PartialEq)]
-pub struct AlignOutput {
-    /// Per alignment head, `(tokens, n_frames)` row-major: each token's attention over the first
-    /// `n_frames` audio positions, a softmax over those positions (OpenAI's `timing.py`).
-    pub weights: Vec<Vec<f32>>,
-    pub n_frames: usize,
-    /// The probability of each target token.
-    pub probs: Vec<f32>,
-}
-
-/// Collects the alignment heads' cross-attention weights during a decoder run.
-struct AlignCapture<'a> {
-    heads: &'a [(usize, usize)],
-    n_frames: Vec<usize>,
-    /// Per sequence, per head, `(tokens, n_frames)`.
-    weights: Vec<Vec<Vec<f32>>>,
-}
-
-impl AlignCapture<'_> {
-    /// Layer `layer`'s scaled cross-attention queries `q` `(rows, d)` → for each alignment head
-    /// of this layer, softmax over the first `n_frames` audio positions of `q·k`.
-    fn record(
-        &mut self,
-        layer: usize,
-        q: &[f32],
-        rows: &[(usize, u32)],
-        spans: &[(usize, usize)],
-        states: &[&mut DecoderState],
-        n_head: usize,
-    ) {
-        let d = q.len() / rows.len().max(1);
-        let dh = d / n_head;
-        for (hi, &(l, h)) in self.heads.iter().enumerate() {
-            if l != layer {
-                continue;
-            }
-            let per_row: Vec<Vec<f32>> = (0..rows.len())
-                .into_par_iter()
-                .map(|r| {
-                    let seq = rows[r].0;
-                    let st = &states[seq];
-                    let f = self.n_frames[seq];
-                    let qh = &q[r * d + h * dh..][..dh];
-                    let t = st.n_audio;
-                    let mut scores = vec![0f32; f];
-                    match &st.cross[layer] {
-                        AudioKv::F32 { kt, .. } => {
-                            for (j, &qj) in qh.iter().enumerate() {
-                                let krow = &kt[(h * dh + j) * t..][..f];
-                                scores.iter_mut().zip(krow).for_each(|(s, &k)| *s += qj * k);
-                            }
-                        }
-                        AudioKv::F16 { kt, .. } => {
-                            for (j, &qj) in qh.iter().enumerate() {
-                                let krow = &kt[(h * dh + j) * t..][..f];
-                                scores.iter_mut().zip(krow).for_each(|(s, &k)| {
-                                    *s += qj * half::f16::from_bits(k).to_f32()
-                                });
-                            }
+/// Layer `layer`'s scaled cross-attention queries `q` `(rows, d)` → for each alignment head of
+/// this layer, softmax over the first `n_frames` audio positions of `q·k`, into `cap`.
+fn record(
+    cap: &mut AlignCapture,
+    layer: usize,
+    q: &[f32],
+    rows: &[(usize, u32)],
+    spans: &[(usize, usize)],
+    states: &[&mut HostState],
+    n_head: usize,
+) {
+    let d = q.len() / rows.len().max(1);
+    let dh = d / n_head;
+    for hi in 0..cap.heads.len() {
+        let (l, h) = cap.heads[hi];
+        if l != layer {
+            continue;
+        }
+        let per_row: Vec<Vec<f32>> = (0..rows.len())
+            .into_par_iter()
+            .map(|r| {
+                let seq = rows[r].0;
+                let st = &states[seq];
+                let f = cap.n_frames[seq];
+                let qh = &q[r * d + h * dh..][..dh];
+                let t = st.n_audio;
+                let mut scores = vec![0f32; f];
+                match &st.cross[layer] {
+                    AudioKv::F32 { kt, .. } => {
+                        for (j, &qj) in qh.iter().enumerate() {
+                            let krow = &kt[(h * dh + j) * t..][..f];
+                            scores.iter_mut().zip(krow).for_each(|(s, &k)| *s += qj * k);
                         }
                     }
-                    let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                    let mut sum = 0f32;
-                    scores.iter_mut().for_each(|s| {
-                        *s = (*s - max).exp();
-                        sum += *s;
-                    });
-                    scores.iter_mut().for_each(|s| *s /= sum);
-                    scores
-                })
-                .collect();
-            for (r, w) in per_row.into_iter().enumerate() {
-                let seq = rows[r].0;
-                let local = r - spans[seq].0;
-                let f = self.n_frames[seq];
-                self.weights[seq][hi][local * f..][..f].copy_from_slice(&w);
-            }
+                    AudioKv::F16 { kt, .. } => {
+                        for (j, &qj) in qh.iter().enumerate() {
+                            let krow = &kt[(h * dh + j) * t..][..f];
+                            scores
+                                .iter_mut()
+                                .zip(krow)
+                                .for_each(|(s, &k)| *s += qj * half::f16::from_bits(k).to_f32());
+                        }
+                    }
+                }
+                let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let mut sum = 0f32;
+                scores.iter_mut().for_each(|s| {
+                    *s = (*s - max).exp();
+                    sum += *s;
+                });
+                scores.iter_mut().for_each(|s| *s /= sum);
+                scores
+            })
+            .collect();
+        for (r, w) in per_row.into_iter().enumerate() {
+            let seq = rows[r].0;
+            cap.put(seq, hi, r - spans[seq].0, &w);
         }
     }
 }
 
-pub struct TextDecoder {
+pub struct HostDecoder {
     /// Every layer's audio keys/values, once per window.
     cross_kv: CrossKv,
     /// Token embeddings, exact (held as fp16 when every value is fp16, as in the shipped
@@ -333,8 +316,7 @@ pub struct TextDecoder {
     embed: RowMatmul,
     /// q8: the output projection in int8.
     logits_q8: Option<RowMatmul>,
-    /// Non-CPU devices: the embedding as a device tensor (RowMatmul runs on the CPU).
-    embed_device: Option<Tensor>,
+    /// Where the activations' tensors are made: the CPU (the row kernels read host memory).
     device: candle_core::Device,
     positions: Tensor,
     blocks: Vec<DecoderBlock>,
@@ -344,7 +326,7 @@ pub struct TextDecoder {
     precision: Precision,
 }
 
-impl TextDecoder {
+impl HostDecoder {
     /// `amx`: the per-window cross-attention keys/values in bf16 on AMX (see `amx`).
     pub fn new(
         w: &Weights,
@@ -399,12 +381,6 @@ impl TextDecoder {
         );
         Ok(Self {
             cross_kv: CrossKv::new(w, dims.n_text_layer, d, amx)?,
-            // The f32 tensor (80 MB for tiny) is kept only where RowMatmul cannot run.
-            embed_device: if device.is_cpu() {
-                None
-            } else {
-                Some(embed_tokens.to_dtype(candle_core::DType::F32)?)
-            },
             embed,
             logits_q8,
             device,
@@ -416,15 +392,27 @@ impl TextDecoder {
             precision,
         })
     }
+}
+
+impl DecoderBackend for HostDecoder {
+    type State = HostState;
+
+    fn n_layers(&self) -> usize {
+        self.blocks.len()
+    }
+
+    fn n_head(&self) -> usize {
+        self.n_head
+    }
 
     /// Largest number of tokens one sequence may hold.
-    pub fn n_ctx(&self) -> usize {
+    fn n_ctx(&self) -> usize {
         self.n_ctx
     }
 
     /// Compute the cross-attention keys/values of every layer for one window's `audio`
     /// `(1, n_audio, d)`.
-    pub fn prepare(&self, audio: &Tensor) -> candle_core::Result<DecoderState> {
+    fn prepare(&self, audio: &Tensor) -> candle_core::Result<HostState> {
         let (b, t, d) = audio.dims3()?;
         if b != 1 {
             candle_core::bail!("prepare takes one window at a time, got {b}");
@@ -454,7 +442,7 @@ impl TextDecoder {
             })
             .collect();
         let cap = 16 * d;
-        Ok(DecoderState {
+        Ok(HostState {
             self_k: (0..self.blocks.len())
                 .map(|_| Vec::with_capacity(cap))
                 .collect(),
@@ -468,45 +456,6 @@ impl TextDecoder {
         })
     }
 
-    /// Feed `tokens` `(1, n)` to one sequence at its position; returns the final hidden states
-    /// `(1, n, d)` (see `logits`). The cache grows by `n`.
-    pub fn forward(
-        &self,
-        tokens: &Tensor,
-        state: &mut DecoderState,
-    ) -> candle_core::Result<Tensor> {
-        let (b, n) = tokens.dims2()?;
-        if b != 1 {
-            candle_core::bail!("forward feeds one sequence at a time, got {b}");
-        }
-        let tokens = tokens.flatten_all()?.to_vec1::<u32>()?;
-        let mut states = [state];
-        let rows: Vec<(usize, u32)> = tokens.iter().map(|&t| (0, t)).collect();
-        let x = self.run(&mut states, &rows, false, None)?;
-        x.reshape((1, n, ()))
-    }
-
-    /// One token for each of several independent sequences (continuous batching): `states[i]`
-    /// gets `tokens[i]` at its own position. The projections, MLPs and logits run as one
-    /// `(batch, d)` matmul, reading every weight once per step instead of once per sequence;
-    /// attention runs per sequence against its own cache and audio. Returns `(batch, n_vocab)`
-    /// logits. With one sequence this is the same arithmetic as `forward` with one token.
-    pub fn step(
-        &self,
-        states: &mut [&mut DecoderState],
-        tokens: &[u32],
-    ) -> candle_core::Result<Tensor> {
-        if states.is_empty() || tokens.len() != states.len() {
-            candle_core::bail!(
-                "step needs one token per sequence ({} for {})",
-                tokens.len(),
-                states.len()
-            );
-        }
-        let rows: Vec<(usize, u32)> = tokens.iter().copied().enumerate().collect();
-        self.logits(&self.run(states, &rows, true, None)?)
-    }
-
     /// The decoder over `rows` of (sequence, token): consecutive rows of one sequence are
     /// consecutive positions. Returns the final hidden states `(rows, d)`.
     /// `row_kernel`: every projection on the row kernel, whatever the row count — decoder steps
@@ -515,43 +464,22 @@ impl TextDecoder {
     /// takes the GEMM beyond 32 rows.
     fn run(
         &self,
-        states: &mut [&mut DecoderState],
+        states: &mut [&mut HostState],
         rows: &[(usize, u32)],
         row_kernel: bool,
         mut capture: Option<&mut AlignCapture>,
     ) -> candle_core::Result<Tensor> {
         let rk = row_kernel;
         let device = &self.device;
-        // Each row's position; each sequence's first row and row count.
-        let mut positions = Vec::with_capacity(rows.len());
-        let mut spans: Vec<(usize, usize)> = vec![(0, 0); states.len()];
-        for (r, &(seq, _)) in rows.iter().enumerate() {
-            let Some(st) = states.get(seq) else {
-                candle_core::bail!("row for unknown sequence {seq}");
-            };
-            if spans[seq].1 == 0 {
-                spans[seq].0 = r;
-            }
-            let p = st.position + spans[seq].1;
-            if p >= self.n_ctx {
-                candle_core::bail!("decoder context of {} tokens exceeded", self.n_ctx);
-            }
-            if st.cross.len() != self.blocks.len() {
-                candle_core::bail!("decoder state was not prepared for this model");
-            }
-            spans[seq].1 += 1;
-            positions.push(p as u32);
+        let (positions, spans) = row_spans(states, rows, self.n_ctx)?;
+        if states.iter().any(|s| s.cross.len() != self.blocks.len()) {
+            candle_core::bail!("decoder state was not prepared for this model");
         }
         let ids: Vec<u32> = rows.iter().map(|r| r.1).collect();
-        let emb = match &self.embed_device {
-            Some(e) => e.index_select(&Tensor::new(ids.as_slice(), device)?, 0)?,
-            None => {
-                let Some(v) = self.embed.rows(&ids) else {
-                    candle_core::bail!("token id out of the vocabulary");
-                };
-                Tensor::from_vec(v, (ids.len(), self.embed.in_features()), device)?
-            }
+        let Some(v) = self.embed.rows(&ids) else {
+            candle_core::bail!("token id out of the vocabulary");
         };
+        let emb = Tensor::from_vec(v, (ids.len(), self.embed.in_features()), device)?;
         let pos = self
             .positions
             .index_select(&Tensor::new(positions.as_slice(), device)?, 0)?;
@@ -587,13 +515,13 @@ impl TextDecoder {
                 .flatten_all()?
                 .to_vec1::<f32>()?;
             if let Some(cap) = capture.as_deref_mut() {
-                cap.record(i, &q, rows, &spans, states, self.n_head);
+                record(cap, i, &q, rows, &spans, states, self.n_head);
             }
             self.attend_audio(states, &spans, &q, d, &mut att, i);
             let y = Tensor::from_slice(&att, (n_rows, d), device)?;
             x = (x + block.cross_out.forward_with(&y, rk)?)?;
 
-            let h = super::kernels::gelu_erf_owned(
+            let h = crate::model::kernels::gelu_erf_owned(
                 block.fc1.forward_with(&block.mlp_ln.forward(&x)?, rk)?,
             )?;
             x = (x + block.fc2.forward_with(&h, rk)?)?;
@@ -604,97 +532,16 @@ impl TextDecoder {
         self.ln.forward(&x)
     }
 
-    /// The alignment pass of word timestamps for several sequences at once: each state is reset
-    /// and fed its request's tokens from position 0 against its own audio; returns, per request,
-    /// the cross-attention weights of `heads` (`(layer, head)` pairs) and the requested token
-    /// probabilities. A sequence's numbers do not depend on the others in the batch.
-    pub fn align(
-        &self,
-        states: &mut [&mut DecoderState],
-        reqs: &[AlignRequest],
-        heads: &[(usize, usize)],
-    ) -> candle_core::Result<Vec<AlignOutput>> {
-        if states.len() != reqs.len() {
-            candle_core::bail!("align needs one request per sequence");
-        }
-        if let Some(&(l, h)) = heads
-            .iter()
-            .find(|&&(l, h)| l >= self.blocks.len() || h >= self.n_head)
-        {
-            candle_core::bail!("alignment head ({l}, {h}) is not in this decoder");
-        }
-        let mut rows = Vec::new();
-        let mut first_row = Vec::with_capacity(reqs.len());
-        let mut n_frames = Vec::with_capacity(reqs.len());
-        for (seq, (st, req)) in states.iter_mut().zip(reqs).enumerate() {
-            if req.tokens.is_empty() || req.tokens.len() > self.n_ctx {
-                candle_core::bail!(
-                    "alignment needs 1 to {} tokens, got {}",
-                    self.n_ctx,
-                    req.tokens.len()
-                );
-            }
-            if let Some(&(r, _)) = req.targets.iter().find(|t| t.0 >= req.tokens.len()) {
-                candle_core::bail!("alignment target row {r} is past the tokens");
-            }
-            st.reset();
-            first_row.push(rows.len());
-            n_frames.push(req.n_frames.clamp(1, st.n_audio.max(1)));
-            rows.extend(req.tokens.iter().map(|&t| (seq, t)));
-        }
-        let mut cap = AlignCapture {
-            heads,
-            n_frames,
-            weights: reqs
-                .iter()
-                .zip(states.iter())
-                .map(|(r, st)| {
-                    let f = r.n_frames.clamp(1, st.n_audio.max(1));
-                    vec![vec![0f32; r.tokens.len() * f]; heads.len()]
-                })
-                .collect(),
-        };
-        let hidden = self.run(states, &rows, true, Some(&mut cap))?;
-        let picked: Vec<u32> = reqs
-            .iter()
-            .zip(&first_row)
-            .flat_map(|(r, &f)| r.targets.iter().map(move |&(row, _)| (f + row) as u32))
-            .collect();
-        let mut probs = Vec::with_capacity(picked.len());
-        if !picked.is_empty() {
-            let picked = Tensor::new(picked.as_slice(), hidden.device())?;
-            let logits = self
-                .logits(&hidden.index_select(&picked, 0)?)?
-                .to_vec2::<f32>()?;
-            let mut it = logits.iter();
-            for r in reqs {
-                let mut p = Vec::with_capacity(r.targets.len());
-                for &(_, token) in &r.targets {
-                    let Some(row) = it.next() else {
-                        candle_core::bail!("missing alignment logits");
-                    };
-                    let row = &row[..r.vocab_limit.min(row.len())];
-                    let lse = super::kernels::log_sum_exp(row);
-                    p.push(row.get(token as usize).map_or(0.0, |&l| (l - lse).exp()));
-                }
-                probs.push(p);
-            }
-        } else {
-            probs.resize(reqs.len(), Vec::new());
-        }
-        Ok(cap
-            .weights
-            .into_iter()
-            .zip(cap.n_frames)
-            .zip(probs)
-            .map(|((weights, n_frames), probs)| AlignOutput {
-                weights,
-                n_frames,
-                probs,
-            })
-            .collect())
+    /// Vocabulary logits `(rows, n_vocab)` for hidden states `(rows, d)` (the tied output projection).
+    fn logits(&self, hidden: &Tensor) -> candle_core::Result<Tensor> {
+        let mm = self.logits_q8.as_ref().unwrap_or(&self.embed);
+        let (n, _) = hidden.dims2()?;
+        let x = hidden.flatten_all()?.to_vec1::<f32>()?;
+        Tensor::from_vec(mm.forward(&x, n), (n, mm.out_features()), hidden.device())
     }
+}
 
+impl HostDecoder {
     /// Runs one attention kind for every sequence over its own rows of `q` (`(rows, d)`, rows of a
     /// sequence consecutive as `spans` says), writing the same rows of `out`. Every (row, head)
     /// of every sequence is one task of a single parallel region: one fork-join per attention
@@ -702,12 +549,13 @@ impl TextDecoder {
     /// ~15 % of a batched step).
     fn attend_each(
         &self,
-        states: &[&mut DecoderState],
+        states: &[&mut HostState],
         spans: &[(usize, usize)],
         q: &[f32],
         d: usize,
         out: &mut [f32],
-        attend: impl Fn(&super::kernels::QueryAttention, &DecoderState, usize, usize, &mut [f32]) + Sync,
+        attend: impl Fn(&crate::model::kernels::QueryAttention, &HostState, usize, usize, &mut [f32])
+            + Sync,
     ) {
         let (heads, dh) = (self.n_head, d / self.n_head);
         let seq_of = sequence_of_rows(spans, out.len() / d);
@@ -715,7 +563,7 @@ impl TextDecoder {
             let (row, h) = (task / heads, task % heads);
             let seq = seq_of[row];
             let (first, n) = spans[seq];
-            let qa = super::kernels::QueryAttention {
+            let qa = crate::model::kernels::QueryAttention {
                 q: &q[first * d..][..n * d],
                 heads,
                 dh,
@@ -734,7 +582,7 @@ impl TextDecoder {
     /// Every (group, head) is one task of one parallel region.
     fn attend_audio(
         &self,
-        states: &[&mut DecoderState],
+        states: &[&mut HostState],
         spans: &[(usize, usize)],
         q: &[f32],
         d: usize,
@@ -791,22 +639,5 @@ impl TextDecoder {
                 out[(first + i) * d + h * dh..][..dh].copy_from_slice(&o[i * dh..][..dh]);
             }
         }
-    }
-
-    /// Vocabulary logits `(rows, n_vocab)` for hidden states `(rows, d)` (the tied output projection).
-    pub fn logits(&self, hidden: &Tensor) -> candle_core::Result<Tensor> {
-        if let Some(e) = &self.embed_device {
-            return hidden.matmul(&e.t()?);
-        }
-        let mm = self.logits_q8.as_ref().unwrap_or(&self.embed);
-        let (n, _) = hidden.dims2()?;
-        let x = hidden.flatten_all()?.to_vec1::<f32>()?;
-        Tensor::from_vec(mm.forward(&x, n), (n, mm.out_features()), hidden.device())
-    }
-
-    /// Logits of the last position of each sequence: `(batch, n_vocab)`.
-    pub fn last_logits(&self, hidden: &Tensor) -> candle_core::Result<Tensor> {
-        let n = hidden.dim(1)?;
-        self.logits(&hidden.narrow(1, n - 1, 1)?.squeeze(1)?)
     }
 }
