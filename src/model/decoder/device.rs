@@ -13,33 +13,19 @@ use candle_core::{Device, Module, Tensor, D};
 use candle_nn::ops::softmax_last_dim;
 use candle_nn::{LayerNorm, Linear};
 
-use crate::model::encoder::{fused_qkv, layer_norm, linear};
+use crate::model::encoder::{layer_norm, linear};
 use crate::model::weights::Weights;
 use crate::model::{ModelDims, ModelError};
 
-use super::{row_spans, AlignCapture, DecoderBackend, SequenceState};
-
-struct Block {
-    self_ln: LayerNorm,
-    /// q (pre-scaled by head_dim^-0.5), k and v in one projection.
-    self_qkv: Linear,
-    self_out: Linear,
-    cross_ln: LayerNorm,
-    /// Pre-scaled like the self-attention's queries.
-    cross_q: Linear,
-    cross_k: Linear,
-    cross_v: Linear,
-    cross_out: Linear,
-    mlp_ln: LayerNorm,
-    fc1: Linear,
-    fc2: Linear,
-}
+use super::{row_spans, window_audio, AlignCapture, Block, DecoderBackend, SequenceState};
 
 pub struct DeviceDecoder {
     /// Token embeddings `(n_vocab, d)` in f32, also the tied output projection.
     embed: Tensor,
     positions: Tensor,
-    blocks: Vec<Block>,
+    blocks: Vec<Block<Linear>>,
+    /// Per layer, the cross-attention's key and value projections.
+    cross_kv: Vec<(Linear, Linear)>,
     ln: LayerNorm,
     n_head: usize,
     n_ctx: usize,
@@ -84,27 +70,16 @@ impl SequenceState for DeviceState {
 impl DeviceDecoder {
     pub fn new(w: &Weights, dims: &ModelDims) -> Result<Self, ModelError> {
         let d = dims.n_text_state;
-        let scale = ((d / dims.n_text_head) as f64).powf(-0.5);
         let blocks = (0..dims.n_text_layer)
+            .map(|i| Block::read(w, dims, i))
+            .collect::<Result<Vec<_>, ModelError>>()?;
+        let cross_kv = (0..dims.n_text_layer)
             .map(|i| {
-                let p = format!("decoder.layers.{i}");
-                let q = linear(w, &format!("{p}.encoder_attn.q_proj"), d, d)?;
-                Ok(Block {
-                    self_ln: layer_norm(w, &format!("{p}.self_attn_layer_norm"), d)?,
-                    self_qkv: fused_qkv(w, &format!("{p}.self_attn"), d, dims.n_text_head)?,
-                    self_out: linear(w, &format!("{p}.self_attn.out_proj"), d, d)?,
-                    cross_ln: layer_norm(w, &format!("{p}.encoder_attn_layer_norm"), d)?,
-                    cross_q: Linear::new(
-                        (q.weight() * scale)?,
-                        q.bias().map(|b| b * scale).transpose()?,
-                    ),
-                    cross_k: linear(w, &format!("{p}.encoder_attn.k_proj"), d, d)?,
-                    cross_v: linear(w, &format!("{p}.encoder_attn.v_proj"), d, d)?,
-                    cross_out: linear(w, &format!("{p}.encoder_attn.out_proj"), d, d)?,
-                    mlp_ln: layer_norm(w, &format!("{p}.final_layer_norm"), d)?,
-                    fc1: linear(w, &format!("{p}.fc1"), 4 * d, d)?,
-                    fc2: linear(w, &format!("{p}.fc2"), d, 4 * d)?,
-                })
+                let p = format!("decoder.layers.{i}.encoder_attn");
+                Ok((
+                    linear(w, &format!("{p}.k_proj"), d, d)?,
+                    linear(w, &format!("{p}.v_proj"), d, d)?,
+                ))
             })
             .collect::<Result<Vec<_>, ModelError>>()?;
         let embed = w.take("decoder.embed_tokens.weight", &[dims.n_vocab, d])?;
@@ -113,6 +88,7 @@ impl DeviceDecoder {
             embed,
             positions: w.take("decoder.embed_positions.weight", &[dims.n_text_ctx, d])?,
             blocks,
+            cross_kv,
             ln: layer_norm(w, "decoder.layer_norm", d)?,
             n_head: dims.n_text_head,
             n_ctx: dims.n_text_ctx,
@@ -161,18 +137,15 @@ impl DecoderBackend for DeviceDecoder {
     }
 
     fn prepare(&self, audio: &Tensor) -> candle_core::Result<DeviceState> {
-        let (b, t, _) = audio.dims3()?;
-        if b != 1 {
-            candle_core::bail!("prepare takes one window at a time, got {b}");
-        }
-        let audio = audio.squeeze(0)?;
+        let audio = window_audio(audio)?;
+        let t = audio.dim(0)?;
         let cross = self
-            .blocks
+            .cross_kv
             .iter()
-            .map(|bl| {
+            .map(|(k, v)| {
                 Ok((
-                    self.split_heads(&bl.cross_k.forward(&audio)?)?,
-                    self.split_heads(&bl.cross_v.forward(&audio)?)?,
+                    self.split_heads(&k.forward(&audio)?)?,
+                    self.split_heads(&v.forward(&audio)?)?,
                 ))
             })
             .collect::<candle_core::Result<Vec<_>>>()?;

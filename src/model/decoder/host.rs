@@ -13,23 +13,13 @@ use whisperd_kernels::query::{audio_rows, CacheRows};
 use crate::model::linear::{Precision, Proj};
 use crate::model::rowmatmul::{self, RowMatmul};
 
-use crate::model::encoder::{fused_qkv, layer_norm, linear};
+use crate::model::encoder::{layer_norm, linear};
 use crate::model::weights::Weights;
 use crate::model::{ModelDims, ModelError};
 
-use super::{row_spans, AlignCapture, DecoderBackend, SequenceState};
+use super::{row_spans, window_audio, AlignCapture, Block, DecoderBackend, SequenceState};
 
-struct DecoderBlock {
-    self_ln: LayerNorm,
-    self_qkv: Proj,
-    self_out: Proj,
-    cross_ln: LayerNorm,
-    cross_q: Proj,
-    cross_out: Proj,
-    mlp_ln: LayerNorm,
-    fc1: Proj,
-    fc2: Proj,
-}
+type DecoderBlock = Block<Proj>;
 
 /// One layer's audio keys (transposed per head, `(heads, dh, n_audio)`) and values
 /// (`(heads, n_audio, dh)`). Every decoder step of every sequence reads all of them (18 MB per
@@ -336,36 +326,8 @@ impl HostDecoder {
     ) -> Result<Self, ModelError> {
         let d = dims.n_text_state;
         let blocks = (0..dims.n_text_layer)
-            .map(|i| {
-                let p = format!("decoder.layers.{i}");
-                let scale = ((d / dims.n_text_head) as f64).powf(-0.5);
-                let q = linear(w, &format!("{p}.encoder_attn.q_proj"), d, d)?;
-                let cross_q = Linear::new(
-                    (q.weight() * scale)?,
-                    q.bias().map(|b| b * scale).transpose()?,
-                );
-                Ok(DecoderBlock {
-                    self_ln: layer_norm(w, &format!("{p}.self_attn_layer_norm"), d)?,
-                    self_qkv: Proj::new(
-                        fused_qkv(w, &format!("{p}.self_attn"), d, dims.n_text_head)?,
-                        precision,
-                    )?,
-                    self_out: Proj::new(
-                        linear(w, &format!("{p}.self_attn.out_proj"), d, d)?,
-                        precision,
-                    )?,
-                    cross_ln: layer_norm(w, &format!("{p}.encoder_attn_layer_norm"), d)?,
-                    cross_q: Proj::new(cross_q, precision)?,
-                    cross_out: Proj::new(
-                        linear(w, &format!("{p}.encoder_attn.out_proj"), d, d)?,
-                        precision,
-                    )?,
-                    mlp_ln: layer_norm(w, &format!("{p}.final_layer_norm"), d)?,
-                    fc1: Proj::new(linear(w, &format!("{p}.fc1"), 4 * d, d)?, precision)?,
-                    fc2: Proj::new(linear(w, &format!("{p}.fc2"), d, 4 * d)?, precision)?,
-                })
-            })
-            .collect::<Result<Vec<_>, ModelError>>()?;
+            .map(|i| Ok(Block::read(w, dims, i)?.map(|l| Proj::new(l, precision))?))
+            .collect::<Result<Vec<DecoderBlock>, ModelError>>()?;
         // As stored (fp16 in published models): the row kernels keep fp16 as it is.
         let embed_tokens = w.take_stored("decoder.embed_tokens.weight", &[dims.n_vocab, d])?;
         let device = embed_tokens.device().clone();
@@ -413,13 +375,11 @@ impl DecoderBackend for HostDecoder {
     /// Compute the cross-attention keys/values of every layer for one window's `audio`
     /// `(1, n_audio, d)`.
     fn prepare(&self, audio: &Tensor) -> candle_core::Result<HostState> {
-        let (b, t, d) = audio.dims3()?;
-        if b != 1 {
-            candle_core::bail!("prepare takes one window at a time, got {b}");
-        }
+        let audio = window_audio(audio)?;
+        let (t, d) = audio.dims2()?;
         let dh = d / self.n_head;
         let layers = self.blocks.len();
-        let (kt_all, v_all) = self.cross_kv.compute(&audio.squeeze(0)?)?;
+        let (kt_all, v_all) = self.cross_kv.compute(&audio)?;
         // Per layer: its rows of Kᵀ as they are (heads one after another, `(heads, dh, t)`);
         // its columns of V regrouped per head `(heads, t, dh)`, heads in parallel.
         let cross: Vec<AudioKv> = (0..layers)

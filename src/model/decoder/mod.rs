@@ -18,13 +18,83 @@ pub(crate) mod device;
 pub(crate) mod host;
 
 use candle_core::Tensor;
+use candle_nn::{LayerNorm, Linear};
 
+use super::encoder::{fused_qkv, layer_norm, linear};
 use super::linear::Precision;
 use super::weights::Weights;
 use super::{ModelDims, ModelError};
 
 pub use device::DeviceDecoder;
 pub use host::HostDecoder;
+
+/// One decoder layer's weights; `P` is how a backend holds a projection (a candle `Linear`,
+/// the host's row-kernel `Proj`).
+pub(crate) struct Block<P> {
+    pub self_ln: LayerNorm,
+    /// q (pre-scaled by head_dim^-0.5), k and v in one projection.
+    pub self_qkv: P,
+    pub self_out: P,
+    pub cross_ln: LayerNorm,
+    /// The cross-attention's queries, pre-scaled like the self-attention's.
+    pub cross_q: P,
+    pub cross_out: P,
+    pub mlp_ln: LayerNorm,
+    pub fc1: P,
+    pub fc2: P,
+}
+
+impl Block<Linear> {
+    /// Layer `i` from `w` (its cross-attention keys/values are the backend's to read).
+    pub fn read(w: &Weights, dims: &ModelDims, i: usize) -> Result<Self, ModelError> {
+        let d = dims.n_text_state;
+        let p = format!("decoder.layers.{i}");
+        let scale = ((d / dims.n_text_head) as f64).powf(-0.5);
+        let q = linear(w, &format!("{p}.encoder_attn.q_proj"), d, d)?;
+        Ok(Block {
+            self_ln: layer_norm(w, &format!("{p}.self_attn_layer_norm"), d)?,
+            self_qkv: fused_qkv(w, &format!("{p}.self_attn"), d, dims.n_text_head)?,
+            self_out: linear(w, &format!("{p}.self_attn.out_proj"), d, d)?,
+            cross_ln: layer_norm(w, &format!("{p}.encoder_attn_layer_norm"), d)?,
+            cross_q: Linear::new(
+                (q.weight() * scale)?,
+                q.bias().map(|b| b * scale).transpose()?,
+            ),
+            cross_out: linear(w, &format!("{p}.encoder_attn.out_proj"), d, d)?,
+            mlp_ln: layer_norm(w, &format!("{p}.final_layer_norm"), d)?,
+            fc1: linear(w, &format!("{p}.fc1"), 4 * d, d)?,
+            fc2: linear(w, &format!("{p}.fc2"), d, 4 * d)?,
+        })
+    }
+
+    /// The same layer with each projection converted by `f`.
+    pub fn map<Q>(
+        self,
+        f: impl Fn(Linear) -> candle_core::Result<Q>,
+    ) -> candle_core::Result<Block<Q>> {
+        Ok(Block {
+            self_ln: self.self_ln,
+            self_qkv: f(self.self_qkv)?,
+            self_out: f(self.self_out)?,
+            cross_ln: self.cross_ln,
+            cross_q: f(self.cross_q)?,
+            cross_out: f(self.cross_out)?,
+            mlp_ln: self.mlp_ln,
+            fc1: f(self.fc1)?,
+            fc2: f(self.fc2)?,
+        })
+    }
+}
+
+/// One window's audio features `(1, n_audio, d)` → `(n_audio, d)`; backends prepare one
+/// window at a time.
+fn window_audio(audio: &Tensor) -> candle_core::Result<Tensor> {
+    let b = audio.dims3()?.0;
+    if b != 1 {
+        candle_core::bail!("prepare takes one window at a time, got {b}");
+    }
+    audio.squeeze(0)
+}
 
 /// Which backend decodes (see the module doc).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
