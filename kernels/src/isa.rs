@@ -4,8 +4,11 @@
 //! - a kernel written once as plain Rust that LLVM vectorizes is declared with [`kernel!`],
 //!   which compiles the body once per x86 tier (`#[target_feature]`) and gives `name(..)`
 //!   (best tier) and `name_on(tier, ..)`;
-//! - a kernel written with intrinsics has one `*_on(tier, ..)` entry that matches on the tier
-//!   (`tier >= Tier::Avx2`, …) and falls back to its portable version.
+//! - a kernel that needs explicit vectors is written once on `simd::Simd` (8 or 16 lanes) and
+//!   compiled per width by a `#[target_feature]` wrapper; one that needs a width's own
+//!   instructions (VNNI, bf16, AMX tiles) is written in intrinsics. Either way it has one
+//!   `*_on(tier, ..)` entry that matches on the tier (`tier >= Tier::Avx2`, …) and falls back
+//!   to its portable version.
 //!
 //! Everything x86-specific sits behind `cfg(target_arch = "x86_64")`: elsewhere (ARM servers)
 //! the only tier is [`Tier::Portable`], plain Rust without intrinsics.

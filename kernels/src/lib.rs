@@ -3,7 +3,8 @@
 //! decoder's attention over its caches (`query`), and exp / softmax / GELU (`elementwise`).
 //!
 //! Slices in, slices out: no candle types. The candle glue (custom ops, tensor wrappers) is in
-//! whisperd's `src/model`. The instruction set is detected once (`isa`).
+//! whisperd's `src/model`. The instruction set is detected once (`isa`); kernels that need
+//! explicit vectors are written once for every width on `simd`.
 
 #[macro_use]
 pub mod isa;
@@ -14,6 +15,7 @@ pub mod intgemm;
 pub mod par;
 pub mod query;
 pub mod rowmatmul;
+mod simd;
 
 pub use elementwise::log_sum_exp;
 

@@ -3,6 +3,8 @@
 
 use crate::elementwise::{dot, softmax_in_place};
 use crate::isa::Tier;
+#[cfg(target_arch = "x86_64")]
+use crate::simd::{Avx2, Avx512, Simd};
 
 /// Attention for the decoder queries of one sequence, one `(query row, head)` pair per call (the
 /// caller runs the pairs of every sequence of a step in one parallel region). `q` is
@@ -184,9 +186,8 @@ pub fn audio_rows_on<T: AudioValue>(
     T::cross_rows_on(tier, qs, kt, v, n_audio, out)
 }
 
-/// [`AudioValue::cross_rows_on`] for fp16 keys/values: the AVX2 kernel's arithmetic row by row
-/// with the keys and values read once; where the single-row kernel is another one (AVX-512,
-/// portable) each row runs through it.
+/// [`AudioValue::cross_rows_on`] for fp16 keys/values: each row the arithmetic it gets alone
+/// from [`cross_head_f16_on`], with the keys and values read once for all rows.
 fn cross_rows_f16_on(tier: Tier, qs: &[&[f32]], kt: &[u16], v: &[u16], n: usize, out: &mut [f32]) {
     let dh = qs.first().map_or(0, |q| q.len());
     assert!(
@@ -197,28 +198,62 @@ fn cross_rows_f16_on(tier: Tier, qs: &[&[f32]], kt: &[u16], v: &[u16], n: usize,
     );
     #[cfg(target_arch = "x86_64")]
     {
-        let single_is_avx512 = tier >= Tier::Avx512 && dh.is_multiple_of(16) && dh <= 128;
-        if !single_is_avx512 && tier >= Tier::Avx2 && dh.is_multiple_of(8) && dh <= 64 {
-            // SAFETY: the tier's features were detected (`Tier::available`); the lengths were
-            // checked above and the head size here.
+        // SAFETY (both): the tier's features were detected (`Tier::available`); the lengths
+        // were checked above and the head size here.
+        if tier >= Tier::Avx512 && fits::<Avx512>(dh) {
+            return unsafe { cross_rows_f16_avx512(qs, kt, v, n, out) };
+        }
+        if tier >= Tier::Avx2 && fits::<Avx2>(dh) {
             return unsafe { cross_rows_f16_avx2(qs, kt, v, n, out) };
         }
     }
+    let _ = tier;
     for (q, o) in qs.iter().zip(out.chunks_exact_mut(dh.max(1))) {
-        cross_head_f16_on(tier, q, kt, v, n, o);
+        cross_head_f16_portable(q, kt, v, n, o);
     }
 }
 
-/// `cross_head_f16_avx2` for several rows: per row the same instructions in the same order (so
-/// the same bits), each key and value row converted and loaded once for all of them.
+/// Whether a head of `dh` values suits `S`'s kernel: whole vectors, at most `MAX_ACC` of them.
+#[cfg(target_arch = "x86_64")]
+fn fits<S: Simd>(dh: usize) -> bool {
+    dh.is_multiple_of(S::LANES) && dh <= MAX_ACC * S::LANES
+}
+
+/// Value accumulators per row (vectors of `S::LANES`): a head of up to 64 (AVX2) or 128
+/// (AVX-512) values.
+#[cfg(target_arch = "x86_64")]
+const MAX_ACC: usize = 8;
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn cross_rows_f16_avx512(qs: &[&[f32]], kt: &[u16], v: &[u16], n: usize, out: &mut [f32]) {
+    cross_rows_f16_simd::<Avx512>(qs, kt, v, n, out)
+}
+
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn cross_rows_f16_avx2(qs: &[&[f32]], kt: &[u16], v: &[u16], n: usize, out: &mut [f32]) {
-    use std::arch::x86_64::*;
+    cross_rows_f16_simd::<Avx2>(qs, kt, v, n, out)
+}
+
+/// `cross_head`'s arithmetic over fp16 keys/values for several query rows, written once for
+/// every vector width: scores two key rows per pass (`s = q₁k₁ + (q₀k₀ + s)`, the sums of one
+/// row per pass with half the loads and stores of the scores), each key and value vector
+/// converted once for all rows; per row the same instructions in the same order, so a row's
+/// bits do not depend on the others.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn cross_rows_f16_simd<S: Simd>(
+    qs: &[&[f32]],
+    kt: &[u16],
+    v: &[u16],
+    n: usize,
+    out: &mut [f32],
+) {
     let dh = qs[0].len();
     let rows = qs.len();
-    let load8 = |p: *const u16| _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i));
-    let n8 = n / 8 * 8;
+    let w = S::LANES;
+    let nw = n / w * w;
     let mut scores = vec![0f32; rows * n];
     let mut d = 0;
     while d < dh {
@@ -228,21 +263,18 @@ unsafe fn cross_rows_f16_avx2(qs: &[&[f32]], kt: &[u16], v: &[u16], n: usize, ou
             kt.as_ptr().add((d + pair as usize) * n),
         );
         let mut j = 0;
-        while j < n8 {
-            let (k0, k1) = (load8(r0.add(j)), load8(r1.add(j)));
+        while j < nw {
+            let (k0, k1) = (S::load_f16(r0.add(j)), S::load_f16(r1.add(j)));
             for (r, q) in qs.iter().enumerate() {
-                let (q0, q1) = (
-                    _mm256_set1_ps(q[d]),
-                    _mm256_set1_ps(if pair { q[d + 1] } else { 0.0 }),
-                );
+                let (q0, q1) = (S::splat(q[d]), S::splat(if pair { q[d + 1] } else { 0.0 }));
                 let s = scores.as_mut_ptr().add(r * n + j);
-                let acc = _mm256_fmadd_ps(q0, k0, _mm256_loadu_ps(s));
-                _mm256_storeu_ps(s, _mm256_fmadd_ps(q1, k1, acc));
+                let acc = S::fmadd(q0, k0, S::load(s));
+                S::store(s, S::fmadd(q1, k1, acc));
             }
-            j += 8;
+            j += w;
         }
         for (r, q) in qs.iter().enumerate() {
-            for (j, sc) in scores[r * n..][..n].iter_mut().enumerate().skip(n8) {
+            for (j, sc) in scores[r * n..][..n].iter_mut().enumerate().skip(nw) {
                 *sc += q[d] * half::f16::from_bits(*r0.add(j)).to_f32();
                 if pair {
                     *sc += q[d + 1] * half::f16::from_bits(*r1.add(j)).to_f32();
@@ -254,42 +286,31 @@ unsafe fn cross_rows_f16_avx2(qs: &[&[f32]], kt: &[u16], v: &[u16], n: usize, ou
     for row in scores.chunks_exact_mut(n.max(1)) {
         softmax_in_place(row);
     }
-    let lanes = dh / 8;
-    let mut acc = vec![[_mm256_setzero_ps(); 8]; rows];
+    let lanes = dh / w;
+    let mut acc = vec![[S::zero(); MAX_ACC]; rows];
     for j in 0..n {
         let row = v.as_ptr().add(j * dh);
         for c in 0..lanes {
-            let vv = load8(row.add(c * 8));
+            let vv = S::load_f16(row.add(c * w));
             for (r, a) in acc.iter_mut().enumerate() {
-                let pv = _mm256_set1_ps(scores[r * n + j]);
-                a[c] = _mm256_fmadd_ps(pv, vv, a[c]);
+                a[c] = S::fmadd(S::splat(scores[r * n + j]), vv, a[c]);
             }
         }
     }
     for (r, a) in acc.iter().enumerate() {
         for (c, x) in a.iter().enumerate().take(lanes) {
-            _mm256_storeu_ps(out.as_mut_ptr().add(r * dh + c * 8), *x);
+            S::store(out.as_mut_ptr().add(r * dh + c * w), *x);
         }
     }
 }
 
 /// `cross_head_f16` on the kernels of `tier` (one of `Tier::available`).
 pub fn cross_head_f16_on(tier: Tier, q: &[f32], kt: &[u16], v: &[u16], n: usize, out: &mut [f32]) {
-    let dh = q.len();
-    assert!(kt.len() >= dh * n && v.len() >= dh * n && out.len() >= dh);
-    #[cfg(target_arch = "x86_64")]
-    match tier {
-        // SAFETY (both): the tier's features were detected (`Tier::available`); the slice
-        // lengths were checked above and the head size here.
-        t if t >= Tier::Avx512 && dh.is_multiple_of(16) && dh <= 128 => {
-            return unsafe { cross_head_f16_avx512(q, kt, v, n, out) }
-        }
-        t if t >= Tier::Avx2 && dh.is_multiple_of(8) && dh <= 64 => {
-            return unsafe { cross_head_f16_avx2(q, kt, v, n, out) }
-        }
-        _ => {}
-    }
-    let _ = tier;
+    cross_rows_f16_on(tier, &[q], kt, v, n, out)
+}
+
+/// The portable `cross_head_f16`: plain Rust, one row.
+fn cross_head_f16_portable(q: &[f32], kt: &[u16], v: &[u16], n: usize, out: &mut [f32]) {
     let f = |b: u16| half::f16::from_bits(b).to_f32();
     let dh = q.len();
     let mut scores = vec![0f32; n];
@@ -299,104 +320,12 @@ pub fn cross_head_f16_on(tier: Tier, q: &[f32], kt: &[u16], v: &[u16], n: usize,
         }
     }
     softmax_in_place(&mut scores);
+    let out = &mut out[..dh];
     out.fill(0.0);
     for (j, &p) in scores.iter().enumerate() {
         for (o, &vv) in out.iter_mut().zip(&v[j * dh..][..dh]) {
             *o += p * f(vv);
         }
-    }
-}
-
-/// The same arithmetic as `cross_head`, converting 16 fp16 values per instruction.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn cross_head_f16_avx512(q: &[f32], kt: &[u16], v: &[u16], n: usize, out: &mut [f32]) {
-    use std::arch::x86_64::*;
-    let dh = q.len();
-    let load16 = |p: *const u16| _mm512_cvtph_ps(_mm256_loadu_si256(p as *const __m256i));
-    let n16 = n / 16 * 16;
-    let mut scores = vec![0f32; n];
-    for (d, &qd) in q.iter().enumerate() {
-        let row = kt.as_ptr().add(d * n);
-        let qv = _mm512_set1_ps(qd);
-        let mut j = 0;
-        while j < n16 {
-            let s = scores.as_mut_ptr().add(j);
-            _mm512_storeu_ps(
-                s,
-                _mm512_fmadd_ps(qv, load16(row.add(j)), _mm512_loadu_ps(s)),
-            );
-            j += 16;
-        }
-        for (j, sc) in scores.iter_mut().enumerate().skip(n16) {
-            *sc += qd * half::f16::from_bits(*row.add(j)).to_f32();
-        }
-    }
-    softmax_in_place(&mut scores);
-    // dh is a multiple of 16 (and at most 128, checked by the caller): dh / 16 accumulators.
-    let mut acc = [_mm512_setzero_ps(); 8];
-    let lanes = dh / 16;
-    for (j, &p) in scores.iter().enumerate() {
-        let pv = _mm512_set1_ps(p);
-        let row = v.as_ptr().add(j * dh);
-        for (c, a) in acc.iter_mut().enumerate().take(lanes) {
-            *a = _mm512_fmadd_ps(pv, load16(row.add(c * 16)), *a);
-        }
-    }
-    for (c, a) in acc.iter().enumerate().take(lanes) {
-        _mm512_storeu_ps(out.as_mut_ptr().add(c * 16), *a);
-    }
-}
-
-/// `cross_head_f16_avx512` in 8 lanes (AVX2, FMA, F16C).
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn cross_head_f16_avx2(q: &[f32], kt: &[u16], v: &[u16], n: usize, out: &mut [f32]) {
-    use std::arch::x86_64::*;
-    let dh = q.len();
-    let load8 = |p: *const u16| _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i));
-    let n8 = n / 8 * 8;
-    let mut scores = vec![0f32; n];
-    // Two key rows per pass over the scores: half the loads and stores of the scores.
-    let mut d = 0;
-    while d < dh {
-        let pair = d + 1 < dh;
-        let (r0, r1) = (
-            kt.as_ptr().add(d * n),
-            kt.as_ptr().add((d + pair as usize) * n),
-        );
-        let (q0, q1) = (
-            _mm256_set1_ps(q[d]),
-            _mm256_set1_ps(if pair { q[d + 1] } else { 0.0 }),
-        );
-        let mut j = 0;
-        while j < n8 {
-            let s = scores.as_mut_ptr().add(j);
-            let acc = _mm256_fmadd_ps(q0, load8(r0.add(j)), _mm256_loadu_ps(s));
-            _mm256_storeu_ps(s, _mm256_fmadd_ps(q1, load8(r1.add(j)), acc));
-            j += 8;
-        }
-        for (j, sc) in scores.iter_mut().enumerate().skip(n8) {
-            *sc += q[d] * half::f16::from_bits(*r0.add(j)).to_f32();
-            if pair {
-                *sc += q[d + 1] * half::f16::from_bits(*r1.add(j)).to_f32();
-            }
-        }
-        d += 2;
-    }
-    softmax_in_place(&mut scores);
-    // dh is a multiple of 8 (and at most 64, checked by the caller): dh / 8 accumulators.
-    let mut acc = [_mm256_setzero_ps(); 8];
-    let lanes = dh / 8;
-    for (j, &p) in scores.iter().enumerate() {
-        let pv = _mm256_set1_ps(p);
-        let row = v.as_ptr().add(j * dh);
-        for (c, a) in acc.iter_mut().enumerate().take(lanes) {
-            *a = _mm256_fmadd_ps(pv, load8(row.add(c * 8)), *a);
-        }
-    }
-    for (c, a) in acc.iter().enumerate().take(lanes) {
-        _mm256_storeu_ps(out.as_mut_ptr().add(c * 8), *a);
     }
 }
 

@@ -424,22 +424,61 @@ mod kernel {
         w[c * k + i] as f32 * s[(c * k + i) / super::Q8_GROUP]
     });
 
-    /// The SIMD kernels, one module per weight type with `tile` (`MR` rows × `NR` columns from
-    /// column `c`, the whole inner dimension), `$load(w, s, element offset)` giving one vector
-    /// of weights as f32 lanes, and the driver `rows` over any number of rows and a range of
-    /// columns. `nr` is the tile width for 1, 2, 3 and 4 rows: fewer rows → more columns per
+    /// How a stored weight type becomes f32 lanes of any width (the q8 scale applied per
+    /// group: 8 and 16 lanes both divide a group of 32, so one load is one group).
+    #[cfg(target_arch = "x86_64")]
+    pub(crate) trait Weight: Sized {
+        /// # Safety
+        /// `S`'s features present; `w` valid for `S::LANES` values from `at`.
+        unsafe fn lanes<S: Simd>(w: *const Self, s: *const f32, at: usize) -> S::V;
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    impl Weight for u16 {
+        #[inline(always)]
+        unsafe fn lanes<S: Simd>(w: *const u16, _: *const f32, at: usize) -> S::V {
+            S::load_f16(w.add(at))
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    impl Weight for f32 {
+        #[inline(always)]
+        unsafe fn lanes<S: Simd>(w: *const f32, _: *const f32, at: usize) -> S::V {
+            S::load(w.add(at))
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    impl Weight for i8 {
+        #[inline(always)]
+        unsafe fn lanes<S: Simd>(w: *const i8, s: *const f32, at: usize) -> S::V {
+            S::mul(
+                S::load_i8(w.add(at)),
+                S::splat(*s.add(at / crate::rowmatmul::Q8_GROUP)),
+            )
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    use crate::simd::Simd;
+
+    /// The SIMD kernels, written once on [`Simd`] and compiled per vector width: one module per
+    /// weight type with `tile` (`MR` rows × `NR` columns from column `c`, the whole inner
+    /// dimension), the weights read through [`Weight`], and the driver `rows` over any number
+    /// of rows and a range of columns. `nr` is the tile width for 1, 2, 3 and 4 rows: fewer rows → more columns per
     /// tile, so enough independent sums are in flight to hide the FMA latency, within the
     /// register file (accumulators + row vectors + one weight vector; beyond it LLVM spills).
     #[cfg(target_arch = "x86_64")]
     macro_rules! simd_rows {
         (
-            features = $feat:literal, vector = $v:ty, lanes = $lanes:expr,
-            loadu = $loadu:path, fmadd = $fmadd:path, reduce = $reduce:path,
+            features = $feat:literal, simd = $S:ty,
             nr = [$nr1:literal, $nr2:literal, $nr3:literal, $nr4:literal],
-            $($m:ident: $t:ty => $load:expr),* $(,)?
+            $($m:ident: $t:ty),* $(,)?
         ) => {$(
             pub mod $m {
-                use std::arch::x86_64::*;
+                use crate::rowmatmul::kernel::Weight;
+                use crate::simd::Simd;
                 use std::ops::Range;
 
                 #[target_feature(enable = $feat)]
@@ -453,28 +492,27 @@ mod kernel {
                     n: usize,
                     y: *mut f32,
                 ) {
-                    let load = $load;
                     // Zeroed memory rather than a repeat expression: that becomes an init loop
                     // that LLVM then fails to keep in registers.
-                    let mut acc: [[$v; NR]; MR] = std::mem::zeroed();
-                    let mut xv: [$v; MR] = std::mem::zeroed();
+                    let mut acc: [[<$S as Simd>::V; NR]; MR] = std::mem::zeroed();
+                    let mut xv: [<$S as Simd>::V; MR] = std::mem::zeroed();
                     let mut i = 0;
                     // Constant-index loops (fully unrolled) keep `acc` and `xv` in registers.
                     while i < k {
                         for m in 0..MR {
-                            xv[m] = $loadu(x.add(m * k + i));
+                            xv[m] = <$S>::load(x.add(m * k + i));
                         }
                         for j in 0..NR {
-                            let wv = load(w, s, (c + j) * k + i);
+                            let wv = <$t as Weight>::lanes::<$S>(w, s, (c + j) * k + i);
                             for m in 0..MR {
-                                acc[m][j] = $fmadd(xv[m], wv, acc[m][j]);
+                                acc[m][j] = <$S>::fmadd(xv[m], wv, acc[m][j]);
                             }
                         }
-                        i += $lanes;
+                        i += <$S>::LANES;
                     }
                     for m in 0..MR {
                         for j in 0..NR {
-                            *y.add(m * n + c + j) = $reduce(acc[m][j]);
+                            *y.add(m * n + c + j) = <$S>::reduce(acc[m][j]);
                         }
                     }
                 }
@@ -554,55 +592,15 @@ mod kernel {
     mod avx512 {
         // 32 registers; with 16 accumulators LLVM spilled and shuffled them every iteration
         // (seen in the disassembly), so at most 12.
-        simd_rows!(
-            features = "avx512f", vector = __m512, lanes = 16,
-            loadu = _mm512_loadu_ps, fmadd = _mm512_fmadd_ps, reduce = _mm512_reduce_add_ps,
-            nr = [8, 6, 4, 3],
-            f16_rows: u16 => |w: *const u16, _: *const f32, at: usize| {
-                _mm512_cvtph_ps(_mm256_loadu_si256(w.add(at) as *const __m256i))
-            },
-            f32_rows: f32 => |w: *const f32, _: *const f32, at: usize| _mm512_loadu_ps(w.add(at)),
-            // 16 int8 weights → f32 lanes × their group's scale (16 | 32: one group per load).
-            q8_rows: i8 => |w: *const i8, s: *const f32, at: usize| {
-                let ints = _mm512_cvtepi8_epi32(_mm_loadu_si128(w.add(at) as *const __m128i));
-                _mm512_mul_ps(
-                    _mm512_cvtepi32_ps(ints),
-                    _mm512_set1_ps(*s.add(at / crate::rowmatmul::Q8_GROUP)),
-                )
-            },
-        );
+        simd_rows!(features = "avx512f", simd = crate::simd::Avx512, nr = [8, 6, 4, 3],
+            f16_rows: u16, f32_rows: f32, q8_rows: i8);
     }
 
     #[cfg(target_arch = "x86_64")]
-    pub(super) mod avx2 {
-        use std::arch::x86_64::*;
-
-        #[inline]
-        #[target_feature(enable = "avx2,fma,f16c")]
-        pub(in crate::rowmatmul) fn hsum(v: __m256) -> f32 {
-            let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
-            let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-            _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)))
-        }
-
+    mod avx2 {
         // 16 registers: 4 rows × 2 columns = 8 accumulators + 4 row vectors + 1 weight.
-        simd_rows!(
-            features = "avx2,fma,f16c", vector = __m256, lanes = 8,
-            loadu = _mm256_loadu_ps, fmadd = _mm256_fmadd_ps, reduce = super::hsum,
-            nr = [8, 5, 3, 2],
-            f16_rows: u16 => |w: *const u16, _: *const f32, at: usize| {
-                _mm256_cvtph_ps(_mm_loadu_si128(w.add(at) as *const __m128i))
-            },
-            f32_rows: f32 => |w: *const f32, _: *const f32, at: usize| _mm256_loadu_ps(w.add(at)),
-            // 8 int8 weights → f32 lanes × their group's scale (8 | 32: one group per load).
-            q8_rows: i8 => |w: *const i8, s: *const f32, at: usize| {
-                let ints = _mm256_cvtepi8_epi32(_mm_loadl_epi64(w.add(at) as *const __m128i));
-                _mm256_mul_ps(
-                    _mm256_cvtepi32_ps(ints),
-                    _mm256_set1_ps(*s.add(at / crate::rowmatmul::Q8_GROUP)),
-                )
-            },
-        );
+        simd_rows!(features = "avx2,fma,f16c", simd = crate::simd::Avx2, nr = [8, 5, 3, 2],
+            f16_rows: u16, f32_rows: f32, q8_rows: i8);
     }
 }
 
@@ -637,8 +635,8 @@ mod q8_int {
     //! f32 instead took ~17 instructions per 32 weights before any arithmetic, which made
     //! single-sequence decoder steps compute-bound on AVX2 CPUs.
 
-    use super::kernel::avx2::hsum;
     use super::Q8_GROUP;
+    use crate::simd::{Avx2, Simd};
     use std::arch::x86_64::*;
     use std::ops::Range;
 
@@ -678,7 +676,7 @@ mod q8_int {
         for m in 0..MR {
             let sx = *xs.add(m);
             for j in 0..NR {
-                *y.add(m * n + c + j) = hsum(acc[m][j]) * sx;
+                *y.add(m * n + c + j) = Avx2::reduce(acc[m][j]) * sx;
             }
         }
     }
