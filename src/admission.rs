@@ -1,5 +1,5 @@
 //! Admission: what the server (uploads, realtime passes, async jobs) and `whisperd batch` put
-//! in front of the engine alike. A request's key (`cache::cache_key`: audio hash, model,
+//! in front of the engine alike, as one service ([`Admission`]). A request's key (`cache::cache_key`: audio hash, model,
 //! options) is looked up in the result cache (`crate::cache`, one set of defaults there); on a
 //! miss, single flight: identical work in flight at once runs once, and every other asker waits
 //! for that run's result on the same channel — asynchronously (the server's handlers) or from a
@@ -7,9 +7,12 @@
 //! shared queue with [`next_job`].
 
 use std::collections::HashMap;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::broadcast;
+
+use crate::cache::ResultCache;
+use crate::transcript::Transcript;
 
 /// Work in flight, by key: the channel its result goes out on, and what the caller keeps with
 /// it (`X`: the server's progress and cross-replica lock, batch's first input with the content).
@@ -137,6 +140,114 @@ impl<T: Clone, X> Drop for Lead<'_, T, X> {
     }
 }
 
+/// A transcription's result as admission hands it around (`E`: the caller's error type).
+pub type Outcome<E> = Result<Arc<Transcript>, E>;
+
+/// The result cache and single flight as one service: the admission path of the server and of
+/// `whisperd batch`. A key is answered from the cache, or joins the flight of identical work in
+/// progress, or leads it; a leader's successful result is cached before its flight ends, so an
+/// identical asker finds it one way or the other, never neither.
+pub struct Admission<E, X> {
+    cache: ResultCache,
+    flights: Flights<Outcome<E>, X>,
+}
+
+/// Where an asker's result comes from.
+pub enum Admit<E, V> {
+    /// The result cache had it.
+    Hit(Arc<Transcript>),
+    /// A flight will send it: this asker's (`leader` set: it must run the work and
+    /// [`Admission::complete`] it) or an identical one's.
+    Flight(Joined<Outcome<E>, V>),
+}
+
+/// How [`Admission::run_blocking`] got its result.
+pub enum Answered<V> {
+    Hit,
+    /// This caller ran the work.
+    Led,
+    /// An identical asker ran it; `V` is what `view` took from that flight's extra.
+    Joined(V),
+}
+
+impl<E: Clone, X> Admission<E, X> {
+    pub fn new(cache: ResultCache) -> Self {
+        Self {
+            cache,
+            flights: Flights::default(),
+        }
+    }
+
+    pub fn cache(&self) -> &ResultCache {
+        &self.cache
+    }
+
+    /// Look `key` up in the cache (unless `cached` is false: work whose result is not to be
+    /// reused), else join or start its flight (see [`Flights::join`]).
+    pub fn admit<V>(
+        &self,
+        key: &str,
+        cached: bool,
+        new: impl FnOnce() -> X,
+        view: impl FnOnce(&X) -> V,
+    ) -> Admit<E, V> {
+        if let Some(t) = cached.then(|| self.cache.get(key)).flatten() {
+            return Admit::Hit(t);
+        }
+        Admit::Flight(self.flights.join(key, new, view))
+    }
+
+    /// Change the extra of `key`'s flight, if it is still in flight.
+    pub fn update(&self, key: &str, f: impl FnOnce(&mut X)) {
+        self.flights.update(key, f)
+    }
+
+    /// End `key`'s flight with `result`: cached first when it succeeded and `cached` is set.
+    /// Hands back the flight's sender and extra; the caller sends `result` on it (after
+    /// anything else it publishes first).
+    pub fn complete(
+        &self,
+        key: &str,
+        result: &Outcome<E>,
+        cached: bool,
+    ) -> Option<(broadcast::Sender<Outcome<E>>, X)> {
+        if let (Ok(t), true) = (result, cached) {
+            self.cache.put(key.to_string(), t.clone());
+        }
+        self.flights.take(key)
+    }
+
+    /// The whole path for a thread that runs the work itself (batch's job threads): a cache
+    /// hit, or the result of an identical flight (waited for, blocking), or `work()` run here
+    /// as the flight's leader — whose flight ends even if `work` panics, so identical askers
+    /// get `stopped` instead of waiting forever.
+    pub fn run_blocking<V>(
+        &self,
+        key: &str,
+        new: impl FnOnce() -> X,
+        view: impl FnOnce(&X) -> V,
+        work: impl FnOnce() -> Outcome<E>,
+        stopped: impl FnOnce() -> E,
+    ) -> (Outcome<E>, Answered<V>) {
+        let joined = match self.admit(key, true, new, view) {
+            Admit::Hit(t) => return (Ok(t), Answered::Hit),
+            Admit::Flight(j) => j,
+        };
+        if joined.leader.is_none() {
+            let mut rx = joined.rx;
+            let r = rx.blocking_recv().unwrap_or_else(|_| Err(stopped()));
+            return (r, Answered::Joined(joined.view));
+        }
+        let lead = self.flights.lead(key);
+        let r = work();
+        if let Ok(t) = &r {
+            self.cache.put(key.to_string(), t.clone());
+        }
+        lead.finish(r.clone());
+        (r, Answered::Led)
+    }
+}
+
 /// The next job of a queue that several job threads take from (the server's per-model queues,
 /// batch's prepared inputs); `None` once every sender is gone.
 pub fn next_job<J>(queue: &Mutex<std::sync::mpsc::Receiver<J>>) -> Option<J> {
@@ -200,5 +311,112 @@ mod tests {
         flights.lead("k").finish(3);
         assert_eq!(wait.blocking_recv(), Ok(3));
         drop(first);
+    }
+
+    fn transcript(text: &str) -> Arc<Transcript> {
+        Arc::new(Transcript {
+            text: text.into(),
+            language: "en".into(),
+            duration: 1.0,
+            segments: vec![],
+            fallbacks: vec![],
+            speech: None,
+            language_probabilities: None,
+            speakers: None,
+            diarized: None,
+        })
+    }
+
+    /// The service path: a leader runs the work and caches it, an identical asker meanwhile
+    /// waits for it, a later one hits the cache; an uncached admission never reads the cache.
+    #[test]
+    fn admission_caches_a_leaders_result_and_answers_identical_askers() {
+        let a: Arc<Admission<String, &str>> =
+            Arc::new(Admission::new(ResultCache::new(8, 1 << 20)));
+        let (started_tx, started_rx) = std::sync::mpsc::channel();
+        let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+        let leader = {
+            let a = a.clone();
+            std::thread::spawn(move || {
+                a.run_blocking(
+                    "k",
+                    || "first",
+                    |x| *x,
+                    || {
+                        started_tx.send(()).expect("test alive");
+                        go_rx.recv().expect("test alive");
+                        Ok(transcript("once"))
+                    },
+                    || "stopped".into(),
+                )
+            })
+        };
+        started_rx.recv().expect("leader started");
+        let waiter = {
+            let a = a.clone();
+            std::thread::spawn(move || {
+                a.run_blocking(
+                    "k",
+                    || "second",
+                    |x| *x,
+                    || panic!("ran twice"),
+                    String::new,
+                )
+            })
+        };
+        // The waiter joins the leader's flight before the work ends.
+        while a.flights.lock().get("k").map(|f| f.tx.receiver_count()) != Some(2) {
+            std::thread::yield_now();
+        }
+        go_tx.send(()).expect("leader waits");
+        let (r, how) = leader.join().expect("no panic");
+        assert_eq!(r.expect("ok").text, "once");
+        assert!(matches!(how, Answered::Led));
+        let (r, how) = waiter.join().expect("no panic");
+        assert_eq!(r.expect("ok").text, "once");
+        assert!(matches!(how, Answered::Joined("first")));
+        let (r, how) = a.run_blocking("k", || "third", |x| *x, || panic!("ran"), String::new);
+        assert_eq!(r.expect("cached").text, "once");
+        assert!(matches!(how, Answered::Hit));
+        assert!(matches!(
+            a.admit("k", false, || "x", |_| ()),
+            Admit::Flight(_)
+        ));
+        // complete() caches only successes it is asked to.
+        let done = a.complete("k", &Err("no".into()), true);
+        assert!(done.is_some() && a.cache().get("k").is_some());
+        assert!(a.complete("u", &Ok(transcript("u")), false).is_none());
+        assert!(a.cache().get("u").is_none());
+    }
+
+    /// A leader whose work panics ends its flight: the identical asker gets `stopped`.
+    #[test]
+    fn a_panicking_leader_releases_its_waiters() {
+        let a: Arc<Admission<String, ()>> = Arc::new(Admission::new(ResultCache::new(8, 1 << 20)));
+        let (started_tx, started_rx) = std::sync::mpsc::channel();
+        let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+        let a2 = a.clone();
+        let leader = std::thread::spawn(move || {
+            a2.run_blocking(
+                "k",
+                || (),
+                |_| (),
+                || {
+                    started_tx.send(()).expect("test alive");
+                    go_rx.recv().expect("test alive");
+                    panic!("engine bug")
+                },
+                String::new,
+            )
+        });
+        started_rx.recv().expect("leader started");
+        let mut rx = match a.admit("k", true, || (), |_| ()) {
+            Admit::Flight(j) if j.leader.is_none() => j.rx,
+            _ => panic!("the leader's flight is in progress"),
+        };
+        go_tx.send(()).expect("leader waits");
+        assert!(leader.join().is_err());
+        assert!(rx.blocking_recv().is_err());
+        assert!(a.flights.is_empty() && a.cache().get("k").is_none());
     }
 }

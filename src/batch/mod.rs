@@ -17,7 +17,7 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
-use crate::admission::Flights;
+use crate::admission::{Admission, Answered};
 use crate::cache::{audio_hash, cache_key, ResultCache};
 use crate::decode::ModelRunner;
 use crate::engine::{Engine, EngineError, Prepared};
@@ -171,8 +171,8 @@ fn prep(engine: &Engine, o: &BatchOptions, input: &InputFile) -> Prepped {
 /// What the transcription threads share: finished transcripts, those in progress (each with
 /// the input that runs it), and which input first had each content.
 struct Shared {
-    cache: ResultCache,
-    inflight: Flights<Result<Arc<Transcript>, String>, String>,
+    /// The result cache and single flight; a flight's extra is the path of the input that runs it.
+    admission: Admission<String, String>,
     first_with_hash: Mutex<HashMap<String, String>>,
 }
 
@@ -191,8 +191,7 @@ pub fn run(
 ) -> Vec<Record> {
     let next = AtomicUsize::new(0);
     let shared = Shared {
-        cache: ResultCache::default(),
-        inflight: Flights::default(),
+        admission: Admission::new(ResultCache::default()),
         first_with_hash: Mutex::new(HashMap::new()),
     };
     let mut records = Vec::with_capacity(inputs.len());
@@ -316,39 +315,31 @@ fn finish(
     };
     rec.sha256 = Some(sha.clone());
     let key = cache_key(&sha, &engine.model_name, &o.transcribe);
-    let result = if let Some(t) = shared.cache.get(&key) {
-        rec.duplicate_of = lock(&shared.first_with_hash).get(&sha).cloned();
-        Ok(t)
-    } else {
-        // Single flight: the first input with this content transcribes it, the rest wait.
-        let joined = shared
-            .inflight
-            .join(&key, || rec.path.clone(), String::clone);
-        if joined.leader.is_some() {
-            let lead = shared.inflight.lead(&key);
-            let r: Result<Arc<Transcript>, String> = engine
+    // The first input with this content transcribes it; identical ones wait for its result.
+    let (result, answered) = shared.admission.run_blocking(
+        &key,
+        || rec.path.clone(),
+        String::clone,
+        || {
+            let r = engine
                 .transcribe_prepared_with(runner, &prepared, &o.transcribe)
                 .map(Arc::new)
                 .map_err(|e: EngineError| e.to_string());
-            if let Ok(t) = &r {
-                shared.cache.put(key.clone(), t.clone());
+            if r.is_ok() {
+                // Before the result is cached: a later identical input names this one.
                 lock(&shared.first_with_hash)
                     .entry(sha.clone())
                     .or_insert_with(|| rec.path.clone());
             }
-            lead.finish(r.clone());
             r
-        } else {
-            let mut rx = joined.rx;
-            let r = rx
-                .blocking_recv()
-                .unwrap_or_else(|_| Err("the identical input's transcription stopped".into()));
-            if r.is_ok() {
-                rec.duplicate_of = Some(joined.view);
-            }
-            r
-        }
-    };
+        },
+        || "the identical input's transcription stopped".into(),
+    );
+    match answered {
+        Answered::Hit => rec.duplicate_of = lock(&shared.first_with_hash).get(&sha).cloned(),
+        Answered::Joined(first) if result.is_ok() => rec.duplicate_of = Some(first),
+        _ => {}
+    }
     match result.and_then(|t| write_outputs(o, input, &sha, &t).map(|outs| (t, outs))) {
         Ok((t, outs)) => {
             rec.status = Status::Ok;

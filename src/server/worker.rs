@@ -16,6 +16,7 @@ use tokio::sync::broadcast;
 use super::error::ApiError;
 use super::metrics::Metrics;
 use super::models::{Lease, Models};
+use crate::admission::{Admission, Admit};
 use crate::audio::AudioError;
 use crate::cache::ResultCache;
 use crate::engine::{Engine, EngineError, Prepared};
@@ -107,11 +108,11 @@ pub struct Shared {
     /// The default model is loaded and warm.
     pub ready: AtomicBool,
     pub draining: AtomicBool,
-    pub cache: ResultCache,
     /// The Redis second level and cross-replica single flight (`redis_url`).
     pub shared_cache: Option<Arc<crate::cluster::cache::SharedCache>>,
     pub metrics: Metrics,
-    inflight: crate::admission::Flights<JobResult, Flight>,
+    /// The result cache and single flight (`crate::admission`).
+    admission: Admission<ApiError, Flight>,
     /// Jobs waiting in every model's queue together; at most `queue_size`.
     queued: AtomicUsize,
     pub queue_size: usize,
@@ -154,10 +155,9 @@ impl Shared {
             models,
             ready: AtomicBool::new(false),
             draining: AtomicBool::new(false),
-            cache,
+            admission: Admission::new(cache),
             shared_cache,
             metrics,
-            inflight: Default::default(),
             queued: AtomicUsize::new(0),
             queue_size,
             request_timeout,
@@ -191,14 +191,13 @@ impl Shared {
     /// Hand `result` to everyone waiting on `key` and forget the job. The key leaves the in-flight
     /// map before the result is sent, so a later identical request finds the cache instead.
     fn finish(&self, key: &str, result: JobResult) {
-        let (tx, lock) = self
-            .inflight
-            .take(key)
-            .map_or((None, None), |(tx, f)| (Some(tx), f.lock));
         let cacheable = !key.starts_with(UNCACHED);
-        if let (Ok(t), true) = (&result, cacheable) {
-            self.cache.put(key.to_string(), t.clone());
-            let (entries, bytes) = self.cache.usage();
+        let (tx, lock) = self
+            .admission
+            .complete(key, &result, cacheable)
+            .map_or((None, None), |(tx, f)| (Some(tx), f.lock));
+        if result.is_ok() && cacheable {
+            let (entries, bytes) = self.admission.cache().usage();
             self.metrics.cache_entries.set(entries as i64);
             self.metrics.cache_bytes.set(bytes as i64);
         }
@@ -367,7 +366,7 @@ async fn across_replicas(
         match sc.claim(key).await {
             Claim::Unavailable => return None,
             Claim::Mine(lock) => {
-                shared.inflight.update(key, |f| f.lock = Some(lock));
+                shared.admission.update(key, |f| f.lock = Some(lock));
                 return None;
             }
             Claim::Theirs => {
@@ -471,25 +470,30 @@ pub async fn submit_with(
     tracing::debug!(audio_hash = %hash, "upload hashed");
     if !cached {
         key = format!("{UNCACHED}{:016x}:{key}", rand::random::<u64>());
-    } else if let Some(t) = shared.cache.get(&key) {
-        shared.metrics.cache_hits.inc();
-        return Ok((Pending::Hit(t), engine));
-    } else {
-        shared.metrics.cache_misses.inc();
     }
-
-    let crate::admission::Joined {
-        rx,
-        view: progress,
-        leader,
-    } = shared.inflight.join(
+    let admitted = shared.admission.admit(
         &key,
+        cached,
         || Flight {
             progress: Progress::new(),
             lock: None,
         },
         |f| f.progress.clone(),
     );
+    let crate::admission::Joined {
+        rx,
+        view: progress,
+        leader,
+    } = match admitted {
+        Admit::Hit(t) => {
+            shared.metrics.cache_hits.inc();
+            return Ok((Pending::Hit(t), engine));
+        }
+        Admit::Flight(joined) => joined,
+    };
+    if cached {
+        shared.metrics.cache_misses.inc();
+    }
     if leader.is_none() {
         shared.metrics.cache_coalesced.inc();
     }
