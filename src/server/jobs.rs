@@ -499,7 +499,13 @@ async fn process(state: web::Data<AppState>, jobs: &Arc<Jobs>, claim: Claim) {
                 ),
             }))
         } else {
-            run(&state, jobs, &job).await
+            match run(&state, jobs, &job).await {
+                // Cancelled while it ran (even before its audio was read: cancelling drops the
+                // audio, and the run then fails for want of it): the store keeps `cancelled`,
+                // and so does the count.
+                RunEnd::Done(_) if cancelled(jobs, &job.id).await => RunEnd::Cancelled,
+                end => end,
+            }
         };
         if let RunEnd::Later = end {
             tracing::warn!(job_id = %job.id, "job store unavailable mid-run: the job will run again");
