@@ -313,19 +313,7 @@ mod tests {
         drop(first);
     }
 
-    fn transcript(text: &str) -> Arc<Transcript> {
-        Arc::new(Transcript {
-            text: text.into(),
-            language: "en".into(),
-            duration: 1.0,
-            segments: vec![],
-            fallbacks: vec![],
-            speech: None,
-            language_probabilities: None,
-            speakers: None,
-            diarized: None,
-        })
-    }
+    use crate::cache::tests::t as transcript;
 
     /// The service path: a leader runs the work and caches it, an identical asker meanwhile
     /// waits for it, a later one hits the cache; an uncached admission never reads the cache.

@@ -142,10 +142,11 @@ fn approx_size(t: &Transcript) -> usize {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn t(text: &str) -> Arc<Transcript> {
+    /// A transcript of `text` and nothing else (unit tests here and in `admission`).
+    pub(crate) fn t(text: &str) -> Arc<Transcript> {
         Arc::new(Transcript {
             text: text.into(),
             language: "en".into(),
