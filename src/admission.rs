@@ -3,10 +3,12 @@
 //! options) is looked up in the result cache (`crate::cache`, one set of defaults there); on a
 //! miss, single flight: identical work in flight at once runs once, and every other asker waits
 //! for that run's result on the same channel — asynchronously (the server's handlers) or from a
-//! blocking thread (batch's transcription threads). Job threads take their work from one
-//! shared queue with [`next_job`].
+//! blocking thread (batch's transcription threads). Work waits in a bounded [`JobQueue`] whose
+//! job threads run it: the server's per-model queues and batch's prepared inputs are both one.
 
 use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::broadcast;
@@ -248,10 +250,84 @@ impl<E: Clone, X> Admission<E, X> {
     }
 }
 
-/// The next job of a queue that several job threads take from (the server's per-model queues,
-/// batch's prepared inputs); `None` once every sender is gone.
-pub fn next_job<J>(queue: &Mutex<std::sync::mpsc::Receiver<J>>) -> Option<J> {
-    queue.lock().unwrap_or_else(|p| p.into_inner()).recv().ok()
+/// A bounded queue of jobs and the threads that run them: each model's queue in the server (its
+/// transcription threads) and batch's prepared inputs (its transcription threads). Senders put
+/// jobs in (`try_send`: refuse when full, `send`: wait for a place); the job threads take them
+/// in order until every sender is gone, then end. A job that panics is contained: its thread
+/// logs it and takes the next job, so a queue never loses its threads.
+pub struct JobQueue<J> {
+    tx: SyncSender<J>,
+    rx: Mutex<Receiver<J>>,
+}
+
+impl<J: Send> JobQueue<J> {
+    /// A queue that holds at most `capacity` jobs waiting for a thread.
+    pub fn new(capacity: usize) -> Self {
+        let (tx, rx) = sync_channel(capacity);
+        Self {
+            tx,
+            rx: Mutex::new(rx),
+        }
+    }
+
+    /// Start `threads` job threads (named `{name}-{i}`) running `run` on each job. Hands back
+    /// the queue's sender: when it and its clones are gone, the threads finish what is queued
+    /// and end.
+    pub fn start(
+        self,
+        name: &str,
+        threads: usize,
+        run: impl Fn(J) + Send + Sync + 'static,
+    ) -> std::io::Result<SyncSender<J>>
+    where
+        J: 'static,
+    {
+        let (tx, rx) = (self.tx, Arc::new(self.rx));
+        let run = Arc::new(run);
+        for i in 0..threads.max(1) {
+            let (rx, run, thread) = (rx.clone(), run.clone(), format!("{name}-{i}"));
+            std::thread::Builder::new()
+                .name(thread.clone())
+                .spawn(move || serve(&rx, &thread, &*run))?;
+        }
+        Ok(tx)
+    }
+
+    /// [`JobQueue::start`] with threads of `scope`, for jobs and a `run` that borrow from it.
+    pub fn start_scoped<'scope, 'env>(
+        self,
+        scope: &'scope std::thread::Scope<'scope, 'env>,
+        name: &str,
+        threads: usize,
+        run: impl Fn(J) + Send + Sync + 'scope,
+    ) -> std::io::Result<SyncSender<J>>
+    where
+        J: 'scope,
+    {
+        let (tx, rx) = (self.tx, Arc::new(self.rx));
+        let run = Arc::new(run);
+        for i in 0..threads.max(1) {
+            let (rx, run, thread) = (rx.clone(), run.clone(), format!("{name}-{i}"));
+            std::thread::Builder::new()
+                .name(thread.clone())
+                .spawn_scoped(scope, move || serve(&rx, &thread, &*run))?;
+        }
+        Ok(tx)
+    }
+}
+
+/// One job thread: the next job, until every sender is gone.
+fn serve<J>(rx: &Mutex<Receiver<J>>, thread: &str, run: &(impl Fn(J) + ?Sized)) {
+    loop {
+        let next = rx.lock().unwrap_or_else(|p| p.into_inner()).recv();
+        let Ok(job) = next else { return };
+        if std::panic::catch_unwind(AssertUnwindSafe(|| run(job))).is_err() {
+            tracing::error!(
+                thread,
+                "a job panicked; its thread goes on with the next job (a bug: please report it)"
+            );
+        }
+    }
 }
 
 #[cfg(test)]
@@ -406,5 +482,55 @@ mod tests {
         assert!(leader.join().is_err());
         assert!(rx.blocking_recv().is_err());
         assert!(a.flights.is_empty() && a.cache().get("k").is_none());
+    }
+
+    #[test]
+    fn a_job_queue_runs_every_job_survives_a_panic_and_ends_with_its_senders() {
+        let done = Mutex::new(Vec::new());
+        std::thread::scope(|scope| {
+            let tx = JobQueue::new(4)
+                .start_scoped(scope, "test", 2, |n: u32| {
+                    if n == 3 {
+                        panic!("a bug in one job");
+                    }
+                    done.lock().expect("not poisoned").push(n);
+                })
+                .expect("threads start");
+            for n in 0..10 {
+                tx.send(n).expect("job threads alive");
+            }
+            // The scope ends only once both threads have ended: when the sender is gone.
+        });
+        let mut done = done.into_inner().expect("not poisoned");
+        done.sort();
+        assert_eq!(done, [0, 1, 2, 4, 5, 6, 7, 8, 9]);
+    }
+
+    #[test]
+    fn a_full_job_queue_refuses_the_next_job() {
+        let (gate_tx, gate_rx) = std::sync::mpsc::channel::<()>();
+        let (took_tx, took_rx) = std::sync::mpsc::channel::<u32>();
+        let gate = Mutex::new(gate_rx);
+        std::thread::scope(|scope| {
+            let tx = JobQueue::new(1)
+                .start_scoped(scope, "test", 1, |n: u32| {
+                    took_tx.send(n).expect("test alive");
+                    gate.lock()
+                        .expect("not poisoned")
+                        .recv()
+                        .expect("test alive");
+                })
+                .expect("threads start");
+            tx.try_send(1).expect("the thread is idle");
+            assert_eq!(took_rx.recv().expect("thread alive"), 1);
+            tx.try_send(2).expect("one place in the queue");
+            assert!(matches!(
+                tx.try_send(3),
+                Err(std::sync::mpsc::TrySendError::Full(3))
+            ));
+            gate_tx.send(()).expect("thread waits");
+            assert_eq!(took_rx.recv().expect("thread alive"), 2);
+            gate_tx.send(()).expect("thread waits");
+        });
     }
 }

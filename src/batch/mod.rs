@@ -9,15 +9,16 @@
 pub mod inputs;
 
 use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::mpsc::{channel, sync_channel};
+use std::sync::mpsc::channel;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
-use crate::admission::{Admission, Answered};
+use crate::admission::{Admission, Answered, JobQueue};
 use crate::cache::{audio_hash, cache_key, ResultCache};
 use crate::decode::ModelRunner;
 use crate::engine::{Engine, EngineError, Prepared};
@@ -223,10 +224,47 @@ pub fn run(
         batch_size = workers,
         "batch started"
     );
-    let (tx, rx) = sync_channel::<(usize, Prepped, f64)>(jobs);
-    let rx = Mutex::new(rx);
     let (rec_tx, rec_rx) = channel::<Record>();
     std::thread::scope(|scope| {
+        // Prepared inputs wait in one job queue (at most `jobs` of them) for the transcription threads.
+        let shared = &shared;
+        let queue = JobQueue::new(jobs).start_scoped(
+            scope,
+            "batch-transcribe",
+            workers,
+            move |(i, p, prep_s): (usize, Prepped, f64)| {
+                if stop.load(Ordering::SeqCst) {
+                    return; // what is not started yet, a re-run picks up
+                }
+                let t0 = Instant::now();
+                let input = &inputs[i];
+                let finished = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                    finish(engine, runner, shared, o, input, p)
+                }));
+                let mut rec = finished.unwrap_or_else(|_| {
+                    tracing::error!(path = %input.path.display(), "transcription panicked (a bug: please report it)");
+                    failed(input, Some("internal error during transcription".into()))
+                });
+                rec.seconds = prep_s + t0.elapsed().as_secs_f64();
+                if rec.status == Status::Failed && o.fail_fast {
+                    stop.store(true, Ordering::SeqCst);
+                }
+                let _ = rec_tx.send(rec);
+            },
+        );
+        let tx = match queue {
+            Ok(tx) => tx,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start a transcription thread");
+                let error = format!("cannot start a transcription thread: {e}");
+                records.extend(
+                    inputs
+                        .iter()
+                        .map(|input| failed(input, Some(error.clone()))),
+                );
+                return;
+            }
+        };
         for _ in 0..jobs {
             let tx = tx.clone();
             let next = &next;
@@ -244,38 +282,27 @@ pub fn run(
             });
         }
         drop(tx);
-        for _ in 0..workers {
-            let (rx, rec_tx, shared) = (&rx, rec_tx.clone(), &shared);
-            scope.spawn(move || loop {
-                if stop.load(Ordering::SeqCst) {
-                    break; // what is not started yet, a re-run picks up
-                }
-                let Some((i, p, prep_s)) = crate::admission::next_job(rx) else {
-                    break;
-                };
-                if stop.load(Ordering::SeqCst) {
-                    break;
-                }
-                let t0 = Instant::now();
-                let mut rec = finish(engine, runner, shared, o, &inputs[i], p);
-                rec.seconds = prep_s + t0.elapsed().as_secs_f64();
-                if rec.status == Status::Failed && o.fail_fast {
-                    stop.store(true, Ordering::SeqCst);
-                }
-                if rec_tx.send(rec).is_err() {
-                    break;
-                }
-            });
-        }
-        drop(rec_tx);
         for rec in rec_rx.iter() {
             on_record(&rec);
             records.push(rec);
         }
-        // Let prep threads blocked on a full channel finish.
-        for _ in lock(&rx).try_iter() {}
     });
     records
+}
+
+/// A failed record for `input`.
+fn failed(input: &InputFile, error: Option<String>) -> Record {
+    Record {
+        path: input.path.display().to_string(),
+        sha256: None,
+        status: Status::Failed,
+        error,
+        duration: None,
+        language: None,
+        outputs: vec![],
+        seconds: 0.0,
+        duplicate_of: None,
+    }
 }
 
 /// One prepared input to its record: transcribe (or reuse an identical input's transcript) and
@@ -288,17 +315,7 @@ fn finish(
     input: &InputFile,
     p: Prepped,
 ) -> Record {
-    let mut rec = Record {
-        path: input.path.display().to_string(),
-        sha256: None,
-        status: Status::Failed,
-        error: None,
-        duration: None,
-        language: None,
-        outputs: vec![],
-        seconds: 0.0,
-        duplicate_of: None,
-    };
+    let mut rec = failed(input, None);
     let (sha, prepared) = match p {
         Prepped::Skip { sha, outputs } => {
             rec.sha256 = Some(sha);

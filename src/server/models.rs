@@ -7,7 +7,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc::{sync_channel, SyncSender};
+use std::sync::mpsc::SyncSender;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -15,6 +15,7 @@ use tokio::sync::watch;
 
 use super::error::ApiError;
 use super::worker::{self, Job, Shared};
+use crate::admission::JobQueue;
 use crate::audio::Pcm;
 use crate::engine::{Engine, EngineError};
 use crate::vad::SileroVad;
@@ -514,17 +515,14 @@ fn load(shared: &Arc<Shared>, index: usize, warm_up: bool) -> Result<Arc<Loaded>
         Some(shared.metrics.scheduler.clone()),
     )
     .map_err(|e| format!("cannot start the scheduler thread: {e}"))?;
-    let (tx, rx) = sync_channel::<Job>(shared.queue_size);
-    let rx = Arc::new(Mutex::new(rx));
-    for i in 0..s.scheduler.max_batch.max(1) {
-        let (shared, engine, handle, rx) =
-            (shared.clone(), engine.clone(), handle.clone(), rx.clone());
-        let model = spec.name.clone();
-        std::thread::Builder::new()
-            .name(format!("transcribe-{i}"))
-            .spawn(move || worker::serve_jobs(&shared, &model, &engine, &handle, &rx))
-            .map_err(|e| format!("cannot start a transcription thread: {e}"))?;
-    }
+    let queue = {
+        let (shared, engine, model) = (shared.clone(), engine.clone(), spec.name.clone());
+        JobQueue::new(shared.queue_size)
+            .start("transcribe", s.scheduler.max_batch, move |job| {
+                worker::run_job(&shared, &model, &engine, &handle, job)
+            })
+            .map_err(|e| format!("cannot start a transcription thread: {e}"))?
+    };
     let m = &shared.metrics;
     m.model_load_seconds
         .with_label_values(&[&spec.name])
@@ -547,7 +545,7 @@ fn load(shared: &Arc<Shared>, index: usize, warm_up: bool) -> Result<Arc<Loaded>
         engine,
         name: spec.name.clone(),
         cache_name,
-        queue: tx,
+        queue,
         busy: AtomicUsize::new(0),
         last_used: Mutex::new(Instant::now()),
     }))

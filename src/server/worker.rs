@@ -6,7 +6,6 @@
 
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::mpsc::Receiver;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tracing::Instrument;
@@ -219,20 +218,9 @@ impl Shared {
     }
 }
 
-/// One transcription thread: take the next job, run it through the scheduler, repeat.
-pub(super) fn serve_jobs(
-    shared: &Shared,
-    model: &str,
-    engine: &Engine,
-    handle: &crate::scheduler::SchedulerHandle,
-    rx: &Mutex<Receiver<Job>>,
-) {
-    while let Some(job) = crate::admission::next_job(rx) {
-        run_job(shared, model, engine, handle, job);
-    }
-}
-
-fn run_job(
+/// One job of a model's queue (`crate::admission::JobQueue`), on one of its transcription
+/// threads: run it through the scheduler and answer its waiters.
+pub(super) fn run_job(
     shared: &Shared,
     model: &str,
     engine: &Engine,
