@@ -282,15 +282,7 @@ impl<J: Send> JobQueue<J> {
     where
         J: 'static,
     {
-        let (tx, rx) = (self.tx, Arc::new(self.rx));
-        let run = Arc::new(run);
-        for i in 0..threads.max(1) {
-            let (rx, run, thread) = (rx.clone(), run.clone(), format!("{name}-{i}"));
-            std::thread::Builder::new()
-                .name(thread.clone())
-                .spawn(move || serve(&rx, &thread, &*run))?;
-        }
-        Ok(tx)
+        self.start_with(name, threads, run, |b, f| b.spawn(f).map(drop))
     }
 
     /// [`JobQueue::start`] with threads of `scope`, for jobs and a `run` that borrow from it.
@@ -304,13 +296,30 @@ impl<J: Send> JobQueue<J> {
     where
         J: 'scope,
     {
+        self.start_with(name, threads, run, |b, f| {
+            b.spawn_scoped(scope, f).map(drop)
+        })
+    }
+
+    fn start_with<'a>(
+        self,
+        name: &str,
+        threads: usize,
+        run: impl Fn(J) + Send + Sync + 'a,
+        mut spawn: impl FnMut(
+            std::thread::Builder,
+            Box<dyn FnOnce() + Send + 'a>,
+        ) -> std::io::Result<()>,
+    ) -> std::io::Result<SyncSender<J>>
+    where
+        J: 'a,
+    {
         let (tx, rx) = (self.tx, Arc::new(self.rx));
         let run = Arc::new(run);
         for i in 0..threads.max(1) {
             let (rx, run, thread) = (rx.clone(), run.clone(), format!("{name}-{i}"));
-            std::thread::Builder::new()
-                .name(thread.clone())
-                .spawn_scoped(scope, move || serve(&rx, &thread, &*run))?;
+            let builder = std::thread::Builder::new().name(thread.clone());
+            spawn(builder, Box::new(move || serve(&rx, &thread, &*run)))?;
         }
         Ok(tx)
     }
