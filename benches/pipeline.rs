@@ -113,7 +113,7 @@ fn benches(c: &mut Criterion) {
         })
     });
     let q8 = Engine::load_with(&model, &Device::Cpu, whisperd::model::Precision::Q8).unwrap();
-    // bf16 on AMX where the CPU has it (see src/model/bf16.rs), else the same f32 path.
+    // bf16 on AMX where the CPU has it (see core/src/model/bf16.rs), else the same f32 path.
     g.bench_function("encoder_window_q8", |b| {
         b.iter(|| q8.model.encode(&window).unwrap())
     });

@@ -1,49 +1,17 @@
 //! whisperd: Whisper speech-to-text as a library, a CLI and an HTTP service.
 //!
-//! Pipeline, one module per stage: `audio` (bytes → 16 kHz mono) → `mel` (log-mel) → `model`
-//! (encoder, KV-cached decoder) → `decode` (tokens, rules, long-form loop) → `output` (formats).
-//! `vad` (energy gate, Silero VAD) decides which audio reaches the decoder at all; `diarize`
-//! tells speakers apart (GE2E voice embeddings).
-//! `engine` ties them together behind one call; the CLI and the server are thin layers over it.
+//! The engine is the `whisperd-core` crate (`core/`): audio, VAD, log-mel, model, decoding,
+//! scheduler, result cache and admission, re-exported here under the same names. This crate
+//! adds what runs it: `server` (HTTP, realtime, async jobs over `jobs`), `batch` and the CLI
+//! (`src/cli`, in the binary), `config`, `cluster` (Redis), `net` (URL fetching) and `telemetry`.
 
-pub mod audio;
-pub mod decode;
-pub mod diarize;
-pub mod engine;
-pub mod mel;
-pub mod model;
-pub mod output;
-pub mod scheduler;
-pub mod transcript;
-pub mod vad;
+pub use whisperd_core::{
+    admission, audio, cache, convert_to_safetensors, decode, diarize, engine, mel, model, output,
+    scheduler, transcript, vad, CheckedOptions, Engine, EngineError, Format, Segment, Task,
+    TranscribeOptions, Transcript,
+};
 
-pub use decode::{Task, TranscribeOptions};
-pub use engine::{CheckedOptions, Engine, EngineError};
-pub use output::Format;
-pub use transcript::{Segment, Transcript};
-
-/// Convert a model directory to the Hugging Face layout (`whisperd convert --to safetensors`).
-pub fn convert_to_safetensors(
-    src: &std::path::Path,
-    dst: &std::path::Path,
-) -> Result<(), EngineError> {
-    let engine = Engine::load(src)?;
-    let weights = model::Weights::load_dir(src, &candle_core::Device::Cpu)?;
-    model::save_hf(&weights, &engine.model.dims, dst)?;
-    let io = |e: std::io::Error| {
-        EngineError::Model(model::ModelError::Io {
-            path: dst.to_path_buf(),
-            source: e,
-        })
-    };
-    std::fs::copy(src.join("tokenizer.json"), dst.join("tokenizer.json")).map_err(io)?;
-    engine::write_generation_config(&engine.suppress, &engine.model.alignment_heads, dst)
-        .map_err(io)?;
-    Ok(())
-}
-pub mod admission;
 pub mod batch;
-pub mod cache;
 pub mod cluster;
 pub mod config;
 pub mod jobs;

@@ -3,7 +3,7 @@
 //! decoder's attention over its caches (`query`), and exp / softmax / GELU (`elementwise`).
 //!
 //! Slices in, slices out: no candle types. The candle glue (custom ops, tensor wrappers) is in
-//! whisperd's `src/model`. The instruction set is detected once (`isa`); kernels that need
+//! whisperd's `core/src/model`. The instruction set is detected once (`isa`); kernels that need
 //! explicit vectors are written once for every width on `simd`.
 
 #[macro_use]
