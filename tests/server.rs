@@ -1033,3 +1033,30 @@ fn configured_beam_size_is_the_default_and_a_field_overrides_it() {
     assert!(text(&[("model", "whisper-1")]).contains("Marie's face"));
     assert!(text(&[("model", "whisper-1"), ("beam_size", "1")]).contains("Paris face"));
 }
+
+/// Transparent huge pages are off for the whole process (7 % of a q8 run went to zeroing huge
+/// pages; `src/main.rs`), unless `MIMALLOC_ALLOW_THP` says otherwise. Linux reports the
+/// process's setting as `THP_enabled` in /proc/PID/status (kernels since 5.0).
+#[test]
+fn the_server_runs_without_transparent_huge_pages() {
+    let thp = |s: &Server| {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", s.child.id()))
+            .expect("/proc/PID/status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("THP_enabled:"))
+            .map(|v| v.trim().to_string())
+    };
+    let s = Server::start(&[]);
+    let Some(off) = thp(&s) else {
+        eprintln!("this kernel does not report THP_enabled; nothing to check");
+        return;
+    };
+    assert_eq!(off, "0", "THP is still on for whisperd serve");
+    let s = Server::start(&[("MIMALLOC_ALLOW_THP", "1")]);
+    assert_eq!(
+        thp(&s).as_deref(),
+        Some("1"),
+        "MIMALLOC_ALLOW_THP=1 must win"
+    );
+}
