@@ -16,8 +16,6 @@ unsafe extern "C" {
 
 /// `mi_option_purge_delay` in mimalloc's option enum.
 const MI_OPTION_PURGE_DELAY: std::ffi::c_int = 15;
-/// `mi_option_allow_thp` in mimalloc's option enum (v2, libmimalloc-sys 0.1.49).
-const MI_OPTION_ALLOW_THP: std::ffi::c_int = 37;
 
 /// By default mimalloc hands freed pages back to the OS 10 ms after they are freed; the
 /// encoder frees and reallocates the same ~100 MB of temporaries every 50–100 ms, so each
@@ -38,15 +36,14 @@ fn keep_freed_memory_briefly() {
 /// q8 run's profile was `clear_page_erms` under `do_huge_pmd_anonymous_page`. The decoder
 /// streams its weights in order, so 4-KB pages cost it no measurable TLB time. On a Zen 4
 /// (45 files, tiny.en, 2 threads, interleaved): q8 wall 18.5 → 15.9 s, f32 27.4 → 25.8 s,
-/// system time 4.6 → 2.6 s, peak RSS lower. Off for the whole process (what
-/// `MIMALLOC_ALLOW_THP=0` does, including THP's `always` mode); `MIMALLOC_ALLOW_THP` in the
-/// environment wins.
+/// system time 4.6 → 2.6 s, peak RSS lower. `PR_SET_THP_DISABLE` turns them off for the whole
+/// process, whatever is advised and in THP's `always` mode too (the same call mimalloc makes
+/// for `MIMALLOC_ALLOW_THP=0`, without depending on its option numbering);
+/// `MIMALLOC_ALLOW_THP` in the environment wins.
 fn avoid_transparent_huge_pages() {
     if std::env::var_os("MIMALLOC_ALLOW_THP").is_some() {
         return;
     }
-    // SAFETY: sets an integer option; mimalloc reads it at each OS allocation.
-    unsafe { mi_option_set(MI_OPTION_ALLOW_THP, 0) };
     #[cfg(target_os = "linux")]
     // SAFETY: PR_SET_THP_DISABLE takes integer arguments only and changes no memory of ours;
     // on a kernel without it the call fails and nothing changes.
