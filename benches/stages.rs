@@ -119,6 +119,20 @@ fn main() {
         let dec = &m.decoder;
         let sp = &engine.tokenizer.specials;
         let text_token = 440u32;
+        // A window's prompt: start-of-transcript after up to 223 tokens of previous text
+        // (the previous window's), decoded in one pass before the first step.
+        for prompt in [50usize, 200] {
+            let ms = median_ms(
+                runs.min(10),
+                || dec.prepare(&features).expect("prepare"),
+                |mut state| {
+                    let ids = Tensor::from_vec(vec![text_token; prompt], (1, prompt), &Device::Cpu)
+                        .expect("prompt");
+                    dec.forward(&ids, &mut state).expect("forward")
+                },
+            );
+            emit(&name, p, &format!("decoder_prompt_{prompt}"), ms);
+        }
         for position in [1usize, 100, 200] {
             // a state holding `position` tokens (start-of-transcript, then text)
             let mut base = dec.prepare(&features).expect("prepare");

@@ -54,6 +54,13 @@ def ct2_stages(model_dir, threads, runs):
     sot = tok.token_to_id("<|startoftranscript|>")
     eot = tok.token_to_id("<|endoftext|>")
     no_ts = tok.token_to_id("<|notimestamps|>")
+    def first_token(prompt):
+        return lambda: m.model.generate(enc1, [prompt], beam_size=1, max_length=2,
+                                        suppress_tokens=[-1, eot], suppress_blank=False)
+    alone = median_ms(first_token([sot]), runs)
+    for length in (50, 200):
+        # The prompt's pass: the first token after `length` prompt tokens, less after one.
+        out[f"decoder_prompt_{length}"] = median_ms(first_token([sot] + [440] * (length - 1)), runs) - alone
     for position in (1, 100, 200):
         prompt = ([sot, no_ts] + [440] * max(position - 2, 0))[:max(position, 1)]
         for n, enc in ((1, enc1), (8, enc8)):
@@ -76,7 +83,7 @@ def ours(model_dir, runs):
     return {(r["precision"], r["stage"]): r["ms"] for r in rows}
 
 
-STAGES = ["model_load", "mel_30s", "encoder_window", "encoder_batch_8",
+STAGES = ["model_load", "mel_30s", "encoder_window", "encoder_batch_8", "decoder_prompt_50", "decoder_prompt_200",
           "decoder_step_at_1", "decoder_step_at_100", "decoder_step_at_200",
           "decoder_step_batch_8_at_1", "decoder_step_batch_8_at_100", "decoder_step_batch_8_at_200",
           "output_projection", "logit_rules"]
