@@ -281,18 +281,65 @@ pub(crate) fn quantize(tier: Tier, src: &[f32], dst: &mut [i16], max: i32) -> f3
     }
     #[cfg(target_arch = "x86_64")]
     {
-        // Vectorized rounding needs SSE4.1 (the baseline build calls libm per value).
-        #[target_feature(enable = "avx2")]
-        unsafe fn avx2(src: &[f32], dst: &mut [i16], max: i32) -> f32 {
-            body(src, dst, max)
-        }
         if tier >= Tier::Avx2 {
             // SAFETY: `tier` is available (the caller's contract), so the CPU has AVX2.
-            return unsafe { avx2(src, dst, max) };
+            return unsafe { quantize_avx2(src, dst, max) };
         }
     }
     let _ = tier;
     body(src, dst, max)
+}
+
+/// [`quantize`]'s `body` in 8-lane vectors, value for value the same: LLVM left both of its
+/// loops scalar (the NaN-ignoring maximum does not reassociate; the saturating `as i16` went
+/// lane by lane), 3 % of a q8 run's time on the encoder's activations.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn quantize_avx2(src: &[f32], dst: &mut [i16], max: i32) -> f32 {
+    use std::arch::x86_64::*;
+    let n = src.len().min(dst.len());
+    let (s, d) = (src.as_ptr(), dst.as_mut_ptr());
+    let sign = _mm256_set1_ps(-0.0);
+    // `f32::max` ignores a NaN operand: `vmaxps` returns its second operand when either is
+    // NaN, so the running maximum goes second.
+    let mut m = _mm256_setzero_ps();
+    let mut i = 0;
+    while i + 8 <= n {
+        m = _mm256_max_ps(_mm256_andnot_ps(sign, _mm256_loadu_ps(s.add(i))), m);
+        i += 8;
+    }
+    let mut lanes = [0f32; 8];
+    _mm256_storeu_ps(lanes.as_mut_ptr(), m);
+    let mut amax = lanes.iter().fold(0f32, |a, &v| a.max(v));
+    for &v in &src[i..n] {
+        amax = amax.max(v.abs());
+    }
+    if amax == 0.0 || !amax.is_finite() {
+        dst.fill(0);
+        return 0.0;
+    }
+    let (inv, lim) = (max as f32 / amax, max as f32);
+    let (vinv, vlo, vhi) = (
+        _mm256_set1_ps(inv),
+        _mm256_set1_ps(-lim),
+        _mm256_set1_ps(lim),
+    );
+    let mut i = 0;
+    while i + 8 <= n {
+        let t = _mm256_mul_ps(_mm256_loadu_ps(s.add(i)), vinv);
+        // NaN (a NaN input, or 0 × ∞ when `amax` is subnormal) becomes 0, as `as i16` makes it.
+        let t = _mm256_and_ps(t, _mm256_cmp_ps::<_CMP_ORD_Q>(t, t));
+        let r = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(t);
+        let r = _mm256_min_ps(_mm256_max_ps(r, vlo), vhi);
+        let q = _mm256_cvtps_epi32(r);
+        let packed = _mm_packs_epi32(_mm256_castsi256_si128(q), _mm256_extracti128_si256::<1>(q));
+        _mm_storeu_si128(d.add(i) as *mut __m128i, packed);
+        i += 8;
+    }
+    for (o, &v) in dst[i..n].iter_mut().zip(&src[i..n]) {
+        *o = (v * inv).round_ties_even().clamp(-lim, lim) as i16;
+    }
+    amax / lim
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -422,6 +469,37 @@ pub(crate) mod tests {
     }
 
     /// The activation range shrinks with the inner dimension so that sums cannot overflow.
+    /// The vector quantization gives the portable one's values and scale exactly, ties, NaN,
+    /// infinity, a subnormal maximum and partial vectors included.
+    #[test]
+    fn vector_quantize_equals_portable() {
+        if !Tier::available().contains(&Tier::Avx2) {
+            return;
+        }
+        let mut cases = vec![
+            values(1003, 7),
+            (0..41).map(|i| i as f32 * 0.5 - 10.0).collect::<Vec<_>>(),
+            vec![1e-45, -1e-45, 0.0, 1e-45, 0.0, 0.0, 0.0, 0.0, 1e-45, 3e-45],
+            vec![0.0; 19],
+        ];
+        let mut nan = values(37, 3);
+        nan[5] = f32::NAN;
+        nan[33] = f32::NAN;
+        cases.push(nan);
+        let mut inf = values(37, 3);
+        inf[9] = f32::NEG_INFINITY;
+        cases.push(inf);
+        for src in &cases {
+            for max in [511, 8191, 32767] {
+                let (mut a, mut b) = (vec![7i16; src.len()], vec![7i16; src.len()]);
+                let sa = quantize(Tier::Portable, src, &mut a, max);
+                let sb = quantize(Tier::Avx2, src, &mut b, max);
+                assert_eq!(sa.to_bits(), sb.to_bits(), "scale, max {max}: {src:?}");
+                assert_eq!(a, b, "values, max {max}: {src:?}");
+            }
+        }
+    }
+
     #[test]
     fn activation_range_keeps_sums_in_i32() {
         for inp in [16, 384, 1536, 2048, 5120, 20480] {
