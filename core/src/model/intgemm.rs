@@ -22,6 +22,14 @@ impl IntLinear {
         )))
     }
 
+    /// `x` `(rows, inp)` row-major → `(rows, out)`.
+    pub fn forward_rows(&self, x: &[f32], rows: usize) -> candle_core::Result<Vec<f32>> {
+        if x.len() != rows * self.0.in_features() {
+            candle_core::bail!("projection expects rows of {} inputs", self.0.in_features());
+        }
+        Ok(self.0.forward(x, rows))
+    }
+
     /// `x` `(…, inp)` f32 on the CPU → `(…, out)`.
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let inp = x.dim(D::Minus1)?;

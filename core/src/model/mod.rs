@@ -250,8 +250,13 @@ impl Whisper {
             "model numerics"
         );
         let encoder = AudioEncoder::new(&w, &dims, numerics)?;
-        let amx = numerics.encoder == EncoderMath::AmxBf16;
-        let decoder = TextDecoder::new(&w, &dims, numerics.precision, numerics.decoder, amx)?;
+        let decoder = TextDecoder::new(
+            &w,
+            &dims,
+            numerics.precision,
+            numerics.decoder,
+            numerics.encoder,
+        )?;
         Ok(Self {
             numerics,
             alignment_heads: default_alignment_heads(&dims),

@@ -13,7 +13,8 @@ use whisperd_kernels::query::{audio_rows, CacheRows};
 use crate::model::linear::{Precision, Proj};
 use crate::model::rowmatmul::{self, RowMatmul};
 
-use crate::model::encoder::{layer_norm, linear};
+use crate::model::encoder::{layer_norm, linear, EncoderMath};
+use crate::model::intgemm::IntLinear;
 use crate::model::weights::Weights;
 use crate::model::{ModelDims, ModelError};
 
@@ -131,7 +132,8 @@ impl SequenceState for HostState {
 
 /// The audio keys and values of every layer, computed in two matmuls per window (all layers'
 /// weights stacked): keys already transposed, `Kᵀ = W_k·audioᵀ` `(layers·d, t)`, the layout
-/// attention reads; values `audio·W_vᵀ` `(t, layers·d)`. f32, or bf16 on AMX like the encoder.
+/// attention reads; values `audio·W_vᵀ` `(t, layers·d)`. As the encoder's projections
+/// ([`EncoderMath`]): f32, bf16 on AMX, or integers.
 enum CrossKv {
     F32 {
         wk: Tensor,
@@ -144,10 +146,16 @@ enum CrossKv {
         bk: Vec<f32>,
         v: crate::model::bf16::Linear,
     },
+    /// Integers like the encoder's projections (`intgemm`): keys one layer at a time, then
+    /// transposed; values in one product.
+    Int { k: Vec<IntLinear>, v: IntLinear },
 }
 
+/// Rows of `Kᵀ` one task transposes (a cache line of each `(t, d)` row of keys read).
+const KT_BLOCK: usize = 16;
+
 impl CrossKv {
-    fn new(w: &Weights, layers: usize, d: usize, amx: bool) -> Result<Self, ModelError> {
+    fn new(w: &Weights, layers: usize, d: usize, math: EncoderMath) -> Result<Self, ModelError> {
         let proj = |kind: &str| -> Result<(Tensor, Tensor), ModelError> {
             let ls = (0..layers)
                 .map(|i| {
@@ -173,7 +181,22 @@ impl CrossKv {
         let (wk, bk) = proj("k")?;
         let (wv, bv) = proj("v")?;
         let v = Linear::new(wv, Some(bv));
-        Ok(if amx {
+        if math == EncoderMath::Int8Avx2 {
+            // One layer's keys at a time: each `(t, d)` product is transposed into `Kᵀ` with
+            // a transient of one layer, not of all.
+            let k = (0..layers)
+                .map(|i| {
+                    let rows = wk.narrow(0, i * d, d)?;
+                    let bias = bk.narrow(0, i * d, d)?;
+                    IntLinear::new(&Linear::new(rows, Some(bias)))
+                })
+                .collect::<candle_core::Result<Vec<_>>>()?;
+            return Ok(CrossKv::Int {
+                k,
+                v: IntLinear::new(&v)?,
+            });
+        }
+        Ok(if math == EncoderMath::AmxBf16 {
             let n = wk.dim(0)?;
             CrossKv::Amx {
                 wk: crate::model::bf16::Bf16Rows::new(
@@ -201,6 +224,27 @@ impl CrossKv {
                 let kt = wk.matmul(&audio.t()?)?.broadcast_add(bk)?;
                 let vals = v.forward(audio)?;
                 Ok((kt.flatten_all()?.to_vec1()?, vals.flatten_all()?.to_vec1()?))
+            }
+            CrossKv::Int { k, v } => {
+                let (t, d) = audio.dims2()?;
+                let x = audio.flatten_all()?.to_vec1::<f32>()?;
+                let mut kt = vec![0f32; k.len() * d * t];
+                for (kl, layer) in k.iter().zip(kt.chunks_exact_mut(d * t)) {
+                    let y = kl.forward_rows(&x, t)?; // (t, d)
+                                                     // Kᵀ rows in blocks, each reading its columns of `y` row by row.
+                    layer
+                        .par_chunks_mut(KT_BLOCK * t)
+                        .enumerate()
+                        .for_each(|(b, rows)| {
+                            for (j, y_row) in y.chunks_exact(d).enumerate() {
+                                let cols = &y_row[b * KT_BLOCK..];
+                                for (r, row) in rows.chunks_exact_mut(t).enumerate() {
+                                    row[j] = cols[r];
+                                }
+                            }
+                        });
+                }
+                Ok((kt, v.forward_rows(&x, t)?))
             }
             CrossKv::Amx { wk, bk, v } => {
                 let (t, d) = audio.dims2()?;
@@ -317,12 +361,13 @@ pub struct HostDecoder {
 }
 
 impl HostDecoder {
-    /// `amx`: the per-window cross-attention keys/values in bf16 on AMX (see `amx`).
+    /// `math`: how the per-window cross-attention keys/values compute (as the encoder's
+    /// projections).
     pub fn new(
         w: &Weights,
         dims: &ModelDims,
         precision: Precision,
-        amx: bool,
+        math: EncoderMath,
     ) -> Result<Self, ModelError> {
         let d = dims.n_text_state;
         let blocks = (0..dims.n_text_layer)
@@ -342,7 +387,7 @@ impl HostDecoder {
             "decoder token embedding / output projection"
         );
         Ok(Self {
-            cross_kv: CrossKv::new(w, dims.n_text_layer, d, amx)?,
+            cross_kv: CrossKv::new(w, dims.n_text_layer, d, math)?,
             embed,
             logits_q8,
             device,
@@ -599,5 +644,71 @@ impl HostDecoder {
                 out[(first + i) * d + h * dh..][..dh].copy_from_slice(&o[i * dh..][..dh]);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::weights::Layout;
+    use candle_core::Device;
+    use std::collections::HashMap;
+
+    fn values(n: usize, seed: usize) -> Vec<f32> {
+        (0..n)
+            .map(|i| ((i * 7919 + seed * 104_729) % 2001) as f32 / 1000.0 - 1.0)
+            .collect()
+    }
+
+    /// Audio keys/values weights of `layers` layers of width `d` (each build takes them).
+    fn cross_weights(layers: usize, d: usize) -> candle_core::Result<Weights> {
+        let mut m = HashMap::new();
+        for i in 0..layers {
+            for (j, kind) in ["k", "v"].into_iter().enumerate() {
+                let p = format!("decoder.layers.{i}.encoder_attn.{kind}_proj");
+                let w: Vec<f32> = values(d * d, 2 * i + j).iter().map(|v| v * 0.1).collect();
+                m.insert(
+                    format!("{p}.weight"),
+                    Tensor::from_vec(w, (d, d), &Device::Cpu)?,
+                );
+                let b = values(d, 10 + 2 * i + j);
+                m.insert(format!("{p}.bias"), Tensor::from_vec(b, d, &Device::Cpu)?);
+            }
+        }
+        Ok(Weights::new(Layout::Ct2, "test".into(), m, None, None))
+    }
+
+    /// The integer keys/values are the f32 ones within the quantization error, in the same
+    /// layout (`Kᵀ` per layer, values time-major).
+    #[test]
+    fn integer_audio_keys_values_match_f32() -> Result<(), Box<dyn std::error::Error>> {
+        if !crate::model::intgemm::available() {
+            return Ok(());
+        }
+        let (layers, d, t) = (3, 64, 45);
+        let audio = Tensor::from_vec(values(t * d, 99), (t, d), &Device::Cpu)?;
+        let (kf, vf) = CrossKv::new(&cross_weights(layers, d)?, layers, d, EncoderMath::F32)?
+            .compute(&audio)?;
+        let int = CrossKv::new(&cross_weights(layers, d)?, layers, d, EncoderMath::Int8Avx2)?;
+        assert!(matches!(int, CrossKv::Int { .. }));
+        let (ki, vi) = int.compute(&audio)?;
+        assert_eq!((kf.len(), vf.len()), (layers * d * t, t * layers * d));
+        assert_eq!((ki.len(), vi.len()), (kf.len(), vf.len()));
+        let scale = kf.iter().chain(&vf).fold(0f32, |m, v| m.max(v.abs()));
+        assert!(
+            scale > 1.0,
+            "values large enough that a misplaced one shows"
+        );
+        for (name, a, b) in [("keys", &kf, &ki), ("values", &vf, &vi)] {
+            let worst = a
+                .iter()
+                .zip(b.iter())
+                .fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+            assert!(
+                worst < 0.01 * scale,
+                "{name}: off by {worst} (scale {scale})"
+            );
+        }
+        Ok(())
     }
 }

@@ -412,17 +412,17 @@ fn device_states<'a>(
 }
 
 impl TextDecoder {
-    /// Build the `path` backend from `w`. `amx`: the host's per-window audio keys/values in
-    /// bf16 on AMX.
+    /// Build the `path` backend from `w`. `math`: how the host computes the per-window audio
+    /// keys/values (as the encoder's projections).
     pub fn new(
         w: &Weights,
         dims: &ModelDims,
         precision: Precision,
         path: DecoderPath,
-        amx: bool,
+        math: crate::model::encoder::EncoderMath,
     ) -> Result<Self, ModelError> {
         Ok(match path {
-            DecoderPath::Host => Self::Host(Box::new(HostDecoder::new(w, dims, precision, amx)?)),
+            DecoderPath::Host => Self::Host(Box::new(HostDecoder::new(w, dims, precision, math)?)),
             DecoderPath::Device => Self::Device(DeviceDecoder::new(w, dims)?),
         })
     }
