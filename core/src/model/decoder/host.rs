@@ -130,8 +130,8 @@ impl SequenceState for HostState {
     }
 }
 
-/// The audio keys and values of every layer, computed in two matmuls per window (all layers'
-/// weights stacked): keys already transposed, `Kᵀ = W_k·audioᵀ` `(layers·d, t)`, the layout
+/// The audio keys and values of every layer, computed once per window (f32 and AMX: two
+/// matmuls over all layers' weights stacked; integers: the keys a layer at a time): keys transposed, `Kᵀ = W_k·audioᵀ` `(layers·d, t)`, the layout
 /// attention reads; values `audio·W_vᵀ` `(t, layers·d)`. As the encoder's projections
 /// ([`EncoderMath`]): f32, bf16 on AMX, or integers.
 enum CrossKv {
@@ -230,8 +230,9 @@ impl CrossKv {
                 let x = audio.flatten_all()?.to_vec1::<f32>()?;
                 let mut kt = vec![0f32; k.len() * d * t];
                 for (kl, layer) in k.iter().zip(kt.chunks_exact_mut(d * t)) {
-                    let y = kl.forward_rows(&x, t)?; // (t, d)
-                                                     // Kᵀ rows in blocks, each reading its columns of `y` row by row.
+                    // This layer's keys `(t, d)`, then its rows of Kᵀ in blocks, each block
+                    // reading its columns of the keys row by row.
+                    let y = kl.forward_rows(&x, t)?;
                     layer
                         .par_chunks_mut(KT_BLOCK * t)
                         .enumerate()
