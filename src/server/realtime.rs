@@ -98,8 +98,9 @@ struct Item {
     /// The text sent as deltas so far (their concatenation), and the last partial pass's words.
     sent: String,
     last_pass: Vec<String>,
-    /// Audio length (input samples) of the last partial pass.
+    /// Audio length (input samples) of the last partial pass, and of the one before it.
     last_partial_len: usize,
+    prev_partial_len: usize,
     first_delta_sent: bool,
 }
 
@@ -754,6 +755,7 @@ impl Conn {
             sent: String::new(),
             last_pass: Vec::new(),
             last_partial_len: 0,
+            prev_partial_len: 0,
             first_delta_sent: false,
         }
     }
@@ -877,7 +879,11 @@ impl Conn {
     /// Start a partial pass over the growing utterance when a second more of it has arrived and
     /// none is running.
     fn maybe_partial(&mut self) {
-        if self.partial.is_some() {
+        // Once a silence has begun the utterance may be over: a pass started now would likely
+        // still hold the encoder when the speculative final pass needs it (a model call runs to
+        // its end), and during that pass the compute is its own, so that its transcript follows
+        // within the silence that ends the utterance.
+        if self.partial.is_some() || self.speculative.is_some() || self.silent_ms > 0 {
             return;
         }
         let Some(item) = &self.item else { return };
@@ -890,6 +896,7 @@ impl Conn {
         let id = item.id.clone();
         let wav = self.wav(item.start_ms, None);
         if let Some(item) = self.item.as_mut() {
+            item.prev_partial_len = item.last_partial_len;
             item.last_partial_len = len;
         }
         let (shared, model) = (self.shared.clone(), self.model_index);
@@ -914,6 +921,7 @@ impl Conn {
         };
         let words: Vec<String> = t.text.split_whitespace().map(String::from).collect();
         let delta = agree(&item.sent, &item.last_pass, &t, heard_s);
+        tracing::debug!(session = %self.id, item = %id, heard_s, since_speech_s = item.spoke_at.elapsed().as_secs_f64(), text = %t.text, delta = ?delta, "partial pass");
         item.last_pass = words;
         let Some(delta) = delta else {
             self.maybe_partial();
@@ -961,11 +969,18 @@ impl Conn {
 
     /// The final pass over the current item's audio up to `end_ms`, started before the commit.
     fn speculate(&mut self, end_ms: u64) {
-        let Some(item) = &self.item else { return };
+        let Some(item) = self.item.as_mut() else {
+            return;
+        };
+        // A partial pass still decoding would share the cores with this one and delay the
+        // completed transcript; its job stops at its next model call. Its audio counts as not
+        // yet passed over, so a pass starts again as soon as speech resumes.
+        if self.partial.take().is_some() {
+            item.last_partial_len = item.prev_partial_len;
+        }
+        let (id, start_ms) = (item.id.clone(), item.start_ms);
         // Running on its own task from now on; dropping the handle (speech resumed) cancels it.
-        let (run, handle) = self
-            .final_pass(item.id.clone(), item.start_ms, end_ms)
-            .remote_handle();
+        let (run, handle) = self.final_pass(id, start_ms, end_ms).remote_handle();
         actix_web::rt::spawn(run);
         self.speculative = Some((end_ms, handle.boxed_local()));
     }
