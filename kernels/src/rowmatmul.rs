@@ -20,11 +20,12 @@ use crate::isa::Tier;
 const PAR_MIN_WEIGHTS: usize = 1 << 15;
 
 enum Storage {
-    /// Bit patterns of IEEE half floats.
+    /// Bit patterns of IEEE half floats, in the panel layout of [`panel_at`] (columns padded
+    /// with zeros to whole panels, inputs to whole blocks).
     F16(Vec<u16>),
     F32(Vec<f32>),
     /// `--precision q8`: int8 weights with one f32 scale per [`Q8_GROUP`] consecutive inputs
-    /// of a row, in the panel layout of [`q8_at`] and [`q8_scale_at`] (the columns padded with
+    /// of a row, in the panel layout of [`panel_at`] and [`q8_scale_at`] (the columns padded with
     /// zeros to whole panels). On AVX2 the activations are quantized to i16 per row and each
     /// group's sum is exact in i32 (`q8_int`); elsewhere the weights are dequantized in
     /// registers and the activations stay f32.
@@ -37,22 +38,49 @@ enum Storage {
 /// Inputs sharing one int8 scale (as GGML's Q8_0).
 pub const Q8_GROUP: usize = 32;
 
-/// Columns per panel of the int8 layout: the widest single-row tile, and every tile width the
+/// Columns per panel of the weight layout: the widest single-row tile, and every tile width the
 /// int8 kernels use divides it.
 const PANEL: usize = 8;
-/// Inputs per block of the int8 layout: one AVX-512 load of 16 lanes (two AVX2 loads).
+/// Inputs per block of the weight layout: one AVX-512 load of 16 lanes (two AVX2 loads).
 const BLOCK: usize = 16;
 
-/// Where weight `(col, i)` of an int8 matrix with `k` inputs lies: panels of [`PANEL`]
-/// columns one after another, each holding, block of [`BLOCK`] inputs after block, its
-/// columns' weights side by side. A tile over a panel's columns then reads memory front to
-/// back, one stream the hardware prefetcher follows, where rows stored one after another
-/// (512 bytes each in base) made every tile eight short streams: 7 GB/s per core against
-/// 15 GB/s packed in the same dequantize-and-FMA loop (Zen 4). Only the order of the bytes
-/// changes: each column's sum is the same operations in the same order.
+/// Where weight `(col, i)` of an int8 or fp16 matrix with `k` inputs lies: panels of
+/// [`PANEL`] columns one after another, each holding, block of [`BLOCK`] inputs after block
+/// (the last one padded with zeros), its columns' weights side by side. A tile over a panel's
+/// columns then reads memory front to back, one stream the hardware prefetcher follows, where
+/// rows stored one after another (512 bytes each in base's int8) made every tile eight short
+/// streams: 7 GB/s per core against 15 GB/s packed in the same dequantize-and-FMA loop (Zen
+/// 4). Only the order of the values changes: each column's sum is the same operations in the
+/// same order.
 #[inline(always)]
-fn q8_at(k: usize, col: usize, i: usize) -> usize {
-    (col / PANEL) * PANEL * k + (i / BLOCK) * (PANEL * BLOCK) + (col % PANEL) * BLOCK + i % BLOCK
+fn panel_at(k: usize, col: usize, i: usize) -> usize {
+    (col / PANEL) * PANEL * k.next_multiple_of(BLOCK)
+        + (i / BLOCK) * (PANEL * BLOCK)
+        + (col % PANEL) * BLOCK
+        + i % BLOCK
+}
+
+/// A `(out, k)` matrix in the panel layout: `value(col, i)` for each weight, zeros in the
+/// padding; panels filled in parallel (model load).
+fn panels<T: Copy + Default + Send>(
+    out: usize,
+    k: usize,
+    value: impl Fn(usize, usize) -> T + Sync,
+) -> Vec<T> {
+    let panel = PANEL * k.next_multiple_of(BLOCK);
+    let mut w = vec![T::default(); out.next_multiple_of(PANEL) * k.next_multiple_of(BLOCK)];
+    w.par_chunks_mut(panel)
+        .enumerate()
+        .with_min_len(16)
+        .for_each(|(p, dst)| {
+            for j in 0..PANEL.min(out - p * PANEL) {
+                let col = p * PANEL + j;
+                for i in 0..k {
+                    dst[panel_at(k, j, i)] = value(col, i);
+                }
+            }
+        });
+    w
 }
 
 /// Where the scale of weight `(col, i)` lies: per panel, group after group, its columns'
@@ -75,19 +103,13 @@ impl RowMatmul {
     /// `weight` is `(out, inp)` row-major; `bias` has `out` values.
     pub fn new(weight: &[f32], out: usize, inp: usize, bias: Option<Vec<f32>>) -> Self {
         debug_assert_eq!(weight.len(), out * inp);
-        // One pass, no f32 copy when fp16 holds every value (keeps the load-time peak down).
-        let mut bits = Vec::with_capacity(weight.len());
-        for &v in weight {
-            let h = half::f16::from_f32(v);
-            if h.to_f32() != v {
-                break;
-            }
-            bits.push(h.to_bits());
-        }
-        let weights = if bits.len() == weight.len() {
-            Storage::F16(bits)
+        // No f32 copy when fp16 holds every value (keeps the load-time peak down).
+        let exact = weight.iter().all(|&v| half::f16::from_f32(v).to_f32() == v);
+        let weights = if exact {
+            Storage::F16(panels(out, inp, |c, i| {
+                half::f16::from_f32(weight[c * inp + i]).to_bits()
+            }))
         } else {
-            drop(bits);
             Storage::F32(weight.to_vec())
         };
         Self {
@@ -98,14 +120,14 @@ impl RowMatmul {
         }
     }
 
-    /// fp16 weights (`(out, inp)` row-major, as bit patterns) kept as they are: what
+    /// fp16 weights (`(out, inp)` row-major, as bit patterns) kept as fp16: what
     /// [`RowMatmul::new`] keeps for weights fp16 holds exactly, without an f32 copy first.
-    pub fn from_f16_bits(bits: Vec<u16>, out: usize, inp: usize, bias: Option<Vec<f32>>) -> Self {
-        debug_assert_eq!(bits.len(), out * inp);
+    pub fn from_f16_bits(bits: &[u16], out: usize, inp: usize, bias: Option<Vec<f32>>) -> Self {
+        assert_eq!(bits.len(), out * inp, "fp16 weights are not ({out}, {inp})");
         Self {
             out,
             inp,
-            weights: Storage::F16(bits),
+            weights: Storage::F16(panels(out, inp, |c, i| bits[c * inp + i])),
             bias,
         }
     }
@@ -163,7 +185,7 @@ impl RowMatmul {
                         let i = g * Q8_GROUP;
                         sp[q8_scale_at(inp, j, i)] = quantize_group(tier, &f, &mut dst);
                         for (b, part) in dst.chunks_exact(BLOCK).enumerate() {
-                            let at = q8_at(inp, j, i + b * BLOCK);
+                            let at = panel_at(inp, j, i + b * BLOCK);
                             qp[at..at + BLOCK].copy_from_slice(part);
                         }
                     }
@@ -234,11 +256,9 @@ impl RowMatmul {
                 return None;
             }
             match &self.weights {
-                Storage::F16(w) => out.extend(
-                    w[i * k..][..k]
-                        .iter()
-                        .map(|&b| half::f16::from_bits(b).to_f32()),
-                ),
+                Storage::F16(w) => {
+                    out.extend((0..k).map(|j| half::f16::from_bits(w[panel_at(k, i, j)]).to_f32()))
+                }
                 Storage::F32(w) => out.extend_from_slice(&w[i * k..][..k]),
                 Storage::Q8 { .. } => return None,
             }
@@ -254,10 +274,28 @@ impl RowMatmul {
     /// The whole weight matrix in f32 when it is held as fp16 (each value exact), for a GEMM
     /// over many rows; `None` otherwise.
     pub fn f16_weights_as_f32(&self) -> Option<Vec<f32>> {
-        match &self.weights {
-            Storage::F16(bits) => Some(f16_bits_to_f32(bits)),
-            _ => None,
+        use half::slice::{HalfBitsSliceExt, HalfFloatSliceExt};
+        let Storage::F16(bits) = &self.weights else {
+            return None;
+        };
+        let k = self.inp;
+        let mut w = vec![0f32; self.out * k];
+        if k == 0 {
+            return Some(w);
         }
+        // Row-major again, a block of a column at a time.
+        w.par_chunks_mut(k)
+            .enumerate()
+            .with_min_len(64)
+            .for_each(|(col, row)| {
+                for (b, dst) in row.chunks_mut(BLOCK).enumerate() {
+                    let at = panel_at(k, col, b * BLOCK);
+                    bits[at..at + dst.len()]
+                        .reinterpret_cast::<half::f16>()
+                        .convert_to_f32_slice(dst);
+                }
+            });
+        Some(w)
     }
 
     /// The bias, as given.
@@ -449,7 +487,7 @@ mod kernel {
                              c: usize,
                              i: usize,
                              k: usize| {
-        half::f16::from_bits(w[c * k + i]).to_f32()
+        half::f16::from_bits(w[super::panel_at(k, c, i)]).to_f32()
     });
     rows_fn!(f32_rows, f32, |w: &[f32],
                              _: &[f32],
@@ -462,7 +500,7 @@ mod kernel {
                            c: usize,
                            i: usize,
                            k: usize| {
-        w[super::q8_at(k, c, i)] as f32 * s[super::q8_scale_at(k, c, i)]
+        w[super::panel_at(k, c, i)] as f32 * s[super::q8_scale_at(k, c, i)]
     });
 
     /// How a stored weight type becomes f32 lanes of any width (the q8 scale applied per
@@ -482,6 +520,7 @@ mod kernel {
         ) -> S::V;
     }
 
+    /// The panel layout (`panel_at`): 8 and 16 lanes both lie within one block of a column.
     #[cfg(target_arch = "x86_64")]
     impl Weight for u16 {
         #[inline(always)]
@@ -492,7 +531,7 @@ mod kernel {
             col: usize,
             i: usize,
         ) -> S::V {
-            S::load_f16(w.add(col * k + i))
+            S::load_f16(w.add(super::panel_at(k, col, i)))
         }
     }
 
@@ -510,7 +549,7 @@ mod kernel {
         }
     }
 
-    /// The panel layout (`q8_at`): 8 and 16 lanes both lie within one block of a column.
+    /// The panel layout (`panel_at`): 8 and 16 lanes both lie within one block of a column.
     #[cfg(target_arch = "x86_64")]
     impl Weight for i8 {
         #[inline(always)]
@@ -522,7 +561,7 @@ mod kernel {
             i: usize,
         ) -> S::V {
             S::mul(
-                S::load_i8(w.add(super::q8_at(k, col, i))),
+                S::load_i8(w.add(super::panel_at(k, col, i))),
                 S::splat(*s.add(super::q8_scale_at(k, col, i))),
             )
         }
@@ -732,7 +771,10 @@ mod q8_int {
         for g in 0..groups {
             let i = g * Q8_GROUP;
             for j in 0..NR {
-                let (lo, hi) = (super::q8_at(k, c + j, i), super::q8_at(k, c + j, i + 16));
+                let (lo, hi) = (
+                    super::panel_at(k, c + j, i),
+                    super::panel_at(k, c + j, i + 16),
+                );
                 let w_lo = _mm256_cvtepi8_epi16(_mm_loadu_si128(w.add(lo) as *const __m128i));
                 let w_hi = _mm256_cvtepi8_epi16(_mm_loadu_si128(w.add(hi) as *const __m128i));
                 let scale = _mm256_set1_ps(*s.add(super::q8_scale_at(k, c + j, i)));
@@ -907,7 +949,7 @@ pub(crate) mod tests {
         let deq: Vec<f32> = (0..out * inp)
             .map(|at| {
                 let (c, i) = (at / inp, at % inp);
-                q[q8_at(inp, c, i)] as f32 * scales[q8_scale_at(inp, c, i)]
+                q[panel_at(inp, c, i)] as f32 * scales[q8_scale_at(inp, c, i)]
             })
             .collect();
         let exact = reference(&x, max_rows, &deq, out, inp, &vec![0.0; out]);
@@ -956,10 +998,14 @@ pub(crate) mod tests {
         let b: Vec<f32> = (0..out).map(|i| i as f32 / 10.0).collect();
         let x: Vec<f32> = (0..rows * inp).map(|i| (i % 13) as f32 / 7.0).collect();
         let a = RowMatmul::new(&w32, out, inp, Some(b.clone()));
-        let c = RowMatmul::from_f16_bits(bits.clone(), out, inp, Some(b.clone()));
+        let c = RowMatmul::from_f16_bits(&bits, out, inp, Some(b.clone()));
         assert!(a.is_f16() && c.is_f16());
         assert_eq!(a.forward(&x, rows), c.forward(&x, rows));
         assert_eq!(a.rows(&[0, 69]), c.rows(&[0, 69]));
+        // The embedding lookup unpacks the panel layout: the rows as given.
+        let want = [&w32[..inp], &w32[69 * inp..]].concat();
+        assert_eq!(c.rows(&[0, 69]), Some(want));
+        assert_eq!(c.rows(&[70]), None);
         assert_eq!(c.f16_weights_as_f32().as_deref(), Some(&w32[..]));
         assert_eq!(c.bias(), Some(&b[..]));
         let not_f16 = RowMatmul::new(&[0.1, 0.2], 1, 2, None);

@@ -34,7 +34,7 @@ pub fn from_tensors(
     // fp16 as stored: no f32 copy of the weights on the way (the token embedding is 53 MB
     // of fp16 in base, 106 MB in f32).
     if let Some(r) = with_f16_bits(weight, |bits| {
-        RowMatmul::from_f16_bits(bits.to_vec(), out, inp, b.clone())
+        RowMatmul::from_f16_bits(bits, out, inp, b.clone())
     }) {
         return Ok(r);
     }
