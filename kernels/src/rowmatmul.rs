@@ -96,26 +96,57 @@ pub struct RowMatmul {
     out: usize,
     inp: usize,
     weights: Storage,
+    /// fp16 weights of a column that were given times a power of two (the decoder's queries,
+    /// pre-scaled by head_dim^-0.5 = 1/8) are stored without it and its sum is multiplied by
+    /// it here: the same f32 result bit for bit, as a power of two scales every product and
+    /// partial sum exactly, where those weights would otherwise stay f32 (twice the traffic)
+    /// whenever one of them falls below fp16's normal range once scaled.
+    col_scale: Option<Vec<f32>>,
     bias: Option<Vec<f32>>,
 }
+
+/// Largest power of two (as its exponent) [`RowMatmul::new`] takes out of a column to find its
+/// weights exact in fp16.
+const MAX_F16_SHIFT: i32 = 8;
 
 impl RowMatmul {
     /// `weight` is `(out, inp)` row-major; `bias` has `out` values.
     pub fn new(weight: &[f32], out: usize, inp: usize, bias: Option<Vec<f32>>) -> Self {
         debug_assert_eq!(weight.len(), out * inp);
-        // No f32 copy when fp16 holds every value (keeps the load-time peak down).
-        let exact = weight.iter().all(|&v| half::f16::from_f32(v).to_f32() == v);
-        let weights = if exact {
-            Storage::F16(panels(out, inp, |c, i| {
-                half::f16::from_f32(weight[c * inp + i]).to_bits()
-            }))
+        let exact = |v: f32| half::f16::from_f32(v).to_f32() == v;
+        // Per column, the smallest 2^e that makes its weights exact fp16 (see `col_scale`).
+        let shifts: Option<Vec<i32>> = if inp == 0 {
+            Some(vec![0; out])
         } else {
-            Storage::F32(weight.to_vec())
+            weight
+                .par_chunks(inp)
+                .map(|col| {
+                    (0..=MAX_F16_SHIFT).find(|&e| {
+                        let f = (e as f32).exp2();
+                        col.iter().all(|&v| exact(v * f))
+                    })
+                })
+                .collect()
+        };
+        // No f32 copy when fp16 holds every value (keeps the load-time peak down).
+        let (weights, col_scale) = match shifts {
+            Some(e) => {
+                let bits = panels(out, inp, |c, i| {
+                    half::f16::from_f32(weight[c * inp + i] * (e[c] as f32).exp2()).to_bits()
+                });
+                let scale = e
+                    .iter()
+                    .any(|&e| e != 0)
+                    .then(|| e.iter().map(|&e| (-e as f32).exp2()).collect());
+                (Storage::F16(bits), scale)
+            }
+            None => (Storage::F32(weight.to_vec()), None),
         };
         Self {
             out,
             inp,
             weights,
+            col_scale,
             bias,
         }
     }
@@ -128,6 +159,7 @@ impl RowMatmul {
             out,
             inp,
             weights: Storage::F16(panels(out, inp, |c, i| bits[c * inp + i])),
+            col_scale: None,
             bias,
         }
     }
@@ -195,6 +227,7 @@ impl RowMatmul {
             out,
             inp,
             weights: Storage::Q8 { q, scales },
+            col_scale: None,
             bias,
         }
     }
@@ -257,7 +290,10 @@ impl RowMatmul {
             }
             match &self.weights {
                 Storage::F16(w) => {
-                    out.extend((0..k).map(|j| half::f16::from_bits(w[panel_at(k, i, j)]).to_f32()))
+                    let s = self.col_scale.as_ref().map_or(1.0, |s| s[i]);
+                    out.extend(
+                        (0..k).map(|j| half::f16::from_bits(w[panel_at(k, i, j)]).to_f32() * s),
+                    )
                 }
                 Storage::F32(w) => out.extend_from_slice(&w[i * k..][..k]),
                 Storage::Q8 { .. } => return None,
@@ -293,6 +329,9 @@ impl RowMatmul {
                     bits[at..at + dst.len()]
                         .reinterpret_cast::<half::f16>()
                         .convert_to_f32_slice(dst);
+                }
+                if let Some(s) = &self.col_scale {
+                    row.iter_mut().for_each(|v| *v *= s[col]);
                 }
             });
         Some(w)
@@ -376,6 +415,13 @@ impl RowMatmul {
             }
             (Storage::Q8 { q, scales }, _) => {
                 kernel::q8_rows(tier, x, rows, q, scales, k, n, cols.clone(), ys)
+            }
+        }
+        if let Some(s) = &self.col_scale {
+            for m in 0..rows {
+                for c in cols.clone() {
+                    *ys.add(m * n + c) *= s[c];
+                }
             }
         }
         if let Some(b) = &self.bias {
@@ -1019,6 +1065,57 @@ pub(crate) mod tests {
             _ => panic!("not int8"),
         }
         assert_eq!(qa.forward(&x, rows), qc.forward(&x, rows));
+    }
+
+    /// fp16 weights times 1/8 (the decoder's pre-scaled queries), some of them then below
+    /// fp16's normal range, stay fp16 with a column scale, and give bit for bit what the same
+    /// f32 weights give on the f32 kernel, on every tier.
+    #[test]
+    fn power_of_two_scaled_fp16_weights_stay_fp16_and_give_the_f32_result() {
+        let (out, inp) = (37, 96);
+        let (scaled_cols, plain_cols) = (20, 17);
+        let w: Vec<f32> = (0..out * inp)
+            .map(|i| {
+                // Every tenth weight tiny: 1/8 of it is not an fp16 value.
+                let v = ((i * 7919 % 1999) as f32 - 999.0) / 512.0;
+                let v = if i % 10 == 0 { v / 8192.0 } else { v };
+                let v = half::f16::from_f32(v).to_f32();
+                if i / inp < scaled_cols {
+                    v * 0.125
+                } else {
+                    v
+                }
+            })
+            .collect();
+        assert!(w.iter().any(|&v| half::f16::from_f32(v).to_f32() != v));
+        let b: Vec<f32> = (0..out).map(|i| i as f32 / 3.0 * 0.125).collect();
+        let mm = RowMatmul::new(&w, out, inp, Some(b.clone()));
+        assert!(mm.is_f16());
+        let scale = mm.col_scale.as_ref().expect("scaled columns");
+        // The smallest power of two that makes each column exact: at most the 8 it was divided by.
+        assert!(scale[..scaled_cols].iter().all(|&s| (0.125..1.0).contains(&s)));
+        assert_eq!(scale[scaled_cols..], vec![1.0; plain_cols][..]);
+        let f32_mm = RowMatmul {
+            out,
+            inp,
+            weights: Storage::F32(w.clone()),
+            col_scale: None,
+            bias: Some(b),
+        };
+        for &tier in Tier::available() {
+            for rows in [1, 2, 3, 4, 5, 8] {
+                let x: Vec<f32> = (0..rows * inp)
+                    .map(|i| ((i * 104729) % 997) as f32 / 997.0 - 0.5)
+                    .collect();
+                assert_eq!(
+                    mm.forward_on(tier, &x, rows),
+                    f32_mm.forward_on(tier, &x, rows),
+                    "{tier:?}, {rows} rows"
+                );
+            }
+        }
+        assert_eq!(mm.rows(&[3, 30]), f32_mm.rows(&[3, 30]));
+        assert_eq!(mm.f16_weights_as_f32().as_deref(), Some(&w[..]));
     }
 
     #[test]
