@@ -448,15 +448,16 @@ mod kernel {
     use std::ops::Range;
 
     /// The tile order every SIMD kernel uses: column groups of `nr` outermost (a group's
-    /// weights come from memory once, then from L1 for every further block of up to 4 rows).
-    /// Calls `tile(first_row, rows, first_column, wide)`: `wide` is a full group of `nr`
-    /// columns, else one column of a partial last group.
+    /// weights come from memory once, then from L1 for every further block of up to
+    /// `max_rows` rows). Calls `tile(first_row, rows, first_column, wide)`: `wide` is a full
+    /// group of `nr` columns, else one column of a partial last group.
     #[cfg(target_arch = "x86_64")]
     #[inline(always)]
     pub(super) fn for_each_tile(
         mr: usize,
         cols: Range<usize>,
         nr: usize,
+        max_rows: usize,
         mut tile: impl FnMut(usize, usize, usize, bool),
     ) {
         let mut c = cols.start;
@@ -464,7 +465,7 @@ mod kernel {
             let width = (cols.end - c).min(nr);
             let mut m0 = 0;
             while m0 < mr {
-                let rows = (mr - m0).min(4);
+                let rows = (mr - m0).min(max_rows);
                 if width == nr {
                     tile(m0, rows, c, true);
                 } else {
@@ -619,14 +620,15 @@ mod kernel {
     /// The SIMD kernels, written once on [`Simd`] and compiled per vector width: one module per
     /// weight type with `tile` (`MR` rows × `NR` columns from column `c`, the whole inner
     /// dimension), the weights read through [`Weight`], and the driver `rows` over any number
-    /// of rows and a range of columns. `nr` is the tile width for 1, 2, 3 and 4 rows: fewer rows → more columns per
+    /// of rows and a range of columns. `nr5`, where not 0, is the width of the one 5-row tile
+    /// that exactly 5 rows take (see `sweep5`). `nr` is the tile width for 1, 2, 3 and 4 rows: fewer rows → more columns per
     /// tile, so enough independent sums are in flight to hide the FMA latency, within the
     /// register file (accumulators + row vectors + one weight vector; beyond it LLVM spills).
     #[cfg(target_arch = "x86_64")]
     macro_rules! simd_rows {
         (
             features = $feat:literal, simd = $S:ty,
-            nr = [$nr1:literal, $nr2:literal, $nr3:literal, $nr4:literal],
+            nr = [$nr1:literal, $nr2:literal, $nr3:literal, $nr4:literal], nr5 = $nr5:literal,
             $($m:ident: $t:ty),* $(,)?
         ) => {$(
             pub mod $m {
@@ -704,12 +706,35 @@ mod kernel {
                     cols: Range<usize>,
                     y: *mut f32,
                 ) {
-                    super::super::for_each_tile(mr, cols, NR, |m0, rows, c, wide| {
+                    super::super::for_each_tile(mr, cols, NR, 4, |m0, rows, c, wide| {
                         let (xm, ym) = (x.add(m0 * k), y.add(m0 * n));
                         if wide {
                             block::<NR>(rows, xm, w, s, k, c, n, ym);
                         } else {
                             block::<1>(rows, xm, w, s, k, c, n, ym);
+                        }
+                    });
+                }
+
+                /// Exactly 5 rows (a beam of 5) as one tile per column group: as 4 + 1 rows
+                /// the fifth row's tile converted every weight again (the int8 dequantization
+                /// is most of a tile's work), and the sweep was a quarter of a beam-5 run.
+                #[target_feature(enable = $feat)]
+                #[allow(clippy::too_many_arguments)]
+                unsafe fn sweep5<const NR: usize>(
+                    x: *const f32,
+                    w: *const $t,
+                    s: *const f32,
+                    k: usize,
+                    n: usize,
+                    cols: Range<usize>,
+                    y: *mut f32,
+                ) {
+                    super::super::for_each_tile(5, cols, NR, 5, |_, _, c, wide| {
+                        if wide {
+                            tile::<5, NR>(x, w, s, k, c, n, y);
+                        } else {
+                            tile::<5, 1>(x, w, s, k, c, n, y);
                         }
                     });
                 }
@@ -734,6 +759,7 @@ mod kernel {
                         1 => sweep::<$nr1>(mr, x, w, s, k, n, cols, y),
                         2 => sweep::<$nr2>(mr, x, w, s, k, n, cols, y),
                         3 => sweep::<$nr3>(mr, x, w, s, k, n, cols, y),
+                        5 if $nr5 > 0 => sweep5::<{ if $nr5 > 0 { $nr5 } else { 1 } }>(x, w, s, k, n, cols, y),
                         _ => sweep::<$nr4>(mr, x, w, s, k, n, cols, y),
                     }
                 }
@@ -746,19 +772,20 @@ mod kernel {
         // 32 registers; with 16 accumulators LLVM spilled and shuffled them every iteration
         // (seen in the disassembly), so at most 12.
         simd_rows!(features = "avx512f", simd = crate::simd::Avx512, nr = [8, 6, 4, 3],
-            f16_rows: u16, f32_rows: f32);
+            nr5 = 2, f16_rows: u16, f32_rows: f32);
         // Int8 tiles stay within one panel (widths dividing `PANEL`).
         simd_rows!(features = "avx512f", simd = crate::simd::Avx512, nr = [8, 4, 4, 2],
-            q8_rows: i8);
+            nr5 = 2, q8_rows: i8);
     }
 
     #[cfg(target_arch = "x86_64")]
     mod avx2 {
-        // 16 registers: 4 rows × 2 columns = 8 accumulators + 4 row vectors + 1 weight.
+        // 16 registers: 4 rows × 2 columns = 8 accumulators + 4 row vectors + 1 weight; no
+        // 5-row tile (it would not fit).
         simd_rows!(features = "avx2,fma,f16c", simd = crate::simd::Avx2, nr = [8, 5, 3, 2],
-            f16_rows: u16, f32_rows: f32);
+            nr5 = 0, f16_rows: u16, f32_rows: f32);
         simd_rows!(features = "avx2,fma,f16c", simd = crate::simd::Avx2, nr = [8, 4, 2, 2],
-            q8_rows: i8);
+            nr5 = 0, q8_rows: i8);
     }
 }
 
@@ -876,7 +903,7 @@ mod q8_int {
         cols: Range<usize>,
         y: *mut f32,
     ) {
-        super::kernel::for_each_tile(mr, cols, NR, |m0, rows, c, wide| {
+        super::kernel::for_each_tile(mr, cols, NR, 4, |m0, rows, c, wide| {
             let xm = x.q.as_ptr().add(m0 * k);
             let (xs, ym) = (x.scales.as_ptr().add(m0), y.add(m0 * n));
             if wide {
@@ -1093,7 +1120,9 @@ pub(crate) mod tests {
         assert!(mm.is_f16());
         let scale = mm.col_scale.as_ref().expect("scaled columns");
         // The smallest power of two that makes each column exact: at most the 8 it was divided by.
-        assert!(scale[..scaled_cols].iter().all(|&s| (0.125..1.0).contains(&s)));
+        assert!(scale[..scaled_cols]
+            .iter()
+            .all(|&s| (0.125..1.0).contains(&s)));
         assert_eq!(scale[scaled_cols..], vec![1.0; plain_cols][..]);
         let f32_mm = RowMatmul {
             out,
