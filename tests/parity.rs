@@ -140,9 +140,9 @@ fn tokens_match_reference_on_log_mel_padded_window() {
     assert_eq!(t.text, r["transcribe_style"]["text"].as_str().unwrap());
 }
 
-/// q8: int8 decoder weights, and (where the CPU has AMX) a bf16 encoder and cross-attention
-/// keys/values. Lossy by design, yet close enough that the reference tokens come out unchanged,
-/// and the audio features stay within bf16 noise of f32.
+/// q8: int8 decoder weights, and a bf16 encoder (AMX) or an integer one (ten bits on AVX2, bytes
+/// on AVX-512 VNNI). Lossy by design, yet close enough that the reference tokens come out
+/// unchanged, and the audio features stay within a few percent of f32.
 #[test]
 fn q8_gives_reference_tokens_and_features_close_to_f32() {
     let q8 =
@@ -170,7 +170,13 @@ fn q8_gives_reference_tokens_and_features_close_to_f32() {
         "q8 encoder (AMX: {}) relative L2 difference vs f32: {rel:e}",
         whisperd::model::bf16::amx_available()
     );
-    assert!(rel < 2e-2, "relative difference {rel}");
+    // bf16 (AMX) or ten-bit integers (AVX2): under 2 %. Bytes (AVX-512 VNNI): 3.6 % on jfk with
+    // the first convolution in ten bits, 5.3 % had it been in bytes too.
+    let bytes = whisperd_kernels::intgemm::WeightBits::for_tier(whisperd_kernels::isa::Tier::best())
+        == whisperd_kernels::intgemm::WeightBits::Eight
+        && !whisperd::model::bf16::amx_available();
+    let bound = if bytes { 4.5e-2 } else { 2e-2 };
+    assert!(rel < bound, "relative difference {rel} (bound {bound})");
 }
 
 fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {

@@ -16,8 +16,8 @@
 //! CPUs with AVX-512 BF16 but no AMX (AMD Zen 4, Intel Cooper Lake) multiply the same operands,
 //! in the same layout, with `vdpbf16ps` (16 columns × one pair of k per instruction): the q8
 //! encoder's attention runs here on them ([`attention_on`]), so every bf16 tier computes it
-//! alike. Its projections stay on the integer kernels there (`intgemm`: 10-bit weights, more
-//! exact than bf16's 8-bit mantissa).
+//! alike. Its projections stay on the integer kernels there (`intgemm`: exact integer sums of
+//! 8-bit weights and activations, at twice the products per instruction of `vdpbf16ps`).
 
 use rayon::prelude::*;
 

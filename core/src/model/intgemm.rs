@@ -1,7 +1,7 @@
 //! candle glue for the encoder's integer projections (`whisperd_kernels::intgemm`, `--precision
 //! q8` on x86 CPUs without AMX).
 
-pub use whisperd_kernels::intgemm::available;
+pub use whisperd_kernels::intgemm::{available, WeightBits};
 
 use candle_core::{Tensor, D};
 use candle_nn::Linear;
@@ -10,16 +10,26 @@ use candle_nn::Linear;
 pub struct IntLinear(whisperd_kernels::intgemm::IntLinear);
 
 impl IntLinear {
+    /// In this CPU's format ([`WeightBits::for_tier`]).
     pub fn new(l: &Linear) -> candle_core::Result<Self> {
+        Self::new_as(l, WeightBits::for_tier(whisperd_kernels::isa::Tier::best()))
+    }
+
+    pub fn new_as(l: &Linear, bits: WeightBits) -> candle_core::Result<Self> {
         let (out, inp) = l.weight().dims2()?;
         let weight = l.weight().flatten_all()?.to_vec1::<f32>()?;
         let bias = match l.bias() {
             Some(b) => b.to_vec1::<f32>()?,
             None => vec![0.0; out],
         };
-        Ok(Self(whisperd_kernels::intgemm::IntLinear::from_rows(
-            &weight, out, inp, bias,
+        Ok(Self(whisperd_kernels::intgemm::IntLinear::from_rows_as(
+            bits, &weight, out, inp, bias,
         )))
+    }
+
+    #[cfg(test)]
+    pub fn bits(&self) -> WeightBits {
+        self.0.bits()
     }
 
     /// `x` `(rows, inp)` row-major → `(rows, out)`.

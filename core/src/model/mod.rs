@@ -135,7 +135,7 @@ pub enum AttentionMath {
 impl Numerics {
     /// The numerics for `precision` on `device`, or the reason that pair cannot run. q8 is the
     /// lossy, fast setting: its encoder runs in bf16 on AMX where the CPU has it, else in
-    /// integers (10-bit weights) on AVX2 or VNNI with the attention in bf16 where the CPU has
+    /// integers (10-bit weights on AVX2, 8-bit on VNNI) with the attention in bf16 where the CPU has
     /// AVX-512 BF16.
     pub fn choose(precision: Precision, device: &Device) -> Result<Self, ModelError> {
         check_numerics(precision, device)?;
