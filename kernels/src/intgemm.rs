@@ -672,14 +672,7 @@ mod x86 {
                             _mm256_mul_ps(_mm256_cvtepi32_ps(acc[r][g]), scale),
                             _mm256_loadu_ps(bias.add(8 * g)),
                         );
-                        let dst = out.add(r * ldo + 8 * g);
-                        if cols >= 8 * (g + 1) {
-                            _mm256_storeu_ps(dst, y);
-                        } else if cols > 8 * g {
-                            let mut tmp = [0f32; 8];
-                            _mm256_storeu_ps(tmp.as_mut_ptr(), y);
-                            std::ptr::copy_nonoverlapping(tmp.as_ptr(), dst, cols - 8 * g);
-                        }
+                        store_group(out.add(r * ldo + 8 * g), y, cols, g);
                     }
                 }
             }
@@ -734,6 +727,21 @@ mod x86 {
             i += 8;
         }
         i
+    }
+
+    /// Group `g`'s 8 outputs `y` to `dst`, or as many of them as fall within `cols`.
+    ///
+    /// # Safety
+    /// The CPU has AVX; `dst` has room for `min(8, cols − 8·g)` values.
+    #[inline(always)]
+    unsafe fn store_group(dst: *mut f32, y: __m256, cols: usize, g: usize) {
+        if cols >= 8 * (g + 1) {
+            _mm256_storeu_ps(dst, y);
+        } else if cols > 8 * g {
+            let mut tmp = [0f32; 8];
+            _mm256_storeu_ps(tmp.as_mut_ptr(), y);
+            std::ptr::copy_nonoverlapping(tmp.as_ptr(), dst, cols - 8 * g);
+        }
     }
 
     /// a (bytes), w, k, a_scale, a_zero, colsum, w_scale, bias, out, ldo, cols (see
@@ -792,14 +800,7 @@ mod x86 {
                     _mm256_mul_ps(_mm256_cvtepi32_ps(sum), scale),
                     _mm256_loadu_ps(bias.add(8 * g)),
                 );
-                let dst = out.add(r * ldo + 8 * g);
-                if cols >= 8 * (g + 1) {
-                    _mm256_storeu_ps(dst, y);
-                } else if cols > 8 * g {
-                    let mut tmp = [0f32; 8];
-                    _mm256_storeu_ps(tmp.as_mut_ptr(), y);
-                    std::ptr::copy_nonoverlapping(tmp.as_ptr(), dst, cols - 8 * g);
-                }
+                store_group(out.add(r * ldo + 8 * g), y, cols, g);
             }
         }
     }
