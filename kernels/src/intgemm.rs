@@ -162,28 +162,32 @@ impl IntLinear {
         let w = match bits {
             WeightBits::Ten => {
                 let mut w = vec![0i16; out_pad * k];
-                for (panel, rows) in w.chunks_mut(GROUP * k).zip(q.chunks(GROUP * k)) {
-                    for (lane, row) in rows.chunks(k).enumerate() {
-                        for (i, &v) in row.iter().enumerate() {
-                            panel[(i / 2) * 2 * GROUP + lane * 2 + i % 2] = v;
+                w.par_chunks_mut(GROUP * k)
+                    .zip(q.par_chunks(GROUP * k))
+                    .for_each(|(panel, rows)| {
+                        for (lane, row) in rows.chunks(k).enumerate() {
+                            for (i, &v) in row.iter().enumerate() {
+                                panel[(i / 2) * 2 * GROUP + lane * 2 + i % 2] = v;
+                            }
                         }
-                    }
-                }
+                    });
                 let a_max = (i32::MAX as i64 / (k as i64 * W_MAX as i64)).min(A_MAX as i64) as i32;
                 Packed::I16 { w, a_max }
             }
             WeightBits::Eight => {
                 let mut w = vec![0i8; out_pad * k];
-                for (panel, rows) in w.chunks_mut(GROUP * k).zip(q.chunks(GROUP * k)) {
-                    for (lane, row) in rows.chunks(k).enumerate() {
-                        for (i, &v) in row.iter().enumerate() {
-                            // |v| ≤ W8_MAX = 127.
-                            panel[(i / 4) * 4 * GROUP + lane * 4 + i % 4] = v as i8;
+                w.par_chunks_mut(GROUP * k)
+                    .zip(q.par_chunks(GROUP * k))
+                    .for_each(|(panel, rows)| {
+                        for (lane, row) in rows.chunks(k).enumerate() {
+                            for (i, &v) in row.iter().enumerate() {
+                                // |v| ≤ W8_MAX = 127.
+                                panel[(i / 4) * 4 * GROUP + lane * 4 + i % 4] = v as i8;
+                            }
                         }
-                    }
-                }
+                    });
                 let colsum = q
-                    .chunks(k)
+                    .par_chunks(k)
                     .map(|row| row.iter().map(|&v| v as i32).sum())
                     .collect();
                 Packed::I8 { w, colsum }
@@ -359,8 +363,11 @@ impl Panel8<'_> {
         let (mr, groups) = (rows.scale.len(), self.w.len() / (GROUP * k));
         let (mr_max, vr) = tile_shape(tier);
         assert!(mr <= mr_max && groups <= vr && k.is_multiple_of(LANES));
+        assert!(rows.a.len() == mr * k && rows.zero.len() == mr);
         assert!(
-            rows.a.len() == mr * k && rows.zero.len() == mr && self.colsum.len() == groups * GROUP
+            self.colsum.len() == groups * GROUP
+                && self.w_scale.len() == groups * GROUP
+                && self.bias.len() == groups * GROUP
         );
         assert!(out.len() > (mr - 1) * ldo && out.len() - (mr - 1) * ldo >= self.cols);
         #[cfg(target_arch = "x86_64")]
@@ -433,6 +440,7 @@ impl Panel<'_> {
         let (mr, groups) = (a.len() / k, self.w.len() / (GROUP * k));
         let (mr_max, vr) = tile_shape(tier);
         assert!(mr <= mr_max && groups <= vr && k.is_multiple_of(LANES) && a_scale.len() == mr);
+        assert!(self.w_scale.len() == groups * GROUP && self.bias.len() == groups * GROUP);
         assert!(out.len() > (mr - 1) * ldo && out.len() - (mr - 1) * ldo >= self.cols);
         #[cfg(target_arch = "x86_64")]
         if tier >= Tier::Avx2 {
@@ -858,7 +866,7 @@ pub(crate) mod tests {
                 // inp terms of random sign: ~6 standard deviations.
                 let per_term = match bits {
                     WeightBits::Ten => 0.5 / W_MAX as f64 * 0.5,
-                    WeightBits::Eight => 0.5 / W8_MAX as f64 * 0.5 + 1.0 / 255.0 * 0.5,
+                    WeightBits::Eight => 0.5 / W8_MAX as f64 * 0.5 + 0.5 / 255.0 * 0.5,
                 };
                 let bound = per_term * (inp as f64).sqrt() * 2.0;
                 for (i, (g, w)) in portable.iter().zip(&want).enumerate() {
@@ -960,6 +968,26 @@ pub(crate) mod tests {
                 let sb = quantize(Tier::Avx2, src, &mut b, max);
                 assert_eq!(sa.to_bits(), sb.to_bits(), "scale, max {max}: {src:?}");
                 assert_eq!(a, b, "values, max {max}: {src:?}");
+            }
+        }
+    }
+
+    /// Bytes: the widest inner dimension a Whisper-sized model could reach, with one-sided rows
+    /// at both ends of the zero point (0 and 255) and the largest weights: sums and the
+    /// zero-point correction stay exact in i32 on every tier.
+    #[test]
+    fn byte_sums_stay_in_i32() {
+        let inp = 20480;
+        let l = IntLinear::from_rows_as(WeightBits::Eight, &vec![-0.5; inp], 1, inp, vec![0.0]);
+        for x in [1.0f32, -1.0] {
+            for &tier in Tier::available() {
+                let y = l.forward_on(tier, &vec![x; inp], 1);
+                let want = -0.5 * x * inp as f32;
+                assert!(
+                    (y[0] - want).abs() < 1e-3 * inp as f32,
+                    "{tier:?} {x}: {}",
+                    y[0]
+                );
             }
         }
     }
