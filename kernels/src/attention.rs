@@ -5,9 +5,13 @@
 //! on that thin shape. Here each task computes 48 rows of scores (288 KB, held in the core's
 //! L2), exponentiates them in place (the 8-lane FMA form of the one `exp`; the scalar one, auto-vectorized
 //! without FMA, took a quarter of the attention's time), multiplies them by the head's values
-//! with the same FMA microkernel, and scales each output row by its 1/Σ. Used by every encoder
-//! path but AMX's (which has its own, in bf16); same arithmetic as the unfused version up to
-//! summation order and the exp's last bits.
+//! with the same FMA microkernel, and scales each output row by its 1/Σ. Used by `f32` on every
+//! AVX2 CPU; same arithmetic as the unfused version up to summation order and the exp's last
+//! bits.
+//!
+//! q8 on CPUs without AVX-512 BF16 runs the same steps with both products in 16-bit integers
+//! ([`attention_int16`]); where the CPU has BF16, q8 uses `bf16::attention` instead. The
+//! skeleton (packing per head, tasks per block, reassembly) is shared through `HeadMath`.
 
 use rayon::prelude::*;
 
@@ -35,6 +39,20 @@ pub const HEAD_MULTIPLE: usize = NR;
 /// scaled by dh^-0.5), `y` the `(b, t, d)` output with heads side by side. The caller checks
 /// [`available`] first; `heads` must divide `d` into heads of a multiple of [`HEAD_MULTIPLE`].
 pub fn attention(qkv: &[f32], b: usize, t: usize, d: usize, heads: usize, y: &mut [f32]) {
+    attend::<F32Head>(qkv, b, t, d, heads, y)
+}
+
+/// [`attention`] with 16-bit integer products (`vpmaddwd`, i32 sums): q8's attention on CPUs
+/// without AVX-512 BF16. Queries and keys are rounded per row to the most bits whose `dh`
+/// products still sum in i32 (±5792 for 64-wide heads), probabilities to 14 bits of their
+/// row's maximum (which is 1), values per head column to ±2047; each row's output is divided
+/// by the sum of its rounded probabilities, so it stays a weighted average of the values.
+/// Twice the products per instruction of the f32 FMA kernel, which it otherwise follows.
+pub fn attention_int16(qkv: &[f32], b: usize, t: usize, d: usize, heads: usize, y: &mut [f32]) {
+    attend::<I16Head>(qkv, b, t, d, heads, y)
+}
+
+fn attend<M: HeadMath>(qkv: &[f32], b: usize, t: usize, d: usize, heads: usize, y: &mut [f32]) {
     assert!(available(), "fused attention needs AVX2 and FMA");
     assert!(
         heads > 0 && d.is_multiple_of(heads) && (d / heads).is_multiple_of(NR),
@@ -45,88 +63,69 @@ pub fn attention(qkv: &[f32], b: usize, t: usize, d: usize, heads: usize, y: &mu
         "attention operands too short"
     );
     for (w, y) in y.chunks_mut(t * d).enumerate().take(b) {
-        attend_window(&qkv[w * t * 3 * d..][..t * 3 * d], t, d, heads, y);
+        attend_window::<M>(&qkv[w * t * 3 * d..][..t * 3 * d], t, d, heads, y);
     }
 }
 
+/// Where one window's attention is: its `(t, 3·d)` projections, and one head of them.
+#[derive(Clone, Copy)]
+struct HeadView<'a> {
+    qkv: &'a [f32],
+    t: usize,
+    d: usize,
+    /// `t` rounded up to whole tiles of keys.
+    t_pad: usize,
+    /// The head's width and its first column within q (and k, v at + d, + 2d).
+    dh: usize,
+    col: usize,
+}
+
+impl HeadView<'_> {
+    /// Row `j`'s part `part` (0 = q, 1 = k, 2 = v) of this head.
+    fn row(&self, j: usize, part: usize) -> &[f32] {
+        &self.qkv[j * 3 * self.d + part * self.d + self.col..][..self.dh]
+    }
+}
+
+/// How a head's attention computes: keys and values packed once per window, then one block
+/// of QUERY_BLOCK query rows per task.
+trait HeadMath: Sized + Send + Sync {
+    /// A task's buffers, reused across its blocks.
+    type Scratch: Send;
+    fn pack(head: HeadView) -> Self;
+    fn scratch(head: HeadView) -> Self::Scratch;
+    /// The block's output rows, QUERY_BLOCK × dh (rows past `rows` are dropped).
+    fn block(&self, head: HeadView, first: usize, rows: usize, s: &mut Self::Scratch) -> Vec<f32>;
+}
+
 /// One window: `qkv` is `(t, 3·d)`, `y` is `(t, d)`.
-fn attend_window(qkv: &[f32], t: usize, d: usize, heads: usize, y: &mut [f32]) {
+fn attend_window<M: HeadMath>(qkv: &[f32], t: usize, d: usize, heads: usize, y: &mut [f32]) {
     let dh = d / heads;
-    let d3 = 3 * d;
     // Keys padded with zero columns to whole tiles (their scores are dropped before the
     // softmax); values with zero rows to match (their probabilities are zero).
-    let t_pad = t.div_ceil(NR) * NR;
-    let packed: Vec<(Vec<f32>, Vec<f32>)> = (0..heads)
+    let view = |h: usize| HeadView {
+        qkv,
+        t,
+        d,
+        t_pad: t.div_ceil(NR) * NR,
+        dh,
+        col: h * dh,
+    };
+    let packed: Vec<M> = (0..heads)
         .into_par_iter()
-        .map(|h| {
-            let mut keys_t = vec![0f32; dh * t_pad];
-            let mut values = vec![0f32; t_pad * dh];
-            for j in 0..t {
-                let row = &qkv[j * d3..][..d3];
-                for (c, &k) in row[d + h * dh..][..dh].iter().enumerate() {
-                    keys_t[c * t_pad + j] = k;
-                }
-                values[j * dh..][..dh].copy_from_slice(&row[2 * d + h * dh..][..dh]);
-            }
-            (keys_t, values)
-        })
+        .map(|h| M::pack(view(h)))
         .collect();
     let blocks = t.div_ceil(QUERY_BLOCK);
     // Head-major task order: consecutive tasks on a core reuse that head's keys and values.
     let outs: Vec<Vec<f32>> = (0..heads * blocks)
         .into_par_iter()
         .map_init(
-            || {
-                (
-                    vec![0f32; QUERY_BLOCK * dh],
-                    vec![0f32; QUERY_BLOCK * t_pad],
-                )
-            },
-            |(queries, scores), task| {
+            || M::scratch(view(0)),
+            |scratch, task| {
                 let (h, block) = (task / blocks, task % blocks);
                 let first = block * QUERY_BLOCK;
                 let rows = QUERY_BLOCK.min(t - first);
-                // Rows past `rows` of a last, partial block are zero queries: uniform
-                // probabilities, computed and dropped.
-                queries.fill(0.0);
-                for (r, dst) in queries.chunks_exact_mut(dh).take(rows).enumerate() {
-                    dst.copy_from_slice(&qkv[(first + r) * d3 + h * dh..][..dh]);
-                }
-                let (keys_t, values) = &packed[h];
-                let mut out = vec![0f32; QUERY_BLOCK * dh];
-                // SAFETY: `available()` was checked by `attention`; every operand covers the tiles
-                // the calls read and write (QUERY_BLOCK rows, t_pad and dh multiples of NR).
-                unsafe {
-                    product(queries, dh, keys_t, t_pad, dh, scores, t_pad, false);
-                }
-                // Unnormalized probabilities (the padded keys' scores become −∞, so 0); each
-                // row's 1/Σ scales its output below, 64 values instead of 1500.
-                let mut inv_sums = [0f32; QUERY_BLOCK];
-                for (row, inv) in scores.chunks_exact_mut(t_pad).zip(&mut inv_sums) {
-                    row[t..].fill(f32::NEG_INFINITY);
-                    // SAFETY: as above; the row's length is a multiple of NR.
-                    *inv = unsafe { exp_row(row) };
-                }
-                // Keys in chunks, so a chunk of values (KEY_CHUNK × dh) stays in L1 while
-                // every row tile uses it; from L2 the loads of `b` stalled the FMAs.
-                for first_key in (0..t_pad).step_by(KEY_CHUNK) {
-                    let keys = KEY_CHUNK.min(t_pad - first_key);
-                    unsafe {
-                        product(
-                            &scores[first_key..],
-                            t_pad,
-                            &values[first_key * dh..],
-                            dh,
-                            keys,
-                            &mut out,
-                            dh,
-                            first_key > 0,
-                        );
-                    }
-                }
-                for (row, inv) in out.chunks_exact_mut(dh).zip(inv_sums) {
-                    row.iter_mut().for_each(|v| *v *= inv);
-                }
+                let mut out = packed[h].block(view(h), first, rows, scratch);
                 out.truncate(rows * dh);
                 out
             },
@@ -138,6 +137,376 @@ fn attend_window(qkv: &[f32], t: usize, d: usize, heads: usize, y: &mut [f32]) {
             dst.copy_from_slice(&block[(i % QUERY_BLOCK) * dh..][..dh]);
         }
     });
+}
+
+/// f32 keys (transposed, `dh × t_pad`) and values (`t_pad × dh`).
+struct F32Head {
+    keys_t: Vec<f32>,
+    values: Vec<f32>,
+}
+
+impl HeadMath for F32Head {
+    /// Queries (QUERY_BLOCK × dh) and scores (QUERY_BLOCK × t_pad).
+    type Scratch = (Vec<f32>, Vec<f32>);
+
+    fn pack(head: HeadView) -> Self {
+        let HeadView { t, t_pad, dh, .. } = head;
+        let mut keys_t = vec![0f32; dh * t_pad];
+        let mut values = vec![0f32; t_pad * dh];
+        for j in 0..t {
+            for (c, &k) in head.row(j, 1).iter().enumerate() {
+                keys_t[c * t_pad + j] = k;
+            }
+            values[j * dh..][..dh].copy_from_slice(head.row(j, 2));
+        }
+        Self { keys_t, values }
+    }
+
+    fn scratch(head: HeadView) -> Self::Scratch {
+        (
+            vec![0f32; QUERY_BLOCK * head.dh],
+            vec![0f32; QUERY_BLOCK * head.t_pad],
+        )
+    }
+
+    fn block(
+        &self,
+        head: HeadView,
+        first: usize,
+        rows: usize,
+        (queries, scores): &mut Self::Scratch,
+    ) -> Vec<f32> {
+        let HeadView { t, t_pad, dh, .. } = head;
+        // Rows past `rows` of a last, partial block are zero queries: uniform probabilities,
+        // computed and dropped.
+        queries.fill(0.0);
+        for (r, dst) in queries.chunks_exact_mut(dh).take(rows).enumerate() {
+            dst.copy_from_slice(head.row(first + r, 0));
+        }
+        let mut out = vec![0f32; QUERY_BLOCK * dh];
+        // SAFETY: `available()` was checked by `attend`; every operand covers the tiles the
+        // calls read and write (QUERY_BLOCK rows, t_pad and dh multiples of NR).
+        unsafe {
+            product(queries, dh, &self.keys_t, t_pad, dh, scores, t_pad, false);
+        }
+        // Unnormalized probabilities (the padded keys' scores become −∞, so 0); each row's
+        // 1/Σ scales its output below, 64 values instead of 1500.
+        let mut inv_sums = [0f32; QUERY_BLOCK];
+        for (row, inv) in scores.chunks_exact_mut(t_pad).zip(&mut inv_sums) {
+            row[t..].fill(f32::NEG_INFINITY);
+            // SAFETY: as above; the row's length is a multiple of NR.
+            *inv = unsafe { exp_row(row) };
+        }
+        // Keys in chunks, so a chunk of values (KEY_CHUNK × dh) stays in L1 while every row
+        // tile uses it; from L2 the loads of `b` stalled the FMAs.
+        for first_key in (0..t_pad).step_by(KEY_CHUNK) {
+            let keys = KEY_CHUNK.min(t_pad - first_key);
+            // SAFETY: as above.
+            unsafe {
+                product(
+                    &scores[first_key..],
+                    t_pad,
+                    &self.values[first_key * dh..],
+                    dh,
+                    keys,
+                    &mut out,
+                    dh,
+                    first_key > 0,
+                );
+            }
+        }
+        for (row, inv) in out.chunks_exact_mut(dh).zip(inv_sums) {
+            row.iter_mut().for_each(|v| *v *= inv);
+        }
+        out
+    }
+}
+
+/// Probabilities (≤ 1) as integers: 14 bits, so that a chunk of KEY_CHUNK keys times values of
+/// at most [`VALUE_MAX`] sums below 2^31.
+const PROB_ONE: f32 = 16383.0;
+/// Values as integers, per head column.
+const VALUE_MAX: f32 = 2047.0;
+const _: () = assert!((KEY_CHUNK as f64) * 16383.0 * 2047.0 < i32::MAX as f64);
+
+/// The largest query or key integer for `dh`-wide heads: `dh` products sum below 2^31.
+fn qk_max(dh: usize) -> f32 {
+    (i32::MAX as f64 / dh as f64)
+        .sqrt()
+        .floor()
+        .min(i16::MAX as f64) as f32
+}
+
+/// `dst[i] = round(src[i] / scale)` for the scale that maps `src`'s largest magnitude to
+/// `max`; returns the scale (0 for an all-zero or non-finite row, whose integers are 0).
+///
+/// # Safety
+/// The CPU has AVX2; `src` and `dst` have the same length, a multiple of 8.
+unsafe fn quantize_row(src: &[f32], max: f32, dst: &mut [i16]) -> f32 {
+    let top = src.iter().fold(0f32, |a, v| a.max(v.abs()));
+    if top == 0.0 || !top.is_finite() {
+        dst.fill(0);
+        return 0.0;
+    }
+    round_row(src, max / top, dst);
+    top / max
+}
+
+/// `dst[i] = round(src[i] · mul)` (to nearest, ties to even; saturating at ±32767); returns
+/// Σ dst.
+///
+/// # Safety
+/// The CPU has AVX2; `src` and `dst` have the same length, a multiple of 8.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn round_row(src: &[f32], mul: f32, dst: &mut [i16]) -> i32 {
+    use std::arch::x86_64::*;
+    debug_assert!(src.len() == dst.len() && src.len().is_multiple_of(8));
+    let m = _mm256_set1_ps(mul);
+    let mut sum = _mm256_setzero_si256();
+    for (s, d) in src.chunks_exact(8).zip(dst.chunks_exact_mut(8)) {
+        // The default rounding mode rounds to nearest, ties to even.
+        let v = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(s.as_ptr()), m));
+        let packed = _mm_packs_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
+        _mm_storeu_si128(d.as_mut_ptr() as *mut __m128i, packed);
+        sum = _mm256_add_epi32(sum, _mm256_cvtepi16_epi32(packed));
+    }
+    let mut lanes = [0i32; 8];
+    _mm256_storeu_si256(lanes.as_mut_ptr() as *mut __m256i, sum);
+    lanes.iter().sum()
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn round_row(_: &[f32], _: f32, _: &mut [i16]) -> i32 {
+    unreachable!("`available()` is false off x86-64")
+}
+
+/// 16-bit keys (pairs of head columns interleaved per key: `dh/2 × t_pad × 2`, with a scale
+/// per key) and values (pairs of keys interleaved per column: `t_pad/2 × dh × 2`, with a scale
+/// per column).
+struct I16Head {
+    keys: Vec<i16>,
+    key_scales: Vec<f32>,
+    values: Vec<i16>,
+    value_scales: Vec<f32>,
+}
+
+impl HeadMath for I16Head {
+    /// Queries (QUERY_BLOCK × dh), their scales, scores (QUERY_BLOCK × t_pad, f32) and
+    /// probabilities (QUERY_BLOCK × t_pad, i16).
+    type Scratch = (Vec<i16>, Vec<f32>, Vec<f32>, Vec<i16>);
+
+    fn pack(head: HeadView) -> Self {
+        let HeadView { t, t_pad, dh, .. } = head;
+        let max = qk_max(dh);
+        let mut keys = vec![0i16; dh * t_pad];
+        let mut key_scales = vec![0f32; t_pad];
+        let mut row = vec![0i16; dh];
+        for (j, scale) in key_scales.iter_mut().enumerate().take(t) {
+            // SAFETY: `available()` was checked by `attend`; dh is a multiple of NR.
+            *scale = unsafe { quantize_row(head.row(j, 1), max, &mut row) };
+            for (c, &k) in row.iter().enumerate() {
+                keys[((c / 2) * t_pad + j) * 2 + c % 2] = k;
+            }
+        }
+        let mut tops = vec![0f32; dh];
+        for j in 0..t {
+            for (top, v) in tops.iter_mut().zip(head.row(j, 2)) {
+                *top = top.max(v.abs());
+            }
+        }
+        let ok = |top: f32| top > 0.0 && top.is_finite();
+        let value_scales: Vec<f32> = tops
+            .iter()
+            .map(|&top| if ok(top) { top / VALUE_MAX } else { 0.0 })
+            .collect();
+        let muls: Vec<f32> = tops
+            .iter()
+            .map(|&top| if ok(top) { VALUE_MAX / top } else { 0.0 })
+            .collect();
+        let mut values = vec![0i16; t_pad * dh];
+        let mut scaled = vec![0f32; dh];
+        for j in 0..t {
+            for ((s, &v), &m) in scaled.iter_mut().zip(head.row(j, 2)).zip(&muls) {
+                *s = v * m;
+            }
+            // SAFETY: as above.
+            unsafe { round_row(&scaled, 1.0, &mut row) };
+            for (c, &v) in row.iter().enumerate() {
+                values[((j / 2) * dh + c) * 2 + j % 2] = v;
+            }
+        }
+        Self {
+            keys,
+            key_scales,
+            values,
+            value_scales,
+        }
+    }
+
+    fn scratch(head: HeadView) -> Self::Scratch {
+        (
+            vec![0; QUERY_BLOCK * head.dh],
+            vec![0.0; QUERY_BLOCK],
+            vec![0.0; QUERY_BLOCK * head.t_pad],
+            vec![0; QUERY_BLOCK * head.t_pad],
+        )
+    }
+
+    fn block(
+        &self,
+        head: HeadView,
+        first: usize,
+        rows: usize,
+        (queries, query_scales, scores, probs): &mut Self::Scratch,
+    ) -> Vec<f32> {
+        let HeadView { t, t_pad, dh, .. } = head;
+        let max = qk_max(dh);
+        // Rows past `rows` of a last, partial block are zero queries, computed and dropped.
+        queries.fill(0);
+        query_scales.fill(0.0);
+        for (r, (dst, scale)) in queries
+            .chunks_exact_mut(dh)
+            .zip(query_scales.iter_mut())
+            .take(rows)
+            .enumerate()
+        {
+            // SAFETY: `available()` was checked by `attend`; dh is a multiple of NR.
+            *scale = unsafe { quantize_row(head.row(first + r, 0), max, dst) };
+        }
+        // SAFETY: `available()` was checked by `attend`; every operand covers the tiles the
+        // calls read and write (QUERY_BLOCK rows; t_pad and dh multiples of NR, so of 2).
+        unsafe {
+            product_i16(
+                queries,
+                dh,
+                &self.keys,
+                dh / 2,
+                (query_scales, &self.key_scales),
+                scores,
+                t_pad,
+                false,
+            );
+        }
+        // Probabilities relative to each row's maximum, rounded; a row's output is divided by
+        // the sum of its rounded probabilities.
+        let mut inv_sums = [0f32; QUERY_BLOCK];
+        for ((row, p), inv) in scores
+            .chunks_exact_mut(t_pad)
+            .zip(probs.chunks_exact_mut(t_pad))
+            .zip(&mut inv_sums)
+        {
+            row[t..].fill(f32::NEG_INFINITY);
+            // SAFETY: as above; the row's length is a multiple of NR.
+            let sum = unsafe {
+                exp_row(row);
+                round_row(row, PROB_ONE, p)
+            };
+            // The maximum's probability is PROB_ONE, so the sum is never 0.
+            *inv = 1.0 / sum.max(1) as f32;
+        }
+        let mut out = vec![0f32; QUERY_BLOCK * dh];
+        // Keys in chunks that keep the i32 sums in range (see PROB_ONE); each chunk's sums,
+        // times the row's 1/Σ and the column's scale, are added to the f32 output.
+        for first_key in (0..t_pad).step_by(KEY_CHUNK) {
+            let keys = KEY_CHUNK.min(t_pad - first_key);
+            // SAFETY: as above; `first_key` and `keys` are even.
+            unsafe {
+                product_i16(
+                    &probs[first_key..],
+                    t_pad,
+                    &self.values[first_key * dh..],
+                    keys / 2,
+                    (&inv_sums, &self.value_scales),
+                    &mut out,
+                    dh,
+                    first_key > 0,
+                );
+            }
+        }
+        out
+    }
+}
+
+/// `c = (a · b)[r][j] · row_scales[r] · col_scales[j]` (`c +=` if `accumulate`) in 16-bit
+/// integers with i32 sums: `a` is QUERY_BLOCK rows of `2·pairs` values at row stride `lda`;
+/// `b` is `pairs` steps of `n` columns × 2 interleaved values (step stride `2·n`), n = the
+/// width of `c` (row stride `n`) and of `col_scales`.
+///
+/// # Safety
+/// The CPU has AVX2; `a` holds QUERY_BLOCK rows of `2·pairs` values at stride `lda`, `b` holds
+/// `pairs · 2n` values, `c` QUERY_BLOCK rows of `n`, `row_scales` QUERY_BLOCK values; `n` is a
+/// multiple of NR.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn product_i16(
+    a: &[i16],
+    lda: usize,
+    b: &[i16],
+    pairs: usize,
+    (row_scales, col_scales): (&[f32], &[f32]),
+    c: &mut [f32],
+    n: usize,
+    accumulate: bool,
+) {
+    use std::arch::x86_64::*;
+    debug_assert!(a.len() >= (QUERY_BLOCK - 1) * lda + 2 * pairs);
+    debug_assert!(b.len() >= pairs * 2 * n && n.is_multiple_of(NR));
+    debug_assert!(c.len() >= QUERY_BLOCK * n && col_scales.len() >= n);
+    debug_assert!(row_scales.len() >= QUERY_BLOCK);
+    let ldb = 2 * n;
+    // Columns outer: a 16-column strip of `b` stays in L1 across all row tiles.
+    for col in (0..n).step_by(NR) {
+        let cs = [
+            _mm256_loadu_ps(col_scales.as_ptr().add(col)),
+            _mm256_loadu_ps(col_scales.as_ptr().add(col + 8)),
+        ];
+        for row in (0..QUERY_BLOCK).step_by(MR) {
+            let a = a.as_ptr().add(row * lda);
+            let b = b.as_ptr().add(2 * col);
+            let mut acc = [[_mm256_setzero_si256(); 2]; MR];
+            for p in 0..pairs {
+                let b0 = _mm256_loadu_si256(b.add(p * ldb) as *const __m256i);
+                let b1 = _mm256_loadu_si256(b.add(p * ldb + 16) as *const __m256i);
+                for (r, acc) in acc.iter_mut().enumerate() {
+                    let x =
+                        _mm256_set1_epi32((a.add(r * lda + 2 * p) as *const i32).read_unaligned());
+                    acc[0] = _mm256_add_epi32(acc[0], _mm256_madd_epi16(x, b0));
+                    acc[1] = _mm256_add_epi32(acc[1], _mm256_madd_epi16(x, b1));
+                }
+            }
+            for (r, acc) in acc.iter().enumerate() {
+                let rs = _mm256_set1_ps(row_scales[row + r]);
+                let dst = c.as_mut_ptr().add((row + r) * n + col);
+                for (u, (&acc, &cs)) in acc.iter().zip(&cs).enumerate() {
+                    let scale = _mm256_mul_ps(rs, cs);
+                    let base = if accumulate {
+                        _mm256_loadu_ps(dst.add(8 * u))
+                    } else {
+                        _mm256_setzero_ps()
+                    };
+                    let v = _mm256_fmadd_ps(_mm256_cvtepi32_ps(acc), scale, base);
+                    _mm256_storeu_ps(dst.add(8 * u), v);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+#[allow(clippy::too_many_arguments)]
+unsafe fn product_i16(
+    _: &[i16],
+    _: usize,
+    _: &[i16],
+    _: usize,
+    _: (&[f32], &[f32]),
+    _: &mut [f32],
+    _: usize,
+    _: bool,
+) {
+    unreachable!("`available()` is false off x86-64")
 }
 
 /// `row[i] = exp(row[i] − max(row))` in place (the shared 8-lane exp, `elementwise::x86::Exp8`);

@@ -71,6 +71,11 @@ const KERNELS: &[Kernel] = &[
         check: fused_attention,
     },
     Kernel {
+        name: "fused attention int16",
+        versions: &[Tier::Avx2],
+        check: int16_attention,
+    },
+    Kernel {
         name: "bf16 matmul (bf16.rs)",
         versions: &[Tier::Avx512Bf16, Tier::Amx],
         check: crate::bf16::tests::tiles,
@@ -135,6 +140,14 @@ fn fused_attention(tier: Tier) {
     let diff = attention_diff(crate::attention::attention);
     // Outputs are averages of values in [-0.5, 0.5]: only summation order differs.
     assert!(diff < 1e-5, "max diff {diff}");
+}
+
+fn int16_attention(tier: Tier) {
+    assert_eq!(tier, Tier::Avx2, "the int16 attention has one version");
+    let diff = attention_diff(crate::attention::attention_int16);
+    // 13-bit queries and keys, 14-bit probabilities and 12-bit values move the averages by
+    // ~3e-4 (bf16 moves them by ~1e-2).
+    assert!(diff < 1e-3, "max diff {diff}");
 }
 
 fn amx_attention(tier: Tier) {

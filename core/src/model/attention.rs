@@ -1,4 +1,5 @@
-//! candle glue for the fused f32 encoder attention (`whisperd_kernels::attention`).
+//! candle glue for the fused encoder attention (`whisperd_kernels::attention`), in f32 or in
+//! 16-bit integers.
 
 pub use whisperd_kernels::attention::available;
 use whisperd_kernels::attention::{self, HEAD_MULTIPLE};
@@ -7,6 +8,8 @@ use whisperd_kernels::attention::{self, HEAD_MULTIPLE};
 /// scaled by dh^-0.5), output `(batch, t, d)` with heads side by side.
 pub struct Attention {
     pub heads: usize,
+    /// 16-bit integer products (q8's attention without AVX-512 BF16) instead of f32.
+    pub integer: bool,
 }
 
 impl candle_core::CustomOp1 for Attention {
@@ -43,7 +46,11 @@ impl candle_core::CustomOp1 for Attention {
             );
         }
         let mut y = vec![0f32; b * t * d];
-        attention::attention(qkv, b, t, d, self.heads, &mut y);
+        if self.integer {
+            attention::attention_int16(qkv, b, t, d, self.heads, &mut y);
+        } else {
+            attention::attention(qkv, b, t, d, self.heads, &mut y);
+        }
         Ok((candle_core::CpuStorage::F32(y), (b, t, d).into()))
     }
 }
@@ -54,7 +61,7 @@ mod tests {
     use crate::model::test_values as values;
     use candle_core::{Device, Tensor};
 
-    /// The fused kernel against attention in candle f32 ops (`encoder::unfused_attention`),
+    /// The fused kernels (f32 and 16-bit integer) against attention in candle f32 ops (`encoder::unfused_attention`),
     /// for a batch of two, lengths with partial query blocks and partial key tiles, and a full
     /// window; scores are spread wide enough (q scaled up) that the softmax is far from uniform.
     #[test]
@@ -72,11 +79,17 @@ mod tests {
             }
             let qkv = Tensor::from_vec(qkv, (b, t, 3 * d), &dev).unwrap();
             let want = super::super::encoder::unfused_attention(&qkv, heads).unwrap();
-            let got = qkv.apply_op1_no_bwd(&Attention { heads }).unwrap();
-            assert_eq!(got.dims(), want.dims());
-            let diff = crate::model::test_max_abs_diff(&got, &want);
-            // Outputs are averages of values in [-1, 1]: only summation order differs.
-            assert!(diff < 1e-5, "b {b}, t {t}, heads {heads}: max diff {diff}");
+            // Outputs are averages of values in [-1, 1]: in f32 only summation order differs;
+            // the 16-bit integers move them by ~5e-4.
+            for (integer, bound) in [(false, 1e-5), (true, 2e-3)] {
+                let got = qkv.apply_op1_no_bwd(&Attention { heads, integer }).unwrap();
+                assert_eq!(got.dims(), want.dims());
+                let diff = crate::model::test_max_abs_diff(&got, &want);
+                assert!(
+                    diff < bound,
+                    "b {b}, t {t}, heads {heads}, integer {integer}: max diff {diff}"
+                );
+            }
         }
     }
 
@@ -84,7 +97,13 @@ mod tests {
     #[test]
     fn rejects_heads_that_do_not_fit_the_tiles() {
         let qkv = Tensor::zeros((1, 4, 3 * 40), candle_core::DType::F32, &Device::Cpu).unwrap();
-        assert!(qkv.apply_op1_no_bwd(&Attention { heads: 1 }).is_err());
-        assert!(qkv.apply_op1_no_bwd(&Attention { heads: 3 }).is_err());
+        for integer in [false, true] {
+            assert!(qkv
+                .apply_op1_no_bwd(&Attention { heads: 1, integer })
+                .is_err());
+            assert!(qkv
+                .apply_op1_no_bwd(&Attention { heads: 3, integer })
+                .is_err());
+        }
     }
 }

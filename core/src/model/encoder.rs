@@ -124,9 +124,13 @@ impl SelfAttention {
             let y = qkv.apply_op1_no_bwd(&super::bf16::Attention { heads: self.n_head })?;
             return self.out.forward(&y);
         }
-        if self.math == AttentionMath::F32Fused && x.device().is_cpu() {
+        let integer = self.math == AttentionMath::Int16;
+        if (self.math == AttentionMath::F32Fused || integer) && x.device().is_cpu() {
             let qkv = self.qkv.forward(x)?.contiguous()?;
-            let y = qkv.apply_op1_no_bwd(&super::attention::Attention { heads: self.n_head })?;
+            let y = qkv.apply_op1_no_bwd(&super::attention::Attention {
+                heads: self.n_head,
+                integer,
+            })?;
             return self.out.forward(&y);
         }
         self.out

@@ -128,6 +128,9 @@ pub enum AttentionMath {
     Bf16,
     /// f32, fused per head and block of queries (AVX2 and up).
     F32Fused,
+    /// 16-bit integer products with i32 sums, fused like `F32Fused`: q8 only, on CPUs without
+    /// AVX-512 BF16.
+    Int16,
     /// f32 in candle ops (a CPU without AVX2, or a GPU).
     F32,
 }
@@ -136,7 +139,7 @@ impl Numerics {
     /// The numerics for `precision` on `device`, or the reason that pair cannot run. q8 is the
     /// lossy, fast setting: its encoder runs in bf16 on AMX where the CPU has it, else in
     /// integers (10-bit weights on AVX2, 8-bit on VNNI) with the attention in bf16 where the CPU has
-    /// AVX-512 BF16.
+    /// AVX-512 BF16 and in 16-bit integers where it does not.
     pub fn choose(precision: Precision, device: &Device) -> Result<Self, ModelError> {
         check_numerics(precision, device)?;
         let cpu = device.is_cpu();
@@ -152,6 +155,7 @@ impl Numerics {
         let attention = match encoder {
             EncoderMath::AmxBf16 => AttentionMath::Bf16,
             EncoderMath::Int8Avx2 if bf16::bf16_available() => AttentionMath::Bf16,
+            EncoderMath::Int8Avx2 => AttentionMath::Int16,
             _ if cpu && attention::available() => AttentionMath::F32Fused,
             _ => AttentionMath::F32,
         };
@@ -384,7 +388,7 @@ mod tests {
         } else if intgemm::available() && bf16::bf16_available() {
             (EncoderMath::Int8Avx2, AttentionMath::Bf16)
         } else if intgemm::available() {
-            (EncoderMath::Int8Avx2, AttentionMath::F32Fused)
+            (EncoderMath::Int8Avx2, AttentionMath::Int16)
         } else {
             (EncoderMath::F32, AttentionMath::F32)
         };
