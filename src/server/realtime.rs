@@ -1073,16 +1073,18 @@ impl Conn {
 
 /// Local agreement: the text to send after `sent`, given the previous partial pass's words and
 /// this pass (`t`, over `heard_s` seconds of the utterance). Sent are the words both passes
-/// agree on, except the newer pass's last word and any word it places less than `SETTLED_S`
-/// before the end of what it heard, and less a closing punctuation mark on the last of them
-/// (the speaker's next words may turn a period into a comma, or drop it): that mark goes out
-/// with the words after it. `None` when nothing new is agreed on, or when the agreed text does
-/// not extend what was sent.
+/// agree on — up to case and punctuation ("But email," and "But, A-mail," agree on "But"), in
+/// the newer pass's spelling — except the newer pass's last word and any word it places less
+/// than `SETTLED_S` before the end of what it heard, and less a closing punctuation mark on the
+/// last of them (the speaker's next words may turn a period into a comma, or drop it): that
+/// mark goes out with the words after it. `None` when nothing new is agreed on, or when the
+/// agreed words do not extend what was sent (compared as [`continuation`] does, so a later pass
+/// that punctuates the sent words differently still extends them).
 fn agree(sent: &str, last_pass: &[String], t: &Transcript, heard_s: f64) -> Option<String> {
     let agreed = last_pass
         .iter()
         .zip(t.text.split_whitespace())
-        .take_while(|(a, b)| a.as_str() == *b)
+        .take_while(|(a, b)| bare_word(a) == bare_word(b))
         .count()
         .min(t.text.split_whitespace().count().saturating_sub(1))
         .min(last_pass.len().saturating_sub(1))
@@ -1093,12 +1095,22 @@ fn agree(sent: &str, last_pass: &[String], t: &Transcript, heard_s: f64) -> Opti
         }),
         None => 0,
     };
-    t.text
+    let head = t
+        .text
         .get(..end)?
-        .trim_end_matches(|c| crate::decode::timing::APPEND_PUNCTUATIONS.contains(c))
-        .strip_prefix(sent)
+        .trim_end_matches(|c| crate::decode::timing::APPEND_PUNCTUATIONS.contains(c));
+    continuation(sent, head)
         .filter(|d| !d.trim().is_empty())
         .map(str::to_string)
+}
+
+/// A word's letters and digits, lower-cased: what two passes (or a pass and the final text)
+/// must share for the word to count as the same.
+fn bare_word(w: &str) -> String {
+    w.chars()
+        .filter(|c| c.is_alphanumeric())
+        .flat_map(char::to_lowercase)
+        .collect()
 }
 
 /// What of the final transcript `text` follows the partial text already `sent`: the rest after
@@ -1110,18 +1122,12 @@ fn continuation<'a>(sent: &str, text: &'a str) -> Option<&'a str> {
     if let Some(rest) = text.strip_prefix(sent) {
         return Some(rest);
     }
-    let bare = |w: &str| -> String {
-        w.chars()
-            .filter(|c| c.is_alphanumeric())
-            .flat_map(char::to_lowercase)
-            .collect()
-    };
-    let said: Vec<String> = sent.split_whitespace().map(bare).collect();
+    let said: Vec<String> = sent.split_whitespace().map(bare_word).collect();
     let mut words = text.split_whitespace();
     let mut end = 0;
     for s in &said {
         let w = words.next()?;
-        if bare(w) != *s {
+        if bare_word(w) != *s {
             return None;
         }
         let core = w.trim_end_matches(|c: char| !c.is_alphanumeric());
@@ -1340,6 +1346,26 @@ mod tests {
         assert_eq!(agree("your country", &split(&c), &d, 4.0), None);
         assert_eq!(agree("our country", &split(&c), &d, 5.3), None);
         assert_eq!(agree("", &[], &d, 9.0), None);
+        // Passes that punctuate the same words differently still agree on them (in the newer
+        // pass's spelling), and a later pass that punctuates the sent words differently again
+        // still extends them; different words do not agree.
+        let e = pass(&[(" But,", 0.5), (" email,", 1.0), (" and", 1.3)]);
+        let f = pass(&[(" But", 0.5), (" email,", 1.0), (" and", 1.3), (" so", 1.6)]);
+        assert_eq!(agree("", &split(&e), &f, 9.0).as_deref(), Some("But email"));
+        let g = pass(&[
+            (" But,", 0.5),
+            (" email,", 1.0),
+            (" and", 1.3),
+            (" so", 1.6),
+            (" on", 1.9),
+        ]);
+        assert_eq!(
+            agree("But email", &split(&f), &g, 9.0).as_deref(),
+            Some(", and")
+        );
+        let h = pass(&[(" But,", 0.5), (" A-mail,", 1.0), (" and", 1.3)]);
+        assert_eq!(agree("", &split(&e), &h, 9.0).as_deref(), Some("But"));
+        assert_eq!(agree("But", &split(&e), &h, 9.0), None);
     }
 
     #[test]
