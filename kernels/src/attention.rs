@@ -238,17 +238,23 @@ fn qk_max(dh: usize) -> f32 {
 }
 
 /// `dst[i] = round(src[i] / scale)` for the scale that maps `src`'s largest magnitude to
-/// `max`; returns the scale (0 for an all-zero or non-finite row, whose integers are 0).
+/// `max`; returns the scale (0 for a row that is all zeros, holds a NaN or ±∞, or is too small
+/// to scale: its integers are 0).
 ///
 /// # Safety
 /// The CPU has AVX2; `src` and `dst` have the same length, a multiple of 8.
 unsafe fn quantize_row(src: &[f32], max: f32, dst: &mut [i16]) -> f32 {
-    let top = src.iter().fold(0f32, |a, v| a.max(v.abs()));
-    if top == 0.0 || !top.is_finite() {
+    // NaN propagates through the fold (f32::max would skip it).
+    let top = src.iter().fold(
+        0f32,
+        |a, v| if v.is_nan() { f32::NAN } else { a.max(v.abs()) },
+    );
+    let mul = max / top;
+    if top == 0.0 || !top.is_finite() || !mul.is_finite() {
         dst.fill(0);
         return 0.0;
     }
-    round_row(src, max / top, dst);
+    round_row(src, mul, dst);
     top / max
 }
 
@@ -312,10 +318,16 @@ impl HeadMath for I16Head {
         let mut tops = vec![0f32; dh];
         for j in 0..t {
             for (top, v) in tops.iter_mut().zip(head.row(j, 2)) {
-                *top = top.max(v.abs());
+                // NaN propagates (f32::max would skip it).
+                *top = if v.is_nan() {
+                    f32::NAN
+                } else {
+                    top.max(v.abs())
+                };
             }
         }
-        let ok = |top: f32| top > 0.0 && top.is_finite();
+        // A column with a non-finite value, or too small to scale, is all zeros.
+        let ok = |top: f32| top > 0.0 && top.is_finite() && (VALUE_MAX / top).is_finite();
         let value_scales: Vec<f32> = tops
             .iter()
             .map(|&top| if ok(top) { top / VALUE_MAX } else { 0.0 })
@@ -328,7 +340,7 @@ impl HeadMath for I16Head {
         let mut scaled = vec![0f32; dh];
         for j in 0..t {
             for ((s, &v), &m) in scaled.iter_mut().zip(head.row(j, 2)).zip(&muls) {
-                *s = v * m;
+                *s = if m > 0.0 { v * m } else { 0.0 };
             }
             // SAFETY: as above.
             unsafe { round_row(&scaled, 1.0, &mut row) };
@@ -638,5 +650,35 @@ unsafe fn tile(
     for (r, acc) in acc.iter().enumerate() {
         _mm256_storeu_ps(c.add(r * ldc), acc[0]);
         _mm256_storeu_ps(c.add(r * ldc + 8), acc[1]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Rows with a NaN, an infinity, only zeros or magnitudes too small to scale become zeros
+    /// with scale 0, never saturated integers (which would break the i32 bounds).
+    #[test]
+    fn degenerate_rows_quantize_to_zero() {
+        if !available() {
+            return;
+        }
+        let mut row = vec![0f32; 16];
+        row[3] = 0.5;
+        let mut dst = vec![7i16; 16];
+        for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+            row[5] = bad;
+            // SAFETY: AVX2 is available; 16 values.
+            assert_eq!(unsafe { quantize_row(&row, 5792.0, &mut dst) }, 0.0);
+            assert!(dst.iter().all(|&d| d == 0), "{bad}: {dst:?}");
+        }
+        let tiny = vec![1e-38f32; 16];
+        assert_eq!(unsafe { quantize_row(&tiny, 5792.0, &mut dst) }, 0.0);
+        assert!(dst.iter().all(|&d| d == 0));
+        row[5] = -1.0;
+        let scale = unsafe { quantize_row(&row, 5792.0, &mut dst) };
+        assert_eq!(scale, 1.0 / 5792.0);
+        assert_eq!((dst[3], dst[5]), (2896, -5792));
     }
 }
