@@ -1104,23 +1104,34 @@ fn agree(sent: &str, last_pass: &[String], t: &Transcript, heard_s: f64) -> Opti
         .map(str::to_string)
 }
 
-/// A word's letters and digits, lower-cased: what two passes (or a pass and the final text)
-/// must share for the word to count as the same.
+/// A word without the punctuation whisper attaches to words (`timing::PREPEND_PUNCTUATIONS`
+/// before, `APPEND_PUNCTUATIONS` after), lower-cased: what two passes (or a pass and the final
+/// text) must share for the word to count as the same. Only the edges are trimmed, so
+/// "we're" and "were", or "U.S." and "us", stay different words; a word that is all
+/// punctuation is compared whole.
 fn bare_word(w: &str) -> String {
-    w.chars()
-        .filter(|c| c.is_alphanumeric())
-        .flat_map(char::to_lowercase)
-        .collect()
+    use crate::decode::timing::{APPEND_PUNCTUATIONS, PREPEND_PUNCTUATIONS};
+    let core = w
+        .trim_start_matches(|c| PREPEND_PUNCTUATIONS.contains(c) || APPEND_PUNCTUATIONS.contains(c))
+        .trim_end_matches(|c| APPEND_PUNCTUATIONS.contains(c) || PREPEND_PUNCTUATIONS.contains(c));
+    if core.is_empty() { w } else { core }.to_lowercase()
 }
 
 /// What of the final transcript `text` follows the partial text already `sent`: the rest after
-/// `sent` when `text` starts with it, or else, when `text`'s first words are `sent`'s up to case
+/// `sent` when `text` starts with it (and `sent` ends at one of `text`'s grapheme boundaries),
+/// or else, when `text`'s first words are `sent`'s up to case
 /// and punctuation (the final decode of a longer utterance may drop a period the partial passes
 /// agreed on, "country. And so" → "country And so"), the text after the last of those words'
 /// letters. `None` when the words themselves differ.
 fn continuation<'a>(sent: &str, text: &'a str) -> Option<&'a str> {
+    use unicode_segmentation::UnicodeSegmentation;
     if let Some(rest) = text.strip_prefix(sent) {
-        return Some(rest);
+        // Not when `sent` ends inside one of `text`'s characters as a reader sees them (a
+        // combining mark follows): a delta starting with that mark would change the last
+        // character the client shows.
+        if rest.is_empty() || text.grapheme_indices(true).any(|(i, _)| i == sent.len()) {
+            return Some(rest);
+        }
     }
     let said: Vec<String> = sent.split_whitespace().map(bare_word).collect();
     let mut words = text.split_whitespace();
@@ -1130,7 +1141,8 @@ fn continuation<'a>(sent: &str, text: &'a str) -> Option<&'a str> {
         if bare_word(w) != *s {
             return None;
         }
-        let core = w.trim_end_matches(|c: char| !c.is_alphanumeric());
+        // The word up to its closing punctuation (combining marks stay with their letter).
+        let core = w.trim_end_matches(|c| crate::decode::timing::APPEND_PUNCTUATIONS.contains(c));
         end = w.as_ptr() as usize - text.as_ptr() as usize + core.len();
     }
     text.get(end..)
@@ -1366,6 +1378,16 @@ mod tests {
         let h = pass(&[(" But,", 0.5), (" A-mail,", 1.0), (" and", 1.3)]);
         assert_eq!(agree("", &split(&e), &h, 9.0).as_deref(), Some("But"));
         assert_eq!(agree("But", &split(&e), &h, 9.0), None);
+        // Only the punctuation at a word's edges is set aside: letters, apostrophes inside a
+        // word and combining marks still tell words apart.
+        let i = pass(&[(" We're", 0.5), (" late,", 1.0), (" so", 1.3)]);
+        let j = pass(&[(" Were", 0.5), (" late,", 1.0), (" so", 1.3)]);
+        assert_eq!(agree("", &split(&i), &j, 9.0), None);
+        let k = pass(&[(" \u{0e44}\u{0e21}\u{0e48}", 0.5), (" a", 1.0), (" b", 1.3)]);
+        let l = pass(&[(" \u{0e44}\u{0e21}\u{0e49}", 0.5), (" a", 1.0), (" b", 1.3)]);
+        assert_eq!(agree("", &split(&k), &l, 9.0), None);
+        assert_eq!(bare_word("\"Hello,\""), "hello");
+        assert_eq!(bare_word("-"), "-");
     }
 
     #[test]
@@ -1383,6 +1405,11 @@ mod tests {
         assert_eq!(continuation("And so my friend", fin), None);
         assert_eq!(continuation("my fellow", fin), None);
         assert_eq!(continuation(&format!("{fin} Americans"), fin), None);
+        // A combining mark is part of its word: it never starts the continuation.
+        assert_eq!(
+            continuation("\u{0e44}\u{0e21}", "\u{0e44}\u{0e21}\u{0e49} a"),
+            None
+        );
     }
 
     #[test]
