@@ -222,12 +222,15 @@ def checks():
             check(e.response.status_code == 400, e.response.status_code)
 
 
+PREFIX_PADDING_MS = 300  # OpenAI's default
+
+
 def vad_session(audio, silence_ms, realtime=True):
     """Send `audio` with server VAD; every utterance's events: started, stopped, committed, the
     deltas and completed (in order), and the timed event log."""
     log = []
     with connect() as conn:
-        configure(conn, {"type": "server_vad", "threshold": 0.5, "prefix_padding_ms": 300,
+        configure(conn, {"type": "server_vad", "threshold": 0.5, "prefix_padding_ms": PREFIX_PADDING_MS,
                          "silence_duration_ms": silence_ms})
         t0 = time.monotonic()
 
@@ -272,7 +275,9 @@ def websockets_invalid_status():
 def latency(files):
     """Each file in real time with server VAD (OpenAI's defaults): per utterance, the first
     delta after its speech started, and completed after its speech stopped (both at the client,
-    on the audio clock: speech times are where the audio was when sent)."""
+    on the audio clock: speech times are where the audio was when sent). The speech start is
+    `audio_start_ms`, which includes the prefix padding before the speech the VAD heard; the
+    first delta is also given after that onset (`audio_start_ms` + the padding)."""
     for f in files:
         items, _ = vad_session(SILENCE_1S + pcm16(f) + SILENCE_1S, 500)
         for it in items:
@@ -281,6 +286,7 @@ def latency(files):
             print(json.dumps({
                 "file": os.path.basename(f), "speech_s": round(stop - start, 2),
                 "first_delta_after_speech_start_s": round(it["first_delta_at"] - start, 3) if "first_delta_at" in it else None,
+                "first_delta_after_speech_onset_s": round(it["first_delta_at"] - start - PREFIX_PADDING_MS / 1000, 3) if "first_delta_at" in it else None,
                 "completed_after_speech_end_s": round(it["done_at"] - stop, 3),
                 "completed_after_stopped_event_s": round(it["done_at"] - it["stopped_at"], 3),
             }), flush=True)
