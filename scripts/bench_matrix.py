@@ -8,7 +8,7 @@ usage: bench_matrix.py [--bin target/release/whisperd] [--models models/whisper-
 
 For each model, runs ../shared/scripts/peer_baseline.py (faster-whisper 1.2.1 int8, beam 1,
 timestamps on, the same threads, `--lang en`) and, in turn with it (peer, whisperd, peer, whisperd … when
---repeats > 1), `whisperd transcribe --language en` over the English eval files (jfk, LibriSpeech, the long-form
+--repeats > 1), `whisperd transcribe --language en --beam-size 1` over the English eval files (jfk, LibriSpeech, the long-form
 chapter) for each precision and tier. `avx2` sets WHISPERD_MAX_TIER=avx2, so whisperd's own kernels
 run as on an AVX2-only CPU (candle's f32 GEMM still picks its own instruction set); a tier the CPU
 does not exceed is the same run as `best` and is not repeated. Reports per row:
@@ -84,6 +84,7 @@ def main():
         out_dir = os.path.join(tmp, f"ours-{os.path.basename(model)}-{precision}-{tier}-{k}")
         _, err, whole, rss = rss_of([a.bin, "transcribe", "--model", model, "--threads", str(a.threads),
                                      "--precision", precision, "--language", "en",
+                                     "--beam-size", "1",  # greedy, as the peer runs
                                      "--format", "json", "--output-dir", out_dir,
                                      *files], env=env)
         load = next((float(l.split("load_seconds=")[1].split()[0]) for l in err.splitlines() if "load_seconds=" in l), 0.0)

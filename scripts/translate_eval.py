@@ -63,7 +63,7 @@ def whisperd(bin_, model, shared, rows, threads):
     out = tempfile.mkdtemp(prefix="whisperd-translate-")
     files = [os.path.join(shared, "eval", r["path"]) for r in rows]
     p = subprocess.run([bin_, "transcribe", "--model", model, "--task", "translate", "--threads", str(threads),
-                        "--format", "json", "--output-dir", out, *files], text=True, capture_output=True)
+                        "--beam-size", "1", "--format", "json", "--output-dir", out, *files], text=True, capture_output=True)
     if p.returncode != 0:
         sys.exit(f"whisperd failed:\n{p.stderr}")
     return {r["id"]: json.load(open(os.path.join(out, os.path.basename(f) + ".json")))["text"].strip()

@@ -46,7 +46,7 @@ def build_files(shared, tmp, long_s, gap_s):
 def start_server(binary, model, threads):
     p = subprocess.Popen([binary, "serve", "--host", "127.0.0.1", "--port", "0", "--model", model,
                           "--threads", str(threads)], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                         text=True, env={**os.environ, "RUST_LOG": "info"})
+                         text=True, env={**os.environ, "RUST_LOG": "info", "WHISPERD_BEAM_SIZE": "1"})
     addr = None
     for line in p.stderr:
         if "whisperd listening on http://" in line:
@@ -80,7 +80,7 @@ def post(addr, path, file, fields):
 
 def ours_cli(binary, model, threads, path, *extra):
     t0 = time.perf_counter()
-    p = sh([binary, "transcribe", "--model", model, "--threads", str(threads), "--format", "verbose_json", *extra, path])
+    p = sh([binary, "transcribe", "--model", model, "--threads", str(threads), "--beam-size", "1", "--format", "verbose_json", *extra, path])
     return json.loads(p.stdout), time.perf_counter() - t0
 
 
@@ -156,7 +156,7 @@ def eval_set(a, fw):
 
     for vad in ("true", "false"):
         d = os.path.join(tmp, vad)
-        sh([a.bin, "transcribe", "--model", a.model, "--threads", str(a.threads), "--vad", vad, "--format", "json", "--output-dir", d, *files])
+        sh([a.bin, "transcribe", "--model", a.model, "--threads", str(a.threads), "--vad", vad, "--beam-size", "1", "--format", "json", "--output-dir", d, *files])
         hyps = os.path.join(tmp, f"ours-{vad}.jsonl")
         with open(hyps, "w") as f:
             for r, path in zip(rows, files):

@@ -165,7 +165,7 @@ def find_output(out_dir, path):
 def whisperd_run(a, files, out_dir, words_on):
     """One `whisperd transcribe` process over all files; returns (wall s, model load s, CPU s incl. load)."""
     cmd = [a.whisperd, "transcribe", "--model", a.model, "--threads", str(a.threads), "--language", "en",
-           "--vad", "false", "--format", "verbose_json"]
+           "--vad", "false", "--beam-size", "1", "--format", "verbose_json"]
     if words_on:
         cmd.append("--word-timestamps")
     single = len(files) == 1  # one file prints to stdout

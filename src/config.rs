@@ -50,6 +50,7 @@ pub struct Config {
     pub realtime_max_sessions_per_key: usize,
     pub realtime_max_session_s: u64,
     pub realtime_idle_timeout_s: u64,
+    pub realtime_beam_size: usize,
     pub trusted_proxies: Vec<String>,
     pub log_format: String,
     pub log_level: String,
@@ -128,6 +129,7 @@ impl Default for Config {
             realtime_max_sessions_per_key: 4,
             realtime_max_session_s: 1800,
             realtime_idle_timeout_s: 60,
+            realtime_beam_size: 1,
             trusted_proxies: Vec::new(),
             log_format: "text".into(),
             log_level: "info".into(),
@@ -312,6 +314,10 @@ const DOCS: &[(&str, &str)] = &[
     (
         "realtime_idle_timeout_s",
         "A realtime session with no client message for this long gets an error event and is closed.",
+    ),
+    (
+        "realtime_beam_size",
+        "Beam width of a realtime session's final pass (1 = greedy, at most 16; partial passes are always greedy). Greedy keeps `completed` within a second of the end of speech on small CPUs; with beam_size it equals an upload at beam_size.",
     ),
     (
         "trusted_proxies",
@@ -522,6 +528,13 @@ impl Config {
         if let Err(msg) = crate::decode::parse_length_penalty(&self.length_penalty) {
             return Err(ConfigError::Invalid(format!("length_penalty: {msg}")));
         }
+        let realtime_beam = crate::decode::BeamOptions {
+            beam_size: self.realtime_beam_size,
+            ..Default::default()
+        };
+        if let Err((_, msg)) = realtime_beam.check() {
+            return Err(ConfigError::Invalid(format!("realtime_beam_size: {msg}")));
+        }
         if let Err((name, msg)) = self.transcribe_defaults().check_fallback() {
             return Err(ConfigError::Invalid(format!("{name}: {msg}")));
         }
@@ -674,6 +687,14 @@ mod tests {
         let e =
             Config::load(None, |k| (k == "WHISPERD_PORT").then(|| "http".to_string())).unwrap_err();
         assert!(e.to_string().contains("WHISPERD_PORT"));
+        for (key, v) in [
+            ("WHISPERD_BEAM_SIZE", "0"),
+            ("WHISPERD_REALTIME_BEAM_SIZE", "17"),
+        ] {
+            let e = Config::load(None, |k| (k == key).then(|| v.to_string())).unwrap_err();
+            let name = key.trim_start_matches("WHISPERD_").to_lowercase();
+            assert!(e.to_string().contains(&name), "{key}={v}: {e}");
+        }
     }
 
     /// Device and precision are the CLI's types: parsed once, case-insensitive, and a pair that

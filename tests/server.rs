@@ -1014,24 +1014,37 @@ fn short_requests_are_not_stuck_behind_a_long_file() {
 }
 
 #[test]
-fn configured_beam_size_is_the_default_and_a_field_overrides_it() {
-    // WHISPERD_BEAM_SIZE=5: the OpenAI endpoint (which has no beam field of its own) decodes with
-    // five beams — "Marie's face…", faster-whisper's beam-5 text — and `beam_size=1` asks for
-    // greedy ("Paris face…").
-    let s = Server::start(&[("WHISPERD_BEAM_SIZE", "5")]);
+fn beam_five_is_the_default_and_the_config_or_a_field_changes_it() {
+    // Beam 5 unless configured: the OpenAI endpoint (which has no beam field of its own) gives
+    // "Marie's face…", faster-whisper's beam-5 text, and `beam_size=1` asks for greedy ("Paris
+    // face…"); WHISPERD_BEAM_SIZE=1 makes greedy the default. `/info` shows the default.
     let clip = read("eval/librispeech/test-clean/237-134500-0027.flac");
-    let text = |fields: &[(&str, &str)]| {
-        let r = s.post_form(
-            "/v1/audio/transcriptions",
-            Some(("file", &clip)),
-            fields,
-            &[],
-        );
-        assert_eq!(r.0, 200, "{}", String::from_utf8_lossy(&r.2));
-        json(&r)["text"].as_str().unwrap_or_default().to_string()
-    };
-    assert!(text(&[("model", "whisper-1")]).contains("Marie's face"));
-    assert!(text(&[("model", "whisper-1"), ("beam_size", "1")]).contains("Paris face"));
+    for (env, beam, default_text, other) in [
+        (vec![], 5, "Marie's face", ("1", "Paris face")),
+        (
+            vec![("WHISPERD_BEAM_SIZE", "1")],
+            1,
+            "Paris face",
+            ("5", "Marie's face"),
+        ),
+    ] {
+        let s = Server::start(&env);
+        assert_eq!(json(&s.get("/info"))["decoding"]["beam_size"], beam);
+        let text = |fields: &[(&str, &str)]| {
+            let r = s.post_form(
+                "/v1/audio/transcriptions",
+                Some(("file", &clip)),
+                fields,
+                &[],
+            );
+            assert_eq!(r.0, 200, "{}", String::from_utf8_lossy(&r.2));
+            json(&r)["text"].as_str().unwrap_or_default().to_string()
+        };
+        let t = text(&[("model", "whisper-1")]);
+        assert!(t.contains(default_text), "beam {beam} by default: {t}");
+        let t = text(&[("model", "whisper-1"), ("beam_size", other.0)]);
+        assert!(t.contains(other.1), "beam_size={}: {t}", other.0);
+    }
 }
 
 /// Transparent huge pages are off for the whole process (7 % of a q8 run went to zeroing huge

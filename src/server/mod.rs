@@ -322,6 +322,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         realtime: realtime::Limits {
             max_session: Duration::from_secs(cfg.realtime_max_session_s.max(1)),
             idle_timeout: Duration::from_secs(cfg.realtime_idle_timeout_s.max(1)),
+            beam_size: cfg.realtime_beam_size,
         },
         trusted_proxies: crate::net::TrustedProxies::parse(&cfg.trusted_proxies)
             .map_err(anyhow::Error::msg)?,

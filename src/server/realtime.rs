@@ -57,11 +57,13 @@ const PARTIAL_STEP_S: f64 = 0.5;
 /// with guesses, and two passes a half-second apart can make the same wrong guess.
 const SETTLED_S: f64 = 1.0;
 
-/// Limits of realtime sessions (config `realtime_*`).
+/// Limits and settings of realtime sessions (config `realtime_*`).
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     pub max_session: Duration,
     pub idle_timeout: Duration,
+    /// The final pass's beam width (`realtime_beam_size`); partial passes are greedy.
+    pub beam_size: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -208,9 +210,7 @@ pub async fn connect(
         .max_frame_size(MAX_MESSAGE_BYTES)
         .aggregate_continuations()
         .max_continuation_size(MAX_MESSAGE_BYTES);
-    let mut defaults = state.defaults.clone();
-    // Like /v1 uploads: the committed audio is one block (no VAD chunking), the gate still on.
-    defaults.vad.enabled = false;
+    let defaults = session_defaults(&state.defaults, &state.realtime);
     let model_names = shared.models.names();
     let key = client
         .strip_prefix("key:")
@@ -900,9 +900,7 @@ impl Conn {
             item.last_partial_len = len;
         }
         let (shared, model) = (self.shared.clone(), self.model_index);
-        let mut options = self.options();
-        options.temperatures = vec![0.0]; // a hint: greedy only, no fallback passes
-        options.word_timestamps = true; // to know which words are settled
+        let options = partial_options(self.options());
         self.partial = Some(
             async move {
                 let r = transcribe(&shared, model, wav, options, false).await;
@@ -1069,6 +1067,25 @@ impl Conn {
         self.speculative = None;
         self.silent_ms = 0;
     }
+}
+
+/// A session's transcription defaults: the server's, but like a /v1 upload the committed audio
+/// is one block (no VAD chunking; the energy gate stays on), and the final pass decodes at
+/// `realtime_beam_size`.
+fn session_defaults(server: &TranscribeOptions, limits: &Limits) -> TranscribeOptions {
+    let mut o = server.clone();
+    o.vad.enabled = false;
+    o.beam.beam_size = limits.beam_size;
+    o
+}
+
+/// A partial pass's options: a hint, so greedy whatever the session's beam width, with no
+/// fallback passes; with word timestamps, to know which words are settled.
+fn partial_options(mut o: TranscribeOptions) -> TranscribeOptions {
+    o.temperatures = vec![0.0];
+    o.beam.beam_size = 1;
+    o.word_timestamps = true;
+    o
 }
 
 /// Local agreement: the text to send after `sent`, given the previous partial pass's words and
@@ -1410,6 +1427,32 @@ mod tests {
             continuation("\u{0e44}\u{0e21}", "\u{0e44}\u{0e21}\u{0e49} a"),
             None
         );
+    }
+
+    #[test]
+    fn final_passes_decode_at_the_realtime_width_and_partial_passes_greedily() {
+        let mut server = TranscribeOptions::default();
+        server.beam.beam_size = 5;
+        let limits = Limits {
+            max_session: Duration::from_secs(60),
+            idle_timeout: Duration::from_secs(60),
+            beam_size: 1,
+        };
+        let session = session_defaults(&server, &limits);
+        assert_eq!(session.beam.beam_size, 1);
+        assert!(!session.vad.enabled);
+        let wide = session_defaults(
+            &server,
+            &Limits {
+                beam_size: 3,
+                ..limits
+            },
+        );
+        assert_eq!(wide.beam.beam_size, 3);
+        let partial = partial_options(wide);
+        assert_eq!(partial.beam.beam_size, 1);
+        assert_eq!(partial.temperatures, vec![0.0]);
+        assert!(partial.word_timestamps);
     }
 
     #[test]

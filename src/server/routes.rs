@@ -52,7 +52,7 @@ pub async fn ready(state: web::Data<AppState>) -> HttpResponse {
 /// What this server is and runs: version, models, device, numerics, limits, features.
 #[utoipa::path(get, path = "/info", tag = "service", responses((status = 200, body = super::schema::Info)))]
 pub async fn info(state: web::Data<AppState>) -> HttpResponse {
-    use super::schema::{Features, Info, Limits, ModelInfo, Numerics};
+    use super::schema::{Decoding, Features, Info, Limits, ModelInfo, Numerics};
     let models: Vec<ModelInfo> = state
         .shared
         .models
@@ -86,6 +86,14 @@ pub async fn info(state: web::Data<AppState>) -> HttpResponse {
         numerics: Numerics {
             precision: s.precision.clone(),
             instruction_set: whisperd_kernels::isa::Tier::best().name(),
+        },
+        decoding: Decoding {
+            beam_size: state.defaults.beam.beam_size,
+            patience: state.defaults.beam.patience,
+            length_penalty: state.defaults.beam.length_penalty,
+            temperatures: state.defaults.temperatures.clone(),
+            best_of: state.defaults.best_of,
+            realtime_beam_size: state.realtime.beam_size,
         },
         limits: Limits {
             max_upload_mb: (state.max_upload_bytes >> 20) as u64,

@@ -183,8 +183,25 @@ pub struct Info {
     /// The configured device (`cpu`, `cuda`, `cuda:N`, `auto`).
     pub device: String,
     pub numerics: Numerics,
+    /// What a request that does not choose gets (config defaults).
+    pub decoding: Decoding,
     pub limits: Limits,
     pub features: Features,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Decoding {
+    /// Beam width at temperature 0 (1 = greedy).
+    pub beam_size: usize,
+    pub patience: f32,
+    /// `null`: the log-probability over the length; a number α: over `((5 + length) / 6)^α`.
+    pub length_penalty: Option<f32>,
+    /// The temperatures tried in turn while a window's text fails the checks.
+    pub temperatures: Vec<f32>,
+    /// Samples per temperature above 0.
+    pub best_of: usize,
+    /// The beam width of a realtime session's final pass (its partial passes are greedy).
+    pub realtime_beam_size: usize,
 }
 
 #[derive(Clone, Serialize, ToSchema)]

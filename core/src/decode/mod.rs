@@ -45,8 +45,11 @@ impl std::str::FromStr for Task {
     }
 }
 
-/// The beam width a transcription uses unless told otherwise (config, CLI and library alike).
-pub const DEFAULT_BEAM_SIZE: usize = 1;
+/// The beam width the service and the CLI decode with unless told otherwise (config
+/// `beam_size`, `--beam-size`): beam search, as faster-whisper, whisper.cpp and openai-whisper's
+/// command line do. [`TranscribeOptions::default`] keeps openai-whisper's `transcribe()`
+/// default, greedy; realtime partial passes are greedy too.
+pub const DEFAULT_BEAM_SIZE: usize = 5;
 
 /// What the caller may choose for a whole transcription. Defaults are OpenAI's transcribe().
 #[derive(Debug, Clone, PartialEq)]
@@ -101,10 +104,7 @@ impl Default for TranscribeOptions {
             logprob_threshold: Some(-1.0),
             no_speech_threshold: Some(0.6),
             best_of: 5,
-            beam: BeamOptions {
-                beam_size: DEFAULT_BEAM_SIZE,
-                ..Default::default()
-            },
+            beam: BeamOptions::default(),
             vad: crate::vad::VadOptions::default(),
             word_timestamps: false,
             language_detection_only: false,
