@@ -132,7 +132,7 @@ def main():
     jfk = clips[0]
     long_clip = wav(long_row)
 
-    env = dict(os.environ, WHISPERD_CACHE_ENTRIES="0", WHISPERD_QUEUE_SIZE="64",
+    env = dict(os.environ, WHISPERD_CACHE_ENTRIES="0", WHISPERD_QUEUE_SIZE="64", WHISPERD_BEAM_SIZE="1",
                WHISPERD_THREADS=str(a.threads), WHISPERD_PRECISION=a.precision, RUST_LOG=os.environ.get("BENCH_RUST_LOG", "warn"))
     log = open(os.path.join(tmp, "server.log"), "w")
     server, port = start_server(a.bin, a.model, env, log)

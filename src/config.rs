@@ -330,7 +330,7 @@ const DOCS: &[(&str, &str)] = &[
     ),
     (
         "temperature",
-        "Default temperatures tried in order while a window's text fails the two checks below (0 = greedy); if all fail, the attempt with the best average log-probability is kept. A request's `temperature` field overrides it.",
+        "Default temperatures tried in order while a window's text fails the two checks below (0 = deterministic: beam search at beam_size, greedy at 1); if all fail, the attempt with the best average log-probability is kept. A request's `temperature` field overrides it.",
     ),
     (
         "compression_ratio_threshold",

@@ -123,20 +123,23 @@ fn usage_errors_exit_2() {
 
 #[test]
 fn beam_size_flag_decodes_with_beams_and_bad_values_exit_2() {
-    // Greedy hears "Paris face fell…"; beam 5 (as faster-whisper's beam 5) "Marie's face…".
+    // Greedy hears "Paris face fell…"; beam 5 (as faster-whisper's beam 5, and the default)
+    // "Marie's face…".
     let clip = shared().join("eval/librispeech/test-clean/237-134500-0027.flac");
-    let text = |beam: &str| {
+    let text = |beam: &[&str]| {
         let out = whisperd()
             .args(["transcribe", "--format", "text", "--temperature", "0"])
-            .args(["--vad", "false", "--beam-size", beam])
+            .args(["--vad", "false"])
+            .args(beam)
             .arg(&clip)
             .output()
             .unwrap();
         assert_success(&out);
         String::from_utf8(out.stdout).unwrap()
     };
-    assert!(text("5").contains("Marie's face"));
-    assert!(text("1").contains("Paris face"));
+    assert!(text(&["--beam-size", "5"]).contains("Marie's face"));
+    assert!(text(&["--beam-size", "1"]).contains("Paris face"));
+    assert!(text(&[]).contains("Marie's face"), "beam 5 by default");
     for bad in [
         ["--beam-size", "0"],
         ["--beam-size", "x"],

@@ -1017,19 +1017,26 @@ fn short_requests_are_not_stuck_behind_a_long_file() {
 fn beam_five_is_the_default_and_the_config_or_a_field_changes_it() {
     // Beam 5 unless configured: the OpenAI endpoint (which has no beam field of its own) gives
     // "Marie's face…", faster-whisper's beam-5 text, and `beam_size=1` asks for greedy ("Paris
-    // face…"); WHISPERD_BEAM_SIZE=1 makes greedy the default. `/info` shows the default.
+    // face…"); WHISPERD_BEAM_SIZE=1 makes greedy the default. `/info` shows the defaults, the
+    // realtime sessions' own width among them (greedy unless configured).
     let clip = read("eval/librispeech/test-clean/237-134500-0027.flac");
-    for (env, beam, default_text, other) in [
-        (vec![], 5, "Marie's face", ("1", "Paris face")),
+    for (env, beam, realtime_beam, default_text, other) in [
+        (vec![], 5, 1, "Marie's face", ("1", "Paris face")),
         (
-            vec![("WHISPERD_BEAM_SIZE", "1")],
+            vec![
+                ("WHISPERD_BEAM_SIZE", "1"),
+                ("WHISPERD_REALTIME_BEAM_SIZE", "3"),
+            ],
             1,
+            3,
             "Paris face",
             ("5", "Marie's face"),
         ),
     ] {
         let s = Server::start(&env);
-        assert_eq!(json(&s.get("/info"))["decoding"]["beam_size"], beam);
+        let info = json(&s.get("/info"));
+        assert_eq!(info["decoding"]["beam_size"], beam);
+        assert_eq!(info["decoding"]["realtime_beam_size"], realtime_beam);
         let text = |fields: &[(&str, &str)]| {
             let r = s.post_form(
                 "/v1/audio/transcriptions",
