@@ -857,8 +857,8 @@ mod q8_int {
     use std::arch::x86_64::*;
     use std::ops::Range;
 
-    /// Rows × columns of one tile for 1, 2, 3 and 4 rows: accumulators + 2 weight vectors +
-    /// scale + temporaries within 16 registers (the rows are read from L1, not held).
+    /// Rows × columns of one tile for 1 to 5 rows: accumulators + 2 weight vectors + scale +
+    /// temporaries within 16 registers (the rows are read from L1, not held).
     #[target_feature(enable = "avx2,fma,f16c")]
     #[allow(clippy::needless_range_loop, clippy::too_many_arguments)]
     unsafe fn tile<const MR: usize, const NR: usize>(
@@ -922,6 +922,30 @@ mod q8_int {
         }
     }
 
+    /// Exactly 5 rows (a beam of 5) as one tile per column pair: as 4 + 1 rows the fifth
+    /// row's tile loaded and sign-extended every weight again. The rows are read from L1, so
+    /// 5 × 2 accumulators fit beside the weights and the scale.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn sweep5(
+        x: &super::IntRows,
+        w: *const i8,
+        s: *const f32,
+        k: usize,
+        n: usize,
+        cols: Range<usize>,
+        y: *mut f32,
+    ) {
+        let (xq, xs) = (x.q.as_ptr(), x.scales.as_ptr());
+        super::kernel::for_each_tile(5, cols, 2, 5, |_, _, c, wide| {
+            if wide {
+                tile::<5, 2>(xq, xs, w, s, k, c, n, y);
+            } else {
+                tile::<5, 1>(xq, xs, w, s, k, c, n, y);
+            }
+        });
+    }
+
     /// The float kernels' tile order (`for_each_tile`).
     #[target_feature(enable = "avx2,fma,f16c")]
     #[allow(clippy::too_many_arguments)]
@@ -968,6 +992,7 @@ mod q8_int {
         match mr {
             1 => sweep::<8>(mr, x, w, s, k, n, cols, y),
             2 => sweep::<4>(mr, x, w, s, k, n, cols, y),
+            5 => sweep5(x, w, s, k, n, cols, y),
             _ => sweep::<2>(mr, x, w, s, k, n, cols, y),
         }
     }
