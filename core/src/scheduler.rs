@@ -81,7 +81,9 @@ impl SchedulerMetrics {
                     "whisperd_batch_size",
                     "Windows per encoder batch, rows per decoder step (a beam search's beams are a row each), sequences per alignment pass",
                 )
-                .buckets(vec![1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0, 24.0, 32.0]),
+                .buckets(vec![
+                    1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0, 24.0, 32.0, 48.0, 64.0, 96.0, 128.0,
+                ]),
                 &["stage"],
             )?,
             wait_seconds: HistogramVec::new(
@@ -579,5 +581,33 @@ impl Loop {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A full batch of default beam searches (8 requests × 5 beams = 40 rows a step) lands in a
+    /// bucket of its own, not in +Inf.
+    #[test]
+    fn batch_size_buckets_cover_a_full_batch_of_beams() -> Result<(), prometheus::Error> {
+        let m = SchedulerMetrics::new(&Registry::new())?;
+        let rows = (DEFAULT_MAX_BATCH * crate::decode::DEFAULT_BEAM_SIZE) as f64;
+        m.batch_size.with_label_values(&["decode"]).observe(rows);
+        use prometheus::core::Collector;
+        let families = m.batch_size.collect();
+        let bounds: Vec<f64> = families
+            .iter()
+            .flat_map(|f| f.get_metric())
+            .flat_map(|m| m.get_histogram().get_bucket())
+            .filter(|b| b.cumulative_count() == 1)
+            .map(|b| b.upper_bound())
+            .collect();
+        assert!(
+            bounds.first().is_some_and(|&b| b < 2.0 * rows),
+            "{rows} rows fall in a bucket at most twice as wide"
+        );
+        Ok(())
     }
 }

@@ -119,7 +119,8 @@ impl std::str::FromStr for LengthPenalty {
 #[derive(clap::Args)]
 pub struct DecodingArgs {
     /// Temperatures tried in order while a window's text fails the checks below (comma-separated;
-    /// 0 = deterministic: beam search at --beam-size, greedy at 1). If every one fails, the attempt with the best average log-probability is kept.
+    /// 0 = deterministic: beam search at --beam-size, greedy at 1). If every one fails, the
+    /// attempt with the best average log-probability is kept.
     #[arg(long, value_delimiter = ',', default_value = "0,0.2,0.4,0.6,0.8,1.0", value_parser = temperature)]
     pub temperature: Vec<f32>,
     /// Retry when the text's zlib compression ratio is above this (repetitive); `none`: no check.

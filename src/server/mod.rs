@@ -479,6 +479,7 @@ fn open_models(cfg: &Config) -> anyhow::Result<models::Models> {
             },
             ttl: Duration::from_secs(cfg.model_ttl_s),
             budget: cfg.models_memory_mb.saturating_mul(1 << 20),
+            beam: cfg.transcribe_defaults().beam,
         },
         vad_file,
         speaker_file,

@@ -39,6 +39,9 @@ pub struct LoadSettings {
     pub ttl: Duration,
     /// 0: no memory budget.
     pub budget: u64,
+    /// The uploads' default beam search: the warm-up runs it, so the first request at the
+    /// default does not pay for the lanes' first allocations.
+    pub beam: crate::decode::BeamOptions,
 }
 
 /// Resident memory per byte of a model's weight files, measured with `/usr/bin/time` on
@@ -505,7 +508,13 @@ fn load(shared: &Arc<Shared>, index: usize, warm_up: bool) -> Result<Arc<Loaded>
         let tone: Vec<f32> = (0..16_000).map(|i| (i as f32 * 0.05).sin() * 0.1).collect();
         Pcm::from_samples(tone)
             .map_err(EngineError::from)
-            .and_then(|pcm| engine.transcribe_pcm(&pcm, &TranscribeOptions::default()))
+            .and_then(|pcm| {
+                let o = TranscribeOptions {
+                    beam: s.beam,
+                    ..TranscribeOptions::default()
+                };
+                engine.transcribe_pcm(&pcm, &o)
+            })
             .map_err(|e| format!("warm-up inference failed: {e}"))?;
     }
     let engine = Arc::new(engine);
@@ -612,6 +621,7 @@ mod tests {
                 scheduler: Default::default(),
                 ttl: Duration::ZERO,
                 budget,
+                beam: Default::default(),
             },
             None,
             None,
@@ -648,6 +658,7 @@ mod tests {
                 scheduler: Default::default(),
                 ttl: Duration::ZERO,
                 budget: 0,
+                beam: Default::default(),
             },
             None,
             None,
