@@ -594,7 +594,7 @@ mod tests {
     fn batch_size_buckets_cover_a_full_batch_of_beams() -> Result<(), prometheus::Error> {
         let m = SchedulerMetrics::new(&Registry::new())?;
         let rows = (DEFAULT_MAX_BATCH * crate::decode::DEFAULT_BEAM_SIZE) as f64;
-        m.batch_size.with_label_values(&["decode"]).observe(rows);
+        m.batch_size.with_label_values(&["decoder"]).observe(rows);
         use prometheus::core::Collector;
         let families = m.batch_size.collect();
         let bounds: Vec<f64> = families

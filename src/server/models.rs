@@ -39,8 +39,8 @@ pub struct LoadSettings {
     pub ttl: Duration,
     /// 0: no memory budget.
     pub budget: u64,
-    /// The uploads' default beam search: the warm-up runs it, so the first request at the
-    /// default does not pay for the lanes' first allocations.
+    /// The uploads' default beam search: the warm-up runs it, so the multi-row decoder paths
+    /// the default takes (5-row tiles, lanes sharing the audio) have run once before `/ready`.
     pub beam: crate::decode::BeamOptions,
 }
 
