@@ -918,34 +918,9 @@ mod q8_int {
             1 => tile::<1, NR>(x, xs, w, s, k, c, n, y),
             2 => tile::<2, NR>(x, xs, w, s, k, c, n, y),
             3 => tile::<3, NR>(x, xs, w, s, k, c, n, y),
-            _ => tile::<4, NR>(x, xs, w, s, k, c, n, y),
+            4 => tile::<4, NR>(x, xs, w, s, k, c, n, y),
+            _ => tile::<5, NR>(x, xs, w, s, k, c, n, y),
         }
-    }
-
-    /// Exactly 5 rows (a beam of 5) as one tile per column pair: as 4 + 1 rows the fifth
-    /// row's tile loaded and sign-extended every weight again. LLVM keeps the five rows' two
-    /// halves in registers for both columns and spills a few accumulators to the stack; still,
-    /// on a tiny.en q8 beam-5 run this took 0.95× the time of 4 + 1 tiles, and 0.99× that of
-    /// 5 × 1 tiles, which do not spill (Zen 3).
-    #[target_feature(enable = "avx2,fma,f16c")]
-    #[allow(clippy::too_many_arguments)]
-    unsafe fn sweep5(
-        x: &super::IntRows,
-        w: *const i8,
-        s: *const f32,
-        k: usize,
-        n: usize,
-        cols: Range<usize>,
-        y: *mut f32,
-    ) {
-        let (xq, xs) = (x.q.as_ptr(), x.scales.as_ptr());
-        super::kernel::for_each_tile(5, cols, 2, 5, |_, _, c, wide| {
-            if wide {
-                tile::<5, 2>(xq, xs, w, s, k, c, n, y);
-            } else {
-                tile::<5, 1>(xq, xs, w, s, k, c, n, y);
-            }
-        });
     }
 
     /// The float kernels' tile order (`for_each_tile`).
@@ -961,7 +936,12 @@ mod q8_int {
         cols: Range<usize>,
         y: *mut f32,
     ) {
-        super::kernel::for_each_tile(mr, cols, NR, 4, |m0, rows, c, wide| {
+        // Exactly 5 rows (a beam of 5) take one 5-row tile: as 4 + 1 rows the fifth row's tile
+        // loaded and sign-extended every weight again. LLVM spills a few of the 5 × 2 tile's
+        // accumulators; still, a tiny.en q8 beam-5 run took 0.95× the time of 4 + 1 tiles, and
+        // 0.99× that of 5 × 1 tiles, which do not spill (Zen 3).
+        let max_rows = if mr == 5 { 5 } else { 4 };
+        super::kernel::for_each_tile(mr, cols, NR, max_rows, |m0, rows, c, wide| {
             let xm = x.q.as_ptr().add(m0 * k);
             let (xs, ym) = (x.scales.as_ptr().add(m0), y.add(m0 * n));
             if wide {
@@ -994,7 +974,6 @@ mod q8_int {
         match mr {
             1 => sweep::<8>(mr, x, w, s, k, n, cols, y),
             2 => sweep::<4>(mr, x, w, s, k, n, cols, y),
-            5 => sweep5(x, w, s, k, n, cols, y),
             _ => sweep::<2>(mr, x, w, s, k, n, cols, y),
         }
     }
