@@ -144,9 +144,10 @@ impl AudioValue for f32 {
     }
     fn cross_rows_on(tier: Tier, qs: &[&[f32]], kt: &[f32], v: &[f32], n: usize, out: &mut [f32]) {
         check_rows(qs, kt.len(), v.len(), n, out.len());
-        // The portable kernel compiled per tier: it streams each key row front to back. The
-        // fp16 kernel's tiles, which walk the keys a dimension at a time, took 1.3–1.7× its
-        // time over f32's 384 KB per head, for one row and for five (Zen 3).
+        #[cfg(target_arch = "x86_64")]
+        if vector_rows(tier, qs, kt, v, n, out) {
+            return;
+        }
         cross_rows_on(tier, qs, kt, v, n, out)
     }
 }
@@ -208,14 +209,135 @@ pub fn audio_rows_on<T: AudioValue>(
     T::cross_rows_on(tier, qs, kt, v, n_audio, out)
 }
 
+/// An audio key/value element of the vector kernels: how it is loaded, and how a product joins
+/// a sum. fp16 (q8) sums are fused (one rounding), as that kernel was first written; f32 sums
+/// are a product then a sum, the portable kernel's arithmetic, which every tier of the f32
+/// path gives bit for bit.
+#[cfg(target_arch = "x86_64")]
+trait Lanes: Copy {
+    unsafe fn load<S: Simd>(p: *const Self) -> S::V;
+    unsafe fn madd<S: Simd>(a: S::V, b: S::V, c: S::V) -> S::V;
+    /// The cross-attention kernel for this element type (`AudioValue::cross_rows_on`).
+    unsafe fn rows<S: Simd>(qs: &[&[f32]], kt: &[Self], v: &[Self], n: usize, out: &mut [f32]);
+}
+
+#[cfg(target_arch = "x86_64")]
+impl Lanes for u16 {
+    #[inline(always)]
+    unsafe fn load<S: Simd>(p: *const u16) -> S::V {
+        S::load_f16(p)
+    }
+    #[inline(always)]
+    unsafe fn madd<S: Simd>(a: S::V, b: S::V, c: S::V) -> S::V {
+        S::fmadd(a, b, c)
+    }
+    #[inline(always)]
+    unsafe fn rows<S: Simd>(qs: &[&[f32]], kt: &[u16], v: &[u16], n: usize, out: &mut [f32]) {
+        cross_rows_simd::<S>(qs, kt, v, n, out)
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+impl Lanes for f32 {
+    #[inline(always)]
+    unsafe fn load<S: Simd>(p: *const f32) -> S::V {
+        S::load(p)
+    }
+    #[inline(always)]
+    unsafe fn madd<S: Simd>(a: S::V, b: S::V, c: S::V) -> S::V {
+        S::add(c, S::mul(a, b))
+    }
+    #[inline(always)]
+    unsafe fn rows<S: Simd>(qs: &[&[f32]], kt: &[f32], v: &[f32], n: usize, out: &mut [f32]) {
+        cross_rows_f32_simd::<S>(qs, kt, v, n, out)
+    }
+}
+
+/// The portable f32 kernel's arithmetic in vectors, bit for bit: `s += q_d·k_d` for `d` in order,
+/// four key rows per pass (four streams the hardware prefetches, where the portable loop
+/// loaded and stored every score once per dimension), blocks of keys shared by all rows from
+/// L1; then [`weighted_values`].
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn cross_rows_f32_simd<S: Simd>(
+    qs: &[&[f32]],
+    kt: &[f32],
+    v: &[f32],
+    n: usize,
+    out: &mut [f32],
+) {
+    let dh = qs[0].len();
+    let rows = qs.len();
+    let w = S::LANES;
+    let nw = n / w * w;
+    let mut scores = vec![0f32; rows * n];
+    let kp = kt.as_ptr();
+    for j0 in (0..nw).step_by(F32_KEY_BLOCK) {
+        let j1 = (j0 + F32_KEY_BLOCK).min(nw);
+        let mut d = 0;
+        while d < dh {
+            let g = (dh - d).min(4);
+            match g {
+                4 => score_rows::<S, 4>(qs, kp, n, d, j0..j1, &mut scores),
+                3 => score_rows::<S, 3>(qs, kp, n, d, j0..j1, &mut scores),
+                2 => score_rows::<S, 2>(qs, kp, n, d, j0..j1, &mut scores),
+                _ => score_rows::<S, 1>(qs, kp, n, d, j0..j1, &mut scores),
+            }
+            d += g;
+        }
+    }
+    for (r, q) in qs.iter().enumerate() {
+        for (j, sc) in scores[r * n..][..n].iter_mut().enumerate().skip(nw) {
+            for (d, &qd) in q.iter().enumerate() {
+                *sc += qd * *kp.add(d * n + j);
+            }
+        }
+    }
+    for row in scores.chunks_exact_mut(n.max(1)) {
+        softmax_in_place(row);
+    }
+    weighted_values::<S, f32>(&scores, v, rows, n, dh, out);
+}
+
+/// Keys per block of [`cross_rows_f32_simd`]'s scores: four f32 key rows of it are 4 KiB.
+#[cfg(target_arch = "x86_64")]
+const F32_KEY_BLOCK: usize = 256;
+
+/// `s += q_d·k_d` for the `G` dimensions from `d0`, in order, for every row and the keys
+/// `keys` (whole vectors).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn score_rows<S: Simd, const G: usize>(
+    qs: &[&[f32]],
+    kt: *const f32,
+    n: usize,
+    d0: usize,
+    keys: std::ops::Range<usize>,
+    scores: &mut [f32],
+) {
+    let w = S::LANES;
+    let k: [*const f32; G] = std::array::from_fn(|i| kt.add((d0 + i) * n));
+    for (r, q) in qs.iter().enumerate() {
+        let qd: [S::V; G] = std::array::from_fn(|i| S::splat(q[d0 + i]));
+        let s = scores.as_mut_ptr().add(r * n);
+        for j in keys.clone().step_by(w) {
+            let mut acc = S::load(s.add(j));
+            for i in 0..G {
+                acc = S::add(acc, S::mul(qd[i], S::load(k[i].add(j))));
+            }
+            S::store(s.add(j), acc);
+        }
+    }
+}
+
 /// Runs the vector kernel of `tier` when it has one for this head size; false where the caller
 /// must run the portable one.
 #[cfg(target_arch = "x86_64")]
-fn vector_rows(
+fn vector_rows<T: Lanes>(
     tier: Tier,
     qs: &[&[f32]],
-    kt: &[u16],
-    v: &[u16],
+    kt: &[T],
+    v: &[T],
     n: usize,
     out: &mut [f32],
 ) -> bool {
@@ -245,14 +367,14 @@ const MAX_ACC: usize = 8;
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn cross_rows_avx512(qs: &[&[f32]], kt: &[u16], v: &[u16], n: usize, out: &mut [f32]) {
-    cross_rows_simd::<Avx512>(qs, kt, v, n, out)
+unsafe fn cross_rows_avx512<T: Lanes>(qs: &[&[f32]], kt: &[T], v: &[T], n: usize, out: &mut [f32]) {
+    T::rows::<Avx512>(qs, kt, v, n, out)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn cross_rows_avx2(qs: &[&[f32]], kt: &[u16], v: &[u16], n: usize, out: &mut [f32]) {
-    cross_rows_simd::<Avx2>(qs, kt, v, n, out)
+unsafe fn cross_rows_avx2<T: Lanes>(qs: &[&[f32]], kt: &[T], v: &[T], n: usize, out: &mut [f32]) {
+    T::rows::<Avx2>(qs, kt, v, n, out)
 }
 
 /// Cross-attention of several query rows over one head's fp16 keys and values, written once for
@@ -339,34 +461,7 @@ unsafe fn cross_rows_simd<S: Simd>(
     for row in scores.chunks_exact_mut(n.max(1)) {
         softmax_in_place(row);
     }
-    let lanes = dh / w;
-    let (vp, op) = (v.as_ptr(), out.as_mut_ptr());
-    out[..rows * dh].fill(0.0);
-    // Blocks of keys, each one's values read from memory once and from L1 by every tile.
-    for j0 in (0..n).step_by(KEY_BLOCK) {
-        let keys = KEY_BLOCK.min(n - j0);
-        let mut r0 = 0;
-        while r0 < rows {
-            let tile = (rows - r0).min(2);
-            let mut c = 0;
-            while c < lanes {
-                let sc = scores.as_ptr().add(r0 * n + j0);
-                let (vc, o) = (vp.add(j0 * dh + c * w), op.add(r0 * dh + c * w));
-                match (tile, lanes - c) {
-                    (1, 1) => value_tile::<S, 1, 1>(sc, vc, keys, n, dh, o),
-                    (1, 2) => value_tile::<S, 1, 2>(sc, vc, keys, n, dh, o),
-                    (1, 3) => value_tile::<S, 1, 3>(sc, vc, keys, n, dh, o),
-                    (1, _) => value_tile::<S, 1, 4>(sc, vc, keys, n, dh, o),
-                    (_, 1) => value_tile::<S, 2, 1>(sc, vc, keys, n, dh, o),
-                    (_, 2) => value_tile::<S, 2, 2>(sc, vc, keys, n, dh, o),
-                    (_, 3) => value_tile::<S, 2, 3>(sc, vc, keys, n, dh, o),
-                    (_, _) => value_tile::<S, 2, 4>(sc, vc, keys, n, dh, o),
-                }
-                c += 4;
-            }
-            r0 += tile;
-        }
-    }
+    weighted_values::<S, u16>(&scores, v, rows, n, dh, out);
 }
 
 /// Keys per block of [`cross_rows_simd`]: 8 KiB of a 64-value head's fp16 keys (or values).
@@ -406,15 +501,59 @@ unsafe fn score_tile<S: Simd, const R: usize, const NJ: usize>(
     }
 }
 
+/// `out (rows, dh)` = each row's probabilities `scores (rows, n)` times the values `v (n, dh)`:
+/// `o = p_j·v_j + o` ([`Lanes::madd`]) for each key `j` in order, from zero, in tiles of up to
+/// two rows by four vectors whose sums stay in registers over a block of keys (each block's
+/// values read from memory once and from L1 by every tile).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn weighted_values<S: Simd, T: Lanes>(
+    scores: &[f32],
+    v: &[T],
+    rows: usize,
+    n: usize,
+    dh: usize,
+    out: &mut [f32],
+) {
+    let w = S::LANES;
+    let lanes = dh / w;
+    let (vp, op) = (v.as_ptr(), out.as_mut_ptr());
+    out[..rows * dh].fill(0.0);
+    for j0 in (0..n).step_by(KEY_BLOCK) {
+        let keys = KEY_BLOCK.min(n - j0);
+        let mut r0 = 0;
+        while r0 < rows {
+            let tile = (rows - r0).min(2);
+            let mut c = 0;
+            while c < lanes {
+                let sc = scores.as_ptr().add(r0 * n + j0);
+                let (vc, o) = (vp.add(j0 * dh + c * w), op.add(r0 * dh + c * w));
+                match (tile, lanes - c) {
+                    (1, 1) => value_tile::<S, T, 1, 1>(sc, vc, keys, n, dh, o),
+                    (1, 2) => value_tile::<S, T, 1, 2>(sc, vc, keys, n, dh, o),
+                    (1, 3) => value_tile::<S, T, 1, 3>(sc, vc, keys, n, dh, o),
+                    (1, _) => value_tile::<S, T, 1, 4>(sc, vc, keys, n, dh, o),
+                    (_, 1) => value_tile::<S, T, 2, 1>(sc, vc, keys, n, dh, o),
+                    (_, 2) => value_tile::<S, T, 2, 2>(sc, vc, keys, n, dh, o),
+                    (_, 3) => value_tile::<S, T, 2, 3>(sc, vc, keys, n, dh, o),
+                    (_, _) => value_tile::<S, T, 2, 4>(sc, vc, keys, n, dh, o),
+                }
+                c += 4;
+            }
+            r0 += tile;
+        }
+    }
+}
+
 /// Outputs `c .. c + C·LANES` (`v` and `o` start there) of `R` rows over `keys` keys:
-/// `o = p_j·v_j + o` for each key `j` in order, from the sums `o` holds; `p` holds the rows'
+/// `o = p_j·v_j + o` ([`Lanes::madd`]) for each key `j` in order, from the sums `o` holds; `p` holds the rows'
 /// probabilities (stride `n`), `o` has row stride `dh`.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
 #[allow(clippy::needless_range_loop)]
-unsafe fn value_tile<S: Simd, const R: usize, const C: usize>(
+unsafe fn value_tile<S: Simd, T: Lanes, const R: usize, const C: usize>(
     p: *const f32,
-    v: *const u16,
+    v: *const T,
     keys: usize,
     n: usize,
     dh: usize,
@@ -425,11 +564,11 @@ unsafe fn value_tile<S: Simd, const R: usize, const C: usize>(
         std::array::from_fn(|r| std::array::from_fn(|t| S::load(o.add(r * dh + t * w))));
     for j in 0..keys {
         let row = v.add(j * dh);
-        let vv: [S::V; C] = std::array::from_fn(|t| S::load_f16(row.add(t * w)));
+        let vv: [S::V; C] = std::array::from_fn(|t| T::load::<S>(row.add(t * w)));
         for r in 0..R {
             let pj = S::splat(*p.add(r * n + j));
             for t in 0..C {
-                acc[r][t] = S::fmadd(pj, vv[t], acc[r][t]);
+                acc[r][t] = T::madd::<S>(pj, vv[t], acc[r][t]);
             }
         }
     }
