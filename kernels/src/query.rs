@@ -376,10 +376,11 @@ unsafe fn cross_rows_avx2<T: Lanes>(qs: &[&[f32]], kt: &[T], v: &[T], n: usize, 
 /// Cross-attention of several query rows over one head's fp16 keys and values, written once for
 /// every vector width. A score is `s = q_d·k_d + s` (fused, one rounding) for `d` in order, a
 /// value `o = p_j·v_j + o` for `j` in order, whatever the tiling: score tiles of up to five rows
-/// by a few vectors keep their sums in registers over a whole head, value tiles (two rows by four
-/// vectors) over a block of keys, each key and value vector converted once per tile, where sums kept in memory for every
-/// product made these loops store-bound (a five-row call took 0.5× the time, Zen 3). Per row
-/// the same instructions in the same order, so a row's bits do not depend on the others.
+/// by a few vectors keep their sums in registers over a whole head, value tiles (two rows by
+/// four vectors) over a block of keys, each key and value vector converted once per tile, where
+/// sums kept in memory for every product made these loops store-bound (a five-row call took
+/// 0.5× the time, Zen 3). Per row the same instructions in the same order, so a row's bits do
+/// not depend on the others.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
 unsafe fn cross_rows_simd<S: Simd>(
@@ -545,8 +546,8 @@ unsafe fn weighted_values<S: Simd, T: Lanes>(
 }
 
 /// Outputs `c .. c + C·LANES` (`v` and `o` start there) of `R` rows over `keys` keys:
-/// `o = p_j·v_j + o` ([`Lanes::madd`]) for each key `j` in order, from the sums `o` holds; `p` holds the rows'
-/// probabilities (stride `n`), `o` has row stride `dh`.
+/// `o = p_j·v_j + o` ([`Lanes::madd`]) for each key `j` in order, from the sums `o` holds; `p`
+/// holds the rows' probabilities (stride `n`), `o` has row stride `dh`.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
 #[allow(clippy::needless_range_loop)]
