@@ -217,6 +217,7 @@ pub fn audio_rows_on<T: AudioValue>(
 trait Lanes: Copy {
     unsafe fn load<S: Simd>(p: *const Self) -> S::V;
     unsafe fn madd<S: Simd>(a: S::V, b: S::V, c: S::V) -> S::V;
+    fn value(self) -> f32;
     /// The cross-attention kernel for this element type (`AudioValue::cross_rows_on`).
     unsafe fn rows<S: Simd>(qs: &[&[f32]], kt: &[Self], v: &[Self], n: usize, out: &mut [f32]);
 }
@@ -230,6 +231,10 @@ impl Lanes for u16 {
     #[inline(always)]
     unsafe fn madd<S: Simd>(a: S::V, b: S::V, c: S::V) -> S::V {
         S::fmadd(a, b, c)
+    }
+    #[inline(always)]
+    fn value(self) -> f32 {
+        half::f16::from_bits(self).to_f32()
     }
     #[inline(always)]
     unsafe fn rows<S: Simd>(qs: &[&[f32]], kt: &[u16], v: &[u16], n: usize, out: &mut [f32]) {
@@ -246,6 +251,10 @@ impl Lanes for f32 {
     #[inline(always)]
     unsafe fn madd<S: Simd>(a: S::V, b: S::V, c: S::V) -> S::V {
         S::add(c, S::mul(a, b))
+    }
+    #[inline(always)]
+    fn value(self) -> f32 {
+        self
     }
     #[inline(always)]
     unsafe fn rows<S: Simd>(qs: &[&[f32]], kt: &[f32], v: &[f32], n: usize, out: &mut [f32]) {
@@ -274,29 +283,40 @@ unsafe fn cross_rows_f32_simd<S: Simd>(
     let kp = kt.as_ptr();
     for j0 in (0..nw).step_by(F32_KEY_BLOCK) {
         let j1 = (j0 + F32_KEY_BLOCK).min(nw);
-        let mut d = 0;
-        while d < dh {
-            let g = (dh - d).min(4);
-            match g {
-                4 => score_rows::<S, 4>(qs, kp, n, d, j0..j1, &mut scores),
-                3 => score_rows::<S, 3>(qs, kp, n, d, j0..j1, &mut scores),
-                2 => score_rows::<S, 2>(qs, kp, n, d, j0..j1, &mut scores),
-                _ => score_rows::<S, 1>(qs, kp, n, d, j0..j1, &mut scores),
-            }
-            d += g;
+        // `dh` is a whole number of vectors (`fits`), so of fours.
+        for d in (0..dh).step_by(4) {
+            score_rows::<S, 4>(qs, kp, n, d, j0..j1, &mut scores);
         }
     }
+    finish::<S, f32>(qs, kt, v, n, nw, scores, out);
+}
+
+/// What both vector kernels do once the keys in whole vectors are scored: the scores of the
+/// keys past them (`nw..n`) as the scalar loops always summed them (`s += q_d·k_d`, a product
+/// then a sum, `d` in order), each row's softmax, then [`weighted_values`].
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn finish<S: Simd, T: Lanes>(
+    qs: &[&[f32]],
+    kt: &[T],
+    v: &[T],
+    n: usize,
+    nw: usize,
+    mut scores: Vec<f32>,
+    out: &mut [f32],
+) {
+    let dh = qs[0].len();
     for (r, q) in qs.iter().enumerate() {
         for (j, sc) in scores[r * n..][..n].iter_mut().enumerate().skip(nw) {
             for (d, &qd) in q.iter().enumerate() {
-                *sc += qd * *kp.add(d * n + j);
+                *sc += qd * kt[d * n + j].value();
             }
         }
     }
     for row in scores.chunks_exact_mut(n.max(1)) {
         softmax_in_place(row);
     }
-    weighted_values::<S, f32>(&scores, v, rows, n, dh, out);
+    weighted_values::<S, T>(&scores, v, qs.len(), n, dh, out);
 }
 
 /// Keys per block of [`cross_rows_f32_simd`]'s scores: four f32 key rows of it are 4 KiB.
@@ -440,27 +460,7 @@ unsafe fn cross_rows_simd<S: Simd>(
         }
         j0 = j1;
     }
-    // Keys past the last whole vector: two dimensions per pass, as the scalar loop always did.
-    if nw < n {
-        let mut d = 0;
-        while d < dh {
-            let pair = d + 1 < dh;
-            let (k0, k1) = (kp.add(d * n), kp.add((d + pair as usize) * n));
-            for (r, q) in qs.iter().enumerate() {
-                for (j, sc) in scores[r * n..][..n].iter_mut().enumerate().skip(nw) {
-                    *sc += q[d] * half::f16::from_bits(*k0.add(j)).to_f32();
-                    if pair {
-                        *sc += q[d + 1] * half::f16::from_bits(*k1.add(j)).to_f32();
-                    }
-                }
-            }
-            d += 2;
-        }
-    }
-    for row in scores.chunks_exact_mut(n.max(1)) {
-        softmax_in_place(row);
-    }
-    weighted_values::<S, u16>(&scores, v, rows, n, dh, out);
+    finish::<S, u16>(qs, kt, v, n, nw, scores, out);
 }
 
 /// Keys per block of [`cross_rows_simd`] and [`weighted_values`]: 8 KiB of a 64-value head's
