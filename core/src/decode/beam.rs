@@ -22,6 +22,7 @@ use super::tokens::WhisperTokenizer;
 use super::window::{apply_rules, initial_tokens, WindowOptions, WindowResult, SAMPLE_LEN};
 use super::{compression_ratio, DecodeError};
 use crate::model::DecoderState;
+use rayon::prelude::*;
 
 /// Most beams a request may ask for (each is a row of every decoder step).
 pub const MAX_BEAM_SIZE: usize = 16;
@@ -129,21 +130,46 @@ struct Candidate {
 }
 
 /// The `k` highest entries of `xs` (index, value), best first; ties keep the lower index first.
+/// `-∞` (suppressed) and NaN never enter.
+///
+/// Most of a vocabulary's 51,864 logits fall below the `k` kept so far: a block of
+/// [`TOP_K_BLOCK`] is tested against the current `k`-th best with one branch-free comparison
+/// (vectorized), and only a block holding a better value is walked one by one. Once the list is
+/// full, an entry enters only when it is strictly greater than the `k`-th best, so skipping a
+/// block with none greater changes nothing.
 fn top_k(xs: &[f32], k: usize) -> Vec<(usize, f32)> {
     let mut best: Vec<(usize, f32)> = Vec::with_capacity(k + 1);
-    for (i, &x) in xs.iter().enumerate() {
-        if x == f32::NEG_INFINITY || x.is_nan() {
+    if k == 0 {
+        return best;
+    }
+    for (b, block) in xs.chunks(TOP_K_BLOCK).enumerate() {
+        // Below the `k`-th best (or −∞ while the list fills): nothing to insert. NaN compares
+        // false, so it never makes a block count.
+        let floor = if best.len() == k {
+            best[k - 1].1
+        } else {
+            f32::NEG_INFINITY
+        };
+        if !block.iter().fold(false, |any, &x| any | (x > floor)) {
             continue;
         }
-        if best.len() == k && best.last().is_some_and(|&(_, w)| x <= w) {
-            continue;
+        for (j, &x) in block.iter().enumerate() {
+            if x == f32::NEG_INFINITY || x.is_nan() {
+                continue;
+            }
+            if best.len() == k && best.last().is_some_and(|&(_, w)| x <= w) {
+                continue;
+            }
+            let at = best.partition_point(|&(_, w)| w >= x);
+            best.insert(at, (b * TOP_K_BLOCK + j, x));
+            best.truncate(k);
         }
-        let at = best.partition_point(|&(_, w)| w >= x);
-        best.insert(at, (i, x));
-        best.truncate(k);
     }
     best
 }
+
+/// Logits per block of [`top_k`]'s test.
+const TOP_K_BLOCK: usize = 64;
 
 /// Decode one window with beam search (temperature 0). `state` holds this window's cross
 /// attention and is reset here, so fallbacks reuse it.
@@ -194,33 +220,25 @@ pub fn decode_beam(
         let last_step = step + 1 == max_steps;
         // The `2 × beam_size` best continuations over all hypotheses: the union of each
         // hypothesis's own best ones holds them.
-        let mut candidates: Vec<Candidate> = Vec::with_capacity(alive.len() * n_candidates);
-        for (lane, (h, logits)) in alive.iter().zip(lane_logits.iter_mut()).enumerate() {
-            let text_lse = if o.text_probs {
-                log_sum_exp(&logits[..eot_len.min(logits.len())])
-            } else {
-                0.0
-            };
-            apply_rules(logits, &h.tokens, suppress_tokens, sp, o.timestamps);
-            // Log-probabilities over what the rules left (f32, as CTranslate2 adds them).
-            let lse = log_sum_exp(logits);
-            for (token, logit) in top_k(logits, n_candidates) {
-                let logprob = logit - lse;
-                let token = token as u32;
-                candidates.push(Candidate {
-                    score: h.sum_logprob + logprob,
+        // Lanes in parallel (each walks its own 51,864 logits), gathered in lane order.
+        let mut candidates: Vec<Candidate> = alive
+            .par_iter()
+            .zip(lane_logits.par_iter_mut())
+            .enumerate()
+            .map(|(lane, (h, logits))| {
+                lane_candidates(
                     lane,
-                    token,
-                    logprob,
-                    // Rules only remove tokens: a kept token's logit is the model's own.
-                    text_prob: if o.text_probs && token < sp.eot {
-                        (logit - text_lse).exp()
-                    } else {
-                        0.0
-                    },
-                });
-            }
-        }
+                    h,
+                    logits,
+                    suppress_tokens,
+                    sp,
+                    o,
+                    eot_len,
+                    n_candidates,
+                )
+            })
+            .flatten_iter()
+            .collect();
         // Best first; equal scores: the earlier lane, then the lower token.
         candidates.sort_by(|a, b| {
             b.score
@@ -309,6 +327,48 @@ pub fn decode_beam(
     })
 }
 
+/// Hypothesis `h`'s (lane `lane`'s) best `n` continuations, after the logit rules on its
+/// `logits` (rewritten in place).
+#[allow(clippy::too_many_arguments)]
+fn lane_candidates(
+    lane: usize,
+    h: &Hypothesis,
+    logits: &mut [f32],
+    suppress_tokens: &SuppressTokens,
+    sp: &super::SpecialTokens,
+    o: &WindowOptions,
+    eot_len: usize,
+    n: usize,
+) -> Vec<Candidate> {
+    let text_lse = if o.text_probs {
+        log_sum_exp(&logits[..eot_len.min(logits.len())])
+    } else {
+        0.0
+    };
+    apply_rules(logits, &h.tokens, suppress_tokens, sp, o.timestamps);
+    // Log-probabilities over what the rules left (f32, as CTranslate2 adds them).
+    let lse = log_sum_exp(logits);
+    top_k(logits, n)
+        .into_iter()
+        .map(|(token, logit)| {
+            let logprob = logit - lse;
+            let token = token as u32;
+            Candidate {
+                score: h.sum_logprob + logprob,
+                lane,
+                token,
+                logprob,
+                // Rules only remove tokens: a kept token's logit is the model's own.
+                text_prob: if o.text_probs && token < sp.eot {
+                    (logit - text_lse).exp()
+                } else {
+                    0.0
+                },
+            }
+        })
+        .collect()
+}
+
 /// The lanes for the next step: lane `j` continues `lanes[parents[j]]`. A parent's last child
 /// takes it over; its other children are forks (which copy only the decoded tokens' cache).
 fn reorder(lanes: Vec<DecoderState>, parents: &[usize]) -> Vec<DecoderState> {
@@ -341,6 +401,43 @@ mod tests {
         assert_eq!(top_k(&xs, 3), vec![(2, 2.0), (4, 2.0), (3, 1.0)]);
         assert_eq!(top_k(&xs, 10).len(), 5);
         assert!(top_k(&[f32::NEG_INFINITY; 4], 2).is_empty());
+    }
+
+    /// The block-skipping `top_k` against a full sort: random logits with repeats (ties across
+    /// blocks), −∞ and NaN, lengths around the block size, k from 0 to past the length.
+    #[test]
+    fn top_k_matches_a_full_sort() {
+        let mut s = 0x2545_f491_4f6c_dd1du64;
+        let mut next = || {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            s
+        };
+        for len in [0, 1, 5, 63, 64, 65, 130, 1000, 51_864] {
+            for round in 0..4 {
+                let xs: Vec<f32> = (0..len)
+                    .map(|_| match next() % 50 {
+                        0 => f32::NEG_INFINITY,
+                        1 => f32::NAN,
+                        // Few distinct values in round 0: many ties.
+                        r if round == 0 => (r % 7) as f32,
+                        _ => (next() % 100_000) as f32 / 1000.0 - 50.0,
+                    })
+                    .collect();
+                let mut want: Vec<(usize, f32)> = xs
+                    .iter()
+                    .copied()
+                    .enumerate()
+                    .filter(|&(_, x)| x != f32::NEG_INFINITY && !x.is_nan())
+                    .collect();
+                want.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+                for k in [0, 1, 2, 5, 10, 32, len + 1] {
+                    let got = top_k(&xs, k);
+                    assert_eq!(got, want[..k.min(want.len())], "len {len} k {k}");
+                }
+            }
+        }
     }
 
     #[test]
