@@ -132,7 +132,7 @@ struct Candidate {
 /// The `k` highest entries of `xs` (index, value), best first; ties keep the lower index first.
 /// `-∞` (suppressed) and NaN never enter.
 ///
-/// Most of a vocabulary's 51,864 logits fall below the `k` kept so far: a block of
+/// Most of a vocabulary's ~51,900 logits fall below the `k` kept so far: a block of
 /// [`TOP_K_BLOCK`] is tested against the current `k`-th best with one branch-free comparison
 /// (vectorized), and only a block holding a better value is walked one by one. Once the list is
 /// full, an entry enters only when it is strictly greater than the `k`-th best, so skipping a
@@ -220,7 +220,7 @@ pub fn decode_beam(
         let last_step = step + 1 == max_steps;
         // The `2 × beam_size` best continuations over all hypotheses: the union of each
         // hypothesis's own best ones holds them.
-        // Lanes in parallel (each walks its own 51,864 logits), gathered in lane order.
+        // Lanes in parallel (each walks its own ~51,900 logits), gathered in lane order.
         let mut candidates: Vec<Candidate> = alive
             .par_iter()
             .zip(lane_logits.par_iter_mut())

@@ -331,7 +331,7 @@ impl AudioEncoder {
                 .collect::<candle_core::Result<Vec<_>>>()?;
             return Tensor::cat(&windows, 0);
         }
-        super::on_compute_pool(|| self.forward_batch(mel))
+        self.forward_batch(mel)
     }
 
     fn forward_batch(&self, mel: &Tensor) -> candle_core::Result<Tensor> {

@@ -28,12 +28,14 @@ pub use weights::{Layout, Weights};
 
 /// Runs `f` on a thread of the compute pool (rayon's global pool, which the kernels, gemm and
 /// candle fork into) and returns what it returns: at once where the caller is one of its
-/// threads, else handed to the pool while the caller waits. A decoder step is ~35 parallel
-/// loops (every projection and attention); called from a thread outside the pool (the CLI's,
-/// the scheduler's), each loop was handed over and waited for, two context switches a loop
-/// (7,000 a second in a tiny.en beam-5 run), where on a pool thread each is a local
-/// fork-join. The network's entry points (`AudioEncoder::forward`, `TextDecoder`'s) run
-/// through here; the caller's tracing span goes along.
+/// threads, else handed to the pool while the caller waits; the caller's tracing span goes
+/// along. For `TextDecoder::step`: a step is ~35 parallel loops (every projection and
+/// attention), and called from a thread outside the pool (the CLI's, the scheduler's) each
+/// loop was handed over and waited for, two context switches a loop (7,000 a second in a
+/// tiny.en beam-5 run), where on a pool thread each is a local fork-join. Only the step: a
+/// window's encoder pass, setup and prefill are a few large loops each, and whole on the pool
+/// they could be picked up by a worker waiting inside the scheduler's step and hold every
+/// sequence's step up for their whole length.
 pub(crate) fn on_compute_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
     let span = tracing::Span::current();
     rayon::scope(move |_| span.in_scope(f))

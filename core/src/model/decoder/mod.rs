@@ -445,12 +445,10 @@ impl TextDecoder {
     /// Compute the cross-attention keys/values of every layer for one window's `audio`
     /// `(1, n_audio, d)`: a fresh state.
     pub fn prepare(&self, audio: &Tensor) -> candle_core::Result<DecoderState> {
-        super::on_compute_pool(|| {
-            Ok(DecoderState(match self {
-                Self::Host(d) => State::Host(d.prepare(audio)?),
-                Self::Device(d) => State::Device(d.prepare(audio)?),
-            }))
-        })
+        Ok(DecoderState(match self {
+            Self::Host(d) => State::Host(d.prepare(audio)?),
+            Self::Device(d) => State::Device(d.prepare(audio)?),
+        }))
     }
 
     /// Feed `tokens` `(1, n)` to one sequence at its position; returns the final hidden states
@@ -460,11 +458,11 @@ impl TextDecoder {
         tokens: &Tensor,
         state: &mut DecoderState,
     ) -> candle_core::Result<Tensor> {
-        super::on_compute_pool(|| match (self, &mut state.0) {
+        match (self, &mut state.0) {
             (Self::Host(d), State::Host(s)) => d.forward(tokens, s),
             (Self::Device(d), State::Device(s)) => d.forward(tokens, s),
             _ => Err(wrong_backend()),
-        })
+        }
     }
 
     /// One token for each of several independent sequences (continuous batching): `states[i]`
@@ -477,6 +475,7 @@ impl TextDecoder {
         states: &mut [&mut DecoderState],
         tokens: &[u32],
     ) -> candle_core::Result<Tensor> {
+        // On a compute-pool thread (`on_compute_pool`): the host step is ~35 parallel loops.
         super::on_compute_pool(|| match self {
             Self::Host(d) => d.step(&mut host_states(states)?, tokens),
             Self::Device(d) => d.step(&mut device_states(states)?, tokens),
@@ -493,19 +492,19 @@ impl TextDecoder {
         reqs: &[AlignRequest],
         heads: &[(usize, usize)],
     ) -> candle_core::Result<Vec<AlignOutput>> {
-        super::on_compute_pool(|| match self {
+        match self {
             Self::Host(d) => d.align(&mut host_states(states)?, reqs, heads),
             Self::Device(d) => d.align(&mut device_states(states)?, reqs, heads),
-        })
+        }
     }
 
     /// Vocabulary logits `(rows, n_vocab)` for hidden states `(rows, d)` (the tied output
     /// projection).
     pub fn logits(&self, hidden: &Tensor) -> candle_core::Result<Tensor> {
-        super::on_compute_pool(|| match self {
+        match self {
             Self::Host(d) => d.logits(hidden),
             Self::Device(d) => d.logits(hidden),
-        })
+        }
     }
 
     /// Logits of the last position of each sequence: `(batch, n_vocab)`.
