@@ -244,11 +244,7 @@ fn qk_max(dh: usize) -> f32 {
 /// # Safety
 /// The CPU has AVX2; `src` and `dst` have the same length, a multiple of 8.
 unsafe fn quantize_row(src: &[f32], max: f32, dst: &mut [i16]) -> f32 {
-    // NaN propagates through the fold (f32::max would skip it).
-    let top = src.iter().fold(
-        0f32,
-        |a, v| if v.is_nan() { f32::NAN } else { a.max(v.abs()) },
-    );
+    let top = abs_max(src);
     let mul = max / top;
     if top == 0.0 || !top.is_finite() || !mul.is_finite() {
         dst.fill(0);
@@ -287,6 +283,95 @@ unsafe fn round_row(_: &[f32], _: f32, _: &mut [i16]) -> i32 {
     unreachable!("`available()` is false off x86-64")
 }
 
+/// The largest magnitude in `src` (0 if empty), NaN if any value is NaN.
+///
+/// # Safety
+/// The CPU has AVX2; `src.len()` is a multiple of 8.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn abs_max(src: &[f32]) -> f32 {
+    use std::arch::x86_64::*;
+    debug_assert!(src.len().is_multiple_of(8));
+    let abs = _mm256_castsi256_ps(_mm256_set1_epi32(i32::MAX));
+    let (mut top, mut nan) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+    for v in src.chunks_exact(8) {
+        let v = _mm256_loadu_ps(v.as_ptr());
+        top = _mm256_max_ps(_mm256_and_ps(v, abs), top);
+        nan = _mm256_or_ps(nan, _mm256_cmp_ps::<_CMP_UNORD_Q>(v, v));
+    }
+    if _mm256_movemask_ps(nan) != 0 {
+        return f32::NAN;
+    }
+    let mut lanes = [0f32; 8];
+    _mm256_storeu_ps(lanes.as_mut_ptr(), top);
+    lanes.iter().fold(0f32, |a, &b| a.max(b))
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn abs_max(_: &[f32]) -> f32 {
+    unreachable!("`available()` is false off x86-64")
+}
+
+/// `tops[c] = max(tops[c], |row[c]|)`, NaN where `row[c]` is NaN (and staying NaN).
+///
+/// # Safety
+/// The CPU has AVX2; `row` and `tops` have the same length, a multiple of 8.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn column_tops(row: &[f32], tops: &mut [f32]) {
+    use std::arch::x86_64::*;
+    debug_assert!(row.len() == tops.len() && row.len().is_multiple_of(8));
+    let abs = _mm256_castsi256_ps(_mm256_set1_epi32(i32::MAX));
+    for (v, top) in row.chunks_exact(8).zip(tops.chunks_exact_mut(8)) {
+        let v = _mm256_loadu_ps(v.as_ptr());
+        let old = _mm256_loadu_ps(top.as_ptr());
+        // `max_ps` returns its second operand when either is NaN: NaN in `old` stays, a NaN
+        // in `v` is blended in below.
+        let m = _mm256_max_ps(_mm256_and_ps(v, abs), old);
+        let nan = _mm256_cmp_ps::<_CMP_UNORD_Q>(v, v);
+        _mm256_storeu_ps(top.as_mut_ptr(), _mm256_blendv_ps(m, v, nan));
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn column_tops(_: &[f32], _: &mut [f32]) {
+    unreachable!("`available()` is false off x86-64")
+}
+
+/// Two rows of values, rounded per column (`round(v · muls[c])`, 0 where `muls[c]` is 0) and
+/// interleaved per column: `dst[2c] = first[c]`, `dst[2c + 1] = second[c]`.
+///
+/// # Safety
+/// The CPU has AVX2; `first`, `second` and `muls` have the same length, a multiple of 16;
+/// `dst` twice that.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn round_pair(first: &[f32], second: &[f32], muls: &[f32], dst: &mut [i16]) {
+    use std::arch::x86_64::*;
+    let n = first.len();
+    debug_assert!(second.len() == n && muls.len() == n && dst.len() == 2 * n);
+    debug_assert!(n.is_multiple_of(16));
+    let round8 = |src: *const f32, m: __m256| {
+        // 0 · ±∞ or 0 · NaN is NaN: columns with a multiplier of 0 are masked to 0 instead.
+        let keep = _mm256_cmp_ps::<_CMP_GT_OQ>(m, _mm256_setzero_ps());
+        let v = _mm256_cvtps_epi32(_mm256_and_ps(_mm256_mul_ps(_mm256_loadu_ps(src), m), keep));
+        _mm_packs_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v))
+    };
+    for c in (0..n).step_by(8) {
+        let m = _mm256_loadu_ps(muls.as_ptr().add(c));
+        let a = round8(first.as_ptr().add(c), m);
+        let b = round8(second.as_ptr().add(c), m);
+        let out = dst.as_mut_ptr().add(2 * c) as *mut __m128i;
+        _mm_storeu_si128(out, _mm_unpacklo_epi16(a, b));
+        _mm_storeu_si128(out.add(1), _mm_unpackhi_epi16(a, b));
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn round_pair(_: &[f32], _: &[f32], _: &[f32], _: &mut [i16]) {
+    unreachable!("`available()` is false off x86-64")
+}
+
 /// 16-bit keys (pairs of head columns interleaved per key: `dh/2 × t_pad × 2`, with a scale
 /// per key) and values (pairs of keys interleaved per column: `t_pad/2 × dh × 2`, with a scale
 /// per column).
@@ -311,20 +396,15 @@ impl HeadMath for I16Head {
         for (j, scale) in key_scales.iter_mut().enumerate().take(t) {
             // SAFETY: `available()` was checked by `attend`; dh is a multiple of NR.
             *scale = unsafe { quantize_row(head.row(j, 1), max, &mut row) };
-            for (c, &k) in row.iter().enumerate() {
-                keys[((c / 2) * t_pad + j) * 2 + c % 2] = k;
+            // A pair of head columns is one i32 step of the product: copied whole.
+            for (c2, pair) in row.chunks_exact(2).enumerate() {
+                keys[(c2 * t_pad + j) * 2..][..2].copy_from_slice(pair);
             }
         }
         let mut tops = vec![0f32; dh];
         for j in 0..t {
-            for (top, v) in tops.iter_mut().zip(head.row(j, 2)) {
-                // NaN propagates (f32::max would skip it).
-                *top = if v.is_nan() {
-                    f32::NAN
-                } else {
-                    top.max(v.abs())
-                };
-            }
+            // SAFETY: as above.
+            unsafe { column_tops(head.row(j, 2), &mut tops) };
         }
         // A column with a non-finite value, or too small to scale, is all zeros.
         let ok = |top: f32| top > 0.0 && top.is_finite() && (VALUE_MAX / top).is_finite();
@@ -337,16 +417,19 @@ impl HeadMath for I16Head {
             .map(|&top| if ok(top) { VALUE_MAX / top } else { 0.0 })
             .collect();
         let mut values = vec![0i16; t_pad * dh];
-        let mut scaled = vec![0f32; dh];
-        for j in 0..t {
-            for ((s, &v), &m) in scaled.iter_mut().zip(head.row(j, 2)).zip(&muls) {
-                *s = if m > 0.0 { v * m } else { 0.0 };
-            }
-            // SAFETY: as above.
-            unsafe { round_row(&scaled, 1.0, &mut row) };
-            for (c, &v) in row.iter().enumerate() {
-                values[((j / 2) * dh + c) * 2 + j % 2] = v;
-            }
+        let zeros = vec![0f32; dh];
+        for (j, pair) in values
+            .chunks_exact_mut(2 * dh)
+            .enumerate()
+            .take(t.div_ceil(2))
+        {
+            let second = if 2 * j + 1 < t {
+                head.row(2 * j + 1, 2)
+            } else {
+                &zeros
+            };
+            // SAFETY: as above; `pair` is 2·dh values.
+            unsafe { round_pair(head.row(2 * j, 2), second, &muls, pair) };
         }
         Self {
             keys,
@@ -410,10 +493,7 @@ impl HeadMath for I16Head {
         {
             row[t..].fill(f32::NEG_INFINITY);
             // SAFETY: as above; the row's length is a multiple of NR.
-            let sum = unsafe {
-                exp_row(row);
-                round_row(row, PROB_ONE, p)
-            };
+            let sum = unsafe { exp_round_row(row, PROB_ONE, p) };
             // The maximum's probability is PROB_ONE, so the sum is never 0.
             *inv = 1.0 / sum.max(1) as f32;
         }
@@ -560,6 +640,64 @@ unsafe fn exp_row(_: &mut [f32]) -> f32 {
     unreachable!("`available()` is false off x86-64")
 }
 
+/// [`exp_row`] then [`round_row`] with `mul`, in one pass: `dst[i] = round(exp(row[i] −
+/// max(row)) · mul)`, the same values bit for bit, without storing the f32 probabilities;
+/// returns Σ dst.
+///
+/// # Safety
+/// As [`exp_row`]; `dst` has `row`'s length.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn exp_round_row(row: &[f32], mul: f32, dst: &mut [i16]) -> i32 {
+    use std::arch::x86_64::*;
+    debug_assert!(!row.is_empty() && row.len().is_multiple_of(16) && dst.len() == row.len());
+    let p = row.as_ptr();
+    let mut m = [_mm256_set1_ps(f32::NEG_INFINITY); 2];
+    for i in (0..row.len()).step_by(16) {
+        m[0] = _mm256_max_ps(m[0], _mm256_loadu_ps(p.add(i)));
+        m[1] = _mm256_max_ps(m[1], _mm256_loadu_ps(p.add(i + 8)));
+    }
+    let mut lanes = [0f32; 8];
+    _mm256_storeu_ps(lanes.as_mut_ptr(), _mm256_max_ps(m[0], m[1]));
+    let max = _mm256_set1_ps(lanes.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b)));
+
+    let exp = crate::elementwise::x86::Exp8::new();
+    let scale = _mm256_set1_ps(mul);
+    let out = dst.as_mut_ptr();
+    // e ≤ 1, so every integer is in 0..=mul and the saturating pack never saturates: the sum
+    // is taken of the i32 values.
+    let round = |i: usize| {
+        let e = exp.exp(_mm256_sub_ps(_mm256_loadu_ps(p.add(i)), max));
+        _mm256_cvtps_epi32(_mm256_mul_ps(e, scale))
+    };
+    let mut sum = [_mm256_setzero_si256(); 2];
+    let pair = |i: usize, sum: &mut __m256i| {
+        let (a, b) = (round(i), round(i + 8));
+        *sum = _mm256_add_epi32(*sum, _mm256_add_epi32(a, b));
+        let packed = _mm256_permute4x64_epi64::<0b11_01_10_00>(_mm256_packs_epi32(a, b));
+        _mm256_storeu_si256(out.add(i) as *mut __m256i, packed);
+    };
+    // Two pairs of vectors per step (each exp is a chain of ~10 dependent FMAs); a pair packs
+    // to 16 i16 in one pack and one lane permute.
+    let whole = row.len() / 32 * 32;
+    for i in (0..whole).step_by(32) {
+        pair(i, &mut sum[0]);
+        pair(i + 16, &mut sum[1]);
+    }
+    if whole < row.len() {
+        pair(whole, &mut sum[0]);
+    }
+    let mut ints = [0i32; 8];
+    let total = _mm256_add_epi32(sum[0], sum[1]);
+    _mm256_storeu_si256(ints.as_mut_ptr() as *mut __m256i, total);
+    ints.iter().sum()
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn exp_round_row(_: &[f32], _: f32, _: &mut [i16]) -> i32 {
+    unreachable!("`available()` is false off x86-64")
+}
+
 /// `c = a · b` (`c += a · b` if `accumulate`) for `a` (QUERY_BLOCK × k, row stride `lda`) and `b` (k × n, row stride `ldb`,
 /// n = the width of `c`, a multiple of NR), `c` row stride `ldc`. One thread.
 ///
@@ -673,6 +811,12 @@ mod tests {
             assert_eq!(unsafe { quantize_row(&row, 5792.0, &mut dst) }, 0.0);
             assert!(dst.iter().all(|&d| d == 0), "{bad}: {dst:?}");
         }
+        // A NaN before finite values (a fold with `f32::max` would forget it).
+        row[5] = f32::NAN;
+        row[6] = 0.7;
+        assert_eq!(unsafe { quantize_row(&row, 5792.0, &mut dst) }, 0.0);
+        assert!(dst.iter().all(|&d| d == 0), "{dst:?}");
+        row[6] = 0.0;
         let tiny = vec![1e-38f32; 16];
         assert_eq!(unsafe { quantize_row(&tiny, 5792.0, &mut dst) }, 0.0);
         assert!(dst.iter().all(|&d| d == 0));
@@ -680,5 +824,133 @@ mod tests {
         let scale = unsafe { quantize_row(&row, 5792.0, &mut dst) };
         assert_eq!(scale, 1.0 / 5792.0);
         assert_eq!((dst[3], dst[5]), (2896, -5792));
+    }
+
+    fn noise(n: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed | 1;
+        (0..n)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                ((s >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 6.0
+            })
+            .collect()
+    }
+
+    /// The vectorized packing gives the layout `product_i16` reads, bit for bit: keys rounded
+    /// per key, pairs of head columns interleaved per key; values rounded per head column,
+    /// pairs of keys interleaved per column; non-finite rows and columns as zeros.
+    #[test]
+    fn int16_packing_matches_the_layout() {
+        if !available() {
+            return;
+        }
+        let (t, d, heads): (usize, usize, usize) = (37, 64, 2);
+        let dh = d / heads;
+        let t_pad = t.div_ceil(NR) * NR;
+        let mut qkv = noise(t * 3 * d, 7);
+        // A NaN key row, an infinite value in column 3 of head 0, a zero value column 5.
+        qkv[4 * 3 * d + d + 1] = f32::NAN;
+        qkv[9 * 3 * d + 2 * d + 3] = f32::INFINITY;
+        for j in 0..t {
+            qkv[j * 3 * d + 2 * d + 5] = 0.0;
+        }
+        for h in 0..heads {
+            let view = HeadView {
+                qkv: &qkv,
+                t,
+                d,
+                t_pad,
+                dh,
+                col: h * dh,
+            };
+            let packed = I16Head::pack(view);
+            let max = qk_max(dh);
+            for j in 0..t_pad {
+                let row: Vec<f32> = if j < t {
+                    view.row(j, 1).to_vec()
+                } else {
+                    vec![0.0; dh]
+                };
+                let top = row.iter().fold(0f32, |a, v| {
+                    if a.is_nan() || v.is_nan() {
+                        f32::NAN
+                    } else {
+                        a.max(v.abs())
+                    }
+                });
+                let good = top > 0.0 && top.is_finite();
+                let want_scale = if good { top / max } else { 0.0 };
+                assert_eq!(
+                    packed.key_scales[j].to_bits(),
+                    want_scale.to_bits(),
+                    "key {j}"
+                );
+                for (c, &v) in row.iter().enumerate() {
+                    let want = if good {
+                        (v * (max / top)).round_ties_even() as i16
+                    } else {
+                        0
+                    };
+                    assert_eq!(
+                        packed.keys[((c / 2) * t_pad + j) * 2 + c % 2],
+                        want,
+                        "key {j} col {c}"
+                    );
+                }
+            }
+            for c in 0..dh {
+                let column: Vec<f32> = (0..t).map(|j| view.row(j, 2)[c]).collect();
+                let top = column.iter().fold(0f32, |a, v| {
+                    if a.is_nan() || v.is_nan() {
+                        f32::NAN
+                    } else {
+                        a.max(v.abs())
+                    }
+                });
+                let good = top > 0.0 && top.is_finite();
+                let want_scale = if good { top / VALUE_MAX } else { 0.0 };
+                assert_eq!(
+                    packed.value_scales[c].to_bits(),
+                    want_scale.to_bits(),
+                    "column {c}"
+                );
+                for j in 0..t_pad {
+                    let want = match column.get(j) {
+                        Some(&v) if good => (v * (VALUE_MAX / top)).round_ties_even() as i16,
+                        _ => 0,
+                    };
+                    assert_eq!(
+                        packed.values[((j / 2) * dh + c) * 2 + j % 2],
+                        want,
+                        "value {j} col {c}"
+                    );
+                }
+            }
+        }
+    }
+
+    /// The fused pass gives `exp_row` then `round_row`, bit for bit, with the same sum.
+    #[test]
+    fn fused_exp_round_equals_the_two_passes() {
+        if !available() {
+            return;
+        }
+        for (len, live) in [(16, 16), (48, 37), (1504, 1500), (64, 1)] {
+            let mut row = noise(len, len as u64);
+            row[live..].fill(f32::NEG_INFINITY);
+            let (mut fused, mut two) = (vec![0i16; len], vec![0i16; len]);
+            // SAFETY: AVX2 and FMA are available; lengths are multiples of 16.
+            let sum = unsafe { exp_round_row(&row, PROB_ONE, &mut fused) };
+            let mut probs = row.clone();
+            let want = unsafe {
+                exp_row(&mut probs);
+                round_row(&probs, PROB_ONE, &mut two)
+            };
+            assert_eq!(fused, two, "{len}");
+            assert_eq!(sum, want, "{len}");
+            assert!(fused[live..].iter().all(|&p| p == 0));
+        }
     }
 }
