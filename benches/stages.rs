@@ -2,7 +2,8 @@
 //! both and prints the table): one JSON line per stage with the median milliseconds.
 //!
 //! `WHISPERD_BENCH_MODEL=models/whisper-base cargo bench --bench stages`; `WHISPERD_STAGE_RUNS`
-//! sets the repetitions (default 7). Stages: model load, log-mel of 30 s, the encoder on one 30-s
+//! sets the repetitions (default 7), `WHISPERD_STAGE_STEPS` the decoder steps' sequence counts
+//! (default `1,8`; `1,5,10` times a beam of 5 alone and two side by side). Stages: model load, log-mel of 30 s, the encoder on one 30-s
 //! window and on eight, one decoder step (output projection included) at positions 1, 100 and 200
 //! alone and for eight sequences, the output projection alone and the logit rules of a step — in
 //! f32 and in q8.
@@ -147,7 +148,11 @@ fn main() {
             // Forks share the prefix (as beam lanes do) instead of copying it into a vector
             // that the step's append would then reallocate: the step is timed, not the copy.
             base.share_prefix();
-            for n in [1usize, 8] {
+            let sizes: Vec<usize> = std::env::var("WHISPERD_STAGE_STEPS")
+                .ok()
+                .map(|v| v.split(',').filter_map(|n| n.parse().ok()).collect())
+                .unwrap_or_else(|| vec![1, 8]);
+            for &n in &sizes {
                 let ms = median_ms(
                     runs,
                     || (0..n).map(|_| base.fork()).collect::<Vec<_>>(),
