@@ -826,16 +826,32 @@ mod tests {
         assert_eq!((dst[3], dst[5]), (2896, -5792));
     }
 
+    /// Scores-sized noise: the shared test values, spread over [−3, 3).
     fn noise(n: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed | 1;
-        (0..n)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                ((s >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 6.0
-            })
+        crate::test_values(n, seed)
+            .iter()
+            .map(|v| v * 6.0)
             .collect()
+    }
+
+    /// The scale and integers `values` round to for `max` (scalar, the documented rule): the
+    /// largest magnitude maps to `max`; NaN anywhere, ±∞ or all zeros give scale 0 and zeros.
+    fn reference_round(values: &[f32], max: f32) -> (f32, Vec<i16>) {
+        let top = values.iter().fold(0f32, |a, v| {
+            if a.is_nan() || v.is_nan() {
+                f32::NAN
+            } else {
+                a.max(v.abs())
+            }
+        });
+        if !(top > 0.0 && top.is_finite()) {
+            return (0.0, vec![0; values.len()]);
+        }
+        let ints = values
+            .iter()
+            .map(|v| (v * (max / top)).round_ties_even() as i16)
+            .collect();
+        (top / max, ints)
     }
 
     /// The vectorized packing gives the layout `product_i16` reads, bit for bit: keys rounded
@@ -850,8 +866,10 @@ mod tests {
         let dh = d / heads;
         let t_pad = t.div_ceil(NR) * NR;
         let mut qkv = noise(t * 3 * d, 7);
-        // A NaN key row, an infinite value in column 3 of head 0, a zero value column 5.
+        // NaNs early in a key row and a value column (finite values after them), an infinite
+        // value in column 3 of head 0, a zero value column 5.
         qkv[4 * 3 * d + d + 1] = f32::NAN;
+        qkv[2 * 3 * d + 2 * d + 7] = f32::NAN;
         qkv[9 * 3 * d + 2 * d + 3] = f32::INFINITY;
         for j in 0..t {
             qkv[j * 3 * d + 2 * d + 5] = 0.0;
@@ -873,59 +891,26 @@ mod tests {
                 } else {
                     vec![0.0; dh]
                 };
-                let top = row.iter().fold(0f32, |a, v| {
-                    if a.is_nan() || v.is_nan() {
-                        f32::NAN
-                    } else {
-                        a.max(v.abs())
-                    }
-                });
-                let good = top > 0.0 && top.is_finite();
-                let want_scale = if good { top / max } else { 0.0 };
-                assert_eq!(
-                    packed.key_scales[j].to_bits(),
-                    want_scale.to_bits(),
-                    "key {j}"
-                );
-                for (c, &v) in row.iter().enumerate() {
-                    let want = if good {
-                        (v * (max / top)).round_ties_even() as i16
-                    } else {
-                        0
-                    };
-                    assert_eq!(
-                        packed.keys[((c / 2) * t_pad + j) * 2 + c % 2],
-                        want,
-                        "key {j} col {c}"
-                    );
+                let (scale, ints) = reference_round(&row, max);
+                assert_eq!(packed.key_scales[j].to_bits(), scale.to_bits(), "key {j}");
+                for (c, &want) in ints.iter().enumerate() {
+                    let got = packed.keys[((c / 2) * t_pad + j) * 2 + c % 2];
+                    assert_eq!(got, want, "key {j} col {c}");
                 }
             }
             for c in 0..dh {
-                let column: Vec<f32> = (0..t).map(|j| view.row(j, 2)[c]).collect();
-                let top = column.iter().fold(0f32, |a, v| {
-                    if a.is_nan() || v.is_nan() {
-                        f32::NAN
-                    } else {
-                        a.max(v.abs())
-                    }
-                });
-                let good = top > 0.0 && top.is_finite();
-                let want_scale = if good { top / VALUE_MAX } else { 0.0 };
+                let mut column: Vec<f32> = (0..t).map(|j| view.row(j, 2)[c]).collect();
+                let (scale, _) = reference_round(&column, VALUE_MAX);
                 assert_eq!(
                     packed.value_scales[c].to_bits(),
-                    want_scale.to_bits(),
+                    scale.to_bits(),
                     "column {c}"
                 );
-                for j in 0..t_pad {
-                    let want = match column.get(j) {
-                        Some(&v) if good => (v * (VALUE_MAX / top)).round_ties_even() as i16,
-                        _ => 0,
-                    };
-                    assert_eq!(
-                        packed.values[((j / 2) * dh + c) * 2 + j % 2],
-                        want,
-                        "value {j} col {c}"
-                    );
+                column.resize(t_pad, 0.0);
+                let (_, ints) = reference_round(&column, VALUE_MAX);
+                for (j, &want) in ints.iter().enumerate() {
+                    let got = packed.values[((j / 2) * dh + c) * 2 + j % 2];
+                    assert_eq!(got, want, "value {j} col {c}");
                 }
             }
         }
