@@ -3,10 +3,11 @@
 //!
 //! `WHISPERD_BENCH_MODEL=models/whisper-base cargo bench --bench stages`; `WHISPERD_STAGE_RUNS`
 //! sets the repetitions (default 7), `WHISPERD_STAGE_STEPS` the decoder steps' sequence counts
-//! (default `1,8`; `1,5,10` times a beam of 5 alone and two side by side). Stages: model load, log-mel of 30 s, the encoder on one 30-s
-//! window and on eight, one decoder step (output projection included) at positions 1, 100 and 200
-//! alone and for eight sequences, the output projection alone and the logit rules of a step — in
-//! f32 and in q8.
+//! (default `1,8`; `1,5,10` times a beam of 5 alone and two side by side; `scripts/
+//! stage_bench.py` tabulates only 1 and 8). Stages: model load, log-mel of 30 s, the encoder on
+//! one 30-s window and on eight, one decoder step (output projection included) at positions 1,
+//! 100 and 200 for each of those sequence counts, the output projection alone and the logit
+//! rules of a step — in f32 and in q8.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -58,6 +59,16 @@ fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(7)
         .max(1);
+    let step_sizes: Vec<usize> = match std::env::var("WHISPERD_STAGE_STEPS") {
+        Err(_) => vec![1, 8],
+        Ok(v) => v
+            .split(',')
+            .map(|n| match n.trim().parse::<usize>() {
+                Ok(n) if n > 0 => n,
+                _ => panic!("WHISPERD_STAGE_STEPS={v:?}: expected sequence counts like 1,5,8"),
+            })
+            .collect(),
+    };
     let name = model_dir
         .file_name()
         .map(|n| {
@@ -148,11 +159,7 @@ fn main() {
             // Forks share the prefix (as beam lanes do) instead of copying it into a vector
             // that the step's append would then reallocate: the step is timed, not the copy.
             base.share_prefix();
-            let sizes: Vec<usize> = std::env::var("WHISPERD_STAGE_STEPS")
-                .ok()
-                .map(|v| v.split(',').filter_map(|n| n.parse().ok()).collect())
-                .unwrap_or_else(|| vec![1, 8]);
-            for &n in &sizes {
+            for &n in &step_sizes {
                 let ms = median_ms(
                     runs,
                     || (0..n).map(|_| base.fork()).collect::<Vec<_>>(),

@@ -826,7 +826,7 @@ mod tests {
         assert_eq!((dst[3], dst[5]), (2896, -5792));
     }
 
-    /// Scores-sized noise: the shared test values, spread over [−3, 3).
+    /// The shared test values spread over [−3, 3): projections, and scores with a real softmax.
     fn noise(n: usize, seed: u64) -> Vec<f32> {
         crate::test_values(n, seed)
             .iter()
@@ -835,7 +835,8 @@ mod tests {
     }
 
     /// The scale and integers `values` round to for `max` (scalar, the documented rule): the
-    /// largest magnitude maps to `max`; NaN anywhere, ±∞ or all zeros give scale 0 and zeros.
+    /// largest magnitude maps to `max`; NaN anywhere, ±∞, all zeros or a top too small to
+    /// scale (`max / top` not finite) give scale 0 and zeros.
     fn reference_round(values: &[f32], max: f32) -> (f32, Vec<i16>) {
         let top = values.iter().fold(0f32, |a, v| {
             if a.is_nan() || v.is_nan() {
@@ -844,7 +845,7 @@ mod tests {
                 a.max(v.abs())
             }
         });
-        if !(top > 0.0 && top.is_finite()) {
+        if !(top > 0.0 && top.is_finite() && (max / top).is_finite()) {
             return (0.0, vec![0; values.len()]);
         }
         let ints = values
@@ -867,12 +868,13 @@ mod tests {
         let t_pad = t.div_ceil(NR) * NR;
         let mut qkv = noise(t * 3 * d, 7);
         // NaNs early in a key row and a value column (finite values after them), an infinite
-        // value in column 3 of head 0, a zero value column 5.
+        // value in column 3 of head 0, a zero value column 5, a column 9 too small to scale.
         qkv[4 * 3 * d + d + 1] = f32::NAN;
         qkv[2 * 3 * d + 2 * d + 7] = f32::NAN;
         qkv[9 * 3 * d + 2 * d + 3] = f32::INFINITY;
         for j in 0..t {
             qkv[j * 3 * d + 2 * d + 5] = 0.0;
+            qkv[j * 3 * d + 2 * d + 9] = 1e-39;
         }
         for h in 0..heads {
             let view = HeadView {
