@@ -601,6 +601,25 @@ unsafe fn product_i16(
     unreachable!("`available()` is false off x86-64")
 }
 
+/// The largest value of `row` (two vectors per step).
+///
+/// # Safety
+/// The CPU has AVX2; `row.len()` is a multiple of 16.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn row_max(row: &[f32]) -> f32 {
+    use std::arch::x86_64::*;
+    let p = row.as_ptr();
+    let mut m = [_mm256_set1_ps(f32::NEG_INFINITY); 2];
+    for i in (0..row.len()).step_by(16) {
+        m[0] = _mm256_max_ps(m[0], _mm256_loadu_ps(p.add(i)));
+        m[1] = _mm256_max_ps(m[1], _mm256_loadu_ps(p.add(i + 8)));
+    }
+    let mut lanes = [0f32; 8];
+    _mm256_storeu_ps(lanes.as_mut_ptr(), _mm256_max_ps(m[0], m[1]));
+    lanes.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b))
+}
+
 /// `row[i] = exp(row[i] − max(row))` in place (the shared 8-lane exp, `elementwise::x86::Exp8`);
 /// returns 1 / Σ row. Two vectors per step so the polynomial chains of neighbouring vectors
 /// overlap.
@@ -612,15 +631,8 @@ unsafe fn product_i16(
 unsafe fn exp_row(row: &mut [f32]) -> f32 {
     use std::arch::x86_64::*;
     debug_assert!(!row.is_empty() && row.len().is_multiple_of(16));
+    let max = _mm256_set1_ps(row_max(row));
     let p = row.as_mut_ptr();
-    let mut m = [_mm256_set1_ps(f32::NEG_INFINITY); 2];
-    for i in (0..row.len()).step_by(16) {
-        m[0] = _mm256_max_ps(m[0], _mm256_loadu_ps(p.add(i)));
-        m[1] = _mm256_max_ps(m[1], _mm256_loadu_ps(p.add(i + 8)));
-    }
-    let mut lanes = [0f32; 8];
-    _mm256_storeu_ps(lanes.as_mut_ptr(), _mm256_max_ps(m[0], m[1]));
-    let max = _mm256_set1_ps(lanes.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b)));
 
     let exp = crate::elementwise::x86::Exp8::new();
     let mut sum = [_mm256_setzero_ps(); 2];
@@ -631,6 +643,7 @@ unsafe fn exp_row(row: &mut [f32]) -> f32 {
             *sum = _mm256_add_ps(*sum, e);
         }
     }
+    let mut lanes = [0f32; 8];
     _mm256_storeu_ps(lanes.as_mut_ptr(), _mm256_add_ps(sum[0], sum[1]));
     1.0 / lanes.iter().sum::<f32>()
 }
@@ -652,14 +665,7 @@ unsafe fn exp_round_row(row: &[f32], mul: f32, dst: &mut [i16]) -> i32 {
     use std::arch::x86_64::*;
     debug_assert!(!row.is_empty() && row.len().is_multiple_of(16) && dst.len() == row.len());
     let p = row.as_ptr();
-    let mut m = [_mm256_set1_ps(f32::NEG_INFINITY); 2];
-    for i in (0..row.len()).step_by(16) {
-        m[0] = _mm256_max_ps(m[0], _mm256_loadu_ps(p.add(i)));
-        m[1] = _mm256_max_ps(m[1], _mm256_loadu_ps(p.add(i + 8)));
-    }
-    let mut lanes = [0f32; 8];
-    _mm256_storeu_ps(lanes.as_mut_ptr(), _mm256_max_ps(m[0], m[1]));
-    let max = _mm256_set1_ps(lanes.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b)));
+    let max = _mm256_set1_ps(row_max(row));
 
     let exp = crate::elementwise::x86::Exp8::new();
     let scale = _mm256_set1_ps(mul);
