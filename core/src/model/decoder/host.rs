@@ -8,7 +8,9 @@ use candle_core::{Module, Tensor};
 use candle_nn::{LayerNorm, Linear};
 use rayon::prelude::*;
 
-use whisperd_kernels::query::{audio_rows, CacheRows};
+use whisperd_kernels::query::{
+    audio_key_at, audio_keys_len, audio_rows, tile_audio_keys, CacheRows,
+};
 
 use crate::model::linear::{Precision, Proj};
 use crate::model::rowmatmul::{self, RowMatmul};
@@ -22,8 +24,8 @@ use super::{row_spans, window_audio, AlignCapture, Block, DecoderBackend, Sequen
 
 type DecoderBlock = Block<Proj>;
 
-/// One layer's audio keys (transposed per head, `(heads, dh, n_audio)`) and values
-/// (`(heads, n_audio, dh)`). Every decoder step of every sequence reads all of them (18 MB per
+/// One layer's audio keys (per head in the kernels' tiles, `whisperd_kernels::query::audio_key_at`)
+/// and values (`(heads, n_audio, dh)`). Every decoder step of every sequence reads all of them (18 MB per
 /// step for tiny's 4 layers in f32), so q8 keeps them as fp16 bits: half the memory traffic.
 enum AudioKv {
     F32 { kt: Vec<f32>, v: Vec<f32> },
@@ -309,20 +311,21 @@ fn record(
                 let qh = &q[r * d + h * dh..][..dh];
                 let t = st.n_audio;
                 let mut scores = vec![0f32; f];
+                let head = h * audio_keys_len(dh, t);
                 match &st.cross[layer] {
                     AudioKv::F32 { kt, .. } => {
                         for (j, &qj) in qh.iter().enumerate() {
-                            let krow = &kt[(h * dh + j) * t..][..f];
-                            scores.iter_mut().zip(krow).for_each(|(s, &k)| *s += qj * k);
+                            for (i, s) in scores.iter_mut().enumerate() {
+                                *s += qj * kt[head + audio_key_at(dh, j, i)];
+                            }
                         }
                     }
                     AudioKv::F16 { kt, .. } => {
                         for (j, &qj) in qh.iter().enumerate() {
-                            let krow = &kt[(h * dh + j) * t..][..f];
-                            scores
-                                .iter_mut()
-                                .zip(krow)
-                                .for_each(|(s, &k)| *s += qj * half::f16::from_bits(k).to_f32());
+                            for (i, s) in scores.iter_mut().enumerate() {
+                                let k = kt[head + audio_key_at(dh, j, i)];
+                                *s += qj * half::f16::from_bits(k).to_f32();
+                            }
                         }
                     }
                 }
@@ -426,12 +429,12 @@ impl DecoderBackend for HostDecoder {
         let dh = d / self.n_head;
         let layers = self.blocks.len();
         let (kt_all, v_all) = self.cross_kv.compute(&audio)?;
-        // Per layer: its rows of Kᵀ as they are (heads one after another, `(heads, dh, t)`);
-        // its columns of V regrouped per head `(heads, t, dh)`, heads in parallel.
+        // Per layer: its rows of Kᵀ (heads one after another, `(heads, dh, t)`) in tiles per
+        // head; its columns of V regrouped per head `(heads, t, dh)`, layers in parallel.
         let cross: Vec<AudioKv> = (0..layers)
             .into_par_iter()
             .map(|i| {
-                let kt = &kt_all[i * d * t..][..d * t];
+                let kt = tile_audio_keys(&kt_all[i * d * t..][..d * t], self.n_head, dh, t);
                 let mut v = Vec::with_capacity(t * d);
                 for h in 0..self.n_head {
                     for row in v_all.chunks_exact(layers * d) {
@@ -439,9 +442,9 @@ impl DecoderBackend for HostDecoder {
                     }
                 }
                 match self.precision {
-                    Precision::F32 => AudioKv::F32 { kt: kt.to_vec(), v },
+                    Precision::F32 => AudioKv::F32 { kt, v },
                     Precision::Q8 => AudioKv::F16 {
-                        kt: to_f16_bits(kt),
+                        kt: to_f16_bits(&kt),
                         v: to_f16_bits(&v),
                     },
                 }
@@ -619,18 +622,18 @@ impl HostDecoder {
                     .collect();
                 let mut o = vec![0f32; n * dh];
                 let t = st.n_audio;
-                let block = dh * t;
+                let (kblock, block) = (audio_keys_len(dh, t), dh * t);
                 match &st.cross[layer] {
                     AudioKv::F32 { kt, v } => audio_rows(
                         &qs,
-                        &kt[h * block..][..block],
+                        &kt[h * kblock..][..kblock],
                         &v[h * block..][..block],
                         t,
                         &mut o,
                     ),
                     AudioKv::F16 { kt, v } => audio_rows(
                         &qs,
-                        &kt[h * block..][..block],
+                        &kt[h * kblock..][..kblock],
                         &v[h * block..][..block],
                         t,
                         &mut o,
