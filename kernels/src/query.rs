@@ -268,8 +268,6 @@ trait Lanes: Copy {
     unsafe fn load<S: Simd>(p: *const Self) -> S::V;
     unsafe fn madd<S: Simd>(a: S::V, b: S::V, c: S::V) -> S::V;
     fn value(self) -> f32;
-    /// The cross-attention kernel for this element type (`AudioValue::cross_rows_on`).
-    unsafe fn rows<S: Simd>(qs: &[&[f32]], kt: &[Self], v: &[Self], n: usize, out: &mut [f32]);
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -285,10 +283,6 @@ impl Lanes for u16 {
     #[inline(always)]
     fn value(self) -> f32 {
         half::f16::from_bits(self).to_f32()
-    }
-    #[inline(always)]
-    unsafe fn rows<S: Simd>(qs: &[&[f32]], kt: &[u16], v: &[u16], n: usize, out: &mut [f32]) {
-        cross_rows_simd::<S>(qs, kt, v, n, out)
     }
 }
 
@@ -306,38 +300,6 @@ impl Lanes for f32 {
     fn value(self) -> f32 {
         self
     }
-    #[inline(always)]
-    unsafe fn rows<S: Simd>(qs: &[&[f32]], kt: &[f32], v: &[f32], n: usize, out: &mut [f32]) {
-        cross_rows_f32_simd::<S>(qs, kt, v, n, out)
-    }
-}
-
-/// The portable f32 kernel's arithmetic in vectors, bit for bit: `s += q_d·k_d` for `d` in order,
-/// four dimensions per pass (where the portable loop loaded and stored every score once per
-/// dimension), blocks of keys shared by all rows from L1; then [`weighted_values`].
-#[cfg(target_arch = "x86_64")]
-#[inline(always)]
-unsafe fn cross_rows_f32_simd<S: Simd>(
-    qs: &[&[f32]],
-    kt: &[f32],
-    v: &[f32],
-    n: usize,
-    out: &mut [f32],
-) {
-    let dh = qs[0].len();
-    let rows = qs.len();
-    let w = S::LANES;
-    let nw = n / w * w;
-    let mut scores = vec![0f32; rows * n];
-    let kp = kt.as_ptr();
-    for j0 in (0..nw).step_by(F32_KEY_BLOCK) {
-        let j1 = (j0 + F32_KEY_BLOCK).min(nw);
-        // `dh` is a whole number of vectors (`fits`), so of fours.
-        for d in (0..dh).step_by(4) {
-            score_rows::<S, 4>(qs, kp, dh, n, d, j0..j1, &mut scores);
-        }
-    }
-    finish::<S, f32>(qs, kt, v, n, nw, scores, out);
 }
 
 /// What both vector kernels do once the keys in whole vectors are scored: the scores of the
@@ -366,38 +328,6 @@ unsafe fn finish<S: Simd, T: Lanes>(
         softmax_in_place(row);
     }
     weighted_values::<S, T>(&scores, v, qs.len(), n, dh, out);
-}
-
-/// Keys per block of [`cross_rows_f32_simd`]'s scores: four f32 key rows of it are 4 KiB.
-#[cfg(target_arch = "x86_64")]
-const F32_KEY_BLOCK: usize = 256;
-
-/// `s += q_d·k_d` for the `G` dimensions from `d0`, in order, for every row and the keys
-/// `keys` (whole vectors, each within one tile of [`audio_key_at`]).
-#[cfg(target_arch = "x86_64")]
-#[inline(always)]
-unsafe fn score_rows<S: Simd, const G: usize>(
-    qs: &[&[f32]],
-    kt: *const f32,
-    dh: usize,
-    n: usize,
-    d0: usize,
-    keys: std::ops::Range<usize>,
-    scores: &mut [f32],
-) {
-    let w = S::LANES;
-    for (r, q) in qs.iter().enumerate() {
-        let qd: [S::V; G] = std::array::from_fn(|i| S::splat(q[d0 + i]));
-        let s = scores.as_mut_ptr().add(r * n);
-        for j in keys.clone().step_by(w) {
-            let k = kt.add(audio_key_at(dh, d0, j));
-            let mut acc = S::load(s.add(j));
-            for (i, &qi) in qd.iter().enumerate() {
-                acc = S::add(acc, S::mul(qi, S::load(k.add(i * KEY_TILE))));
-            }
-            S::store(s.add(j), acc);
-        }
-    }
 }
 
 /// Runs the vector kernel of `tier` when it has one for this head size; false where the caller
@@ -434,29 +364,30 @@ fn fits<S: Simd>(dh: usize) -> bool {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn cross_rows_avx512<T: Lanes>(qs: &[&[f32]], kt: &[T], v: &[T], n: usize, out: &mut [f32]) {
-    T::rows::<Avx512>(qs, kt, v, n, out)
+    cross_rows_simd::<Avx512, T>(qs, kt, v, n, out)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn cross_rows_avx2<T: Lanes>(qs: &[&[f32]], kt: &[T], v: &[T], n: usize, out: &mut [f32]) {
-    T::rows::<Avx2>(qs, kt, v, n, out)
+    cross_rows_simd::<Avx2, T>(qs, kt, v, n, out)
 }
 
-/// Cross-attention of several query rows over one head's fp16 keys and values, written once for
-/// every vector width. A score is `s = q_d·k_d + s` (fused, one rounding) for `d` in order, a
-/// value `o = p_j·v_j + o` for `j` in order, whatever the tiling: score tiles of up to five rows
-/// by a few vectors keep their sums in registers over a whole head, value tiles (two rows by
-/// four vectors) over a block of keys, each key and value vector converted once per tile, where
-/// sums kept in memory for every product made these loops store-bound (a five-row call took
-/// 0.5× the time, Zen 3). Per row the same instructions in the same order, so a row's bits do
-/// not depend on the others.
+/// Cross-attention of several query rows over one head's keys and values (fp16 or f32), written
+/// once for every vector width. A score is `s = q_d·k_d + s` ([`Lanes::madd`]: fused for fp16,
+/// the portable kernel's product then sum for f32) for `d` in order, a value `o = p_j·v_j + o`
+/// for `j` in order, whatever the tiling: score tiles of up to five rows by a few vectors keep
+/// their sums in registers over a whole head, value tiles (two rows by four vectors) over a
+/// block of keys, each key and value vector loaded once per tile, where sums kept in memory
+/// for every product made these loops store-bound (a five-row fp16 call took 0.5× the time,
+/// Zen 3). Per row the same instructions in the same order, so a row's bits do not depend on
+/// the others.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-unsafe fn cross_rows_simd<S: Simd>(
+unsafe fn cross_rows_simd<S: Simd, T: Lanes>(
     qs: &[&[f32]],
-    kt: &[u16],
-    v: &[u16],
+    kt: &[T],
+    v: &[T],
     n: usize,
     out: &mut [f32],
 ) {
@@ -477,7 +408,7 @@ unsafe fn cross_rows_simd<S: Simd>(
             // `wrapping_add`: a prefetch of any address is harmless; a pointer past its
             // allocation is not.
             let next = kp.wrapping_add(audio_key_at(dh, 0, j1)) as *const i8;
-            for line in (0..KEY_BLOCK * dh * 2).step_by(64) {
+            for line in (0..KEY_BLOCK * dh * size_of::<T>()).step_by(64) {
                 _mm_prefetch::<_MM_HINT_T0>(next.wrapping_add(line));
             }
         }
@@ -491,11 +422,11 @@ unsafe fn cross_rows_simd<S: Simd>(
             macro_rules! keys {
                 ($r:literal, $nj:literal) => {{
                     while j + $nj * w <= j1 {
-                        score_tile::<S, $r, $nj>(q, kp, n, j, s);
+                        score_tile::<S, T, $r, $nj>(q, kp, n, j, s);
                         j += $nj * w;
                     }
                     while j < j1 {
-                        score_tile::<S, $r, 1>(q, kp, n, j, s);
+                        score_tile::<S, T, $r, 1>(q, kp, n, j, s);
                         j += w;
                     }
                 }};
@@ -511,23 +442,23 @@ unsafe fn cross_rows_simd<S: Simd>(
         }
         j0 = j1;
     }
-    finish::<S, u16>(qs, kt, v, n, nw, scores, out);
+    finish::<S, T>(qs, kt, v, n, nw, scores, out);
 }
 
 /// Keys per block of [`cross_rows_simd`] and [`weighted_values`]: 8 KiB of a 64-value head's
-/// fp16 keys or values, 16 KiB of f32 values.
+/// fp16 keys or values, 16 KiB of f32 ones.
 #[cfg(target_arch = "x86_64")]
 const KEY_BLOCK: usize = 64;
 
 /// Scores of `R` query rows for keys `j .. j + NJ·LANES` (`j` a whole vector, so each vector
-/// within one tile of [`audio_key_at`]): `s[r][j..]` (row stride `n`) gets `q_d·k_d + s` for
-/// every dimension `d` of the head in order, from zero.
+/// within one tile of [`audio_key_at`]): `s[r][j..]` (row stride `n`) gets `q_d·k_d + s`
+/// ([`Lanes::madd`]) for every dimension `d` of the head in order, from zero.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
 #[allow(clippy::needless_range_loop)]
-unsafe fn score_tile<S: Simd, const R: usize, const NJ: usize>(
+unsafe fn score_tile<S: Simd, T: Lanes, const R: usize, const NJ: usize>(
     qs: &[&[f32]],
-    kt: *const u16,
+    kt: *const T,
     n: usize,
     j: usize,
     s: *mut f32,
@@ -536,13 +467,13 @@ unsafe fn score_tile<S: Simd, const R: usize, const NJ: usize>(
     let dh = qs[0].len();
     let q: [*const f32; R] = std::array::from_fn(|r| qs[r].as_ptr());
     let mut acc = [[S::zero(); NJ]; R];
-    let keys: [*const u16; NJ] = std::array::from_fn(|t| kt.add(audio_key_at(dh, 0, j + t * w)));
+    let keys: [*const T; NJ] = std::array::from_fn(|t| kt.add(audio_key_at(dh, 0, j + t * w)));
     for d in 0..dh {
-        let k: [S::V; NJ] = std::array::from_fn(|t| S::load_f16(keys[t].add(d * KEY_TILE)));
+        let k: [S::V; NJ] = std::array::from_fn(|t| T::load::<S>(keys[t].add(d * KEY_TILE)));
         for r in 0..R {
             let qd = S::splat(*q[r].add(d));
             for t in 0..NJ {
-                acc[r][t] = S::fmadd(qd, k[t], acc[r][t]);
+                acc[r][t] = T::madd::<S>(qd, k[t], acc[r][t]);
             }
         }
     }
