@@ -302,7 +302,7 @@ impl Lanes for f32 {
     }
 }
 
-/// What both vector kernels do once the keys in whole vectors are scored: the scores of the
+/// What the vector kernel does once the keys in whole vectors are scored: the scores of the
 /// keys past them (`nw..n`) as the scalar loops always summed them (`s += q_d·k_d`, a product
 /// then a sum, `d` in order), each row's softmax, then [`weighted_values`].
 #[cfg(target_arch = "x86_64")]
@@ -391,6 +391,9 @@ unsafe fn cross_rows_simd<S: Simd, T: Lanes>(
     n: usize,
     out: &mut [f32],
 ) {
+    // A vector of keys (from a whole vector `j`) lies within one tile, and a block is whole
+    // tiles (its next block starts a tile: the prefetch).
+    const { assert!(KEY_TILE.is_multiple_of(S::LANES) && KEY_BLOCK.is_multiple_of(KEY_TILE)) };
     let dh = qs[0].len();
     let rows = qs.len();
     let w = S::LANES;
@@ -778,7 +781,8 @@ fn self_head_portable(
 
 kernel!(#[allow(dead_code)] fn cross_rows / cross_rows_on(qs: &[&[f32]], kt: &[f32], v: &[f32], n: usize, out: &mut [f32]) {
     // The portable f32 kernel. Per row the same operations in the same order whatever the
-    // other rows; the key row `d` (and value row `j`) is read once for every query row.
+    // other rows; dimension `d` of the keys (and value row `j`) is read once for every query
+    // row.
     let rows = qs.len();
     let dh = qs.first().map_or(0, |q| q.len());
     let mut scores = vec![0f32; rows * n];
@@ -838,6 +842,59 @@ pub(crate) mod tests {
             let padding = seen.iter().zip(&t).filter(|(s, _)| !**s);
             assert!(padding.clone().all(|(_, &x)| x == 0), "dh {dh} n {n}");
             assert_eq!(padding.count(), t.len() - heads * dh * n);
+        }
+    }
+
+    /// The portable kernels (f32 and fp16) read the tiled keys as the keys they are: bit for bit
+    /// the scalar `s += q_d·k_d`, softmax, `o += p_j·v_j` over the keys transposed, for a key
+    /// count that ends inside a tile and for one and three rows.
+    #[test]
+    fn portable_kernels_read_tiled_keys() {
+        let (dh, n) = (64, 77);
+        let f = |b: u16| half::f16::from_bits(b).to_f32();
+        let kt16: Vec<u16> = crate::test_values(dh * n, 51)
+            .iter()
+            .map(|&x| half::f16::from_f32(4.0 * x).to_bits())
+            .collect();
+        let v16: Vec<u16> = crate::test_values(dh * n, 52)
+            .iter()
+            .map(|&x| half::f16::from_f32(x).to_bits())
+            .collect();
+        let (kt32, v32): (Vec<f32>, Vec<f32>) = (
+            kt16.iter().map(|&b| f(b)).collect(),
+            v16.iter().map(|&b| f(b)).collect(),
+        );
+        let q = crate::test_values(3 * dh, 53);
+        let want = |qr: &[f32]| {
+            let mut s = vec![0f32; n];
+            for (d, &qd) in qr.iter().enumerate() {
+                for (j, sj) in s.iter_mut().enumerate() {
+                    *sj += qd * kt32[d * n + j];
+                }
+            }
+            softmax_in_place(&mut s);
+            let mut o = vec![0f32; dh];
+            for (j, &p) in s.iter().enumerate() {
+                for (x, oo) in o.iter_mut().enumerate() {
+                    *oo += p * v32[j * dh + x];
+                }
+            }
+            o
+        };
+        for rows in [1, 3] {
+            let qs: Vec<&[f32]> = q.chunks_exact(dh).take(rows).collect();
+            let (mut a, mut b) = (vec![0f32; rows * dh], vec![0f32; rows * dh]);
+            let (t32, t16) = (
+                tile_audio_keys(&kt32, 1, dh, n),
+                tile_audio_keys(&kt16, 1, dh, n),
+            );
+            audio_rows_on(Tier::Portable, &qs, &t32, &v32, n, &mut a);
+            audio_rows_on(Tier::Portable, &qs, &t16, &v16, n, &mut b);
+            for (r, qr) in qs.iter().enumerate() {
+                let w = want(qr);
+                assert_eq!(bits(&a[r * dh..][..dh]), bits(&w), "f32 row {r} of {rows}");
+                assert_eq!(bits(&b[r * dh..][..dh]), bits(&w), "fp16 row {r} of {rows}");
+            }
         }
     }
 

@@ -133,8 +133,8 @@ impl SequenceState for HostState {
 }
 
 /// The audio keys and values of every layer, computed once per window (f32 and AMX: two
-/// matmuls over all layers' weights stacked; integers: the keys a layer at a time): keys transposed, `Kᵀ = W_k·audioᵀ` `(layers·d, t)`, the layout
-/// attention reads; values `audio·W_vᵀ` `(t, layers·d)`. As the encoder's projections
+/// matmuls over all layers' weights stacked; integers: the keys a layer at a time): keys transposed, `Kᵀ = W_k·audioᵀ` `(layers·d, t)`, which
+/// `prepare` puts in the attention kernels' tiles; values `audio·W_vᵀ` `(t, layers·d)`. As the encoder's projections
 /// ([`EncoderMath`]): f32, bf16 on AMX, or integers.
 enum CrossKv {
     F32 {
@@ -314,17 +314,17 @@ fn record(
                 let head = h * audio_keys_len(dh, t);
                 match &st.cross[layer] {
                     AudioKv::F32 { kt, .. } => {
-                        for (j, &qj) in qh.iter().enumerate() {
-                            for (i, s) in scores.iter_mut().enumerate() {
-                                *s += qj * kt[head + audio_key_at(dh, j, i)];
+                        for (d, &qd) in qh.iter().enumerate() {
+                            for (j, s) in scores.iter_mut().enumerate() {
+                                *s += qd * kt[head + audio_key_at(dh, d, j)];
                             }
                         }
                     }
                     AudioKv::F16 { kt, .. } => {
-                        for (j, &qj) in qh.iter().enumerate() {
-                            for (i, s) in scores.iter_mut().enumerate() {
-                                let k = kt[head + audio_key_at(dh, j, i)];
-                                *s += qj * half::f16::from_bits(k).to_f32();
+                        for (d, &qd) in qh.iter().enumerate() {
+                            for (j, s) in scores.iter_mut().enumerate() {
+                                let k = kt[head + audio_key_at(dh, d, j)];
+                                *s += qd * half::f16::from_bits(k).to_f32();
                             }
                         }
                     }
