@@ -818,6 +818,14 @@ pub(crate) mod tests {
         x.iter().map(|f| f.to_bits()).collect()
     }
 
+    /// `len` test values times `scale`, as fp16 bit patterns.
+    fn f16_values(len: usize, seed: u64, scale: f32) -> Vec<u16> {
+        crate::test_values(len, seed)
+            .iter()
+            .map(|&x| half::f16::from_f32(scale * x).to_bits())
+            .collect()
+    }
+
     /// Every key of every head lands where `audio_key_at` says, the padding of each head's last
     /// tile is zeros, for counts below, at and past whole tiles.
     #[test]
@@ -852,14 +860,8 @@ pub(crate) mod tests {
     fn portable_kernels_read_tiled_keys() {
         let (dh, n) = (64, 77);
         let f = |b: u16| half::f16::from_bits(b).to_f32();
-        let kt16: Vec<u16> = crate::test_values(dh * n, 51)
-            .iter()
-            .map(|&x| half::f16::from_f32(4.0 * x).to_bits())
-            .collect();
-        let v16: Vec<u16> = crate::test_values(dh * n, 52)
-            .iter()
-            .map(|&x| half::f16::from_f32(x).to_bits())
-            .collect();
+        let kt16: Vec<u16> = f16_values(dh * n, 51, 4.0);
+        let v16: Vec<u16> = f16_values(dh * n, 52, 1.0);
         let (kt32, v32): (Vec<f32>, Vec<f32>) = (
             kt16.iter().map(|&b| f(b)).collect(),
             v16.iter().map(|&b| f(b)).collect(),
@@ -906,14 +908,8 @@ pub(crate) mod tests {
             audio_attention_over_f16_matches_f32_on(tier, n);
         }
         let (dh, n) = (64, 77);
-        let kt: Vec<u16> = crate::test_values(dh * n, 21)
-            .iter()
-            .map(|&x| half::f16::from_f32(x).to_bits())
-            .collect();
-        let v: Vec<u16> = crate::test_values(dh * n, 22)
-            .iter()
-            .map(|&x| half::f16::from_f32(x).to_bits())
-            .collect();
+        let kt: Vec<u16> = f16_values(dh * n, 21, 1.0);
+        let v: Vec<u16> = f16_values(dh * n, 22, 1.0);
         rows_equal_single_rows(tier, &tile_audio_keys(&kt, 1, dh, n), &v, dh, n);
         fused_order_pinned(tier);
     }
@@ -934,14 +930,8 @@ pub(crate) mod tests {
             if dh % lanes != 0 {
                 continue; // the portable kernel's case
             }
-            let kt: Vec<u16> = crate::test_values(dh * n, 41)
-                .iter()
-                .map(|&x| half::f16::from_f32(4.0 * x).to_bits())
-                .collect();
-            let v: Vec<u16> = crate::test_values(dh * n, 42)
-                .iter()
-                .map(|&x| half::f16::from_f32(x).to_bits())
-                .collect();
+            let kt: Vec<u16> = f16_values(dh * n, 41, 4.0);
+            let v: Vec<u16> = f16_values(dh * n, 42, 1.0);
             let q = crate::test_values(8 * dh, 43);
             for rows in [1, 5, 8] {
                 let qs: Vec<&[f32]> = q.chunks_exact(dh).take(rows).collect();
