@@ -32,7 +32,52 @@ enum Storage {
     Q8 {
         q: Vec<i8>,
         scales: Vec<f32>,
+        layout: Q8Layout,
     },
+}
+
+/// Where a q8 matrix's int8 weights lie (the scales always as [`q8_scale_at`] says).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Q8Layout {
+    /// [`panel_at`]: each column's inputs side by side, the layout the float kernels load
+    /// (AVX-512, portable) and `q8_int` reads.
+    Panel,
+    /// [`pairs_at`]: a panel's 8 columns in the lanes of one register, for `q8_pairs` (AVX2
+    /// without AVX-512).
+    Pairs,
+}
+
+/// Where weight `(col, i)` lies in the pairs layout: panels of [`PANEL`] columns one after
+/// another; in a panel, group after group of [`Q8_GROUP`] inputs; in a group, input pair after
+/// pair, each pair holding its two inputs of every column of the panel (column after column).
+/// One 16-byte load is then one input pair of 8 columns, which `vpmaddwd` multiplies by the
+/// same two activations in every lane.
+#[inline(always)]
+fn pairs_at(k: usize, col: usize, i: usize) -> usize {
+    (col / PANEL) * PANEL * k
+        + (i / Q8_GROUP) * (PANEL * Q8_GROUP)
+        + (i % Q8_GROUP) / 2 * (2 * PANEL)
+        + (col % PANEL) * 2
+        + i % 2
+}
+
+impl Q8Layout {
+    /// The layout the best kernels of this CPU read.
+    fn for_this_cpu() -> Self {
+        if cfg!(target_arch = "x86_64") && Tier::best() == Tier::Avx2 {
+            Q8Layout::Pairs
+        } else {
+            Q8Layout::Panel
+        }
+    }
+
+    #[inline(always)]
+    fn at(self, k: usize, col: usize, i: usize) -> usize {
+        match self {
+            Q8Layout::Panel => panel_at(k, col, i),
+            Q8Layout::Pairs => pairs_at(k, col, i),
+        }
+    }
 }
 
 /// Inputs sharing one int8 scale (as GGML's Q8_0).
@@ -233,6 +278,7 @@ impl RowMatmul {
         let mut q = vec![0i8; padded * inp];
         let mut scales = vec![0f32; padded * groups];
         let tier = Tier::best();
+        let layout = Q8Layout::for_this_cpu();
         q.par_chunks_mut(PANEL * inp)
             .zip(scales.par_chunks_mut(PANEL * groups))
             .enumerate()
@@ -246,9 +292,8 @@ impl RowMatmul {
                         let mut dst = [0i8; Q8_GROUP];
                         let i = g * Q8_GROUP;
                         sp[q8_scale_at(inp, j, i)] = quantize_group(tier, &f, &mut dst);
-                        for (b, part) in dst.chunks_exact(BLOCK).enumerate() {
-                            let at = panel_at(inp, j, i + b * BLOCK);
-                            qp[at..at + BLOCK].copy_from_slice(part);
+                        for (t, &v) in dst.iter().enumerate() {
+                            qp[layout.at(inp, j, i + t)] = v;
                         }
                     }
                 }
@@ -256,7 +301,7 @@ impl RowMatmul {
         Self {
             out,
             inp,
-            weights: Storage::Q8 { q, scales },
+            weights: Storage::Q8 { q, scales, layout },
             col_scale: None,
             bias,
         }
@@ -440,12 +485,42 @@ impl RowMatmul {
             (Storage::F16(w), _) => kernel::f16_rows(tier, x, rows, w, &[], k, n, cols.clone(), ys),
             (Storage::F32(w), _) => kernel::f32_rows(tier, x, rows, w, &[], k, n, cols.clone(), ys),
             #[cfg(target_arch = "x86_64")]
-            (Storage::Q8 { q, scales }, Some(xi)) => {
-                q8_int::rows(xi, rows, q, scales, k, n, cols.clone(), ys)
-            }
-            (Storage::Q8 { q, scales }, _) => {
-                kernel::q8_rows(tier, x, rows, q, scales, k, n, cols.clone(), ys)
-            }
+            (
+                Storage::Q8 {
+                    q,
+                    scales,
+                    layout: Q8Layout::Pairs,
+                },
+                Some(xi),
+            ) => q8_pairs::rows(xi, rows, q, scales, k, n, cols.clone(), ys),
+            #[cfg(target_arch = "x86_64")]
+            (
+                Storage::Q8 {
+                    q,
+                    scales,
+                    layout: Q8Layout::Panel,
+                },
+                Some(xi),
+            ) => q8_int::rows(xi, rows, q, scales, k, n, cols.clone(), ys),
+            (
+                Storage::Q8 {
+                    q,
+                    scales,
+                    layout: Q8Layout::Panel,
+                },
+                _,
+            ) => kernel::q8_rows(tier, x, rows, q, scales, k, n, cols.clone(), ys),
+            // Only built where AVX2 is the best tier, so this is the portable tier.
+            (
+                Storage::Q8 {
+                    q,
+                    scales,
+                    layout: Q8Layout::Pairs,
+                },
+                _,
+            ) => kernel::portable_rows(x, rows, k, n, cols.clone(), ys, |c, i| {
+                q[pairs_at(k, c, i)] as f32 * scales[q8_scale_at(k, c, i)]
+            }),
         }
         if let Some(s) = &self.col_scale {
             for m in 0..rows {
@@ -536,27 +611,44 @@ mod kernel {
                 }
                 let _ = tier;
                 let to_f32 = $to_f32;
-                for m in 0..mr {
-                    let xr = &x[m * k..][..k];
-                    for c in cols.clone() {
-                        // 16 partial sums, as the vector kernel keeps, so LLVM may vectorize.
-                        let mut acc = [0f32; 16];
-                        let mut i = 0;
-                        while i + 16 <= k {
-                            for l in 0..16 {
-                                acc[l] += xr[i + l] * to_f32(w, s, c, i + l, k);
-                            }
-                            i += 16;
-                        }
-                        let mut sum: f32 = acc.iter().sum();
-                        for j in i..k {
-                            sum += xr[j] * to_f32(w, s, c, j, k);
-                        }
-                        *y.add(m * n + c) = sum;
-                    }
-                }
+                portable_rows(x, mr, k, n, cols, y, |c, i| to_f32(w, s, c, i, k))
             }
         };
+    }
+
+    /// The portable kernel over any weight layout: `weight(c, i)` is weight `(c, i)` in f32.
+    ///
+    /// # Safety
+    /// `y` is valid for `mr` rows of stride `n` covering `cols`.
+    #[allow(clippy::too_many_arguments, clippy::needless_range_loop)]
+    pub unsafe fn portable_rows(
+        x: &[f32],
+        mr: usize,
+        k: usize,
+        n: usize,
+        cols: Range<usize>,
+        y: *mut f32,
+        weight: impl Fn(usize, usize) -> f32,
+    ) {
+        for m in 0..mr {
+            let xr = &x[m * k..][..k];
+            for c in cols.clone() {
+                // 16 partial sums, as the vector kernel keeps, so LLVM may vectorize.
+                let mut acc = [0f32; 16];
+                let mut i = 0;
+                while i + 16 <= k {
+                    for l in 0..16 {
+                        acc[l] += xr[i + l] * weight(c, i + l);
+                    }
+                    i += 16;
+                }
+                let mut sum: f32 = acc.iter().sum();
+                for j in i..k {
+                    sum += xr[j] * weight(c, j);
+                }
+                *y.add(m * n + c) = sum;
+            }
+        }
     }
 
     rows_fn!(f16_rows, u16, |w: &[u16],
@@ -982,6 +1074,114 @@ mod q8_int {
     }
 }
 
+#[cfg(target_arch = "x86_64")]
+mod q8_pairs {
+    //! `q8_rows` for AVX2 over the pairs layout ([`super::pairs_at`]), activations in i16 (see
+    //! [`super::IntRows`]): a panel's 8 columns lie in the lanes of one register, so per input
+    //! pair and row one `vpmaddwd` (the row's two activations broadcast) and one `vpaddd` add
+    //! to all 8 columns' group sums, exact in i32; each group's sums are then converted and
+    //! scaled once per row for all 8 columns. `q8_int` over the panel layout spends a
+    //! conversion and an FMA per row, column and group, which competed with `vpmaddwd` for
+    //! the multiply pipes: five rows of tiny.en's output projection took 1.24–1.49 ms here
+    //! against 2.34–2.47 ms (Zen 3, from memory, 2 threads, scratch benchmark).
+    //!
+    //! Per column: `acc = fma(f32(Σ group), scale, acc)` group after group from zero, then
+    //! `y = acc · row scale`.
+
+    use super::{PANEL, Q8_GROUP};
+    use std::arch::x86_64::*;
+    use std::ops::Range;
+
+    /// Rows `0..R` of `x` (row stride `k`) against one panel (`w`, `s` at its start): the 8
+    /// columns from `c`, of which the first `cols` are written.
+    #[target_feature(enable = "avx2,fma")]
+    #[allow(clippy::needless_range_loop, clippy::too_many_arguments)]
+    unsafe fn panel<const R: usize>(
+        x: *const i16,
+        xs: *const f32,
+        k: usize,
+        w: *const i8,
+        s: *const f32,
+        y: *mut f32,
+        n: usize,
+        c: usize,
+        cols: usize,
+    ) {
+        let mut acc = [_mm256_setzero_ps(); R];
+        for g in 0..k / Q8_GROUP {
+            let wg = w.add(g * PANEL * Q8_GROUP);
+            let mut sums = [_mm256_setzero_si256(); R];
+            for p in 0..Q8_GROUP / 2 {
+                let wv =
+                    _mm256_cvtepi8_epi16(_mm_loadu_si128(wg.add(p * 2 * PANEL) as *const __m128i));
+                for r in 0..R {
+                    let pair = (x.add(r * k + g * Q8_GROUP + 2 * p) as *const i32).read_unaligned();
+                    sums[r] =
+                        _mm256_add_epi32(sums[r], _mm256_madd_epi16(_mm256_set1_epi32(pair), wv));
+                }
+            }
+            let scale = _mm256_loadu_ps(s.add(g * PANEL));
+            for r in 0..R {
+                acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums[r]), scale, acc[r]);
+            }
+        }
+        for r in 0..R {
+            let mut out = [0f32; PANEL];
+            _mm256_storeu_ps(
+                out.as_mut_ptr(),
+                _mm256_mul_ps(acc[r], _mm256_set1_ps(*xs.add(r))),
+            );
+            for (j, &v) in out.iter().take(cols).enumerate() {
+                *y.add(r * n + c + j) = v;
+            }
+        }
+    }
+
+    /// # Safety
+    /// AVX2 and FMA present; `k` a multiple of [`Q8_GROUP`]; `x` holds `mr` rows of `k`; `w`
+    /// and `s` hold the whole panels covering `cols`, which starts on a panel; `y` as in the
+    /// portable `q8_rows`.
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn rows(
+        x: &super::IntRows,
+        mr: usize,
+        w: &[i8],
+        s: &[f32],
+        k: usize,
+        n: usize,
+        cols: Range<usize>,
+        y: *mut f32,
+    ) {
+        debug_assert!(x.q.len() >= mr * k && x.scales.len() >= mr);
+        debug_assert!(k.is_multiple_of(Q8_GROUP) && cols.start.is_multiple_of(PANEL));
+        debug_assert!(w.len() >= cols.end.next_multiple_of(PANEL) * k);
+        let (w, s) = (w.as_ptr(), s.as_ptr());
+        let groups = k / Q8_GROUP;
+        for c in cols.clone().step_by(PANEL) {
+            let (wp, sp) = (w.add(c * k), s.add(c * groups));
+            let width = (cols.end - c).min(PANEL);
+            // Up to five rows per pass: 5 sums + 5 accumulators + weights in 16 registers.
+            let mut m0 = 0;
+            while m0 < mr {
+                let rows = (mr - m0).min(5);
+                let (xm, xs, ym) = (
+                    x.q.as_ptr().add(m0 * k),
+                    x.scales.as_ptr().add(m0),
+                    y.add(m0 * n),
+                );
+                match rows {
+                    1 => panel::<1>(xm, xs, k, wp, sp, ym, n, c, width),
+                    2 => panel::<2>(xm, xs, k, wp, sp, ym, n, c, width),
+                    3 => panel::<3>(xm, xs, k, wp, sp, ym, n, c, width),
+                    4 => panel::<4>(xm, xs, k, wp, sp, ym, n, c, width),
+                    _ => panel::<5>(xm, xs, k, wp, sp, ym, n, c, width),
+                }
+                m0 += rows;
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
@@ -1111,15 +1311,37 @@ pub(crate) mod tests {
             .map(|i| ((i * 104729) % 997) as f32 / 997.0 - 0.5)
             .collect();
         let mm = RowMatmul::quantized(&w, out, inp, None);
-        let Storage::Q8 { q, scales } = &mm.weights else {
+        let Storage::Q8 { q, scales, layout } = &mm.weights else {
             panic!("not q8")
         };
         let deq: Vec<f32> = (0..out * inp)
             .map(|at| {
                 let (c, i) = (at / inp, at % inp);
-                q[panel_at(inp, c, i)] as f32 * scales[q8_scale_at(inp, c, i)]
+                q[layout.at(inp, c, i)] as f32 * scales[q8_scale_at(inp, c, i)]
             })
             .collect();
+        // The AVX2 kernel over the pairs layout, bit for bit its formula: per column
+        // `acc = fma(f32(Σ group in i32), scale, acc)` over the groups in order, times the
+        // row's scale.
+        if tier == Tier::Avx2 && *layout == Q8Layout::Pairs {
+            let xi = IntRows::new(tier, &x, max_rows, inp);
+            let got = mm.forward_on(tier, &x, max_rows);
+            for (at, g) in got.iter().enumerate() {
+                let (m, c) = (at / out, at % out);
+                let mut acc = 0f32;
+                for grp in 0..inp / Q8_GROUP {
+                    let sum: i32 = (grp * Q8_GROUP..(grp + 1) * Q8_GROUP)
+                        .map(|i| xi.q[m * inp + i] as i32 * q[pairs_at(inp, c, i)] as i32)
+                        .sum();
+                    acc = (sum as f32).mul_add(scales[q8_scale_at(inp, c, grp * Q8_GROUP)], acc);
+                }
+                assert_eq!(
+                    g.to_bits(),
+                    (acc * xi.scales[m]).to_bits(),
+                    "row {m} column {c}"
+                );
+            }
+        }
         let exact = reference(&x, max_rows, &deq, out, inp, &vec![0.0; out]);
         let full = reference(&x, max_rows, &w, out, inp, &vec![0.0; out]);
         {
@@ -1181,7 +1403,14 @@ pub(crate) mod tests {
         let qa = RowMatmul::quantized(&w32, out, inp, Some(b.clone()));
         let qc = RowMatmul::quantized_f16_bits(&bits, out, inp, Some(b));
         match (&qa.weights, &qc.weights) {
-            (Storage::Q8 { q: q1, scales: s1 }, Storage::Q8 { q: q2, scales: s2 }) => {
+            (
+                Storage::Q8 {
+                    q: q1, scales: s1, ..
+                },
+                Storage::Q8 {
+                    q: q2, scales: s2, ..
+                },
+            ) => {
                 assert_eq!((q1, s1), (q2, s2));
             }
             _ => panic!("not int8"),
