@@ -25,10 +25,11 @@ enum Storage {
     F16(Vec<u16>),
     F32(Vec<f32>),
     /// `--precision q8`: int8 weights with one f32 scale per [`Q8_GROUP`] consecutive inputs
-    /// of a row, in the panel layout of [`panel_at`] and [`q8_scale_at`] (the columns padded with
-    /// zeros to whole panels). On AVX2 the activations are quantized to i16 per row and each
-    /// group's sum is exact in i32 (`q8_int`); elsewhere the weights are dequantized in
-    /// registers and the activations stay f32.
+    /// of a row, the weights as `layout` says and the scales as [`q8_scale_at`] (the columns
+    /// padded with zeros to whole panels). On AVX2 the activations are quantized to i16 per
+    /// row and each group's sum is exact in i32 (`q8_pairs` over the pairs layout, which CPUs
+    /// whose best tier is AVX2 store; `q8_int` over panels); elsewhere the weights are
+    /// dequantized in registers and the activations stay f32.
     Q8 {
         q: Vec<i8>,
         scales: Vec<f32>,
