@@ -9,8 +9,8 @@
 //! call whatever the number of rows (blocks of 4 rows reuse each group of weights from L1), which is what
 //! makes batched decoder steps cheap.
 //!
-//! The kernel is AVX-512 (checked at run time) with a portable fallback; output columns are split
-//! across the rayon pool.
+//! The kernels are AVX-512 and AVX2 (checked at run time; q8 on AVX2 multiplies in integers,
+//! `q8_pairs`) with a portable fallback; output columns are split across the rayon pool.
 
 use rayon::prelude::*;
 
@@ -244,7 +244,7 @@ impl RowMatmul {
     /// groups are quantized in parallel (model load).
     pub fn quantized(weight: &[f32], out: usize, inp: usize, bias: Option<Vec<f32>>) -> Self {
         debug_assert_eq!(weight.len(), out * inp);
-        Self::quantized_with(out, inp, bias, |i, g| {
+        Self::quantized_with(out, inp, bias, Q8Layout::for_this_cpu(), |i, g| {
             g.copy_from_slice(&weight[i * Q8_GROUP..][..Q8_GROUP])
         })
     }
@@ -258,7 +258,7 @@ impl RowMatmul {
         bias: Option<Vec<f32>>,
     ) -> Self {
         debug_assert_eq!(bits.len(), out * inp);
-        Self::quantized_with(out, inp, bias, |i, g| {
+        Self::quantized_with(out, inp, bias, Q8Layout::for_this_cpu(), |i, g| {
             for (d, &h) in g.iter_mut().zip(&bits[i * Q8_GROUP..][..Q8_GROUP]) {
                 *d = half::f16::from_bits(h).to_f32();
             }
@@ -271,6 +271,7 @@ impl RowMatmul {
         out: usize,
         inp: usize,
         bias: Option<Vec<f32>>,
+        layout: Q8Layout,
         group: impl Fn(usize, &mut [f32; Q8_GROUP]) + Sync,
     ) -> Self {
         assert_eq!(inp % Q8_GROUP, 0, "q8 needs whole groups of inputs");
@@ -279,7 +280,6 @@ impl RowMatmul {
         let mut q = vec![0i8; padded * inp];
         let mut scales = vec![0f32; padded * groups];
         let tier = Tier::best();
-        let layout = Q8Layout::for_this_cpu();
         q.par_chunks_mut(PANEL * inp)
             .zip(scales.par_chunks_mut(PANEL * groups))
             .enumerate()
@@ -511,7 +511,8 @@ impl RowMatmul {
                 },
                 _,
             ) => kernel::q8_rows(tier, x, rows, q, scales, k, n, cols.clone(), ys),
-            // Only built where AVX2 is the best tier, so this is the portable tier.
+            // No other kernel reads this layout (the tier is the portable one wherever the
+            // layout is the CPU's own).
             (
                 Storage::Q8 {
                     q,
@@ -719,7 +720,8 @@ mod kernel {
         }
     }
 
-    /// The panel layout (`panel_at`): 8 and 16 lanes both lie within one block of a column.
+    /// The panel layout (`panel_at`): 8 and 16 lanes both lie within one block of a column (q8
+    /// in the pairs layout never comes here: `columns`).
     #[cfg(target_arch = "x86_64")]
     impl Weight for i8 {
         #[inline(always)]
@@ -917,8 +919,8 @@ mod kernel {
     }
 }
 
-/// Activations for the integer q8 kernel: each row quantized to ±[`X_MAX`] with its own scale.
-#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))] // read by the x86 `q8_int`
+/// Activations for the integer q8 kernels: each row quantized to ±[`X_MAX`] with its own scale.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))] // read by the x86 `q8_pairs`, `q8_int`
 struct IntRows {
     q: Vec<i16>,
     scales: Vec<f32>,
@@ -1154,8 +1156,13 @@ mod q8_pairs {
         y: *mut f32,
     ) {
         debug_assert!(x.q.len() >= mr * k && x.scales.len() >= mr);
-        debug_assert!(k.is_multiple_of(Q8_GROUP) && cols.start.is_multiple_of(PANEL));
         debug_assert!(w.len() >= cols.end.next_multiple_of(PANEL) * k);
+        // A start inside a panel would read a whole panel past the padded end.
+        assert!(
+            k.is_multiple_of(Q8_GROUP) && cols.start.is_multiple_of(PANEL),
+            "q8 pairs: columns from {} over {k} inputs",
+            cols.start
+        );
         let (w, s) = (w.as_ptr(), s.as_ptr());
         let groups = k / Q8_GROUP;
         for c in cols.clone().step_by(PANEL) {
@@ -1311,7 +1318,24 @@ pub(crate) mod tests {
         let x: Vec<f32> = (0..max_rows * inp)
             .map(|i| ((i * 104729) % 997) as f32 / 997.0 - 0.5)
             .collect();
-        let mm = RowMatmul::quantized(&w, out, inp, None);
+        // Both layouts on every tier, whichever this CPU stores.
+        for layout in [Q8Layout::Panel, Q8Layout::Pairs] {
+            q8_layout(tier, &w, &x, out, inp, max_rows, layout);
+        }
+    }
+
+    fn q8_layout(
+        tier: Tier,
+        w: &[f32],
+        x: &[f32],
+        out: usize,
+        inp: usize,
+        max_rows: usize,
+        layout: Q8Layout,
+    ) {
+        let mm = RowMatmul::quantized_with(out, inp, None, layout, |i, g| {
+            g.copy_from_slice(&w[i * Q8_GROUP..][..Q8_GROUP])
+        });
         let Storage::Q8 { q, scales, layout } = &mm.weights else {
             panic!("not q8")
         };
@@ -1325,8 +1349,8 @@ pub(crate) mod tests {
         // `acc = fma(f32(Σ group in i32), scale, acc)` over the groups in order, times the
         // row's scale.
         if tier == Tier::Avx2 && *layout == Q8Layout::Pairs {
-            let xi = IntRows::new(tier, &x, max_rows, inp);
-            let got = mm.forward_on(tier, &x, max_rows);
+            let xi = IntRows::new(tier, x, max_rows, inp);
+            let got = mm.forward_on(tier, x, max_rows);
             for (at, g) in got.iter().enumerate() {
                 let (m, c) = (at / out, at % out);
                 let mut acc = 0f32;
@@ -1343,10 +1367,10 @@ pub(crate) mod tests {
                 );
             }
         }
-        let exact = reference(&x, max_rows, &deq, out, inp, &vec![0.0; out]);
-        let full = reference(&x, max_rows, &w, out, inp, &vec![0.0; out]);
+        let exact = reference(x, max_rows, &deq, out, inp, &vec![0.0; out]);
+        let full = reference(x, max_rows, w, out, inp, &vec![0.0; out]);
         {
-            let all = mm.forward_on(tier, &x, max_rows);
+            let all = mm.forward_on(tier, x, max_rows);
             for (i, ((g, e), f)) in all.iter().zip(&exact).zip(&full).enumerate() {
                 // f32 summation, plus on AVX2 the activations' rounding to 15 bits: at most half
                 // a step of the row's largest |x| per input, times that input's |weight|.
