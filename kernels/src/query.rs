@@ -147,6 +147,40 @@ pub fn tile_audio_keys<T: Copy + Default>(kt: &[T], heads: usize, dh: usize, n: 
     tiled
 }
 
+/// The same tiles from keys stored as rows, as a projection writes them: dimension `d` of head
+/// `h`'s key `j` is `k[j * stride + h * dh + d]` (`stride` ≥ `heads · dh`). Heads in parallel;
+/// each tile reads its 16 rows once, so the keys need no transposed copy first.
+pub fn tile_audio_key_rows<T: Copy + Default + Send + Sync>(
+    k: &[T],
+    stride: usize,
+    heads: usize,
+    dh: usize,
+    n: usize,
+) -> Vec<T> {
+    use rayon::prelude::*;
+    assert!(
+        heads * dh <= stride && (n == 0 || k.len() >= (n - 1) * stride + heads * dh),
+        "{n} audio key rows of stride {stride} do not hold {heads} × {dh}"
+    );
+    let per_head = audio_keys_len(dh, n);
+    let mut tiled = vec![T::default(); heads * per_head];
+    tiled
+        .par_chunks_mut(per_head.max(1))
+        .enumerate()
+        .for_each(|(h, head)| {
+            for (t, tile) in head.chunks_exact_mut(dh * KEY_TILE).enumerate() {
+                let j0 = t * KEY_TILE;
+                for i in 0..KEY_TILE.min(n - j0) {
+                    let row = &k[(j0 + i) * stride + h * dh..][..dh];
+                    for (d, &x) in row.iter().enumerate() {
+                        tile[d * KEY_TILE + i] = x;
+                    }
+                }
+            }
+        });
+    tiled
+}
+
 /// A sequence's cached keys (or values), `(tokens, heads·dh)` row-major, in two parts: rows
 /// shared with other sequences (the start sequence every beam of a window has in common, held
 /// once), then the sequence's own rows. A plain cache is all `own`.
@@ -824,6 +858,29 @@ pub(crate) mod tests {
             .iter()
             .map(|&x| half::f16::from_f32(scale * x).to_bits())
             .collect()
+    }
+
+    /// Tiling keys held as rows gives the tiles of the same keys transposed, with a stride
+    /// wider than the heads (a projection of several layers) and partial last tiles.
+    #[test]
+    fn key_rows_tile_as_transposed_keys_do() {
+        for (heads, dh, n, stride) in [(2, 64, 1500, 128), (1, 16, 1, 40), (3, 8, 33, 30)] {
+            let k: Vec<u32> = (1..=(stride * n) as u32).collect();
+            let mut kt = vec![0u32; heads * dh * n];
+            for h in 0..heads {
+                for d in 0..dh {
+                    for j in 0..n {
+                        kt[(h * dh + d) * n + j] = k[j * stride + h * dh + d];
+                    }
+                }
+            }
+            assert_eq!(
+                tile_audio_key_rows(&k, stride, heads, dh, n),
+                tile_audio_keys(&kt, heads, dh, n),
+                "heads {heads} dh {dh} n {n} stride {stride}"
+            );
+        }
+        assert!(tile_audio_key_rows::<u32>(&[], 8, 1, 8, 0).is_empty());
     }
 
     /// Every key of every head lands where `audio_key_at` says, the padding of each head's last

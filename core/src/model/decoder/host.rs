@@ -9,7 +9,7 @@ use candle_nn::{LayerNorm, Linear};
 use rayon::prelude::*;
 
 use whisperd_kernels::query::{
-    audio_key_at, audio_keys_len, audio_rows, tile_audio_keys, CacheRows,
+    audio_key_at, audio_keys_len, audio_rows, tile_audio_key_rows, tile_audio_keys, CacheRows,
 };
 
 use crate::model::linear::{Precision, Proj};
@@ -133,9 +133,10 @@ impl SequenceState for HostState {
 }
 
 /// The audio keys and values of every layer, computed once per window (f32 and AMX: two
-/// matmuls over all layers' weights stacked; integers: the keys a layer at a time): keys transposed, `Kᵀ = W_k·audioᵀ` `(layers·d, t)`, which
-/// `prepare` puts in the attention kernels' tiles; values `audio·W_vᵀ` `(t, layers·d)`. As the encoder's projections
-/// ([`EncoderMath`]): f32, bf16 on AMX, or integers.
+/// matmuls over all layers' weights stacked, keys transposed, `Kᵀ = W_k·audioᵀ`; integers: the
+/// keys a layer at a time, `audio·W_kᵀ`), keys then put in the attention kernels' tiles; values
+/// `audio·W_vᵀ` `(t, layers·d)`. As the encoder's projections ([`EncoderMath`]): f32, bf16 on
+/// AMX, or integers.
 enum CrossKv {
     F32 {
         wk: Tensor,
@@ -148,13 +149,10 @@ enum CrossKv {
         bk: Vec<f32>,
         v: crate::model::bf16::Linear,
     },
-    /// Integers like the encoder's projections (`intgemm`): keys one layer at a time, then
-    /// transposed; values in one product.
+    /// Integers like the encoder's projections (`intgemm`): keys one layer at a time, tiled
+    /// from their rows; values in one product.
     Int { k: Vec<IntLinear>, v: IntLinear },
 }
-
-/// Rows of `Kᵀ` one task transposes (a cache line of each `(t, d)` row of keys read).
-const KT_BLOCK: usize = 16;
 
 impl CrossKv {
     fn new(w: &Weights, layers: usize, d: usize, math: EncoderMath) -> Result<Self, ModelError> {
@@ -219,38 +217,49 @@ impl CrossKv {
         })
     }
 
-    /// `audio` `(t, d)` → (`Kᵀ` `(layers·d, t)`, `V` `(t, layers·d)`) as plain vectors.
-    fn compute(&self, audio: &Tensor) -> candle_core::Result<(Vec<f32>, Vec<f32>)> {
+    /// `audio` `(t, d)` → (each layer's keys in the attention kernels' tiles, `heads` heads of
+    /// them; `V` `(t, layers·d)`) as plain vectors.
+    fn compute(
+        &self,
+        audio: &Tensor,
+        heads: usize,
+    ) -> candle_core::Result<(Vec<Vec<f32>>, Vec<f32>)> {
+        let (t, d) = audio.dims2()?;
+        let dh = d / heads.max(1);
+        // `Kᵀ` `(layers·d, t)` → each layer's tiles.
+        let tile_layers = |kt: &[f32]| -> Vec<Vec<f32>> {
+            kt.chunks_exact((d * t).max(1))
+                .map(|layer| tile_audio_keys(layer, heads, dh, t))
+                .collect()
+        };
         match self {
             CrossKv::F32 { wk, bk, v } => {
                 let kt = wk.matmul(&audio.t()?)?.broadcast_add(bk)?;
                 let vals = v.forward(audio)?;
-                Ok((kt.flatten_all()?.to_vec1()?, vals.flatten_all()?.to_vec1()?))
+                Ok((
+                    tile_layers(&kt.flatten_all()?.to_vec1()?),
+                    vals.flatten_all()?.to_vec1()?,
+                ))
             }
             CrossKv::Int { k, v } => {
-                let (t, d) = audio.dims2()?;
                 let x = audio.flatten_all()?.to_vec1::<f32>()?;
-                let mut kt = vec![0f32; k.len() * d * t];
-                for (kl, layer) in k.iter().zip(kt.chunks_exact_mut(d * t)) {
-                    // This layer's keys `(t, d)`, then its rows of Kᵀ in blocks, each block
-                    // reading its columns of the keys row by row.
-                    let y = kl.forward_rows(&x, t)?;
-                    layer
-                        .par_chunks_mut(KT_BLOCK * t)
-                        .enumerate()
-                        .for_each(|(b, rows)| {
-                            for (j, y_row) in y.chunks_exact(d).enumerate() {
-                                let cols = &y_row[b * KT_BLOCK..];
-                                for (r, row) in rows.chunks_exact_mut(t).enumerate() {
-                                    row[j] = cols[r];
-                                }
-                            }
-                        });
-                }
-                Ok((kt, v.forward_rows(&x, t)?))
+                // One layer's keys `(t, d)` at a time, tiled straight from its rows: a transient
+                // of one layer, and no transposed copy.
+                let keys = k
+                    .iter()
+                    .map(|kl| {
+                        Ok(tile_audio_key_rows(
+                            &kl.forward_rows(&x, t)?,
+                            d,
+                            heads,
+                            dh,
+                            t,
+                        ))
+                    })
+                    .collect::<candle_core::Result<Vec<_>>>()?;
+                Ok((keys, v.forward_rows(&x, t)?))
             }
             CrossKv::Amx { wk, bk, v } => {
-                let (t, d) = audio.dims2()?;
                 let x = audio.flatten_all()?.to_vec1::<f32>()?;
                 let mut kt = crate::model::bf16::matmul(
                     wk,
@@ -260,7 +269,7 @@ impl CrossKv {
                     .zip(bk)
                     .for_each(|(row, b)| row.iter_mut().for_each(|x| *x += b));
                 let vals = v.forward(audio)?;
-                Ok((kt, vals.flatten_all()?.to_vec1()?))
+                Ok((tile_layers(&kt), vals.flatten_all()?.to_vec1()?))
             }
         }
     }
@@ -277,11 +286,11 @@ fn sequence_of_rows(spans: &[(usize, usize)], rows: usize) -> Vec<usize> {
 
 /// f32 → fp16 bits (round to nearest), vectorized by `half` where the CPU has F16C.
 fn to_f16_bits(x: &[f32]) -> Vec<u16> {
-    use half::slice::HalfFloatSliceExt;
-    let mut out = vec![half::f16::ZERO; x.len()];
-    out.convert_from_f32_slice(x);
-    let bits: &[u16] = out.reinterpret_cast();
-    bits.to_vec()
+    use half::slice::{HalfBitsSliceExt, HalfFloatSliceExt};
+    let mut bits = vec![0u16; x.len()];
+    bits.reinterpret_cast_mut::<half::f16>()
+        .convert_from_f32_slice(x);
+    bits
 }
 
 /// Layer `layer`'s scaled cross-attention queries `q` `(rows, d)` → for each alignment head of
@@ -428,13 +437,16 @@ impl DecoderBackend for HostDecoder {
         let (t, d) = audio.dims2()?;
         let dh = d / self.n_head;
         let layers = self.blocks.len();
-        let (kt_all, v_all) = self.cross_kv.compute(&audio)?;
-        // Per layer: its rows of Kᵀ (heads one after another, `(heads, dh, t)`) in tiles per
-        // head; its columns of V regrouped per head `(heads, t, dh)`, layers in parallel.
-        let cross: Vec<AudioKv> = (0..layers)
+        let (keys, v_all) = self.cross_kv.compute(&audio, self.n_head)?;
+        if keys.len() != layers {
+            candle_core::bail!("audio keys of {} layers for {layers}", keys.len());
+        }
+        // Per layer: its keys (tiled per head); its columns of V regrouped per head
+        // `(heads, t, dh)`, layers in parallel.
+        let cross: Vec<AudioKv> = keys
             .into_par_iter()
-            .map(|i| {
-                let kt = tile_audio_keys(&kt_all[i * d * t..][..d * t], self.n_head, dh, t);
+            .enumerate()
+            .map(|(i, kt)| {
                 let mut v = Vec::with_capacity(t * d);
                 for h in 0..self.n_head {
                     for row in v_all.chunks_exact(layers * d) {
@@ -683,7 +695,8 @@ mod tests {
     }
 
     /// The integer keys/values are the f32 ones within the quantization error, in the same
-    /// layout (`Kᵀ` per layer, values time-major).
+    /// layout (keys tiled per layer — the integer keys tiled from rows, the f32 ones from `Kᵀ` —
+    /// values time-major).
     #[test]
     fn integer_audio_keys_values_match_f32() -> Result<(), Box<dyn std::error::Error>> {
         if !crate::model::intgemm::available() {
@@ -691,12 +704,15 @@ mod tests {
         }
         let (layers, d, t) = (3, 64, 45);
         let audio = Tensor::from_vec(values(t * d, 99), (t, d), &Device::Cpu)?;
+        let heads = 2;
         let (kf, vf) = CrossKv::new(&cross_weights(layers, d)?, layers, d, EncoderMath::F32)?
-            .compute(&audio)?;
+            .compute(&audio, heads)?;
         let int = CrossKv::new(&cross_weights(layers, d)?, layers, d, EncoderMath::Int8Avx2)?;
         assert!(matches!(int, CrossKv::Int { .. }));
-        let (ki, vi) = int.compute(&audio)?;
-        assert_eq!((kf.len(), vf.len()), (layers * d * t, t * layers * d));
+        let (ki, vi) = int.compute(&audio, heads)?;
+        let (kf, ki) = (kf.concat(), ki.concat());
+        let tiled = audio_keys_len(d / heads, t) * heads;
+        assert_eq!((kf.len(), vf.len()), (layers * tiled, t * layers * d));
         assert_eq!((ki.len(), vi.len()), (kf.len(), vf.len()));
         let scale = kf.iter().chain(&vf).fold(0f32, |m, v| m.max(v.abs()));
         assert!(
