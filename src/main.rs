@@ -17,16 +17,33 @@ unsafe extern "C" {
 /// `mi_option_purge_delay` in mimalloc's option enum.
 const MI_OPTION_PURGE_DELAY: std::ffi::c_int = 15;
 
-/// By default mimalloc hands freed pages back to the OS 10 ms after they are freed; the
-/// encoder frees and reallocates the same ~100 MB of temporaries every 50–100 ms, so each
-/// window paid for faulting in and zeroing them again (`clear_page_erms` + `memset` ~10 % of a
-/// loaded server's profile). A 1-s delay keeps them while requests flow (8 clients q8: 37 → 45
-/// audio s/s; peak RSS ~480 → ~600 MB) and still returns them when the server goes idle.
-/// `MIMALLOC_PURGE_DELAY` in the environment wins.
-fn keep_freed_memory_briefly() {
+/// How long freed memory stays with the process before mimalloc hands it back to the OS.
+#[derive(Clone, Copy)]
+pub(crate) enum FreedMemory {
+    /// One second (the server). By default mimalloc returned pages 10 ms after they were freed;
+    /// the encoder frees and reallocates the same ~100 MB of temporaries every 50–100 ms, so
+    /// each window paid for faulting in and zeroing them again (`clear_page_erms` + `memset`
+    /// ~10 % of a loaded server's profile). A 1-s delay keeps them while requests flow (8
+    /// clients q8: 37 → 45 audio s/s; peak RSS ~480 → ~600 MB) and still returns them when the
+    /// server goes idle.
+    KeepBriefly,
+    /// Until the process exits (`transcribe`, `batch`: one run, then exit). Even at 1 s, a
+    /// 45-file tiny.en q8 beam-5 run took ~312,000 page faults (the windows' largest
+    /// temporaries still went back now and then, and came back zeroed); kept, ~69,000. On a
+    /// Zen 3 (`farm-bench -n 3`, interleaved): system time 1.9 → 1.3 s, wall 0.963× (0.88–0.97),
+    /// peak RSS 266 → 285 MB.
+    Keep,
+}
+
+/// Sets how long freed memory is kept; `MIMALLOC_PURGE_DELAY` in the environment wins.
+pub(crate) fn keep_freed_memory(how: FreedMemory) {
     if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
+        let ms = match how {
+            FreedMemory::KeepBriefly => 1000,
+            FreedMemory::Keep => -1,
+        };
         // SAFETY: sets an integer option; mimalloc reads options atomically at any time.
-        unsafe { mi_option_set(MI_OPTION_PURGE_DELAY, 1000) };
+        unsafe { mi_option_set(MI_OPTION_PURGE_DELAY, ms) };
     }
 }
 
@@ -53,7 +70,7 @@ fn avoid_transparent_huge_pages() {
 }
 
 fn main() -> std::process::ExitCode {
-    keep_freed_memory_briefly();
+    keep_freed_memory(FreedMemory::KeepBriefly);
     avoid_transparent_huge_pages();
     cli::main()
 }

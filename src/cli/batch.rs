@@ -56,6 +56,8 @@ pub struct BatchArgs {
 }
 
 pub fn run(args: BatchArgs) -> anyhow::Result<ExitCode> {
+    // One run, then exit: freed memory is reused, never handed back (see `FreedMemory`).
+    crate::keep_freed_memory(crate::FreedMemory::Keep);
     let stdin = std::io::stdin();
     let mut inputs = match batch::expand(&args.inputs, &mut stdin.lock()) {
         Ok(i) => i,

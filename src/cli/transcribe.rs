@@ -34,6 +34,8 @@ pub struct TranscribeArgs {
 }
 
 pub fn run(args: TranscribeArgs) -> anyhow::Result<ExitCode> {
+    // One run, then exit: freed memory is reused, never handed back (see `FreedMemory`).
+    crate::keep_freed_memory(crate::FreedMemory::Keep);
     if args.files.len() > 1 && args.output_dir.is_none() {
         anyhow::bail!("several input files need --output-dir DIR (one output per input)");
     }
