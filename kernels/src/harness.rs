@@ -51,6 +51,11 @@ const KERNELS: &[Kernel] = &[
         check: crate::elementwise::tests::log_sum_exp_f64,
     },
     Kernel {
+        name: "max_value",
+        versions: WRITTEN_ONCE,
+        check: crate::elementwise::tests::max_value_is_the_fold,
+    },
+    Kernel {
         name: "lstm_cell",
         versions: WRITTEN_ONCE,
         check: crate::elementwise::tests::lstm_cell_f64,

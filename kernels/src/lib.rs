@@ -17,7 +17,7 @@ pub mod query;
 pub mod rowmatmul;
 mod simd;
 
-pub use elementwise::log_sum_exp;
+pub use elementwise::{log_sum_exp, max_value};
 
 #[cfg(test)]
 mod harness;

@@ -82,10 +82,7 @@ pub fn apply_timestamp_rules(
     // (Compared on raw logits: log-softmax shifts both sides by the same constant.)
     if ts_begin < logits.len() {
         let ts_mass = log_sum_exp(&logits[ts_begin..]);
-        let text_max = logits[..ts_begin]
-            .iter()
-            .copied()
-            .fold(f32::NEG_INFINITY, f32::max);
+        let text_max = crate::model::kernels::max_value(&logits[..ts_begin]);
         if ts_mass > text_max {
             fill(logits, 0..ts_begin);
         }

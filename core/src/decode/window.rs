@@ -368,18 +368,20 @@ pub fn new_rng() -> rand::rngs::StdRng {
     rand::rngs::StdRng::seed_from_u64(0x5eed_cafe)
 }
 
+/// The first index of the largest logit (0 for an empty slice or a NaN first).
 fn argmax(logits: &[f32]) -> u32 {
-    let mut best = 0usize;
-    for (i, &l) in logits.iter().enumerate() {
-        if l > logits[best] {
-            best = i;
-        }
+    // The first index holding the vectorized maximum: the index a scan keeping strictly
+    // greater values finds. A NaN first logit compares false with everything: such a scan
+    // stays at 0.
+    if logits.first().is_none_or(|l| l.is_nan()) {
+        return 0;
     }
-    best as u32
+    let max = crate::model::kernels::max_value(logits);
+    logits.iter().position(|&l| l == max).unwrap_or(0) as u32
 }
 
 fn sample(logits: &[f32], temperature: f32, rng: &mut rand::rngs::StdRng) -> u32 {
-    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let max = crate::model::kernels::max_value(logits);
     let weights: Vec<f64> = logits
         .iter()
         .map(|&l| (((l - max) / temperature) as f64).exp())
@@ -401,6 +403,37 @@ fn sample(logits: &[f32], temperature: f32, rng: &mut rand::rngs::StdRng) -> u32
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `argmax` is the first index of the largest logit, as a scan keeping strictly greater
+    /// values finds it: ties, −∞, NaN anywhere (first included), the largest in the tail.
+    #[test]
+    fn argmax_is_the_first_largest() {
+        let scan = |xs: &[f32]| {
+            let mut best = 0usize;
+            for (i, &l) in xs.iter().enumerate() {
+                if l > xs[best] {
+                    best = i;
+                }
+            }
+            best as u32
+        };
+        let base: Vec<f32> = (0..51_864)
+            .map(|i| ((i * 7919) % 1000) as f32 / 100.0)
+            .collect();
+        let mut cases = vec![vec![], vec![f32::NEG_INFINITY; 5], vec![0.0, -0.0, 0.0]];
+        cases.push(base.clone()); // ties: 9.99 many times
+        let mut tail = base.clone();
+        tail[51_863] = 20.0;
+        cases.push(tail);
+        for at in [0, 7, 51_000] {
+            let mut nan = base.clone();
+            nan[at] = f32::NAN;
+            cases.push(nan);
+        }
+        for xs in &cases {
+            assert_eq!(argmax(xs), scan(xs), "{} logits", xs.len());
+        }
+    }
 
     fn attempt(temperature: f32, avg_logprob: f32, compression_ratio: f32) -> WindowResult {
         WindowResult {

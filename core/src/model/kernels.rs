@@ -5,8 +5,8 @@
 use candle_core::{CpuStorage, DType, InplaceOp1, Layout, Tensor};
 
 use whisperd_kernels::elementwise;
-pub use whisperd_kernels::log_sum_exp;
 pub use whisperd_kernels::query::QueryAttention;
+pub use whisperd_kernels::{log_sum_exp, max_value};
 
 /// `softmax` over the last dimension, computed in place: `x` must be a tensor the caller just
 /// computed and holds alone (a matmul's output), never a view of weights or of a cache.
