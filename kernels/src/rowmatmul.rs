@@ -258,10 +258,13 @@ impl RowMatmul {
         bias: Option<Vec<f32>>,
     ) -> Self {
         debug_assert_eq!(bits.len(), out * inp);
+        use half::slice::{HalfBitsSliceExt, HalfFloatSliceExt};
         Self::quantized_with(out, inp, bias, Q8Layout::for_this_cpu(), |i, g| {
-            for (d, &h) in g.iter_mut().zip(&bits[i * Q8_GROUP..][..Q8_GROUP]) {
-                *d = half::f16::from_bits(h).to_f32();
-            }
+            // `half`'s slice conversion (F16C, 8 at a time; exact, as one by one): converting
+            // each value with its own feature check was ~10 % of a tiny.en q8 load.
+            bits[i * Q8_GROUP..][..Q8_GROUP]
+                .reinterpret_cast::<half::f16>()
+                .convert_to_f32_slice(g)
         })
     }
 
