@@ -182,8 +182,8 @@ impl CrossKv {
         let (wv, bv) = proj("v")?;
         let v = Linear::new(wv, Some(bv));
         if math == EncoderMath::Int8Avx2 {
-            // One layer's keys at a time: each `(t, d)` product is transposed into `Kᵀ` with
-            // a transient of one layer, not of all.
+            // One layer's keys at a time: each `(t, d)` product is tiled straight from its rows
+            // (`tile_audio_key_rows`), with a transient of one layer, not of all.
             let k = (0..layers)
                 .map(|i| {
                     let rows = wk.narrow(0, i * d, d)?;
@@ -217,19 +217,21 @@ impl CrossKv {
         })
     }
 
-    /// `audio` `(t, d)` → (each layer's keys in the attention kernels' tiles, `heads` heads of
-    /// them; `V` `(t, layers·d)`) as plain vectors.
+    /// `audio` `(t, d)` → (each of the `layers` layers' keys in the attention kernels' tiles,
+    /// `heads` heads of them; `V` `(t, layers·d)`) as plain vectors.
     fn compute(
         &self,
         audio: &Tensor,
         heads: usize,
+        layers: usize,
     ) -> candle_core::Result<(Vec<Vec<f32>>, Vec<f32>)> {
         let (t, d) = audio.dims2()?;
         let dh = d / heads.max(1);
-        // `Kᵀ` `(layers·d, t)` → each layer's tiles.
+        // `Kᵀ` `(layers·d, t)` → each layer's tiles, layers in parallel.
         let tile_layers = |kt: &[f32]| -> Vec<Vec<f32>> {
-            kt.chunks_exact((d * t).max(1))
-                .map(|layer| tile_audio_keys(layer, heads, dh, t))
+            (0..layers)
+                .into_par_iter()
+                .map(|i| tile_audio_keys(&kt[i * d * t..][..d * t], heads, dh, t))
                 .collect()
         };
         match self {
@@ -437,7 +439,7 @@ impl DecoderBackend for HostDecoder {
         let (t, d) = audio.dims2()?;
         let dh = d / self.n_head;
         let layers = self.blocks.len();
-        let (keys, v_all) = self.cross_kv.compute(&audio, self.n_head)?;
+        let (keys, v_all) = self.cross_kv.compute(&audio, self.n_head, layers)?;
         if keys.len() != layers {
             candle_core::bail!("audio keys of {} layers for {layers}", keys.len());
         }
@@ -706,10 +708,10 @@ mod tests {
         let audio = Tensor::from_vec(values(t * d, 99), (t, d), &Device::Cpu)?;
         let heads = 2;
         let (kf, vf) = CrossKv::new(&cross_weights(layers, d)?, layers, d, EncoderMath::F32)?
-            .compute(&audio, heads)?;
+            .compute(&audio, heads, layers)?;
         let int = CrossKv::new(&cross_weights(layers, d)?, layers, d, EncoderMath::Int8Avx2)?;
         assert!(matches!(int, CrossKv::Int { .. }));
-        let (ki, vi) = int.compute(&audio, heads)?;
+        let (ki, vi) = int.compute(&audio, heads, layers)?;
         let (kf, ki) = (kf.concat(), ki.concat());
         let tiled = audio_keys_len(d / heads, t) * heads;
         assert_eq!((kf.len(), vf.len()), (layers * tiled, t * layers * d));
