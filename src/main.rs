@@ -20,13 +20,13 @@ const MI_OPTION_PURGE_DELAY: std::ffi::c_int = 15;
 /// How long freed memory stays with the process before mimalloc hands it back to the OS.
 #[derive(Clone, Copy)]
 pub(crate) enum FreedMemory {
-    /// One second (the server). mimalloc v2 returned pages 10 ms after they were freed (v3,
-    /// built now, defaults to 1 s as well; this pins it): the encoder frees and reallocates
-    /// the same ~100 MB of temporaries every 50–100 ms, so each window paid for faulting in
-    /// and zeroing them again (`clear_page_erms` + `memset` ~10 % of a loaded server's
-    /// profile). A 1-s delay keeps them while requests flow (8 clients q8, measured on v2:
-    /// 37 → 45 audio s/s; peak RSS ~480 → ~600 MB) and still returns them when the server
-    /// goes idle.
+    /// One second (the server): the encoder frees and reallocates the same ~100 MB of
+    /// temporaries every 50–100 ms, and faulting in and zeroing them again was ~10 % of a
+    /// loaded server's profile (`clear_page_erms` + `memset`); kept for 1 s they are reused
+    /// while requests flow and still go back when the server goes idle. The mimalloc built
+    /// here (v3; libmimalloc-sys 0.1.49 since the first commit) defaults to 1 s already, so
+    /// this pins its default. The figure measured when this was added (8 clients q8: 37 → 45
+    /// audio s/s, peak RSS ~480 → ~600 MB) assumed v2's 10-ms default and is not re-checked.
     KeepBriefly,
     /// Until the process exits (`transcribe`, `batch`: one run, then exit). Even at 1 s, a
     /// 45-file tiny.en q8 beam-5 run took ~312,000 page faults (the windows' largest
