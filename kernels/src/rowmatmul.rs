@@ -243,8 +243,19 @@ impl RowMatmul {
     /// Symmetric int8 per group of [`Q8_GROUP`] inputs (`inp` must be a multiple of it);
     /// groups are quantized in parallel (model load).
     pub fn quantized(weight: &[f32], out: usize, inp: usize, bias: Option<Vec<f32>>) -> Self {
+        Self::quantized_in(weight, out, inp, bias, Q8Layout::for_this_cpu())
+    }
+
+    /// [`RowMatmul::quantized`] into a given layout (the tests build both on every CPU).
+    fn quantized_in(
+        weight: &[f32],
+        out: usize,
+        inp: usize,
+        bias: Option<Vec<f32>>,
+        layout: Q8Layout,
+    ) -> Self {
         debug_assert_eq!(weight.len(), out * inp);
-        Self::quantized_with(out, inp, bias, Q8Layout::for_this_cpu(), |i, g| {
+        Self::quantized_with(out, inp, bias, layout, |i, g| {
             g.copy_from_slice(&weight[i * Q8_GROUP..][..Q8_GROUP])
         })
     }
@@ -1340,9 +1351,7 @@ pub(crate) mod tests {
         max_rows: usize,
         layout: Q8Layout,
     ) {
-        let mm = RowMatmul::quantized_with(out, inp, None, layout, |i, g| {
-            g.copy_from_slice(&w[i * Q8_GROUP..][..Q8_GROUP])
-        });
+        let mm = RowMatmul::quantized_in(w, out, inp, None, layout);
         let Storage::Q8 { q, scales, layout } = &mm.weights else {
             panic!("not q8")
         };
